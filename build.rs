@@ -1,0 +1,20 @@
+//! Generates the gRPC code from `proto/` with protox (pure Rust: no system protoc).
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/modeld/v1/tensor.proto",
+        "proto/modeld/v1/inference.proto",
+        "proto/modeld/v1/registry.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto");
+    let fds = protox::compile(protos, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("modeld_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Proto <-> domain conversions. They destructure every field, so a new proto or record field
+//! fails the build until it is handled here.
+
+use super::pb;
+use crate::control::ActivationOutcome;
+use crate::error::{Error, Result};
+use crate::model::{Signature, TensorSpec};
+use crate::registry::{ModelRecord, ModelRef};
+use crate::serving::{OutputData, OutputTensor, Payload};
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn spec(s: &TensorSpec) -> pb::TensorSpec {
+    let TensorSpec { name, datatype, shape } = s;
+    pb::TensorSpec {
+        name: name.clone(),
+        datatype: datatype.name().to_string(),
+        shape: shape.clone(),
+    }
+}
+
+/// The wire form of a signature.
+pub fn signature(s: &Signature) -> pb::Signature {
+    let Signature { inputs, outputs } = s;
+    pb::Signature {
+        inputs: inputs.iter().map(spec).collect(),
+        outputs: outputs.iter().map(spec).collect(),
+    }
+}
+
+/// The wire form of a registry record.
+pub fn model(r: &ModelRecord) -> pb::Model {
+    let ModelRecord {
+        model_id,
+        model_name,
+        version,
+        file_path,
+        description,
+        model_type,
+        accuracy,
+        checksum_sha256,
+        file_size_bytes,
+        signature: _,
+        is_active,
+        created_at,
+        updated_at,
+        created_by,
+    } = r;
+    pb::Model {
+        model_id: *model_id,
+        model_name: model_name.clone(),
+        version: version.clone(),
+        file_path: file_path.clone(),
+        description: description.clone(),
+        model_type: model_type.clone(),
+        accuracy: *accuracy,
+        checksum_sha256: checksum_sha256.clone(),
+        file_size_bytes: *file_size_bytes,
+        signature: r.signature().ok().as_ref().map(signature),
+        is_active: *is_active,
+        created_at: Some(timestamp(*created_at)),
+        updated_at: Some(timestamp(*updated_at)),
+        created_by: created_by.clone(),
+    }
+}
+
+/// The wire form of an activation.
+pub fn activation(a: &ActivationOutcome) -> pb::ActivateModelResponse {
+    let ActivationOutcome {
+        active,
+        previous,
+        load_time,
+    } = a;
+    pb::ActivateModelResponse {
+        active: Some(model(active)),
+        previous: previous.as_ref().map(model),
+        load_time_ms: load_time.as_secs_f64() * 1e3,
+    }
+}
+
+/// A model reference from the wire.
+///
+/// # Errors
+/// `InvalidArgument` when neither an id nor a name is given.
+pub fn model_ref(r: Option<pb::ModelRef>) -> Result<ModelRef> {
+    match r.and_then(|r| r.r#ref) {
+        Some(pb::model_ref::Ref::ModelId(id)) => Ok(ModelRef::Id(id)),
+        Some(pb::model_ref::Ref::ModelName(n)) if !n.is_empty() => Ok(ModelRef::Name(n)),
+        _ => Err(Error::InvalidArgument(
+            "name the model by model_id or model_name".into(),
+        )),
+    }
+}
+
+/// Picks the one field of a wire tensor that carries its data.
+///
+/// # Errors
+/// `InvalidArgument` when more than one field carries data.
+pub fn payload(t: &pb::Tensor) -> Result<Payload<'_>> {
+    let pb::Tensor {
+        name,
+        datatype: _,
+        shape: _,
+        raw_data,
+        fp32_data,
+        fp64_data,
+        int32_data,
+        int64_data,
+        uint32_data,
+        uint64_data,
+        bool_data,
+    } = t;
+    let candidates = [
+        (!raw_data.is_empty()).then_some(Payload::Raw(raw_data)),
+        (!fp32_data.is_empty()).then_some(Payload::Fp32(fp32_data)),
+        (!fp64_data.is_empty()).then_some(Payload::Fp64(fp64_data)),
+        (!int32_data.is_empty()).then_some(Payload::Int32(int32_data)),
+        (!int64_data.is_empty()).then_some(Payload::Int64(int64_data)),
+        (!uint32_data.is_empty()).then_some(Payload::Uint32(uint32_data)),
+        (!uint64_data.is_empty()).then_some(Payload::Uint64(uint64_data)),
+        (!bool_data.is_empty()).then_some(Payload::Bool(bool_data)),
+    ];
+    let mut present = candidates.into_iter().flatten();
+    match (present.next(), present.next()) {
+        (Some(p), None) => Ok(p),
+        // An empty tensor (a zero-sized dimension) carries no data at all.
+        (None, _) => Ok(Payload::Raw(&[])),
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "input {name:?} carries data in more than one field; use raw_data or the one typed field"
+        ))),
+    }
+}
+
+/// The wire form of an output.
+pub fn tensor(o: OutputTensor) -> pb::Tensor {
+    let OutputTensor {
+        name,
+        datatype,
+        shape,
+        data,
+    } = o;
+    let mut t = pb::Tensor {
+        name,
+        datatype: datatype.name().to_string(),
+        shape,
+        ..Default::default()
+    };
+    match data {
+        OutputData::Raw(v) => t.raw_data = v,
+        OutputData::Fp32(v) => t.fp32_data = v,
+        OutputData::Fp64(v) => t.fp64_data = v,
+        OutputData::Int32(v) => t.int32_data = v,
+        OutputData::Int64(v) => t.int64_data = v,
+        OutputData::Uint32(v) => t.uint32_data = v,
+        OutputData::Uint64(v) => t.uint64_data = v,
+        OutputData::Bool(v) => t.bool_data = v,
+    }
+    t
+}

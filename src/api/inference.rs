@@ -1,0 +1,62 @@
+//! `modeld.v1.Inference`: Predict on the active model.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb;
+use crate::control::Control;
+use crate::error::Result;
+use crate::serving::{self, InputRef, Payload};
+
+/// The Inference service.
+#[derive(Debug, Clone)]
+pub struct InferenceService {
+    control: Arc<Control>,
+}
+
+impl InferenceService {
+    /// Serves from `control`'s slot.
+    pub fn new(control: Arc<Control>) -> Self {
+        Self { control }
+    }
+
+    async fn predict_inner(&self, req: pb::PredictRequest) -> Result<pb::PredictResponse> {
+        let pb::PredictRequest {
+            model_name,
+            inputs,
+            routing_key: _,
+        } = req;
+        let model = self.control.model_for(&model_name).await?;
+        let refs = inputs
+            .iter()
+            .map(|t| {
+                Ok(InputRef {
+                    name: &t.name,
+                    datatype: &t.datatype,
+                    shape: &t.shape,
+                    payload: convert::payload(t)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Answer in the encoding the request used.
+        let raw = refs.first().is_none_or(|r| matches!(r.payload, Payload::Raw(_)));
+        let done = serving::infer(model, &refs, raw).await?;
+        let record = &done.model.record;
+        Ok(pb::PredictResponse {
+            model_id: record.model_id,
+            model_name: record.model_name.clone(),
+            model_version: record.version.clone(),
+            outputs: done.outputs.into_iter().map(convert::tensor).collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::inference_server::Inference for InferenceService {
+    #[tracing::instrument(name = "predict", skip_all, fields(model = %request.get_ref().model_name))]
+    async fn predict(&self, request: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {
+        Ok(Response::new(self.predict_inner(request.into_inner()).await?))
+    }
+}

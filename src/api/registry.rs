@@ -1,0 +1,170 @@
+//! `modeld.v1.ModelRegistry`: register, list, get, update, activate, roll back, delete.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::pb;
+use crate::control::{Control, Registration};
+use crate::error::{Error, Result};
+use crate::registry::{ActivationMeta, ModelChanges, Order};
+
+/// The ModelRegistry service.
+#[derive(Debug, Clone)]
+pub struct RegistryService {
+    control: Arc<Control>,
+}
+
+impl RegistryService {
+    /// Works on `control`'s registry and slot.
+    pub fn new(control: Arc<Control>) -> Self {
+        Self { control }
+    }
+}
+
+fn who(name: String) -> String {
+    if name.is_empty() { "api".into() } else { name }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::model_registry_server::ModelRegistry for RegistryService {
+    #[tracing::instrument(skip_all, fields(model = %request.get_ref().name))]
+    async fn register_model(&self, request: Request<pb::RegisterModelRequest>) -> Reply<pb::RegisterModelResponse> {
+        let pb::RegisterModelRequest {
+            name,
+            file_path,
+            version,
+            description,
+            model_type,
+            accuracy,
+            activate,
+            created_by,
+        } = request.into_inner();
+        let reg = Registration {
+            name,
+            file_path,
+            version,
+            description,
+            model_type,
+            accuracy,
+            created_by: who(created_by),
+            activate,
+        };
+        let done = self.control.register(reg).await?;
+        Ok(Response::new(pb::RegisterModelResponse {
+            model: Some(convert::model(&done.model)),
+            activation: done.activation.as_ref().map(convert::activation),
+        }))
+    }
+
+    async fn list_models(&self, request: Request<pb::ListModelsRequest>) -> Reply<pb::ListModelsResponse> {
+        let pb::ListModelsRequest {
+            page_size,
+            page_token,
+            order_by,
+            descending,
+        } = request.into_inner();
+        let limit = match page_size {
+            0 => 100,
+            n @ 1..=1000 => i64::from(n),
+            n => return Err(Error::InvalidArgument(format!("page_size must be 1..1000, got {n}")).into()),
+        };
+        let offset: i64 = if page_token.is_empty() {
+            0
+        } else {
+            page_token.parse().ok().filter(|o| *o >= 0).ok_or_else(|| {
+                Error::InvalidArgument(format!("page_token {page_token:?} is not one this server issued"))
+            })?
+        };
+        let order = match pb::ModelOrder::try_from(order_by) {
+            Ok(pb::ModelOrder::Unspecified | pb::ModelOrder::CreatedAt) => Order::CreatedAt,
+            Ok(pb::ModelOrder::Name) => Order::Name,
+            Ok(pb::ModelOrder::Accuracy) => Order::Accuracy,
+            Ok(pb::ModelOrder::Id) => Order::Id,
+            Err(_) => return Err(Error::InvalidArgument(format!("unknown order_by {order_by}")).into()),
+        };
+        let registry = self.control.registry();
+        let models = registry.list(order, descending, limit, offset).await?;
+        let total = registry.count().await?;
+        let next = offset + models.len() as i64;
+        Ok(Response::new(pb::ListModelsResponse {
+            next_page_token: if next < total && !models.is_empty() {
+                next.to_string()
+            } else {
+                String::new()
+            },
+            models: models.iter().map(convert::model).collect(),
+            total,
+        }))
+    }
+
+    async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Reply<pb::Model> {
+        let pb::GetModelRequest { model } = request.into_inner();
+        let record = self.control.registry().get(&convert::model_ref(model)?).await?;
+        Ok(Response::new(convert::model(&record)))
+    }
+
+    async fn get_active_model(
+        &self,
+        _request: Request<pb::GetActiveModelRequest>,
+    ) -> Reply<pb::GetActiveModelResponse> {
+        let active = self.control.registry().active().await?;
+        let serving = self.control.slot().load();
+        Ok(Response::new(pb::GetActiveModelResponse {
+            model: active.as_ref().map(convert::model),
+            serving: serving.as_ref().map(|s| convert::model(&s.record)),
+        }))
+    }
+
+    async fn update_model(&self, request: Request<pb::UpdateModelRequest>) -> Reply<pb::Model> {
+        let pb::UpdateModelRequest {
+            model,
+            version,
+            description,
+            model_type,
+            accuracy,
+        } = request.into_inner();
+        let changes = ModelChanges {
+            version,
+            description,
+            model_type,
+            accuracy,
+        };
+        let record = self.control.update(&convert::model_ref(model)?, &changes).await?;
+        Ok(Response::new(convert::model(&record)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn activate_model(&self, request: Request<pb::ActivateModelRequest>) -> Reply<pb::ActivateModelResponse> {
+        let pb::ActivateModelRequest {
+            model,
+            reason,
+            activated_by,
+        } = request.into_inner();
+        let meta = ActivationMeta {
+            activated_by: who(activated_by),
+            reason,
+            is_rollback: false,
+        };
+        let done = self.control.activate(&convert::model_ref(model)?, &meta).await?;
+        Ok(Response::new(convert::activation(&done)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn rollback_model(&self, request: Request<pb::RollbackModelRequest>) -> Reply<pb::ActivateModelResponse> {
+        let pb::RollbackModelRequest { reason, activated_by } = request.into_inner();
+        let done = self.control.rollback(&who(activated_by), &reason).await?;
+        Ok(Response::new(convert::activation(&done)))
+    }
+
+    async fn delete_model(&self, request: Request<pb::DeleteModelRequest>) -> Reply<pb::DeleteModelResponse> {
+        let pb::DeleteModelRequest { model } = request.into_inner();
+        let deleted = self.control.delete(&convert::model_ref(model)?).await?;
+        Ok(Response::new(pb::DeleteModelResponse {
+            deleted: Some(convert::model(&deleted)),
+        }))
+    }
+}

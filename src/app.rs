@@ -1,0 +1,138 @@
+//! Wires registry, model root, slot and gRPC services together and runs the server.
+//! `serve(config, listener, shutdown)` is what `main` and the integration tests both run.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+use crate::api::inference::InferenceService;
+use crate::api::pb::inference_server::InferenceServer;
+use crate::api::pb::model_registry_server::ModelRegistryServer;
+use crate::api::registry::RegistryService;
+use crate::config::ServeConfig;
+use crate::control::Control;
+use crate::model::{ModelRoot, Slot};
+use crate::registry::Registry;
+
+/// Service names whose health follows the model state.
+const HEALTH_SERVICES: [&str; 2] = ["", "modeld.v1.Inference"];
+
+/// Opens the registry and model root and builds the shared [`Control`].
+///
+/// # Errors
+/// When the database cannot be opened or migrated, or the model root does not exist.
+pub async fn control(registry: &crate::config::RegistryArgs) -> anyhow::Result<Arc<Control>> {
+    let root = ModelRoot::new(&registry.model_root).context("opening the model root")?;
+    let db = Registry::connect(&registry.database_url)
+        .await
+        .context("opening the model registry")?;
+    Ok(Arc::new(Control::new(db, root, Arc::new(Slot::new()))))
+}
+
+/// Runs the server on `listener` until `shutdown` completes, then drains in-flight requests.
+///
+/// Start-up: migrate, seed an empty registry from the manifest, load the registry's active
+/// model. A model that fails to load does not stop the server: it stays up, reports
+/// NOT_SERVING, and serves as soon as a loadable model is activated.
+///
+/// # Errors
+/// When the registry or model root cannot be opened, or the transport fails.
+pub async fn serve(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(?config, %addr, "starting modeld");
+    let control = control(&config.registry).await?;
+
+    if !config.no_seed {
+        let manifest = control.root().path().join(&config.seed_manifest);
+        if manifest.is_file() {
+            match control.seed(&manifest).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(models = n, manifest = %manifest.display(), "seeded the empty registry"),
+                Err(e) => tracing::error!(error = %e, "seeding the registry failed"),
+            }
+        }
+    }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in HEALTH_SERVICES {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    // Health follows the slot: SERVING from the first published model on.
+    let mut published = control.slot().subscribe();
+    tokio::spawn(async move {
+        loop {
+            if published.borrow_and_update().is_some() {
+                for name in HEALTH_SERVICES {
+                    reporter.set_service_status(name, ServingStatus::Serving).await;
+                }
+                break;
+            }
+            if published.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    match control.load_active().await {
+        Ok(Some(_)) => {}
+        Ok(None) => tracing::warn!("no active model in the registry: NOT_SERVING until one is activated"),
+        Err(e) => tracing::error!(error = %e, "the registry's active model cannot be loaded: NOT_SERVING until one is"),
+    }
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let max = config.max_message_bytes;
+    let inference = InferenceServer::new(InferenceService::new(Arc::clone(&control)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let registry = ModelRegistryServer::new(RegistryService::new(Arc::clone(&control)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+
+    // The transport stops accepting on `shutdown`, then waits for in-flight requests; the drain
+    // timeout bounds that wait.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = Duration::from_secs(config.drain_timeout_secs);
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .max_frame_size(1u32 << 20)
+        .initial_stream_window_size(4u32 << 20)
+        .initial_connection_window_size(8u32 << 20)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(inference)
+        .add_service(registry)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop_rx.await;
+        });
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        res = &mut server => res.context("gRPC server failed")?,
+        () = shutdown => {
+            tracing::info!(drain_timeout_secs = drain.as_secs(), "shutting down: draining in-flight requests");
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(drain, &mut server).await {
+                Ok(res) => res.context("gRPC server failed")?,
+                Err(_) => tracing::warn!("drain timeout reached; dropping remaining requests"),
+            }
+        }
+    }
+    control.registry().close().await;
+    tracing::info!("modeld stopped");
+    Ok(())
+}

@@ -1,0 +1,441 @@
+//! The `modeld` commands. Registry commands work directly on the database through the same
+//! [`Control`](crate::control::Control) the server uses, whether a server is running or not;
+//! `predict` is a gRPC client of a running server.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::api::pb;
+use crate::app;
+use crate::config::{Command, ModelArg, PredictArgs};
+use crate::control::{ActivationOutcome, Registration};
+use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
+
+/// Runs one command to completion.
+///
+/// # Errors
+/// Whatever the command failed with, with context for the user.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(config) => {
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            app::serve(config, listener, shutdown_signal()).await
+        }
+        Command::Migrate(args) => {
+            app::control(&args).await?;
+            println!("registry schema is up to date");
+            Ok(())
+        }
+        Command::Register(a) => {
+            let control = app::control(&a.registry).await?;
+            let reg = Registration {
+                name: a.name,
+                file_path: a.path,
+                version: a.version,
+                description: a.description,
+                model_type: a.model_type,
+                accuracy: a.accuracy,
+                created_by: a.by,
+                activate: a.activate,
+            };
+            let done = control.register(reg).await?;
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"model": record_json(&done.model), "activation": done.activation.as_ref().map(activation_json)})
+                );
+            } else {
+                println!("registered {}", describe(&done.model));
+                if let Some(act) = &done.activation {
+                    print_activation(act);
+                }
+            }
+            Ok(())
+        }
+        Command::List(a) => {
+            let control = app::control(&a.registry).await?;
+            let models = control.registry().list(Order::Id, false, i64::MAX, 0).await?;
+            if a.json {
+                println!("{}", Value::Array(models.iter().map(record_json).collect()));
+            } else {
+                println!("  ID   NAME                     VERSION    ACCURACY  FILE                         TYPE");
+                for m in &models {
+                    println!(
+                        "{:>4}  {:<1} {:<24} {:<10} {:>8}  {:<28} {}",
+                        m.model_id,
+                        if m.is_active { "*" } else { "" },
+                        m.model_name,
+                        m.version,
+                        m.accuracy.map_or_else(|| "-".into(), |a| format!("{a:.4}")),
+                        m.file_path,
+                        m.model_type
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Show(a) => {
+            let control = app::control(&a.registry).await?;
+            let m = control.registry().get(&model_ref(&a.model)?).await?;
+            println!("{}", serde_json::to_string_pretty(&record_json(&m))?);
+            Ok(())
+        }
+        Command::Activate(a) => {
+            let control = app::control(&a.registry).await?;
+            let meta = ActivationMeta {
+                activated_by: a.by,
+                reason: a.reason,
+                is_rollback: false,
+            };
+            let done = control.activate(&model_ref(&a.model)?, &meta).await?;
+            if a.json {
+                println!("{}", activation_json(&done))
+            } else {
+                print_activation(&done)
+            }
+            Ok(())
+        }
+        Command::Rollback(a) => {
+            let control = app::control(&a.registry).await?;
+            let done = control.rollback(&a.by, &a.reason).await?;
+            if a.json {
+                println!("{}", activation_json(&done))
+            } else {
+                print_activation(&done)
+            }
+            Ok(())
+        }
+        Command::Delete(a) => {
+            let control = app::control(&a.registry).await?;
+            let deleted = control.delete(&model_ref(&a.model)?).await?;
+            println!(
+                "deleted the record of {} (the file {} is kept)",
+                describe(&deleted),
+                deleted.file_path
+            );
+            Ok(())
+        }
+        Command::Predict(a) => predict(a).await,
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn model_ref(arg: &ModelArg) -> anyhow::Result<ModelRef> {
+    match arg.model.strip_prefix("id:") {
+        Some(id) => Ok(ModelRef::Id(
+            id.parse().with_context(|| format!("bad model id {id:?}"))?,
+        )),
+        None => Ok(ModelRef::Name(arg.model.clone())),
+    }
+}
+
+fn describe(m: &ModelRecord) -> String {
+    format!("{} (id {}, version {:?})", m.model_name, m.model_id, m.version)
+}
+
+fn print_activation(a: &ActivationOutcome) {
+    println!(
+        "active: {} (previous: {}; loaded and verified in {:.1} ms)",
+        describe(&a.active),
+        a.previous.as_ref().map_or_else(|| "none".to_string(), describe),
+        a.load_time.as_secs_f64() * 1e3
+    );
+}
+
+fn record_json(m: &ModelRecord) -> Value {
+    json!({
+        "model_id": m.model_id,
+        "model_name": m.model_name,
+        "version": m.version,
+        "file_path": m.file_path,
+        "description": m.description,
+        "model_type": m.model_type,
+        "accuracy": m.accuracy,
+        "checksum_sha256": m.checksum_sha256,
+        "file_size_bytes": m.file_size_bytes,
+        "signature": serde_json::from_str::<Value>(&m.signature).unwrap_or(Value::Null),
+        "is_active": m.is_active,
+        "created_at": m.created_at,
+        "updated_at": m.updated_at,
+        "created_by": m.created_by,
+    })
+}
+
+fn activation_json(a: &ActivationOutcome) -> Value {
+    json!({
+        "active": record_json(&a.active),
+        "previous": a.previous.as_ref().map(record_json),
+        "load_time_ms": a.load_time.as_secs_f64() * 1e3,
+    })
+}
+
+async fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(a.server.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", a.server))?;
+    let mut registry = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
+    let signature = if a.model.is_empty() || a.model == crate::control::ACTIVE_ALIAS {
+        registry
+            .get_active_model(pb::GetActiveModelRequest {})
+            .await?
+            .into_inner()
+            .serving
+    } else {
+        let r = pb::ModelRef {
+            r#ref: Some(pb::model_ref::Ref::ModelName(a.model.clone())),
+        };
+        Some(
+            registry
+                .get_model(pb::GetModelRequest { model: Some(r) })
+                .await?
+                .into_inner(),
+        )
+    }
+    .and_then(|m| m.signature)
+    .context("the server has no model to describe")?;
+    let first = signature.inputs.first().context("the model has no inputs")?;
+    let name = a.input_name.clone().unwrap_or_else(|| first.name.clone());
+    let inputs = read_inputs(&a.input, &name, &first.datatype)?;
+
+    let mut client = pb::inference_client::InferenceClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20);
+    let resp = client
+        .predict(pb::PredictRequest {
+            model_name: a.model.clone(),
+            inputs,
+            routing_key: String::new(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let outputs: Vec<Value> = resp
+        .outputs
+        .iter()
+        .map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape, "data": tensor_values(t)}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "model_id": resp.model_id,
+            "model_name": resp.model_name,
+            "model_version": resp.model_version,
+            "outputs": outputs,
+        }))?
+    );
+    Ok(())
+}
+
+/// Reads `.npy` (sent as raw bytes) or `.json` (sent as typed values).
+fn read_inputs(path: &Path, name: &str, default_datatype: &str) -> anyhow::Result<Vec<pb::Tensor>> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
+    if path.extension().is_some_and(|e| e == "npy") {
+        return Ok(vec![
+            npy_tensor(&bytes, name).with_context(|| format!("cannot use {shown}"))?,
+        ]);
+    }
+    let value: Value = serde_json::from_slice(&bytes).with_context(|| format!("{shown} is not JSON"))?;
+    if let Some(list) = value.get("inputs").and_then(Value::as_array) {
+        return list
+            .iter()
+            .map(|i| {
+                let name = i
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .context("an input has no \"name\"")?;
+                let datatype = i.get("datatype").and_then(Value::as_str).unwrap_or(default_datatype);
+                let data = i.get("data").context("an input has no \"data\"")?;
+                let (mut flat, inferred) = (Vec::new(), flatten(data, &mut Vec::new(), 0)?);
+                collect(data, &mut flat);
+                let shape = match i.get("shape") {
+                    Some(s) => serde_json::from_value(s.clone()).context("\"shape\" must be a list of integers")?,
+                    None => inferred,
+                };
+                typed_tensor(name, datatype, shape, &flat)
+            })
+            .collect();
+    }
+    let shape = flatten(&value, &mut Vec::new(), 0)?;
+    let mut flat = Vec::new();
+    collect(&value, &mut flat);
+    Ok(vec![typed_tensor(name, default_datatype, shape, &flat)?])
+}
+
+/// The shape of a nested JSON array (checking it is rectangular).
+fn flatten(v: &Value, shape: &mut Vec<i64>, depth: usize) -> anyhow::Result<Vec<i64>> {
+    match v {
+        Value::Array(items) => {
+            if shape.len() == depth {
+                shape.push(items.len() as i64);
+            } else if shape[depth] != items.len() as i64 {
+                bail!("the JSON array is ragged: rows of different lengths at depth {depth}");
+            }
+            for item in items {
+                flatten(item, shape, depth + 1)?;
+            }
+            Ok(shape.clone())
+        }
+        Value::Number(_) | Value::Bool(_) => Ok(shape.clone()),
+        other => bail!("expected numbers in the input array, found {other}"),
+    }
+}
+
+fn collect<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+        other => out.push(other),
+    }
+}
+
+fn typed_tensor(name: &str, datatype: &str, shape: Vec<i64>, values: &[&Value]) -> anyhow::Result<pb::Tensor> {
+    let mut t = pb::Tensor {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape,
+        ..Default::default()
+    };
+    let num = |v: &Value| v.as_f64().with_context(|| format!("{v} is not a number"));
+    let int = |v: &Value| v.as_i64().with_context(|| format!("{v} is not an integer"));
+    match datatype {
+        "FP32" => {
+            t.fp32_data = values
+                .iter()
+                .map(|v| num(v).map(|x| x as f32))
+                .collect::<anyhow::Result<_>>()?
+        }
+        "FP64" => t.fp64_data = values.iter().map(|v| num(v)).collect::<anyhow::Result<_>>()?,
+        "INT64" => t.int64_data = values.iter().map(|v| int(v)).collect::<anyhow::Result<_>>()?,
+        "INT8" | "INT16" | "INT32" => {
+            t.int32_data = values
+                .iter()
+                .map(|v| Ok(i32::try_from(int(v)?)?))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        "UINT8" | "UINT16" | "UINT32" => {
+            t.uint32_data = values
+                .iter()
+                .map(|v| Ok(u32::try_from(int(v)?)?))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        "UINT64" => {
+            t.uint64_data = values
+                .iter()
+                .map(|v| v.as_u64().with_context(|| format!("{v} is not a UINT64")))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        "BOOL" => {
+            t.bool_data = values
+                .iter()
+                .map(|v| v.as_bool().with_context(|| format!("{v} is not a bool")))
+                .collect::<anyhow::Result<_>>()?;
+        }
+        other => bail!("datatype {other:?} cannot be written in JSON here"),
+    }
+    Ok(t)
+}
+
+fn npy_tensor(bytes: &[u8], name: &str) -> anyhow::Result<pb::Tensor> {
+    let npy = npyz::NpyFile::new(bytes)?;
+    if npy.order() != npyz::Order::C {
+        bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
+    }
+    let shape: Vec<i64> = npy.shape().iter().map(|&d| d as i64).collect();
+    let descr = npy.dtype().descr();
+    let descr = descr.trim_matches('\'').trim_start_matches(['<', '|', '=']);
+    macro_rules! raw {
+        ($t:ty, $dt:literal) => {{
+            let v: Vec<$t> = npy.into_vec()?;
+            ($dt, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+        }};
+    }
+    let (datatype, raw_data) = match descr {
+        "f4" => raw!(f32, "FP32"),
+        "f8" => raw!(f64, "FP64"),
+        "i1" => raw!(i8, "INT8"),
+        "i2" => raw!(i16, "INT16"),
+        "i4" => raw!(i32, "INT32"),
+        "i8" => raw!(i64, "INT64"),
+        "u1" => raw!(u8, "UINT8"),
+        "u2" => raw!(u16, "UINT16"),
+        "u4" => raw!(u32, "UINT32"),
+        "u8" => raw!(u64, "UINT64"),
+        "b1" => {
+            let v: Vec<bool> = npy.into_vec()?;
+            ("BOOL", v.iter().map(|&b| u8::from(b)).collect())
+        }
+        other => bail!("unsupported .npy dtype {other:?} (big-endian or exotic)"),
+    };
+    Ok(pb::Tensor {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape,
+        raw_data,
+        ..Default::default()
+    })
+}
+
+/// A wire tensor's values as JSON numbers, whichever field carries them.
+fn tensor_values(t: &pb::Tensor) -> Value {
+    if t.raw_data.is_empty() {
+        return match t.datatype.as_str() {
+            "FP32" => json!(t.fp32_data),
+            "FP64" => json!(t.fp64_data),
+            "INT64" => json!(t.int64_data),
+            "UINT64" => json!(t.uint64_data),
+            "BOOL" => json!(t.bool_data),
+            "UINT8" | "UINT16" | "UINT32" => json!(t.uint32_data),
+            _ => json!(t.int32_data),
+        };
+    }
+    macro_rules! le {
+        ($t:ty) => {
+            json!(
+                t.raw_data
+                    .chunks_exact(size_of::<$t>())
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("exact chunk")))
+                    .collect::<Vec<$t>>()
+            )
+        };
+    }
+    match t.datatype.as_str() {
+        "FP32" => le!(f32),
+        "FP64" => le!(f64),
+        "INT8" => le!(i8),
+        "INT16" => le!(i16),
+        "INT32" => le!(i32),
+        "INT64" => le!(i64),
+        "UINT8" => le!(u8),
+        "UINT16" => le!(u16),
+        "UINT32" => le!(u32),
+        "UINT64" => le!(u64),
+        "BOOL" => json!(t.raw_data.iter().map(|&b| b != 0).collect::<Vec<_>>()),
+        _ => Value::Null,
+    }
+}

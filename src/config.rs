@@ -1,0 +1,248 @@
+//! Command-line flags and `MODELD_*` environment variables: one struct per command, each field
+//! documented (its doc comment is its `--help`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::registry::redact_url;
+
+/// modeld: a gRPC inference server that hot-swaps ONNX models from a SQL model registry.
+#[derive(Debug, Parser)]
+#[command(name = "modeld", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "modeld=debug".
+    #[arg(long, env = "MODELD_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "MODELD_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(ServeConfig),
+    /// Create or upgrade the registry schema, then exit.
+    Migrate(RegistryArgs),
+    /// Register a model file (and optionally activate it).
+    Register(RegisterArgs),
+    /// List registered models.
+    List(ListArgs),
+    /// Show one model, with its signature.
+    Show(ShowArgs),
+    /// Make a model the active one (loads and verifies it first).
+    Activate(ActivateArgs),
+    /// Re-activate the model that was active before the current one.
+    Rollback(RollbackArgs),
+    /// Delete a model's registry record (never the file; refused for the active model).
+    Delete(DeleteArgs),
+    /// Send one Predict request to a running server and print the outputs as JSON.
+    Predict(PredictArgs),
+}
+
+/// Where the registry and the model files are.
+#[derive(Clone, Args)]
+pub struct RegistryArgs {
+    /// Registry database: a SQLite file (`sqlite://modeld.db`, created if missing) or a
+    /// PostgreSQL URL (`postgres://user:pass@host/db`).
+    #[arg(long, env = "MODELD_DATABASE_URL", default_value = "sqlite://modeld.db")]
+    pub database_url: String,
+    /// Directory every model file must live under; registry paths are relative to it.
+    #[arg(long, env = "MODELD_MODEL_ROOT", default_value = "models")]
+    pub model_root: PathBuf,
+}
+
+impl std::fmt::Debug for RegistryArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryArgs")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("model_root", &self.model_root)
+            .finish()
+    }
+}
+
+/// Everything `modeld serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "MODELD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Seed manifest (relative to the model root): on first start with an empty registry its
+    /// models are registered and its `activate` model activated.
+    #[arg(long, env = "MODELD_SEED_MANIFEST", default_value = "models.json")]
+    pub seed_manifest: PathBuf,
+    /// Do not seed an empty registry.
+    #[arg(long, env = "MODELD_NO_SEED")]
+    pub no_seed: bool,
+    /// Largest gRPC message accepted or sent, in bytes (a batch of 32 CNN images is ~19 MB).
+    #[arg(long, env = "MODELD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// How long in-flight requests may run after a shutdown signal, in seconds.
+    #[arg(long, env = "MODELD_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+}
+
+impl ServeConfig {
+    /// Defaults for a database and a model root (tests and embedding).
+    pub fn new(database_url: impl Into<String>, model_root: impl Into<PathBuf>) -> Self {
+        Self {
+            registry: RegistryArgs {
+                database_url: database_url.into(),
+                model_root: model_root.into(),
+            },
+            listen: "127.0.0.1:50051".parse().expect("a valid address"),
+            seed_manifest: "models.json".into(),
+            no_seed: false,
+            max_message_bytes: 64 * 1024 * 1024,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+/// `modeld register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Unique model name.
+    #[arg(long)]
+    pub name: String,
+    /// Model file, relative to the model root.
+    #[arg(long)]
+    pub path: String,
+    /// Version label.
+    #[arg(long, default_value = "")]
+    pub version: String,
+    /// Description.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Model type, e.g. "classifier".
+    #[arg(long = "type", default_value = "")]
+    pub model_type: String,
+    /// Accuracy, 0..1.
+    #[arg(long)]
+    pub accuracy: Option<f64>,
+    /// Activate it right away.
+    #[arg(long)]
+    pub activate: bool,
+    /// Recorded as created_by.
+    #[arg(long, env = "MODELD_USER", default_value = "cli")]
+    pub by: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `modeld list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A model named by id or name.
+#[derive(Debug, Args)]
+pub struct ModelArg {
+    /// Model name, or `id:<model_id>`.
+    pub model: String,
+}
+
+/// `modeld show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArg,
+}
+
+/// `modeld activate`.
+#[derive(Debug, Args)]
+pub struct ActivateArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Why (kept in the activation history).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Recorded as activated_by.
+    #[arg(long, env = "MODELD_USER", default_value = "cli")]
+    pub by: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `modeld rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Why (kept in the activation history).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Recorded as activated_by.
+    #[arg(long, env = "MODELD_USER", default_value = "cli")]
+    pub by: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `modeld delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArg,
+}
+
+/// `modeld predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Server address.
+    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Model name; empty means the active model.
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// Input file: `.npy` (one array), or `.json` holding a nested number array or
+    /// `{"inputs": [{"name", "datatype", "shape", "data"}]}`.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Input name for a `.npy` file or a bare JSON array; default: the model's first input.
+    #[arg(long)]
+    pub input_name: Option<String>,
+}

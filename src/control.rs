@@ -1,0 +1,453 @@
+//! The model operations every front end shares (gRPC API, CLI, start-up): register, activate,
+//! roll back, update, delete, and choosing the model for a request.
+//!
+//! Activation order: resolve the record, confine its path, load + verify sha256 + warm up off to
+//! the side, commit the registry transaction, and only then publish into the slot. Any failure
+//! before the commit leaves the registry and the served model exactly as they were.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::model::slot::ServedModel;
+use crate::model::{LoadedModel, ModelRoot, Slot, load_model};
+use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, NewModel, Registry};
+
+/// The name `active` is reserved: it always means "whatever model is active".
+pub const ACTIVE_ALIAS: &str = "active";
+
+/// A registration request.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// Unique name: letters, digits, `_`, `.`, `-`; starts with a letter or digit.
+    pub name: String,
+    /// Path relative to the model root.
+    pub file_path: String,
+    /// Version label.
+    pub version: String,
+    /// Free text.
+    pub description: String,
+    /// Free text.
+    pub model_type: String,
+    /// 0..1.
+    pub accuracy: Option<f64>,
+    /// Who registers.
+    pub created_by: String,
+    /// Activate right away (same transaction as the insert).
+    pub activate: bool,
+}
+
+/// The outcome of an activation.
+#[derive(Debug, Clone)]
+pub struct ActivationOutcome {
+    /// The model now active.
+    pub active: ModelRecord,
+    /// The model active before, if any.
+    pub previous: Option<ModelRecord>,
+    /// Time to read, verify, load and warm up the model (zero when it was already served).
+    pub load_time: Duration,
+}
+
+/// The outcome of a registration.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The new record.
+    pub model: ModelRecord,
+    /// Set when activation was requested.
+    pub activation: Option<ActivationOutcome>,
+}
+
+/// Registry + model root + served slot, and the lock that orders activations in this process.
+#[derive(Debug)]
+pub struct Control {
+    registry: Registry,
+    root: ModelRoot,
+    slot: Arc<Slot>,
+    /// Held from load to publish so that two activations in this process publish in the order
+    /// they committed (an older model can never be published over a newer one).
+    activation: Mutex<()>,
+}
+
+impl Control {
+    /// Wires the parts together.
+    pub fn new(registry: Registry, root: ModelRoot, slot: Arc<Slot>) -> Self {
+        Self {
+            registry,
+            root,
+            slot,
+            activation: Mutex::new(()),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The served slot.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    /// The model root.
+    pub fn root(&self) -> &ModelRoot {
+        &self.root
+    }
+
+    /// Registers a model: the file must exist under the root, is hashed and loaded once (a
+    /// broken file is refused), and with `activate` becomes the active model in the same
+    /// transaction, then is published.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad name, path or accuracy; `FailedPrecondition` for a missing or
+    /// unloadable file; `AlreadyExists` for a duplicate name.
+    pub async fn register(&self, reg: Registration) -> Result<Registered> {
+        validate_name(&reg.name)?;
+        validate_accuracy(reg.accuracy)?;
+        let file_path = normalise(&reg.file_path)?;
+        let path = self.root.resolve(&file_path)?;
+        let _order = if reg.activate {
+            Some(self.activation.lock().await)
+        } else {
+            None
+        };
+        let loaded = load_blocking(path, None).await?;
+        let new = NewModel {
+            model_name: reg.name.clone(),
+            version: reg.version,
+            file_path,
+            description: reg.description,
+            model_type: reg.model_type,
+            accuracy: reg.accuracy,
+            checksum_sha256: loaded.sha256.clone(),
+            file_size_bytes: i64::try_from(loaded.size_bytes).map_err(Error::internal)?,
+            signature: loaded.signature.clone(),
+            created_by: if reg.created_by.is_empty() {
+                "api".into()
+            } else {
+                reg.created_by.clone()
+            },
+        };
+        let meta = ActivationMeta {
+            activated_by: new.created_by.clone(),
+            reason: "registered with activate".into(),
+            is_rollback: false,
+        };
+        let load_time = loaded.load_time;
+        let committed = self.registry.insert(&new, reg.activate.then_some(&meta)).await?;
+        tracing::info!(model = %reg.name, version = %committed.active.version, sha256 = %loaded.sha256, "model registered");
+        if !reg.activate {
+            return Ok(Registered {
+                model: committed.active,
+                activation: None,
+            });
+        }
+        self.publish(committed.active.clone(), loaded);
+        Ok(Registered {
+            model: committed.active.clone(),
+            activation: Some(ActivationOutcome {
+                active: committed.active,
+                previous: committed.previous,
+                load_time,
+            }),
+        })
+    }
+
+    /// Loads, verifies and warms up `model`, makes it the one active model in the registry, then
+    /// publishes it. Activating the model that is already active and served changes nothing.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown model; `FailedPrecondition` when its file is missing, changed
+    /// (checksum) or cannot be loaded. On any error the registry and the served model are unchanged.
+    pub async fn activate(&self, model: &ModelRef, meta: &ActivationMeta) -> Result<ActivationOutcome> {
+        let _order = self.activation.lock().await;
+        let record = self.registry.get(model).await?;
+        self.activate_locked(record, meta).await
+    }
+
+    /// Activates the model that was active before the current one (from the activation
+    /// history). Rolling back twice returns to where you started.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` when there is no earlier model or it was deleted; otherwise as
+    /// [`Control::activate`].
+    pub async fn rollback(&self, activated_by: &str, reason: &str) -> Result<ActivationOutcome> {
+        let _order = self.activation.lock().await;
+        let last = self.registry.last_activation().await?.ok_or_else(|| {
+            Error::FailedPrecondition("nothing to roll back to: no model has been activated yet".into())
+        })?;
+        let target = match (last.previous_model_id, last.previous_name) {
+            (Some(id), _) => id,
+            (None, Some(name)) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot roll back to model {name:?}: its record was deleted"
+                )));
+            }
+            (None, None) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "nothing to roll back to: {:?} was the first model ever activated",
+                    last.model_name
+                )));
+            }
+        };
+        let record = self.registry.get(&ModelRef::Id(target)).await?;
+        let meta = ActivationMeta {
+            activated_by: activated_by.to_string(),
+            reason: if reason.is_empty() {
+                format!("rollback from {:?}", last.model_name)
+            } else {
+                reason.to_string()
+            },
+            is_rollback: true,
+        };
+        self.activate_locked(record, &meta).await
+    }
+
+    async fn activate_locked(&self, record: ModelRecord, meta: &ActivationMeta) -> Result<ActivationOutcome> {
+        let served = self.slot.load();
+        if record.is_active
+            && served.as_ref().is_some_and(|s| {
+                s.record.model_id == record.model_id && s.record.checksum_sha256 == record.checksum_sha256
+            })
+        {
+            return Ok(ActivationOutcome {
+                active: record.clone(),
+                previous: Some(record),
+                load_time: Duration::ZERO,
+            });
+        }
+        let path = self.root.resolve(&record.file_path).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
+            other => other,
+        })?;
+        let loaded = load_blocking(path, Some(record.checksum_sha256.clone())).await?;
+        let load_time = loaded.load_time;
+        let committed = self.registry.activate(record.model_id, &loaded.sha256, meta).await?;
+        tracing::info!(
+            model = %committed.active.model_name,
+            version = %committed.active.version,
+            previous = committed.previous.as_ref().map(|p| p.model_name.as_str()).unwrap_or("none"),
+            load_ms = load_time.as_secs_f64() * 1e3,
+            by = %meta.activated_by,
+            reason = %meta.reason,
+            "model activated"
+        );
+        self.publish(committed.active.clone(), loaded);
+        Ok(ActivationOutcome {
+            active: committed.active,
+            previous: committed.previous,
+            load_time,
+        })
+    }
+
+    fn publish(&self, record: ModelRecord, model: LoadedModel) {
+        self.slot.publish(Arc::new(ServedModel { record, model }));
+    }
+
+    /// Loads what the registry says is active into the slot (start-up). `Ok(None)` when no model
+    /// is active.
+    ///
+    /// # Errors
+    /// As [`Control::activate`]; the slot is unchanged on error.
+    pub async fn load_active(&self) -> Result<Option<ModelRecord>> {
+        let _order = self.activation.lock().await;
+        let Some(record) = self.registry.active().await? else {
+            return Ok(None);
+        };
+        let path = self.root.resolve(&record.file_path).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
+            other => other,
+        })?;
+        let loaded = load_blocking(path, Some(record.checksum_sha256.clone())).await?;
+        tracing::info!(model = %record.model_name, version = %record.version, load_ms = loaded.load_time.as_secs_f64() * 1e3, "active model loaded");
+        self.publish(record.clone(), loaded);
+        Ok(Some(record))
+    }
+
+    /// Changes metadata only.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an accuracy outside 0..1; `NotFound` for an unknown model.
+    pub async fn update(&self, model: &ModelRef, changes: &ModelChanges) -> Result<ModelRecord> {
+        validate_accuracy(changes.accuracy)?;
+        self.registry.update(model, changes).await
+    }
+
+    /// Deletes the record, never the file.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` for the active model; `NotFound` for an unknown model.
+    pub async fn delete(&self, model: &ModelRef) -> Result<ModelRecord> {
+        let deleted = self.registry.delete(model).await?;
+        tracing::info!(model = %deleted.model_name, "model record deleted (file kept)");
+        Ok(deleted)
+    }
+
+    /// The model that serves a request for `name` (empty or `active`: the active model). Takes
+    /// one snapshot of the slot; the registry is asked only to explain a miss.
+    ///
+    /// # Errors
+    /// `Unavailable` when nothing is loaded; `NotFound` for an unknown name;
+    /// `FailedPrecondition` for a registered model that is not the active one.
+    pub async fn model_for(&self, name: &str) -> Result<Arc<ServedModel>> {
+        let served = self.slot.load();
+        if let Some(m) = &served
+            && (name.is_empty() || name == ACTIVE_ALIAS || m.record.model_name == name)
+        {
+            return Ok(Arc::clone(m));
+        }
+        if name.is_empty() || name == ACTIVE_ALIAS {
+            return Err(Error::Unavailable(
+                "no model is loaded yet: register and activate one (modeld register --activate)".into(),
+            ));
+        }
+        let serving = served.as_ref().map(|m| m.record.model_name.clone());
+        match self.registry.find(&ModelRef::Name(name.to_string())).await? {
+            None => Err(Error::NotFound(format!("model {name:?} is not registered"))),
+            Some(r) if r.is_active => Err(Error::Unavailable(format!(
+                "model {name:?} is active in the registry but not loaded on this server yet (serving {})",
+                serving.map_or_else(|| "nothing".to_string(), |s| format!("{s:?}"))
+            ))),
+            Some(_) => Err(Error::FailedPrecondition(format!(
+                "model {name:?} is registered but not active; the active model is {}",
+                serving.map_or_else(|| "none".to_string(), |s| format!("{s:?}"))
+            ))),
+        }
+    }
+
+    /// On an empty registry, registers the models listed in the seed manifest and activates the
+    /// one it names. Returns how many were registered (0 when the registry was not empty).
+    ///
+    /// # Errors
+    /// `FailedPrecondition` for an unreadable manifest; otherwise as [`Control::register`].
+    pub async fn seed(&self, manifest: &Path) -> Result<usize> {
+        if self.registry.count().await? > 0 {
+            return Ok(0);
+        }
+        let text = std::fs::read_to_string(manifest)
+            .map_err(|e| Error::FailedPrecondition(format!("cannot read seed manifest {}: {e}", manifest.display())))?;
+        let manifest: SeedManifest = serde_json::from_str(&text)
+            .map_err(|e| Error::FailedPrecondition(format!("bad seed manifest {}: {e}", manifest.display())))?;
+        let mut n = 0;
+        for m in manifest.models {
+            let activate = manifest.activate.as_deref() == Some(m.name.as_str());
+            let reg = Registration {
+                name: m.name,
+                file_path: m.file_path,
+                version: m.version,
+                description: m.description,
+                model_type: m.model_type,
+                accuracy: m.accuracy,
+                created_by: "seed".into(),
+                activate,
+            };
+            match self.register(reg).await {
+                Ok(_) => n += 1,
+                // Another process seeded at the same moment: fine.
+                Err(Error::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SeedManifest {
+    activate: Option<String>,
+    models: Vec<SeedModel>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SeedModel {
+    name: String,
+    file_path: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    model_type: String,
+    accuracy: Option<f64>,
+}
+
+/// Runs the CPU-heavy load on a blocking thread; a panic inside tract becomes an error, never a
+/// crash and never a published model.
+async fn load_blocking(path: PathBuf, expected_sha256: Option<String>) -> Result<LoadedModel> {
+    tokio::task::spawn_blocking(move || load_model(&path, expected_sha256.as_deref()))
+        .await
+        .map_err(|e| Error::FailedPrecondition(format!("loading the model crashed: {e}")))?
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    let ok_start = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty() || name.len() > 128 || !ok_chars || !ok_start {
+        return Err(Error::InvalidArgument(format!(
+            "model name {name:?} is not valid: use 1-128 letters, digits, '_', '.', '-', starting with a letter or digit"
+        )));
+    }
+    if name == ACTIVE_ALIAS {
+        return Err(Error::InvalidArgument(format!(
+            "model name {ACTIVE_ALIAS:?} is reserved: it always means the active model"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_accuracy(accuracy: Option<f64>) -> Result<()> {
+    match accuracy {
+        Some(a) if !(0.0..=1.0).contains(&a) => Err(Error::InvalidArgument(format!(
+            "accuracy must be between 0 and 1, got {a}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `./a//b.onnx` -> `a/b.onnx`, after refusing escapes.
+fn normalise(rel: &str) -> Result<String> {
+    let p = ModelRoot::check_relative(rel)?;
+    let clean: PathBuf = p.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    clean
+        .to_str()
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::InvalidArgument(format!("file_path {rel:?} names no file")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["digits_v1", "a", "m-2.0", "X9"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "a b", "a/b", "active", &"x".repeat(129)] {
+            assert!(matches!(validate_name(bad), Err(Error::InvalidArgument(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn accuracy_is_checked() {
+        assert!(validate_accuracy(Some(0.5)).is_ok());
+        assert!(validate_accuracy(None).is_ok());
+        for bad in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            assert!(validate_accuracy(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalise("./a//b.onnx").unwrap(), "a/b.onnx");
+        assert!(normalise("../a.onnx").is_err());
+        assert!(normalise(".").is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! The one error type of modeld and its one exhaustive mapping to gRPC status codes.
+
+/// What went wrong, named for what the caller can do about it.
+///
+/// Every fallible path in the server ends in one of these; [`From<Error> for tonic::Status`]
+/// is the only place that turns them into gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong (shape, datatype, name, value out of range).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The named model (or other entity) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The entity already exists (duplicate model name).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The system is not in a state that allows this (model not active, file missing or
+    /// changed, deleting the active model).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Try again later: no model is loaded yet, or the registry database is unreachable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure; details are logged, not sent to the client.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an unexpected failure.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Error::Unavailable(format!("model registry database is unreachable: {e}")),
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Error::AlreadyExists(format!("registry constraint violated: {}", db.message()))
+            }
+            sqlx::Error::Database(db) if db.is_check_violation() => {
+                Error::InvalidArgument(format!("registry check violated: {}", db.message()))
+            }
+            _ => Error::Internal(format!("registry database error: {e}")),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+            Error::NotFound(m) => tonic::Status::not_found(m),
+            Error::AlreadyExists(m) => tonic::Status::already_exists(m),
+            Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            Error::Unavailable(m) => {
+                tracing::warn!(error = %m, "unavailable");
+                tonic::Status::unavailable(m)
+            }
+            Error::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                tonic::Status::internal("internal error; see the server log")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_variant() {
+        let cases = [
+            (Error::InvalidArgument("a".into()), tonic::Code::InvalidArgument),
+            (Error::NotFound("a".into()), tonic::Code::NotFound),
+            (Error::AlreadyExists("a".into()), tonic::Code::AlreadyExists),
+            (Error::FailedPrecondition("a".into()), tonic::Code::FailedPrecondition),
+            (Error::Unavailable("a".into()), tonic::Code::Unavailable),
+            (Error::Internal("secret".into()), tonic::Code::Internal),
+        ];
+        for (e, code) in cases {
+            let s = tonic::Status::from(e);
+            assert_eq!(s.code(), code);
+            assert!(
+                !s.message().contains("secret"),
+                "internal details leak: {}",
+                s.message()
+            );
+        }
+    }
+
+    #[test]
+    fn unreachable_database_is_unavailable() {
+        assert!(matches!(Error::from(sqlx::Error::PoolTimedOut), Error::Unavailable(_)));
+    }
+}

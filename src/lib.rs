@@ -1,0 +1,28 @@
+//! modeld: a gRPC inference server that hot-swaps ONNX models from a SQL model registry
+//! without dropping a request.
+//!
+//! # Layout
+//! - [`config`]: the CLI flags and `MODELD_*` environment variables.
+//! - [`app`]: wires everything and runs the server (`serve(config, listener, shutdown)`).
+//! - [`cli`]: the registry commands and the `predict` client.
+//! - [`control`]: the model operations all front ends share (register, activate, rollback…).
+//! - [`registry`]: the SQL registry (SQLite or PostgreSQL, sqlx migrations).
+//! - [`model`]: path confinement, loading + sha256 + warm-up, the signature, the ArcSwap slot.
+//! - [`serving`]: the request path: validate, run off the reactor, encode.
+//! - [`api`]: the tonic services.
+//! - [`error`]: the one error type and its one mapping to gRPC codes.
+
+#[cfg(target_endian = "big")]
+compile_error!("modeld's raw tensor encoding assumes a little-endian machine");
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod model;
+pub mod registry;
+pub mod serving;
+
+pub use error::{Error, Result};

@@ -1,0 +1,205 @@
+//! What a model takes and returns: input/output names, Open Inference Protocol datatypes and
+//! shapes (-1 for a dynamic dimension). Stored in the registry as JSON.
+
+use serde::{Deserialize, Serialize};
+use tract_onnx::prelude::DatumType;
+
+use crate::error::{Error, Result};
+
+/// The tensor element types modeld serves, by their Open Inference Protocol names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DataType {
+    /// 32-bit float, "FP32".
+    Fp32,
+    /// 64-bit float, "FP64".
+    Fp64,
+    /// "INT8".
+    Int8,
+    /// "INT16".
+    Int16,
+    /// "INT32".
+    Int32,
+    /// "INT64".
+    Int64,
+    /// "UINT8".
+    Uint8,
+    /// "UINT16".
+    Uint16,
+    /// "UINT32".
+    Uint32,
+    /// "UINT64".
+    Uint64,
+    /// "BOOL", one byte per element in raw form.
+    Bool,
+}
+
+impl DataType {
+    /// Every supported type, for error messages and docs.
+    pub const ALL: [DataType; 11] = [
+        Self::Fp32,
+        Self::Fp64,
+        Self::Int8,
+        Self::Int16,
+        Self::Int32,
+        Self::Int64,
+        Self::Uint8,
+        Self::Uint16,
+        Self::Uint32,
+        Self::Uint64,
+        Self::Bool,
+    ];
+
+    /// The Open Inference Protocol name, e.g. "FP32".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "FP32",
+            Self::Fp64 => "FP64",
+            Self::Int8 => "INT8",
+            Self::Int16 => "INT16",
+            Self::Int32 => "INT32",
+            Self::Int64 => "INT64",
+            Self::Uint8 => "UINT8",
+            Self::Uint16 => "UINT16",
+            Self::Uint32 => "UINT32",
+            Self::Uint64 => "UINT64",
+            Self::Bool => "BOOL",
+        }
+    }
+
+    /// Parses an Open Inference Protocol name.
+    ///
+    /// # Errors
+    /// `InvalidArgument` listing the supported names.
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|d| d.name()).collect();
+            Error::InvalidArgument(format!(
+                "unsupported datatype {name:?}; supported: {}",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::Int8 | Self::Uint8 | Self::Bool => 1,
+            Self::Int16 | Self::Uint16 => 2,
+            Self::Fp32 | Self::Int32 | Self::Uint32 => 4,
+            Self::Fp64 | Self::Int64 | Self::Uint64 => 8,
+        }
+    }
+
+    /// tract's element type.
+    pub fn datum(self) -> DatumType {
+        match self {
+            Self::Fp32 => DatumType::F32,
+            Self::Fp64 => DatumType::F64,
+            Self::Int8 => DatumType::I8,
+            Self::Int16 => DatumType::I16,
+            Self::Int32 => DatumType::I32,
+            Self::Int64 => DatumType::I64,
+            Self::Uint8 => DatumType::U8,
+            Self::Uint16 => DatumType::U16,
+            Self::Uint32 => DatumType::U32,
+            Self::Uint64 => DatumType::U64,
+            Self::Bool => DatumType::Bool,
+        }
+    }
+
+    /// The modeld type for a tract element type, if modeld serves it.
+    pub fn from_datum(dt: DatumType) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.datum() == dt)
+    }
+}
+
+impl std::fmt::Display for DataType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One input or output of a model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Name in the ONNX graph.
+    pub name: String,
+    /// Element type.
+    pub datatype: DataType,
+    /// Dimensions; -1 is dynamic.
+    pub shape: Vec<i64>,
+}
+
+impl TensorSpec {
+    /// The shape as people write it: `[N,64]` (a leading dynamic dim is N, others `?`).
+    pub fn shape_text(&self) -> String {
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match (*d, i) {
+                (-1, 0) => "N".to_string(),
+                (-1, _) => "?".to_string(),
+                (d, _) => d.to_string(),
+            })
+            .collect();
+        format!("[{}]", dims.join(","))
+    }
+
+    /// Whether the first dimension is dynamic (a batch dimension).
+    pub fn has_batch_dim(&self) -> bool {
+        self.shape.first() == Some(&-1)
+    }
+}
+
+/// Inputs and outputs of a model, in graph order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Model inputs, in the order tract expects them.
+    pub inputs: Vec<TensorSpec>,
+    /// Model outputs, in the order tract returns them.
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl Signature {
+    /// Serialises for the registry's `signature` column.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a signature always serialises")
+    }
+
+    /// Parses the registry's `signature` column.
+    ///
+    /// # Errors
+    /// `Internal` when the stored text is not a signature (the registry was edited by hand).
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Internal(format!("stored model signature is not valid: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for d in DataType::ALL {
+            assert_eq!(DataType::parse(d.name()).unwrap(), d);
+            assert_eq!(DataType::from_datum(d.datum()), Some(d));
+            assert_eq!(d.size(), d.datum().size_of());
+        }
+        let err = DataType::parse("FLOAT").unwrap_err();
+        assert!(err.to_string().contains("FP32"), "{err}");
+    }
+
+    #[test]
+    fn shape_text_marks_dynamic_dims() {
+        let spec = TensorSpec {
+            name: "x".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 3, -1],
+        };
+        assert_eq!(spec.shape_text(), "[N,3,?]");
+        assert!(spec.has_batch_dim());
+    }
+}

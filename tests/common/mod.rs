@@ -1,0 +1,310 @@
+//! Shared test helpers: a real modeld server on 127.0.0.1:0 with a temp model root and a fresh
+//! database (a SQLite file, or a uniquely named PostgreSQL database), real gRPC clients, and the
+//! bundled models' expected outputs.
+#![allow(dead_code, reason = "each test binary uses a different part of the helpers")]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use modeld::api::pb;
+use modeld::config::ServeConfig;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Which registry database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// Admin URL of the PostgreSQL server the tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("MODELD_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh registry database; a PostgreSQL one is dropped with this value.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+                Self {
+                    url,
+                    pg_name: None,
+                    _dir: dir,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!(
+                    "modeld_test_{}_{}_{}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .subsec_nanos()
+                );
+                let admin = sqlx::PgPool::connect(&pg_admin_url())
+                    .await
+                    .expect("PostgreSQL must run on 127.0.0.1:5432 (set MODELD_TEST_PG_URL to use another server)");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                admin.close().await;
+                let base = pg_admin_url();
+                let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+                Self {
+                    url,
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Drop runs outside any async context guarantee: use a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(admin) = sqlx::PgPool::connect(&pg_admin_url()).await {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&admin)
+                        .await;
+                        admin.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// The repository's bundled models directory.
+pub fn bundled_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// A temp model root holding copies of the bundled .onnx files and the seed manifest.
+pub fn model_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["digits_v1.onnx", "digits_v2.onnx", "cnn.onnx", "models.json"] {
+        std::fs::copy(bundled_models().join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+/// A running server.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub root: tempfile::TempDir,
+    pub db: TestDb,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Seeded server (digits_v1, digits_v2, cnn; digits_v2 active), SERVING.
+    pub async fn start(backend: Backend) -> Self {
+        let s = Self::start_with(backend, |_| {}).await;
+        s.wait_for_health(ServingStatus::Serving).await;
+        s
+    }
+
+    /// A server with a tweaked config; does not wait for SERVING.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let db = TestDb::new(backend).await;
+        let root = model_root();
+        Self::start_on(db, root, tweak).await
+    }
+
+    /// A server on an existing database and model root.
+    pub async fn start_on(db: TestDb, root: tempfile::TempDir, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        let mut config = ServeConfig::new(db.url.clone(), root.path());
+        config.drain_timeout_secs = 5;
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(modeld::app::serve(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let s = Self {
+            addr,
+            root,
+            db,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        };
+        s.wait_for_health_response().await;
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
+    }
+
+    pub async fn inference(&self) -> pb::inference_client::InferenceClient<Channel> {
+        pb::inference_client::InferenceClient::new(self.channel().await)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn registry(&self) -> pb::model_registry_client::ModelRegistryClient<Channel> {
+        pb::model_registry_client::ModelRegistryClient::new(self.channel().await)
+    }
+
+    pub async fn health(&self) -> Option<ServingStatus> {
+        let channel = Channel::from_shared(self.url()).unwrap().connect().await.ok()?;
+        let resp = HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+            .await
+            .ok()?;
+        ServingStatus::try_from(resp.into_inner().status).ok()
+    }
+
+    async fn wait_for_health_response(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.health().await.is_none() {
+            assert!(Instant::now() < deadline, "server did not answer health checks");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls health until it reports `want` (60 s deadline).
+    pub async fn wait_for_health(&self, want: ServingStatus) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.health().await == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "health never became {want:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server and hands back its database and model root, for a restart.
+    pub async fn stop_and_keep(mut self) -> (TestDb, tempfile::TempDir) {
+        let db = std::mem::replace(&mut self.db, TestDb::new(Backend::Sqlite).await);
+        let root = std::mem::replace(&mut self.root, tempfile::tempdir().unwrap());
+        self.stop().await.unwrap();
+        (db, root)
+    }
+
+    /// Stops the server and waits for it to finish draining.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Reads a bundled .npy as f32.
+pub fn npy_f32(rel: &str) -> (Vec<u64>, Vec<f32>) {
+    let bytes = std::fs::read(bundled_models().join(rel)).unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape = npy.shape().to_vec();
+    (shape, npy.into_vec().unwrap())
+}
+
+/// Reads a bundled .npy as i64.
+pub fn npy_i64(rel: &str) -> Vec<i64> {
+    let bytes = std::fs::read(bundled_models().join(rel)).unwrap();
+    npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
+}
+
+/// The deterministic CNN input the expected outputs were computed on (models/make_models.py).
+pub fn cnn_input(batch: usize) -> Vec<f32> {
+    (0..batch * 3 * 224 * 224)
+        .map(|i| (((i as i64 * 7919) % 1000) as f64 / 1000.0 - 0.5) as f32)
+        .collect()
+}
+
+pub fn f32_raw(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn raw_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+pub fn raw_i64(b: &[u8]) -> Vec<i64> {
+    b.chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Asserts element-wise closeness.
+pub fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "length differs");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol, "element {i}: got {g}, want {w} (tolerance {tol})");
+    }
+}
+
+/// A raw FP32 Predict request on the digits input.
+pub fn digits_request(model: &str, rows: &[f32]) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model_name: model.into(),
+        inputs: vec![pb::Tensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![(rows.len() / 64) as i64, 64],
+            raw_data: f32_raw(rows),
+            ..Default::default()
+        }],
+        routing_key: String::new(),
+    }
+}
+
+pub fn by_name(name: &str) -> Option<pb::ModelRef> {
+    Some(pb::ModelRef {
+        r#ref: Some(pb::model_ref::Ref::ModelName(name.into())),
+    })
+}
+
+pub fn activate_req(name: &str) -> pb::ActivateModelRequest {
+    pb::ActivateModelRequest {
+        model: by_name(name),
+        reason: "test".into(),
+        activated_by: "test".into(),
+    }
+}

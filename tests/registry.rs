@@ -1,0 +1,238 @@
+//! Registry invariants on both backends: exactly one active model under concurrent activations
+//! from several tasks and several processes, enforced by the database itself.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use modeld::config::RegistryArgs;
+use modeld::control::Registration;
+use modeld::registry::{ActivationMeta, ModelRef};
+
+async fn active_count(url: &str) -> i64 {
+    let sql = "SELECT COUNT(*) FROM ml_models WHERE is_active = $1";
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let n = sqlx::query_scalar(sql).bind(true).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let n = sqlx::query_scalar(sql).bind(true).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        n
+    }
+}
+
+/// Runs `sql` directly, the way someone at a SQL console would.
+async fn raw_sql(url: &str, sql: &'static str) -> Result<u64, sqlx::Error> {
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let r = sqlx::query(sql).execute(&pool).await.map(|r| r.rows_affected());
+        pool.close().await;
+        r
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let r = sqlx::query(sql).execute(&pool).await.map(|r| r.rows_affected());
+        pool.close().await;
+        r
+    }
+}
+
+async fn one_active_under_concurrency(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let root = model_root();
+    let args = RegistryArgs {
+        database_url: db.url.clone(),
+        model_root: root.path().to_path_buf(),
+    };
+    let control = modeld::app::control(&args).await.unwrap();
+    let names = ["m0", "m1", "m2", "m3"];
+    for (i, name) in names.iter().enumerate() {
+        let file = if i % 2 == 0 { "digits_v1.onnx" } else { "digits_v2.onnx" };
+        control
+            .register(Registration {
+                name: (*name).into(),
+                file_path: file.into(),
+                activate: i == 0,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    // A checker that never sees 0 or 2 active rows, while writers race.
+    let done = Arc::new(AtomicBool::new(false));
+    let checker = {
+        let (url, done) = (db.url.clone(), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut checks = 0;
+            while !done.load(Ordering::Relaxed) {
+                let n = active_count(&url).await;
+                assert_eq!(n, 1, "exactly one active model at every moment");
+                checks += 1;
+            }
+            checks
+        })
+    };
+
+    // Several tasks, each with its own pool (so the database, not a process lock, decides).
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let args = args.clone();
+        tasks.push(tokio::spawn(async move {
+            let control = modeld::app::control(&args).await.unwrap();
+            for i in 0..12 {
+                let name = format!("m{}", (t + i) % 4);
+                let meta = ActivationMeta {
+                    activated_by: format!("task{t}"),
+                    reason: "race".into(),
+                    is_rollback: false,
+                };
+                control.activate(&ModelRef::Name(name), &meta).await.unwrap();
+            }
+        }));
+    }
+    // And two other processes running the CLI at the same time.
+    let mut procs = Vec::new();
+    for p in 0..2 {
+        let (url, root) = (db.url.clone(), root.path().to_path_buf());
+        procs.push(tokio::task::spawn_blocking(move || {
+            for i in 0..6 {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
+                    .args(["activate", &format!("m{}", (p + i) % 4), "--reason", "cli race"])
+                    .env("MODELD_DATABASE_URL", &url)
+                    .env("MODELD_MODEL_ROOT", &root)
+                    .env("MODELD_LOG", "warn")
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "modeld activate failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for p in procs {
+        p.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let checks = checker.await.unwrap();
+    assert!(checks > 0);
+    assert_eq!(active_count(&db.url).await, 1);
+
+    // History: one row per real change, each naming the previous model.
+    let history = control.registry().activations(1000).await.unwrap();
+    assert!(history.len() >= 30, "{} activations recorded", history.len());
+    for pair in history.windows(2) {
+        // Newest first: each activation's "previous" is the model the one before it activated.
+        assert_eq!(
+            pair[0].previous_model_id, pair[1].model_id,
+            "history is a chain: {pair:?}"
+        );
+    }
+
+    // The database itself refuses a second active row, whoever writes it.
+    let insert = "INSERT INTO ml_models (model_name, file_path, checksum_sha256, file_size_bytes, signature, is_active) \
+                  VALUES ('sneaky', 'digits_v1.onnx', '0000000000000000000000000000000000000000000000000000000000000000', 1, '{}', TRUE)";
+    let err = raw_sql(&db.url, insert).await.unwrap_err();
+    assert!(
+        matches!(err, sqlx::Error::Database(ref e) if e.is_unique_violation()),
+        "{err:?}"
+    );
+    let err = raw_sql(&db.url, "UPDATE ml_models SET is_active = TRUE")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sqlx::Error::Database(ref e) if e.is_unique_violation()),
+        "{err:?}"
+    );
+    assert_eq!(active_count(&db.url).await, 1);
+    // And accuracy outside 0..1.
+    let err = raw_sql(&db.url, "UPDATE ml_models SET accuracy = 1.5")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sqlx::Error::Database(ref e) if e.is_check_violation()),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_active_under_concurrency_sqlite() {
+    one_active_under_concurrency(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_active_under_concurrency_postgres() {
+    one_active_under_concurrency(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_is_created_in_wal_mode_and_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new.db");
+    let url = format!("sqlite://{}", file.display());
+    let reg = modeld::registry::Registry::connect(&url).await.unwrap();
+    assert!(file.exists(), "the SQLite file is created on first start");
+    reg.migrate().await.unwrap();
+    reg.close().await;
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let generation: i64 = sqlx::query_scalar("SELECT generation FROM registry_state")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(generation, 0);
+}
+
+async fn generation_bumps_on_every_change(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let root = model_root();
+    let args = RegistryArgs {
+        database_url: db.url.clone(),
+        model_root: root.path().to_path_buf(),
+    };
+    let control = modeld::app::control(&args).await.unwrap();
+    let g0 = control.registry().generation().await.unwrap();
+    control
+        .register(Registration {
+            name: "a".into(),
+            file_path: "digits_v1.onnx".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let g1 = control.registry().generation().await.unwrap();
+    let meta = ActivationMeta {
+        activated_by: "t".into(),
+        reason: String::new(),
+        is_rollback: false,
+    };
+    control.activate(&ModelRef::Name("a".into()), &meta).await.unwrap();
+    let g2 = control.registry().generation().await.unwrap();
+    assert!(g0 < g1 && g1 < g2, "{g0} {g1} {g2}");
+    // A failed change does not bump it.
+    assert!(control.delete(&ModelRef::Name("a".into())).await.is_err());
+    assert_eq!(control.registry().generation().await.unwrap(), g2);
+}
+
+#[tokio::test]
+async fn generation_bumps_on_every_change_sqlite() {
+    generation_bumps_on_every_change(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn generation_bumps_on_every_change_postgres() {
+    generation_bumps_on_every_change(Backend::Postgres).await;
+}

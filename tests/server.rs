@@ -1,0 +1,753 @@
+//! The server end to end: a real modeld on 127.0.0.1:0, real gRPC clients, real models and
+//! registries (SQLite and PostgreSQL).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::*;
+use modeld::api::pb;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+fn eval_rows(n: usize) -> Vec<f32> {
+    let (_, x) = npy_f32("eval/digits_x.npy");
+    x[..n * 64].to_vec()
+}
+
+fn expected_probs(model: &str, n: usize) -> Vec<f32> {
+    let (_, p) = npy_f32(&format!("expected/{model}_probabilities.npy"));
+    p[..n * 10].to_vec()
+}
+
+#[tokio::test]
+async fn every_bundled_model_matches_onnxruntime() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut infer = server.inference().await;
+    let mut registry = server.registry().await;
+    for model in ["digits_v2", "digits_v1"] {
+        registry.activate_model(activate_req(model)).await.unwrap();
+        // Batch of 32, raw encoding: raw outputs.
+        let resp = infer
+            .predict(digits_request("", &eval_rows(32)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.model_name, model);
+        assert_eq!(resp.outputs.len(), 2);
+        let probs = &resp.outputs[0];
+        assert_eq!(
+            (probs.name.as_str(), probs.datatype.as_str(), probs.shape.as_slice()),
+            ("probabilities", "FP32", &[32, 10][..])
+        );
+        assert_close(&raw_f32(&probs.raw_data), &expected_probs(model, 32), 1e-5);
+        let labels = &resp.outputs[1];
+        assert_eq!(
+            (labels.datatype.as_str(), labels.shape.as_slice()),
+            ("INT64", &[32][..])
+        );
+        assert_eq!(
+            raw_i64(&labels.raw_data),
+            npy_i64(&format!("expected/{model}_label.npy"))[..32]
+        );
+
+        // Batch of 1, typed encoding: typed outputs.
+        let typed = pb::PredictRequest {
+            model_name: model.into(),
+            inputs: vec![pb::Tensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 64],
+                fp32_data: eval_rows(1),
+                ..Default::default()
+            }],
+            routing_key: String::new(),
+        };
+        let resp = infer.predict(typed).await.unwrap().into_inner();
+        assert!(resp.outputs[0].raw_data.is_empty(), "typed request gets typed outputs");
+        assert_close(&resp.outputs[0].fp32_data, &expected_probs(model, 1), 1e-5);
+        assert_eq!(resp.outputs[1].int64_data.len(), 1);
+    }
+
+    // Labels of v2 on the whole evaluation set give the accuracy stored in the registry.
+    registry.activate_model(activate_req("digits_v2")).await.unwrap();
+    let (shape, x) = npy_f32("eval/digits_x.npy");
+    let y = npy_i64("eval/digits_y.npy");
+    let resp = infer
+        .predict(digits_request("digits_v2", &x))
+        .await
+        .unwrap()
+        .into_inner();
+    let labels = raw_i64(&resp.outputs[1].raw_data);
+    assert_eq!(labels.len() as u64, shape[0]);
+    let acc = labels.iter().zip(&y).filter(|(a, b)| a == b).count() as f64 / y.len() as f64;
+    let stored = registry
+        .get_model(pb::GetModelRequest {
+            model: by_name("digits_v2"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        (acc - stored.accuracy.unwrap()).abs() < 1e-3,
+        "accuracy {acc} vs registry {:?}",
+        stored.accuracy
+    );
+
+    // The CNN at batch 2 (a 1.2 MB request).
+    registry.activate_model(activate_req("cnn")).await.unwrap();
+    let req = pb::PredictRequest {
+        model_name: "cnn".into(),
+        inputs: vec![pb::Tensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![2, 3, 224, 224],
+            raw_data: f32_raw(&cnn_input(2)),
+            ..Default::default()
+        }],
+        routing_key: String::new(),
+    };
+    let resp = infer.predict(req).await.unwrap().into_inner();
+    assert_eq!(resp.outputs[0].shape, vec![2, 10]);
+    let (_, want) = npy_f32("expected/cnn_probabilities.npy");
+    assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-4);
+}
+
+#[tokio::test]
+async fn large_cnn_batches_fit_the_message_limit() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    server
+        .registry()
+        .await
+        .activate_model(activate_req("cnn"))
+        .await
+        .unwrap();
+    // 16 images: 9.6 MB, above tonic's 4 MB default.
+    let req = pb::PredictRequest {
+        model_name: String::new(),
+        inputs: vec![pb::Tensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![16, 3, 224, 224],
+            raw_data: f32_raw(&cnn_input(16)),
+            ..Default::default()
+        }],
+        routing_key: String::new(),
+    };
+    let resp = server.inference().await.predict(req).await.unwrap().into_inner();
+    assert_eq!(resp.outputs[0].shape, vec![16, 10]);
+}
+
+async fn registry_lifecycle(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut reg = server.registry().await;
+
+    // The seed registered three models and activated digits_v2.
+    let active = reg
+        .get_active_model(pb::GetActiveModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(active.model.as_ref().unwrap().model_name, "digits_v2");
+    assert_eq!(active.serving.as_ref().unwrap().model_name, "digits_v2");
+    let sig = active.model.unwrap().signature.unwrap();
+    assert_eq!(sig.inputs[0].shape, vec![-1, 64]);
+    assert_eq!(sig.inputs[0].datatype, "FP32");
+
+    // Register a new version (same file, new name), not active.
+    let reg_req = pb::RegisterModelRequest {
+        name: "digits_v3".into(),
+        file_path: "./digits_v1.onnx".into(),
+        version: "3.0.0".into(),
+        description: "third".into(),
+        model_type: "classifier".into(),
+        accuracy: Some(0.5),
+        activate: false,
+        created_by: "alice".into(),
+    };
+    let made = reg.register_model(reg_req.clone()).await.unwrap().into_inner();
+    let m = made.model.unwrap();
+    assert!(made.activation.is_none());
+    assert_eq!(
+        (m.file_path.as_str(), m.is_active, m.created_by.as_str()),
+        ("digits_v1.onnx", false, "alice")
+    );
+    let sha = modeld::model::loader::sha256_hex(&std::fs::read(server.root.path().join("digits_v1.onnx")).unwrap());
+    assert_eq!(m.checksum_sha256, sha);
+    assert_eq!(
+        m.file_size_bytes as u64,
+        std::fs::metadata(server.root.path().join("digits_v1.onnx"))
+            .unwrap()
+            .len()
+    );
+
+    // Duplicate name.
+    let err = reg.register_model(reg_req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+
+    // List: paging and ordering.
+    let page1 = reg
+        .list_models(pb::ListModelsRequest {
+            page_size: 2,
+            page_token: String::new(),
+            order_by: pb::ModelOrder::Name.into(),
+            descending: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page1.total, 4);
+    let names: Vec<_> = page1.models.iter().map(|m| m.model_name.as_str()).collect();
+    assert_eq!(names, ["cnn", "digits_v1"]);
+    let page2 = reg
+        .list_models(pb::ListModelsRequest {
+            page_size: 2,
+            page_token: page1.next_page_token,
+            order_by: pb::ModelOrder::Name.into(),
+            descending: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = page2.models.iter().map(|m| m.model_name.as_str()).collect();
+    assert_eq!(names, ["digits_v2", "digits_v3"]);
+    assert!(page2.next_page_token.is_empty());
+    let by_acc = reg
+        .list_models(pb::ListModelsRequest {
+            page_size: 0,
+            page_token: String::new(),
+            order_by: pb::ModelOrder::Accuracy.into(),
+            descending: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = by_acc.models.iter().map(|m| m.model_name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["digits_v2", "digits_v1", "digits_v3", "cnn"],
+        "highest accuracy first, unknown last"
+    );
+    let err = reg
+        .list_models(pb::ListModelsRequest {
+            page_size: 5000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = reg
+        .list_models(pb::ListModelsRequest {
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Get by id and by name.
+    let by_id = reg
+        .get_model(pb::GetModelRequest {
+            model: Some(pb::ModelRef {
+                r#ref: Some(pb::model_ref::Ref::ModelId(m.model_id)),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_id.model_name, "digits_v3");
+    let err = reg
+        .get_model(pb::GetModelRequest { model: by_name("nope") })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = reg.get_model(pb::GetModelRequest { model: None }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Update metadata.
+    let upd = reg
+        .update_model(pb::UpdateModelRequest {
+            model: by_name("digits_v3"),
+            version: Some("3.0.1".into()),
+            description: None,
+            model_type: None,
+            accuracy: Some(0.6),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (upd.version.as_str(), upd.accuracy, upd.description.as_str()),
+        ("3.0.1", Some(0.6), "third")
+    );
+    let err = reg
+        .update_model(pb::UpdateModelRequest {
+            model: by_name("digits_v3"),
+            accuracy: Some(1.5),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    // Activate: returns the new model, the previous one and the load time; predict follows.
+    let act = reg
+        .activate_model(activate_req("digits_v3"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(act.active.unwrap().model_name, "digits_v3");
+    assert_eq!(act.previous.unwrap().model_name, "digits_v2");
+    assert!(act.load_time_ms > 0.0);
+    let mut infer = server.inference().await;
+    let resp = infer
+        .predict(digits_request("", &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (resp.model_name.as_str(), resp.model_version.as_str()),
+        ("digits_v3", "3.0.1")
+    );
+
+    // Activating the active model again changes nothing.
+    let again = reg
+        .activate_model(activate_req("digits_v3"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.active.unwrap().model_name, "digits_v3");
+
+    // Rollback goes back to digits_v2; a second rollback returns to digits_v3.
+    let rb = reg
+        .rollback_model(pb::RollbackModelRequest {
+            reason: "bad canary".into(),
+            activated_by: "bob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rb.active.unwrap().model_name, "digits_v2");
+    assert_eq!(rb.previous.unwrap().model_name, "digits_v3");
+    let resp = infer
+        .predict(digits_request("", &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model_name, "digits_v2");
+    let rb = reg
+        .rollback_model(pb::RollbackModelRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rb.active.unwrap().model_name, "digits_v3");
+
+    // Delete: refused for the active model, allowed otherwise; the file stays.
+    let err = reg
+        .delete_model(pb::DeleteModelRequest {
+            model: by_name("digits_v3"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("active"), "{}", err.message());
+    reg.activate_model(activate_req("digits_v2")).await.unwrap();
+    let del = reg
+        .delete_model(pb::DeleteModelRequest {
+            model: by_name("digits_v3"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(del.deleted.unwrap().model_name, "digits_v3");
+    assert!(
+        server.root.path().join("digits_v1.onnx").exists(),
+        "deleting a record never deletes a file"
+    );
+    let err = reg
+        .delete_model(pb::DeleteModelRequest {
+            model: by_name("digits_v3"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // The last activation's previous model (digits_v3) is gone: rollback says so.
+    let err = reg
+        .rollback_model(pb::RollbackModelRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("deleted"), "{}", err.message());
+
+    // Register with activate: one step, served at once.
+    let act = reg
+        .register_model(pb::RegisterModelRequest {
+            name: "digits_v4".into(),
+            file_path: "digits_v1.onnx".into(),
+            version: "4".into(),
+            activate: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(act.activation.unwrap().previous.unwrap().model_name, "digits_v2");
+    let resp = infer
+        .predict(digits_request("digits_v4", &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model_version, "4");
+}
+
+#[tokio::test]
+async fn registry_lifecycle_sqlite() {
+    registry_lifecycle(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn registry_lifecycle_postgres() {
+    registry_lifecycle(Backend::Postgres).await;
+}
+
+fn status_of<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
+    r.expect_err("the call must fail")
+}
+
+#[tokio::test]
+async fn bad_predict_inputs_are_invalid_arguments_naming_the_input() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut infer = server.inference().await;
+    let rows = eval_rows(1);
+
+    let mut wrong_shape = digits_request("", &rows[..63]);
+    wrong_shape.inputs[0].shape = vec![1, 63];
+    let s = status_of(infer.predict(wrong_shape).await);
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert_eq!(s.message(), "input \"input\": expected [N,64] FP32, got [1,63] FP32");
+
+    let mut wrong_type = digits_request("", &rows);
+    wrong_type.inputs[0].datatype = "FP64".into();
+    let s = status_of(infer.predict(wrong_type).await);
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(
+        s.message().contains("expected [N,64] FP32, got [1,64] FP64"),
+        "{}",
+        s.message()
+    );
+
+    let mut short = digits_request("", &rows);
+    short.inputs[0].raw_data.pop();
+    let s = status_of(infer.predict(short).await);
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(
+        s.message().contains("needs 256 bytes of raw data, got 255"),
+        "{}",
+        s.message()
+    );
+
+    let mut wrong_name = digits_request("", &rows);
+    wrong_name.inputs[0].name = "image".into();
+    let s = status_of(infer.predict(wrong_name).await);
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("no input \"image\""), "{}", s.message());
+
+    let mut both = digits_request("", &rows);
+    both.inputs[0].fp32_data = rows.clone();
+    let s = status_of(infer.predict(both).await);
+    assert_eq!(s.code(), Code::InvalidArgument);
+
+    let none = pb::PredictRequest {
+        model_name: String::new(),
+        inputs: vec![],
+        routing_key: String::new(),
+    };
+    let s = status_of(infer.predict(none).await);
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(s.message().contains("missing input \"input\""), "{}", s.message());
+
+    let s = status_of(infer.predict(digits_request("no_such_model", &rows)).await);
+    assert_eq!(s.code(), Code::NotFound);
+
+    let s = status_of(infer.predict(digits_request("digits_v1", &rows)).await);
+    assert_eq!(s.code(), Code::FailedPrecondition);
+    assert!(
+        s.message().contains("not active") && s.message().contains("digits_v2"),
+        "{}",
+        s.message()
+    );
+
+    // After all that, the server still serves.
+    infer.predict(digits_request("", &rows)).await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_registrations_and_activations_change_nothing() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut reg = server.registry().await;
+    let root = server.root.path();
+    let register = |name: &str, path: &str| pb::RegisterModelRequest {
+        name: name.into(),
+        file_path: path.into(),
+        ..Default::default()
+    };
+
+    for (path, code) in [
+        ("../digits_v1.onnx", Code::InvalidArgument),
+        ("/etc/passwd", Code::InvalidArgument),
+        ("missing.onnx", Code::FailedPrecondition),
+    ] {
+        let s = status_of(reg.register_model(register("x", path)).await);
+        assert_eq!(s.code(), code, "{path}: {s:?}");
+    }
+    // A symlink out of the root.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::copy(root.join("digits_v1.onnx"), outside.path().join("m.onnx")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("m.onnx"), root.join("link.onnx")).unwrap();
+    let s = status_of(reg.register_model(register("x", "link.onnx")).await);
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    // Broken and truncated files are refused at registration.
+    std::fs::write(root.join("garbage.onnx"), b"not a model").unwrap();
+    let full = std::fs::read(root.join("digits_v2.onnx")).unwrap();
+    std::fs::write(root.join("half.onnx"), &full[..full.len() / 2]).unwrap();
+    for path in ["garbage.onnx", "half.onnx"] {
+        let s = status_of(reg.register_model(register("x", path)).await);
+        assert_eq!(s.code(), Code::FailedPrecondition, "{path}: {s:?}");
+    }
+    // Bad names and accuracy.
+    for name in ["", "bad name", "active"] {
+        let s = status_of(reg.register_model(register(name, "digits_v1.onnx")).await);
+        assert_eq!(s.code(), Code::InvalidArgument, "{name:?}");
+    }
+    let mut bad_acc = register("x", "digits_v1.onnx");
+    bad_acc.accuracy = Some(2.0);
+    assert_eq!(
+        status_of(reg.register_model(bad_acc).await).code(),
+        Code::InvalidArgument
+    );
+    let listed = reg
+        .list_models(pb::ListModelsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total, 3, "no failed registration left a record");
+
+    // A registered file that changed on disk: checksum mismatch, nothing changes.
+    std::fs::copy(root.join("digits_v1.onnx"), root.join("changing.onnx")).unwrap();
+    reg.register_model(register("changing", "changing.onnx")).await.unwrap();
+    std::fs::copy(root.join("digits_v2.onnx"), root.join("changing.onnx")).unwrap();
+    let s = status_of(reg.activate_model(activate_req("changing")).await);
+    assert_eq!(s.code(), Code::FailedPrecondition);
+    assert!(s.message().contains("checksum mismatch"), "{}", s.message());
+    // A registered file that disappeared.
+    std::fs::copy(root.join("digits_v1.onnx"), root.join("vanishing.onnx")).unwrap();
+    reg.register_model(register("vanishing", "vanishing.onnx"))
+        .await
+        .unwrap();
+    std::fs::remove_file(root.join("vanishing.onnx")).unwrap();
+    let s = status_of(reg.activate_model(activate_req("vanishing")).await);
+    assert_eq!(s.code(), Code::FailedPrecondition);
+    assert!(s.message().contains("does not exist"), "{}", s.message());
+    // Unknown model.
+    assert_eq!(
+        status_of(reg.activate_model(activate_req("ghost")).await).code(),
+        Code::NotFound
+    );
+
+    // The registry and the served model are exactly as before.
+    let active = reg
+        .get_active_model(pb::GetActiveModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(active.model.unwrap().model_name, "digits_v2");
+    assert_eq!(active.serving.unwrap().model_name, "digits_v2");
+    let resp = server
+        .inference()
+        .await
+        .predict(digits_request("", &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model_name, "digits_v2");
+}
+
+#[tokio::test]
+async fn health_is_not_serving_until_a_model_is_ready() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.no_seed = true).await;
+    assert_eq!(server.health().await, Some(ServingStatus::NotServing));
+    let mut infer = server.inference().await;
+    let s = status_of(infer.predict(digits_request("", &eval_rows(1))).await);
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    let s = status_of(
+        server
+            .registry()
+            .await
+            .rollback_model(pb::RollbackModelRequest::default())
+            .await,
+    );
+    assert_eq!(s.code(), Code::FailedPrecondition);
+
+    server
+        .registry()
+        .await
+        .register_model(pb::RegisterModelRequest {
+            name: "first".into(),
+            file_path: "digits_v2.onnx".into(),
+            activate: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.wait_for_health(ServingStatus::Serving).await;
+    infer.predict(digits_request("", &eval_rows(1))).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_whose_active_file_is_broken_starts_not_serving() {
+    let seeded = TestServer::start(Backend::Sqlite).await;
+    let (db, root) = seeded.stop_and_keep().await;
+    // Corrupt the active model's file: the next start stays up but NOT_SERVING.
+    std::fs::write(root.path().join("digits_v2.onnx"), b"corrupt").unwrap();
+    let second = TestServer::start_on(db, root, |_| {}).await;
+    assert_eq!(second.health().await, Some(ServingStatus::NotServing));
+    let s = status_of(
+        second
+            .inference()
+            .await
+            .predict(digits_request("", &eval_rows(1)))
+            .await,
+    );
+    assert_eq!(s.code(), Code::Unavailable);
+    assert!(s.message().contains("no model is loaded"), "{}", s.message());
+    // Activating a loadable model recovers.
+    second
+        .registry()
+        .await
+        .activate_model(activate_req("digits_v1"))
+        .await
+        .unwrap();
+    second.wait_for_health(ServingStatus::Serving).await;
+    let resp = second
+        .inference()
+        .await
+        .predict(digits_request("", &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model_name, "digits_v1");
+}
+
+#[tokio::test]
+async fn swaps_under_load_never_fail_or_mix_versions() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let rows = eval_rows(4);
+    let want: HashMap<String, Vec<f32>> = ["digits_v1", "digits_v2"]
+        .into_iter()
+        .map(|m| (m.to_string(), expected_probs(m, 4)))
+        .collect();
+    let want = Arc::new(want);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut infer = server.inference().await;
+        let (rows, want, stop, served) = (rows.clone(), Arc::clone(&want), Arc::clone(&stop), Arc::clone(&served));
+        tasks.push(tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                let resp = infer
+                    .predict(digits_request("", &rows))
+                    .await
+                    .expect("no request may fail during swaps")
+                    .into_inner();
+                // The outputs are exactly those of the version the response names: no mixing.
+                assert_close(&raw_f32(&resp.outputs[0].raw_data), &want[&resp.model_name], 1e-5);
+                let version = if resp.model_name == "digits_v1" {
+                    "1.0.0"
+                } else {
+                    "2.0.0"
+                };
+                assert_eq!(resp.model_version, version);
+                seen.insert(resp.model_name);
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+            seen
+        }));
+    }
+    let mut reg = server.registry().await;
+    for i in 0..40 {
+        let name = if i % 2 == 0 { "digits_v1" } else { "digits_v2" };
+        let act = reg.activate_model(activate_req(name)).await.unwrap().into_inner();
+        assert_eq!(act.active.unwrap().model_name, name);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = std::collections::HashSet::new();
+    for t in tasks {
+        seen.extend(t.await.unwrap());
+    }
+    assert!(
+        served.load(Ordering::Relaxed) > 40,
+        "clients kept predicting during the swaps"
+    );
+    assert_eq!(seen.len(), 2, "both versions served: {seen:?}");
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let server = TestServer::start(Backend::Sqlite).await;
+
+    let mut c1 = v1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = c1
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = stream.message().await.unwrap().unwrap();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("unexpected reflection answer {msg:?}");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "modeld.v1.Inference",
+        "modeld.v1.ModelRegistry",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+
+    let mut c0 = v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol("modeld.v1.Inference".into()),
+        ),
+    };
+    let mut stream = c0
+        .server_reflection_info(tokio_stream::once(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(msg.message_response, Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
+        "{msg:?}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_drains_and_returns() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut infer = server.inference().await;
+    infer.predict(digits_request("", &eval_rows(1))).await.unwrap();
+    server.stop().await.expect("clean shutdown");
+}
