@@ -8,31 +8,15 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use modeld::model::load_model;
 use modeld::model::slot::ServedModel;
-use modeld::registry::ModelRecord;
 use modeld::serving::{self, InputRef, Payload};
 use tract_onnx::prelude::{TValue, Tensor, tvec};
 
 fn served(file: &str) -> Arc<ServedModel> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
-    let model = load_model(&path, None).expect("bundled model loads");
-    let now = chrono::Utc::now();
-    let record = ModelRecord {
-        model_id: 1,
-        model_name: file.into(),
-        version: "bench".into(),
-        file_path: file.into(),
-        description: String::new(),
-        model_type: String::new(),
-        accuracy: None,
-        checksum_sha256: model.sha256.clone(),
-        file_size_bytes: model.size_bytes as i64,
-        signature: model.signature.to_json(),
-        is_active: true,
-        created_at: now,
-        updated_at: now,
-        created_by: "bench".into(),
-    };
-    Arc::new(ServedModel { record, model })
+    Arc::new(ServedModel::unregistered(
+        file,
+        load_model(&path, None).expect("bundled model loads"),
+    ))
 }
 
 fn bench_model(

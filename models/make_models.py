@@ -13,6 +13,7 @@ Outputs (all small):
   eval/digits_x.npy    labelled evaluation set: held-out digits, float32 [N,64] scaled to 0..1
   eval/digits_y.npy    their labels, int64 [N]
   expected/*.npy       outputs computed by onnxruntime, compared against modeld in the tests
+  examples/*.json      one evaluation image as `modeld predict` input and as a Predict request
   models.json          the seed manifest modeld registers on first start with an empty registry
 """
 import json
@@ -171,6 +172,13 @@ def main():
         ],
     }
     (HERE / "models.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+    # Example inputs for the README: the first evaluation image (a "2").
+    (HERE / "examples").mkdir(exist_ok=True)
+    row = [float(v) for v in x_eval[0]]
+    (HERE / "examples/digit_2.json").write_text(json.dumps([row]) + "\n")
+    request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "fp32_data": row}]}
+    (HERE / "examples/predict_request.json").write_text(json.dumps(request) + "\n")
     print(json.dumps(acc))
 
 

@@ -124,31 +124,31 @@ pub struct RegisterArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Unique model name.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_NAME")]
     pub name: String,
     /// Model file, relative to the model root.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_PATH")]
     pub path: String,
     /// Version label.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "MODELD_VERSION")]
     pub version: String,
     /// Description.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "MODELD_DESCRIPTION")]
     pub description: String,
     /// Model type, e.g. "classifier".
-    #[arg(long = "type", default_value = "")]
+    #[arg(long = "type", default_value = "", env = "MODELD_TYPE")]
     pub model_type: String,
     /// Accuracy, 0..1.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_ACCURACY")]
     pub accuracy: Option<f64>,
     /// Activate it right away.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_ACTIVATE")]
     pub activate: bool,
     /// Recorded as created_by.
     #[arg(long, env = "MODELD_USER", default_value = "cli")]
     pub by: String,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_JSON")]
     pub json: bool,
 }
 
@@ -159,7 +159,7 @@ pub struct ListArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_JSON")]
     pub json: bool,
 }
 
@@ -191,13 +191,13 @@ pub struct ActivateArgs {
     #[command(flatten)]
     pub model: ModelArg,
     /// Why (kept in the activation history).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "MODELD_REASON")]
     pub reason: String,
     /// Recorded as activated_by.
     #[arg(long, env = "MODELD_USER", default_value = "cli")]
     pub by: String,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_JSON")]
     pub json: bool,
 }
 
@@ -208,13 +208,13 @@ pub struct RollbackArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Why (kept in the activation history).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "MODELD_REASON")]
     pub reason: String,
     /// Recorded as activated_by.
     #[arg(long, env = "MODELD_USER", default_value = "cli")]
     pub by: String,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_JSON")]
     pub json: bool,
 }
 
@@ -236,13 +236,13 @@ pub struct PredictArgs {
     #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
     /// Model name; empty means the active model.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", env = "MODELD_MODEL")]
     pub model: String,
     /// Input file: `.npy` (one array), or `.json` holding a nested number array or
     /// `{"inputs": [{"name", "datatype", "shape", "data"}]}`.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_INPUT")]
     pub input: PathBuf,
     /// Input name for a `.npy` file or a bare JSON array; default: the model's first input.
-    #[arg(long)]
+    #[arg(long, env = "MODELD_INPUT_NAME")]
     pub input_name: Option<String>,
 }

@@ -220,11 +220,7 @@ impl Control {
                 load_time: Duration::ZERO,
             });
         }
-        let path = self.root.resolve(&record.file_path).map_err(|e| match e {
-            Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
-            other => other,
-        })?;
-        let loaded = load_blocking(path, Some(record.checksum_sha256.clone())).await?;
+        let loaded = self.load_record(&record).await?;
         let load_time = loaded.load_time;
         let committed = self.registry.activate(record.model_id, &loaded.sha256, meta).await?;
         tracing::info!(
@@ -244,6 +240,16 @@ impl Control {
         })
     }
 
+    /// Loads a registered model, verifying the file against the registry's checksum. A stored
+    /// path that escapes the root (a hand-edited registry) is a precondition failure here.
+    async fn load_record(&self, record: &ModelRecord) -> Result<LoadedModel> {
+        let path = self.root.resolve(&record.file_path).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
+            other => other,
+        })?;
+        load_blocking(path, Some(record.checksum_sha256.clone())).await
+    }
+
     fn publish(&self, record: ModelRecord, model: LoadedModel) {
         self.slot.publish(Arc::new(ServedModel { record, model }));
     }
@@ -258,11 +264,7 @@ impl Control {
         let Some(record) = self.registry.active().await? else {
             return Ok(None);
         };
-        let path = self.root.resolve(&record.file_path).map_err(|e| match e {
-            Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
-            other => other,
-        })?;
-        let loaded = load_blocking(path, Some(record.checksum_sha256.clone())).await?;
+        let loaded = self.load_record(&record).await?;
         tracing::info!(model = %record.model_name, version = %record.version, load_ms = loaded.load_time.as_secs_f64() * 1e3, "active model loaded");
         self.publish(record.clone(), loaded);
         Ok(Some(record))

@@ -209,7 +209,7 @@ fn build_tensor(spec: &TensorSpec, input: &InputRef<'_>) -> Result<Tensor> {
             input.payload.field()
         ))
     };
-    let out_of_range = |v: &dyn std::fmt::Display| {
+    let out_of_range = |v: &dyn std::fmt::Display| -> Error {
         Error::InvalidArgument(format!("input {:?}: value {v} does not fit {}", spec.name, datatype))
     };
     let tensor = match (input.payload, datatype) {
@@ -230,38 +230,31 @@ fn build_tensor(spec: &TensorSpec, input: &InputRef<'_>) -> Result<Tensor> {
         (Payload::Uint64(v), DataType::Uint64) => Tensor::from_shape(&shape, v),
         (Payload::Bool(v), DataType::Bool) => Tensor::from_shape(&shape, v),
         (Payload::Int32(v), DataType::Int32) => Tensor::from_shape(&shape, v),
-        (Payload::Int32(v), DataType::Int16) => {
-            let v: Vec<i16> = v
-                .iter()
-                .map(|&x| i16::try_from(x).map_err(|_| out_of_range(&x)))
-                .collect::<Result<_>>()?;
-            Tensor::from_shape(&shape, &v)
-        }
-        (Payload::Int32(v), DataType::Int8) => {
-            let v: Vec<i8> = v
-                .iter()
-                .map(|&x| i8::try_from(x).map_err(|_| out_of_range(&x)))
-                .collect::<Result<_>>()?;
-            Tensor::from_shape(&shape, &v)
-        }
+        (Payload::Int32(v), DataType::Int16) => narrowed::<_, i16>(&shape, v, out_of_range)?,
+        (Payload::Int32(v), DataType::Int8) => narrowed::<_, i8>(&shape, v, out_of_range)?,
         (Payload::Uint32(v), DataType::Uint32) => Tensor::from_shape(&shape, v),
-        (Payload::Uint32(v), DataType::Uint16) => {
-            let v: Vec<u16> = v
-                .iter()
-                .map(|&x| u16::try_from(x).map_err(|_| out_of_range(&x)))
-                .collect::<Result<_>>()?;
-            Tensor::from_shape(&shape, &v)
-        }
-        (Payload::Uint32(v), DataType::Uint8) => {
-            let v: Vec<u8> = v
-                .iter()
-                .map(|&x| u8::try_from(x).map_err(|_| out_of_range(&x)))
-                .collect::<Result<_>>()?;
-            Tensor::from_shape(&shape, &v)
-        }
+        (Payload::Uint32(v), DataType::Uint16) => narrowed::<_, u16>(&shape, v, out_of_range)?,
+        (Payload::Uint32(v), DataType::Uint8) => narrowed::<_, u8>(&shape, v, out_of_range)?,
         _ => return Err(wrong_field()),
     };
     tensor.map_err(|e| Error::internal(format!("cannot build input {:?}: {e}", spec.name)))
+}
+
+/// Builds a tensor of a narrower integer type from wire values, refusing values that do not fit.
+fn narrowed<W, N>(
+    shape: &[usize],
+    values: &[W],
+    out_of_range: impl Fn(&dyn std::fmt::Display) -> Error,
+) -> Result<tract_onnx::prelude::TractResult<Tensor>>
+where
+    W: Copy + std::fmt::Display,
+    N: TryFrom<W> + tract_onnx::prelude::Datum + Copy,
+{
+    let v: Vec<N> = values
+        .iter()
+        .map(|&x| N::try_from(x).map_err(|_| out_of_range(&x)))
+        .collect::<Result<_>>()?;
+    Ok(Tensor::from_shape(shape, &v))
 }
 
 /// Turns tract's outputs into wire tensors: raw bytes, or typed values.
