@@ -63,7 +63,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if a.json {
                 println!("{}", Value::Array(models.iter().map(record_json).collect()));
             } else {
-                println!("  ID   NAME                     VERSION    ACCURACY  FILE                         TYPE");
+                println!(
+                    "{:>4}  {:1} {:<24} {:<10} {:>8}  {:<28} TYPE",
+                    "ID", " ", "NAME", "VERSION", "ACCURACY", "FILE"
+                );
                 for m in &models {
                     println!(
                         "{:>4}  {:<1} {:<24} {:<10} {:>8}  {:<28} {}",

@@ -264,6 +264,12 @@ impl Control {
         let Some(record) = self.registry.active().await? else {
             return Ok(None);
         };
+        let served = self.slot.load();
+        if served
+            .is_some_and(|s| s.record.model_id == record.model_id && s.record.checksum_sha256 == record.checksum_sha256)
+        {
+            return Ok(Some(record));
+        }
         let loaded = self.load_record(&record).await?;
         tracing::info!(model = %record.model_name, version = %record.version, load_ms = loaded.load_time.as_secs_f64() * 1e3, "active model loaded");
         self.publish(record.clone(), loaded);

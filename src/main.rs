@@ -4,10 +4,18 @@ use clap::Parser;
 use modeld::config::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+use std::process::ExitCode;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log)?;
+    let filter = match EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: bad --log filter {:?}: {e}", cli.log);
+            return ExitCode::from(2);
+        }
+    };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -15,5 +23,12 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    modeld::cli::run(cli.command).await
+    match modeld::cli::run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain, without a backtrace: these are messages for people.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
