@@ -17,7 +17,8 @@ use crate::api::registry::RegistryService;
 use crate::config::ServeConfig;
 use crate::control::Control;
 use crate::model::{ModelRoot, Slot};
-use crate::registry::Registry;
+use crate::registry::{Origin, Registry};
+use crate::watch::{self, ReloadConfig};
 
 /// Service names whose health follows the model state.
 const HEALTH_SERVICES: [&str; 2] = ["", "modeld.v1.Inference"];
@@ -26,12 +27,22 @@ const HEALTH_SERVICES: [&str; 2] = ["", "modeld.v1.Inference"];
 ///
 /// # Errors
 /// When the database cannot be opened or migrated, or the model root does not exist.
-pub async fn control(registry: &crate::config::RegistryArgs) -> anyhow::Result<Arc<Control>> {
+pub async fn control(registry: &crate::config::RegistryArgs, origin: Origin) -> anyhow::Result<Control> {
     let root = ModelRoot::new(&registry.model_root).context("opening the model root")?;
     let db = Registry::connect(&registry.database_url)
         .await
         .context("opening the model registry")?;
-    Ok(Arc::new(Control::new(db, root, Arc::new(Slot::new()))))
+    Ok(Control::new(db.with_origin(origin), root, Arc::new(Slot::new())))
+}
+
+/// This host's name, for server names and event origins.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Runs the server on `listener` until `shutdown` completes, then drains in-flight requests.
@@ -49,7 +60,21 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(?config, %addr, "starting modeld");
-    let control = control(&config.registry).await?;
+    let server = config
+        .server_name
+        .clone()
+        .unwrap_or_else(|| format!("modeld-{}-{}", hostname(), std::process::id()));
+    let control = Arc::new(
+        control(
+            &config.registry,
+            Origin {
+                source: "api".into(),
+                server,
+            },
+        )
+        .await?
+        .serving(),
+    );
 
     if !config.no_seed {
         let manifest = control.root().path().join(&config.seed_manifest);
@@ -80,11 +105,19 @@ pub async fn serve(
             }
         }
     });
-    match control.load_active().await {
-        Ok(Some(_)) => {}
-        Ok(None) => tracing::warn!("no active model in the registry: NOT_SERVING until one is activated"),
-        Err(e) => tracing::error!(error = %e, "the registry's active model cannot be loaded: NOT_SERVING until one is"),
-    }
+    // The reload task loads the registry's active model (source "startup"), then follows the
+    // registry and the active file. A model that cannot be loaded leaves the server up and
+    // NOT_SERVING until one can.
+    let reloader = watch::start(
+        Arc::clone(&control),
+        ReloadConfig {
+            registry_poll: Duration::from_millis(config.registry_poll_ms.max(10)),
+            registry_check: Duration::from_millis(config.registry_check_ms.max(100)),
+            file_debounce: Duration::from_millis(config.file_debounce_ms),
+            strict_checksum: config.strict_checksum,
+            watch_files: !config.no_watch_files,
+        },
+    )?;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
@@ -132,6 +165,7 @@ pub async fn serve(
             }
         }
     }
+    drop(reloader);
     control.registry().close().await;
     tracing::info!("modeld stopped");
     Ok(())

@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 
 use crate::api::pb;
 use crate::app;
-use crate::config::{Command, ModelArg, PredictArgs};
+use crate::config::{Command, EventsArgs, ModelArg, PredictArgs};
 use crate::control::{ActivationOutcome, Registration};
-use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
+use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order, Origin};
 
 /// Runs one command to completion.
 ///
@@ -27,12 +27,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             app::serve(config, listener, shutdown_signal()).await
         }
         Command::Migrate(args) => {
-            app::control(&args).await?;
+            app::control(&args, cli_origin()).await?;
             println!("registry schema is up to date");
             Ok(())
         }
         Command::Register(a) => {
-            let control = app::control(&a.registry).await?;
+            let control = app::control(&a.registry, cli_origin()).await?;
             let reg = Registration {
                 name: a.name,
                 file_path: a.path,
@@ -58,7 +58,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::List(a) => {
-            let control = app::control(&a.registry).await?;
+            let control = app::control(&a.registry, cli_origin()).await?;
             let models = control.registry().list(Order::Id, false, i64::MAX, 0).await?;
             if a.json {
                 println!("{}", Value::Array(models.iter().map(record_json).collect()));
@@ -83,13 +83,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Show(a) => {
-            let control = app::control(&a.registry).await?;
+            let control = app::control(&a.registry, cli_origin()).await?;
             let m = control.registry().get(&model_ref(&a.model)?).await?;
             println!("{}", serde_json::to_string_pretty(&record_json(&m))?);
             Ok(())
         }
         Command::Activate(a) => {
-            let control = app::control(&a.registry).await?;
+            let control = app::control(&a.registry, cli_origin()).await?;
             let meta = ActivationMeta {
                 activated_by: a.by,
                 reason: a.reason,
@@ -104,7 +104,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rollback(a) => {
-            let control = app::control(&a.registry).await?;
+            let control = app::control(&a.registry, cli_origin()).await?;
             let done = control.rollback(&a.by, &a.reason).await?;
             if a.json {
                 println!("{}", activation_json(&done))
@@ -114,7 +114,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Delete(a) => {
-            let control = app::control(&a.registry).await?;
+            let control = app::control(&a.registry, cli_origin()).await?;
             let deleted = control.delete(&model_ref(&a.model)?).await?;
             println!(
                 "deleted the record of {} (the file {} is kept)",
@@ -124,6 +124,58 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Predict(a) => predict(a).await,
+        Command::Events(a) => events(a).await,
+    }
+}
+
+fn cli_origin() -> Origin {
+    let user = std::env::var("MODELD_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "cli".into());
+    Origin {
+        source: "cli".into(),
+        server: format!("cli:{user}@{}", app::hostname()),
+    }
+}
+
+async fn events(a: EventsArgs) -> anyhow::Result<()> {
+    let control = app::control(&a.registry, cli_origin()).await?;
+    let registry = control.registry();
+    let last = registry.last_event_id().await?;
+    let mut after = (last - a.limit.max(0)).max(0);
+    loop {
+        let batch = registry.events_after(after, 1000).await?;
+        for e in &batch {
+            after = e.event_id;
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"event_id": e.event_id, "kind": e.kind, "model_id": e.model_id, "model_name": e.model_name,
+                           "source": e.source, "server": e.server, "detail": e.detail, "created_at": e.created_at})
+                );
+            } else {
+                println!(
+                    "{:>6}  {}  {:<13} {:<20} source={} server={}{}",
+                    e.event_id,
+                    e.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                    e.kind,
+                    e.model_name,
+                    e.source,
+                    e.server,
+                    if e.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  {}", e.detail)
+                    }
+                );
+            }
+        }
+        if !a.follow {
+            return Ok(());
+        }
+        if batch.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Send one Predict request to a running server and print the outputs as JSON.
     Predict(PredictArgs),
+    /// Print registry and reload events (from every server and the CLI), oldest first.
+    Events(EventsArgs),
 }
 
 /// Where the registry and the model files are.
@@ -98,6 +100,26 @@ pub struct ServeConfig {
     /// How long in-flight requests may run after a shutdown signal, in seconds.
     #[arg(long, env = "MODELD_DRAIN_TIMEOUT_SECS", default_value_t = 30)]
     pub drain_timeout_secs: u64,
+    /// This server's name in events and GetServerStatus (default: modeld-<host>-<pid>).
+    #[arg(long, env = "MODELD_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// SQLite: how often to poll the registry generation for changes made elsewhere, in ms.
+    #[arg(long, env = "MODELD_REGISTRY_POLL_MS", default_value_t = 500)]
+    pub registry_poll_ms: u64,
+    /// PostgreSQL: how often to check the generation besides LISTEN/NOTIFY, in ms (safety net
+    /// for missed notifications and reconnects).
+    #[arg(long, env = "MODELD_REGISTRY_CHECK_MS", default_value_t = 5000)]
+    pub registry_check_ms: u64,
+    /// Quiet time after the last change to the active model's file before it is reloaded, in ms.
+    #[arg(long, env = "MODELD_FILE_DEBOUNCE_MS", default_value_t = 200)]
+    pub file_debounce_ms: u64,
+    /// Refuse a changed model file whose sha256 differs from the registry (update the registry
+    /// first, e.g. by registering the new file).
+    #[arg(long, env = "MODELD_STRICT_CHECKSUM")]
+    pub strict_checksum: bool,
+    /// Do not watch the active model's file for changes.
+    #[arg(long, env = "MODELD_NO_WATCH_FILES")]
+    pub no_watch_files: bool,
 }
 
 impl ServeConfig {
@@ -113,6 +135,12 @@ impl ServeConfig {
             no_seed: false,
             max_message_bytes: 64 * 1024 * 1024,
             drain_timeout_secs: 30,
+            server_name: None,
+            registry_poll_ms: 500,
+            registry_check_ms: 5000,
+            file_debounce_ms: 200,
+            strict_checksum: false,
+            no_watch_files: false,
         }
     }
 }
@@ -245,4 +273,21 @@ pub struct PredictArgs {
     /// Input name for a `.npy` file or a bare JSON array; default: the model's first input.
     #[arg(long, env = "MODELD_INPUT_NAME")]
     pub input_name: Option<String>,
+}
+
+/// `modeld events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// How many of the latest events to print first.
+    #[arg(long, env = "MODELD_EVENTS_LIMIT", default_value_t = 50)]
+    pub limit: i64,
+    /// Keep printing new events as they arrive.
+    #[arg(long, env = "MODELD_FOLLOW")]
+    pub follow: bool,
+    /// Print JSON lines instead of text.
+    #[arg(long, env = "MODELD_JSON")]
+    pub json: bool,
 }

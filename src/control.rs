@@ -7,6 +7,7 @@
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,7 +16,8 @@ use tokio::sync::Mutex;
 use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
 use crate::model::{LoadedModel, ModelRoot, Slot, load_model};
-use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, NewModel, Registry};
+use crate::registry::{ActivationMeta, EventKind, ModelChanges, ModelRecord, ModelRef, NewModel, Registry};
+use crate::watch::Status;
 
 /// The name `active` is reserved: it always means "whatever model is active".
 pub const ACTIVE_ALIAS: &str = "active";
@@ -52,6 +54,30 @@ pub struct ActivationOutcome {
     pub load_time: Duration,
 }
 
+/// What a reload from the registry did.
+#[derive(Debug, Clone)]
+pub enum RegistrySync {
+    /// The served model is what the registry names.
+    InSync(ModelRecord),
+    /// The registry names no active model: the served model (if any) keeps serving.
+    NoActiveModel,
+    /// The model the registry names was loaded and published.
+    Reloaded(ModelRecord),
+}
+
+/// What a reload after a file change did.
+#[derive(Debug, Clone)]
+pub enum FileSync {
+    /// Nothing is served, or the file's bytes are those already served.
+    Unchanged,
+    /// The served model's file is gone; the model in memory keeps serving.
+    Missing(ModelRecord),
+    /// The new file was loaded, recorded in the registry and published.
+    Reloaded(ModelRecord),
+    /// The registry changed underneath; a registry reload decides what to serve.
+    RegistryMoved,
+}
+
 /// The outcome of a registration.
 #[derive(Debug, Clone)]
 pub struct Registered {
@@ -70,6 +96,22 @@ pub struct Control {
     /// Held from load to publish so that two activations in this process publish in the order
     /// they committed (an older model can never be published over a newer one).
     activation: Mutex<()>,
+    /// What this process knows about its reloads (GetServerStatus).
+    status: Arc<Status>,
+    /// Whether this process serves requests (a server) or only edits the registry (the CLI).
+    serving: bool,
+    /// Requests being computed.
+    in_flight: AtomicU64,
+}
+
+/// Counts a request as in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Control {
@@ -80,7 +122,32 @@ impl Control {
             root,
             slot,
             activation: Mutex::new(()),
+            status: Arc::new(Status::default()),
+            serving: false,
+            in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Marks this control as the one of a server: publishes are recorded as `reloaded` events.
+    pub fn serving(mut self) -> Self {
+        self.serving = true;
+        self
+    }
+
+    /// This process's reload status.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    /// Counts one request as in flight while the guard lives.
+    pub fn track_request(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// Requests being computed right now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// The registry.
@@ -147,6 +214,7 @@ impl Control {
             });
         }
         self.publish(committed.active.clone(), loaded);
+        self.published_by_api(&committed.active).await;
         Ok(Registered {
             model: committed.active.clone(),
             activation: Some(ActivationOutcome {
@@ -208,12 +276,7 @@ impl Control {
     }
 
     async fn activate_locked(&self, record: ModelRecord, meta: &ActivationMeta) -> Result<ActivationOutcome> {
-        let served = self.slot.load();
-        if record.is_active
-            && served.as_ref().is_some_and(|s| {
-                s.record.model_id == record.model_id && s.record.checksum_sha256 == record.checksum_sha256
-            })
-        {
+        if record.is_active && self.serves(&record) {
             return Ok(ActivationOutcome {
                 active: record.clone(),
                 previous: Some(record),
@@ -233,6 +296,7 @@ impl Control {
             "model activated"
         );
         self.publish(committed.active.clone(), loaded);
+        self.published_by_api(&committed.active).await;
         Ok(ActivationOutcome {
             active: committed.active,
             previous: committed.previous,
@@ -250,30 +314,127 @@ impl Control {
         load_blocking(path, Some(record.checksum_sha256.clone())).await
     }
 
-    fn publish(&self, record: ModelRecord, model: LoadedModel) {
-        self.slot.publish(Arc::new(ServedModel { record, model }));
-    }
-
-    /// Loads what the registry says is active into the slot (start-up). `Ok(None)` when no model
-    /// is active.
+    /// Makes the slot serve what the registry names as active (reload source: another process,
+    /// another server, a SQL console, or start-up). Holds the activation lock, and re-reads the
+    /// registry after loading: a model the registry no longer names is never published, so an
+    /// older model cannot be published after a newer one.
     ///
     /// # Errors
-    /// As [`Control::activate`]; the slot is unchanged on error.
-    pub async fn load_active(&self) -> Result<Option<ModelRecord>> {
+    /// `Unavailable` when the registry cannot be read; `FailedPrecondition` when the named model
+    /// cannot be loaded (missing file, checksum mismatch, broken file). The slot is unchanged.
+    pub async fn sync_with_registry(&self) -> Result<RegistrySync> {
         let _order = self.activation.lock().await;
-        let Some(record) = self.registry.active().await? else {
-            return Ok(None);
-        };
-        let served = self.slot.load();
-        if served
-            .is_some_and(|s| s.record.model_id == record.model_id && s.record.checksum_sha256 == record.checksum_sha256)
-        {
-            return Ok(Some(record));
+        // Bounded: each round loads what the registry named; a registry that keeps moving is
+        // followed again by the next trigger.
+        for _ in 0..3 {
+            let Some(record) = self.registry.active().await? else {
+                return Ok(RegistrySync::NoActiveModel);
+            };
+            if self.serves(&record) {
+                return Ok(RegistrySync::InSync(record));
+            }
+            let loaded = self.load_record(&record).await?;
+            let now = self.registry.active().await?;
+            if now
+                .as_ref()
+                .is_some_and(|n| n.model_id == record.model_id && n.checksum_sha256 == record.checksum_sha256)
+            {
+                tracing::info!(model = %record.model_name, version = %record.version, load_ms = loaded.load_time.as_secs_f64() * 1e3, "model reloaded from the registry");
+                self.publish(record.clone(), loaded);
+                return Ok(RegistrySync::Reloaded(record));
+            }
         }
-        let loaded = self.load_record(&record).await?;
-        tracing::info!(model = %record.model_name, version = %record.version, load_ms = loaded.load_time.as_secs_f64() * 1e3, "active model loaded");
-        self.publish(record.clone(), loaded);
-        Ok(Some(record))
+        Err(Error::Unavailable(
+            "the registry kept changing while loading; will retry".into(),
+        ))
+    }
+
+    /// Handles a change of the served model's file on disk: a valid new file is loaded, warmed,
+    /// recorded in the registry (checksum, size, signature, event) and published. A missing,
+    /// half-written or corrupt file changes nothing. With `strict`, a file whose sha256 differs
+    /// from the registry is refused.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` for a file that cannot be loaded or is refused by `strict`;
+    /// `Unavailable` when the registry cannot be written (the new file is then not published,
+    /// so the registry and the served model stay consistent).
+    pub async fn sync_with_file(&self, strict: bool) -> Result<FileSync> {
+        let _order = self.activation.lock().await;
+        let Some(served) = self.slot.load() else {
+            return Ok(FileSync::Unchanged);
+        };
+        let record = served.record.clone();
+        let path = match self.root.resolve(&record.file_path) {
+            Ok(p) => p,
+            Err(Error::FailedPrecondition(_)) => return Ok(FileSync::Missing(record)),
+            Err(e) => return Err(e),
+        };
+        let bytes_sha = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(&path).map(|b| crate::model::loader::sha256_hex(&b)))
+                .await
+                .map_err(Error::internal)?
+                .map_err(|e| Error::FailedPrecondition(format!("cannot read model file {:?}: {e}", record.file_path)))?
+        };
+        if bytes_sha == record.checksum_sha256 {
+            return Ok(FileSync::Unchanged);
+        }
+        if strict {
+            return Err(Error::FailedPrecondition(format!(
+                "model file {:?} changed (sha256 {bytes_sha}) but the registry has {}; --strict-checksum refuses it",
+                record.file_path, record.checksum_sha256
+            )));
+        }
+        let loaded = load_blocking(path, None).await?;
+        let size = i64::try_from(loaded.size_bytes).map_err(Error::internal)?;
+        let detail = format!("file changed: sha256 {} -> {}", record.checksum_sha256, loaded.sha256);
+        let updated = self
+            .registry
+            .record_file_change(
+                record.model_id,
+                &record.checksum_sha256,
+                &loaded.sha256,
+                size,
+                &loaded.signature,
+                &detail,
+            )
+            .await?;
+        let Some(updated) = updated else {
+            return Ok(FileSync::RegistryMoved);
+        };
+        if !updated.is_active {
+            return Ok(FileSync::RegistryMoved);
+        }
+        tracing::info!(model = %updated.model_name, sha256 = %updated.checksum_sha256, load_ms = loaded.load_time.as_secs_f64() * 1e3, "model file changed: reloaded");
+        self.publish(updated.clone(), loaded);
+        Ok(FileSync::Reloaded(updated))
+    }
+
+    /// Whether the slot serves exactly this record's model and file.
+    fn serves(&self, record: &ModelRecord) -> bool {
+        self.slot
+            .load()
+            .is_some_and(|s| s.record.model_id == record.model_id && s.record.checksum_sha256 == record.checksum_sha256)
+    }
+
+    /// Status and event for a model this server published through its own API.
+    async fn published_by_api(&self, record: &ModelRecord) {
+        if !self.serving {
+            return;
+        }
+        self.status.record_reload("api", record);
+        if let Err(e) = self
+            .registry
+            .add_event(EventKind::Reloaded, Some(record), "api", "")
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the reload event");
+        }
+        self.status.wake_events();
+    }
+
+    fn publish(&self, record: ModelRecord, model: LoadedModel) {
+        self.slot.publish(Arc::new(ServedModel { record, model }));
     }
 
     /// Changes metadata only.

@@ -45,6 +45,15 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => Error::Unavailable(format!("model registry database is unreachable: {e}")),
+            // PostgreSQL: connection exceptions (08…), shutdown/termination (57P…), a dropped
+            // database (3D000), too many connections (53300), deadlock/serialization (40…).
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("57P") || c.starts_with("40") || c == "3D000" || c == "53300"
+                }) =>
+            {
+                Error::Unavailable(format!("model registry database is unavailable: {e}"))
+            }
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Error::AlreadyExists(format!("registry constraint violated: {}", db.message()))
             }

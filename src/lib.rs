@@ -10,6 +10,7 @@
 //! - [`model`]: path confinement, loading + sha256 + warm-up, the signature, the ArcSwap slot.
 //! - [`serving`]: the request path: validate, run off the reactor, encode.
 //! - [`api`]: the tonic services.
+//! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
 //! - [`error`]: the one error type and its one mapping to gRPC codes.
 
 #[cfg(target_endian = "big")]
@@ -24,5 +25,6 @@ pub mod error;
 pub mod model;
 pub mod registry;
 pub mod serving;
+pub mod watch;
 
 pub use error::{Error, Result};

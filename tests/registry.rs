@@ -48,7 +48,7 @@ async fn one_active_under_concurrency(backend: Backend) {
         database_url: db.url.clone(),
         model_root: root.path().to_path_buf(),
     };
-    let control = modeld::app::control(&args).await.unwrap();
+    let control = modeld::app::control(&args, Default::default()).await.unwrap();
     let names = ["m0", "m1", "m2", "m3"];
     for (i, name) in names.iter().enumerate() {
         let file = if i % 2 == 0 { "digits_v1.onnx" } else { "digits_v2.onnx" };
@@ -83,7 +83,7 @@ async fn one_active_under_concurrency(backend: Backend) {
     for t in 0..4 {
         let args = args.clone();
         tasks.push(tokio::spawn(async move {
-            let control = modeld::app::control(&args).await.unwrap();
+            let control = modeld::app::control(&args, Default::default()).await.unwrap();
             for i in 0..12 {
                 let name = format!("m{}", (t + i) % 4);
                 let meta = ActivationMeta {
@@ -203,7 +203,7 @@ async fn generation_bumps_on_every_change(backend: Backend) {
         database_url: db.url.clone(),
         model_root: root.path().to_path_buf(),
     };
-    let control = modeld::app::control(&args).await.unwrap();
+    let control = modeld::app::control(&args, Default::default()).await.unwrap();
     let g0 = control.registry().generation().await.unwrap();
     control
         .register(Registration {

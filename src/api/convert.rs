@@ -4,9 +4,11 @@
 use super::pb;
 use crate::control::ActivationOutcome;
 use crate::error::{Error, Result};
+use crate::model::slot::ServedModel;
 use crate::model::{Signature, TensorSpec};
-use crate::registry::{ModelRecord, ModelRef};
+use crate::registry::{EventRecord, ModelRecord, ModelRef};
 use crate::serving::{OutputData, OutputTensor, Payload};
+use crate::watch::StatusSnapshot;
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -161,4 +163,66 @@ pub fn tensor(o: OutputTensor) -> pb::Tensor {
         OutputData::Bool(v) => t.bool_data = v,
     }
     t
+}
+
+/// The wire form of an event.
+pub fn event(e: &EventRecord) -> pb::Event {
+    let EventRecord {
+        event_id,
+        kind,
+        model_id,
+        model_name,
+        source,
+        server,
+        detail,
+        created_at,
+    } = e;
+    pb::Event {
+        event_id: *event_id,
+        kind: kind.clone(),
+        model_id: model_id.unwrap_or(0),
+        model_name: model_name.clone(),
+        source: source.clone(),
+        server: server.clone(),
+        detail: detail.clone(),
+        created_at: Some(timestamp(*created_at)),
+    }
+}
+
+/// The wire form of this server's status.
+pub fn server_status(
+    server: &str,
+    serving: Option<&ServedModel>,
+    s: &StatusSnapshot,
+    in_flight: u64,
+) -> pb::ServerStatus {
+    let StatusSnapshot {
+        registry_active,
+        last_error,
+        last_reload,
+        file_missing,
+        registry_reachable,
+        generation,
+        reload_failures,
+    } = s;
+    let differs = match (serving, registry_active) {
+        (Some(m), Some(r)) => m.record.model_id != r.model_id || m.record.checksum_sha256 != r.checksum_sha256,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    pb::ServerStatus {
+        server: server.to_string(),
+        serving: serving.map(|m| model(&m.record)),
+        registry_active: registry_active.as_ref().map(model),
+        degraded: differs || *file_missing || !registry_reachable,
+        last_error: last_error.as_ref().map(|(m, _)| m.clone()).unwrap_or_default(),
+        last_error_at: last_error.as_ref().map(|(_, t)| timestamp(*t)),
+        last_reload_at: last_reload.as_ref().map(|(_, t)| timestamp(*t)),
+        last_reload_source: last_reload.as_ref().map(|(s, _)| s.clone()).unwrap_or_default(),
+        file_missing: *file_missing,
+        registry_reachable: *registry_reachable,
+        registry_generation: *generation,
+        in_flight_requests: in_flight,
+        reload_failures: *reload_failures,
+    }
 }

@@ -28,6 +28,7 @@ impl InferenceService {
             inputs,
             routing_key: _,
         } = req;
+        let _in_flight = self.control.track_request();
         let model = self.control.model_for(&model_name).await?;
         let refs = inputs
             .iter()

@@ -1,7 +1,10 @@
 //! `modeld.v1.ModelRegistry`: register, list, get, update, activate, roll back, delete.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
@@ -158,6 +161,57 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         let pb::RollbackModelRequest { reason, activated_by } = request.into_inner();
         let done = self.control.rollback(&who(activated_by), &reason).await?;
         Ok(Response::new(convert::activation(&done)))
+    }
+
+    async fn get_server_status(&self, _request: Request<pb::GetServerStatusRequest>) -> Reply<pb::ServerStatus> {
+        let c = &self.control;
+        Ok(Response::new(convert::server_status(
+            &c.registry().origin().server,
+            c.slot().load().as_deref(),
+            &c.status().snapshot(),
+            c.in_flight(),
+        )))
+    }
+
+    type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send + 'static>>;
+
+    async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Reply<Self::WatchEventsStream> {
+        let pb::WatchEventsRequest { after_event_id } = request.into_inner();
+        let control = Arc::clone(&self.control);
+        let mut after = if after_event_id > 0 {
+            after_event_id
+        } else {
+            control.registry().last_event_id().await?
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // Follows the event table: woken by local writes, LISTEN/NOTIFY and generation changes,
+        // with a short poll as the floor (events from other servers on SQLite).
+        tokio::spawn(async move {
+            let mut wake = control.status().subscribe_events();
+            loop {
+                match control.registry().events_after(after, 500).await {
+                    Ok(batch) => {
+                        for e in &batch {
+                            after = e.event_id;
+                            if tx.send(Ok(convert::event(e))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if tx.send(Err(Status::from(e))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = wake.changed() => {}
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn delete_model(&self, request: Request<pb::DeleteModelRequest>) -> Reply<pb::DeleteModelResponse> {

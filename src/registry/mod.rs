@@ -229,10 +229,122 @@ macro_rules! record_activation {
     }};
 }
 
+/// Appends a `model_events` row (inside the transaction of the change it records).
+macro_rules! record_event {
+    ($exec:expr, $origin:expr, $kind:expr, $model_id:expr, $model_name:expr, $detail:expr, $now:expr) => {{
+        let model_id: Option<i64> = $model_id;
+        let model_name: &str = $model_name;
+        let detail: &str = $detail;
+        sqlx::query(
+            "INSERT INTO model_events (kind, model_id, model_name, source, server, detail, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind($kind.name())
+        .bind(model_id)
+        .bind(model_name)
+        .bind(&$origin.source)
+        .bind(&$origin.server)
+        .bind(detail)
+        .bind($now)
+        .execute($exec)
+        .await?
+    }};
+}
+
 /// A connection pool on the registry database.
 #[derive(Debug, Clone)]
 pub struct Registry {
     pool: Pool,
+    origin: Origin,
+}
+
+/// Who writes: recorded with every event this registry handle stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// How the change came in: "api", "cli", "seed"…
+    pub source: String,
+    /// Which process: the server's name, or "cli@<host>".
+    pub server: String,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Self {
+            source: "api".into(),
+            server: format!("modeld-{}", std::process::id()),
+        }
+    }
+}
+
+/// What happened, as stored in `model_events` and streamed by WatchEvents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A model was registered.
+    Registered,
+    /// Metadata changed.
+    Updated,
+    /// A model became the active one.
+    Activated,
+    /// A rollback activated the previous model.
+    RolledBack,
+    /// A record was deleted.
+    Deleted,
+    /// A server loaded and published a model (source: api, registry, file, startup).
+    Reloaded,
+    /// A server could not load what it should serve; it keeps its last good model.
+    ReloadFailed,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 7] = [
+        Self::Registered,
+        Self::Updated,
+        Self::Activated,
+        Self::RolledBack,
+        Self::Deleted,
+        Self::Reloaded,
+        Self::ReloadFailed,
+    ];
+
+    /// The stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Updated => "updated",
+            Self::Activated => "activated",
+            Self::RolledBack => "rolled_back",
+            Self::Deleted => "deleted",
+            Self::Reloaded => "reloaded",
+            Self::ReloadFailed => "reload_failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// A `model_events` row.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct EventRecord {
+    /// Increasing id.
+    pub event_id: i64,
+    /// [`EventKind::name`].
+    pub kind: String,
+    /// The model concerned (no foreign key: events outlive records).
+    pub model_id: Option<i64>,
+    /// Its name at the time.
+    pub model_name: String,
+    /// api, cli, seed, registry, file, startup.
+    pub source: String,
+    /// Which process.
+    pub server: String,
+    /// Free text: reason, error.
+    pub detail: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
 }
 
 /// Which database a URL names.
@@ -283,9 +395,23 @@ impl Registry {
                 )
             }
         };
-        let registry = Self { pool };
+        let registry = Self {
+            pool,
+            origin: Origin::default(),
+        };
         registry.migrate().await?;
         Ok(registry)
+    }
+
+    /// The same pool, recording events as coming from `origin`.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Who this handle records as the writer.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// Which backend this registry uses.
@@ -425,6 +551,7 @@ impl Registry {
                 }
                 other => other?,
             };
+            record_event!(&mut *tx, self.origin, EventKind::Registered, Some(record.model_id), &record.model_name, &record.file_path, now);
             let result = match activate {
                 None => Activation { active: record, previous: None },
                 Some(meta) => {
@@ -435,6 +562,7 @@ impl Registry {
                     let active: ModelRecord = sqlx::query_as(concat!("UPDATE ml_models SET is_active = $1 WHERE model_id = $2 RETURNING ", columns!()))
                         .bind(true).bind(record.model_id).fetch_one(&mut *tx).await?;
                     record_activation!(tx, active, previous.as_ref(), meta, now);
+                    record_event!(&mut *tx, self.origin, EventKind::Activated, Some(active.model_id), &active.model_name, &meta.reason, now);
                     Activation { active, previous }
                 }
             };
@@ -469,6 +597,7 @@ impl Registry {
                 .fetch_optional(&mut *tx)
                 .await?;
             let updated = updated.ok_or_else(|| Error::NotFound(format!("{model} is not registered")))?;
+            record_event!(&mut *tx, self.origin, EventKind::Updated, Some(updated.model_id), &updated.model_name, "", now);
             tx.commit().await?;
             Ok(updated)
         })
@@ -509,6 +638,8 @@ impl Registry {
                 .bind(false).bind(now).bind(true).execute(&mut *tx).await?;
             let active: ModelRecord = sqlx::query_as(activate).bind(true).bind(now).bind(model_id).fetch_one(&mut *tx).await?;
             record_activation!(tx, active, previous.as_ref(), meta, now);
+            let kind = if meta.is_rollback { EventKind::RolledBack } else { EventKind::Activated };
+            record_event!(&mut *tx, self.origin, kind, Some(active.model_id), &active.model_name, &meta.reason, now);
             tx.commit().await?;
             Ok(Activation { active, previous })
         })
@@ -530,6 +661,89 @@ impl Registry {
         let sql = "SELECT activation_id, model_id, model_name, previous_model_id, previous_name, activated_at, \
                    activated_by, reason, is_rollback FROM model_activations ORDER BY activation_id DESC LIMIT $1";
         Ok(with_pool!(self, p => sqlx::query_as(sql).bind(limit).fetch_all(p).await?))
+    }
+
+    /// Records that the active model's file changed on disk and was loaded: the new checksum,
+    /// size and signature, with a `reloaded` event, in one transaction. Only if the record still
+    /// has `old_checksum` (another server may have recorded the same change first).
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn record_file_change(
+        &self,
+        model_id: i64,
+        old_checksum: &str,
+        new_checksum: &str,
+        size: i64,
+        signature: &Signature,
+        detail: &str,
+    ) -> Result<Option<ModelRecord>> {
+        let sql = concat!(
+            "UPDATE ml_models SET checksum_sha256 = $1, file_size_bytes = $2, signature = $3, updated_at = $4 \
+             WHERE model_id = $5 AND checksum_sha256 = $6 RETURNING ",
+            columns!()
+        );
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            bump!(tx, now);
+            let updated: Option<ModelRecord> = sqlx::query_as(sql)
+                .bind(new_checksum).bind(size).bind(signature.to_json()).bind(now).bind(model_id).bind(old_checksum)
+                .fetch_optional(&mut *tx).await?;
+            if let Some(r) = &updated {
+                record_event!(&mut *tx, self.origin, EventKind::Reloaded, Some(r.model_id), &r.model_name, detail, now);
+            }
+            tx.commit().await?;
+            Ok(updated)
+        })
+    }
+
+    /// Stores an event that is not part of a registry change (reloads, reload failures).
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn add_event(
+        &self,
+        kind: EventKind,
+        model: Option<&ModelRecord>,
+        source: &str,
+        detail: &str,
+    ) -> Result<()> {
+        let origin = Origin {
+            source: source.to_string(),
+            server: self.origin.server.clone(),
+        };
+        let (id, name) = model.map_or((None, ""), |m| (Some(m.model_id), m.model_name.as_str()));
+        let now = Utc::now();
+        with_pool!(self, p => { record_event!(p, origin, kind, id, name, detail, now); });
+        Ok(())
+    }
+
+    /// Events with an id above `after`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRecord>> {
+        let sql = "SELECT event_id, kind, model_id, model_name, source, server, detail, created_at FROM model_events \
+                   WHERE event_id > $1 ORDER BY event_id LIMIT $2";
+        Ok(with_pool!(self, p => sqlx::query_as(sql).bind(after).bind(limit).fetch_all(p).await?))
+    }
+
+    /// The newest event id (0 when there are none).
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn last_event_id(&self) -> Result<i64> {
+        let sql = "SELECT COALESCE(MAX(event_id), 0) FROM model_events";
+        Ok(with_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await?))
+    }
+
+    /// A PostgreSQL pool, for LISTEN; `None` on SQLite.
+    pub fn pg_pool(&self) -> Option<&PgPool> {
+        match &self.pool {
+            Pool::Postgres(p) => Some(p),
+            Pool::Sqlite(_) => None,
+        }
     }
 
     /// Deletes the record (never the file).
@@ -557,6 +771,7 @@ impl Registry {
                     _ => Error::NotFound(format!("{model} is not registered")),
                 });
             };
+            record_event!(&mut *tx, self.origin, EventKind::Deleted, Some(deleted.model_id), &deleted.model_name, &deleted.file_path, now);
             tx.commit().await?;
             Ok(deleted)
         })

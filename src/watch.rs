@@ -1,0 +1,476 @@
+//! Keeps the served model in step with the registry and with the active model's file, from
+//! every source: a registry watcher (PostgreSQL LISTEN/NOTIFY plus a periodic generation check;
+//! SQLite a cheap generation poll) and a file watcher (notify, debounced) feed **one reload
+//! task**, so two triggers can never race each other into publishing an older model after a
+//! newer one. A model that cannot be loaded never replaces the served one: the server keeps its
+//! last good model, reports itself degraded, logs, records an event and retries with backoff.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::control::{Control, FileSync, RegistrySync};
+use crate::error::Error;
+use crate::registry::{EventKind, ModelRecord};
+
+/// How the watchers behave.
+#[derive(Debug, Clone)]
+pub struct ReloadConfig {
+    /// SQLite: how often the generation counter is read.
+    pub registry_poll: Duration,
+    /// PostgreSQL: how often the generation is checked besides LISTEN/NOTIFY (missed
+    /// notifications, reconnects).
+    pub registry_check: Duration,
+    /// Quiet time after the last file event before the file is reloaded.
+    pub file_debounce: Duration,
+    /// Refuse a changed file whose sha256 differs from the registry.
+    pub strict_checksum: bool,
+    /// Watch the active model's file at all.
+    pub watch_files: bool,
+}
+
+/// What this server knows about its own state; read by GetServerStatus.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSnapshot {
+    /// The registry's active model as last read.
+    pub registry_active: Option<ModelRecord>,
+    /// The last reload error and when; `None` after a success.
+    pub last_error: Option<(String, DateTime<Utc>)>,
+    /// The last successful (re)load: source and when.
+    pub last_reload: Option<(String, DateTime<Utc>)>,
+    /// The served model's file is missing on disk.
+    pub file_missing: bool,
+    /// The registry answered the last check.
+    pub registry_reachable: bool,
+    /// The registry generation this server has caught up with.
+    pub generation: i64,
+    /// Failed reloads since start.
+    pub reload_failures: u64,
+}
+
+/// Shared, updated by the reload task and the watchers.
+#[derive(Debug)]
+pub struct Status {
+    inner: Mutex<StatusSnapshot>,
+    /// Bumped when events may have been added (local writes, notifications, generation changes);
+    /// WatchEvents streams wait on it.
+    events: watch::Sender<u64>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(StatusSnapshot {
+                registry_reachable: true,
+                ..Default::default()
+            }),
+            events: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Status {
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusSnapshot> {
+        // A panic while holding this lock cannot leave the snapshot half-written in a way that
+        // matters (plain fields), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut StatusSnapshot)) {
+        f(&mut self.lock());
+    }
+
+    /// Records a successful (re)load of `record` from `source`.
+    pub fn record_reload(&self, source: &str, record: &ModelRecord) {
+        self.update(|s| {
+            s.registry_reachable = true;
+            s.last_error = None;
+            s.file_missing = false;
+            s.last_reload = Some((source.to_string(), Utc::now()));
+            s.registry_active = Some(record.clone());
+        });
+    }
+
+    /// Wakes WatchEvents streams.
+    pub fn wake_events(&self) {
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Follows [`Status::wake_events`].
+    pub fn subscribe_events(&self) -> watch::Receiver<u64> {
+        self.events.subscribe()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The registry may name another model (or the named file may be back).
+    Registry,
+    /// The served model's file changed on disk.
+    File,
+}
+
+/// The running watchers; dropping it stops them.
+pub struct Reloader {
+    tasks: Vec<JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("tasks", &self.tasks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Reloader {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the reload task and the watchers. The first reload (source "startup") loads what the
+/// registry names as active.
+///
+/// # Errors
+/// When the file watcher cannot be created.
+pub fn start(control: Arc<Control>, config: ReloadConfig) -> anyhow::Result<Reloader> {
+    let status = Arc::clone(control.status());
+    let (tx, rx) = mpsc::channel::<Trigger>(64);
+    let mut tasks = vec![tokio::spawn(reload_loop(
+        Arc::clone(&control),
+        Arc::clone(&status),
+        config.clone(),
+        rx,
+    ))];
+    tasks.push(tokio::spawn(registry_watcher(
+        Arc::clone(&control),
+        Arc::clone(&status),
+        config.clone(),
+        tx.clone(),
+    )));
+    let watcher = if config.watch_files {
+        let (raw_tx, raw_rx) = mpsc::unbounded_channel::<PathBuf>();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Runs on notify's thread: forward into the async world, never block here.
+            if let Ok(event) = res {
+                for path in event.paths {
+                    let _ = raw_tx.send(path);
+                }
+            }
+        })?;
+        watcher.watch(control.root().path(), RecursiveMode::Recursive)?;
+        tasks.push(tokio::spawn(file_debouncer(
+            control,
+            status,
+            config.file_debounce,
+            raw_rx,
+            tx,
+        )));
+        Some(watcher)
+    } else {
+        None
+    };
+    Ok(Reloader {
+        tasks,
+        _watcher: watcher,
+    })
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+async fn reload_loop(
+    control: Arc<Control>,
+    status: Arc<Status>,
+    config: ReloadConfig,
+    mut rx: mpsc::Receiver<Trigger>,
+) {
+    let mut source = "startup";
+    let (mut registry_due, mut file_due) = (true, false);
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = RETRY_MIN;
+    loop {
+        if registry_due {
+            registry_due = false;
+            if sync_registry(&control, &status, source).await {
+                retry_at = None;
+                backoff = RETRY_MIN;
+            } else {
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+        if file_due {
+            file_due = false;
+            if sync_file(&control, &status, config.strict_checksum).await {
+                // The registry moved underneath the file change: let the registry decide.
+                registry_due = true;
+                continue;
+            }
+        }
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            trigger = rx.recv() => match trigger {
+                None => return,
+                Some(t) => mark(t, &mut registry_due, &mut file_due),
+            },
+            () = retry => registry_due = true,
+        }
+        // Coalesce whatever else is queued: one reload serves them all.
+        while let Ok(t) = rx.try_recv() {
+            mark(t, &mut registry_due, &mut file_due);
+        }
+        source = "registry";
+    }
+}
+
+fn mark(t: Trigger, registry_due: &mut bool, file_due: &mut bool) {
+    match t {
+        Trigger::Registry => *registry_due = true,
+        Trigger::File => *file_due = true,
+    }
+}
+
+/// One registry reload; `false` when it should be retried.
+async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool {
+    match control.sync_with_registry().await {
+        Ok(RegistrySync::InSync(record)) => {
+            let missing = control.root().resolve(&record.file_path).is_err();
+            status.update(|s| {
+                s.registry_reachable = true;
+                s.last_error = None;
+                s.file_missing = missing;
+                s.registry_active = Some(record);
+            });
+            true
+        }
+        Ok(RegistrySync::NoActiveModel) => {
+            let serving = control.slot().load().map(|s| s.record.model_name.clone());
+            if let Some(name) = serving {
+                tracing::warn!(serving = %name, "the registry names no active model; keeping the served model");
+            }
+            status.update(|s| {
+                s.registry_reachable = true;
+                s.registry_active = None;
+            });
+            true
+        }
+        Ok(RegistrySync::Reloaded(record)) => {
+            status.record_reload(source, &record);
+            let _ = control
+                .registry()
+                .add_event(EventKind::Reloaded, Some(&record), source, "")
+                .await;
+            status.wake_events();
+            true
+        }
+        Err(e) => {
+            failed(control, status, source, &e).await;
+            false
+        }
+    }
+}
+
+/// One file reload; `true` when the registry moved and must be reloaded instead.
+async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
+    match control.sync_with_file(strict).await {
+        Ok(FileSync::Unchanged) => {
+            status.update(|s| s.file_missing = false);
+            false
+        }
+        Ok(FileSync::Missing(record)) => {
+            let first = !status.snapshot().file_missing;
+            status.update(|s| s.file_missing = true);
+            if first {
+                tracing::warn!(model = %record.model_name, file = %record.file_path, "the served model's file is gone; the model in memory keeps serving");
+                let detail = format!(
+                    "file {:?} is missing; the model in memory keeps serving",
+                    record.file_path
+                );
+                let _ = control
+                    .registry()
+                    .add_event(EventKind::ReloadFailed, Some(&record), "file", &detail)
+                    .await;
+                status.wake_events();
+            }
+            false
+        }
+        Ok(FileSync::Reloaded(record)) => {
+            status.record_reload("file", &record);
+            status.wake_events();
+            false
+        }
+        Ok(FileSync::RegistryMoved) => true,
+        Err(e) => {
+            // Half-written, corrupt or refused: keep serving; the next change is tried again.
+            failed(control, status, "file", &e).await;
+            false
+        }
+    }
+}
+
+async fn failed(control: &Control, status: &Status, source: &str, e: &Error) {
+    let message = e.to_string();
+    let repeated = status.snapshot().last_error.is_some_and(|(m, _)| m == message);
+    status.update(|s| {
+        if matches!(e, Error::Unavailable(_)) {
+            s.registry_reachable = false;
+        }
+        s.last_error = Some((message.clone(), Utc::now()));
+        s.reload_failures += 1;
+    });
+    if repeated {
+        tracing::debug!(%source, error = %message, "reload still failing");
+        return;
+    }
+    tracing::error!(%source, error = %message, "reload failed; keeping the served model");
+    let wanted = status.snapshot().registry_active;
+    if control
+        .registry()
+        .add_event(EventKind::ReloadFailed, wanted.as_ref(), source, &message)
+        .await
+        .is_ok()
+    {
+        status.wake_events();
+    }
+}
+
+/// Debounces file events for the served model's file (-> File) and for the file the registry
+/// names but this server could not load (-> Registry: it may be loadable now).
+async fn file_debouncer(
+    control: Arc<Control>,
+    status: Arc<Status>,
+    debounce: Duration,
+    mut raw: mpsc::UnboundedReceiver<PathBuf>,
+    tx: mpsc::Sender<Trigger>,
+) {
+    let mut due: Option<Instant> = None;
+    let (mut file, mut registry) = (false, false);
+    loop {
+        let timer = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            path = raw.recv() => {
+                let Some(path) = path else { return };
+                let root = control.root().path();
+                let served = control.slot().load().map(|s| root.join(&s.record.file_path));
+                let wanted = status.snapshot().registry_active.map(|r| root.join(&r.file_path));
+                let hit_served = served.as_ref() == Some(&path);
+                let hit_wanted = wanted.as_ref() == Some(&path) && !hit_served;
+                if hit_served || hit_wanted {
+                    file |= hit_served;
+                    registry |= hit_wanted;
+                    // Every event restarts the quiet period: a file being written is reloaded
+                    // once, after the writer is done.
+                    due = Some(Instant::now() + debounce);
+                }
+            }
+            () = timer => {
+                due = None;
+                if std::mem::take(&mut file) {
+                    let _ = tx.send(Trigger::File).await;
+                }
+                if std::mem::take(&mut registry) {
+                    let _ = tx.send(Trigger::Registry).await;
+                }
+            }
+        }
+    }
+}
+
+/// Follows the registry generation: LISTEN/NOTIFY plus a periodic check on PostgreSQL, a poll
+/// on SQLite. Sends a reload trigger whenever the generation moves (or may have moved).
+async fn registry_watcher(control: Arc<Control>, status: Arc<Status>, config: ReloadConfig, tx: mpsc::Sender<Trigger>) {
+    let mut last = status.snapshot().generation;
+    let check = async |last: &mut i64| match control.registry().generation().await {
+        Ok(g) => {
+            if g != *last {
+                *last = g;
+                status.update(|s| {
+                    s.generation = g;
+                    s.registry_reachable = true;
+                });
+                status.wake_events();
+                let _ = tx.send(Trigger::Registry).await;
+            }
+        }
+        Err(e) => {
+            let was = status.snapshot().registry_reachable;
+            status.update(|s| s.registry_reachable = false);
+            if was {
+                tracing::warn!(error = %e, "registry unreachable; serving from memory");
+            }
+        }
+    };
+    let Some(pg) = control.registry().pg_pool().cloned() else {
+        let mut tick = tokio::time::interval(config.registry_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            check(&mut last).await;
+        }
+    };
+    let mut tick = tokio::time::interval(config.registry_check);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pg).await {
+            Ok(mut l) => match l.listen_all(["modeld_registry", "modeld_events"]).await {
+                Ok(()) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            Err(e) => {
+                status.update(|s| s.registry_reachable = false);
+                tracing::debug!(error = %e, "cannot connect the registry listener; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Anything may have changed while we were not listening.
+        check(&mut last).await;
+        loop {
+            tokio::select! {
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) if n.channel() == "modeld_events" => status.wake_events(),
+                    Ok(Some(_)) => check(&mut last).await,
+                    // The connection dropped and was re-established: notifications may be lost.
+                    Ok(None) => check(&mut last).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registry listener failed; reconnecting");
+                        status.update(|s| s.registry_reachable = false);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                },
+                _ = tick.tick() => check(&mut last).await,
+            }
+        }
+    }
+}
