@@ -63,6 +63,8 @@ pub enum RegistrySync {
     NoActiveModel,
     /// The model the registry names was loaded and published.
     Reloaded(ModelRecord),
+    /// The model the registry names cannot be loaded here; the served model stays.
+    Failed(ModelRecord, Error),
 }
 
 /// What a reload after a file change did.
@@ -333,7 +335,10 @@ impl Control {
             if self.serves(&record) {
                 return Ok(RegistrySync::InSync(record));
             }
-            let loaded = self.load_record(&record).await?;
+            let loaded = match self.load_record(&record).await {
+                Ok(l) => l,
+                Err(e) => return Ok(RegistrySync::Failed(record, e)),
+            };
             let now = self.registry.active().await?;
             if now
                 .as_ref()

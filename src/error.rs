@@ -4,7 +4,7 @@
 ///
 /// Every fallible path in the server ends in one of these; [`From<Error> for tonic::Status`]
 /// is the only place that turns them into gRPC codes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request itself is wrong (shape, datatype, name, value out of range).
     #[error("{0}")]

@@ -42,6 +42,8 @@ pub struct StatusSnapshot {
     pub registry_active: Option<ModelRecord>,
     /// The last reload error and when; `None` after a success.
     pub last_error: Option<(String, DateTime<Utc>)>,
+    /// Where the last error came from: "file" or a registry reload source.
+    pub last_error_source: String,
     /// The last successful (re)load: source and when.
     pub last_reload: Option<(String, DateTime<Utc>)>,
     /// The served model's file is missing on disk.
@@ -167,7 +169,10 @@ pub fn start(control: Arc<Control>, config: ReloadConfig) -> anyhow::Result<Relo
         let (raw_tx, raw_rx) = mpsc::unbounded_channel::<PathBuf>();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Runs on notify's thread: forward into the async world, never block here.
-            if let Ok(event) = res {
+            // Opening and reading a file (our own loads included) is not a change.
+            if let Ok(event) = res.map_err(|e| tracing::warn!(error = %e, "file watcher error"))
+                && !matches!(event.kind, notify::EventKind::Access(_))
+            {
                 for path in event.paths {
                     let _ = raw_tx.send(path);
                 }
@@ -264,6 +269,14 @@ async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool
             });
             true
         }
+        Ok(RegistrySync::Failed(record, e)) => {
+            status.update(|s| {
+                s.registry_reachable = true;
+                s.registry_active = Some(record);
+            });
+            failed(control, status, source, &e).await;
+            false
+        }
         Ok(RegistrySync::NoActiveModel) => {
             let serving = control.slot().load().map(|s| s.record.model_name.clone());
             if let Some(name) = serving {
@@ -295,7 +308,14 @@ async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool
 async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
     match control.sync_with_file(strict).await {
         Ok(FileSync::Unchanged) => {
-            status.update(|s| s.file_missing = false);
+            // The file is back to what is served: a file error is over; a registry error (the
+            // registry names a model this server cannot load) is not.
+            status.update(|s| {
+                s.file_missing = false;
+                if s.last_error_source == "file" {
+                    s.last_error = None;
+                }
+            });
             false
         }
         Ok(FileSync::Missing(record)) => {
@@ -337,6 +357,7 @@ async fn failed(control: &Control, status: &Status, source: &str, e: &Error) {
             s.registry_reachable = false;
         }
         s.last_error = Some((message.clone(), Utc::now()));
+        s.last_error_source = source.to_string();
         s.reload_failures += 1;
     });
     if repeated {

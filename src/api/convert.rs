@@ -199,6 +199,7 @@ pub fn server_status(
     let StatusSnapshot {
         registry_active,
         last_error,
+        last_error_source: _,
         last_reload,
         file_missing,
         registry_reachable,

@@ -691,7 +691,8 @@ impl Registry {
                 .bind(new_checksum).bind(size).bind(signature.to_json()).bind(now).bind(model_id).bind(old_checksum)
                 .fetch_optional(&mut *tx).await?;
             if let Some(r) = &updated {
-                record_event!(&mut *tx, self.origin, EventKind::Reloaded, Some(r.model_id), &r.model_name, detail, now);
+                let origin = Origin { source: "file".into(), server: self.origin.server.clone() };
+                record_event!(&mut *tx, origin, EventKind::Reloaded, Some(r.model_id), &r.model_name, detail, now);
             }
             tx.commit().await?;
             Ok(updated)

@@ -78,6 +78,22 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The same database as `other`, without owning it (a second server on one registry).
+    pub fn shared(other: &TestDb) -> Self {
+        Self {
+            url: other.url.clone(),
+            pg_name: None,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The PostgreSQL database name, if this is one.
+    pub fn pg_name(&self) -> Option<&str> {
+        self.pg_name.as_deref()
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(name) = self.pg_name.take() {
@@ -143,8 +159,18 @@ impl TestServer {
 
     /// A server on an existing database and model root.
     pub async fn start_on(db: TestDb, root: tempfile::TempDir, tweak: impl FnOnce(&mut ServeConfig)) -> Self {
+        // MODELD_TEST_LOG=debug shows the servers' logs.
+        if let Ok(filter) = std::env::var("MODELD_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let mut config = ServeConfig::new(db.url.clone(), root.path());
         config.drain_timeout_secs = 5;
+        // Fast watchers keep the tests quick; the defaults are measured in the docs.
+        config.registry_poll_ms = 20;
+        config.file_debounce_ms = 50;
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -161,6 +187,51 @@ impl TestServer {
         };
         s.wait_for_health_response().await;
         s
+    }
+
+    /// GetServerStatus.
+    pub async fn status(&self) -> pb::ServerStatus {
+        self.registry()
+            .await
+            .get_server_status(pb::GetServerStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Polls GetServerStatus until `pred` holds (deadline 20 s); returns the status and how long
+    /// it took.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        pred: impl Fn(&pb::ServerStatus) -> bool,
+    ) -> (pb::ServerStatus, Duration) {
+        let mut client = self.registry().await;
+        let started = Instant::now();
+        loop {
+            let s = client
+                .get_server_status(pb::GetServerStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if pred(&s) {
+                return (s, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "timed out waiting for: {what}; last status {s:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits until this server serves `name`.
+    pub async fn wait_serving(&self, name: &str) -> Duration {
+        self.wait_status(&format!("serving {name}"), |s| {
+            s.serving.as_ref().is_some_and(|m| m.model_name == name)
+        })
+        .await
+        .1
     }
 
     pub fn url(&self) -> String {
@@ -307,4 +378,44 @@ pub fn activate_req(name: &str) -> pb::ActivateModelRequest {
         reason: "test".into(),
         activated_by: "test".into(),
     }
+}
+
+/// Runs the modeld binary without blocking the test's runtime.
+pub async fn modeld_cli(url: &str, root: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
+        .args(args)
+        .env("MODELD_DATABASE_URL", url)
+        .env("MODELD_MODEL_ROOT", root)
+        .env("MODELD_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs SQL on the registry database directly, as a SQL console would.
+pub async fn sql(url: &str, statement: &str) -> Result<u64, sqlx::Error> {
+    let statement = sqlx::AssertSqlSafe(statement.to_string());
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await?;
+        let r = sqlx::query(statement).execute(&pool).await.map(|r| r.rows_affected());
+        pool.close().await;
+        r
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await?;
+        let r = sqlx::query(statement).execute(&pool).await.map(|r| r.rows_affected());
+        pool.close().await;
+        r
+    }
+}
+
+/// Replaces `dst` with the bytes of `src` the way deploy pipelines do: write a temp file, rename.
+pub fn replace_by_rename(src: &Path, dst: &Path) {
+    let tmp = dst.with_extension("tmp-upload");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dst).unwrap();
 }
