@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/modeld/v1/tensor.proto",
         "proto/modeld/v1/inference.proto",
         "proto/modeld/v1/registry.proto",
+        "proto/inference/model_config.proto",
+        "proto/inference/grpc_service.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(protos, ["proto"])?;

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 
 use crate::api::inference::InferenceService;
+use crate::api::kserve::KServeService;
+use crate::api::kserve_pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::api::pb::inference_server::InferenceServer;
 use crate::api::pb::model_registry_server::ModelRegistryServer;
 use crate::api::registry::RegistryService;
@@ -20,7 +22,7 @@ use crate::registry::{Origin, Registry};
 use crate::watch::{self, ReloadConfig};
 
 /// Service names whose health follows the model state.
-const HEALTH_SERVICES: [&str; 2] = ["", "modeld.v1.Inference"];
+const HEALTH_SERVICES: [&str; 3] = ["", "modeld.v1.Inference", "inference.GRPCInferenceService"];
 
 /// Opens the registry and model root and builds the shared [`Control`].
 ///
@@ -131,6 +133,9 @@ pub async fn serve(
     let inference = InferenceServer::new(InferenceService::new(Arc::clone(&control)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let kserve = GrpcInferenceServiceServer::new(KServeService::new(Arc::clone(&control)))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let registry = ModelRegistryServer::new(RegistryService::new(Arc::clone(&control)))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -149,6 +154,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(inference)
         .add_service(registry)
+        .add_service(kserve)
         .serve_with_incoming_shutdown(
             // The builder's tcp_nodelay applies only to sockets tonic binds itself: set it on the
             // injected listener too (without it, Nagle + delayed ACK add ~40 ms to mid-sized replies).

@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
 use crate::model::{LoadedModel, ModelRoot, Slot, load_model};
 use crate::registry::{ActivationMeta, EventKind, ModelChanges, ModelRecord, ModelRef, NewModel, Registry};
+use crate::serving::stats::Stats;
+use crate::serving::{self, Inference, InputRef};
 use crate::watch::Status;
 
 /// The name `active` is reserved: it always means "whatever model is active".
@@ -104,6 +106,8 @@ pub struct Control {
     serving: bool,
     /// Requests being computed.
     in_flight: AtomicU64,
+    /// Per-model inference statistics.
+    stats: Stats,
 }
 
 /// Counts a request as in flight until dropped.
@@ -127,6 +131,41 @@ impl Control {
             status: Arc::new(Status::default()),
             serving: false,
             in_flight: AtomicU64::new(0),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Per-model inference statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Runs one inference request for `name` (empty or `active`: the active model): the one
+    /// request path behind every API. Picks the model with one slot snapshot, validates, runs,
+    /// encodes (raw bytes when `raw_outputs`), and records statistics.
+    ///
+    /// # Errors
+    /// As [`Control::model_for`] and [`serving::infer`].
+    pub async fn infer(&self, name: &str, inputs: &[InputRef<'_>], raw_outputs: bool) -> Result<Inference> {
+        let _in_flight = self.track_request();
+        let started = std::time::Instant::now();
+        let model = self.model_for(name).await?;
+        match serving::infer(Arc::clone(&model), inputs, raw_outputs).await {
+            Ok(done) => {
+                let batch = match (model.model.signature.inputs.first(), inputs.first()) {
+                    (Some(spec), Some(input)) if spec.has_batch_dim() => {
+                        input.shape.first().map_or(1, |&n| n.max(0) as u64)
+                    }
+                    _ => 1,
+                };
+                self.stats
+                    .success(&model.record, batch, &done.timings, started.elapsed());
+                Ok(done)
+            }
+            Err(e) => {
+                self.stats.failure(&model.record, started.elapsed());
+                Err(e)
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use super::convert;
 use super::pb;
 use crate::control::Control;
 use crate::error::Result;
-use crate::serving::{self, InputRef, Payload};
+use crate::serving::{InputRef, Payload};
 
 /// The Inference service.
 #[derive(Debug, Clone)]
@@ -28,8 +28,6 @@ impl InferenceService {
             inputs,
             routing_key: _,
         } = req;
-        let _in_flight = self.control.track_request();
-        let model = self.control.model_for(&model_name).await?;
         let refs = inputs
             .iter()
             .map(|t| {
@@ -43,7 +41,7 @@ impl InferenceService {
             .collect::<Result<Vec<_>>>()?;
         // Answer in the encoding the request used.
         let raw = refs.first().is_none_or(|r| matches!(r.payload, Payload::Raw(_)));
-        let done = serving::infer(model, &refs, raw).await?;
+        let done = self.control.infer(&model_name, &refs, raw).await?;
         let record = &done.model.record;
         Ok(pb::PredictResponse {
             model_id: record.model_id,

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod inference;
+pub mod kserve;
 pub mod registry;
 
 /// Code generated from `proto/modeld/v1`.
@@ -10,6 +11,13 @@ pub mod pb {
     #![expect(missing_docs, reason = "generated code")]
     #![expect(clippy::all, reason = "generated code")]
     tonic::include_proto!("modeld.v1");
+}
+
+/// Code generated from `proto/inference` (Open Inference Protocol, KServe v2).
+pub mod kserve_pb {
+    #![expect(missing_docs, reason = "generated code")]
+    #![expect(clippy::all, reason = "generated code")]
+    tonic::include_proto!("inference");
 }
 
 /// Encoded descriptors of every modeld proto, for server reflection.

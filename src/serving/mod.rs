@@ -1,6 +1,7 @@
 //! The request path shared by every API: validate tensors against the model's signature,
 //! build tract tensors straight from the request bytes, run on a blocking thread, encode outputs.
 
+pub mod stats;
 pub mod tensor;
 
 use std::sync::Arc;

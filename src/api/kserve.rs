@@ -1,0 +1,523 @@
+//! `inference.GRPCInferenceService`: the Open Inference Protocol (KServe v2) as Triton serves
+//! it, on the same port, registry, slot and request path as `modeld.v1` (one validation and
+//! execution path for both APIs: [`Control::infer`]).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::kserve_pb as pb;
+use crate::control::{ACTIVE_ALIAS, Control};
+use crate::error::{Error, Result};
+use crate::model::{DataType, Signature};
+use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
+use crate::serving::{InputRef, OutputData, OutputTensor, Payload};
+
+/// `platform` reported in metadata and config: honest about the engine.
+pub const PLATFORM: &str = "tract_onnx";
+/// `max_batch_size` reported for models with a batch dimension: the largest batch of the bundled
+/// CNN (3x224x224 FP32) that fits the default 64 MiB message limit is 110; 64 leaves headroom.
+pub const MAX_BATCH_SIZE: i32 = 64;
+
+/// The Open Inference Protocol service.
+#[derive(Debug, Clone)]
+pub struct KServeService {
+    control: Arc<Control>,
+}
+
+impl KServeService {
+    /// Serves from `control`.
+    pub fn new(control: Arc<Control>) -> Self {
+        Self { control }
+    }
+
+    /// The registry record a protocol model name refers to (`active`: the served model).
+    async fn record(&self, name: &str) -> Result<ModelRecord> {
+        if name.is_empty() || name == ACTIVE_ALIAS {
+            if let Some(served) = self.control.slot().load() {
+                return Ok(served.record.clone());
+            }
+            return self
+                .control
+                .registry()
+                .active()
+                .await?
+                .ok_or_else(|| Error::Unavailable("no model is active".into()));
+        }
+        self.control.registry().get(&ModelRef::Name(name.to_string())).await
+    }
+
+    async fn infer(&self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse> {
+        let pb::ModelInferRequest {
+            model_name,
+            model_version,
+            id,
+            parameters: _,
+            inputs,
+            outputs,
+            raw_input_contents,
+        } = req;
+        let raw = !raw_input_contents.is_empty();
+        if raw && raw_input_contents.len() != inputs.len() {
+            return Err(Error::InvalidArgument(format!(
+                "raw_input_contents has {} entries for {} inputs; send one per input, in order",
+                raw_input_contents.len(),
+                inputs.len()
+            )));
+        }
+        let refs = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let payload = if raw {
+                    Payload::Raw(&raw_input_contents[i])
+                } else {
+                    contents(&t.name, t.contents.as_ref())?
+                };
+                Ok(InputRef {
+                    name: &t.name,
+                    datatype: &t.datatype,
+                    shape: &t.shape,
+                    payload,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Version and requested outputs are checked before computing, so a bad request is a
+        // failure, not a wasted inference.
+        if !model_version.is_empty() || !outputs.is_empty() {
+            let model = self.control.model_for(&model_name).await?;
+            let record = &model.record;
+            if !model_version.is_empty() && model_version != record.version {
+                return Err(Error::NotFound(format!(
+                    "version {model_version:?} of model {:?} is not served; the served version is {:?}",
+                    record.model_name, record.version
+                )));
+            }
+            for (i, o) in outputs.iter().enumerate() {
+                if !model.model.signature.outputs.iter().any(|s| s.name == o.name)
+                    || outputs[..i].iter().any(|p| p.name == o.name)
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "model {:?} has no output {:?} (or it was requested twice)",
+                        record.model_name, o.name
+                    )));
+                }
+            }
+        }
+        let done = self.control.infer(&model_name, &refs, raw).await?;
+        let record = &done.model.record;
+        let mut produced = done.outputs;
+        if !outputs.is_empty() {
+            let mut by_name: HashMap<String, OutputTensor> =
+                produced.into_iter().map(|o| (o.name.clone(), o)).collect();
+            produced = outputs
+                .iter()
+                .map(|o| {
+                    by_name.remove(&o.name).ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "model {:?} has no output {:?} (or it was requested twice)",
+                            record.model_name, o.name
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?;
+        }
+        let mut response = pb::ModelInferResponse {
+            model_name: record.model_name.clone(),
+            model_version: record.version.clone(),
+            id,
+            ..Default::default()
+        };
+        for o in produced {
+            let OutputTensor {
+                name,
+                datatype,
+                shape,
+                data,
+            } = o;
+            let mut tensor = pb::model_infer_response::InferOutputTensor {
+                name,
+                datatype: datatype.name().into(),
+                shape,
+                ..Default::default()
+            };
+            match data {
+                OutputData::Raw(bytes) => response.raw_output_contents.push(bytes),
+                typed => tensor.contents = Some(typed_contents(typed)),
+            }
+            response.outputs.push(tensor);
+        }
+        Ok(response)
+    }
+}
+
+/// The typed contents of an input, matched to the payload kinds the request path accepts.
+fn contents<'a>(name: &str, c: Option<&'a pb::InferTensorContents>) -> Result<Payload<'a>> {
+    let Some(c) = c else { return Ok(Payload::Raw(&[])) };
+    let pb::InferTensorContents {
+        bool_contents,
+        int_contents,
+        int64_contents,
+        uint_contents,
+        uint64_contents,
+        fp32_contents,
+        fp64_contents,
+        bytes_contents,
+    } = c;
+    if !bytes_contents.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "input {name:?}: BYTES tensors are not supported"
+        )));
+    }
+    let candidates = [
+        (!bool_contents.is_empty()).then_some(Payload::Bool(bool_contents)),
+        (!int_contents.is_empty()).then_some(Payload::Int32(int_contents)),
+        (!int64_contents.is_empty()).then_some(Payload::Int64(int64_contents)),
+        (!uint_contents.is_empty()).then_some(Payload::Uint32(uint_contents)),
+        (!uint64_contents.is_empty()).then_some(Payload::Uint64(uint64_contents)),
+        (!fp32_contents.is_empty()).then_some(Payload::Fp32(fp32_contents)),
+        (!fp64_contents.is_empty()).then_some(Payload::Fp64(fp64_contents)),
+    ];
+    let mut present = candidates.into_iter().flatten();
+    match (present.next(), present.next()) {
+        (Some(p), None) => Ok(p),
+        (None, _) => Ok(Payload::Raw(&[])),
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "input {name:?} carries data in more than one contents field"
+        ))),
+    }
+}
+
+fn typed_contents(data: OutputData) -> pb::InferTensorContents {
+    let mut c = pb::InferTensorContents::default();
+    match data {
+        OutputData::Raw(_) => {}
+        OutputData::Fp32(v) => c.fp32_contents = v,
+        OutputData::Fp64(v) => c.fp64_contents = v,
+        OutputData::Int32(v) => c.int_contents = v,
+        OutputData::Int64(v) => c.int64_contents = v,
+        OutputData::Uint32(v) => c.uint_contents = v,
+        OutputData::Uint64(v) => c.uint64_contents = v,
+        OutputData::Bool(v) => c.bool_contents = v,
+    }
+    c
+}
+
+fn config_type(d: DataType) -> pb::DataType {
+    match d {
+        DataType::Fp32 => pb::DataType::TypeFp32,
+        DataType::Fp64 => pb::DataType::TypeFp64,
+        DataType::Int8 => pb::DataType::TypeInt8,
+        DataType::Int16 => pb::DataType::TypeInt16,
+        DataType::Int32 => pb::DataType::TypeInt32,
+        DataType::Int64 => pb::DataType::TypeInt64,
+        DataType::Uint8 => pb::DataType::TypeUint8,
+        DataType::Uint16 => pb::DataType::TypeUint16,
+        DataType::Uint32 => pb::DataType::TypeUint32,
+        DataType::Uint64 => pb::DataType::TypeUint64,
+        DataType::Bool => pb::DataType::TypeBool,
+    }
+}
+
+/// Whether every input and output has a leading dynamic (batch) dimension.
+fn batched(sig: &Signature) -> bool {
+    sig.inputs.iter().chain(&sig.outputs).all(|t| t.has_batch_dim())
+}
+
+fn model_config(requested: &str, record: &ModelRecord) -> Result<pb::ModelConfig> {
+    let sig = record.signature()?;
+    let batch = batched(&sig);
+    let dims = |shape: &[i64]| if batch { shape[1..].to_vec() } else { shape.to_vec() };
+    Ok(pb::ModelConfig {
+        name: requested.to_string(),
+        platform: PLATFORM.into(),
+        backend: "tract".into(),
+        max_batch_size: if batch { MAX_BATCH_SIZE } else { 0 },
+        input: sig
+            .inputs
+            .iter()
+            .map(|t| pb::ModelInput {
+                name: t.name.clone(),
+                data_type: config_type(t.datatype).into(),
+                dims: dims(&t.shape),
+                ..Default::default()
+            })
+            .collect(),
+        output: sig
+            .outputs
+            .iter()
+            .map(|t| pb::ModelOutput {
+                name: t.name.clone(),
+                data_type: config_type(t.datatype).into(),
+                dims: dims(&t.shape),
+                ..Default::default()
+            })
+            .collect(),
+        instance_group: vec![pb::ModelInstanceGroup {
+            name: record.model_name.clone(),
+            count: 1,
+            kind: pb::model_instance_group::Kind::Cpu.into(),
+        }],
+        default_model_filename: record.file_path.clone(),
+        ..Default::default()
+    })
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
+    async fn server_live(&self, _r: Request<pb::ServerLiveRequest>) -> Reply<pb::ServerLiveResponse> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _r: Request<pb::ServerReadyRequest>) -> Reply<pb::ServerReadyResponse> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.control.slot().load().is_some(),
+        }))
+    }
+
+    async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
+        let pb::ModelReadyRequest { name, version } = r.into_inner();
+        let served = self.control.slot().load();
+        let ready = if name.is_empty() || name == ACTIVE_ALIAS {
+            served.is_some_and(|s| version.is_empty() || s.record.version == version)
+        } else {
+            let record = self.record(&name).await?;
+            served.is_some_and(|s| {
+                s.record.model_id == record.model_id && (version.is_empty() || record.version == version)
+            })
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _r: Request<pb::ServerMetadataRequest>) -> Reply<pb::ServerMetadataResponse> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: "modeld".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: ["model_repository", "model_configuration", "statistics"]
+                .map(String::from)
+                .to_vec(),
+        }))
+    }
+
+    async fn model_metadata(&self, r: Request<pb::ModelMetadataRequest>) -> Reply<pb::ModelMetadataResponse> {
+        let pb::ModelMetadataRequest { name, version: _ } = r.into_inner();
+        let record = self.record(&name).await?;
+        let sig = record.signature()?;
+        let meta = |t: &crate::model::TensorSpec| pb::model_metadata_response::TensorMetadata {
+            name: t.name.clone(),
+            datatype: t.datatype.name().into(),
+            shape: t.shape.clone(),
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            // The alias is echoed, so load tools keep addressing `active` across swaps.
+            name: if name == ACTIVE_ALIAS {
+                name
+            } else {
+                record.model_name.clone()
+            },
+            versions: vec![record.version.clone()],
+            platform: PLATFORM.into(),
+            inputs: sig.inputs.iter().map(meta).collect(),
+            outputs: sig.outputs.iter().map(meta).collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "model_infer", skip_all, fields(model = %r.get_ref().model_name))]
+    async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
+        Ok(Response::new(self.infer(r.into_inner()).await?))
+    }
+
+    type ModelStreamInferStream =
+        Pin<Box<dyn Stream<Item = std::result::Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+    async fn model_stream_infer(
+        &self,
+        r: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Reply<Self::ModelStreamInferStream> {
+        let mut requests = r.into_inner();
+        let this = self.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(next) = requests.next().await {
+                let reply = match next {
+                    Ok(req) => {
+                        let id = req.id.clone();
+                        match this.infer(req).await {
+                            Ok(resp) => pb::ModelStreamInferResponse {
+                                error_message: String::new(),
+                                infer_response: Some(resp),
+                            },
+                            // Errors are answered in-stream (as Triton does); the stream goes on.
+                            Err(e) => pb::ModelStreamInferResponse {
+                                error_message: Status::from(e).message().to_string(),
+                                infer_response: Some(pb::ModelInferResponse {
+                                    id,
+                                    ..Default::default()
+                                }),
+                            },
+                        }
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(&self, r: Request<pb::ModelConfigRequest>) -> Reply<pb::ModelConfigResponse> {
+        let pb::ModelConfigRequest { name, version: _ } = r.into_inner();
+        let record = self.record(&name).await?;
+        let shown = if name.is_empty() {
+            record.model_name.clone()
+        } else {
+            name
+        };
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(model_config(&shown, &record)?),
+        }))
+    }
+
+    async fn model_statistics(&self, r: Request<pb::ModelStatisticsRequest>) -> Reply<pb::ModelStatisticsResponse> {
+        let pb::ModelStatisticsRequest { name, version } = r.into_inner();
+        let all = self.control.stats().snapshot();
+        let wanted = if name.is_empty() {
+            None
+        } else {
+            Some(self.record(&name).await?)
+        };
+        let mut model_stats: Vec<pb::ModelStatistics> = all
+            .iter()
+            .filter(|s| wanted.as_ref().is_none_or(|w| w.model_name == s.name))
+            .filter(|s| version.is_empty() || s.version == version)
+            .map(|s| {
+                let d = |t: crate::serving::stats::Tally| {
+                    Some(pb::StatisticDuration {
+                        count: t.count,
+                        ns: t.ns,
+                    })
+                };
+                pb::ModelStatistics {
+                    name: s.name.clone(),
+                    version: s.version.clone(),
+                    last_inference: s.last_inference_ms,
+                    inference_count: s.inference_count,
+                    execution_count: s.execution_count,
+                    inference_stats: Some(pb::InferStatistics {
+                        success: d(s.success),
+                        fail: d(s.fail),
+                        queue: d(s.queue),
+                        compute_input: d(s.compute_input),
+                        compute_infer: d(s.compute_infer),
+                        compute_output: d(s.compute_output),
+                        cache_hit: d(Default::default()),
+                        cache_miss: d(Default::default()),
+                    }),
+                    batch_stats: Vec::new(),
+                }
+            })
+            .collect();
+        // A registered model that has not served yet still has (zero) statistics.
+        if let Some(w) = wanted
+            && model_stats.is_empty()
+        {
+            let zero = Some(pb::StatisticDuration::default());
+            model_stats.push(pb::ModelStatistics {
+                name: w.model_name,
+                version: w.version,
+                inference_stats: Some(pb::InferStatistics {
+                    success: zero,
+                    fail: zero,
+                    queue: zero,
+                    compute_input: zero,
+                    compute_infer: zero,
+                    compute_output: zero,
+                    cache_hit: zero,
+                    cache_miss: zero,
+                }),
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
+    }
+
+    async fn repository_index(&self, r: Request<pb::RepositoryIndexRequest>) -> Reply<pb::RepositoryIndexResponse> {
+        let pb::RepositoryIndexRequest {
+            repository_name: _,
+            ready,
+        } = r.into_inner();
+        let served = self.control.slot().load();
+        let models = self.control.registry().list(Order::Name, false, i64::MAX, 0).await?;
+        let models = models
+            .into_iter()
+            .map(|m| {
+                let is_served = served.as_ref().is_some_and(|s| s.record.model_id == m.model_id);
+                let (state, reason) = match (is_served, m.is_active) {
+                    (true, _) => ("READY", String::new()),
+                    (false, true) => (
+                        "UNAVAILABLE",
+                        "active in the registry but not loaded on this server (see GetServerStatus)".into(),
+                    ),
+                    (false, false) => ("UNAVAILABLE", "registered, not active".into()),
+                };
+                pb::repository_index_response::ModelIndex {
+                    name: m.model_name,
+                    version: m.version,
+                    state: state.into(),
+                    reason,
+                }
+            })
+            .filter(|m| !ready || m.state == "READY")
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        r: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Reply<pb::RepositoryModelLoadResponse> {
+        let pb::RepositoryModelLoadRequest {
+            repository_name: _,
+            model_name,
+            parameters: _,
+        } = r.into_inner();
+        let meta = ActivationMeta {
+            activated_by: "kserve".into(),
+            reason: "RepositoryModelLoad".into(),
+            is_rollback: false,
+        };
+        self.control.activate(&ModelRef::Name(model_name), &meta).await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        r: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Reply<pb::RepositoryModelUnloadResponse> {
+        let pb::RepositoryModelUnloadRequest {
+            repository_name: _,
+            model_name,
+            parameters: _,
+        } = r.into_inner();
+        let record = self.record(&model_name).await?;
+        if record.is_active {
+            return Err(Error::FailedPrecondition(format!(
+                "model {:?} is the active model and cannot be unloaded; load (activate) another model instead",
+                record.model_name
+            ))
+            .into());
+        }
+        // Only the active model is ever loaded: any other is already unloaded.
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}

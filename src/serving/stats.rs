@@ -1,0 +1,129 @@
+//! Per-model inference statistics, as Triton reports them (ModelStatistics): success and
+//! failure counts and the cumulative time spent queueing, decoding inputs, computing and
+//! encoding outputs. The same [`Timings`] that feed the span feed these.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::Timings;
+use crate::registry::ModelRecord;
+
+/// A count and a cumulative duration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// How many.
+    pub count: u64,
+    /// Total nanoseconds.
+    pub ns: u64,
+}
+
+impl Tally {
+    fn add(&mut self, d: Duration) {
+        self.count += 1;
+        self.ns = self.ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
+/// One model's statistics since the server started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelStats {
+    /// Model name.
+    pub name: String,
+    /// Version label.
+    pub version: String,
+    /// Successful requests, with their whole time in the server.
+    pub success: Tally,
+    /// Failed requests (for a resolved model), with their time.
+    pub fail: Tally,
+    /// Waiting for a compute thread.
+    pub queue: Tally,
+    /// Validating and building inputs.
+    pub compute_input: Tally,
+    /// tract's run.
+    pub compute_infer: Tally,
+    /// Encoding outputs.
+    pub compute_output: Tally,
+    /// Inferences (samples: a batch of 8 counts 8).
+    pub inference_count: u64,
+    /// Model executions.
+    pub execution_count: u64,
+    /// Milliseconds since the epoch of the last inference.
+    pub last_inference_ms: u64,
+}
+
+/// All models' statistics, keyed by model id and file checksum (a reloaded file is a new entry).
+#[derive(Debug, Default)]
+pub struct Stats {
+    models: Mutex<HashMap<(i64, String), ModelStats>>,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+impl Stats {
+    fn with(&self, model: &ModelRecord, f: impl FnOnce(&mut ModelStats)) {
+        // Plain counters: a panic elsewhere cannot leave them in a state worth refusing.
+        let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = models
+            .entry((model.model_id, model.checksum_sha256.clone()))
+            .or_insert_with(|| ModelStats {
+                name: model.model_name.clone(),
+                version: model.version.clone(),
+                ..Default::default()
+            });
+        f(entry);
+    }
+
+    /// Records a successful request of `batch` samples.
+    pub fn success(&self, model: &ModelRecord, batch: u64, t: &Timings, total: Duration) {
+        self.with(model, |s| {
+            s.success.add(total);
+            s.queue.add(t.queue);
+            s.compute_input.add(t.decode);
+            s.compute_infer.add(t.compute);
+            s.compute_output.add(t.encode);
+            s.inference_count += batch;
+            s.execution_count += 1;
+            s.last_inference_ms = now_ms();
+        });
+    }
+
+    /// Records a failed request.
+    pub fn failure(&self, model: &ModelRecord, total: Duration) {
+        self.with(model, |s| {
+            s.fail.add(total);
+            s.last_inference_ms = now_ms();
+        });
+    }
+
+    /// Every model's statistics, merged by name and version.
+    pub fn snapshot(&self) -> Vec<ModelStats> {
+        let models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut merged: Vec<ModelStats> = Vec::new();
+        for s in models.values() {
+            match merged.iter_mut().find(|m| m.name == s.name && m.version == s.version) {
+                Some(m) => {
+                    for (a, b) in [
+                        (&mut m.success, s.success),
+                        (&mut m.fail, s.fail),
+                        (&mut m.queue, s.queue),
+                        (&mut m.compute_input, s.compute_input),
+                        (&mut m.compute_infer, s.compute_infer),
+                        (&mut m.compute_output, s.compute_output),
+                    ] {
+                        a.count += b.count;
+                        a.ns = a.ns.saturating_add(b.ns);
+                    }
+                    m.inference_count += s.inference_count;
+                    m.execution_count += s.execution_count;
+                    m.last_inference_ms = m.last_inference_ms.max(s.last_inference_ms);
+                }
+                None => merged.push(s.clone()),
+            }
+        }
+        merged.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        merged
+    }
+}

@@ -1,0 +1,368 @@
+//! The Open Inference Protocol (KServe v2) over gRPC, through the generated client: the same
+//! registry, slot and request path as modeld.v1.
+
+mod common;
+
+use common::*;
+use modeld::api::kserve_pb as kv;
+use tonic::Code;
+
+type Client = kv::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+async fn client(server: &TestServer) -> Client {
+    Client::new(server.channel().await)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn eval_rows(n: usize) -> Vec<f32> {
+    let (_, x) = npy_f32("eval/digits_x.npy");
+    x[..n * 64].to_vec()
+}
+
+fn raw_request(model: &str, rows: &[f32]) -> kv::ModelInferRequest {
+    kv::ModelInferRequest {
+        model_name: model.into(),
+        id: "req-1".into(),
+        inputs: vec![kv::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![(rows.len() / 64) as i64, 64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![f32_raw(rows)],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn server_and_model_metadata_config_and_readiness() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut c = client(&server).await;
+    assert!(c.server_live(kv::ServerLiveRequest {}).await.unwrap().into_inner().live);
+    assert!(
+        c.server_ready(kv::ServerReadyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready
+    );
+    let meta = c
+        .server_metadata(kv::ServerMetadataRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.name, "modeld");
+    for ext in ["model_repository", "statistics", "model_configuration"] {
+        assert!(meta.extensions.iter().any(|e| e == ext), "{ext}");
+    }
+
+    let ready = |name: &str| kv::ModelReadyRequest {
+        name: name.into(),
+        version: String::new(),
+    };
+    assert!(c.model_ready(ready("digits_v2")).await.unwrap().into_inner().ready);
+    assert!(c.model_ready(ready("active")).await.unwrap().into_inner().ready);
+    assert!(
+        !c.model_ready(ready("digits_v1")).await.unwrap().into_inner().ready,
+        "registered, not active"
+    );
+    assert_eq!(c.model_ready(ready("nope")).await.unwrap_err().code(), Code::NotFound);
+
+    // Metadata and config for every registered model, active or not.
+    for (name, input, per_item) in [("digits_v1", "input", vec![64]), ("cnn", "image", vec![3, 224, 224])] {
+        let m = c
+            .model_metadata(kv::ModelMetadataRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(m.name, name);
+        assert_eq!(m.inputs[0].name, input);
+        assert_eq!(m.inputs[0].datatype, "FP32");
+        let mut shape = vec![-1];
+        shape.extend(&per_item);
+        assert_eq!(m.inputs[0].shape, shape, "metadata keeps the leading -1");
+        let cfg = c
+            .model_config(kv::ModelConfigRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let cfg = cfg.config.unwrap();
+        assert!(cfg.max_batch_size > 0);
+        assert_eq!(cfg.input[0].dims, per_item, "config dims leave out the batch dim");
+        assert_eq!(cfg.input[0].data_type, kv::DataType::TypeFp32 as i32);
+        assert_eq!(cfg.platform, "tract_onnx");
+    }
+    let m = c
+        .model_metadata(kv::ModelMetadataRequest {
+            name: "digits_v2".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let outs: Vec<_> = m
+        .outputs
+        .iter()
+        .map(|o| (o.name.as_str(), o.datatype.as_str()))
+        .collect();
+    assert_eq!(outs, [("probabilities", "FP32"), ("label", "INT64")]);
+    let m = c
+        .model_metadata(kv::ModelMetadataRequest {
+            name: "active".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.name, "active", "the alias is echoed so load tools keep using it");
+    assert_eq!(m.versions, ["2.0.0"]);
+    assert_eq!(
+        c.model_config(kv::ModelConfigRequest {
+            name: "nope".into(),
+            version: String::new()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test]
+async fn model_infer_raw_typed_requested_outputs_and_errors() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut c = client(&server).await;
+    let (_, probs) = npy_f32("expected/digits_v2_probabilities.npy");
+    let labels = npy_i64("expected/digits_v2_label.npy");
+
+    // Raw in, raw out, id echoed, version stated.
+    let r = c
+        .model_infer(raw_request("digits_v2", &eval_rows(8)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.model_name.as_str(), r.model_version.as_str(), r.id.as_str()),
+        ("digits_v2", "2.0.0", "req-1")
+    );
+    assert_eq!(r.outputs.len(), 2);
+    assert_eq!(r.raw_output_contents.len(), 2);
+    assert_eq!(r.outputs[0].shape, vec![8, 10]);
+    assert_close(&raw_f32(&r.raw_output_contents[0]), &probs[..80], 1e-5);
+    assert_eq!(raw_i64(&r.raw_output_contents[1]), labels[..8]);
+
+    // The `active` alias, and only the requested output.
+    let mut req = raw_request("active", &eval_rows(2));
+    req.outputs = vec![kv::model_infer_request::InferRequestedOutputTensor {
+        name: "label".into(),
+        ..Default::default()
+    }];
+    let r = c.model_infer(req).await.unwrap().into_inner();
+    assert_eq!(r.outputs.len(), 1);
+    assert_eq!(r.outputs[0].name, "label");
+    assert_eq!(raw_i64(&r.raw_output_contents[0]), labels[..2]);
+
+    // Typed contents in, typed contents out; NaN passes through untouched.
+    let mut rows = eval_rows(1);
+    rows[0] = f32::NAN;
+    let typed = kv::ModelInferRequest {
+        model_name: "digits_v2".into(),
+        inputs: vec![kv::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 64],
+            contents: Some(kv::InferTensorContents {
+                fp32_contents: rows,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let r = c.model_infer(typed).await.unwrap().into_inner();
+    assert!(r.raw_output_contents.is_empty());
+    let p = &r.outputs[0].contents.as_ref().unwrap().fp32_contents;
+    assert_eq!(p.len(), 10);
+    assert!(p.iter().all(|v| v.is_nan()), "NaN in, NaN out: {p:?}");
+
+    // Errors: the same checks and codes as modeld.v1.
+    let mut bad = raw_request("digits_v2", &eval_rows(1));
+    bad.inputs[0].shape = vec![1, 63];
+    let s = c.model_infer(bad).await.unwrap_err();
+    assert_eq!(s.code(), Code::InvalidArgument);
+    assert!(
+        s.message().contains("expected [N,64] FP32, got [1,63] FP32"),
+        "{}",
+        s.message()
+    );
+    let mut two = raw_request("digits_v2", &eval_rows(1));
+    two.raw_input_contents.push(vec![]);
+    assert_eq!(c.model_infer(two).await.unwrap_err().code(), Code::InvalidArgument);
+    let mut out = raw_request("digits_v2", &eval_rows(1));
+    out.outputs = vec![kv::model_infer_request::InferRequestedOutputTensor {
+        name: "logits".into(),
+        ..Default::default()
+    }];
+    assert_eq!(c.model_infer(out).await.unwrap_err().code(), Code::InvalidArgument);
+    let s = c
+        .model_infer(raw_request("digits_v1", &eval_rows(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition);
+    assert_eq!(
+        c.model_infer(raw_request("nope", &eval_rows(1)))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let mut v = raw_request("digits_v2", &eval_rows(1));
+    v.model_version = "9".into();
+    assert_eq!(c.model_infer(v).await.unwrap_err().code(), Code::NotFound);
+
+    // Statistics count what happened, per model and version.
+    let st = c
+        .model_statistics(kv::ModelStatisticsRequest {
+            name: "digits_v2".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let s = &st.model_stats[0];
+    assert_eq!((s.name.as_str(), s.version.as_str()), ("digits_v2", "2.0.0"));
+    let inf = s.inference_stats.as_ref().unwrap();
+    assert_eq!(inf.success.unwrap().count, 3);
+    assert_eq!(
+        inf.fail.unwrap().count,
+        1,
+        "the bad shape reached the served model and failed there"
+    );
+    assert_eq!(s.inference_count, 8 + 2 + 1, "samples, not requests");
+    assert!(inf.compute_infer.unwrap().ns > 0 && inf.compute_input.unwrap().count == 3);
+    let st = c
+        .model_statistics(kv::ModelStatisticsRequest {
+            name: "cnn".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        st.model_stats[0]
+            .inference_stats
+            .as_ref()
+            .unwrap()
+            .success
+            .unwrap()
+            .count,
+        0
+    );
+}
+
+#[tokio::test]
+async fn stream_infer_answers_each_request_and_reports_errors_in_stream() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut c = client(&server).await;
+    let mut bad = raw_request("digits_v2", &eval_rows(1));
+    bad.inputs[0].datatype = "INT64".into();
+    bad.id = "bad".into();
+    let mut good = raw_request("active", &eval_rows(1));
+    good.id = "good".into();
+    let reqs = vec![raw_request("digits_v2", &eval_rows(1)), bad, good];
+    let mut stream = c
+        .model_stream_infer(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.push(m);
+    }
+    assert_eq!(got.len(), 3);
+    assert!(got[0].error_message.is_empty());
+    assert!(
+        got[1].error_message.contains("expected [N,64] FP32"),
+        "{}",
+        got[1].error_message
+    );
+    assert_eq!(got[1].infer_response.as_ref().unwrap().id, "bad");
+    assert_eq!(got[2].infer_response.as_ref().unwrap().id, "good");
+    assert_eq!(got[2].infer_response.as_ref().unwrap().raw_output_contents.len(), 2);
+}
+
+#[tokio::test]
+async fn repository_index_load_and_unload() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut c = client(&server).await;
+    let idx = c
+        .repository_index(kv::RepositoryIndexRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let states: Vec<_> = idx.models.iter().map(|m| (m.name.as_str(), m.state.as_str())).collect();
+    assert_eq!(
+        states,
+        [
+            ("cnn", "UNAVAILABLE"),
+            ("digits_v1", "UNAVAILABLE"),
+            ("digits_v2", "READY")
+        ]
+    );
+    let ready = c
+        .repository_index(kv::RepositoryIndexRequest {
+            ready: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ready.models.len(), 1);
+
+    // Load = activate (same path: verified, warmed, then swapped).
+    c.repository_model_load(kv::RepositoryModelLoadRequest {
+        model_name: "digits_v1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let r = c
+        .model_infer(raw_request("active", &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model_name, "digits_v1");
+    let s = c
+        .repository_model_load(kv::RepositoryModelLoadRequest {
+            model_name: "nope".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::NotFound);
+
+    // Unload: refused for the active model, a no-op otherwise.
+    let s = c
+        .repository_model_unload(kv::RepositoryModelUnloadRequest {
+            model_name: "digits_v1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::FailedPrecondition);
+    assert!(s.message().contains("active"), "{}", s.message());
+    c.repository_model_unload(kv::RepositoryModelUnloadRequest {
+        model_name: "digits_v2".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(server.status().await.serving.unwrap().model_name, "digits_v1");
+}
