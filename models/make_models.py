@@ -13,7 +13,8 @@ Outputs (all small):
   eval/digits_x.npy    labelled evaluation set: held-out digits, float32 [N,64] scaled to 0..1
   eval/digits_y.npy    their labels, int64 [N]
   expected/*.npy       outputs computed by onnxruntime, compared against modeld in the tests
-  examples/*.json      one evaluation image as `modeld predict` input and as a Predict request
+  examples/*.json      one evaluation image as `modeld predict` input, a Predict request and a
+                       KServe v2 ModelInfer request
   models.json          the seed manifest modeld registers on first start with an empty registry
 """
 import json
@@ -179,6 +180,9 @@ def main():
     (HERE / "examples/digit_2.json").write_text(json.dumps([row]) + "\n")
     request = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "fp32_data": row}]}
     (HERE / "examples/predict_request.json").write_text(json.dumps(request) + "\n")
+    infer = {"model_name": "active", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                                 "contents": {"fp32_contents": row}}]}
+    (HERE / "examples/model_infer_request.json").write_text(json.dumps(infer) + "\n")
     print(json.dumps(acc))
 
 

@@ -427,13 +427,23 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                 }
             })
             .collect();
+        // Asked for by the alias: answer under the alias (load tools match the name they used).
+        if name == ACTIVE_ALIAS {
+            for m in &mut model_stats {
+                m.name = name.clone();
+            }
+        }
         // A registered model that has not served yet still has (zero) statistics.
         if let Some(w) = wanted
             && model_stats.is_empty()
         {
             let zero = Some(pb::StatisticDuration::default());
             model_stats.push(pb::ModelStatistics {
-                name: w.model_name,
+                name: if name == ACTIVE_ALIAS {
+                    name.clone()
+                } else {
+                    w.model_name
+                },
                 version: w.version,
                 inference_stats: Some(pb::InferStatistics {
                     success: zero,

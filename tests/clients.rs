@@ -1,0 +1,152 @@
+//! Real, unmodified clients against a real modeld: tritonclient (Python), perf_analyzer and
+//! grpcurl. `tests/clients/setup.sh` installs them under target/clients on first use (pinned
+//! versions, no root needed).
+
+mod common;
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::*;
+
+/// PATH and LD_LIBRARY_PATH with the client tools, installed once per test run.
+fn client_env() -> &'static [(String, String)] {
+    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let setup = bundled_models().join("../tests/clients/setup.sh");
+        let out = Command::new("bash").arg(&setup).output().expect("bash runs");
+        assert!(
+            out.status.success(),
+            "client setup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect()
+    })
+}
+
+async fn run(program: &str, args: &[&str], stdin_file: Option<&std::path::Path>) -> (bool, String, String) {
+    let env = client_env();
+    // The child's PATH does not decide which program is spawned: resolve it through that PATH.
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let program = path
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed (tests/clients/setup.sh)"));
+    let mut cmd = tokio::process::Command::new(&program);
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if let Some(f) = stdin_file {
+        cmd.stdin(std::fs::File::open(f).unwrap());
+    }
+    let out = cmd
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{} cannot run: {e}", program.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_works_unchanged() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let script = bundled_models().join("../tests/clients/tritonclient_check.py");
+    let models = bundled_models();
+    let addr = server.addr.to_string();
+    let (ok, out, err) = run(
+        "python",
+        &[script.to_str().unwrap(), &addr, models.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert!(ok, "tritonclient checks failed:\n{out}\n{err}");
+    assert!(out.contains("all checks passed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_analyzer_runs_clean_with_random_inputs_and_streaming() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let addr = server.addr.to_string();
+    for extra in [&[][..], &["--streaming"][..]] {
+        let mut args = vec![
+            "-m",
+            "active",
+            "-i",
+            "grpc",
+            "-u",
+            &addr,
+            "--concurrency-range",
+            "2",
+            "--measurement-interval",
+            "1000",
+            // Smoke test: accept any stability, a few windows at most.
+            "-s",
+            "1000",
+            "--max-trials",
+            "3",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = run("perf_analyzer", &args, None).await;
+        let all = format!("{out}\n{err}");
+        assert!(ok, "perf_analyzer {extra:?} failed:\n{all}");
+        assert!(all.contains("Concurrency: 2, throughput:"), "no measurement:\n{all}");
+        for bad in ["error", "Error", "Failed", "failed"] {
+            assert!(!all.contains(bad), "perf_analyzer {extra:?} reported {bad:?}:\n{all}");
+        }
+    }
+    // It really went through modeld's request path (random inputs include NaN: served, not refused).
+    let status = server.status().await;
+    assert!(status.serving.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_and_calls_both_apis_by_reflection() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let addr = server.addr.to_string();
+    let (ok, out, err) = run("grpcurl", &["-plaintext", &addr, "list"], None).await;
+    assert!(ok, "{err}");
+    for svc in [
+        "modeld.v1.Inference",
+        "modeld.v1.ModelRegistry",
+        "inference.GRPCInferenceService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(out.contains(svc), "{svc} missing from:\n{out}");
+    }
+    let examples = bundled_models().join("examples");
+    let (ok, out, err) = run(
+        "grpcurl",
+        &["-plaintext", "-d", "@", &addr, "modeld.v1.Inference/Predict"],
+        Some(&examples.join("predict_request.json")),
+    )
+    .await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["modelName"], "digits_v2");
+    assert_eq!(v["outputs"][1]["int64Data"][0], "2", "the example image is a 2: {out}");
+    let (ok, out, err) = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-d",
+            "@",
+            &addr,
+            "inference.GRPCInferenceService/ModelInfer",
+        ],
+        Some(&examples.join("model_infer_request.json")),
+    )
+    .await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["modelName"], "digits_v2");
+    assert_eq!(v["outputs"][1]["contents"]["int64Contents"][0], "2", "{out}");
+}
