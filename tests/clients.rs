@@ -102,6 +102,17 @@ async fn perf_analyzer_runs_clean_with_random_inputs_and_streaming() {
         for bad in ["error", "Error", "Failed", "failed"] {
             assert!(!all.contains(bad), "perf_analyzer {extra:?} reported {bad:?}:\n{all}");
         }
+        // Its server-side summary comes from ModelStatistics: modeld's counts must be there.
+        let served: u64 = all
+            .lines()
+            .skip_while(|l| l.trim() != "Server:")
+            .find_map(|l| l.trim().strip_prefix("Successful request count: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no server-side statistics in:\n{all}"));
+        assert!(
+            served > 0,
+            "perf_analyzer saw no requests in modeld's statistics:\n{all}"
+        );
     }
     // It really went through modeld's request path (random inputs include NaN: served, not refused).
     let status = server.status().await;

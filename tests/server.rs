@@ -665,11 +665,7 @@ async fn swaps_under_load_never_fail_or_mix_versions() {
                     .into_inner();
                 // The outputs are exactly those of the version the response names: no mixing.
                 assert_close(&raw_f32(&resp.outputs[0].raw_data), &want[&resp.model_name], 1e-5);
-                let version = if resp.model_name == "digits_v1" {
-                    "1.0.0"
-                } else {
-                    "2.0.0"
-                };
+                let version = if resp.model_name == "digits_v1" { "1" } else { "2" };
                 assert_eq!(resp.model_version, version);
                 seen.insert(resp.model_name);
                 served.fetch_add(1, Ordering::Relaxed);

@@ -24,7 +24,7 @@ assert meta.name == "modeld", meta
 assert "statistics" in meta.extensions and "model_repository" in meta.extensions, meta.extensions
 
 m = c.get_model_metadata("digits_v2")
-assert m.name == "digits_v2" and m.versions == ["2.0.0"], m
+assert m.name == "digits_v2" and m.versions == ["2"], m
 assert [(i.name, i.datatype, list(i.shape)) for i in m.inputs] == [("input", "FP32", [-1, 64])], m.inputs
 assert [o.name for o in m.outputs] == ["probabilities", "label"], m.outputs
 cfg = c.get_model_config("cnn").config
@@ -49,7 +49,7 @@ for batch in (1, 8):
     np.testing.assert_allclose(r.as_numpy("probabilities"), want["digits_v2"][:batch], atol=1e-5)
     assert r.as_numpy("label").shape == (batch,)
     resp = r.get_response()
-    assert resp.id == f"r{batch}" and resp.model_version == "2.0.0", resp
+    assert resp.id == f"r{batch}" and resp.model_version == "2", resp
 
 # load_model = activate: the alias follows it.
 c.load_model("digits_v1")
