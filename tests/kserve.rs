@@ -15,11 +15,6 @@ async fn client(server: &TestServer) -> Client {
         .max_encoding_message_size(64 << 20)
 }
 
-fn eval_rows(n: usize) -> Vec<f32> {
-    let (_, x) = npy_f32("eval/digits_x.npy");
-    x[..n * 64].to_vec()
-}
-
 fn raw_request(model: &str, rows: &[f32]) -> kv::ModelInferRequest {
     kv::ModelInferRequest {
         model_name: model.into(),

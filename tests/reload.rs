@@ -16,16 +16,6 @@ use modeld::model::loader::sha256_hex;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-fn eval_rows(n: usize) -> Vec<f32> {
-    let (_, x) = npy_f32("eval/digits_x.npy");
-    x[..n * 64].to_vec()
-}
-
-fn expected(model: &str, n: usize) -> Vec<f32> {
-    let (_, p) = npy_f32(&format!("expected/{model}_probabilities.npy"));
-    p[..n * 10].to_vec()
-}
-
 fn sha_of(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).unwrap())
 }
@@ -73,7 +63,7 @@ async fn changes_made_elsewhere_are_served(backend: Backend) {
         .await;
     let (name, probs) = predict_probs(&server).await;
     assert_eq!(name, "digits_v1");
-    assert!(close(&probs, &expected("digits_v1", 2)));
+    assert!(close(&probs, &expected_probs("digits_v1", 2)));
     sql(
         &url,
         "UPDATE ml_models SET is_active = TRUE WHERE model_name = 'digits_v2'",
@@ -84,7 +74,7 @@ async fn changes_made_elsewhere_are_served(backend: Backend) {
     eprintln!("{backend:?}: SQL activation served after {took:?}");
     let (name, probs) = predict_probs(&server).await;
     assert_eq!(name, "digits_v2");
-    assert!(close(&probs, &expected("digits_v2", 2)));
+    assert!(close(&probs, &expected_probs("digits_v2", 2)));
 
     // The events say where each change came from.
     let events = events_since(&server, 0).await;
@@ -128,7 +118,10 @@ async fn file_changes_reload_good_files_and_refuse_bad_ones() {
         .await;
     let (name, probs) = predict_probs(&server).await;
     assert_eq!(name, "digits_v2");
-    assert!(close(&probs, &expected("digits_v1", 2)), "the new weights are served");
+    assert!(
+        close(&probs, &expected_probs("digits_v1", 2)),
+        "the new weights are served"
+    );
     let rec = server
         .registry()
         .await
@@ -146,7 +139,7 @@ async fn file_changes_reload_good_files_and_refuse_bad_ones() {
     server
         .wait_status("the rewritten file is served", serving_sha(sha2.clone()))
         .await;
-    assert!(close(&predict_probs(&server).await.1, &expected("digits_v2", 2)));
+    assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
 
     // Corrupt and truncated files: never published; counted, logged, recorded.
     for (what, bytes) in [
@@ -164,7 +157,7 @@ async fn file_changes_reload_good_files_and_refuse_bad_ones() {
             sha2,
             "{what}: the old model keeps serving"
         );
-        assert!(close(&predict_probs(&server).await.1, &expected("digits_v2", 2)));
+        assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
         let rec = server
             .registry()
             .await
@@ -187,7 +180,7 @@ async fn file_changes_reload_good_files_and_refuse_bad_ones() {
     let (status, _) = server.wait_status("file missing reported", |s| s.file_missing).await;
     assert!(status.degraded);
     assert_eq!(server.health().await, Some(ServingStatus::Serving));
-    assert!(close(&predict_probs(&server).await.1, &expected("digits_v2", 2)));
+    assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
     std::fs::write(&active_file, &v2).unwrap();
     server
         .wait_status("file back", |s| !s.file_missing && !s.degraded)
@@ -226,7 +219,7 @@ async fn strict_checksum_refuses_a_changed_file() {
         .unwrap()
         .into_inner();
     assert_eq!(rec.checksum_sha256, sha2);
-    assert!(close(&predict_probs(&server).await.1, &expected("digits_v2", 2)));
+    assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
 }
 
 #[tokio::test]
@@ -491,7 +484,7 @@ async fn swaps_from_every_source_under_load_never_fail() {
         .unwrap();
     }
     reg.activate_model(activate_req("a")).await.unwrap();
-    let v = [expected("digits_v1", 2), expected("digits_v2", 2)];
+    let v = [expected_probs("digits_v1", 2), expected_probs("digits_v2", 2)];
 
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));

@@ -12,16 +12,6 @@ use modeld::api::pb;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-fn eval_rows(n: usize) -> Vec<f32> {
-    let (_, x) = npy_f32("eval/digits_x.npy");
-    x[..n * 64].to_vec()
-}
-
-fn expected_probs(model: &str, n: usize) -> Vec<f32> {
-    let (_, p) = npy_f32(&format!("expected/{model}_probabilities.npy"));
-    p[..n * 10].to_vec()
-}
-
 #[tokio::test]
 async fn every_bundled_model_matches_onnxruntime() {
     let server = TestServer::start(Backend::Sqlite).await;

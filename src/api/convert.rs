@@ -117,25 +117,19 @@ pub fn payload(t: &pb::Tensor) -> Result<Payload<'_>> {
         uint64_data,
         bool_data,
     } = t;
-    let candidates = [
-        (!raw_data.is_empty()).then_some(Payload::Raw(raw_data)),
-        (!fp32_data.is_empty()).then_some(Payload::Fp32(fp32_data)),
-        (!fp64_data.is_empty()).then_some(Payload::Fp64(fp64_data)),
-        (!int32_data.is_empty()).then_some(Payload::Int32(int32_data)),
-        (!int64_data.is_empty()).then_some(Payload::Int64(int64_data)),
-        (!uint32_data.is_empty()).then_some(Payload::Uint32(uint32_data)),
-        (!uint64_data.is_empty()).then_some(Payload::Uint64(uint64_data)),
-        (!bool_data.is_empty()).then_some(Payload::Bool(bool_data)),
-    ];
-    let mut present = candidates.into_iter().flatten();
-    match (present.next(), present.next()) {
-        (Some(p), None) => Ok(p),
-        // An empty tensor (a zero-sized dimension) carries no data at all.
-        (None, _) => Ok(Payload::Raw(&[])),
-        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-            "input {name:?} carries data in more than one field; use raw_data or the one typed field"
-        ))),
-    }
+    Payload::only_one(
+        name,
+        [
+            Payload::Raw(raw_data),
+            Payload::Fp32(fp32_data),
+            Payload::Fp64(fp64_data),
+            Payload::Int32(int32_data),
+            Payload::Int64(int64_data),
+            Payload::Uint32(uint32_data),
+            Payload::Uint64(uint64_data),
+            Payload::Bool(bool_data),
+        ],
+    )
 }
 
 /// The wire form of an output.

@@ -172,23 +172,18 @@ fn contents<'a>(name: &str, c: Option<&'a pb::InferTensorContents>) -> Result<Pa
             "input {name:?}: BYTES tensors are not supported"
         )));
     }
-    let candidates = [
-        (!bool_contents.is_empty()).then_some(Payload::Bool(bool_contents)),
-        (!int_contents.is_empty()).then_some(Payload::Int32(int_contents)),
-        (!int64_contents.is_empty()).then_some(Payload::Int64(int64_contents)),
-        (!uint_contents.is_empty()).then_some(Payload::Uint32(uint_contents)),
-        (!uint64_contents.is_empty()).then_some(Payload::Uint64(uint64_contents)),
-        (!fp32_contents.is_empty()).then_some(Payload::Fp32(fp32_contents)),
-        (!fp64_contents.is_empty()).then_some(Payload::Fp64(fp64_contents)),
-    ];
-    let mut present = candidates.into_iter().flatten();
-    match (present.next(), present.next()) {
-        (Some(p), None) => Ok(p),
-        (None, _) => Ok(Payload::Raw(&[])),
-        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
-            "input {name:?} carries data in more than one contents field"
-        ))),
-    }
+    Payload::only_one(
+        name,
+        [
+            Payload::Bool(bool_contents),
+            Payload::Int32(int_contents),
+            Payload::Int64(int64_contents),
+            Payload::Uint32(uint_contents),
+            Payload::Uint64(uint64_contents),
+            Payload::Fp32(fp32_contents),
+            Payload::Fp64(fp64_contents),
+        ],
+    )
 }
 
 fn typed_contents(data: OutputData) -> pb::InferTensorContents {

@@ -27,7 +27,26 @@ pub enum Payload<'a> {
     Bool(&'a [bool]),
 }
 
-impl Payload<'_> {
+impl<'a> Payload<'a> {
+    /// The one field of a wire tensor that carries data: wire messages offer several fields
+    /// (raw bytes, typed lists), and exactly one may be used. A tensor with no data at all (a
+    /// zero-sized dimension) is an empty raw payload.
+    ///
+    /// # Errors
+    /// `InvalidArgument` when more than one field carries data.
+    pub fn only_one(input: &str, fields: impl IntoIterator<Item = Payload<'a>>) -> Result<Self> {
+        let mut present = fields.into_iter().filter(|p| p.len() > 0);
+        match (present.next(), present.next()) {
+            (Some(p), None) => Ok(p),
+            (None, _) => Ok(Payload::Raw(&[])),
+            (Some(a), Some(b)) => Err(Error::InvalidArgument(format!(
+                "input {input:?} carries data in more than one field ({} and {}); use one",
+                a.field(),
+                b.field()
+            ))),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Self::Raw(v) => v.len(),

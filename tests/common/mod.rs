@@ -320,6 +320,18 @@ pub fn npy_i64(rel: &str) -> Vec<i64> {
     npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
 }
 
+/// The first `n` rows of the evaluation set, flattened ([n,64] FP32).
+pub fn eval_rows(n: usize) -> Vec<f32> {
+    let (_, x) = npy_f32("eval/digits_x.npy");
+    x[..n * 64].to_vec()
+}
+
+/// onnxruntime's probabilities of `model` for the first `n` evaluation rows.
+pub fn expected_probs(model: &str, n: usize) -> Vec<f32> {
+    let (_, p) = npy_f32(&format!("expected/{model}_probabilities.npy"));
+    p[..n * 10].to_vec()
+}
+
 /// The deterministic CNN input the expected outputs were computed on (models/make_models.py).
 pub fn cnn_input(batch: usize) -> Vec<f32> {
     (0..batch * 3 * 224 * 224)
