@@ -59,6 +59,27 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {a}"))?,
+        ),
+        None => None,
+    };
+    serve_with(config, listener, metrics, shutdown).await
+}
+
+/// [`serve`] with the metrics listener injected too (tests bind both to port 0).
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with(
+    config: ServeConfig,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(?config, %addr, "starting modeld");
     let server = config
@@ -120,6 +141,21 @@ pub async fn serve(
         },
     )?;
 
+    // Metrics stop with the server.
+    let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
+    if let Some(l) = metrics {
+        tracing::info!(addr = %l.local_addr()?, "serving Prometheus metrics on /metrics");
+        let control = Arc::clone(&control);
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = metrics_stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::metrics::serve(l, control, stop).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
+
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -175,6 +211,7 @@ pub async fn serve(
             }
         }
     }
+    metrics_stop.send_replace(true);
     drop(reloader);
     control.registry().close().await;
     tracing::info!("modeld stopped");

@@ -120,6 +120,9 @@ pub struct ServeConfig {
     /// Do not watch the active model's file for changes.
     #[arg(long, env = "MODELD_NO_WATCH_FILES")]
     pub no_watch_files: bool,
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9464. Off when unset.
+    #[arg(long, env = "MODELD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -141,6 +144,7 @@ impl ServeConfig {
             file_debounce_ms: 200,
             strict_checksum: false,
             no_watch_files: false,
+            metrics_listen: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - [`model`]: path confinement, loading + sha256 + warm-up, the signature, the ArcSwap slot.
 //! - [`serving`]: the request path: validate, run off the reactor, encode.
 //! - [`api`]: the tonic services.
+//! - [`metrics`]: Prometheus metrics over HTTP.
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
 //! - [`error`]: the one error type and its one mapping to gRPC codes.
 
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod serving;

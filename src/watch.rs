@@ -77,6 +77,19 @@ impl Default for Status {
     }
 }
 
+impl StatusSnapshot {
+    /// Degraded: what is served differs from what the registry names, the served file is
+    /// missing, or the registry cannot be reached.
+    pub fn degraded(&self, serving: Option<&ModelRecord>) -> bool {
+        let differs = match (serving, &self.registry_active) {
+            (Some(m), Some(r)) => m.model_id != r.model_id || m.checksum_sha256 != r.checksum_sha256,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        differs || self.file_missing || !self.registry_reachable
+    }
+}
+
 impl Status {
     /// A copy of the current state.
     pub fn snapshot(&self) -> StatusSnapshot {

@@ -688,3 +688,61 @@ async fn memory_returns_to_baseline_after_many_swaps() {
     );
     assert!(growth < 0.10, "resident set grew {:.1}%", growth * 100.0);
 }
+
+#[tokio::test]
+async fn prometheus_metrics_follow_serving_and_degradation() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut infer = server.inference().await;
+    for _ in 0..2 {
+        infer.predict(digits_request("", &eval_rows(4))).await.unwrap();
+    }
+    let m = server.metrics().await;
+    for line in [
+        "modeld_model_loaded 1",
+        "modeld_degraded 0",
+        "modeld_registry_reachable 1",
+        "modeld_reload_failures_total 0",
+        "modeld_requests_total{model=\"digits_v2\",version=\"2\",outcome=\"success\"} 2",
+        "modeld_inferences_total{model=\"digits_v2\",version=\"2\"} 8",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line:?} missing from:\n{m}");
+    }
+    assert!(
+        m.contains("modeld_serving_info{model_id=\"2\",model=\"digits_v2\",version=\"2\""),
+        "{m}"
+    );
+
+    // The registry names a model whose file is missing: degraded, counted, still serving.
+    let root = server.root.path();
+    std::fs::copy(root.join("digits_v1.onnx"), root.join("ghost.onnx")).unwrap();
+    server
+        .registry()
+        .await
+        .register_model(pb::RegisterModelRequest {
+            name: "ghost".into(),
+            file_path: "ghost.onnx".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    std::fs::remove_file(root.join("ghost.onnx")).unwrap();
+    sql(&server.db.url, "UPDATE ml_models SET is_active = FALSE WHERE is_active")
+        .await
+        .unwrap();
+    sql(
+        &server.db.url,
+        "UPDATE ml_models SET is_active = TRUE WHERE model_name = 'ghost'",
+    )
+    .await
+    .unwrap();
+    server
+        .wait_status("degraded", |s| s.degraded && s.reload_failures > 0)
+        .await;
+    let m = server.metrics().await;
+    assert!(m.lines().any(|l| l == "modeld_degraded 1"), "{m}");
+    assert!(!m.lines().any(|l| l == "modeld_reload_failures_total 0"), "{m}");
+    assert!(
+        m.contains("modeld_serving_info{model_id=\"2\",model=\"digits_v2\""),
+        "still serving digits_v2:\n{m}"
+    );
+}

@@ -200,16 +200,12 @@ pub fn server_status(
         generation,
         reload_failures,
     } = s;
-    let differs = match (serving, registry_active) {
-        (Some(m), Some(r)) => m.record.model_id != r.model_id || m.record.checksum_sha256 != r.checksum_sha256,
-        (None, Some(_)) => true,
-        _ => false,
-    };
+    let degraded = s.degraded(serving.map(|m| &m.record));
     pb::ServerStatus {
         server: server.to_string(),
         serving: serving.map(|m| model(&m.record)),
         registry_active: registry_active.as_ref().map(model),
-        degraded: differs || *file_missing || !registry_reachable,
+        degraded,
         last_error: last_error.as_ref().map(|(m, _)| m.clone()).unwrap_or_default(),
         last_error_at: last_error.as_ref().map(|(_, t)| timestamp(*t)),
         last_reload_at: last_reload.as_ref().map(|(_, t)| timestamp(*t)),

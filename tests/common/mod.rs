@@ -136,6 +136,8 @@ pub fn model_root() -> tempfile::TempDir {
 /// A running server.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
+    /// Where `GET /metrics` is served.
+    pub metrics_addr: std::net::SocketAddr,
     pub root: tempfile::TempDir,
     pub db: TestDb,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -174,12 +176,15 @@ impl TestServer {
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(modeld::app::serve(config, listener, async move {
+        let handle = tokio::spawn(modeld::app::serve_with(config, listener, Some(metrics), async move {
             let _ = rx.await;
         }));
         let s = Self {
             addr,
+            metrics_addr,
             root,
             db,
             shutdown: Some(tx),
@@ -187,6 +192,19 @@ impl TestServer {
         };
         s.wait_for_health_response().await;
         s
+    }
+
+    /// `GET /metrics`, as Prometheus scrapes it.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.metrics_addr).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: modeld\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
     }
 
     /// GetServerStatus.

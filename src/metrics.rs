@@ -1,0 +1,162 @@
+//! Prometheus metrics over HTTP (`GET /metrics` on `--metrics-listen`): what is served, whether
+//! the server is degraded, reloads, requests and where their time went. The numbers are the same
+//! ones GetServerStatus and ModelStatistics report: one source, several outputs.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::control::Control;
+
+/// Serves `GET /metrics` until `shutdown` completes.
+///
+/// # Errors
+/// When the HTTP server fails.
+pub async fn serve(
+    listener: TcpListener,
+    control: Arc<Control>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let control = Arc::clone(&control);
+            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&control)).into_response() }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The metrics in Prometheus text format.
+pub fn render(control: &Control) -> String {
+    let mut out = String::new();
+    let served = control.slot().load();
+    let status = control.status().snapshot();
+    let mut gauge = |name: &str, help: &str, value: String| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    };
+    gauge(
+        "modeld_model_loaded",
+        "1 once a model is loaded and warmed up.",
+        u8::from(served.is_some()).to_string(),
+    );
+    gauge(
+        "modeld_degraded",
+        "1 when the served model differs from the registry's, its file is missing, or the registry is unreachable.",
+        u8::from(status.degraded(served.as_deref().map(|s| &s.record))).to_string(),
+    );
+    gauge(
+        "modeld_registry_reachable",
+        "1 when the registry answered the last check.",
+        u8::from(status.registry_reachable).to_string(),
+    );
+    gauge(
+        "modeld_model_file_missing",
+        "1 when the served model's file is gone from disk.",
+        u8::from(status.file_missing).to_string(),
+    );
+    gauge(
+        "modeld_registry_generation",
+        "The registry generation this server has caught up with.",
+        status.generation.to_string(),
+    );
+    gauge(
+        "modeld_in_flight_requests",
+        "Requests being computed.",
+        control.in_flight().to_string(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP modeld_reload_failures_total Reloads that failed; the last good model kept serving.\n\
+         # TYPE modeld_reload_failures_total counter\nmodeld_reload_failures_total {}",
+        status.reload_failures
+    );
+    let _ = writeln!(
+        out,
+        "# HELP modeld_serving_info The served model.\n# TYPE modeld_serving_info gauge"
+    );
+    if let Some(s) = &served {
+        let r = &s.record;
+        let _ = writeln!(
+            out,
+            "modeld_serving_info{{model_id=\"{}\",model=\"{}\",version=\"{}\",sha256=\"{}\"}} 1",
+            r.model_id,
+            label(&r.model_name),
+            label(&r.version),
+            r.checksum_sha256
+        );
+    }
+    let stats = control.stats().snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP modeld_requests_total Inference requests by model and outcome.\n# TYPE modeld_requests_total counter"
+    );
+    for s in &stats {
+        let (m, v) = (label(&s.name), label(&s.version));
+        let _ = writeln!(
+            out,
+            "modeld_requests_total{{model=\"{m}\",version=\"{v}\",outcome=\"success\"}} {}",
+            s.success.count
+        );
+        let _ = writeln!(
+            out,
+            "modeld_requests_total{{model=\"{m}\",version=\"{v}\",outcome=\"failure\"}} {}",
+            s.fail.count
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP modeld_inferences_total Samples inferred (a batch of 8 counts 8).\n# TYPE modeld_inferences_total counter"
+    );
+    for s in &stats {
+        let _ = writeln!(
+            out,
+            "modeld_inferences_total{{model=\"{}\",version=\"{}\"}} {}",
+            label(&s.name),
+            label(&s.version),
+            s.inference_count
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP modeld_request_phase_seconds_total Time spent per request phase.\n# TYPE modeld_request_phase_seconds_total counter"
+    );
+    for s in &stats {
+        for (phase, t) in [
+            ("queue", s.queue),
+            ("compute_input", s.compute_input),
+            ("compute_infer", s.compute_infer),
+            ("compute_output", s.compute_output),
+        ] {
+            let _ = writeln!(
+                out,
+                "modeld_request_phase_seconds_total{{model=\"{}\",version=\"{}\",phase=\"{phase}\"}} {}",
+                label(&s.name),
+                label(&s.version),
+                t.ns as f64 / 1e9
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
