@@ -52,10 +52,10 @@ pub struct ModelStats {
     pub last_inference_ms: u64,
 }
 
-/// All models' statistics, keyed by model id and file checksum (a reloaded file is a new entry).
+/// All models' statistics, keyed by registry model id (no allocation per request).
 #[derive(Debug, Default)]
 pub struct Stats {
-    models: Mutex<HashMap<(i64, String), ModelStats>>,
+    models: Mutex<HashMap<i64, ModelStats>>,
 }
 
 fn now_ms() -> u64 {
@@ -66,13 +66,16 @@ impl Stats {
     fn with(&self, model: &ModelRecord, f: impl FnOnce(&mut ModelStats)) {
         // Plain counters: a panic elsewhere cannot leave them in a state worth refusing.
         let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = models
-            .entry((model.model_id, model.checksum_sha256.clone()))
-            .or_insert_with(|| ModelStats {
-                name: model.model_name.clone(),
-                version: model.version.clone(),
-                ..Default::default()
-            });
+        let entry = models.entry(model.model_id).or_insert_with(|| ModelStats {
+            name: model.model_name.clone(),
+            version: model.version.clone(),
+            ..Default::default()
+        });
+        // UpdateModel can relabel a model: report under its current name and version.
+        if entry.version != model.version || entry.name != model.model_name {
+            entry.name.clone_from(&model.model_name);
+            entry.version.clone_from(&model.version);
+        }
         f(entry);
     }
 
