@@ -1,6 +1,9 @@
 //! Request-path overhead: raw tract run vs modeld's in-process path (validate + build tensors
-//! from raw bytes -> blocking thread -> run -> encode raw outputs) on the same plan.
-//! Run with `cargo bench --bench request_path`.
+//! from raw bytes -> executor (inline or compute pool) -> run -> encode raw outputs) on the same
+//! plan. Run with `cargo bench --bench request_path`.
+//!
+//! After criterion's groups it prints the per-request server overhead as the server itself
+//! measures it (time in the request path minus tract compute), median over many requests.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +11,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use modeld::model::load_model;
 use modeld::model::slot::ServedModel;
-use modeld::serving::{self, InputRef, Payload};
+use modeld::serving::{self, Executor, ExecutorConfig, InputRef, Payload};
 use tract_onnx::prelude::{TValue, Tensor, tvec};
 
 fn served(file: &str) -> Arc<ServedModel> {
@@ -19,9 +22,23 @@ fn served(file: &str) -> Arc<ServedModel> {
     ))
 }
 
+/// The two executors compared: the server's defaults (the MLP runs inline, the CNN on the
+/// compute threads) and every model on the compute threads.
+fn executors() -> [(&'static str, Executor); 2] {
+    let pool = ExecutorConfig {
+        inline_max: std::time::Duration::ZERO,
+        ..ExecutorConfig::default()
+    };
+    [
+        ("modeld_request_path", Executor::start(ExecutorConfig::default()).unwrap()),
+        ("modeld_request_path_pool", Executor::start(pool).unwrap()),
+    ]
+}
+
 fn bench_model(
     c: &mut Criterion,
     rt: &tokio::runtime::Runtime,
+    executors: &[(&'static str, Executor)],
     file: &str,
     input: &str,
     per_item: &[usize],
@@ -42,30 +59,56 @@ fn bench_model(
             b.iter(|| plan.run(tvec![TValue::from(tensor.clone())]).unwrap())
         });
         let shape_i64: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        group.bench_function(BenchmarkId::new("modeld_request_path", batch), |b| {
-            b.to_async(rt).iter(|| {
-                let model = Arc::clone(&model);
-                let inputs = [InputRef {
-                    name: input,
-                    datatype: "FP32",
-                    shape: &shape_i64,
-                    payload: Payload::Raw(&raw),
-                }];
-                async move { serving::infer(model, &inputs, true).await.unwrap() }
-            })
-        });
+        let inputs = [InputRef {
+            name: input,
+            datatype: "FP32",
+            shape: &shape_i64,
+            payload: Payload::Raw(&raw),
+        }];
+        for (name, executor) in executors {
+            if name.ends_with("_pool") && !executors[0].1.runs_inline(&model) {
+                continue; // the same path as the default for a model that is not inline
+            }
+            group.bench_function(BenchmarkId::new(*name, batch), |b| {
+                b.to_async(rt).iter(|| {
+                    let model = Arc::clone(&model);
+                    let inputs = &inputs;
+                    async move { serving::infer(executor, model, inputs, true, None).await.unwrap() }
+                })
+            });
+        }
         group.finish();
+        for (name, executor) in executors {
+            if name.ends_with("_pool") && !executors[0].1.runs_inline(&model) {
+                continue;
+            }
+            let runs = if model.model.cost.as_micros() < 200 { 5000 } else { 50 };
+            let mut overhead: Vec<u128> = rt.block_on(async {
+                let mut all = Vec::with_capacity(runs);
+                for _ in 0..runs {
+                    let t = std::time::Instant::now();
+                    let done = serving::infer(executor, Arc::clone(&model), &inputs, true, None)
+                        .await
+                        .unwrap();
+                    all.push(t.elapsed().saturating_sub(done.timings.compute).as_nanos());
+                }
+                all
+            });
+            overhead.sort_unstable();
+            println!(
+                "{file}/batch{batch} {name}: per-request server overhead (path minus tract compute), median of {runs}: {:.1} µs",
+                overhead[runs / 2] as f64 / 1000.0
+            );
+        }
     }
 }
 
 fn request_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    bench_model(c, &rt, "digits_v2.onnx", "input", &[64], &[1, 8]);
-    bench_model(c, &rt, "cnn.onnx", "image", &[3, 224, 224], &[1, 8]);
+    // As the server runs by default: one current_thread runtime plus the compute threads.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let executors = executors();
+    bench_model(c, &rt, &executors, "digits_v2.onnx", "input", &[64], &[1, 8]);
+    bench_model(c, &rt, &executors, "cnn.onnx", "image", &[3, 224, 224], &[1, 8]);
 }
 
 fn slot_and_load(c: &mut Criterion) {

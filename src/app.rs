@@ -17,6 +17,7 @@ use crate::api::pb::model_registry_server::ModelRegistryServer;
 use crate::api::registry::RegistryService;
 use crate::config::ServeConfig;
 use crate::control::Control;
+use crate::serving::Executor;
 use crate::model::{ModelRoot, Slot};
 use crate::registry::{Origin, Registry};
 use crate::watch::{self, ReloadConfig};
@@ -95,7 +96,7 @@ pub async fn serve_with(
             },
         )
         .await?
-        .serving(),
+        .serving(Executor::start(config.engine.executor_config())?),
     );
 
     if !config.no_seed {

@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::registry::redact_url;
+use crate::serving::ExecutorConfig;
 
 /// modeld: a gRPC inference server that hot-swaps ONNX models from a SQL model registry.
 #[derive(Debug, Parser)]
@@ -123,6 +125,72 @@ pub struct ServeConfig {
     /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9464. Off when unset.
     #[arg(long, env = "MODELD_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Where and how inference runs.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// The inference engine's settings (see docs/operations.md, "Inference engine").
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Threads of the async runtime that serves gRPC; 1 runs it on the main thread alone
+    /// (current_thread), which measured fastest on small machines. 0: one per core.
+    #[arg(long, env = "MODELD_RUNTIME_THREADS", default_value_t = 1)]
+    pub runtime_threads: usize,
+    /// Compute threads for models too expensive to run inline. 0: one per core.
+    #[arg(long, env = "MODELD_INFERENCE_THREADS", default_value_t = 0)]
+    pub inference_threads: usize,
+    /// Requests that may wait for a compute thread; beyond it requests are refused at once
+    /// with RESOURCE_EXHAUSTED and a retry hint.
+    #[arg(long, env = "MODELD_QUEUE_CAPACITY", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub queue_capacity: u64,
+    /// Models whose measured cost (fastest warm-up run) is at most this many microseconds run
+    /// inline on the request's thread: a hop to a compute thread costs more than they do.
+    /// 0 sends every model to the compute threads.
+    #[arg(long, env = "MODELD_INLINE_MAX_US", default_value_t = 200)]
+    pub inline_max_us: u64,
+    /// Rows one batched call may hold (dynamic batching of queued requests of one model).
+    #[arg(long, env = "MODELD_MAX_BATCH_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_size: u64,
+    /// How long a compute thread holding an incomplete batch waits for more requests, in µs.
+    /// 0 batches only what is already queued (no added latency).
+    #[arg(long, env = "MODELD_MAX_QUEUE_DELAY_US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+    /// Turn dynamic batching off: every request is its own tract call.
+    #[arg(long, env = "MODELD_NO_BATCHING")]
+    pub no_batching: bool,
+}
+
+impl Default for EngineArgs {
+    fn default() -> Self {
+        let e = ExecutorConfig::default();
+        Self {
+            runtime_threads: 1,
+            inference_threads: e.threads,
+            queue_capacity: e.queue_capacity as u64,
+            inline_max_us: e.inline_max.as_micros() as u64,
+            max_batch_size: e.max_batch_size as u64,
+            max_queue_delay_us: e.max_queue_delay.as_micros() as u64,
+            no_batching: false,
+        }
+    }
+}
+
+impl EngineArgs {
+    /// The executor's configuration.
+    pub fn executor_config(&self) -> ExecutorConfig {
+        ExecutorConfig {
+            threads: self.inference_threads,
+            queue_capacity: usize::try_from(self.queue_capacity).unwrap_or(usize::MAX),
+            inline_max: Duration::from_micros(self.inline_max_us),
+            max_batch_size: if self.no_batching {
+                1
+            } else {
+                usize::try_from(self.max_batch_size).unwrap_or(usize::MAX)
+            },
+            max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
+        }
+    }
 }
 
 impl ServeConfig {
@@ -145,6 +213,7 @@ impl ServeConfig {
             strict_checksum: false,
             no_watch_files: false,
             metrics_listen: None,
+            engine: EngineArgs::default(),
         }
     }
 }

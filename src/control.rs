@@ -8,7 +8,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -18,7 +18,7 @@ use crate::model::slot::ServedModel;
 use crate::model::{LoadedModel, ModelRoot, Slot, load_model};
 use crate::registry::{ActivationMeta, EventKind, ModelChanges, ModelRecord, ModelRef, NewModel, Registry};
 use crate::serving::stats::Stats;
-use crate::serving::{self, Inference, InputRef};
+use crate::serving::{self, Executor, Inference, InputRef};
 use crate::watch::Status;
 
 /// The name `active` is reserved: it always means "whatever model is active".
@@ -108,6 +108,8 @@ pub struct Control {
     in_flight: AtomicU64,
     /// Per-model inference statistics.
     stats: Stats,
+    /// Where inference runs; only a serving process has one.
+    executor: Option<Executor>,
 }
 
 /// Counts a request as in flight until dropped.
@@ -132,6 +134,7 @@ impl Control {
             serving: false,
             in_flight: AtomicU64::new(0),
             stats: Stats::default(),
+            executor: None,
         }
     }
 
@@ -141,37 +144,49 @@ impl Control {
     }
 
     /// Runs one inference request for `name` (empty or `active`: the active model): the one
-    /// request path behind every API. Picks the model with one slot snapshot, validates, runs,
-    /// encodes (raw bytes when `raw_outputs`), and records statistics.
+    /// request path behind every API. Picks the model with one slot snapshot, validates, runs
+    /// (not at all once `deadline` has passed), encodes (raw bytes when `raw_outputs`), and
+    /// records statistics.
     ///
     /// # Errors
-    /// As [`Control::model_for`] and [`serving::infer`].
-    pub async fn infer(&self, name: &str, inputs: &[InputRef<'_>], raw_outputs: bool) -> Result<Inference> {
+    /// As [`Control::model_for`] and [`serving::infer`]; `Unavailable` in a process that does
+    /// not serve.
+    pub async fn infer(
+        &self,
+        name: &str,
+        inputs: &[InputRef<'_>],
+        raw_outputs: bool,
+        deadline: Option<Instant>,
+    ) -> Result<Inference> {
         let _in_flight = self.track_request();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
+        let Some(executor) = &self.executor else {
+            return Err(Error::Unavailable("this process does not serve inference".into()));
+        };
         let model = self.model_for(name).await?;
-        match serving::infer(Arc::clone(&model), inputs, raw_outputs).await {
+        match serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline).await {
             Ok(done) => {
-                let batch = match (model.model.signature.inputs.first(), inputs.first()) {
-                    (Some(spec), Some(input)) if spec.has_batch_dim() => {
-                        input.shape.first().map_or(1, |&n| n.max(0) as u64)
-                    }
-                    _ => 1,
-                };
-                self.stats
-                    .success(&model.record, batch, &done.timings, started.elapsed());
+                let rows = serving::batch_rows(&model, inputs) as u64;
+                self.stats.success(&model.record, rows, &done.timings, started.elapsed());
                 Ok(done)
             }
             Err(e) => {
-                self.stats.failure(&model.record, started.elapsed());
+                self.stats.failure(&model.record, &e, started.elapsed());
                 Err(e)
             }
         }
     }
 
-    /// Marks this control as the one of a server: publishes are recorded as `reloaded` events.
-    pub fn serving(mut self) -> Self {
+    /// The executor, in a serving process.
+    pub fn executor(&self) -> Option<&Executor> {
+        self.executor.as_ref()
+    }
+
+    /// Marks this control as the one of a server that runs inference on `executor`: publishes
+    /// are recorded as `reloaded` events.
+    pub fn serving(mut self, executor: Executor) -> Self {
         self.serving = true;
+        self.executor = Some(executor);
         self
     }
 

@@ -22,6 +22,17 @@ pub enum Error {
     /// Try again later: no model is loaded yet, or the registry database is unreachable.
     #[error("{0}")]
     Unavailable(String),
+    /// Too much work queued already: try again after `retry_after`.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// What is exhausted.
+        message: String,
+        /// When a retry is likely to be accepted.
+        retry_after: std::time::Duration,
+    },
+    /// The request's deadline passed before it could be computed; it was not computed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A bug or an unexpected failure; details are logged, not sent to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -76,6 +87,19 @@ impl From<Error> for tonic::Status {
                 tracing::warn!(error = %m, "unavailable");
                 tonic::Status::unavailable(m)
             }
+            Error::ResourceExhausted { message, retry_after } => {
+                let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+                // Two forms of the same hint: RetryInfo in the status details (google.rpc, what
+                // typed clients read) and gRPC's retry pushback trailer (what channels read).
+                let details = tonic_types::ErrorDetails::with_retry_info(Some(retry_after));
+                let mut status =
+                    <tonic::Status as tonic_types::StatusExt>::with_error_details(tonic::Code::ResourceExhausted, message, details);
+                if let Ok(v) = ms.to_string().parse() {
+                    status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+                }
+                status
+            }
+            Error::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 tonic::Status::internal("internal error; see the server log")
@@ -96,6 +120,14 @@ mod tests {
             (Error::AlreadyExists("a".into()), tonic::Code::AlreadyExists),
             (Error::FailedPrecondition("a".into()), tonic::Code::FailedPrecondition),
             (Error::Unavailable("a".into()), tonic::Code::Unavailable),
+            (
+                Error::ResourceExhausted {
+                    message: "a".into(),
+                    retry_after: std::time::Duration::from_millis(5),
+                },
+                tonic::Code::ResourceExhausted,
+            ),
+            (Error::DeadlineExceeded("a".into()), tonic::Code::DeadlineExceeded),
             (Error::Internal("secret".into()), tonic::Code::Internal),
         ];
         for (e, code) in cases {

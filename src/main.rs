@@ -1,13 +1,12 @@
 //! The `modeld` binary: parse the command line, start logging, dispatch.
 
 use clap::Parser;
-use modeld::config::{Cli, LogFormat};
+use modeld::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match EnvFilter::try_new(&cli.log) {
         Ok(f) => f,
@@ -23,7 +22,29 @@ async fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    match modeld::cli::run(cli.command).await {
+    // The server's runtime is a setting (measured: one current_thread runtime plus the compute
+    // threads beat a multi-thread runtime on small machines); every other command is one
+    // short conversation with the database.
+    let threads = match &cli.command {
+        Command::Serve(config) => config.engine.runtime_threads,
+        _ => 1,
+    };
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(modeld::cli::run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // The whole cause chain, without a backtrace: these are messages for people.

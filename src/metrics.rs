@@ -109,10 +109,52 @@ pub fn render(control: &Control) -> String {
             "modeld_requests_total{{model=\"{m}\",version=\"{v}\",outcome=\"success\"}} {}",
             s.success.count
         );
+        let failed = s.fail.count.saturating_sub(s.rejected + s.expired);
+        for (outcome, n) in [("failure", failed), ("rejected", s.rejected), ("expired", s.expired)] {
+            let _ = writeln!(
+                out,
+                "modeld_requests_total{{model=\"{m}\",version=\"{v}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP modeld_executions_total tract calls by batch size (rows per call).\n# TYPE modeld_executions_total counter"
+    );
+    for s in &stats {
+        for (size, b) in &s.batches {
+            let _ = writeln!(
+                out,
+                "modeld_executions_total{{model=\"{}\",version=\"{}\",batch_size=\"{size}\"}} {}",
+                label(&s.name),
+                label(&s.version),
+                b.compute_infer.count
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP modeld_request_overhead_seconds_total Time in the server minus tract compute, successful requests.\n# TYPE modeld_request_overhead_seconds_total counter"
+    );
+    for s in &stats {
         let _ = writeln!(
             out,
-            "modeld_requests_total{{model=\"{m}\",version=\"{v}\",outcome=\"failure\"}} {}",
-            s.fail.count
+            "modeld_request_overhead_seconds_total{{model=\"{}\",version=\"{}\"}} {}",
+            label(&s.name),
+            label(&s.version),
+            s.overhead_ns() as f64 / 1e9
+        );
+    }
+    if let Some(executor) = control.executor() {
+        let _ = writeln!(
+            out,
+            "# HELP modeld_queue_depth Requests waiting for a compute thread.\n# TYPE modeld_queue_depth gauge\nmodeld_queue_depth {}",
+            executor.queued()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP modeld_compute_threads_busy Compute threads running a model.\n# TYPE modeld_compute_threads_busy gauge\nmodeld_compute_threads_busy {}",
+            executor.busy()
         );
     }
     let _ = writeln!(

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
 use crate::model::{Signature, TensorSpec};
 use crate::registry::{EventRecord, ModelRecord, ModelRef};
-use crate::serving::{OutputData, OutputTensor, Payload};
+use crate::serving::{Executor, OutputData, OutputTensor, Payload};
 use crate::watch::StatusSnapshot;
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -189,6 +189,7 @@ pub fn server_status(
     serving: Option<&ServedModel>,
     s: &StatusSnapshot,
     in_flight: u64,
+    executor: Option<&Executor>,
 ) -> pb::ServerStatus {
     let StatusSnapshot {
         registry_active,
@@ -215,5 +216,23 @@ pub fn server_status(
         registry_generation: *generation,
         in_flight_requests: in_flight,
         reload_failures: *reload_failures,
+        engine: executor.map(|e| engine_status(e, serving)),
+    }
+}
+
+fn engine_status(e: &Executor, serving: Option<&ServedModel>) -> pb::EngineStatus {
+    let c = e.config();
+    let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    pb::EngineStatus {
+        compute_threads: n(c.threads),
+        busy_compute_threads: n(e.busy()),
+        queued_requests: n(e.queued()),
+        queue_capacity: n(c.queue_capacity),
+        inline_max_us: c.inline_max.as_micros() as u64,
+        max_batch_size: n(c.max_batch_size),
+        max_queue_delay_us: c.max_queue_delay.as_micros() as u64,
+        serving_cost_us: serving.map_or(0, |m| m.model.cost.as_micros() as u64),
+        serving_inline: serving.is_some_and(|m| e.runs_inline(m)),
+        serving_batchable: serving.is_some_and(|m| m.model.batchable),
     }
 }

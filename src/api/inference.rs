@@ -1,6 +1,7 @@
 //! `modeld.v1.Inference`: Predict on the active model.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
@@ -22,7 +23,7 @@ impl InferenceService {
         Self { control }
     }
 
-    async fn predict_inner(&self, req: pb::PredictRequest) -> Result<pb::PredictResponse> {
+    async fn predict_inner(&self, req: pb::PredictRequest, deadline: Option<Instant>) -> Result<pb::PredictResponse> {
         let pb::PredictRequest {
             model_name,
             inputs,
@@ -41,7 +42,7 @@ impl InferenceService {
             .collect::<Result<Vec<_>>>()?;
         // Answer in the encoding the request used.
         let raw = refs.first().is_none_or(|r| matches!(r.payload, Payload::Raw(_)));
-        let done = self.control.infer(&model_name, &refs, raw).await?;
+        let done = self.control.infer(&model_name, &refs, raw, deadline).await?;
         let record = &done.model.record;
         Ok(pb::PredictResponse {
             model_id: record.model_id,
@@ -56,6 +57,7 @@ impl InferenceService {
 impl pb::inference_server::Inference for InferenceService {
     #[tracing::instrument(name = "predict", skip_all, fields(model = %request.get_ref().model_name))]
     async fn predict(&self, request: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {
-        Ok(Response::new(self.predict_inner(request.into_inner()).await?))
+        let deadline = super::deadline(request.metadata());
+        Ok(Response::new(self.predict_inner(request.into_inner(), deadline).await?))
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -50,7 +51,7 @@ impl KServeService {
         self.control.registry().get(&ModelRef::Name(name.to_string())).await
     }
 
-    async fn infer(&self, req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse> {
+    async fn infer(&self, req: pb::ModelInferRequest, deadline: Option<Instant>) -> Result<pb::ModelInferResponse> {
         let pb::ModelInferRequest {
             model_name,
             model_version,
@@ -107,7 +108,7 @@ impl KServeService {
                 }
             }
         }
-        let done = self.control.infer(&model_name, &refs, raw).await?;
+        let done = self.control.infer(&model_name, &refs, raw, deadline).await?;
         let record = &done.model.record;
         let mut produced = done.outputs;
         if !outputs.is_empty() {
@@ -324,7 +325,8 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
 
     #[tracing::instrument(name = "model_infer", skip_all, fields(model = %r.get_ref().model_name))]
     async fn model_infer(&self, r: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
-        Ok(Response::new(self.infer(r.into_inner()).await?))
+        let deadline = super::deadline(r.metadata());
+        Ok(Response::new(self.infer(r.into_inner(), deadline).await?))
     }
 
     type ModelStreamInferStream =
@@ -334,6 +336,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
         &self,
         r: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Reply<Self::ModelStreamInferStream> {
+        let deadline = super::deadline(r.metadata());
         let mut requests = r.into_inner();
         let this = self.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -342,7 +345,8 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                 let reply = match next {
                     Ok(req) => {
                         let id = req.id.clone();
-                        match this.infer(req).await {
+                        // The stream's deadline bounds every request in it.
+                        match this.infer(req, deadline).await {
                             Ok(resp) => pb::ModelStreamInferResponse {
                                 error_message: String::new(),
                                 infer_response: Some(resp),
@@ -417,8 +421,21 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                         compute_output: d(s.compute_output),
                         cache_hit: d(Default::default()),
                         cache_miss: d(Default::default()),
+                        server_overhead: d(crate::serving::stats::Tally {
+                            count: s.success.count,
+                            ns: s.overhead_ns(),
+                        }),
                     }),
-                    batch_stats: Vec::new(),
+                    batch_stats: s
+                        .batches
+                        .iter()
+                        .map(|(&batch_size, b)| pb::InferBatchStatistics {
+                            batch_size,
+                            compute_input: d(b.compute_input),
+                            compute_infer: d(b.compute_infer),
+                            compute_output: d(b.compute_output),
+                        })
+                        .collect(),
                 }
             })
             .collect();
@@ -449,6 +466,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                     compute_output: zero,
                     cache_hit: zero,
                     cache_miss: zero,
+                    server_overhead: zero,
                 }),
                 ..Default::default()
             });

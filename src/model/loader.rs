@@ -24,6 +24,12 @@ pub struct LoadedModel {
     pub size_bytes: u64,
     /// Time spent reading, hashing, loading, optimising and warming up.
     pub load_time: Duration,
+    /// The fastest of the warm-up runs at batch 1: what one request costs to compute. The
+    /// executor runs models cheaper than its inline limit on the calling thread.
+    pub cost: Duration,
+    /// Every input and output has a symbolic leading (batch) dimension and a warm-up at batch 2
+    /// returned 2 rows per output: requests can be stacked and the outputs split back.
+    pub batchable: bool,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -33,6 +39,8 @@ impl std::fmt::Debug for LoadedModel {
             .field("sha256", &self.sha256)
             .field("size_bytes", &self.size_bytes)
             .field("load_time", &self.load_time)
+            .field("cost", &self.cost)
+            .field("batchable", &self.batchable)
             .finish_non_exhaustive()
     }
 }
@@ -63,7 +71,7 @@ pub fn load_model(path: &Path, expected_sha256: Option<&str>) -> Result<LoadedMo
             "checksum mismatch for {shown}: registry has sha256 {expected}, file has {sha256}"
         )));
     }
-    let (plan, signature) =
+    let (plan, signature, warm) =
         build_plan(&bytes).map_err(|e| Error::FailedPrecondition(format!("model file {shown} {e}")))?;
     Ok(LoadedModel {
         plan,
@@ -71,11 +79,13 @@ pub fn load_model(path: &Path, expected_sha256: Option<&str>) -> Result<LoadedMo
         sha256,
         size_bytes: bytes.len() as u64,
         load_time: started.elapsed(),
+        cost: warm.cost,
+        batchable: warm.batchable,
     })
 }
 
 /// Parses, optimises and warms up; the error text continues "model file X ...".
-fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature), String> {
+fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature, WarmUp), String> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .map_err(|e| format!("is not a loadable ONNX model: {e:#}"))?;
@@ -87,8 +97,8 @@ fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature), String> {
         .into_optimized()
         .and_then(|m| m.into_runnable())
         .map_err(|e| format!("cannot be optimised by tract: {e:#}"))?;
-    warm_up(&plan, &signature)?;
-    Ok((plan, signature))
+    let warm = warm_up(&plan, &signature)?;
+    Ok((plan, signature, warm))
 }
 
 fn read_signature(model: &TypedModel) -> std::result::Result<Signature, String> {
@@ -126,27 +136,65 @@ fn read_signature(model: &TypedModel) -> std::result::Result<Signature, String> 
     Ok(Signature { inputs, outputs })
 }
 
-/// One run on zeros (dynamic dims = 1) so the first real request does not pay for lazy set-up,
-/// and so a model that cannot run is refused before it is published.
-fn warm_up(plan: &Plan, signature: &Signature) -> std::result::Result<(), String> {
-    let inputs = signature
+/// What the warm-up learnt about a model.
+struct WarmUp {
+    cost: Duration,
+    batchable: bool,
+}
+
+/// How many batch-1 warm-up runs: the first pays for lazy set-up, the fastest is the cost.
+const WARM_UP_RUNS: usize = 3;
+
+/// Runs on zeros (dynamic dims = 1) so the first real request does not pay for lazy set-up, so
+/// a model that cannot run is refused before it is published, and to learn its cost and whether
+/// requests can be batched.
+fn warm_up(plan: &Plan, signature: &Signature) -> std::result::Result<WarmUp, String> {
+    let zeros = |batch: usize| {
+        signature
+            .inputs
+            .iter()
+            .map(|s| {
+                let shape: Vec<usize> = s
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| match (i, d) {
+                        (0, d) if d < 0 => batch,
+                        (_, d) if d < 0 => 1,
+                        (_, d) => d as usize,
+                    })
+                    .collect();
+                Tensor::zero_dt(s.datatype.datum(), &shape).map(TValue::from)
+            })
+            .collect::<TractResult<TVec<_>>>()
+            .map_err(|e| format!("cannot build warm-up inputs: {e:#}"))
+    };
+    let mut cost = Duration::MAX;
+    for _ in 0..WARM_UP_RUNS {
+        let inputs = zeros(1)?;
+        let t = Instant::now();
+        let outputs = plan.run(inputs).map_err(|e| format!("fails its warm-up run: {e:#}"))?;
+        cost = cost.min(t.elapsed());
+        if outputs.len() != signature.outputs.len() {
+            return Err(format!(
+                "returned {} outputs in its warm-up run, its signature has {}",
+                outputs.len(),
+                signature.outputs.len()
+            ));
+        }
+    }
+    let batch_dims = signature
         .inputs
         .iter()
-        .map(|s| {
-            let shape: Vec<usize> = s.shape.iter().map(|&d| if d < 0 { 1 } else { d as usize }).collect();
-            Tensor::zero_dt(s.datatype.datum(), &shape).map(TValue::from)
-        })
-        .collect::<TractResult<TVec<_>>>()
-        .map_err(|e| format!("cannot build warm-up inputs: {e:#}"))?;
-    let outputs = plan.run(inputs).map_err(|e| format!("fails its warm-up run: {e:#}"))?;
-    if outputs.len() != signature.outputs.len() {
-        return Err(format!(
-            "returned {} outputs in its warm-up run, its signature has {}",
-            outputs.len(),
-            signature.outputs.len()
-        ));
-    }
-    Ok(())
+        .chain(&signature.outputs)
+        .all(|s| s.has_batch_dim());
+    // A graph may declare a batch dim and still not compute per row (a reshape that folds
+    // it away): only a batch-2 run that returns 2 rows everywhere proves it can be split.
+    let batchable = batch_dims
+        && plan
+            .run(zeros(2)?)
+            .is_ok_and(|out| out.iter().all(|t| t.shape().first() == Some(&2)));
+    Ok(WarmUp { cost, batchable })
 }
 
 #[cfg(test)]

@@ -1,16 +1,17 @@
 //! The request path shared by every API: validate tensors against the model's signature,
-//! build tract tensors straight from the request bytes, run on a blocking thread, encode outputs.
+//! build tract tensors straight from the request bytes, run on the [`executor`] (inline or on
+//! the compute pool, batched), encode outputs.
 
+pub mod executor;
 pub mod stats;
 pub mod tensor;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tract_onnx::prelude::{TValue, TVec};
-
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::slot::ServedModel;
+pub use executor::{Execution, Executor, ExecutorConfig};
 pub use tensor::{InputRef, OutputData, OutputTensor, Payload};
 
 /// Where a request's time went; the same numbers feed the span and the response.
@@ -18,12 +19,16 @@ pub use tensor::{InputRef, OutputData, OutputTensor, Payload};
 pub struct Timings {
     /// Validating and building the input tensors.
     pub decode: Duration,
-    /// Waiting for a blocking thread.
+    /// Waiting for a compute thread (zero when the model ran inline).
     pub queue: Duration,
-    /// tract's run.
+    /// tract's run (shared by the requests of a batch).
     pub compute: Duration,
     /// Building the output tensors.
     pub encode: Duration,
+    /// Rows in the tract call that computed this request (more than its own when batched).
+    pub batch_rows: usize,
+    /// Whether this request reports that call in the statistics (one request per call does).
+    pub leader: bool,
 }
 
 /// The outcome of one inference.
@@ -37,46 +42,38 @@ pub struct Inference {
     pub timings: Timings,
 }
 
-/// Validates `inputs` against `model`'s signature, runs the model off the async reactor, and
-/// encodes the outputs (raw bytes when `raw_outputs`, typed values otherwise).
+/// Validates `inputs` against `model`'s signature, runs the model on `executor` (not at all if
+/// `deadline` passes first), and encodes the outputs (raw bytes when `raw_outputs`, typed values
+/// otherwise).
 ///
 /// # Errors
 /// `InvalidArgument` for inputs that do not match the signature (before tract sees them);
-/// `Internal` when tract fails on inputs that passed validation.
-pub async fn infer(model: Arc<ServedModel>, inputs: &[InputRef<'_>], raw_outputs: bool) -> Result<Inference> {
+/// `ResourceExhausted`, `DeadlineExceeded` from the executor; `Internal` when tract fails on
+/// inputs that passed validation.
+pub async fn infer(
+    executor: &Executor,
+    model: Arc<ServedModel>,
+    inputs: &[InputRef<'_>],
+    raw_outputs: bool,
+    deadline: Option<Instant>,
+) -> Result<Inference> {
     let started = Instant::now();
     let signature = &model.model.signature;
     let tensors = tensor::prepare_inputs(&model.record.model_name, signature, inputs)?;
+    let rows = batch_rows(&model, inputs);
     let decode = started.elapsed();
 
-    let queued = Instant::now();
-    let span = tracing::Span::current();
-    let job_model = Arc::clone(&model);
-    // Why a blocking thread: tract's run is CPU-bound and would stall every other request
-    // sharing this async worker. The span travels with the job.
-    let (outputs, queue, compute) = tokio::task::spawn_blocking(move || {
-        let _entered = span.enter();
-        let queue = queued.elapsed();
-        let t = Instant::now();
-        let out = job_model.model.plan.run(tensors);
-        (out, queue, t.elapsed())
-    })
-    .await
-    .map_err(|e| Error::internal(format!("inference task failed: {e}")))?;
-    let outputs: TVec<TValue> = outputs.map_err(|e| {
-        Error::internal(format!(
-            "model {:?} failed on validated inputs: {e:#}",
-            model.record.model_name
-        ))
-    })?;
+    let (outputs, execution) = executor.run(Arc::clone(&model), tensors, rows, deadline).await?;
 
     let t = Instant::now();
     let outputs = tensor::encode_outputs(&model.model.signature, outputs, raw_outputs)?;
     let timings = Timings {
         decode,
-        queue,
-        compute,
+        queue: execution.queue,
+        compute: execution.compute,
         encode: t.elapsed(),
+        batch_rows: execution.batch_rows,
+        leader: execution.leader,
     };
     tracing::debug!(
         model = %model.record.model_name,
@@ -85,6 +82,7 @@ pub async fn infer(model: Arc<ServedModel>, inputs: &[InputRef<'_>], raw_outputs
         queue_us = timings.queue.as_micros() as u64,
         compute_us = timings.compute.as_micros() as u64,
         encode_us = timings.encode.as_micros() as u64,
+        batch_rows = timings.batch_rows,
         "inference"
     );
     Ok(Inference {
@@ -92,4 +90,14 @@ pub async fn infer(model: Arc<ServedModel>, inputs: &[InputRef<'_>], raw_outputs
         outputs,
         timings,
     })
+}
+
+/// Samples in a request: the leading dimension when the model has a batch dimension, else 1.
+pub fn batch_rows(model: &ServedModel, inputs: &[InputRef<'_>]) -> usize {
+    match (model.model.signature.inputs.first(), inputs.first()) {
+        (Some(spec), Some(input)) if spec.has_batch_dim() => {
+            input.shape.first().map_or(1, |&n| usize::try_from(n).unwrap_or(0))
+        }
+        _ => 1,
+    }
 }

@@ -2,11 +2,12 @@
 //! failure counts and the cumulative time spent queueing, decoding inputs, computing and
 //! encoding outputs. The same [`Timings`] that feed the span feed these.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::Timings;
+use crate::error::Error;
 use crate::registry::ModelRecord;
 
 /// A count and a cumulative duration.
@@ -50,6 +51,31 @@ pub struct ModelStats {
     pub execution_count: u64,
     /// Milliseconds since the epoch of the last inference.
     pub last_inference_ms: u64,
+    /// Executions by batch size (rows per tract call).
+    pub batches: BTreeMap<u64, BatchTally>,
+    /// Requests refused because the queue was full.
+    pub rejected: u64,
+    /// Requests not computed because their deadline passed first.
+    pub expired: u64,
+}
+
+impl ModelStats {
+    /// Per-request server overhead: time in the server minus tract compute, summed over
+    /// successful requests (divide by `success.count` for the mean).
+    pub fn overhead_ns(&self) -> u64 {
+        self.success.ns.saturating_sub(self.compute_infer.ns)
+    }
+}
+
+/// Executions of one batch size and their cumulative times, as Triton's InferBatchStatistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchTally {
+    /// Input preparation of the requests of these executions.
+    pub compute_input: Tally,
+    /// tract calls.
+    pub compute_infer: Tally,
+    /// Output encoding.
+    pub compute_output: Tally,
 }
 
 /// All models' statistics, keyed by registry model id (no allocation per request).
@@ -79,24 +105,35 @@ impl Stats {
         f(entry);
     }
 
-    /// Records a successful request of `batch` samples.
-    pub fn success(&self, model: &ModelRecord, batch: u64, t: &Timings, total: Duration) {
+    /// Records a successful request of `rows` samples; its execution too when it leads one.
+    pub fn success(&self, model: &ModelRecord, rows: u64, t: &Timings, total: Duration) {
         self.with(model, |s| {
             s.success.add(total);
             s.queue.add(t.queue);
             s.compute_input.add(t.decode);
             s.compute_infer.add(t.compute);
             s.compute_output.add(t.encode);
-            s.inference_count += batch;
-            s.execution_count += 1;
+            s.inference_count += rows;
+            if t.leader {
+                s.execution_count += 1;
+                let b = s.batches.entry(t.batch_rows as u64).or_default();
+                b.compute_input.add(t.decode);
+                b.compute_infer.add(t.compute);
+                b.compute_output.add(t.encode);
+            }
             s.last_inference_ms = now_ms();
         });
     }
 
-    /// Records a failed request.
-    pub fn failure(&self, model: &ModelRecord, total: Duration) {
+    /// Records a failed request and why it failed.
+    pub fn failure(&self, model: &ModelRecord, error: &Error, total: Duration) {
         self.with(model, |s| {
             s.fail.add(total);
+            match error {
+                Error::ResourceExhausted { .. } => s.rejected += 1,
+                Error::DeadlineExceeded(_) => s.expired += 1,
+                _ => {}
+            }
             s.last_inference_ms = now_ms();
         });
     }
@@ -121,6 +158,19 @@ impl Stats {
                     }
                     m.inference_count += s.inference_count;
                     m.execution_count += s.execution_count;
+                    m.rejected += s.rejected;
+                    m.expired += s.expired;
+                    for (size, b) in &s.batches {
+                        let into = m.batches.entry(*size).or_default();
+                        for (a, b) in [
+                            (&mut into.compute_input, b.compute_input),
+                            (&mut into.compute_infer, b.compute_infer),
+                            (&mut into.compute_output, b.compute_output),
+                        ] {
+                            a.count += b.count;
+                            a.ns = a.ns.saturating_add(b.ns);
+                        }
+                    }
                     m.last_inference_ms = m.last_inference_ms.max(s.last_inference_ms);
                 }
                 None => merged.push(s.clone()),

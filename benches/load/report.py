@@ -1,0 +1,147 @@
+"""Turns one harness run directory into the markdown report (printed to stdout).
+
+Reads RUN_DIR/env.txt, the perf_analyzer CSVs RUN_DIR/{modeld,mlserver}_{model}_c{N}.csv and
+RUN_DIR/swap/{steady,swapping}.csv with RUN_DIR/swap/summary.json. A run whose CSV is missing
+(perf_analyzer failed or could not stabilise) shows as "failed", with the log to read.
+
+Usage: report.py RUN_DIR
+"""
+
+import csv
+import json
+import os
+import re
+import sys
+
+MODELS = [("digits_v2", "digits_v2 (MLP)"), ("cnn", "cnn")]
+
+
+def read_csv(path):
+    """{'tput': infer/s, 'p50': µs, 'p99': µs} from a perf_analyzer -f CSV, or None."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    if not rows:
+        return None
+    row = rows[0]
+    return {
+        "tput": float(row["Inferences/Second"]),
+        "p50": float(row["p50 latency"]),
+        "p99": float(row["p99 latency"]),
+    }
+
+
+def request_count(log_path):
+    """The client request count perf_analyzer reports in its log, or None."""
+    try:
+        text = open(log_path).read()
+    except OSError:
+        return None
+    m = re.search(r"Request count: (\d+)", text)
+    return int(m.group(1)) if m else None
+
+
+def us(v):
+    if v is None:
+        return "failed"
+    return f"{v / 1000:.2f} ms" if v >= 10_000 else f"{v:,.0f} µs"
+
+
+def tput(v):
+    return "failed" if v is None else f"{v:,.0f}"
+
+
+def ratio(a, b):
+    return "–" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+
+
+def main():
+    run = sys.argv[1]
+    env = {}
+    with open(os.path.join(run, "env.txt")) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("=")
+            env[k] = v
+    concurrencies = sorted(
+        {int(m.group(1)) for n in os.listdir(run) if (m := re.search(r"_c(\d+)\.csv", n))}
+    )
+    out = []
+    p = out.append
+    p(f"# Load test: modeld vs MLServer ({env.get('date', '?')})")
+    p("")
+    p(f"Machine: {env.get('nproc')} CPUs, {env.get('cpu')}, {env.get('mem')}. "
+      "Client and servers share it.")
+    p("")
+    p(f"- modeld {env.get('modeld_rev')} ({env.get('modeld_bin')}), {env.get('rustc')}")
+    p(f"- perf_analyzer: {env.get('perf_analyzer')}")
+    p(f"- MLServer {env.get('mlserver')}, onnxruntime {env.get('onnxruntime')} "
+      f"(1 intra-op thread per session, session.run on a thread pool of one thread per CPU), "
+      f"Python {env.get('python')}, parallel_workers 0")
+    p(f"- {env.get('settings')}")
+    p("")
+    p("Ratios are modeld / MLServer: throughput above 1 and p50 below 1 favour modeld.")
+    p("")
+    p("| model | concurrency | modeld infer/s | MLServer infer/s | throughput ratio "
+      "| modeld p50 | MLServer p50 | p50 ratio | modeld p99 | MLServer p99 |")
+    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    failed = []
+    for model, label in MODELS:
+        for c in concurrencies:
+            r = {}
+            for server in ("modeld", "mlserver"):
+                r[server] = read_csv(os.path.join(run, f"{server}_{model}_c{c}.csv"))
+                if r[server] is None:
+                    failed.append(f"{server}_{model}_c{c}.csv.log")
+            md, ml = r["modeld"] or {}, r["mlserver"] or {}
+            p(f"| {label} | {c} | {tput(md.get('tput'))} | {tput(ml.get('tput'))} "
+              f"| {ratio(md.get('tput'), ml.get('tput'))} | {us(md.get('p50'))} "
+              f"| {us(ml.get('p50'))} | {ratio(md.get('p50'), ml.get('p50'))} "
+              f"| {us(md.get('p99'))} | {us(ml.get('p99'))} |")
+    if failed:
+        p("")
+        p("Failed or unstable runs (read the logs in the run directory): " + ", ".join(failed))
+
+    summary_path = os.path.join(run, "swap", "summary.json")
+    if os.path.exists(summary_path):
+        s = json.load(open(summary_path))
+        drv = s.get("driver") or {}
+        p("")
+        p(f"## Swap under load (modeld, model `active`, concurrency {s['concurrency']})")
+        p("")
+        p(f"{s['seconds']} s steady, then {s['seconds']} s while `modeld activate` (the CLI, on the "
+          f"same SQLite registry) swaps digits_v1 / digits_v2 {s['count']} times; the server "
+          f"polls the registry every {s['poll_ms']} ms. Failed requests: perf_analyzer's exit "
+          "code (it stops on the first failed request) and the server's ModelStatistics fail "
+          "count.")
+        p("")
+        p("| run | requests | infer/s | p50 | p99 | perf_analyzer exit | failed (server) |")
+        p("| --- | --- | --- | --- | --- | --- | --- |")
+        for run_name in ("steady", "swapping"):
+            r = read_csv(os.path.join(run, "swap", f"{run_name}.csv")) or {}
+            n = request_count(os.path.join(run, "swap", f"{run_name}.csv.log"))
+            p(f"| {run_name} | {n if n is not None else '?'} | {tput(r.get('tput'))} "
+              f"| {us(r.get('p50'))} | {us(r.get('p99'))} | {s['perf_exit'][run_name]} "
+              f"| {s['server_failed_requests'][run_name]} |")
+        st = read_csv(os.path.join(run, "swap", "steady.csv"))
+        sw = read_csv(os.path.join(run, "swap", "swapping.csv"))
+        if st and sw:
+            p("")
+            p(f"Swapping / steady: throughput {ratio(sw['tput'], st['tput'])}, "
+              f"p50 {ratio(sw['p50'], st['p50'])}, p99 {ratio(sw['p99'], st['p99'])}.")
+        p("")
+        if drv:
+            p(f"Swaps: {drv.get('swaps_served')} of {drv.get('swaps')} served in "
+              f"{drv.get('elapsed_s')} s ({drv.get('late_slots')} started late); CLI activate "
+              f"median {drv.get('cli_ms_median')} ms (max {drv.get('cli_ms_max')}); from CLI start "
+              f"to the server serving the new model median {drv.get('served_ms_median')} ms "
+              f"(max {drv.get('served_ms_max')}). Driver exit {s['driver_exit']}"
+              + (f"; failures: {'; '.join(drv['failures'])}" if drv.get("failures") else "") + ".")
+        else:
+            p(f"The swap driver wrote no summary (exit {s['driver_exit']}); see swap/driver.log.")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

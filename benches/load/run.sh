@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Load test: perf_analyzer against modeld and Seldon MLServer side by side, in one run on one
+# machine, then a swap-under-load run on modeld (swap.sh). See benches/load/README.md.
+#
+#   bash benches/load/run.sh              # builds modeld (release), installs the tools, ~6-8 min
+#   MODELD_BIN=/path/to/modeld bash benches/load/run.sh   # use an already-built binary
+#
+# Knobs (environment): LOAD_OUT (target/load), LOAD_CONCURRENCY ("1 4 16"), LOAD_INTERVAL_MS
+# (4000), LOAD_STABILITY (15, %), LOAD_MAX_TRIALS (8), LOAD_SKIP_SWAP (unset), and those of
+# swap.sh (SWAP_COUNT, SWAP_SECONDS, SWAP_POLL_MS). MODELD_* variables reach `modeld serve` as
+# usual (e.g. MODELD_RUNTIME_THREADS=2).
+set -euo pipefail
+source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
+
+out="${LOAD_OUT:-$repo/target/load}"
+concurrency="${LOAD_CONCURRENCY:-1 4 16}"
+interval_ms="${LOAD_INTERVAL_MS:-4000}"
+stability="${LOAD_STABILITY:-15}"
+max_trials="${LOAD_MAX_TRIALS:-8}"
+t_start=$SECONDS
+
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# --- 1. modeld and the tools ------------------------------------------------------------------
+modeld_bin
+log "installing/checking perf_analyzer (tests/clients/setup.sh)"
+tool_env
+
+mlserver_venv="$repo/target/mlserver-venv"
+mlserver_py="$mlserver_venv/bin/python"
+mlserver_stamp="$mlserver_venv/.installed-$(sha256sum "$load_dir/requirements-mlserver.txt" | cut -c1-16)"
+if [ ! -f "$mlserver_stamp" ]; then
+  log "installing MLServer into $mlserver_venv (requirements-mlserver.txt)"
+  rm -rf "$mlserver_venv"
+  python3 -m venv "$mlserver_venv"
+  "$mlserver_venv/bin/pip" install --quiet --disable-pip-version-check \
+    -r "$load_dir/requirements-mlserver.txt"
+  touch "$mlserver_stamp"
+fi
+
+run_dir="$out/run-$(date +%Y%m%d-%H%M%S)"
+inputs_dir="$run_dir/inputs"
+mkdir -p "$run_dir"
+log "results and logs: $run_dir"
+"$mlserver_py" "$load_dir/make_inputs.py" "$repo/models" "$inputs_dir"
+
+# --- 2. versions and machine --------------------------------------------------------------------
+{
+  echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "nproc=$(nproc)"
+  echo "cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+  echo "mem=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
+  echo "modeld_rev=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo '+uncommitted changes')"
+  echo "modeld_bin=$MODELD_BIN"
+  echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+  echo "perf_analyzer=$("$clients_py" -c 'import importlib.metadata as m; print("tritonclient " + m.version("tritonclient"))') ($(perf_analyzer --version 2>&1 | head -n1))"
+  echo "mlserver=$("$mlserver_py" -c 'import importlib.metadata as m; print(m.version("mlserver"))')"
+  echo "onnxruntime=$("$mlserver_py" -c 'import importlib.metadata as m; print(m.version("onnxruntime"))')"
+  echo "python=$("$mlserver_py" --version 2>&1 | cut -d' ' -f2)"
+  echo "settings=perf_analyzer -i grpc --concurrency-range C --measurement-interval $interval_ms --stability-percentage $stability --max-trials $max_trials --percentile 50, fixed --input-data"
+} >"$run_dir/env.txt"
+
+# --- 3. both servers ----------------------------------------------------------------------------
+modeld_port="$(free_port)"
+log "starting modeld on 127.0.0.1:$modeld_port"
+start_modeld "$run_dir/modeld" "$modeld_port"
+mlserver_port="$(free_port)"
+log "starting MLServer on 127.0.0.1:$mlserver_port"
+start_mlserver "$run_dir/mlserver" "$mlserver_port"
+
+log "waiting for modeld (digits_v2 active)"
+wait_ready modeld "$modeld_pid" "$modeld_port" "$run_dir/modeld/modeld.log" digits_v2=digits.json
+log "waiting for MLServer (digits_v2, cnn)"
+wait_ready MLServer "$mlserver_pid" "$mlserver_port" "$run_dir/mlserver/mlserver.log" \
+  digits_v2=digits.json cnn=cnn.json
+
+# --- 4. the measurements ------------------------------------------------------------------------
+# For each model and concurrency, modeld then MLServer right after, so slow drift on a shared
+# machine hits both alike. modeld serves one model at a time: cnn is activated with the CLI
+# between the two models.
+failed_runs=()
+measure() { # model input_file
+  local model="$1" data="$2" c server port
+  for c in $concurrency; do
+    for server in modeld mlserver; do
+      port="${server}_port"
+      perf "$server $model c=$c" "$run_dir/${server}_${model}_c${c}.csv" \
+        -m "$model" -u "127.0.0.1:${!port}" --input-data "$inputs_dir/$data" \
+        --concurrency-range "$c" --measurement-interval "$interval_ms" \
+        --stability-percentage "$stability" --max-trials "$max_trials" --percentile 50 ||
+        { failed_runs+=("$server $model c=$c"); log "FAILED: $server $model c=$c (see ${server}_${model}_c${c}.csv.log)"; }
+    done
+  done
+}
+
+measure digits_v2 digits.json
+
+log "modeld: activating cnn with the CLI"
+"$MODELD_BIN" --log warn activate cnn --reason "load test" >"$run_dir/modeld/activate-cnn.log" 2>&1 ||
+  die "modeld activate cnn failed: $(cat "$run_dir/modeld/activate-cnn.log")"
+wait_ready modeld "$modeld_pid" "$modeld_port" "$run_dir/modeld/modeld.log" cnn=cnn.json
+
+measure cnn cnn.json
+
+stop_all
+
+# --- 5. swap under load -------------------------------------------------------------------------
+swap_status=0
+if [ -z "${LOAD_SKIP_SWAP:-}" ]; then
+  RUN_DIR="$run_dir" bash "$load_dir/swap.sh" || swap_status=$?
+fi
+
+# --- 6. the report ------------------------------------------------------------------------------
+"$mlserver_py" "$load_dir/report.py" "$run_dir" >"$run_dir/results.md"
+cp "$run_dir/results.md" "$out/results.md"
+cat "$run_dir/results.md"
+log "done in $((SECONDS - t_start)) s; table in $out/results.md, logs in $run_dir"
+
+if ((${#failed_runs[@]})); then
+  die "perf_analyzer failed for: ${failed_runs[*]} (logs in $run_dir)"
+fi
+((swap_status == 0)) || die "the swap-under-load run failed (see $run_dir/swap)"

@@ -1,0 +1,447 @@
+//! Where inference runs: inline on the calling thread for microsecond models, otherwise on a
+//! bounded pool of compute threads fed by a bounded queue, with dynamic batching.
+//!
+//! Why this shape (measured, see docs/benchmarks.md):
+//! - a hop to another thread costs tens of microseconds, ten times what the MLP computes, so
+//!   models whose warm-up cost is under [`ExecutorConfig::inline_max`] run where the request is;
+//! - everything else runs on `threads` compute threads (by default one per core), so compute
+//!   never stalls the async reactor and never oversubscribes the cores;
+//! - the queue in front of them holds at most `queue_capacity` requests: a full queue answers at
+//!   once with a retry hint instead of growing memory and latency without bound;
+//! - a request whose deadline passed or whose caller went away while it waited is dropped
+//!   before it is computed;
+//! - a compute thread that picks a request of a batchable model takes the other queued requests
+//!   of the *same loaded model* (the same `Arc`, so never two versions) up to `max_batch_size`
+//!   rows, waiting at most `max_queue_delay` for more, runs them as one call and splits the
+//!   outputs back. A swap during batching is harmless: requests already holding the old model
+//!   batch with each other, new ones with the new model.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tract_onnx::prelude::{TValue, TVec, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::slot::ServedModel;
+
+/// How the executor runs models.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Compute threads. 0 means one per available core.
+    pub threads: usize,
+    /// Requests that may wait for a compute thread; more are refused with `ResourceExhausted`.
+    pub queue_capacity: usize,
+    /// Models whose measured cost is at most this run inline, on the request's own thread.
+    /// `Duration::ZERO` sends every model to the pool.
+    pub inline_max: Duration,
+    /// Rows one batched call may hold; 1 turns dynamic batching off.
+    pub max_batch_size: usize,
+    /// How long a compute thread holding an incomplete batch waits for more requests.
+    pub max_queue_delay: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            queue_capacity: 256,
+            inline_max: Duration::from_micros(200),
+            max_batch_size: 8,
+            max_queue_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// What running one request produced, besides its outputs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Execution {
+    /// Waiting for a compute thread (zero inline).
+    pub queue: Duration,
+    /// The tract call that computed this request (shared by a batch), including stacking the
+    /// batch and splitting it back.
+    pub compute: Duration,
+    /// Rows in that call.
+    pub batch_rows: usize,
+    /// Whether this request reports the call (exactly one request of each call does).
+    pub leader: bool,
+}
+
+type Reply = oneshot::Sender<Result<(TVec<TValue>, Execution)>>;
+
+struct Job {
+    model: Arc<ServedModel>,
+    inputs: TVec<TValue>,
+    rows: usize,
+    deadline: Option<Instant>,
+    enqueued: Instant,
+    reply: Reply,
+}
+
+impl Job {
+    /// A job nobody should compute: its caller left, or its deadline passed.
+    fn is_stale(&self, now: Instant) -> bool {
+        if self.reply.is_closed() {
+            return true;
+        }
+        if self.deadline.is_some_and(|d| d <= now) {
+            return true;
+        }
+        false
+    }
+
+    /// Answers a stale job (a caller that left simply does not read it).
+    fn expire(self) {
+        let waited = self.enqueued.elapsed();
+        let _ = self.reply.send(Err(Error::DeadlineExceeded(format!(
+            "deadline passed after {} µs in the queue; not computed",
+            waited.as_micros()
+        ))));
+    }
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    work: Condvar,
+    config: ExecutorConfig,
+    threads: usize,
+    /// Compute threads running a model right now.
+    busy: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking job cannot leave the queue half-updated: every mutation is one call.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The compute threads and their queue. Dropping it stops the threads after their current call;
+/// requests still queued are answered `Unavailable`.
+pub struct Executor {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("config", &self.shared.config)
+            .field("threads", &self.shared.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// Starts the compute threads.
+    ///
+    /// # Errors
+    /// `Internal` when the operating system refuses a thread.
+    pub fn start(config: ExecutorConfig) -> Result<Self> {
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::with_capacity(config.queue_capacity),
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            config,
+            threads,
+            busy: AtomicUsize::new(0),
+        });
+        let handles = (0..threads)
+            .map(|i| {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name(format!("modeld-infer-{i}"))
+                    .spawn(move || worker(&shared))
+                    .map_err(|e| Error::internal(format!("cannot start compute thread: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { shared, handles })
+    }
+
+    /// The configuration, with `threads` resolved.
+    pub fn config(&self) -> ExecutorConfig {
+        ExecutorConfig {
+            threads: self.shared.threads,
+            ..self.shared.config.clone()
+        }
+    }
+
+    /// Requests waiting for a compute thread right now.
+    pub fn queued(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+
+    /// Compute threads running a model right now.
+    pub fn busy(&self) -> usize {
+        self.shared.busy.load(Ordering::Relaxed)
+    }
+
+    /// Whether `model` runs inline rather than on the pool.
+    pub fn runs_inline(&self, model: &ServedModel) -> bool {
+        model.model.cost <= self.shared.config.inline_max
+    }
+
+    /// Runs `inputs` (`rows` samples) on `model`: inline when the model is cheap, otherwise
+    /// through the queue. Not computed at all when `deadline` passes first.
+    ///
+    /// # Errors
+    /// `ResourceExhausted` when the queue is full, `DeadlineExceeded` when the deadline passed
+    /// before compute started, `Internal` when tract fails, `Unavailable` at shutdown.
+    pub async fn run(
+        &self,
+        model: Arc<ServedModel>,
+        inputs: TVec<TValue>,
+        rows: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(TVec<TValue>, Execution)> {
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(Error::DeadlineExceeded("deadline passed before compute; not computed".into()));
+        }
+        if self.runs_inline(&model) {
+            let t = Instant::now();
+            let outputs = run_plan(&model, inputs)?;
+            let execution = Execution {
+                queue: Duration::ZERO,
+                compute: t.elapsed(),
+                batch_rows: rows,
+                leader: true,
+            };
+            return Ok((outputs, execution));
+        }
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut state = self.shared.lock();
+            if state.shutdown {
+                return Err(Error::Unavailable("server is shutting down".into()));
+            }
+            if state.queue.len() >= self.shared.config.queue_capacity {
+                let waiting = state.queue.len();
+                drop(state);
+                return Err(self.exhausted(&model, waiting));
+            }
+            state.queue.push_back(Job {
+                model,
+                inputs,
+                rows,
+                deadline,
+                enqueued: Instant::now(),
+                reply,
+            });
+        }
+        // Every thread may be waiting to fill a batch for a different model: wake them all.
+        self.shared.work.notify_all();
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("server is shutting down".into()))?
+    }
+
+    /// The refusal for a full queue, with a hint of when to retry: how long the pool needs to
+    /// work through what is waiting.
+    fn exhausted(&self, model: &ServedModel, waiting: usize) -> Error {
+        let per_thread = u32::try_from(waiting.div_ceil(self.shared.threads)).unwrap_or(u32::MAX);
+        let retry_after = model
+            .model
+            .cost
+            .saturating_mul(per_thread)
+            .clamp(Duration::from_millis(1), Duration::from_secs(10));
+        Error::ResourceExhausted {
+            message: format!(
+                "inference queue is full ({waiting} requests waiting for {} compute threads); retry after {} ms",
+                self.shared.threads,
+                retry_after.as_millis()
+            ),
+            retry_after,
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let stranded = {
+            let mut state = self.shared.lock();
+            state.shutdown = true;
+            std::mem::take(&mut state.queue)
+        };
+        self.shared.work.notify_all();
+        for job in stranded {
+            let _ = job.reply.send(Err(Error::Unavailable("server is shutting down".into())));
+        }
+        for handle in self.handles.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn run_plan(model: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+    let name = &model.record.model_name;
+    // A panic inside tract must cost one request, not a compute thread or the reactor.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.model.plan.run(inputs))) {
+        Ok(Ok(outputs)) => Ok(outputs),
+        Ok(Err(e)) => Err(Error::internal(format!("model {name:?} failed on validated inputs: {e:#}"))),
+        Err(_) => Err(Error::internal(format!("model {name:?} panicked on validated inputs"))),
+    }
+}
+
+fn worker(shared: &Shared) {
+    loop {
+        let Some(batch) = next_batch(shared) else { return };
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        execute(batch);
+        shared.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits for work and takes it: one job, plus the queued jobs it can batch with.
+/// `None` at shutdown.
+fn next_batch(shared: &Shared) -> Option<Vec<Job>> {
+    let config = &shared.config;
+    let mut state = shared.lock();
+    let first = loop {
+        if state.shutdown {
+            return None;
+        }
+        match state.queue.pop_front() {
+            Some(job) if job.is_stale(Instant::now()) => job.expire(),
+            Some(job) => break job,
+            None => state = shared.work.wait(state).unwrap_or_else(PoisonError::into_inner),
+        }
+    };
+    let mut batch = vec![first];
+    if !batch[0].model.model.batchable || config.max_batch_size <= 1 || batch[0].rows == 0 {
+        return Some(batch);
+    }
+    let mut rows = batch[0].rows;
+    let wait_until = batch[0].enqueued + config.max_queue_delay;
+    loop {
+        take_batchable(&mut state.queue, &mut batch, &mut rows, config.max_batch_size);
+        let now = Instant::now();
+        if rows >= config.max_batch_size || now >= wait_until || state.shutdown {
+            return Some(batch);
+        }
+        state = shared
+            .work
+            .wait_timeout(state, wait_until - now)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+}
+
+/// Moves the queued jobs that can join `batch` (same loaded model, same trailing shapes, room
+/// left) out of the queue, in arrival order.
+fn take_batchable(queue: &mut VecDeque<Job>, batch: &mut Vec<Job>, rows: &mut usize, max_rows: usize) {
+    let mut i = 0;
+    while i < queue.len() && *rows < max_rows {
+        let job = &queue[i];
+        let fits = Arc::ptr_eq(&job.model, &batch[0].model)
+            && job.rows > 0
+            && *rows + job.rows <= max_rows
+            && same_trailing_shapes(&job.inputs, &batch[0].inputs);
+        if fits && let Some(job) = queue.remove(i) {
+            *rows += job.rows;
+            batch.push(job);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+fn same_trailing_shapes(a: &[TValue], b: &[TValue]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.shape().get(1..) == y.shape().get(1..))
+}
+
+/// Runs a batch and answers every job in it.
+fn execute(batch: Vec<Job>) {
+    let started = Instant::now();
+    let (live, stale): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| !j.is_stale(started));
+    stale.into_iter().for_each(Job::expire);
+    match live.len() {
+        0 => {}
+        1 => {
+            let Some(job) = live.into_iter().next() else { return };
+            let queue = started - job.enqueued;
+            let t = Instant::now();
+            let result = run_plan(&job.model, job.inputs).map(|outputs| {
+                let execution = Execution {
+                    queue,
+                    compute: t.elapsed(),
+                    batch_rows: job.rows,
+                    leader: true,
+                };
+                (outputs, execution)
+            });
+            let _ = job.reply.send(result);
+        }
+        _ => execute_batched(live, started),
+    }
+}
+
+/// Stacks the jobs' inputs, runs once, splits the outputs by rows. If the batched call fails,
+/// each job is run alone so that one request's failure is not every request's.
+fn execute_batched(jobs: Vec<Job>, started: Instant) {
+    let t = Instant::now();
+    let rows: usize = jobs.iter().map(|j| j.rows).sum();
+    let model = Arc::clone(&jobs[0].model);
+    let split = stack_inputs(&jobs)
+        .and_then(|inputs| run_plan(&model, inputs))
+        .and_then(|outputs| split_outputs(&outputs, &jobs));
+    let compute = t.elapsed();
+    match split {
+        Ok(per_job) => {
+            for (i, (job, outputs)) in jobs.into_iter().zip(per_job).enumerate() {
+                let execution = Execution {
+                    queue: started - job.enqueued,
+                    compute,
+                    batch_rows: rows,
+                    leader: i == 0,
+                };
+                let _ = job.reply.send(Ok((outputs, execution)));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(model = %model.record.model_name, error = %e, rows, "batched call failed; running its requests one by one");
+            for job in jobs {
+                execute(vec![job]);
+            }
+        }
+    }
+}
+
+fn stack_inputs(jobs: &[Job]) -> Result<TVec<TValue>> {
+    (0..jobs[0].inputs.len())
+        .map(|i| {
+            let parts: Vec<&Tensor> = jobs.iter().map(|j| &*j.inputs[i]).collect();
+            Tensor::stack_tensors(0, &parts)
+                .map(TValue::from)
+                .map_err(|e| Error::internal(format!("cannot stack a batch: {e:#}")))
+        })
+        .collect()
+}
+
+fn split_outputs(outputs: &[TValue], jobs: &[Job]) -> Result<Vec<TVec<TValue>>> {
+    let mut per_job: Vec<TVec<TValue>> = jobs.iter().map(|_| TVec::new()).collect();
+    for output in outputs {
+        let mut start = 0;
+        for (job, out) in jobs.iter().zip(per_job.iter_mut()) {
+            let part = output
+                .slice(0, start, start + job.rows)
+                .map_err(|e| Error::internal(format!("cannot split a batch: {e:#}")))?;
+            out.push(TValue::from(part));
+            start += job.rows;
+        }
+    }
+    Ok(per_job)
+}

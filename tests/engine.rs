@@ -1,0 +1,305 @@
+//! The inference engine through the real gRPC clients: dynamic batching (split back exactly,
+//! counted, never across versions, off by a flag), the bounded queue (RESOURCE_EXHAUSTED with a
+//! retry hint) and deadlines (a request whose deadline passed is not computed).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use modeld::api::kserve_pb as kv;
+use modeld::api::pb;
+use modeld::config::ServeConfig;
+use tonic::Code;
+
+type KvClient = kv::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+async fn kv_client(server: &TestServer) -> KvClient {
+    KvClient::new(server.channel().await)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// Every model on the compute threads (the digit models are cheap enough to run inline by
+/// default), `threads` of them, batching up to `max_batch` rows with a generous delay so that
+/// requests sent together are batched together even on a loaded machine.
+fn pooled(threads: usize, max_batch: u64, delay: Duration) -> impl FnOnce(&mut ServeConfig) {
+    move |c: &mut ServeConfig| {
+        c.engine.inference_threads = threads;
+        c.engine.inline_max_us = 0;
+        c.engine.max_batch_size = max_batch;
+        c.engine.max_queue_delay_us = delay.as_micros() as u64;
+    }
+}
+
+async fn statistics(server: &TestServer, name: &str) -> Vec<kv::ModelStatistics> {
+    kv_client(server)
+        .await
+        .model_statistics(kv::ModelStatisticsRequest {
+            name: name.into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats
+}
+
+/// (batch size, executions) pairs of a model's statistics.
+fn batches(s: &kv::ModelStatistics) -> Vec<(u64, u64)> {
+    s.batch_stats
+        .iter()
+        .map(|b| (b.batch_size, b.compute_infer.unwrap().count))
+        .collect()
+}
+
+fn cnn_request(batch: usize) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model_name: "cnn".into(),
+        inputs: vec![pb::Tensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![batch as i64, 3, 224, 224],
+            raw_data: f32_raw(&cnn_input(batch)),
+            ..Default::default()
+        }],
+        routing_key: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_split_back_exactly() {
+    let server = TestServer::start_with(Backend::Sqlite, pooled(1, 8, Duration::from_millis(300))).await;
+    server.wait_serving("digits_v2").await;
+    // Requests of 1, 2 and 3 rows (12 rows in all), each a different slice of the evaluation set.
+    let all = eval_rows(12);
+    let want = expected_probs("digits_v2", 12);
+    let sizes = [1usize, 2, 3, 1, 2, 3];
+    let mut start = 0;
+    let mut calls = Vec::new();
+    for &n in &sizes {
+        let mut infer = server.inference().await;
+        let rows = all[start * 64..(start + n) * 64].to_vec();
+        let want = want[start * 10..(start + n) * 10].to_vec();
+        calls.push(tokio::spawn(async move {
+            let resp = infer.predict(digits_request("digits_v2", &rows)).await.unwrap().into_inner();
+            assert_eq!(resp.outputs[0].shape, vec![n as i64, 10]);
+            assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-5);
+            assert_eq!(resp.outputs[1].shape, vec![n as i64]);
+        }));
+        start += n;
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let stats = statistics(&server, "digits_v2").await;
+    let s = &stats[0];
+    assert_eq!(s.inference_count, 12);
+    let by_size = batches(s);
+    let rows: u64 = by_size.iter().map(|(size, n)| size * n).sum();
+    let executions: u64 = by_size.iter().map(|(_, n)| n).sum();
+    assert_eq!(rows, 12, "every row computed exactly once: {by_size:?}");
+    assert_eq!(executions, s.execution_count);
+    assert!(
+        s.execution_count < sizes.len() as u64,
+        "6 requests sent together within a 300 ms window ran as {} calls: {by_size:?}",
+        s.execution_count
+    );
+    assert!(by_size.iter().all(|&(size, _)| size <= 8), "a batch exceeded 8 rows: {by_size:?}");
+    // The per-request overhead is reported beside Triton's fields.
+    let inference = s.inference_stats.unwrap();
+    let overhead = inference.server_overhead.unwrap();
+    assert_eq!(overhead.count, 6);
+    assert_eq!(
+        overhead.ns,
+        inference.success.unwrap().ns - inference.compute_infer.unwrap().ns
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("modeld_executions_total{model=\"digits_v2\",version=\"2\",batch_size=\""),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_batching_runs_every_request_alone() {
+    let server = TestServer::start_with(Backend::Sqlite, |c: &mut ServeConfig| {
+        pooled(1, 8, Duration::from_millis(300))(c);
+        c.engine.no_batching = true;
+    })
+    .await;
+    server.wait_serving("digits_v2").await;
+    let rows = eval_rows(2);
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let mut infer = server.inference().await;
+        let rows = rows.clone();
+        calls.push(tokio::spawn(async move {
+            infer.predict(digits_request("digits_v2", &rows)).await.unwrap();
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let s = &statistics(&server, "digits_v2").await[0];
+    assert_eq!((s.inference_count, s.execution_count), (12, 6));
+    assert_eq!(batches(s), vec![(2, 6)]);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_swap_while_requests_wait_for_a_batch_never_mixes_versions() {
+    let server = TestServer::start_with(Backend::Sqlite, pooled(1, 64, Duration::from_millis(400))).await;
+    server.wait_serving("digits_v2").await;
+    let mut registry = server.registry().await;
+    let rows = eval_rows(4);
+    let infer = server.inference().await;
+    let send = |n: usize| {
+        (0..n)
+            .map(|_| {
+                let (mut infer, rows) = (infer.clone(), rows.clone());
+                tokio::spawn(async move { infer.predict(digits_request("active", &rows)).await.unwrap().into_inner() })
+            })
+            .collect::<Vec<_>>()
+    };
+    // Four requests on v2 wait for a batch (400 ms window); v1 is activated meanwhile; four more
+    // requests arrive for v1. Every answer must be entirely one version's, whichever it got.
+    let first = send(4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.status().await.in_flight_requests < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "the first requests never arrived");
+        tokio::task::yield_now().await;
+    }
+    registry.activate_model(activate_req("digits_v1")).await.unwrap();
+    let second = send(4);
+    let mut versions = Vec::new();
+    for call in first.into_iter().chain(second) {
+        let resp = call.await.unwrap();
+        let model = resp.model_name.clone();
+        assert_close(&raw_f32(&resp.outputs[0].raw_data), &expected_probs(&model, 4), 1e-5);
+        versions.push(model);
+    }
+    assert!(versions[4..].iter().all(|m| m == "digits_v1"), "{versions:?}");
+    let v1 = &statistics(&server, "digits_v1").await[0];
+    let v2 = &statistics(&server, "digits_v2").await[0];
+    let v2_requests = versions.iter().filter(|m| *m == "digits_v2").count() as u64;
+    assert_eq!(v2.inference_count, 4 * v2_requests);
+    assert_eq!(v1.inference_count, 4 * (8 - v2_requests));
+    // Each version's calls hold only its own rows.
+    for s in [v1, v2] {
+        let rows: u64 = batches(s).iter().map(|(size, n)| size * n).sum();
+        assert_eq!(rows, s.inference_count, "{}: {:?}", s.name, batches(s));
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_queue_is_refused_at_once_with_a_retry_hint() {
+    let server = TestServer::start_with(Backend::Sqlite, |c: &mut ServeConfig| {
+        pooled(1, 1, Duration::ZERO)(c);
+        c.engine.queue_capacity = 1;
+    })
+    .await;
+    let mut registry = server.registry().await;
+    registry.activate_model(activate_req("cnn")).await.unwrap();
+    server.wait_serving("cnn").await;
+    // One compute thread, one queue place, 12 CNN requests of 4 images sent together.
+    let mut calls = Vec::new();
+    for _ in 0..12 {
+        let mut infer = server.inference().await;
+        calls.push(tokio::spawn(async move { infer.predict(cnn_request(4)).await }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(resp) => {
+                assert_eq!(resp.into_inner().outputs[0].shape, vec![4, 10]);
+                ok += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(status.message().contains("queue is full"), "{}", status.message());
+                let pushback: u64 = status
+                    .metadata()
+                    .get("grpc-retry-pushback-ms")
+                    .expect("a retry pushback hint")
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(pushback >= 1);
+                let details = tonic_types::StatusExt::get_error_details(&status);
+                let retry = details.retry_info().expect("RetryInfo in the status details");
+                assert!(retry.retry_delay.is_some_and(|d| !d.is_zero()));
+                refused += 1;
+            }
+        }
+    }
+    assert!(ok >= 2, "the running and the queued request are served: {ok} ok");
+    assert!(refused >= 1, "12 requests on 1 thread + 1 queue place: none refused");
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "modeld_requests_total{{model=\"cnn\",version=\"1\",outcome=\"rejected\"}} {refused}"
+        )),
+        "{metrics}"
+    );
+    // Nothing stuck: the server answers normally afterwards.
+    let resp = server.inference().await.predict(cnn_request(1)).await.unwrap().into_inner();
+    assert_eq!(resp.outputs[0].shape, vec![1, 10]);
+    server.stop().await.unwrap();
+}
+
+/// A request whose deadline (`grpc-timeout`, as every gRPC client sends it) has passed.
+fn with_timeout<T>(message: T, timeout: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("grpc-timeout", timeout.parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn requests_whose_deadline_passed_are_not_computed() {
+    let server = TestServer::start_with(Backend::Sqlite, pooled(1, 1, Duration::ZERO)).await;
+    server.wait_serving("digits_v2").await;
+    let mut infer = server.inference().await;
+    // Already expired on arrival, inline or pooled alike.
+    let err = infer
+        .predict(with_timeout(digits_request("digits_v2", &eval_rows(1)), "0n"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("not computed"), "{}", err.message());
+
+    // Expiring while queued: the only compute thread is busy with a large CNN batch, and a
+    // request with a 1 ms deadline waits behind it. The header is set by hand so that the
+    // client does not cancel first: the server itself must drop it.
+    let mut registry = server.registry().await;
+    registry.activate_model(activate_req("cnn")).await.unwrap();
+    server.wait_serving("cnn").await;
+    let mut slow = server.inference().await;
+    let busy = tokio::spawn(async move { slow.predict(cnn_request(16)).await });
+    // Wait until the slow request is being computed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.status().await.engine.unwrap().busy_compute_threads == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the slow request never started");
+        tokio::task::yield_now().await;
+    }
+    let err = infer
+        .predict(with_timeout(cnn_request(1), "1m"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("not computed"), "{}", err.message());
+    assert_eq!(busy.await.unwrap().unwrap().into_inner().outputs[0].shape, vec![16, 10]);
+
+    let s = &statistics(&server, "cnn").await[0];
+    assert_eq!(s.inference_count, 16, "only the slow request was computed");
+    assert_eq!(s.execution_count, 1);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains("modeld_requests_total{model=\"cnn\",version=\"1\",outcome=\"expired\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
