@@ -1,8 +1,12 @@
 # Shared helpers for benches/load/run.sh and swap.sh (sourced, not run).
-# shellcheck shell=bash
+# Globals the caller sets before use: inputs_dir (wait_ready), mlserver_py (start_mlserver).
+# Globals set here for the caller: modeld_prebuilt, clients_py, modeld_pid, mlserver_pid.
+# shellcheck shell=bash disable=SC2034,SC2154
 
 load_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$load_dir/../.." && pwd)"
+
+modeld_prebuilt=""
 
 log() { printf '[load %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -53,14 +57,16 @@ tool_env() {
   [ -x "$clients_py" ] || die "no python next to perf_analyzer ($clients_py)"
 }
 
-# modeld_bin: MODELD_BIN if set, else `cargo build --release` and target/release/modeld.
+# modeld_bin: MODELD_BIN if set (then modeld_prebuilt=1), else `cargo build --release` and
+# target/release/modeld.
 modeld_bin() {
   if [ -n "${MODELD_BIN:-}" ]; then
     [ -x "$MODELD_BIN" ] || die "MODELD_BIN=$MODELD_BIN is not an executable"
-    log "modeld: $MODELD_BIN (MODELD_BIN; not rebuilt)"
+    log "modeld: $MODELD_BIN (from MODELD_BIN, not rebuilt)"
+    modeld_prebuilt=1
   else
     log "building modeld (cargo build --release)"
-    (cd "$repo" && cargo build --release --quiet) || die "cargo build --release failed"
+    (cd "$repo" && cargo build --release) || die "cargo build --release failed"
     MODELD_BIN="$repo/target/release/modeld"
   fi
   export MODELD_BIN
@@ -77,7 +83,8 @@ start_modeld() {
   # swap.sh finds the same registry.
   export MODELD_DATABASE_URL="sqlite://$dir/registry.db"
   export MODELD_MODEL_ROOT="$repo/models"
-  "$MODELD_BIN" --log warn serve --listen "127.0.0.1:$port" "$@" >"$dir/modeld.log" 2>&1 &
+  "$MODELD_BIN" --log warn serve --database-url "$MODELD_DATABASE_URL" \
+    --model-root "$MODELD_MODEL_ROOT" --listen "127.0.0.1:$port" "$@" >"$dir/modeld.log" 2>&1 &
   modeld_pid=$!
   started_pids+=("$modeld_pid")
 }

@@ -74,10 +74,11 @@ def main():
     p(f"Machine: {env.get('nproc')} CPUs, {env.get('cpu')}, {env.get('mem')}. "
       "Client and servers share it.")
     p("")
-    p(f"- modeld {env.get('modeld_rev')} ({env.get('modeld_bin')}), {env.get('rustc')}")
+    p(f"- modeld: repository at {env.get('modeld_rev')}; binary {env.get('modeld_bin')}; "
+      f"{env.get('rustc')}")
     p(f"- perf_analyzer: {env.get('perf_analyzer')}")
     p(f"- MLServer {env.get('mlserver')}, onnxruntime {env.get('onnxruntime')} "
-      f"(1 intra-op thread per session, session.run on a thread pool of one thread per CPU), "
+      f"(1 intra-op thread per session, session.run {env.get('mlserver_ort_run', '?')}), "
       f"Python {env.get('python')}, parallel_workers 0")
     p(f"- {env.get('settings')}")
     p("")
@@ -86,22 +87,33 @@ def main():
     p("| model | concurrency | modeld infer/s | MLServer infer/s | throughput ratio "
       "| modeld p50 | MLServer p50 | p50 ratio | modeld p99 | MLServer p99 |")
     p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    failed = []
+    failed, unstable = [], []
     for model, label in MODELS:
         for c in concurrencies:
-            r = {}
+            r, mark = {}, {}
             for server in ("modeld", "mlserver"):
-                r[server] = read_csv(os.path.join(run, f"{server}_{model}_c{c}.csv"))
+                name = f"{server}_{model}_c{c}.csv"
+                r[server] = read_csv(os.path.join(run, name))
+                mark[server] = ""
                 if r[server] is None:
-                    failed.append(f"{server}_{model}_c{c}.csv.log")
+                    failed.append(f"{name}.log")
+                elif os.path.exists(os.path.join(run, name + ".unstable")):
+                    unstable.append(name)
+                    mark[server] = " *"
             md, ml = r["modeld"] or {}, r["mlserver"] or {}
-            p(f"| {label} | {c} | {tput(md.get('tput'))} | {tput(ml.get('tput'))} "
-              f"| {ratio(md.get('tput'), ml.get('tput'))} | {us(md.get('p50'))} "
-              f"| {us(ml.get('p50'))} | {ratio(md.get('p50'), ml.get('p50'))} "
-              f"| {us(md.get('p99'))} | {us(ml.get('p99'))} |")
+            a, b = mark["modeld"], mark["mlserver"]
+            p(f"| {label} | {c} | {tput(md.get('tput'))}{a} | {tput(ml.get('tput'))}{b} "
+              f"| {ratio(md.get('tput'), ml.get('tput'))} | {us(md.get('p50'))}{a} "
+              f"| {us(ml.get('p50'))}{b} | {ratio(md.get('p50'), ml.get('p50'))} "
+              f"| {us(md.get('p99'))}{a} | {us(ml.get('p99'))}{b} |")
+    if unstable:
+        p("")
+        p("\\* did not stabilise within the stability threshold; measured once more over three "
+          "windows without the check (the first attempt's log is CSV.unstable.log): "
+          + ", ".join(unstable))
     if failed:
         p("")
-        p("Failed or unstable runs (read the logs in the run directory): " + ", ".join(failed))
+        p("Failed runs (read the logs in the run directory): " + ", ".join(failed))
 
     summary_path = os.path.join(run, "swap", "summary.json")
     if os.path.exists(summary_path):
@@ -110,11 +122,12 @@ def main():
         p("")
         p(f"## Swap under load (modeld, model `active`, concurrency {s['concurrency']})")
         p("")
-        p(f"{s['seconds']} s steady, then {s['seconds']} s while `modeld activate` (the CLI, on the "
-          f"same SQLite registry) swaps digits_v1 / digits_v2 {s['count']} times; the server "
-          f"polls the registry every {s['poll_ms']} ms. Failed requests: perf_analyzer's exit "
-          "code (it stops on the first failed request) and the server's ModelStatistics fail "
-          "count.")
+        p(f"perf_analyzer measures three windows of {s['seconds'] * 1000 // 3} ms steady, then "
+          f"the same run while `modeld activate` (the CLI, on the same SQLite registry) swaps "
+          f"digits_v1 / digits_v2 {s['count']} times, spread over the steady run's wall-clock "
+          f"time ({s.get('steady_wall_ms', 0) / 1000:.1f} s); the server polls the registry "
+          f"every {s['poll_ms']} ms. Failed requests: perf_analyzer's exit code (it stops on "
+          "the first failed request) and the server's ModelStatistics fail count.")
         p("")
         p("| run | requests | infer/s | p50 | p99 | perf_analyzer exit | failed (server) |")
         p("| --- | --- | --- | --- | --- | --- | --- |")
