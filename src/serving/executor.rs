@@ -445,3 +445,146 @@ fn split_outputs(outputs: &[TValue], jobs: &[Job]) -> Result<Vec<TVec<TValue>>> 
     }
     Ok(per_job)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::tvec;
+
+    fn served(file: &str) -> Arc<ServedModel> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
+        Arc::new(ServedModel::unregistered(file, crate::model::load_model(&path, None).unwrap()))
+    }
+
+    fn cnn_input(batch: usize) -> TVec<TValue> {
+        tvec![Tensor::zero::<f32>(&[batch, 3, 224, 224]).unwrap().into()]
+    }
+
+    fn pool(threads: usize, queue_capacity: usize) -> Executor {
+        Executor::start(ExecutorConfig {
+            threads,
+            queue_capacity,
+            inline_max: Duration::ZERO,
+            max_batch_size: 1,
+            max_queue_delay: Duration::ZERO,
+        })
+        .unwrap()
+    }
+
+    /// Waits (with a deadline) until a compute thread is running something.
+    fn wait_busy(e: &Executor) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while e.busy() == 0 {
+            assert!(Instant::now() < deadline, "nothing started computing");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn threads_default_to_the_cores() {
+        let e = Executor::start(ExecutorConfig::default()).unwrap();
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(e.config().threads, cores);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadline_that_passes_in_the_queue_is_answered_without_compute() {
+        let e = Arc::new(pool(1, 8));
+        let cnn = served("cnn.onnx");
+        let busy = {
+            let (e, cnn) = (Arc::clone(&e), Arc::clone(&cnn));
+            tokio::spawn(async move { e.run(cnn, cnn_input(16), 16, None).await })
+        };
+        wait_busy(&e);
+        let late = e
+            .run(Arc::clone(&cnn), cnn_input(1), 1, Some(Instant::now() + Duration::from_millis(1)))
+            .await
+            .unwrap_err();
+        assert!(matches!(&late, Error::DeadlineExceeded(m) if m.contains("in the queue; not computed")), "{late:?}");
+        assert!(busy.await.unwrap().is_ok());
+        // Already past: refused before it is queued, inline models too.
+        let mlp = served("digits_v2.onnx");
+        let inline = Executor::start(ExecutorConfig::default()).unwrap();
+        assert!(inline.runs_inline(&mlp));
+        let input = tvec![Tensor::zero::<f32>(&[1, 64]).unwrap().into()];
+        let past = inline.run(mlp, input, 1, Some(Instant::now())).await.unwrap_err();
+        assert!(matches!(past, Error::DeadlineExceeded(_)), "{past:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_at_once_and_shutdown_answers_the_queued() {
+        let e = Arc::new(pool(1, 1));
+        let cnn = served("cnn.onnx");
+        let busy = {
+            let (e, cnn) = (Arc::clone(&e), Arc::clone(&cnn));
+            tokio::spawn(async move { e.run(cnn, cnn_input(16), 16, None).await })
+        };
+        wait_busy(&e);
+        let queued = {
+            let (e, cnn) = (Arc::clone(&e), Arc::clone(&cnn));
+            tokio::spawn(async move { e.run(cnn, cnn_input(1), 1, None).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while e.queued() == 0 {
+            assert!(Instant::now() < deadline, "the second request never queued");
+            tokio::task::yield_now().await;
+        }
+        let refused = e.run(Arc::clone(&cnn), cnn_input(1), 1, None).await.unwrap_err();
+        match refused {
+            Error::ResourceExhausted { message, retry_after } => {
+                assert!(message.contains("queue is full (1 requests waiting for 1 compute threads)"), "{message}");
+                assert!(retry_after >= Duration::from_millis(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(busy.await.unwrap().is_ok());
+        assert!(queued.await.unwrap().is_ok());
+        // Dropping the executor joins its threads (no tract state cached per thread to trip over).
+        let e = Arc::try_unwrap(e).unwrap();
+        drop(e);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_hold_one_model_and_split_back_by_rows() {
+        let e = Executor::start(ExecutorConfig {
+            threads: 1,
+            queue_capacity: 64,
+            inline_max: Duration::ZERO,
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_millis(200),
+        })
+        .unwrap();
+        let mlp = served("digits_v2.onnx");
+        assert!(mlp.model.batchable);
+        let input = |rows: usize, v: f32| tvec![Tensor::from_shape(&[rows, 64], &vec![v; rows * 64]).unwrap().into()];
+        let alone: Vec<TVec<TValue>> = {
+            let mut out = Vec::new();
+            for (rows, v) in [(1, 0.1), (3, 0.5), (2, 0.9)] {
+                out.push(e.run(Arc::clone(&mlp), input(rows, v), rows, None).await.unwrap().0);
+            }
+            out
+        };
+        let (a, b, c) = tokio::join!(
+            e.run(Arc::clone(&mlp), input(1, 0.1), 1, None),
+            e.run(Arc::clone(&mlp), input(3, 0.5), 3, None),
+            e.run(Arc::clone(&mlp), input(2, 0.9), 2, None),
+        );
+        for (got, want) in [a, b, c].into_iter().zip(alone) {
+            let (got, execution) = got.unwrap();
+            assert_eq!(execution.batch_rows, 6, "the three requests ran as one call");
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.shape(), w.shape());
+                let f32s = |t: &TValue| t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec));
+                match (f32s(g), f32s(w)) {
+                    (Ok(g), Ok(w)) => {
+                        for (x, y) in g.iter().zip(w) {
+                            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+                        }
+                    }
+                    _ => assert_eq!(g, w),
+                }
+            }
+        }
+    }
+}
