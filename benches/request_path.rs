@@ -14,6 +14,10 @@ use modeld::model::slot::ServedModel;
 use modeld::serving::{self, Executor, ExecutorConfig, InputRef, Payload};
 use tract_onnx::prelude::{TValue, Tensor, tvec};
 
+/// The server's allocator (src/main.rs), so that the bench measures what the server runs.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn served(file: &str) -> Arc<ServedModel> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
     Arc::new(ServedModel::unregistered(
@@ -30,7 +34,10 @@ fn executors() -> [(&'static str, Executor); 2] {
         ..ExecutorConfig::default()
     };
     [
-        ("modeld_request_path", Executor::start(ExecutorConfig::default()).unwrap()),
+        (
+            "modeld_request_path",
+            Executor::start(ExecutorConfig::default()).unwrap(),
+        ),
         ("modeld_request_path_pool", Executor::start(pool).unwrap()),
     ]
 }
@@ -105,7 +112,10 @@ fn bench_model(
 
 fn request_path(c: &mut Criterion) {
     // As the server runs by default: one current_thread runtime plus the compute threads.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let executors = executors();
     bench_model(c, &rt, &executors, "digits_v2.onnx", "input", &[64], &[1, 8]);
     bench_model(c, &rt, &executors, "cnn.onnx", "image", &[3, 224, 224], &[1, 8]);

@@ -17,9 +17,9 @@ use crate::api::pb::model_registry_server::ModelRegistryServer;
 use crate::api::registry::RegistryService;
 use crate::config::ServeConfig;
 use crate::control::Control;
-use crate::serving::Executor;
 use crate::model::{ModelRoot, Slot};
 use crate::registry::{Origin, Registry};
+use crate::serving::Executor;
 use crate::watch::{self, ReloadConfig};
 
 /// Service names whose health follows the model state.

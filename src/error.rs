@@ -92,8 +92,11 @@ impl From<Error> for tonic::Status {
                 // Two forms of the same hint: RetryInfo in the status details (google.rpc, what
                 // typed clients read) and gRPC's retry pushback trailer (what channels read).
                 let details = tonic_types::ErrorDetails::with_retry_info(Some(retry_after));
-                let mut status =
-                    <tonic::Status as tonic_types::StatusExt>::with_error_details(tonic::Code::ResourceExhausted, message, details);
+                let mut status = <tonic::Status as tonic_types::StatusExt>::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    message,
+                    details,
+                );
                 if let Ok(v) = ms.to_string().parse() {
                     status.metadata_mut().insert("grpc-retry-pushback-ms", v);
                 }

@@ -6,6 +6,13 @@ use tracing_subscriber::EnvFilter;
 
 use std::process::ExitCode;
 
+/// jemalloc, chosen by measurement (docs/benchmarks.md): tract allocates every intermediate
+/// tensor fresh, and glibc's drifting mmap threshold turned that into up to 3,600 page faults
+/// per CNN batch-8 call (40% slower), varying from one process to the next. jemalloc removed
+/// them for ~5 MiB more memory; mimalloc was as fast but used ~50% more memory.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match EnvFilter::try_new(&cli.log) {

@@ -82,7 +82,11 @@ async fn concurrent_requests_are_batched_and_split_back_exactly() {
         let rows = all[start * 64..(start + n) * 64].to_vec();
         let want = want[start * 10..(start + n) * 10].to_vec();
         calls.push(tokio::spawn(async move {
-            let resp = infer.predict(digits_request("digits_v2", &rows)).await.unwrap().into_inner();
+            let resp = infer
+                .predict(digits_request("digits_v2", &rows))
+                .await
+                .unwrap()
+                .into_inner();
             assert_eq!(resp.outputs[0].shape, vec![n as i64, 10]);
             assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-5);
             assert_eq!(resp.outputs[1].shape, vec![n as i64]);
@@ -105,7 +109,10 @@ async fn concurrent_requests_are_batched_and_split_back_exactly() {
         "6 requests sent together within a 300 ms window ran as {} calls: {by_size:?}",
         s.execution_count
     );
-    assert!(by_size.iter().all(|&(size, _)| size <= 8), "a batch exceeded 8 rows: {by_size:?}");
+    assert!(
+        by_size.iter().all(|&(size, _)| size <= 8),
+        "a batch exceeded 8 rows: {by_size:?}"
+    );
     // The per-request overhead is reported beside Triton's fields.
     let inference = s.inference_stats.unwrap();
     let overhead = inference.server_overhead.unwrap();
@@ -159,7 +166,13 @@ async fn a_swap_while_requests_wait_for_a_batch_never_mixes_versions() {
         (0..n)
             .map(|_| {
                 let (mut infer, rows) = (infer.clone(), rows.clone());
-                tokio::spawn(async move { infer.predict(digits_request("active", &rows)).await.unwrap().into_inner() })
+                tokio::spawn(async move {
+                    infer
+                        .predict(digits_request("active", &rows))
+                        .await
+                        .unwrap()
+                        .into_inner()
+                })
             })
             .collect::<Vec<_>>()
     };
@@ -168,7 +181,10 @@ async fn a_swap_while_requests_wait_for_a_batch_never_mixes_versions() {
     let first = send(4);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while server.status().await.in_flight_requests < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "the first requests never arrived");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first requests never arrived"
+        );
         tokio::task::yield_now().await;
     }
     registry.activate_model(activate_req("digits_v1")).await.unwrap();
@@ -246,7 +262,13 @@ async fn a_full_queue_is_refused_at_once_with_a_retry_hint() {
         "{metrics}"
     );
     // Nothing stuck: the server answers normally afterwards.
-    let resp = server.inference().await.predict(cnn_request(1)).await.unwrap().into_inner();
+    let resp = server
+        .inference()
+        .await
+        .predict(cnn_request(1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.outputs[0].shape, vec![1, 10]);
     server.stop().await.unwrap();
 }
@@ -278,7 +300,13 @@ async fn a_request_whose_deadline_passes_in_the_queue_is_not_computed() {
     );
     assert_eq!(busy.await.unwrap().unwrap().into_inner().outputs[0].shape, vec![16, 10]);
     // FIFO: this request is computed after the compute thread has passed the late one.
-    let after = server.inference().await.predict(cnn_request(2)).await.unwrap().into_inner();
+    let after = server
+        .inference()
+        .await
+        .predict(cnn_request(2))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(after.outputs[0].shape, vec![2, 10]);
     let s = &statistics(&server, "cnn").await[0];
     assert_eq!(s.inference_count, 18, "the late request was computed");

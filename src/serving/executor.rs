@@ -209,7 +209,9 @@ impl Executor {
         deadline: Option<Instant>,
     ) -> Result<(TVec<TValue>, Execution)> {
         if deadline.is_some_and(|d| d <= Instant::now()) {
-            return Err(Error::DeadlineExceeded("deadline passed before compute; not computed".into()));
+            return Err(Error::DeadlineExceeded(
+                "deadline passed before compute; not computed".into(),
+            ));
         }
         if self.runs_inline(&model) {
             let t = Instant::now();
@@ -278,7 +280,9 @@ impl Drop for Executor {
         };
         self.shared.work.notify_all();
         for job in stranded {
-            let _ = job.reply.send(Err(Error::Unavailable("server is shutting down".into())));
+            let _ = job
+                .reply
+                .send(Err(Error::Unavailable("server is shutting down".into())));
         }
         for handle in self.handles.drain(..) {
             let _ = handle.join();
@@ -291,7 +295,9 @@ fn run_plan(model: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
     // A panic inside tract must cost one request, not a compute thread or the reactor.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.model.plan.run(inputs))) {
         Ok(Ok(outputs)) => Ok(outputs),
-        Ok(Err(e)) => Err(Error::internal(format!("model {name:?} failed on validated inputs: {e:#}"))),
+        Ok(Err(e)) => Err(Error::internal(format!(
+            "model {name:?} failed on validated inputs: {e:#}"
+        ))),
         Err(_) => Err(Error::internal(format!("model {name:?} panicked on validated inputs"))),
     }
 }
@@ -452,8 +458,13 @@ mod tests {
     use tract_onnx::prelude::tvec;
 
     fn served(file: &str) -> Arc<ServedModel> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
-        Arc::new(ServedModel::unregistered(file, crate::model::load_model(&path, None).unwrap()))
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(file);
+        Arc::new(ServedModel::unregistered(
+            file,
+            crate::model::load_model(&path, None).unwrap(),
+        ))
     }
 
     fn cnn_input(batch: usize) -> TVec<TValue> {
@@ -497,10 +508,18 @@ mod tests {
         };
         wait_busy(&e);
         let late = e
-            .run(Arc::clone(&cnn), cnn_input(1), 1, Some(Instant::now() + Duration::from_millis(1)))
+            .run(
+                Arc::clone(&cnn),
+                cnn_input(1),
+                1,
+                Some(Instant::now() + Duration::from_millis(1)),
+            )
             .await
             .unwrap_err();
-        assert!(matches!(&late, Error::DeadlineExceeded(m) if m.contains("in the queue; not computed")), "{late:?}");
+        assert!(
+            matches!(&late, Error::DeadlineExceeded(m) if m.contains("in the queue; not computed")),
+            "{late:?}"
+        );
         assert!(busy.await.unwrap().is_ok());
         // Already past: refused before it is queued, inline models too.
         let mlp = served("digits_v2.onnx");
@@ -532,7 +551,10 @@ mod tests {
         let refused = e.run(Arc::clone(&cnn), cnn_input(1), 1, None).await.unwrap_err();
         match refused {
             Error::ResourceExhausted { message, retry_after } => {
-                assert!(message.contains("queue is full (1 requests waiting for 1 compute threads)"), "{message}");
+                assert!(
+                    message.contains("queue is full (1 requests waiting for 1 compute threads)"),
+                    "{message}"
+                );
                 assert!(retry_after >= Duration::from_millis(1));
             }
             other => panic!("{other:?}"),
@@ -575,7 +597,10 @@ mod tests {
             assert_eq!(got.len(), want.len());
             for (g, w) in got.iter().zip(&want) {
                 assert_eq!(g.shape(), w.shape());
-                let f32s = |t: &TValue| t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec));
+                let f32s = |t: &TValue| {
+                    t.try_as_plain_ram()
+                        .and_then(|v| v.as_slice::<f32>().map(<[f32]>::to_vec))
+                };
                 match (f32s(g), f32s(w)) {
                     (Ok(g), Ok(w)) => {
                         for (x, y) in g.iter().zip(w) {
