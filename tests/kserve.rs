@@ -93,6 +93,14 @@ async fn server_and_model_metadata_config_and_readiness() {
         assert_eq!(cfg.input[0].dims, per_item, "config dims leave out the batch dim");
         assert_eq!(cfg.input[0].data_type, kv::DataType::TypeFp32 as i32);
         assert_eq!(cfg.platform, "tract_onnx");
+        match cfg.scheduling_choice {
+            Some(kv::model_config::SchedulingChoice::DynamicBatching(b)) => {
+                assert_eq!(b.max_queue_delay_microseconds, 0, "the default delay");
+            }
+            other => panic!("dynamic batching is on by default: {other:?}"),
+        }
+        let cores = std::thread::available_parallelism().unwrap().get() as i32;
+        assert_eq!(cfg.instance_group[0].count, cores, "one compute thread per core");
     }
     let m = c
         .model_metadata(kv::ModelMetadataRequest {

@@ -15,7 +15,7 @@ use crate::control::{ACTIVE_ALIAS, Control};
 use crate::error::{Error, Result};
 use crate::model::{DataType, Signature};
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
-use crate::serving::{InputRef, OutputData, OutputTensor, Payload};
+use crate::serving::{Executor, ExecutorConfig, InputRef, OutputData, OutputTensor, Payload};
 
 /// `platform` reported in metadata and config: honest about the engine.
 pub const PLATFORM: &str = "tract_onnx";
@@ -223,7 +223,7 @@ fn batched(sig: &Signature) -> bool {
     sig.inputs.iter().chain(&sig.outputs).all(|t| t.has_batch_dim())
 }
 
-fn model_config(requested: &str, record: &ModelRecord) -> Result<pb::ModelConfig> {
+fn model_config(requested: &str, record: &ModelRecord, engine: Option<&ExecutorConfig>) -> Result<pb::ModelConfig> {
     let sig = record.signature()?;
     let batch = batched(&sig);
     let dims = |shape: &[i64]| if batch { shape[1..].to_vec() } else { shape.to_vec() };
@@ -254,10 +254,18 @@ fn model_config(requested: &str, record: &ModelRecord) -> Result<pb::ModelConfig
             .collect(),
         instance_group: vec![pb::ModelInstanceGroup {
             name: record.model_name.clone(),
-            count: 1,
+            count: engine.map_or(1, |e| i32::try_from(e.threads).unwrap_or(i32::MAX)),
             kind: pb::model_instance_group::Kind::Cpu.into(),
         }],
         default_model_filename: record.file_path.clone(),
+        // The server-wide batching settings, as Triton states them per model.
+        scheduling_choice: engine.filter(|e| batch && e.max_batch_size > 1).map(|e| {
+            pb::model_config::SchedulingChoice::DynamicBatching(pb::ModelDynamicBatching {
+                preferred_batch_size: Vec::new(),
+                max_queue_delay_microseconds: e.max_queue_delay.as_micros() as u64,
+                preserve_ordering: false,
+            })
+        }),
         ..Default::default()
     })
 }
@@ -383,7 +391,11 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             name
         };
         Ok(Response::new(pb::ModelConfigResponse {
-            config: Some(model_config(&shown, &record)?),
+            config: Some(model_config(
+                &shown,
+                &record,
+                self.control.executor().map(Executor::config).as_ref(),
+            )?),
         }))
     }
 
