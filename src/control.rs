@@ -166,9 +166,7 @@ impl Control {
         let model = self.model_for(name).await?;
         match serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline).await {
             Ok(done) => {
-                let rows = serving::batch_rows(&model, inputs) as u64;
-                self.stats
-                    .success(&model.record, rows, &done.timings, started.elapsed());
+                self.stats.success(&model.record, &done.timings, started.elapsed());
                 Ok(done)
             }
             Err(e) => {

@@ -70,6 +70,18 @@ pub struct Execution {
     pub leader: bool,
 }
 
+impl Execution {
+    /// A call that computed one request alone.
+    fn alone(queue: Duration, compute: Duration, rows: usize) -> Self {
+        Self {
+            queue,
+            compute,
+            batch_rows: rows,
+            leader: true,
+        }
+    }
+}
+
 type Reply = oneshot::Sender<Result<(TVec<TValue>, Execution)>>;
 
 struct Job {
@@ -216,13 +228,7 @@ impl Executor {
         if self.runs_inline(&model) {
             let t = Instant::now();
             let outputs = run_plan(&model, inputs)?;
-            let execution = Execution {
-                queue: Duration::ZERO,
-                compute: t.elapsed(),
-                batch_rows: rows,
-                leader: true,
-            };
-            return Ok((outputs, execution));
+            return Ok((outputs, Execution::alone(Duration::ZERO, t.elapsed(), rows)));
         }
         let (reply, answer) = oneshot::channel();
         {
@@ -380,15 +386,8 @@ fn execute(batch: Vec<Job>) {
             let Some(job) = live.into_iter().next() else { return };
             let queue = started - job.enqueued;
             let t = Instant::now();
-            let result = run_plan(&job.model, job.inputs).map(|outputs| {
-                let execution = Execution {
-                    queue,
-                    compute: t.elapsed(),
-                    batch_rows: job.rows,
-                    leader: true,
-                };
-                (outputs, execution)
-            });
+            let result = run_plan(&job.model, job.inputs)
+                .map(|outputs| (outputs, Execution::alone(queue, t.elapsed(), job.rows)));
             let _ = job.reply.send(result);
         }
         _ => execute_batched(live, started),

@@ -29,6 +29,8 @@ pub struct Timings {
     pub batch_rows: usize,
     /// Whether this request reports that call in the statistics (one request per call does).
     pub leader: bool,
+    /// Samples in this request itself.
+    pub rows: usize,
 }
 
 /// The outcome of one inference.
@@ -74,6 +76,7 @@ pub async fn infer(
         encode: t.elapsed(),
         batch_rows: execution.batch_rows,
         leader: execution.leader,
+        rows,
     };
     tracing::debug!(
         model = %model.record.model_name,
@@ -93,7 +96,7 @@ pub async fn infer(
 }
 
 /// Samples in a request: the leading dimension when the model has a batch dimension, else 1.
-pub fn batch_rows(model: &ServedModel, inputs: &[InputRef<'_>]) -> usize {
+fn batch_rows(model: &ServedModel, inputs: &[InputRef<'_>]) -> usize {
     match (model.model.signature.inputs.first(), inputs.first()) {
         (Some(spec), Some(input)) if spec.has_batch_dim() => {
             input.shape.first().map_or(1, |&n| usize::try_from(n).unwrap_or(0))

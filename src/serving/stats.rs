@@ -24,6 +24,11 @@ impl Tally {
         self.count += 1;
         self.ns = self.ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
+
+    fn merge(&mut self, other: Tally) {
+        self.count += other.count;
+        self.ns = self.ns.saturating_add(other.ns);
+    }
 }
 
 /// One model's statistics since the server started.
@@ -105,15 +110,15 @@ impl Stats {
         f(entry);
     }
 
-    /// Records a successful request of `rows` samples; its execution too when it leads one.
-    pub fn success(&self, model: &ModelRecord, rows: u64, t: &Timings, total: Duration) {
+    /// Records a successful request; its execution too when it leads one.
+    pub fn success(&self, model: &ModelRecord, t: &Timings, total: Duration) {
         self.with(model, |s| {
             s.success.add(total);
             s.queue.add(t.queue);
             s.compute_input.add(t.decode);
             s.compute_infer.add(t.compute);
             s.compute_output.add(t.encode);
-            s.inference_count += rows;
+            s.inference_count += t.rows as u64;
             if t.leader {
                 s.execution_count += 1;
                 let b = s.batches.entry(t.batch_rows as u64).or_default();
@@ -153,8 +158,7 @@ impl Stats {
                         (&mut m.compute_infer, s.compute_infer),
                         (&mut m.compute_output, s.compute_output),
                     ] {
-                        a.count += b.count;
-                        a.ns = a.ns.saturating_add(b.ns);
+                        a.merge(b);
                     }
                     m.inference_count += s.inference_count;
                     m.execution_count += s.execution_count;
@@ -167,8 +171,7 @@ impl Stats {
                             (&mut into.compute_infer, b.compute_infer),
                             (&mut into.compute_output, b.compute_output),
                         ] {
-                            a.count += b.count;
-                            a.ns = a.ns.saturating_add(b.ns);
+                            a.merge(b);
                         }
                     }
                     m.last_inference_ms = m.last_inference_ms.max(s.last_inference_ms);
