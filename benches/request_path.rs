@@ -1,16 +1,18 @@
-//! Request-path overhead: raw tract run vs modeld's in-process path (validate + build tensors
+//! Request-path overhead: a raw engine run vs modeld's in-process path (validate + build tensors
 //! from raw bytes -> executor (inline or compute pool) -> run -> encode raw outputs) on the same
-//! plan. Run with `cargo bench --bench request_path`.
+//! model, for tract and, when ONNX Runtime's library is at hand (`MODELD_ONNXRUNTIME_LIB`, or
+//! `scripts/onnxruntime.sh`'s download), for ONNX Runtime side by side.
+//! Run with `cargo bench --bench request_path`.
 //!
 //! After criterion's groups it prints the per-request server overhead as the server itself
-//! measures it (time in the request path minus tract compute), median over many requests.
+//! measures it (time in the request path minus engine compute), median over many requests.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use modeld::model::load_model;
 use modeld::model::slot::ServedModel;
+use modeld::model::{EngineKind, EngineSettings, load_model};
 use modeld::serving::{self, Executor, ExecutorConfig, InputRef, Payload};
 use tract_onnx::prelude::{TValue, Tensor, tvec};
 
@@ -18,12 +20,40 @@ use tract_onnx::prelude::{TValue, Tensor, tvec};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn served(file: &str) -> Arc<ServedModel> {
+fn served(file: &str, engine: EngineKind) -> Arc<ServedModel> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
-    Arc::new(ServedModel::unregistered(
-        file,
-        load_model(&path, None).expect("bundled model loads"),
-    ))
+    let settings = EngineSettings {
+        preferred: engine,
+        concurrency: 2,
+    };
+    let model = load_model(&path, None, settings).expect("bundled model loads");
+    assert_eq!(model.engine.kind(), engine, "{:?}", model.engine_note);
+    Arc::new(ServedModel::unregistered(file, model))
+}
+
+/// The engines to compare: tract, and ONNX Runtime when its library loads.
+fn engines() -> Vec<EngineKind> {
+    let library = std::env::var_os("MODELD_ONNXRUNTIME_LIB")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let out = std::process::Command::new("bash")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/onnxruntime.sh"))
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().into())
+        });
+    match modeld::model::engine::prepare(EngineKind::Onnxruntime, library.as_deref()) {
+        Ok(what) => {
+            println!("comparing tract with {what}");
+            vec![EngineKind::Tract, EngineKind::Onnxruntime]
+        }
+        Err(why) => {
+            println!("tract only: {why}");
+            vec![EngineKind::Tract]
+        }
+    }
 }
 
 /// The two executors compared: the server's defaults (the MLP runs inline, the CNN on the
@@ -51,62 +81,74 @@ fn bench_model(
     per_item: &[usize],
     batches: &[usize],
 ) {
-    let model = served(file);
-    for &batch in batches {
-        let mut group = c.benchmark_group(format!("{file}/batch{batch}"));
-        group.throughput(Throughput::Elements(batch as u64));
-        let mut shape = vec![batch];
-        shape.extend_from_slice(per_item);
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|i| ((i % 97) as f32) / 97.0).collect();
-        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let tensor = Tensor::from_shape(&shape, &values).unwrap();
-        let plan = model.model.plan.clone();
-        group.bench_function(BenchmarkId::new("tract_run", batch), |b| {
-            b.iter(|| plan.run(tvec![TValue::from(tensor.clone())]).unwrap())
+    for engine in engines() {
+        let model = served(file, engine);
+        for &batch in batches {
+            bench_batch(c, rt, executors, file, &model, input, per_item, batch);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_batch(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    executors: &[(&'static str, Executor)],
+    file: &str,
+    model: &Arc<ServedModel>,
+    input: &str,
+    per_item: &[usize],
+    batch: usize,
+) {
+    let engine = model.model.engine.kind();
+    let mut group = c.benchmark_group(format!("{file}/batch{batch}"));
+    group.throughput(Throughput::Elements(batch as u64));
+    let mut shape = vec![batch];
+    shape.extend_from_slice(per_item);
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|i| ((i % 97) as f32) / 97.0).collect();
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tensor = Tensor::from_shape(&shape, &values).unwrap();
+    group.bench_function(BenchmarkId::new(format!("{engine}_run"), batch), |b| {
+        b.iter(|| model.model.engine.run(tvec![TValue::from(tensor.clone())]).unwrap())
+    });
+    let shape_i64: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    let inputs = [InputRef {
+        name: input,
+        datatype: "FP32",
+        shape: &shape_i64,
+        payload: Payload::Raw(&raw),
+    }];
+    // The pool variant only where it differs from the default (a model that runs inline).
+    let compared = |name: &str| !name.ends_with("_pool") || executors[0].1.runs_inline(model);
+    for (name, executor) in executors.iter().filter(|(name, _)| compared(name)) {
+        group.bench_function(BenchmarkId::new(format!("{engine}_{name}"), batch), |b| {
+            b.to_async(rt).iter(|| {
+                let model = Arc::clone(model);
+                let inputs = &inputs;
+                async move { serving::infer(executor, model, inputs, true, None).await.unwrap() }
+            })
         });
-        let shape_i64: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        let inputs = [InputRef {
-            name: input,
-            datatype: "FP32",
-            shape: &shape_i64,
-            payload: Payload::Raw(&raw),
-        }];
-        for (name, executor) in executors {
-            if name.ends_with("_pool") && !executors[0].1.runs_inline(&model) {
-                continue; // the same path as the default for a model that is not inline
+    }
+    group.finish();
+    for (name, executor) in executors.iter().filter(|(name, _)| compared(name)) {
+        let runs = if model.model.cost.as_micros() < 200 { 5000 } else { 50 };
+        let mut overhead: Vec<u128> = rt.block_on(async {
+            let mut all = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                let t = std::time::Instant::now();
+                let done = serving::infer(executor, Arc::clone(model), &inputs, true, None)
+                    .await
+                    .unwrap();
+                all.push(t.elapsed().saturating_sub(done.timings.compute).as_nanos());
             }
-            group.bench_function(BenchmarkId::new(*name, batch), |b| {
-                b.to_async(rt).iter(|| {
-                    let model = Arc::clone(&model);
-                    let inputs = &inputs;
-                    async move { serving::infer(executor, model, inputs, true, None).await.unwrap() }
-                })
-            });
-        }
-        group.finish();
-        for (name, executor) in executors {
-            if name.ends_with("_pool") && !executors[0].1.runs_inline(&model) {
-                continue;
-            }
-            let runs = if model.model.cost.as_micros() < 200 { 5000 } else { 50 };
-            let mut overhead: Vec<u128> = rt.block_on(async {
-                let mut all = Vec::with_capacity(runs);
-                for _ in 0..runs {
-                    let t = std::time::Instant::now();
-                    let done = serving::infer(executor, Arc::clone(&model), &inputs, true, None)
-                        .await
-                        .unwrap();
-                    all.push(t.elapsed().saturating_sub(done.timings.compute).as_nanos());
-                }
-                all
-            });
-            overhead.sort_unstable();
-            println!(
-                "{file}/batch{batch} {name}: per-request server overhead (path minus tract compute), median of {runs}: {:.1} µs",
-                overhead[runs / 2] as f64 / 1000.0
-            );
-        }
+            all
+        });
+        overhead.sort_unstable();
+        println!(
+            "{file}/batch{batch} {engine}_{name}: per-request server overhead (path minus engine compute), median of {runs}: {:.1} µs",
+            overhead[runs / 2] as f64 / 1000.0
+        );
     }
 }
 
@@ -123,10 +165,12 @@ fn request_path(c: &mut Criterion) {
 
 fn slot_and_load(c: &mut Criterion) {
     let slot = modeld::model::Slot::new();
-    slot.publish(served("digits_v2.onnx"));
+    slot.publish(served("digits_v2.onnx", EngineKind::Tract));
     c.bench_function("slot/load_full", |b| b.iter(|| slot.load()));
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v2.onnx");
-    c.bench_function("model_load/digits_v2", |b| b.iter(|| load_model(&path, None).unwrap()));
+    c.bench_function("model_load/digits_v2", |b| {
+        b.iter(|| load_model(&path, None, EngineSettings::default()).unwrap())
+    });
 }
 
 criterion_group!(benches, request_path, slot_and_load);

@@ -16,6 +16,10 @@ Outputs (all small):
   examples/*.json      one evaluation image as `modeld predict` input, a Predict request and a
                        KServe v2 ModelInfer request
   models.json          the seed manifest modeld registers on first start with an empty registry
+  testdata/engines_disagree.onnx
+                       a float-to-int32 cast of out-of-range values, which the ONNX spec leaves
+                       undefined: tract saturates, onnxruntime does not (the engines' cross-check
+                       test)
 """
 import json
 import pathlib
@@ -110,6 +114,23 @@ def cnn_input(batch):
     return x.astype(np.float32).reshape(batch, 3, 224, 224)
 
 
+def engines_disagree_graph():
+    """y = int32(x * 1e10): out of int32's range for x > 0.22, where the spec leaves the cast
+    undefined and the engines differ (tract saturates to 2147483647, onnxruntime's x86 build
+    gives -2147483648)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, ["N", 4])
+    scale = numpy_helper.from_array(np.array([1e10], dtype=np.float32), "scale")
+    nodes = [helper.make_node("Mul", ["x", "scale"], ["big"], name="scale_up"),
+             helper.make_node("Cast", ["big"], ["y"], to=TensorProto.INT32, name="to_int32")]
+    graph = helper.make_graph(nodes, "engines_disagree", [x], [y], [scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="modeld/models/make_models.py",
+                              doc_string="Engines disagree on out-of-range casts (tests).")
+    model.ir_version = 8
+    return model
+
+
 def run_ort(path, feeds):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -138,6 +159,8 @@ def main():
         "Digits classifier v2: MLP with 32 hidden units (scikit-learn digits).")
     p1, p2 = save(m1, "digits_v1.onnx"), save(m2, "digits_v2.onnx")
     p3 = save(cnn_graph(rng), "cnn.onnx")
+    (HERE / "testdata").mkdir(exist_ok=True)
+    save(engines_disagree_graph(), "testdata/engines_disagree.onnx")
 
     (HERE / "eval").mkdir(exist_ok=True)
     (HERE / "expected").mkdir(exist_ok=True)

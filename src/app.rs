@@ -17,7 +17,7 @@ use crate::api::pb::model_registry_server::ModelRegistryServer;
 use crate::api::registry::RegistryService;
 use crate::config::ServeConfig;
 use crate::control::Control;
-use crate::model::{ModelRoot, Slot};
+use crate::model::{EngineSettings, ModelRoot, Slot};
 use crate::registry::{Origin, Registry};
 use crate::serving::Executor;
 use crate::watch::{self, ReloadConfig};
@@ -35,6 +35,27 @@ pub async fn control(registry: &crate::config::RegistryArgs, origin: Origin) -> 
         .await
         .context("opening the model registry")?;
     Ok(Control::new(db.with_origin(origin), root, Arc::new(Slot::new())))
+}
+
+/// Loads the preferred engine's library (once per process) and says in the logs what will
+/// compute models; the settings size ONNX Runtime's sessions to the threads that may run a
+/// model at once: the compute threads, and the runtime threads that run cheap models inline.
+fn engine_settings(args: &crate::config::EngineArgs, executor: &Executor) -> EngineSettings {
+    match crate::model::engine::prepare(args.engine, args.onnxruntime_lib.as_deref()) {
+        Ok(what) => tracing::info!(engine = %args.engine, "models are computed by {what}"),
+        Err(why) => tracing::warn!(
+            engine = %args.engine,
+            "{why}; models are computed by tract instead"
+        ),
+    }
+    let runtime = match args.runtime_threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    EngineSettings {
+        preferred: args.engine,
+        concurrency: executor.config().threads + runtime,
+    }
 }
 
 /// This host's name, for server names and event origins.
@@ -87,6 +108,8 @@ pub async fn serve_with(
         .server_name
         .clone()
         .unwrap_or_else(|| format!("modeld-{}-{}", hostname(), std::process::id()));
+    let executor = Executor::start(config.engine.executor_config())?;
+    let engine = engine_settings(&config.engine, &executor);
     let control = Arc::new(
         control(
             &config.registry,
@@ -96,7 +119,7 @@ pub async fn serve_with(
             },
         )
         .await?
-        .serving(Executor::start(config.engine.executor_config())?),
+        .serving(executor, engine),
     );
 
     if !config.no_seed {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::model::EngineKind;
 use crate::registry::redact_url;
 use crate::serving::ExecutorConfig;
 
@@ -156,9 +157,19 @@ pub struct EngineArgs {
     /// 0 batches only what is already queued (no added latency).
     #[arg(long, env = "MODELD_MAX_QUEUE_DELAY_US", default_value_t = 0)]
     pub max_queue_delay_us: u64,
-    /// Turn dynamic batching off: every request is its own tract call.
+    /// Turn dynamic batching off: every request is its own engine call.
     #[arg(long, env = "MODELD_NO_BATCHING")]
     pub no_batching: bool,
+    /// The engine that computes models. `onnxruntime` loads ONNX Runtime's shared library at
+    /// start-up and uses it for every model it compiles and whose outputs match tract's on a
+    /// test input; any other model, or every model when the library cannot be loaded, is
+    /// computed by tract, and the logs and status say why.
+    #[arg(long = "engine", env = "MODELD_ENGINE", value_enum, default_value_t = EngineKind::Tract)]
+    pub engine: EngineKind,
+    /// ONNX Runtime's shared library (`libonnxruntime.so.1.31.1` of the PyPI wheel, or a release
+    /// archive's). Default: `ORT_DYLIB_PATH`, else `libonnxruntime.so` on the loader's path.
+    #[arg(long, env = "MODELD_ONNXRUNTIME_LIB")]
+    pub onnxruntime_lib: Option<PathBuf>,
 }
 
 impl Default for EngineArgs {
@@ -172,6 +183,8 @@ impl Default for EngineArgs {
             max_batch_size: e.max_batch_size as u64,
             max_queue_delay_us: e.max_queue_delay.as_micros() as u64,
             no_batching: false,
+            engine: EngineKind::Tract,
+            onnxruntime_lib: None,
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
-use crate::model::{LoadedModel, ModelRoot, Slot, load_model};
+use crate::model::{EngineKind, EngineSettings, LoadedModel, ModelRoot, Slot, load_model};
 use crate::registry::{ActivationMeta, EventKind, ModelChanges, ModelRecord, ModelRef, NewModel, Registry};
 use crate::serving::stats::Stats;
 use crate::serving::{self, Executor, Inference, InputRef};
@@ -110,6 +110,8 @@ pub struct Control {
     stats: Stats,
     /// Where inference runs; only a serving process has one.
     executor: Option<Executor>,
+    /// Which engine models are loaded for.
+    engine: EngineSettings,
 }
 
 /// Counts a request as in flight until dropped.
@@ -135,6 +137,7 @@ impl Control {
             in_flight: AtomicU64::new(0),
             stats: Stats::default(),
             executor: None,
+            engine: EngineSettings::default(),
         }
     }
 
@@ -166,7 +169,12 @@ impl Control {
         let model = self.model_for(name).await?;
         match serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline).await {
             Ok(done) => {
-                self.stats.success(&model.record, &done.timings, started.elapsed());
+                self.stats.success(
+                    &model.record,
+                    model.model.engine.kind(),
+                    &done.timings,
+                    started.elapsed(),
+                );
                 Ok(done)
             }
             Err(e) => {
@@ -181,12 +189,32 @@ impl Control {
         self.executor.as_ref()
     }
 
-    /// Marks this control as the one of a server that runs inference on `executor`: publishes
-    /// are recorded as `reloaded` events.
-    pub fn serving(mut self, executor: Executor) -> Self {
+    /// Marks this control as the one of a server that runs inference on `executor`, with
+    /// models loaded for `engine`: publishes are recorded as `reloaded` events.
+    pub fn serving(mut self, executor: Executor, engine: EngineSettings) -> Self {
         self.serving = true;
         self.executor = Some(executor);
+        self.engine = engine;
         self
+    }
+
+    /// Which engine models are loaded for.
+    pub fn engine_settings(&self) -> EngineSettings {
+        self.engine
+    }
+
+    /// The engine that computes `record`'s model: the served model's own, else the one a load
+    /// here would try first (the preferred engine when its library is loaded, else tract).
+    pub fn engine_for(&self, record: &ModelRecord) -> EngineKind {
+        match self.slot.load() {
+            Some(served) if served.record.model_id == record.model_id => served.model.engine.kind(),
+            _ if self.engine.preferred == EngineKind::Onnxruntime
+                && matches!(crate::model::engine::onnxruntime_status(), Some(Ok(_))) =>
+            {
+                EngineKind::Onnxruntime
+            }
+            _ => EngineKind::Tract,
+        }
     }
 
     /// This process's reload status.
@@ -237,7 +265,7 @@ impl Control {
         } else {
             None
         };
-        let loaded = load_blocking(path, None).await?;
+        let loaded = load_blocking(path, None, self.engine).await?;
         let new = NewModel {
             model_name: reg.name.clone(),
             version: reg.version,
@@ -366,7 +394,7 @@ impl Control {
             Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
             other => other,
         })?;
-        load_blocking(path, Some(record.checksum_sha256.clone())).await
+        load_blocking(path, Some(record.checksum_sha256.clone()), self.engine).await
     }
 
     /// Makes the slot serve what the registry names as active (reload source: another process,
@@ -443,7 +471,7 @@ impl Control {
                 record.file_path, record.checksum_sha256
             )));
         }
-        let loaded = load_blocking(path, None).await?;
+        let loaded = load_blocking(path, None, self.engine).await?;
         let size = i64::try_from(loaded.size_bytes).map_err(Error::internal)?;
         let detail = format!("file changed: sha256 {} -> {}", record.checksum_sha256, loaded.sha256);
         let updated = self
@@ -492,6 +520,15 @@ impl Control {
     }
 
     fn publish(&self, record: ModelRecord, model: LoadedModel) {
+        let (engine, note) = (model.engine.kind(), model.engine_note.as_deref().unwrap_or(""));
+        let (name, version) = (&record.model_name, &record.version);
+        let cost_us = model.cost.as_micros() as u64;
+        if engine == self.engine.preferred {
+            tracing::info!(model = %name, %version, %engine, note, cost_us, batchable = model.batchable, "serving");
+        } else {
+            // Not what the operator asked for: worth a warning.
+            tracing::warn!(model = %name, %version, %engine, note, cost_us, batchable = model.batchable, "serving with {engine}: {note}");
+        }
         self.slot.publish(Arc::new(ServedModel { record, model }));
     }
 
@@ -604,8 +641,8 @@ struct SeedModel {
 
 /// Runs the CPU-heavy load on a blocking thread; a panic inside tract becomes an error, never a
 /// crash and never a published model.
-async fn load_blocking(path: PathBuf, expected_sha256: Option<String>) -> Result<LoadedModel> {
-    tokio::task::spawn_blocking(move || load_model(&path, expected_sha256.as_deref()))
+async fn load_blocking(path: PathBuf, expected_sha256: Option<String>, engine: EngineSettings) -> Result<LoadedModel> {
+    tokio::task::spawn_blocking(move || load_model(&path, expected_sha256.as_deref(), engine))
         .await
         .map_err(|e| Error::FailedPrecondition(format!("loading the model crashed: {e}")))?
 }

@@ -90,11 +90,12 @@ pub fn render(control: &Control) -> String {
         let r = &s.record;
         let _ = writeln!(
             out,
-            "modeld_serving_info{{model_id=\"{}\",model=\"{}\",version=\"{}\",sha256=\"{}\"}} 1",
+            "modeld_serving_info{{model_id=\"{}\",model=\"{}\",version=\"{}\",sha256=\"{}\",engine=\"{}\"}} 1",
             r.model_id,
             label(&r.model_name),
             label(&r.version),
-            r.checksum_sha256
+            r.checksum_sha256,
+            s.model.engine.kind()
         );
     }
     let stats = control.stats().snapshot();
@@ -119,7 +120,7 @@ pub fn render(control: &Control) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP modeld_executions_total tract calls by batch size (rows per call).\n# TYPE modeld_executions_total counter"
+        "# HELP modeld_executions_total Engine calls by batch size (rows per call).\n# TYPE modeld_executions_total counter"
     );
     for s in &stats {
         for (size, b) in &s.batches {
@@ -134,7 +135,7 @@ pub fn render(control: &Control) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP modeld_request_overhead_seconds_total Time in the server minus tract compute, successful requests.\n# TYPE modeld_request_overhead_seconds_total counter"
+        "# HELP modeld_request_overhead_seconds_total Time in the server minus engine compute, successful requests.\n# TYPE modeld_request_overhead_seconds_total counter"
     );
     for s in &stats {
         let _ = writeln!(

@@ -227,3 +227,21 @@ async fn cli_changes_reach_the_registry_a_server_uses_and_predict_prints_outputs
         .into_inner();
     assert_eq!(active.model.unwrap().model_name, "digits_v1");
 }
+
+#[tokio::test]
+async fn an_unknown_engine_is_refused_before_anything_starts() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    let (ok, _, err) = modeld(
+        &db.url,
+        root.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--engine", "tensorrt"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("invalid value 'tensorrt' for '--engine <ENGINE>'")
+            && err.contains("[possible values: tract, onnxruntime]"),
+        "{err}"
+    );
+}

@@ -1,6 +1,7 @@
 """Turns one harness run directory into the markdown report (printed to stdout).
 
-Reads RUN_DIR/env.txt, the perf_analyzer CSVs RUN_DIR/{modeld,mlserver}_{model}_c{N}.csv and
+Reads RUN_DIR/env.txt, the perf_analyzer CSVs RUN_DIR/{server}_{model}_c{N}.csv (servers:
+modeld with tract, modeld_ort with onnxruntime, mlserver) and
 RUN_DIR/swap/{steady,swapping}.csv with RUN_DIR/swap/summary.json. A run whose CSV is missing
 (perf_analyzer failed or could not stabilise) shows as "failed", with the log to read.
 
@@ -14,6 +15,8 @@ import re
 import sys
 
 MODELS = [("digits_v2", "digits_v2 (MLP)"), ("cnn", "cnn")]
+# CSV prefix, column label.
+SERVERS = [("modeld", "modeld [tract]"), ("modeld_ort", "modeld [onnxruntime]"), ("mlserver", "MLServer")]
 
 
 def read_csv(path):
@@ -80,32 +83,48 @@ def main():
     p(f"- MLServer {env.get('mlserver')}, onnxruntime {env.get('onnxruntime')} "
       f"(1 intra-op thread per session, session.run {env.get('mlserver_ort_run', '?')}), "
       f"Python {env.get('python')}, parallel_workers 0")
+    p(f"- modeld engines: {env.get('modeld_engines', 'tract')}; ONNX Runtime library for modeld: "
+      f"{env.get('modeld_onnxruntime_lib', 'none')}")
     p(f"- {env.get('settings')}")
     p("")
-    p("Ratios are modeld / MLServer: throughput above 1 and p50 below 1 favour modeld.")
+    # The servers this run measured (a failed run still leaves its CSV.log).
+    models = "|".join(m for m, _ in MODELS)
+    servers = [sv for sv in SERVERS
+               if any(re.fullmatch(rf"{sv[0]}_({models})_c\d+\.csv(\.log)?", n)
+                      for n in os.listdir(run))]
+    modelds = [sv for sv in servers if sv[0] != "mlserver"]
+    p("Ratios are modeld / MLServer: throughput above 1 and p50 below 1 favour modeld. "
+      "modeld's engine is named in brackets.")
     p("")
-    p("| model | concurrency | modeld infer/s | MLServer infer/s | throughput ratio "
-      "| modeld p50 | MLServer p50 | p50 ratio | modeld p99 | MLServer p99 |")
-    p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = ["model", "concurrency"]
+    head += [f"{label} infer/s" for _, label in servers]
+    head += [f"{label} / MLServer throughput" for _, label in modelds]
+    head += [f"{label} p50" for _, label in servers]
+    head += [f"{label} / MLServer p50" for _, label in modelds]
+    head += [f"{label} p99" for _, label in servers]
+    p("| " + " | ".join(head) + " |")
+    p("|" + " --- |" * len(head))
     failed, unstable = [], []
     for model, label in MODELS:
         for c in concurrencies:
             r, mark = {}, {}
-            for server in ("modeld", "mlserver"):
+            for server, _ in servers:
                 name = f"{server}_{model}_c{c}.csv"
-                r[server] = read_csv(os.path.join(run, name))
+                r[server] = read_csv(os.path.join(run, name)) or {}
                 mark[server] = ""
-                if r[server] is None:
+                if not r[server]:
                     failed.append(f"{name}.log")
                 elif os.path.exists(os.path.join(run, name + ".unstable")):
                     unstable.append(name)
                     mark[server] = " *"
-            md, ml = r["modeld"] or {}, r["mlserver"] or {}
-            a, b = mark["modeld"], mark["mlserver"]
-            p(f"| {label} | {c} | {tput(md.get('tput'))}{a} | {tput(ml.get('tput'))}{b} "
-              f"| {ratio(md.get('tput'), ml.get('tput'))} | {us(md.get('p50'))}{a} "
-              f"| {us(ml.get('p50'))}{b} | {ratio(md.get('p50'), ml.get('p50'))} "
-              f"| {us(md.get('p99'))}{a} | {us(ml.get('p99'))}{b} |")
+            ml = r.get("mlserver", {})
+            row = [label, str(c)]
+            row += [tput(r[sv].get("tput")) + mark[sv] for sv, _ in servers]
+            row += [ratio(r[sv].get("tput"), ml.get("tput")) for sv, _ in modelds]
+            row += [us(r[sv].get("p50")) + mark[sv] for sv, _ in servers]
+            row += [ratio(r[sv].get("p50"), ml.get("p50")) for sv, _ in modelds]
+            row += [us(r[sv].get("p99")) + mark[sv] for sv, _ in servers]
+            p("| " + " | ".join(row) + " |")
     if unstable:
         p("")
         p("\\* did not stabilise within the stability threshold; measured once more over three "

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Load test: perf_analyzer against modeld and Seldon MLServer side by side, in one run on one
-# machine, then a swap-under-load run on modeld (swap.sh). See benches/load/README.md.
+# Load test: perf_analyzer against modeld (tract engine), modeld (onnxruntime engine) and Seldon
+# MLServer side by side, in one run on one machine, then a swap-under-load run on modeld
+# (swap.sh). See benches/load/README.md.
 #
 #   bash benches/load/run.sh              # builds modeld (release), installs the tools, ~6-8 min
 #   MODELD_BIN=/path/to/modeld bash benches/load/run.sh   # use an already-built binary
 #
 # Knobs (environment): LOAD_OUT (target/load), LOAD_CONCURRENCY ("1 4 16"), LOAD_INTERVAL_MS
-# (4000), LOAD_STABILITY (15, %), LOAD_MAX_TRIALS (8), LOAD_SKIP_SWAP (unset), and those of
+# (4000), LOAD_STABILITY (15, %), LOAD_MAX_TRIALS (8), LOAD_SKIP_SWAP (unset), LOAD_ENGINES
+# ("tract onnxruntime": the modeld engines measured; the library comes from
+# scripts/onnxruntime.sh), and those of
 # swap.sh (SWAP_COUNT, SWAP_SECONDS, SWAP_POLL_MS), MODELD_BENCH_ORT_POOL=1 (MLServer runs
 # onnxruntime on a thread pool; see mlserver/onnx_runtime.py). MODELD_* variables reach
 # `modeld serve` as usual (e.g. MODELD_RUNTIME_THREADS=2).
@@ -19,6 +22,7 @@ concurrency="${LOAD_CONCURRENCY:-1 4 16}"
 interval_ms="${LOAD_INTERVAL_MS:-4000}"
 stability="${LOAD_STABILITY:-15}"
 max_trials="${LOAD_MAX_TRIALS:-8}"
+engines="${LOAD_ENGINES:-tract onnxruntime}"
 t_start=$SECONDS
 
 trap stop_all EXIT
@@ -28,6 +32,11 @@ trap 'exit 130' INT TERM
 modeld_bin
 log "installing/checking perf_analyzer (tests/clients/setup.sh)"
 tool_env
+ort_lib=""
+if [[ " $engines " == *" onnxruntime "* ]]; then
+  log "fetching ONNX Runtime's library for modeld (scripts/onnxruntime.sh)"
+  ort_lib="$(bash "$repo/scripts/onnxruntime.sh")"
+fi
 
 mlserver_venv="$repo/target/mlserver-venv"
 mlserver_py="$mlserver_venv/bin/python"
@@ -65,6 +74,8 @@ log "results and logs: $run_dir"
   echo "mlserver=$("$mlserver_py" -c 'import importlib.metadata as m; print(m.version("mlserver"))')"
   echo "onnxruntime=$("$mlserver_py" -c 'import importlib.metadata as m; print(m.version("onnxruntime"))')"
   echo "python=$("$mlserver_py" --version 2>&1 | cut -d' ' -f2)"
+  echo "modeld_engines=$engines"
+  echo "modeld_onnxruntime_lib=${ort_lib:-none}"
   if [ "${MODELD_BENCH_ORT_POOL:-}" = 1 ]; then
     echo "mlserver_ort_run=on a thread pool of one thread per CPU (MODELD_BENCH_ORT_POOL=1)"
   else
@@ -73,35 +84,53 @@ log "results and logs: $run_dir"
   echo "settings=perf_analyzer -i grpc --concurrency-range C --measurement-interval $interval_ms --stability-percentage $stability --max-trials $max_trials --percentile 50, fixed --input-data"
 } >"$run_dir/env.txt"
 
-# --- 3. both servers ----------------------------------------------------------------------------
-modeld_port="$(free_port)"
-log "starting modeld on 127.0.0.1:$modeld_port"
-start_modeld "$run_dir/modeld" "$modeld_port"
-mlserver_port="$(free_port)"
-log "starting MLServer on 127.0.0.1:$mlserver_port"
-start_mlserver "$run_dir/mlserver" "$mlserver_port"
-
-log "waiting for modeld (digits_v2 active)"
-wait_ready modeld "$modeld_pid" "$modeld_port" "$run_dir/modeld/modeld.log" digits_v2=digits.json
+# --- 3. the servers -----------------------------------------------------------------------------
+# One modeld per engine, each on its own SQLite registry; the servers measured are named
+# modeld (tract), modeld_ort (onnxruntime) and mlserver in the CSVs.
+servers=()
+declare -A port_of db_of dir_of pid_of
+for engine in $engines; do
+  case "$engine" in
+    tract) name=modeld; flags=() ;;
+    onnxruntime) name=modeld_ort; flags=(--engine onnxruntime --onnxruntime-lib "$ort_lib") ;;
+    *) die "LOAD_ENGINES: unknown engine $engine (tract, onnxruntime)" ;;
+  esac
+  port_of[$name]="$(free_port)"
+  dir_of[$name]="$run_dir/$name"
+  log "starting $name (engine $engine) on 127.0.0.1:${port_of[$name]}"
+  start_modeld "${dir_of[$name]}" "${port_of[$name]}" "${flags[@]}"
+  db_of[$name]="$MODELD_DATABASE_URL"
+  pid_of[$name]="$modeld_pid"
+  log "waiting for $name (digits_v2 active)"
+  wait_ready "$name" "$modeld_pid" "${port_of[$name]}" "${dir_of[$name]}/modeld.log" digits_v2=digits.json
+  # modeld runs with --log warn: the fallback to tract is the warning looked for.
+  if grep -q "onnxruntime not used\|cannot load ONNX Runtime" "${dir_of[$name]}/modeld.log"; then
+    die "$name is not computing with ONNX Runtime: $(cat "${dir_of[$name]}/modeld.log")"
+  fi
+  servers+=("$name")
+done
+port_of[mlserver]="$(free_port)"
+log "starting MLServer on 127.0.0.1:${port_of[mlserver]}"
+start_mlserver "$run_dir/mlserver" "${port_of[mlserver]}"
+servers+=(mlserver)
 log "waiting for MLServer (digits_v2, cnn)"
-wait_ready MLServer "$mlserver_pid" "$mlserver_port" "$run_dir/mlserver/mlserver.log" \
+wait_ready MLServer "$mlserver_pid" "${port_of[mlserver]}" "$run_dir/mlserver/mlserver.log" \
   digits_v2=digits.json cnn=cnn.json
 
 # --- 4. the measurements ------------------------------------------------------------------------
-# For each model and concurrency, modeld then MLServer right after, so slow drift on a shared
-# machine hits both alike. modeld serves one model at a time: cnn is activated with the CLI
-# between the two models.
+# For each model and concurrency, every server right after the other, so slow drift on a shared
+# machine hits all alike. modeld serves one model at a time: cnn is activated with the CLI
+# between the two models. The servers not being measured are idle.
 #
 # A measurement that does not stabilise within the trials is measured once more over three
 # windows without the stability check, and marked as unstable in the report (CSV.unstable).
 failed_runs=()
 measure() { # model input_file
-  local model="$1" data="$2" c server port csv args
+  local model="$1" data="$2" c server csv args
   for c in $concurrency; do
-    for server in modeld mlserver; do
-      port="${server}_port"
+    for server in "${servers[@]}"; do
       csv="$run_dir/${server}_${model}_c${c}.csv"
-      args=(-m "$model" -u "127.0.0.1:${!port}" --input-data "$inputs_dir/$data"
+      args=(-m "$model" -u "127.0.0.1:${port_of[$server]}" --input-data "$inputs_dir/$data"
         --concurrency-range "$c" --measurement-interval "$interval_ms" --percentile 50)
       perf "$server $model c=$c" "$csv" "${args[@]}" \
         --stability-percentage "$stability" --max-trials "$max_trials" && continue
@@ -120,10 +149,14 @@ measure() { # model input_file
 
 measure digits_v2 digits.json
 
-log "modeld: activating cnn with the CLI"
-"$MODELD_BIN" --log warn activate cnn --reason "load test" >"$run_dir/modeld/activate-cnn.log" 2>&1 ||
-  die "modeld activate cnn failed: $(cat "$run_dir/modeld/activate-cnn.log")"
-wait_ready modeld "$modeld_pid" "$modeld_port" "$run_dir/modeld/modeld.log" cnn=cnn.json
+for name in "${servers[@]}"; do
+  [ "$name" = mlserver ] && continue
+  log "$name: activating cnn with the CLI"
+  "$MODELD_BIN" --log warn activate cnn --reason "load test" --database-url "${db_of[$name]}" \
+    >"${dir_of[$name]}/activate-cnn.log" 2>&1 ||
+    die "$name: modeld activate cnn failed: $(cat "${dir_of[$name]}/activate-cnn.log")"
+  wait_ready "$name" "${pid_of[$name]}" "${port_of[$name]}" "${dir_of[$name]}/modeld.log" cnn=cnn.json
+done
 
 measure cnn cnn.json
 

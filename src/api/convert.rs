@@ -5,7 +5,7 @@ use super::pb;
 use crate::control::ActivationOutcome;
 use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
-use crate::model::{Signature, TensorSpec};
+use crate::model::{EngineKind, EngineSettings, Signature, TensorSpec};
 use crate::registry::{EventRecord, ModelRecord, ModelRef};
 use crate::serving::{Executor, OutputData, OutputTensor, Payload};
 use crate::watch::StatusSnapshot;
@@ -189,7 +189,7 @@ pub fn server_status(
     serving: Option<&ServedModel>,
     s: &StatusSnapshot,
     in_flight: u64,
-    executor: Option<&Executor>,
+    executor: Option<(&Executor, EngineSettings)>,
 ) -> pb::ServerStatus {
     let StatusSnapshot {
         registry_active,
@@ -216,11 +216,11 @@ pub fn server_status(
         registry_generation: *generation,
         in_flight_requests: in_flight,
         reload_failures: *reload_failures,
-        engine: executor.map(|e| engine_status(e, serving)),
+        engine: executor.map(|(e, settings)| engine_status(e, settings, serving)),
     }
 }
 
-fn engine_status(e: &Executor, serving: Option<&ServedModel>) -> pb::EngineStatus {
+fn engine_status(e: &Executor, settings: EngineSettings, serving: Option<&ServedModel>) -> pb::EngineStatus {
     let c = e.config();
     let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
     pb::EngineStatus {
@@ -234,5 +234,13 @@ fn engine_status(e: &Executor, serving: Option<&ServedModel>) -> pb::EngineStatu
         serving_cost_us: serving.map_or(0, |m| m.model.cost.as_micros() as u64),
         serving_inline: serving.is_some_and(|m| e.runs_inline(m)),
         serving_batchable: serving.is_some_and(|m| m.model.batchable),
+        preferred_engine: settings.preferred.name().into(),
+        onnxruntime: match crate::model::engine::onnxruntime_status() {
+            _ if settings.preferred != EngineKind::Onnxruntime => String::new(),
+            Some(Ok(what) | Err(what)) => what,
+            None => String::new(),
+        },
+        serving_engine: serving.map(|m| m.model.engine.kind().name().into()).unwrap_or_default(),
+        serving_engine_note: serving.and_then(|m| m.model.engine_note.clone()).unwrap_or_default(),
     }
 }

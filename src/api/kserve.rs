@@ -13,12 +13,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::kserve_pb as pb;
 use crate::control::{ACTIVE_ALIAS, Control};
 use crate::error::{Error, Result};
-use crate::model::{DataType, Signature};
+use crate::model::{DataType, EngineKind, Signature};
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
 use crate::serving::{Executor, ExecutorConfig, InputRef, OutputData, OutputTensor, Payload};
 
-/// `platform` reported in metadata and config: honest about the engine.
-pub const PLATFORM: &str = "tract_onnx";
 /// `max_batch_size` reported for models with a batch dimension: the largest batch of the bundled
 /// CNN (3x224x224 FP32) that fits the default 64 MiB message limit is 110; 64 leaves headroom.
 pub const MAX_BATCH_SIZE: i32 = 64;
@@ -223,14 +221,20 @@ fn batched(sig: &Signature) -> bool {
     sig.inputs.iter().chain(&sig.outputs).all(|t| t.has_batch_dim())
 }
 
-fn model_config(requested: &str, record: &ModelRecord, engine: Option<&ExecutorConfig>) -> Result<pb::ModelConfig> {
+fn model_config(
+    requested: &str,
+    record: &ModelRecord,
+    computed_by: EngineKind,
+    engine: Option<&ExecutorConfig>,
+) -> Result<pb::ModelConfig> {
     let sig = record.signature()?;
     let batch = batched(&sig);
     let dims = |shape: &[i64]| if batch { shape[1..].to_vec() } else { shape.to_vec() };
     Ok(pb::ModelConfig {
         name: requested.to_string(),
-        platform: PLATFORM.into(),
-        backend: "tract".into(),
+        // Honest about the engine: Triton's names where Triton has one.
+        platform: computed_by.platform().into(),
+        backend: computed_by.name().into(),
         max_batch_size: if batch { MAX_BATCH_SIZE } else { 0 },
         input: sig
             .inputs
@@ -325,7 +329,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                 record.model_name.clone()
             },
             versions: vec![record.version.clone()],
-            platform: PLATFORM.into(),
+            platform: self.control.engine_for(&record).platform().into(),
             inputs: sig.inputs.iter().map(meta).collect(),
             outputs: sig.outputs.iter().map(meta).collect(),
         }))
@@ -394,6 +398,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             config: Some(model_config(
                 &shown,
                 &record,
+                self.control.engine_for(&record),
                 self.control.executor().map(Executor::config).as_ref(),
             )?),
         }))
@@ -448,6 +453,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                             compute_output: d(b.compute_output),
                         })
                         .collect(),
+                    engine: s.engine.into(),
                 }
             })
             .collect();

@@ -170,7 +170,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             c.slot().load().as_deref(),
             &c.status().snapshot(),
             c.in_flight(),
-            c.executor(),
+            c.executor().map(|e| (e, c.engine_settings())),
         )))
     }
 

@@ -9,13 +9,17 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use super::Plan;
+use super::engine::{Engine, EngineKind, EngineSettings};
 use super::signature::{DataType, Signature, TensorSpec};
 use crate::error::{Error, Result};
 
 /// A model that loaded, optimised and ran a warm-up successfully.
 pub struct LoadedModel {
-    /// The runnable plan.
-    pub plan: Plan,
+    /// What computes the model.
+    pub engine: Engine,
+    /// Set when the preferred engine is not the one computing the model: why not. Also set
+    /// when ONNX Runtime computes it: how its outputs compared with tract's at load.
+    pub engine_note: Option<String>,
     /// Inputs and outputs read from the file.
     pub signature: Signature,
     /// Hex sha256 of the file bytes that were loaded.
@@ -35,6 +39,8 @@ pub struct LoadedModel {
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedModel")
+            .field("engine", &self.engine)
+            .field("engine_note", &self.engine_note)
             .field("signature", &self.signature)
             .field("sha256", &self.sha256)
             .field("size_bytes", &self.size_bytes)
@@ -50,7 +56,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Reads, verifies, loads, optimises and warms up the model at `path`.
+/// Reads, verifies, loads, optimises and warms up the model at `path`, for the engine that
+/// `settings` prefers where that engine can compute it (see [`choose_engine`]).
 ///
 /// `expected_sha256`, when given, must match the file's bytes (the registry's checksum).
 /// Blocking and CPU-heavy: call it from a blocking thread.
@@ -58,7 +65,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// # Errors
 /// `FailedPrecondition` when the file cannot be read, its checksum differs, tract cannot load or
 /// run it, or it uses a datatype modeld does not serve.
-pub fn load_model(path: &Path, expected_sha256: Option<&str>) -> Result<LoadedModel> {
+pub fn load_model(path: &Path, expected_sha256: Option<&str>, settings: EngineSettings) -> Result<LoadedModel> {
     let started = Instant::now();
     let shown = path.display();
     let bytes =
@@ -71,10 +78,13 @@ pub fn load_model(path: &Path, expected_sha256: Option<&str>) -> Result<LoadedMo
             "checksum mismatch for {shown}: registry has sha256 {expected}, file has {sha256}"
         )));
     }
-    let (plan, signature, warm) =
-        build_plan(&bytes).map_err(|e| Error::FailedPrecondition(format!("model file {shown} {e}")))?;
+    let fail = |e: String| Error::FailedPrecondition(format!("model file {shown} {e}"));
+    let (plan, signature) = build_plan(&bytes).map_err(fail)?;
+    let tract_warm = warm_up(&Engine::Tract(Arc::clone(&plan)), &signature).map_err(fail)?;
+    let (engine, engine_note, warm) = choose_engine(&bytes, plan, &signature, settings, tract_warm);
     Ok(LoadedModel {
-        plan,
+        engine,
+        engine_note,
         signature,
         sha256,
         size_bytes: bytes.len() as u64,
@@ -84,8 +94,8 @@ pub fn load_model(path: &Path, expected_sha256: Option<&str>) -> Result<LoadedMo
     })
 }
 
-/// Parses, optimises and warms up; the error text continues "model file X ...".
-fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature, WarmUp), String> {
+/// Parses and optimises; the error text continues "model file X ...".
+fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature), String> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .map_err(|e| format!("is not a loadable ONNX model: {e:#}"))?;
@@ -97,8 +107,111 @@ fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature, WarmUp), St
         .into_optimized()
         .and_then(|m| m.into_runnable())
         .map_err(|e| format!("cannot be optimised by tract: {e:#}"))?;
-    let warm = warm_up(&plan, &signature)?;
-    Ok((plan, signature, warm))
+    Ok((plan, signature))
+}
+
+/// tract, which loaded and warmed up the model already, computes it unless `settings` prefers
+/// ONNX Runtime and ONNX Runtime compiles the same bytes, gives tract's outputs on a test input
+/// and warms up. Anything else keeps tract and says why: a model tract serves is never refused
+/// because of the other engine.
+fn choose_engine(
+    bytes: &[u8],
+    plan: Plan,
+    signature: &Signature,
+    settings: EngineSettings,
+    tract_warm: WarmUp,
+) -> (Engine, Option<String>, WarmUp) {
+    match settings.preferred {
+        EngineKind::Tract => (Engine::Tract(plan), None, tract_warm),
+        EngineKind::Onnxruntime => match onnxruntime_engine(bytes, &plan, signature, settings.concurrency) {
+            Ok((engine, warm, agreement)) => (engine, Some(agreement), warm),
+            Err(why) => (
+                Engine::Tract(plan),
+                Some(format!("onnxruntime not used: {why}")),
+                tract_warm,
+            ),
+        },
+    }
+}
+
+#[cfg(feature = "onnxruntime")]
+fn onnxruntime_engine(
+    bytes: &[u8],
+    plan: &Plan,
+    signature: &Signature,
+    sessions: usize,
+) -> std::result::Result<(Engine, WarmUp, String), String> {
+    fn names(specs: &[TensorSpec]) -> Vec<&str> {
+        specs.iter().map(|s| s.name.as_str()).collect()
+    }
+    let model =
+        super::onnxruntime::OrtModel::new(bytes, sessions, &names(&signature.inputs), &names(&signature.outputs))?;
+    let engine = Engine::Onnxruntime(Box::new(model));
+    let agreement = cross_check(plan, &engine, signature)?;
+    let warm = warm_up(&engine, signature).map_err(|e| format!("the model {e}"))?;
+    Ok((engine, warm, agreement))
+}
+
+#[cfg(not(feature = "onnxruntime"))]
+fn onnxruntime_engine(
+    _: &[u8],
+    _: &Plan,
+    _: &Signature,
+    _: usize,
+) -> std::result::Result<(Engine, WarmUp, String), String> {
+    Err(super::engine::onnxruntime_status()
+        .and_then(std::result::Result::err)
+        .unwrap_or_default())
+}
+
+/// Runs tract and `other` on the same deterministic test input (batch 1, values in [0, 1) for
+/// floats, zeros otherwise) and compares every output: same shape and type, integers equal,
+/// floats within 1e-4 + 1e-3 x |tract's value|. Returns a line for the logs.
+#[cfg_attr(not(feature = "onnxruntime"), allow(dead_code))]
+fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::result::Result<String, String> {
+    let inputs = || test_inputs(signature, 1, true);
+    let reference = plan
+        .run(inputs()?)
+        .map_err(|e| format!("tract failed on the cross-check input: {e:#}"))?;
+    let got = other
+        .run(inputs()?)
+        .map_err(|e| format!("{} failed on the cross-check input: {e}", other.kind()))?;
+    let mut worst = 0f64;
+    for ((spec, want), have) in signature.outputs.iter().zip(&reference).zip(&got) {
+        let name = &spec.name;
+        if want.shape() != have.shape() || want.datum_type() != have.datum_type() {
+            return Err(format!(
+                "output {name:?} differs from tract's: {:?} {:?} vs tract's {:?} {:?}",
+                have.datum_type(),
+                have.shape(),
+                want.datum_type(),
+                want.shape()
+            ));
+        }
+        let as_f64 = |t: &Tensor| {
+            t.cast_to::<f64>()
+                .and_then(|c| c.try_as_plain_ram()?.as_slice::<f64>().map(<[f64]>::to_vec))
+        };
+        let (Ok(w), Ok(h)) = (as_f64(want), as_f64(have)) else {
+            return Err(format!("output {name:?} cannot be compared"));
+        };
+        let float = want.datum_type().is_float();
+        for (i, (a, b)) in w.iter().zip(&h).enumerate() {
+            let diff = (a - b).abs();
+            let allowed = if float { 1e-4 + 1e-3 * a.abs() } else { 0.0 };
+            if diff > allowed || a.is_nan() != b.is_nan() {
+                return Err(format!(
+                    "output {name:?} differs from tract's at element {i}: {b} vs tract's {a}"
+                ));
+            }
+            if float {
+                worst = worst.max(diff);
+            }
+        }
+    }
+    Ok(format!(
+        "outputs match tract's on the load-time cross-check (largest difference {worst:.1e})"
+    ))
 }
 
 fn read_signature(model: &TypedModel) -> std::result::Result<Signature, String> {
@@ -145,35 +258,49 @@ struct WarmUp {
 /// How many batch-1 warm-up runs: the first pays for lazy set-up, the fastest is the cost.
 const WARM_UP_RUNS: usize = 3;
 
+/// Inputs for a warm-up or a cross-check: dynamic dims are 1 (the leading one `batch`), values
+/// are zeros, or for `varied` floats a fixed pseudo-random sequence in [0, 1).
+fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result::Result<TVec<TValue>, String> {
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    signature
+        .inputs
+        .iter()
+        .map(|s| {
+            let shape: Vec<usize> = s
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| match (i, d) {
+                    (0, d) if d < 0 => batch,
+                    (_, d) if d < 0 => 1,
+                    (_, d) => d as usize,
+                })
+                .collect();
+            let mut t = Tensor::zero_dt(s.datatype.datum(), &shape)?;
+            if varied && s.datatype == DataType::Fp32 {
+                let mut view = t.try_as_plain_ram_mut()?;
+                for v in view.as_slice_mut::<f32>()? {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    *v = (seed >> 40) as f32 / (1u64 << 24) as f32;
+                }
+            }
+            Ok(TValue::from(t))
+        })
+        .collect::<TractResult<TVec<_>>>()
+        .map_err(|e| format!("cannot build test inputs: {e:#}"))
+}
+
 /// Runs on zeros (dynamic dims = 1) so the first real request does not pay for lazy set-up, so
 /// a model that cannot run is refused before it is published, and to learn its cost and whether
 /// requests can be batched.
-fn warm_up(plan: &Plan, signature: &Signature) -> std::result::Result<WarmUp, String> {
-    let zeros = |batch: usize| {
-        signature
-            .inputs
-            .iter()
-            .map(|s| {
-                let shape: Vec<usize> = s
-                    .shape
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &d)| match (i, d) {
-                        (0, d) if d < 0 => batch,
-                        (_, d) if d < 0 => 1,
-                        (_, d) => d as usize,
-                    })
-                    .collect();
-                Tensor::zero_dt(s.datatype.datum(), &shape).map(TValue::from)
-            })
-            .collect::<TractResult<TVec<_>>>()
-            .map_err(|e| format!("cannot build warm-up inputs: {e:#}"))
-    };
+fn warm_up(engine: &Engine, signature: &Signature) -> std::result::Result<WarmUp, String> {
     let mut cost = Duration::MAX;
     for _ in 0..WARM_UP_RUNS {
-        let inputs = zeros(1)?;
+        let inputs = test_inputs(signature, 1, false)?;
         let t = Instant::now();
-        let outputs = plan.run(inputs).map_err(|e| format!("fails its warm-up run: {e:#}"))?;
+        let outputs = engine.run(inputs).map_err(|e| format!("fails its warm-up run: {e}"))?;
         cost = cost.min(t.elapsed());
         if outputs.len() != signature.outputs.len() {
             return Err(format!(
@@ -191,8 +318,8 @@ fn warm_up(plan: &Plan, signature: &Signature) -> std::result::Result<WarmUp, St
     // A graph may declare a batch dim and still not compute per row (a reshape that folds
     // it away): only a batch-2 run that returns 2 rows everywhere proves it can be split.
     let batchable = batch_dims
-        && plan
-            .run(zeros(2)?)
+        && engine
+            .run(test_inputs(signature, 2, false)?)
             .is_ok_and(|out| out.iter().all(|t| t.shape().first() == Some(&2)));
     Ok(WarmUp { cost, batchable })
 }
@@ -207,7 +334,7 @@ mod tests {
 
     #[test]
     fn digits_signature_has_a_batch_dim() {
-        let m = load_model(&bundled("digits_v2.onnx"), None).unwrap();
+        let m = load_model(&bundled("digits_v2.onnx"), None, EngineSettings::default()).unwrap();
         let sig = &m.signature;
         assert_eq!(sig.inputs.len(), 1);
         assert_eq!(sig.inputs[0].name, "input");
@@ -230,7 +357,12 @@ mod tests {
 
     #[test]
     fn checksum_mismatch_is_refused() {
-        let err = load_model(&bundled("digits_v1.onnx"), Some(&"0".repeat(64))).unwrap_err();
+        let err = load_model(
+            &bundled("digits_v1.onnx"),
+            Some(&"0".repeat(64)),
+            EngineSettings::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, Error::FailedPrecondition(ref m) if m.contains("checksum mismatch")),
             "{err}"
@@ -246,7 +378,7 @@ mod tests {
         let truncated = dir.path().join("truncated.onnx");
         std::fs::write(&truncated, &full[..full.len() / 2]).unwrap();
         for p in [garbage, truncated] {
-            let err = load_model(&p, None).unwrap_err();
+            let err = load_model(&p, None, EngineSettings::default()).unwrap_err();
             assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
         }
     }

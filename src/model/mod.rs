@@ -2,13 +2,19 @@
 //! warmed up ([`loader`]), what they take and return ([`signature`]), and the hot-swappable
 //! slot that serves them ([`slot`]).
 //!
-//! tract's types stay inside this module: [`Plan`] is the only name for tract's runnable model.
+//! Engines' types stay inside this module: [`Plan`] is the only name for tract's runnable model,
+//! [`engine::Engine`] the one interface the request path calls, and ort's types live in
+//! `onnxruntime` (cargo feature `onnxruntime`).
 
+pub mod engine;
 pub mod loader;
+#[cfg(feature = "onnxruntime")]
+mod onnxruntime;
 pub mod root;
 pub mod signature;
 pub mod slot;
 
+pub use engine::{Engine, EngineKind, EngineSettings};
 pub use loader::{LoadedModel, load_model};
 pub use root::ModelRoot;
 pub use signature::{DataType, Signature, TensorSpec};

@@ -96,7 +96,10 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("models")
             .join(file);
-        let mut served = ServedModel::unregistered(file, crate::model::load_model(&path, None).unwrap());
+        let mut served = ServedModel::unregistered(
+            file,
+            crate::model::load_model(&path, None, crate::model::EngineSettings::default()).unwrap(),
+        );
         served.record.model_id = id;
         Arc::new(served)
     }

@@ -298,11 +298,11 @@ impl Drop for Executor {
 
 fn run_plan(model: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
     let name = &model.record.model_name;
-    // A panic inside tract must cost one request, not a compute thread or the reactor.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.model.plan.run(inputs))) {
+    // A panic inside an engine must cost one request, not a compute thread or the reactor.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.model.engine.run(inputs))) {
         Ok(Ok(outputs)) => Ok(outputs),
         Ok(Err(e)) => Err(Error::internal(format!(
-            "model {name:?} failed on validated inputs: {e:#}"
+            "model {name:?} failed on validated inputs: {e}"
         ))),
         Err(_) => Err(Error::internal(format!("model {name:?} panicked on validated inputs"))),
     }
@@ -462,7 +462,7 @@ mod tests {
             .join(file);
         Arc::new(ServedModel::unregistered(
             file,
-            crate::model::load_model(&path, None).unwrap(),
+            crate::model::load_model(&path, None, crate::model::EngineSettings::default()).unwrap(),
         ))
     }
 

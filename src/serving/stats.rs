@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::Timings;
 use crate::error::Error;
+use crate::model::EngineKind;
 use crate::registry::ModelRecord;
 
 /// A count and a cumulative duration.
@@ -46,7 +47,7 @@ pub struct ModelStats {
     pub queue: Tally,
     /// Validating and building inputs.
     pub compute_input: Tally,
-    /// tract's run.
+    /// The engine's run.
     pub compute_infer: Tally,
     /// Encoding outputs.
     pub compute_output: Tally,
@@ -56,16 +57,18 @@ pub struct ModelStats {
     pub execution_count: u64,
     /// Milliseconds since the epoch of the last inference.
     pub last_inference_ms: u64,
-    /// Executions by batch size (rows per tract call).
+    /// Executions by batch size (rows per engine call).
     pub batches: BTreeMap<u64, BatchTally>,
     /// Requests refused because the queue was full.
     pub rejected: u64,
     /// Requests not computed because their deadline passed first.
     pub expired: u64,
+    /// The engine that computed the last inference ("" before the first).
+    pub engine: &'static str,
 }
 
 impl ModelStats {
-    /// Per-request server overhead: time in the server minus tract compute, summed over
+    /// Per-request server overhead: time in the server minus engine compute, summed over
     /// successful requests (divide by `success.count` for the mean).
     pub fn overhead_ns(&self) -> u64 {
         self.success.ns.saturating_sub(self.compute_infer.ns)
@@ -77,7 +80,7 @@ impl ModelStats {
 pub struct BatchTally {
     /// Input preparation of the requests of these executions.
     pub compute_input: Tally,
-    /// tract calls.
+    /// Engine calls.
     pub compute_infer: Tally,
     /// Output encoding.
     pub compute_output: Tally,
@@ -110,9 +113,10 @@ impl Stats {
         f(entry);
     }
 
-    /// Records a successful request; its execution too when it leads one.
-    pub fn success(&self, model: &ModelRecord, t: &Timings, total: Duration) {
+    /// Records a successful request computed by `engine`; its execution too when it leads one.
+    pub fn success(&self, model: &ModelRecord, engine: EngineKind, t: &Timings, total: Duration) {
         self.with(model, |s| {
+            s.engine = engine.name();
             s.success.add(total);
             s.queue.add(t.queue);
             s.compute_input.add(t.decode);

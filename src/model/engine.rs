@@ -1,0 +1,131 @@
+//! The one small interface in front of the engines that compute a model: tract (pure Rust, the
+//! default) and, with the cargo feature `onnxruntime`, ONNX Runtime. Both take and return tract
+//! tensors, the request path's one tensor type; tract's plan and ort's sessions stay in this
+//! module's room.
+
+use tract_onnx::prelude::{TValue, TVec};
+
+use super::Plan;
+
+/// Which engine computes a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EngineKind {
+    /// tract: pure Rust, always available.
+    #[default]
+    Tract,
+    /// ONNX Runtime's shared library, loaded at start-up (cargo feature `onnxruntime`).
+    Onnxruntime,
+}
+
+impl EngineKind {
+    /// The name in flags, logs, metrics and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tract => "tract",
+            Self::Onnxruntime => "onnxruntime",
+        }
+    }
+
+    /// The Open Inference Protocol `platform` (Triton's names where Triton has one).
+    pub fn platform(self) -> &'static str {
+        match self {
+            Self::Tract => "tract_onnx",
+            Self::Onnxruntime => "onnxruntime_onnx",
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a process wants its models computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// The engine to use where it can run the model; tract otherwise.
+    pub preferred: EngineKind,
+    /// How many threads may run one model at the same time (ONNX Runtime keeps a session for
+    /// each): the compute threads plus the runtime threads that run cheap models inline.
+    pub concurrency: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            preferred: EngineKind::Tract,
+            concurrency: 1,
+        }
+    }
+}
+
+/// Loads the library a preferred engine needs, once per process, and says what happened: `Ok`
+/// with a description of what will compute models, or `Err` with why models will be computed
+/// by tract instead.
+///
+/// # Errors
+/// The preferred engine cannot be used here; the text says why.
+pub fn prepare(preferred: EngineKind, library: Option<&std::path::Path>) -> Result<String, String> {
+    match preferred {
+        EngineKind::Tract => Ok("tract".into()),
+        #[cfg(feature = "onnxruntime")]
+        EngineKind::Onnxruntime => super::onnxruntime::init(library),
+        #[cfg(not(feature = "onnxruntime"))]
+        EngineKind::Onnxruntime => {
+            let _ = library;
+            Err(unavailable_here())
+        }
+    }
+}
+
+/// What [`prepare`] decided for ONNX Runtime, if it was asked.
+pub fn onnxruntime_status() -> Option<Result<String, String>> {
+    #[cfg(feature = "onnxruntime")]
+    return super::onnxruntime::status();
+    #[cfg(not(feature = "onnxruntime"))]
+    return Some(Err(unavailable_here()));
+}
+
+#[cfg(not(feature = "onnxruntime"))]
+fn unavailable_here() -> String {
+    "this modeld was built without the cargo feature `onnxruntime`".into()
+}
+
+/// A model ready to compute.
+pub enum Engine {
+    /// tract's optimised plan.
+    Tract(Plan),
+    /// ONNX Runtime sessions.
+    #[cfg(feature = "onnxruntime")]
+    Onnxruntime(Box<super::onnxruntime::OrtModel>),
+}
+
+impl Engine {
+    /// Which engine this is.
+    pub fn kind(&self) -> EngineKind {
+        match self {
+            Self::Tract(_) => EngineKind::Tract,
+            #[cfg(feature = "onnxruntime")]
+            Self::Onnxruntime(_) => EngineKind::Onnxruntime,
+        }
+    }
+
+    /// Computes the outputs (in signature order) of inputs given in signature order.
+    ///
+    /// # Errors
+    /// The engine's error text.
+    pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>, String> {
+        match self {
+            Self::Tract(plan) => plan.run(inputs).map_err(|e| format!("{e:#}")),
+            #[cfg(feature = "onnxruntime")]
+            Self::Onnxruntime(m) => m.run(&inputs),
+        }
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind().name())
+    }
+}

@@ -1,0 +1,358 @@
+//! The ONNX Runtime engine (`--engine onnxruntime`) through the real gRPC clients, with the real
+//! library from the PyPI wheel (`scripts/onnxruntime.sh` fetches it on first use): it computes
+//! the bundled models to onnxruntime's own expected outputs, batches, reports itself, and falls
+//! back to tract, saying why, for a model whose outputs differ from tract's and when the library
+//! cannot be loaded.
+#![cfg(feature = "onnxruntime")]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use modeld::api::kserve_pb as kv;
+use modeld::api::pb;
+use modeld::config::ServeConfig;
+use modeld::model::EngineKind;
+
+/// ONNX Runtime's library, fetched once per test run.
+fn library() -> PathBuf {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let script = bundled_models().join("../scripts/onnxruntime.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "scripts/onnxruntime.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+fn with_onnxruntime(c: &mut ServeConfig) {
+    c.engine.engine = EngineKind::Onnxruntime;
+    c.engine.onnxruntime_lib = Some(library());
+}
+
+type KvClient = kv::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+async fn kv_client(server: &TestServer) -> KvClient {
+    KvClient::new(server.channel().await)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+fn engine(s: &pb::ServerStatus) -> pb::EngineStatus {
+    s.engine.clone().expect("a server reports its engine")
+}
+
+fn cnn_request(batch: usize) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model_name: "cnn".into(),
+        inputs: vec![pb::Tensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![batch as i64, 3, 224, 224],
+            raw_data: f32_raw(&cnn_input(batch)),
+            ..Default::default()
+        }],
+        routing_key: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnxruntime_computes_the_bundled_models_and_says_so() {
+    let server = TestServer::start_with(Backend::Sqlite, with_onnxruntime).await;
+    server.wait_serving("digits_v2").await;
+    let status = server.status().await;
+    let e = engine(&status);
+    assert_eq!(e.preferred_engine, "onnxruntime");
+    assert!(e.onnxruntime.contains("ONNX Runtime 1.31.1"), "{e:?}");
+    assert_eq!(e.serving_engine, "onnxruntime", "{e:?}");
+    assert!(e.serving_engine_note.contains("match tract's"), "{e:?}");
+
+    // The digits MLP, to onnxruntime's stored outputs for 50 evaluation rows.
+    let mut infer = server.inference().await;
+    let resp = infer
+        .predict(digits_request("digits_v2", &eval_rows(50)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_close(
+        &raw_f32(&resp.outputs[0].raw_data),
+        &expected_probs("digits_v2", 50),
+        1e-6,
+    );
+    let labels = raw_i64(&resp.outputs[1].raw_data);
+    assert_eq!(labels, npy_i64("expected/digits_v2_label.npy")[..50]);
+
+    // The CNN, after a swap: also computed by onnxruntime.
+    server
+        .registry()
+        .await
+        .activate_model(activate_req("cnn"))
+        .await
+        .unwrap();
+    let e = engine(&server.status().await);
+    assert_eq!(e.serving_engine, "onnxruntime", "{e:?}");
+    let resp = infer.predict(cnn_request(2)).await.unwrap().into_inner();
+    let (_, want) = npy_f32("expected/cnn_probabilities.npy");
+    assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-6);
+
+    // The Open Inference Protocol names the engine as Triton does.
+    let mut kv = kv_client(&server).await;
+    let meta = kv
+        .model_metadata(kv::ModelMetadataRequest {
+            name: "cnn".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.platform, "onnxruntime_onnx");
+    let config = kv
+        .model_config(kv::ModelConfigRequest {
+            name: "cnn".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .config
+        .unwrap();
+    assert_eq!(
+        (config.platform.as_str(), config.backend.as_str()),
+        ("onnxruntime_onnx", "onnxruntime")
+    );
+    let stats = kv
+        .model_statistics(kv::ModelStatisticsRequest {
+            name: String::new(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    for name in ["digits_v2", "cnn"] {
+        let s = stats
+            .iter()
+            .find(|s| s.name == name)
+            .expect("statistics of a model that served");
+        assert_eq!(s.engine, "onnxruntime", "{s:?}");
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("modeld_serving_info{")
+            && l.contains("model=\"cnn\"")
+            && l.ends_with(",engine=\"onnxruntime\"} 1")),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnxruntime_batches_are_split_back_exactly() {
+    // One compute thread and a generous delay: requests sent together are batched together.
+    let server = TestServer::start_with(Backend::Sqlite, |c: &mut ServeConfig| {
+        with_onnxruntime(c);
+        c.engine.inference_threads = 1;
+        c.engine.inline_max_us = 0;
+        c.engine.max_queue_delay_us = 300_000;
+    })
+    .await;
+    server.wait_serving("digits_v2").await;
+    assert_eq!(engine(&server.status().await).serving_engine, "onnxruntime");
+    assert!(engine(&server.status().await).serving_batchable);
+    let all = eval_rows(12);
+    let want = expected_probs("digits_v2", 12);
+    let mut calls = Vec::new();
+    let mut start = 0;
+    for n in [1usize, 2, 3, 1, 2, 3] {
+        let mut infer = server.inference().await;
+        let rows = all[start * 64..(start + n) * 64].to_vec();
+        let want = want[start * 10..(start + n) * 10].to_vec();
+        calls.push(tokio::spawn(async move {
+            let resp = infer
+                .predict(digits_request("digits_v2", &rows))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(resp.outputs[0].shape, vec![n as i64, 10]);
+            assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-6);
+        }));
+        start += n;
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let stats = kv_client(&server)
+        .await
+        .model_statistics(kv::ModelStatisticsRequest {
+            name: "digits_v2".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model_stats;
+    let s = &stats[0];
+    assert_eq!(s.inference_count, 12);
+    assert!(s.execution_count < 6, "6 requests ran as {} calls", s.execution_count);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_whose_outputs_differ_from_tracts_is_computed_by_tract() {
+    let server = TestServer::start_with(Backend::Sqlite, with_onnxruntime).await;
+    server.wait_serving("digits_v2").await;
+    std::fs::copy(
+        bundled_models().join("testdata/engines_disagree.onnx"),
+        server.root.path().join("engines_disagree.onnx"),
+    )
+    .unwrap();
+    server
+        .registry()
+        .await
+        .register_model(pb::RegisterModelRequest {
+            name: "disagree".into(),
+            file_path: "engines_disagree.onnx".into(),
+            version: "1".into(),
+            activate: true,
+            ..Default::default()
+        })
+        .await
+        .expect("a model tract serves is never refused because of the other engine");
+    let e = engine(&server.status().await);
+    assert_eq!(e.serving_engine, "tract", "{e:?}");
+    assert!(
+        e.serving_engine_note
+            .starts_with("onnxruntime not used: output \"y\" differs from tract's"),
+        "{e:?}"
+    );
+    // tract's answer: an out-of-range cast saturates.
+    let resp = server
+        .inference()
+        .await
+        .predict(pb::PredictRequest {
+            model_name: "disagree".into(),
+            inputs: vec![pb::Tensor {
+                name: "x".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 4],
+                fp32_data: vec![0.5, 0.1, 0.9, 0.0],
+                ..Default::default()
+            }],
+            routing_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.outputs[0].int32_data, vec![i32::MAX, 1_000_000_000, i32::MAX, 0]);
+    let meta = kv_client(&server)
+        .await
+        .model_metadata(kv::ModelMetadataRequest {
+            name: "disagree".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.platform, "tract_onnx");
+    server.stop().await.unwrap();
+}
+
+/// The real binary, as an operator starts it, pointed at a library that is not there, then at a
+/// file that is not ONNX Runtime: it serves with tract, and its logs and status say why.
+#[tokio::test]
+async fn an_unloadable_library_leaves_tract_serving() {
+    use tokio::io::AsyncBufReadExt;
+    let why = "cannot load ONNX Runtime from";
+    let missing = "/nonexistent/libonnxruntime.so.1.31.1".to_string();
+    let not_onnxruntime = bundled_models().join("cnn.onnx").display().to_string();
+    for library in [missing, not_onnxruntime] {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let root = model_root();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--engine",
+                "onnxruntime",
+            ])
+            .args(["--onnxruntime-lib", &library])
+            .env("MODELD_DATABASE_URL", &db.url)
+            .env("MODELD_MODEL_ROOT", root.path())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut warned = None;
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("log line");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["level"] == "WARN" && v["fields"]["message"].as_str().is_some_and(|m| m.contains(why)) {
+                warned = Some(line.clone());
+            }
+            if let Some(addr) = v["fields"]["addr"].as_str() {
+                break addr.to_string();
+            }
+        };
+        let warned = warned.expect("a warning before the server listens");
+        assert!(warned.contains("models are computed by tract instead"), "{warned}");
+        tokio::spawn(async move { while lines.next_line().await.ok().flatten().is_some() {} });
+
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut registry = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let s = registry
+                .get_server_status(pb::GetServerStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if s.serving.is_some() {
+                break s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never served: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let e = engine(&status);
+        assert_eq!(e.preferred_engine, "onnxruntime");
+        assert!(e.onnxruntime.starts_with(why), "{e:?}");
+        assert_eq!(e.serving_engine, "tract");
+        assert!(
+            e.serving_engine_note.starts_with("onnxruntime not used: cannot load"),
+            "{e:?}"
+        );
+        let resp = pb::inference_client::InferenceClient::new(channel)
+            .predict(digits_request("", &eval_rows(4)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_close(
+            &raw_f32(&resp.outputs[0].raw_data),
+            &expected_probs("digits_v2", 4),
+            1e-5,
+        );
+        child.kill().await.unwrap();
+    }
+}
