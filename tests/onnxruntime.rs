@@ -297,22 +297,24 @@ async fn an_unloadable_library_leaves_tract_serving() {
             .spawn()
             .unwrap();
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut warned = None;
-        let addr = loop {
+        // The listening address comes first (the configuration line), the warning after it.
+        let (mut warned, mut addr) = (None, None);
+        while warned.is_none() || addr.is_none() {
             let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
                 .await
                 .unwrap()
                 .unwrap()
-                .expect("log line");
+                .expect("the address and the warning are logged");
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             if v["level"] == "WARN" && v["fields"]["message"].as_str().is_some_and(|m| m.contains(why)) {
                 warned = Some(line.clone());
             }
-            if let Some(addr) = v["fields"]["addr"].as_str() {
-                break addr.to_string();
+            if let Some(a) = v["fields"]["addr"].as_str() {
+                addr = Some(a.to_string());
             }
-        };
-        let warned = warned.expect("a warning before the server listens");
+        }
+        let addr = addr.unwrap();
+        let warned = warned.unwrap();
         assert!(warned.contains("models are computed by tract instead"), "{warned}");
         tokio::spawn(async move { while lines.next_line().await.ok().flatten().is_some() {} });
 
