@@ -116,13 +116,13 @@ impl OrtModel {
         };
         let weights = ort::session::builder::PrepackedWeights::new();
         let one = || -> ort::Result<Session> {
-            Ok(Session::builder(&rt.env)?
+            Session::builder(&rt.env)?
                 .with_optimization_level(GraphOptimizationLevel::All)?
                 .with_intra_threads(1)?
                 .with_inter_threads(1)?
                 .with_intra_op_spinning(false)?
                 .with_prepacked_weights(&weights)?
-                .commit_from_memory(bytes)?)
+                .commit_from_memory(bytes)
         };
         let sessions = (0..sessions.max(1))
             .map(|_| one().map(Mutex::new))
