@@ -73,18 +73,23 @@ impl kv::grpc_inference_service_server::GrpcInferenceService for Bare {
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
         let t = Tensor::from_shape(&shape, &values).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let out = self
-            .engine
-            .run(tvec![TValue::from(t)])
-            .map_err(Status::internal)?;
+        let out = self.engine.run(tvec![TValue::from(t)]).map_err(Status::internal)?;
         let mut raw_out = Vec::new();
         let mut outputs = Vec::new();
         for (o, name) in out.iter().zip(["probabilities", "label"]) {
             let view = o.try_as_plain_ram().unwrap();
             let bytes = if name == "label" {
-                view.as_slice::<i64>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect()
+                view.as_slice::<i64>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect()
             } else {
-                view.as_slice::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect()
+                view.as_slice::<f32>()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect()
             };
             raw_out.push(bytes);
             outputs.push(kv::model_infer_response::InferOutputTensor {
@@ -165,11 +170,16 @@ fn main() {
     let addr: std::net::SocketAddr = std::env::args().nth(1).unwrap().parse().unwrap();
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v2.onnx");
     let engine = load_model(&path, None, EngineSettings::default()).unwrap().engine;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(kv::grpc_inference_service_server::GrpcInferenceServiceServer::new(Bare { engine }))
+            .add_service(kv::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+                Bare { engine },
+            ))
             .serve(addr)
             .await
             .unwrap();

@@ -20,6 +20,9 @@ Outputs (all small):
                        a float-to-int32 cast of out-of-range values, which the ONNX spec leaves
                        undefined: tract saturates, onnxruntime does not (the engines' cross-check
                        test)
+  testdata/lookup.onnx value = table[index] (Gather): a request with an index outside the
+                       table fails inside the engine, after validation (the batching fallback
+                       test)
 """
 import json
 import pathlib
@@ -131,6 +134,21 @@ def engines_disagree_graph():
     return model
 
 
+def lookup_graph():
+    """value = table[index], table = [0, 0.5, 1, ..., 4.5]: an index outside 0..9 passes modeld's
+    validation (right type and shape) and fails inside the engine."""
+    index = helper.make_tensor_value_info("index", TensorProto.INT64, ["N", 1])
+    value = helper.make_tensor_value_info("value", TensorProto.FLOAT, ["N", 1])
+    table = numpy_helper.from_array(np.arange(10, dtype=np.float32) / 2, "table")
+    nodes = [helper.make_node("Gather", ["table", "index"], ["value"], axis=0, name="lookup")]
+    graph = helper.make_graph(nodes, "lookup", [index], [value], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="modeld/models/make_models.py",
+                              doc_string="A table lookup that fails on out-of-range indices (tests).")
+    model.ir_version = 8
+    return model
+
+
 def run_ort(path, feeds):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -161,6 +179,7 @@ def main():
     p3 = save(cnn_graph(rng), "cnn.onnx")
     (HERE / "testdata").mkdir(exist_ok=True)
     save(engines_disagree_graph(), "testdata/engines_disagree.onnx")
+    save(lookup_graph(), "testdata/lookup.onnx")
 
     (HERE / "eval").mkdir(exist_ok=True)
     (HERE / "expected").mkdir(exist_ok=True)

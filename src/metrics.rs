@@ -157,6 +157,11 @@ pub fn render(control: &Control) -> String {
             "# HELP modeld_compute_threads_busy Compute threads running a model.\n# TYPE modeld_compute_threads_busy gauge\nmodeld_compute_threads_busy {}",
             executor.busy()
         );
+        let _ = writeln!(
+            out,
+            "# HELP modeld_failed_batches_total Batched calls that failed; their requests were run one by one.\n# TYPE modeld_failed_batches_total counter\nmodeld_failed_batches_total {}",
+            executor.failed_batches()
+        );
     }
     let _ = writeln!(
         out,

@@ -242,5 +242,6 @@ fn engine_status(e: &Executor, settings: EngineSettings, serving: Option<&Served
         },
         serving_engine: serving.map(|m| m.model.engine.kind().name().into()).unwrap_or_default(),
         serving_engine_note: serving.and_then(|m| m.model.engine_note.clone()).unwrap_or_default(),
+        failed_batches: e.failed_batches(),
     }
 }

@@ -17,7 +17,7 @@
 //!   batch with each other, new ones with the new model.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -127,6 +127,8 @@ struct Shared {
     threads: usize,
     /// Compute threads running a model right now.
     busy: AtomicUsize,
+    /// Batched calls that failed, whose requests were then run one by one.
+    failed_batches: AtomicU64,
 }
 
 impl Shared {
@@ -171,6 +173,7 @@ impl Executor {
             config,
             threads,
             busy: AtomicUsize::new(0),
+            failed_batches: AtomicU64::new(0),
         });
         let handles = (0..threads)
             .map(|i| {
@@ -202,6 +205,11 @@ impl Executor {
         self.shared.busy.load(Ordering::Relaxed)
     }
 
+    /// Batched calls that failed since start, whose requests were then run one by one.
+    pub fn failed_batches(&self) -> u64 {
+        self.shared.failed_batches.load(Ordering::Relaxed)
+    }
+
     /// Whether `model` runs inline rather than on the pool.
     pub fn runs_inline(&self, model: &ServedModel) -> bool {
         model.model.cost <= self.shared.config.inline_max
@@ -227,7 +235,7 @@ impl Executor {
         }
         if self.runs_inline(&model) {
             let t = Instant::now();
-            let outputs = run_plan(&model, inputs)?;
+            let outputs = run_engine(&model, inputs)?;
             return Ok((outputs, Execution::alone(Duration::ZERO, t.elapsed(), rows)));
         }
         let (reply, answer) = oneshot::channel();
@@ -296,7 +304,7 @@ impl Drop for Executor {
     }
 }
 
-fn run_plan(model: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
+fn run_engine(model: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
     let name = &model.record.model_name;
     // A panic inside an engine must cost one request, not a compute thread or the reactor.
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.model.engine.run(inputs))) {
@@ -312,7 +320,7 @@ fn worker(shared: &Shared) {
     loop {
         let Some(batch) = next_batch(shared) else { return };
         shared.busy.fetch_add(1, Ordering::Relaxed);
-        execute(batch);
+        execute(shared, batch);
         shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -376,7 +384,7 @@ fn same_trailing_shapes(a: &[TValue], b: &[TValue]) -> bool {
 }
 
 /// Runs a batch and answers every job in it.
-fn execute(batch: Vec<Job>) {
+fn execute(shared: &Shared, batch: Vec<Job>) {
     let started = Instant::now();
     let (live, stale): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| !j.is_stale(started));
     stale.into_iter().for_each(Job::expire);
@@ -386,22 +394,22 @@ fn execute(batch: Vec<Job>) {
             let Some(job) = live.into_iter().next() else { return };
             let queue = started - job.enqueued;
             let t = Instant::now();
-            let result = run_plan(&job.model, job.inputs)
+            let result = run_engine(&job.model, job.inputs)
                 .map(|outputs| (outputs, Execution::alone(queue, t.elapsed(), job.rows)));
             let _ = job.reply.send(result);
         }
-        _ => execute_batched(live, started),
+        _ => execute_batched(shared, live, started),
     }
 }
 
 /// Stacks the jobs' inputs, runs once, splits the outputs by rows. If the batched call fails,
 /// each job is run alone so that one request's failure is not every request's.
-fn execute_batched(jobs: Vec<Job>, started: Instant) {
+fn execute_batched(shared: &Shared, jobs: Vec<Job>, started: Instant) {
     let t = Instant::now();
     let rows: usize = jobs.iter().map(|j| j.rows).sum();
     let model = Arc::clone(&jobs[0].model);
     let split = stack_inputs(&jobs)
-        .and_then(|inputs| run_plan(&model, inputs))
+        .and_then(|inputs| run_engine(&model, inputs))
         .and_then(|outputs| split_outputs(&outputs, &jobs));
     let compute = t.elapsed();
     match split {
@@ -417,9 +425,10 @@ fn execute_batched(jobs: Vec<Job>, started: Instant) {
             }
         }
         Err(e) => {
+            shared.failed_batches.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(model = %model.record.model_name, error = %e, rows, "batched call failed; running its requests one by one");
             for job in jobs {
-                execute(vec![job]);
+                execute(shared, vec![job]);
             }
         }
     }
