@@ -39,7 +39,8 @@ pub async fn control(registry: &crate::config::RegistryArgs, origin: Origin) -> 
 
 /// Loads the preferred engine's library (once per process) and says in the logs what will
 /// compute models; the settings size ONNX Runtime's sessions to the threads that may run a
-/// model at once: the compute threads, and the runtime threads that run cheap models inline.
+/// model at once: the compute threads, or the runtime threads for a cheap model that runs
+/// inline (a model runs one way or the other, so the larger of the two).
 fn engine_settings(args: &crate::config::EngineArgs, executor: &Executor) -> EngineSettings {
     match crate::model::engine::prepare(args.engine, args.onnxruntime_lib.as_deref()) {
         Ok(what) => tracing::info!(engine = %args.engine, "models are computed by {what}"),
@@ -54,7 +55,7 @@ fn engine_settings(args: &crate::config::EngineArgs, executor: &Executor) -> Eng
     };
     EngineSettings {
         preferred: args.engine,
-        concurrency: executor.config().threads + runtime,
+        concurrency: executor.config().threads.max(runtime),
     }
 }
 

@@ -268,15 +268,32 @@ async fn a_model_whose_outputs_differ_from_tracts_is_computed_by_tract() {
     server.stop().await.unwrap();
 }
 
-/// The real binary, as an operator starts it, pointed at a library that is not there, then at a
-/// file that is not ONNX Runtime: it serves with tract, and its logs and status say why.
+/// The real binary, as an operator starts it, pointed at a library that is not there, at a file
+/// that is not a library, and at a library that is not ONNX Runtime: it serves with tract, and
+/// its logs and status say why.
 #[tokio::test]
 async fn an_unloadable_library_leaves_tract_serving() {
     use tokio::io::AsyncBufReadExt;
     let why = "cannot load ONNX Runtime from";
     let missing = "/nonexistent/libonnxruntime.so.1.31.1".to_string();
-    let not_onnxruntime = bundled_models().join("cnn.onnx").display().to_string();
-    for library in [missing, not_onnxruntime] {
+    let not_a_library = bundled_models().join("cnn.onnx").display().to_string();
+    let libm = [
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib64",
+        "/usr/lib64",
+        "/lib",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|d| format!("{d}/libm.so.6"))
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("libm.so.6 on this machine");
+    for (library, detail) in [
+        (missing, "cannot open shared object file"),
+        (not_a_library, "invalid ELF header"),
+        (libm, "does not export `OrtGetApiBase`"),
+    ] {
         let db = TestDb::new(Backend::Sqlite).await;
         let root = model_root();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
@@ -316,6 +333,7 @@ async fn an_unloadable_library_leaves_tract_serving() {
         let addr = addr.unwrap();
         let warned = warned.unwrap();
         assert!(warned.contains("models are computed by tract instead"), "{warned}");
+        assert!(warned.contains(detail), "{warned}");
         tokio::spawn(async move { while lines.next_line().await.ok().flatten().is_some() {} });
 
         let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))

@@ -84,6 +84,13 @@ log "results and logs: $run_dir"
   echo "settings=perf_analyzer -i grpc --concurrency-range C --measurement-interval $interval_ms --stability-percentage $stability --max-trials $max_trials --percentile 50, fixed --input-data"
 } >"$run_dir/env.txt"
 
+# modeld runs with --log warn: a fallback to tract (library or model) is the warning looked for.
+check_engine() { # NAME
+  if grep -q "onnxruntime not used\|cannot load ONNX Runtime" "${dir_of[$1]}/modeld.log"; then
+    die "$1 is not computing with ONNX Runtime: $(cat "${dir_of[$1]}/modeld.log")"
+  fi
+}
+
 # --- 3. the servers -----------------------------------------------------------------------------
 # One modeld per engine, each on its own SQLite registry; the servers measured are named
 # modeld (tract), modeld_ort (onnxruntime) and mlserver in the CSVs.
@@ -98,15 +105,12 @@ for engine in $engines; do
   port_of[$name]="$(free_port)"
   dir_of[$name]="$run_dir/$name"
   log "starting $name (engine $engine) on 127.0.0.1:${port_of[$name]}"
-  start_modeld "${dir_of[$name]}" "${port_of[$name]}" "${flags[@]}"
+  start_modeld "${dir_of[$name]}" "${port_of[$name]}" ${flags[@]+"${flags[@]}"}
   db_of[$name]="$MODELD_DATABASE_URL"
   pid_of[$name]="$modeld_pid"
   log "waiting for $name (digits_v2 active)"
   wait_ready "$name" "$modeld_pid" "${port_of[$name]}" "${dir_of[$name]}/modeld.log" digits_v2=digits.json
-  # modeld runs with --log warn: the fallback to tract is the warning looked for.
-  if grep -q "onnxruntime not used\|cannot load ONNX Runtime" "${dir_of[$name]}/modeld.log"; then
-    die "$name is not computing with ONNX Runtime: $(cat "${dir_of[$name]}/modeld.log")"
-  fi
+  if [ "$engine" = onnxruntime ]; then check_engine "$name"; fi
   servers+=("$name")
 done
 port_of[mlserver]="$(free_port)"
@@ -156,6 +160,7 @@ for name in "${servers[@]}"; do
     >"${dir_of[$name]}/activate-cnn.log" 2>&1 ||
     die "$name: modeld activate cnn failed: $(cat "${dir_of[$name]}/activate-cnn.log")"
   wait_ready "$name" "${pid_of[$name]}" "${port_of[$name]}" "${dir_of[$name]}/modeld.log" cnn=cnn.json
+  if [ "$name" = modeld_ort ]; then check_engine "$name"; fi
 done
 
 measure cnn cnn.json

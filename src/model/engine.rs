@@ -47,7 +47,7 @@ pub struct EngineSettings {
     /// The engine to use where it can run the model; tract otherwise.
     pub preferred: EngineKind,
     /// How many threads may run one model at the same time (ONNX Runtime keeps a session for
-    /// each): the compute threads plus the runtime threads that run cheap models inline.
+    /// each): the compute threads, or the runtime threads for models that run inline.
     pub concurrency: usize,
 }
 

@@ -165,8 +165,9 @@ fn onnxruntime_engine(
 }
 
 /// Runs tract and `other` on the same deterministic test input (batch 1, values in [0, 1) for
-/// floats, zeros otherwise) and compares every output: same shape and type, integers equal,
-/// floats within 1e-4 + 1e-3 x |tract's value|. Returns a line for the logs.
+/// FP32 and FP64 inputs, zeros otherwise) and compares every output: same shape and type,
+/// integers and booleans equal, floats within 1e-4 + 1e-3 x |tract's value| (NaN only against
+/// NaN, infinities only against the same infinity). Returns a line for the logs.
 #[cfg_attr(not(feature = "onnxruntime"), allow(dead_code))]
 fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::result::Result<String, String> {
     let inputs = || test_inputs(signature, 1, true);
@@ -176,8 +177,20 @@ fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::resul
     let got = other
         .run(inputs()?)
         .map_err(|e| format!("{} failed on the cross-check input: {e}", other.kind()))?;
+    let worst = compare_outputs(signature, &reference, &got)?;
+    Ok(format!(
+        "outputs match tract's on the load-time cross-check (largest difference {worst:.1e})"
+    ))
+}
+
+/// Compares `got` with tract's `reference` output by output (see [`cross_check`]); returns the
+/// largest difference between finite floats.
+fn compare_outputs(signature: &Signature, reference: &[TValue], got: &[TValue]) -> std::result::Result<f64, String> {
+    if got.len() != reference.len() {
+        return Err(format!("returned {} outputs, tract {}", got.len(), reference.len()));
+    }
     let mut worst = 0f64;
-    for ((spec, want), have) in signature.outputs.iter().zip(&reference).zip(&got) {
+    for ((spec, want), have) in signature.outputs.iter().zip(reference).zip(got) {
         let name = &spec.name;
         if want.shape() != have.shape() || want.datum_type() != have.datum_type() {
             return Err(format!(
@@ -188,6 +201,13 @@ fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::resul
                 want.shape()
             ));
         }
+        if !want.datum_type().is_float() {
+            // Integers and booleans: equal, element for element.
+            if want != have {
+                return Err(format!("output {name:?} differs from tract's (integer values)"));
+            }
+            continue;
+        }
         let as_f64 = |t: &Tensor| {
             t.cast_to::<f64>()
                 .and_then(|c| c.try_as_plain_ram()?.as_slice::<f64>().map(<[f64]>::to_vec))
@@ -195,23 +215,24 @@ fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::resul
         let (Ok(w), Ok(h)) = (as_f64(want), as_f64(have)) else {
             return Err(format!("output {name:?} cannot be compared"));
         };
-        let float = want.datum_type().is_float();
         for (i, (a, b)) in w.iter().zip(&h).enumerate() {
-            let diff = (a - b).abs();
-            let allowed = if float { 1e-4 + 1e-3 * a.abs() } else { 0.0 };
-            if diff > allowed || a.is_nan() != b.is_nan() {
+            let agree = if a.is_nan() || b.is_nan() {
+                a.is_nan() && b.is_nan()
+            } else if a.is_infinite() || b.is_infinite() {
+                a == b
+            } else {
+                let diff = (a - b).abs();
+                worst = worst.max(diff);
+                diff <= 1e-4 + 1e-3 * a.abs()
+            };
+            if !agree {
                 return Err(format!(
                     "output {name:?} differs from tract's at element {i}: {b} vs tract's {a}"
                 ));
             }
-            if float {
-                worst = worst.max(diff);
-            }
         }
     }
-    Ok(format!(
-        "outputs match tract's on the load-time cross-check (largest difference {worst:.1e})"
-    ))
+    Ok(worst)
 }
 
 fn read_signature(model: &TypedModel) -> std::result::Result<Signature, String> {
@@ -259,7 +280,7 @@ struct WarmUp {
 const WARM_UP_RUNS: usize = 3;
 
 /// Inputs for a warm-up or a cross-check: dynamic dims are 1 (the leading one `batch`), values
-/// are zeros, or for `varied` floats a fixed pseudo-random sequence in [0, 1).
+/// are zeros, or for `varied` FP32 and FP64 inputs a fixed pseudo-random sequence in [0, 1).
 fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result::Result<TVec<TValue>, String> {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     signature
@@ -277,14 +298,18 @@ fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result
                 })
                 .collect();
             let mut t = Tensor::zero_dt(s.datatype.datum(), &shape)?;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed >> 40) as f64 / (1u64 << 24) as f64
+            };
             if varied && s.datatype == DataType::Fp32 {
                 let mut view = t.try_as_plain_ram_mut()?;
-                for v in view.as_slice_mut::<f32>()? {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    *v = (seed >> 40) as f32 / (1u64 << 24) as f32;
-                }
+                view.as_slice_mut::<f32>()?.iter_mut().for_each(|v| *v = next() as f32);
+            } else if varied && s.datatype == DataType::Fp64 {
+                let mut view = t.try_as_plain_ram_mut()?;
+                view.as_slice_mut::<f64>()?.iter_mut().for_each(|v| *v = next());
             }
             Ok(TValue::from(t))
         })
@@ -353,6 +378,44 @@ mod tests {
             ]
         );
         assert_eq!(m.sha256.len(), 64);
+    }
+
+    #[test]
+    fn outputs_are_compared_with_tolerance_and_exactly_where_they_must_be() {
+        let sig = |dt: DataType| Signature {
+            inputs: vec![],
+            outputs: vec![TensorSpec {
+                name: "y".into(),
+                datatype: dt,
+                shape: vec![-1],
+            }],
+        };
+        let f32s = |v: &[f32]| tvec![TValue::from(Tensor::from_shape(&[v.len()], v).unwrap())];
+        let i64s = |v: &[i64]| tvec![TValue::from(Tensor::from_shape(&[v.len()], v).unwrap())];
+        let fp32 = sig(DataType::Fp32);
+        let inf = f32::INFINITY;
+        let worst = compare_outputs(&fp32, &f32s(&[1.0, 100.0]), &f32s(&[1.00005, 100.05])).unwrap();
+        assert!((worst - 0.05).abs() < 1e-3, "{worst}");
+        assert!(compare_outputs(&fp32, &f32s(&[1.0]), &f32s(&[1.01])).is_err());
+        assert!(compare_outputs(&fp32, &f32s(&[f32::NAN]), &f32s(&[f32::NAN])).is_ok());
+        assert!(compare_outputs(&fp32, &f32s(&[f32::NAN]), &f32s(&[0.0])).is_err());
+        assert!(compare_outputs(&fp32, &f32s(&[0.0]), &f32s(&[f32::NAN])).is_err());
+        assert!(compare_outputs(&fp32, &f32s(&[inf]), &f32s(&[inf])).is_ok());
+        assert!(compare_outputs(&fp32, &f32s(&[inf]), &f32s(&[-inf])).is_err());
+        assert!(compare_outputs(&fp32, &f32s(&[inf]), &f32s(&[1e30])).is_err());
+        assert!(
+            compare_outputs(&fp32, &f32s(&[1.0]), &f32s(&[1.0, 2.0])).is_err(),
+            "shapes differ"
+        );
+        let int64 = sig(DataType::Int64);
+        // 2^53 + 1 and 2^53 are equal as f64: integers are compared as integers.
+        let big = 1i64 << 53;
+        assert!(compare_outputs(&int64, &i64s(&[big + 1]), &i64s(&[big])).is_err());
+        assert!(compare_outputs(&int64, &i64s(&[big]), &i64s(&[big])).is_ok());
+        assert!(
+            compare_outputs(&int64, &i64s(&[1]), &f32s(&[1.0])).is_err(),
+            "types differ"
+        );
     }
 
     #[test]

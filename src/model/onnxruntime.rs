@@ -26,10 +26,30 @@ struct Runtime {
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
-/// The library to load when none is named: `ORT_DYLIB_PATH`, else the dynamic loader's search
-/// path (`LD_LIBRARY_PATH`, the system's directories).
+/// The library to load when none is named: `ORT_DYLIB_PATH`, else `libonnxruntime.so`.
 fn default_library() -> PathBuf {
     std::env::var_os("ORT_DYLIB_PATH").map_or_else(|| PathBuf::from("libonnxruntime.so"), PathBuf::from)
+}
+
+/// Where the library named `path` is, decided the way ort decides it: a relative path is looked
+/// for beside the executable first; otherwise a path with a directory is taken from the working
+/// directory (made absolute, for the logs), and a bare name is left to the dynamic loader's search
+/// (`LD_LIBRARY_PATH`, the system's directories).
+fn resolve(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let beside_exe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(path)))
+        .filter(|p| p.exists());
+    beside_exe
+        .or_else(|| {
+            (path.components().count() > 1)
+                .then(|| std::path::absolute(path).ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| path.to_path_buf())
 }
 
 /// Loads ONNX Runtime's library once per process. The first call decides: a process can load
@@ -39,12 +59,16 @@ fn default_library() -> PathBuf {
 /// Why the library cannot be used (not found, not ONNX Runtime, too old).
 pub fn init(library: Option<&Path>) -> Result<String, String> {
     let outcome = RUNTIME.get_or_init(|| {
-        let path = library.map_or_else(default_library, Path::to_path_buf);
+        let path = resolve(&library.map_or_else(default_library, Path::to_path_buf));
         let builder = ort::init_from(&path).map_err(|e| {
-            // libloading's message is in the error's source.
-            let detail = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
+            // dlopen's own message (dlerror) is the source of libloading's error.
+            let detail = match &e {
+                ort::LoadDynamicError::Dlopen { error, .. } => {
+                    std::error::Error::source(error).map(|s| format!(" ({s})"))
+                }
+                _ => None,
+            }
+            .unwrap_or_default();
             format!("cannot load ONNX Runtime from {}: {e}{detail}", path.display())
         })?;
         let env = builder
@@ -57,15 +81,29 @@ pub fn init(library: Option<&Path>) -> Result<String, String> {
     outcome.as_ref().map(describe).map_err(Clone::clone)
 }
 
-/// The version string of the ONNX Runtime library at `path`, which ort has just loaded.
+/// The version string of the ONNX Runtime library at `path`, which ort has just loaded from
+/// that same (resolved) path.
+#[cfg(not(unix))]
+fn library_version(_: &Path) -> Option<String> {
+    None
+}
+
+/// The version string of the ONNX Runtime library at `path`, which ort has just loaded from
+/// that same (resolved) path.
+#[cfg(unix)]
 fn library_version(path: &Path) -> Option<String> {
+    // RTLD_NOLOAD (glibc and musl: 4): only find the library already loaded, never load another.
+    #[cfg(target_os = "linux")]
+    let flags = libloading::os::unix::RTLD_LAZY | 0x4;
+    #[cfg(not(target_os = "linux"))]
+    let flags = libloading::os::unix::RTLD_LAZY;
     // SAFETY: ort loaded this library from this path and checked that it exports
-    // `OrtGetApiBase`; opening it again returns the same handle (no second initialisation).
-    // `OrtGetApiBase` returns a static table, and `GetVersionString` a static NUL-terminated
-    // string that must not be freed.
+    // `OrtGetApiBase`; opening it again returns the same handle (its initialisers do not run
+    // again). `OrtGetApiBase` returns a static table, and `GetVersionString` a static
+    // NUL-terminated string that must not be freed.
     unsafe {
-        let lib = libloading::Library::new(path).ok()?;
-        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
+        let lib = libloading::os::unix::Library::open(Some(path), flags).ok()?;
+        let get_base: libloading::os::unix::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
             lib.get(b"OrtGetApiBase").ok()?;
         let base = get_base();
         if base.is_null() {
@@ -94,10 +132,10 @@ pub fn status() -> Option<Result<String, String>> {
 pub struct OrtModel {
     sessions: Vec<Mutex<Session>>,
     next: AtomicUsize,
-    input_names: Vec<String>,
-    output_names: Vec<String>,
-    /// The library that compiled it, for reports.
-    pub library: String,
+    /// For each session input, in session order: its position in the signature.
+    input_order: Vec<usize>,
+    /// For each signature output: its position among the session's outputs.
+    output_positions: Vec<usize>,
 }
 
 impl OrtModel {
@@ -128,60 +166,56 @@ impl OrtModel {
             .map(|_| one().map(Mutex::new))
             .collect::<ort::Result<Vec<_>>>()
             .map_err(|e| format!("cannot be compiled by ONNX Runtime: {e}"))?;
-        {
+        let (input_order, output_positions) = {
             let first = sessions[0].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let names =
-                |outlets: &[ort::value::Outlet]| outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>();
-            let (have_in, have_out) = (names(first.inputs()), names(first.outputs()));
-            let same = |have: &[String], want: &[&str]| {
-                have.len() == want.len() && want.iter().all(|w| have.iter().any(|h| h == w))
-            };
-            if !same(&have_in, inputs) || !same(&have_out, outputs) {
-                return Err(format!(
-                    "is read differently by ONNX Runtime: inputs {have_in:?}, outputs {have_out:?}; tract reads inputs {inputs:?}, outputs {outputs:?}"
-                ));
+            let position = |outlets: &[ort::value::Outlet], name: &str| outlets.iter().position(|o| o.name() == name);
+            let input_order: Option<Vec<usize>> = first
+                .inputs()
+                .iter()
+                .map(|o| inputs.iter().position(|&name| name == o.name()))
+                .collect();
+            let output_positions: Option<Vec<usize>> =
+                outputs.iter().map(|name| position(first.outputs(), name)).collect();
+            match (input_order, output_positions) {
+                (Some(i), Some(o)) if i.len() == inputs.len() => (i, o),
+                _ => {
+                    let names = |outlets: &[ort::value::Outlet]| {
+                        outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>()
+                    };
+                    return Err(format!(
+                        "is read differently by ONNX Runtime: inputs {:?}, outputs {:?}; tract reads inputs {inputs:?}, outputs {outputs:?}",
+                        names(first.inputs()),
+                        names(first.outputs())
+                    ));
+                }
             }
-        }
-        let owned = |names: &[&str]| names.iter().map(|n| (*n).to_string()).collect();
+        };
         Ok(Self {
             sessions,
             next: AtomicUsize::new(0),
-            input_names: owned(inputs),
-            output_names: owned(outputs),
-            library: describe(rt),
+            input_order,
+            output_positions,
         })
     }
 
-    /// Input names in the order ONNX Runtime reads them.
-    pub fn input_names(&self) -> &[String] {
-        &self.input_names
-    }
-
-    /// Output names in the order ONNX Runtime returns them.
-    pub fn output_names(&self) -> &[String] {
-        &self.output_names
-    }
-
-    /// Runs `inputs` (in the model's input order) and returns the outputs in its output order.
+    /// Runs `inputs` (in signature order) and returns the outputs in signature order. Inputs are
+    /// passed as views (no copy) by position; each output is copied once into a tract tensor.
     ///
     /// # Errors
     /// ONNX Runtime's error text, or an element type it does not share with tract.
     pub fn run(&self, inputs: &[TValue]) -> Result<TVec<TValue>, String> {
-        let values = inputs
+        let values = self
+            .input_order
             .iter()
-            .zip(&self.input_names)
-            .map(|(t, name)| Ok((name.as_str(), tensor_ref(t)?)))
-            .collect::<Result<Vec<_>, String>>()?;
+            .map(|&i| tensor_ref(&inputs[i]))
+            .collect::<Result<TVec<_>, String>>()?;
         let mut session = self.session();
-        let outputs = session.run(values).map_err(|e| format!("ONNX Runtime failed: {e}"))?;
-        self.output_names
+        let outputs = session
+            .run(&values[..])
+            .map_err(|e| format!("ONNX Runtime failed: {e}"))?;
+        self.output_positions
             .iter()
-            .map(|name| {
-                let value = outputs
-                    .get(name)
-                    .ok_or_else(|| format!("ONNX Runtime returned no output {name:?}"))?;
-                to_tract(value).map(TValue::from)
-            })
+            .map(|&j| to_tract(&outputs[j]).map(TValue::from))
             .collect()
     }
 
@@ -257,7 +291,7 @@ macro_rules! with_element {
 
 /// A view of tract's tensor for ONNX Runtime: no copy.
 fn tensor_ref(t: &Tensor) -> Result<ort::session::SessionInputValue<'_>, String> {
-    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    let shape = t.shape();
     with_element!(
         t.datum_type(),
         T => {
@@ -284,7 +318,7 @@ fn to_tract(value: &DynValue) -> Result<Tensor, String> {
         dt,
         T => {
             let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
-            let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+            let dims: TVec<usize> = shape.iter().map(|&d| d as usize).collect();
             Tensor::from_shape(&dims, data).map_err(|e| e.to_string())
         },
         |other| Err(format!("element type {other:?} is not read from ONNX Runtime"))
