@@ -12,14 +12,6 @@ use modeld::api::pb;
 use modeld::config::ServeConfig;
 use tonic::Code;
 
-type KvClient = kv::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
-
-async fn kv_client(server: &TestServer) -> KvClient {
-    KvClient::new(server.channel().await)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
 /// Every model on the compute threads (the digit models are cheap enough to run inline by
 /// default), `threads` of them, batching up to `max_batch` rows with a generous delay so that
 /// requests sent together are batched together even on a loaded machine.
@@ -33,7 +25,8 @@ fn pooled(threads: usize, max_batch: u64, delay: Duration) -> impl FnOnce(&mut S
 }
 
 async fn statistics(server: &TestServer, name: &str) -> Vec<kv::ModelStatistics> {
-    kv_client(server)
+    server
+        .kserve()
         .await
         .model_statistics(kv::ModelStatisticsRequest {
             name: name.into(),
@@ -51,20 +44,6 @@ fn batches(s: &kv::ModelStatistics) -> Vec<(u64, u64)> {
         .iter()
         .map(|b| (b.batch_size, b.compute_infer.unwrap().count))
         .collect()
-}
-
-fn cnn_request(batch: usize) -> pb::PredictRequest {
-    pb::PredictRequest {
-        model_name: "cnn".into(),
-        inputs: vec![pb::Tensor {
-            name: "image".into(),
-            datatype: "FP32".into(),
-            shape: vec![batch as i64, 3, 224, 224],
-            raw_data: f32_raw(&cnn_input(batch)),
-            ..Default::default()
-        }],
-        routing_key: String::new(),
-    }
 }
 
 #[tokio::test]
@@ -321,23 +300,7 @@ async fn a_request_whose_deadline_passes_in_the_queue_is_not_computed() {
 async fn a_failing_batched_call_costs_only_the_bad_request() {
     let server = TestServer::start_with(Backend::Sqlite, pooled(1, 8, Duration::from_millis(300))).await;
     server.wait_serving("digits_v2").await;
-    std::fs::copy(
-        bundled_models().join("testdata/lookup.onnx"),
-        server.root.path().join("lookup.onnx"),
-    )
-    .unwrap();
-    server
-        .registry()
-        .await
-        .register_model(pb::RegisterModelRequest {
-            name: "lookup".into(),
-            file_path: "lookup.onnx".into(),
-            version: "1".into(),
-            activate: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    server.register_active_testdata("lookup.onnx", "lookup").await;
     let engine = server.status().await.engine.unwrap();
     assert!(engine.serving_batchable, "{engine:?}");
     assert_eq!(engine.failed_batches, 0);

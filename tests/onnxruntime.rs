@@ -41,30 +41,8 @@ fn with_onnxruntime(c: &mut ServeConfig) {
     c.engine.onnxruntime_lib = Some(library());
 }
 
-type KvClient = kv::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>;
-
-async fn kv_client(server: &TestServer) -> KvClient {
-    KvClient::new(server.channel().await)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20)
-}
-
 fn engine(s: &pb::ServerStatus) -> pb::EngineStatus {
     s.engine.clone().expect("a server reports its engine")
-}
-
-fn cnn_request(batch: usize) -> pb::PredictRequest {
-    pb::PredictRequest {
-        model_name: "cnn".into(),
-        inputs: vec![pb::Tensor {
-            name: "image".into(),
-            datatype: "FP32".into(),
-            shape: vec![batch as i64, 3, 224, 224],
-            raw_data: f32_raw(&cnn_input(batch)),
-            ..Default::default()
-        }],
-        routing_key: String::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +85,7 @@ async fn onnxruntime_computes_the_bundled_models_and_says_so() {
     assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-6);
 
     // The Open Inference Protocol names the engine as Triton does.
-    let mut kv = kv_client(&server).await;
+    let mut kv = server.kserve().await;
     let meta = kv
         .model_metadata(kv::ModelMetadataRequest {
             name: "cnn".into(),
@@ -192,7 +170,8 @@ async fn onnxruntime_batches_are_split_back_exactly() {
     for c in calls {
         c.await.unwrap();
     }
-    let stats = kv_client(&server)
+    let stats = server
+        .kserve()
         .await
         .model_statistics(kv::ModelStatisticsRequest {
             name: "digits_v2".into(),
@@ -212,23 +191,10 @@ async fn onnxruntime_batches_are_split_back_exactly() {
 async fn a_model_whose_outputs_differ_from_tracts_is_computed_by_tract() {
     let server = TestServer::start_with(Backend::Sqlite, with_onnxruntime).await;
     server.wait_serving("digits_v2").await;
-    std::fs::copy(
-        bundled_models().join("testdata/engines_disagree.onnx"),
-        server.root.path().join("engines_disagree.onnx"),
-    )
-    .unwrap();
+    // A model tract serves is never refused because of the other engine.
     server
-        .registry()
-        .await
-        .register_model(pb::RegisterModelRequest {
-            name: "disagree".into(),
-            file_path: "engines_disagree.onnx".into(),
-            version: "1".into(),
-            activate: true,
-            ..Default::default()
-        })
-        .await
-        .expect("a model tract serves is never refused because of the other engine");
+        .register_active_testdata("engines_disagree.onnx", "disagree")
+        .await;
     let e = engine(&server.status().await);
     assert_eq!(e.serving_engine, "tract", "{e:?}");
     assert!(
@@ -255,7 +221,8 @@ async fn a_model_whose_outputs_differ_from_tracts_is_computed_by_tract() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.outputs[0].int32_data, vec![i32::MAX, 1_000_000_000, i32::MAX, 0]);
-    let meta = kv_client(&server)
+    let meta = server
+        .kserve()
         .await
         .model_metadata(kv::ModelMetadataRequest {
             name: "disagree".into(),
@@ -273,7 +240,6 @@ async fn a_model_whose_outputs_differ_from_tracts_is_computed_by_tract() {
 /// its logs and status say why.
 #[tokio::test]
 async fn an_unloadable_library_leaves_tract_serving() {
-    use tokio::io::AsyncBufReadExt;
     let why = "cannot load ONNX Runtime from";
     let missing = "/nonexistent/libonnxruntime.so.1.31.1".to_string();
     let not_a_library = bundled_models().join("cnn.onnx").display().to_string();
@@ -296,24 +262,11 @@ async fn an_unloadable_library_leaves_tract_serving() {
     ] {
         let db = TestDb::new(Backend::Sqlite).await;
         let root = model_root();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--engine",
-                "onnxruntime",
-            ])
-            .args(["--onnxruntime-lib", &library])
-            .env("MODELD_DATABASE_URL", &db.url)
-            .env("MODELD_MODEL_ROOT", root.path())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut child, mut lines) = spawn_serve(
+            &db.url,
+            root.path(),
+            &["--engine", "onnxruntime", "--onnxruntime-lib", &library],
+        );
         // The listening address comes first (the configuration line), the warning after it.
         let (mut warned, mut addr) = (None, None);
         while warned.is_none() || addr.is_none() {

@@ -608,18 +608,9 @@ async fn shutdown_lets_in_flight_requests_finish() {
 
 #[tokio::test]
 async fn sigterm_stops_the_real_binary_cleanly() {
-    use tokio::io::AsyncBufReadExt;
     let db = TestDb::new(Backend::Sqlite).await;
     let root = model_root();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("MODELD_DATABASE_URL", &db.url)
-        .env("MODELD_MODEL_ROOT", root.path())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_serve(&db.url, root.path(), &[]);
     let addr = loop {
         let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
             .await

@@ -133,6 +133,32 @@ pub fn model_root() -> tempfile::TempDir {
     dir
 }
 
+pub type KServeClient = modeld::api::kserve_pb::grpc_inference_service_client::GrpcInferenceServiceClient<Channel>;
+
+/// Starts the real binary, `modeld serve` with JSON logs on `127.0.0.1:0` plus `extra`, on a
+/// database and model root; returns the child (killed on drop) and its log lines.
+pub fn spawn_serve(
+    db_url: &str,
+    root: &Path,
+    extra: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(extra)
+        .env("MODELD_DATABASE_URL", db_url)
+        .env("MODELD_MODEL_ROOT", root)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
 /// A running server.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
@@ -260,6 +286,33 @@ impl TestServer {
         Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
     }
 
+    /// An Open Inference Protocol client with the server's 64 MiB message limit.
+    pub async fn kserve(&self) -> KServeClient {
+        KServeClient::new(self.channel().await)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// Copies `models/testdata/<file>` into the model root and registers it as `name`, active.
+    pub async fn register_active_testdata(&self, file: &str, name: &str) {
+        std::fs::copy(
+            bundled_models().join("testdata").join(file),
+            self.root.path().join(file),
+        )
+        .unwrap();
+        self.registry()
+            .await
+            .register_model(pb::RegisterModelRequest {
+                name: name.into(),
+                file_path: file.into(),
+                version: "1".into(),
+                activate: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("registering {file}: {e:?}"));
+    }
+
     pub async fn inference(&self) -> pb::inference_client::InferenceClient<Channel> {
         pb::inference_client::InferenceClient::new(self.channel().await)
             .max_decoding_message_size(64 << 20)
@@ -348,6 +401,21 @@ pub fn eval_rows(n: usize) -> Vec<f32> {
 pub fn expected_probs(model: &str, n: usize) -> Vec<f32> {
     let (_, p) = npy_f32(&format!("expected/{model}_probabilities.npy"));
     p[..n * 10].to_vec()
+}
+
+/// A raw FP32 Predict request for `batch` deterministic CNN images.
+pub fn cnn_request(batch: usize) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model_name: "cnn".into(),
+        inputs: vec![pb::Tensor {
+            name: "image".into(),
+            datatype: "FP32".into(),
+            shape: vec![batch as i64, 3, 224, 224],
+            raw_data: f32_raw(&cnn_input(batch)),
+            ..Default::default()
+        }],
+        routing_key: String::new(),
+    }
 }
 
 /// The deterministic CNN input the expected outputs were computed on (models/make_models.py).
