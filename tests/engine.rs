@@ -51,30 +51,8 @@ async fn concurrent_requests_are_batched_and_split_back_exactly() {
     let server = TestServer::start_with(Backend::Sqlite, pooled(1, 8, Duration::from_millis(300))).await;
     server.wait_serving("digits_v2").await;
     // Requests of 1, 2 and 3 rows (12 rows in all), each a different slice of the evaluation set.
-    let all = eval_rows(12);
-    let want = expected_probs("digits_v2", 12);
     let sizes = [1usize, 2, 3, 1, 2, 3];
-    let mut start = 0;
-    let mut calls = Vec::new();
-    for &n in &sizes {
-        let mut infer = server.inference().await;
-        let rows = all[start * 64..(start + n) * 64].to_vec();
-        let want = want[start * 10..(start + n) * 10].to_vec();
-        calls.push(tokio::spawn(async move {
-            let resp = infer
-                .predict(digits_request("digits_v2", &rows))
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(resp.outputs[0].shape, vec![n as i64, 10]);
-            assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-5);
-            assert_eq!(resp.outputs[1].shape, vec![n as i64]);
-        }));
-        start += n;
-    }
-    for c in calls {
-        c.await.unwrap();
-    }
+    predict_slices_together(&server, &sizes, 1e-5).await;
     let stats = statistics(&server, "digits_v2").await;
     let s = &stats[0];
     assert_eq!(s.inference_count, 12);

@@ -148,28 +148,7 @@ async fn onnxruntime_batches_are_split_back_exactly() {
     server.wait_serving("digits_v2").await;
     assert_eq!(engine(&server.status().await).serving_engine, "onnxruntime");
     assert!(engine(&server.status().await).serving_batchable);
-    let all = eval_rows(12);
-    let want = expected_probs("digits_v2", 12);
-    let mut calls = Vec::new();
-    let mut start = 0;
-    for n in [1usize, 2, 3, 1, 2, 3] {
-        let mut infer = server.inference().await;
-        let rows = all[start * 64..(start + n) * 64].to_vec();
-        let want = want[start * 10..(start + n) * 10].to_vec();
-        calls.push(tokio::spawn(async move {
-            let resp = infer
-                .predict(digits_request("digits_v2", &rows))
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(resp.outputs[0].shape, vec![n as i64, 10]);
-            assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-6);
-        }));
-        start += n;
-    }
-    for c in calls {
-        c.await.unwrap();
-    }
+    predict_slices_together(&server, &[1, 2, 3, 1, 2, 3], 1e-6).await;
     let stats = server
         .kserve()
         .await

@@ -403,6 +403,37 @@ pub fn expected_probs(model: &str, n: usize) -> Vec<f32> {
     p[..n * 10].to_vec()
 }
 
+/// Sends digits_v2 requests of `sizes` rows all at once, each a different slice of the
+/// evaluation set, and checks every answer against onnxruntime's stored outputs (within `tol`).
+/// Returns the total number of rows.
+pub async fn predict_slices_together(server: &TestServer, sizes: &[usize], tol: f32) -> usize {
+    let total: usize = sizes.iter().sum();
+    let all = eval_rows(total);
+    let want = expected_probs("digits_v2", total);
+    let mut start = 0;
+    let mut calls = Vec::new();
+    for &n in sizes {
+        let mut infer = server.inference().await;
+        let rows = all[start * 64..(start + n) * 64].to_vec();
+        let want = want[start * 10..(start + n) * 10].to_vec();
+        calls.push(tokio::spawn(async move {
+            let resp = infer
+                .predict(digits_request("digits_v2", &rows))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(resp.outputs[0].shape, vec![n as i64, 10]);
+            assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, tol);
+            assert_eq!(resp.outputs[1].shape, vec![n as i64]);
+        }));
+        start += n;
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    total
+}
+
 /// A raw FP32 Predict request for `batch` deterministic CNN images.
 pub fn cnn_request(batch: usize) -> pb::PredictRequest {
     pb::PredictRequest {
