@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use modeld::model::slot::ServedModel;
-use modeld::model::{EngineKind, EngineSettings, load_model};
+use modeld::model::{EngineChoice, EngineKind, EngineSettings, load_model};
 use modeld::serving::{self, Executor, ExecutorConfig, InputRef, Payload};
 use tract_onnx::prelude::{TValue, Tensor, tvec};
 
@@ -23,7 +23,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn served(file: &str, engine: EngineKind) -> Arc<ServedModel> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(file);
     let settings = EngineSettings {
-        preferred: engine,
+        preferred: match engine {
+            EngineKind::Tract => EngineChoice::Tract,
+            EngineKind::Onnxruntime => EngineChoice::Onnxruntime,
+        },
         concurrency: 2,
     };
     let model = load_model(&path, None, settings).expect("bundled model loads");
@@ -44,7 +47,7 @@ fn engines() -> Vec<EngineKind> {
                 .success()
                 .then(|| String::from_utf8_lossy(&out.stdout).trim().into())
         });
-    match modeld::model::engine::prepare(EngineKind::Onnxruntime, library.as_deref()) {
+    match modeld::model::engine::prepare(EngineChoice::Onnxruntime, library.as_deref()) {
         Ok(what) => {
             println!("comparing tract with {what}");
             vec![EngineKind::Tract, EngineKind::Onnxruntime]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::model::EngineKind;
+use crate::model::EngineChoice;
 use crate::registry::redact_url;
 use crate::serving::ExecutorConfig;
 
@@ -162,10 +162,11 @@ pub struct EngineArgs {
     pub no_batching: bool,
     /// The engine that computes models. `onnxruntime` loads ONNX Runtime's shared library at
     /// start-up and uses it for every model it compiles and whose outputs match tract's on a
-    /// test input; any other model, or every model when the library cannot be loaded, is
-    /// computed by tract, and the logs and status say why.
-    #[arg(long = "engine", env = "MODELD_ENGINE", value_enum, default_value_t = EngineKind::Tract)]
-    pub engine: EngineKind,
+    /// test input; `auto` does the same but keeps, per model, whichever engine warmed up faster.
+    /// Any other model, or every model when the library cannot be loaded, is computed by
+    /// tract, and the logs and status say why.
+    #[arg(long = "engine", env = "MODELD_ENGINE", value_enum, default_value_t = EngineChoice::Tract)]
+    pub engine: EngineChoice,
     /// ONNX Runtime's shared library (`libonnxruntime.so.1.31.1` of the PyPI wheel, or a release
     /// archive's). Default: `ORT_DYLIB_PATH`, else `libonnxruntime.so` on the loader's path.
     #[arg(long, env = "MODELD_ONNXRUNTIME_LIB")]
@@ -183,7 +184,7 @@ impl Default for EngineArgs {
             max_batch_size: e.max_batch_size as u64,
             max_queue_delay_us: e.max_queue_delay.as_micros() as u64,
             no_batching: false,
-            engine: EngineKind::Tract,
+            engine: EngineChoice::Tract,
             onnxruntime_lib: None,
         }
     }

@@ -208,7 +208,7 @@ impl Control {
     pub fn engine_for(&self, record: &ModelRecord) -> EngineKind {
         match self.slot.load() {
             Some(served) if served.record.model_id == record.model_id => served.model.engine.kind(),
-            _ if self.engine.preferred == EngineKind::Onnxruntime
+            _ if self.engine.preferred.wants_onnxruntime()
                 && matches!(crate::model::engine::onnxruntime_status(), Some(Ok(_))) =>
             {
                 EngineKind::Onnxruntime
@@ -523,7 +523,7 @@ impl Control {
         let (engine, note) = (model.engine.kind(), model.engine_note.as_deref().unwrap_or(""));
         let (name, version) = (&record.model_name, &record.version);
         let cost_us = model.cost.as_micros() as u64;
-        if engine == self.engine.preferred {
+        if !model.engine_fell_back {
             tracing::info!(model = %name, %version, %engine, note, cost_us, batchable = model.batchable, "serving");
         } else {
             // Not what the operator asked for: worth a warning.

@@ -15,7 +15,7 @@ use common::*;
 use modeld::api::kserve_pb as kv;
 use modeld::api::pb;
 use modeld::config::ServeConfig;
-use modeld::model::EngineKind;
+use modeld::model::EngineChoice;
 
 /// ONNX Runtime's library, fetched once per test run.
 fn library() -> PathBuf {
@@ -37,7 +37,7 @@ fn library() -> PathBuf {
 }
 
 fn with_onnxruntime(c: &mut ServeConfig) {
-    c.engine.engine = EngineKind::Onnxruntime;
+    c.engine.engine = EngineChoice::Onnxruntime;
     c.engine.onnxruntime_lib = Some(library());
 }
 
@@ -163,6 +163,46 @@ async fn onnxruntime_batches_are_split_back_exactly() {
     let s = &stats[0];
     assert_eq!(s.inference_count, 12);
     assert!(s.execution_count < 6, "6 requests ran as {} calls", s.execution_count);
+    server.stop().await.unwrap();
+}
+
+/// `--engine auto` keeps, per model, whichever engine warmed up faster: ONNX Runtime for the CNN
+/// (2.5x faster here), and for the MLP whichever won its warm-up, as the note says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_picks_the_faster_engine_per_model() {
+    let server = TestServer::start_with(Backend::Sqlite, |c: &mut ServeConfig| {
+        with_onnxruntime(c);
+        c.engine.engine = EngineChoice::Auto;
+    })
+    .await;
+    server.wait_serving("digits_v2").await;
+    let e = engine(&server.status().await);
+    assert_eq!(e.preferred_engine, "auto");
+    let chosen = format!("{} chosen: warm-up cost onnxruntime ", e.serving_engine);
+    assert!(e.serving_engine_note.starts_with(&chosen), "{e:?}");
+    assert!(e.serving_engine_note.contains("match tract's"), "{e:?}");
+
+    server
+        .registry()
+        .await
+        .activate_model(activate_req("cnn"))
+        .await
+        .unwrap();
+    let e = engine(&server.status().await);
+    assert_eq!(e.serving_engine, "onnxruntime", "{e:?}");
+    assert!(
+        e.serving_engine_note.starts_with("onnxruntime chosen: warm-up cost"),
+        "{e:?}"
+    );
+    let resp = server
+        .inference()
+        .await
+        .predict(cnn_request(2))
+        .await
+        .unwrap()
+        .into_inner();
+    let (_, want) = npy_f32("expected/cnn_probabilities.npy");
+    assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-6);
     server.stop().await.unwrap();
 }
 

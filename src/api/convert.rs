@@ -5,7 +5,7 @@ use super::pb;
 use crate::control::ActivationOutcome;
 use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
-use crate::model::{EngineKind, EngineSettings, Signature, TensorSpec};
+use crate::model::{EngineSettings, Signature, TensorSpec};
 use crate::registry::{EventRecord, ModelRecord, ModelRef};
 use crate::serving::{Executor, OutputData, OutputTensor, Payload};
 use crate::watch::StatusSnapshot;
@@ -236,7 +236,7 @@ fn engine_status(e: &Executor, settings: EngineSettings, serving: Option<&Served
         serving_batchable: serving.is_some_and(|m| m.model.batchable),
         preferred_engine: settings.preferred.name().into(),
         onnxruntime: match crate::model::engine::onnxruntime_status() {
-            _ if settings.preferred != EngineKind::Onnxruntime => String::new(),
+            _ if !settings.preferred.wants_onnxruntime() => String::new(),
             Some(Ok(what) | Err(what)) => what,
             None => String::new(),
         },

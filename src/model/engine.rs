@@ -8,7 +8,7 @@ use tract_onnx::prelude::{TValue, TVec};
 use super::Plan;
 
 /// Which engine computes a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
     /// tract: pure Rust, always available.
     #[default]
@@ -41,11 +41,46 @@ impl std::fmt::Display for EngineKind {
     }
 }
 
+/// The engine a server asks for (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EngineChoice {
+    /// tract for every model.
+    #[default]
+    Tract,
+    /// ONNX Runtime for every model it computes as tract does; tract for the others.
+    Onnxruntime,
+    /// Per model, whichever engine computes it faster at load (ONNX Runtime only if it agrees
+    /// with tract and is clearly faster); tract when ONNX Runtime cannot be used.
+    Auto,
+}
+
+impl EngineChoice {
+    /// The name in flags and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tract => "tract",
+            Self::Onnxruntime => "onnxruntime",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// Whether ONNX Runtime's library is needed.
+    pub fn wants_onnxruntime(self) -> bool {
+        self != Self::Tract
+    }
+}
+
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How a process wants its models computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineSettings {
-    /// The engine to use where it can run the model; tract otherwise.
-    pub preferred: EngineKind,
+    /// The engine asked for.
+    pub preferred: EngineChoice,
     /// How many threads may run one model at the same time (ONNX Runtime keeps a session for
     /// each): the compute threads, or the runtime threads for models that run inline.
     pub concurrency: usize,
@@ -54,7 +89,7 @@ pub struct EngineSettings {
 impl Default for EngineSettings {
     fn default() -> Self {
         Self {
-            preferred: EngineKind::Tract,
+            preferred: EngineChoice::Tract,
             concurrency: 1,
         }
     }
@@ -66,16 +101,20 @@ impl Default for EngineSettings {
 ///
 /// # Errors
 /// The preferred engine cannot be used here; the text says why.
-pub fn prepare(preferred: EngineKind, library: Option<&std::path::Path>) -> Result<String, String> {
+pub fn prepare(preferred: EngineChoice, library: Option<&std::path::Path>) -> Result<String, String> {
+    if !preferred.wants_onnxruntime() {
+        return Ok("tract".into());
+    }
+    #[cfg(feature = "onnxruntime")]
+    let loaded = super::onnxruntime::init(library);
+    #[cfg(not(feature = "onnxruntime"))]
+    let loaded = {
+        let _ = library;
+        Err(unavailable_here())
+    };
     match preferred {
-        EngineKind::Tract => Ok("tract".into()),
-        #[cfg(feature = "onnxruntime")]
-        EngineKind::Onnxruntime => super::onnxruntime::init(library),
-        #[cfg(not(feature = "onnxruntime"))]
-        EngineKind::Onnxruntime => {
-            let _ = library;
-            Err(unavailable_here())
-        }
+        EngineChoice::Auto => loaded.map(|what| format!("tract or {what}, whichever computes each model faster")),
+        _ => loaded,
     }
 }
 

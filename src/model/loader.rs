@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use super::Plan;
-use super::engine::{Engine, EngineKind, EngineSettings};
+use super::engine::{Engine, EngineChoice, EngineSettings};
 use super::signature::{DataType, Signature, TensorSpec};
 use crate::error::{Error, Result};
 
@@ -17,9 +17,13 @@ use crate::error::{Error, Result};
 pub struct LoadedModel {
     /// What computes the model.
     pub engine: Engine,
-    /// Set when the preferred engine is not the one computing the model: why not. Also set
-    /// when ONNX Runtime computes it: how its outputs compared with tract's at load.
+    /// How the engine was chosen: why the asked-for engine is not computing the model, how
+    /// ONNX Runtime's outputs compared with tract's at load, the warm-up costs that decided
+    /// `--engine auto`.
     pub engine_note: Option<String>,
+    /// The asked-for engine could not be used for this model (library not loaded, model not
+    /// compiled, outputs differ): tract computes it instead.
+    pub engine_fell_back: bool,
     /// Inputs and outputs read from the file.
     pub signature: Signature,
     /// Hex sha256 of the file bytes that were loaded.
@@ -81,10 +85,12 @@ pub fn load_model(path: &Path, expected_sha256: Option<&str>, settings: EngineSe
     let fail = |e: String| Error::FailedPrecondition(format!("model file {shown} {e}"));
     let (plan, signature) = build_plan(&bytes).map_err(fail)?;
     let tract_warm = warm_up(&Engine::Tract(Arc::clone(&plan)), &signature).map_err(fail)?;
-    let (engine, engine_note, warm) = choose_engine(&bytes, plan, &signature, settings, tract_warm);
+    let chosen = choose_engine(&bytes, plan, &signature, settings, tract_warm);
+    let (engine, warm) = (chosen.engine, chosen.warm);
     Ok(LoadedModel {
         engine,
-        engine_note,
+        engine_note: chosen.note,
+        engine_fell_back: chosen.fell_back,
         signature,
         sha256,
         size_bytes: bytes.len() as u64,
@@ -110,27 +116,61 @@ fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature), String> {
     Ok((plan, signature))
 }
 
-/// tract, which loaded and warmed up the model already, computes it unless `settings` prefers
-/// ONNX Runtime and ONNX Runtime compiles the same bytes, gives tract's outputs on a test input
-/// and warms up. Anything else keeps tract and says why: a model tract serves is never refused
-/// because of the other engine.
+/// The engine chosen for a model, and why.
+struct Chosen {
+    engine: Engine,
+    warm: WarmUp,
+    note: Option<String>,
+    fell_back: bool,
+}
+
+/// ONNX Runtime must be at least this much faster than tract for `--engine auto` to pick it:
+/// warm-up costs of microsecond models differ by noise, and tract is the default.
+const AUTO_MARGIN: f64 = 1.1;
+
+/// tract, which loaded and warmed up the model already, computes it unless `settings` asks for
+/// ONNX Runtime (or auto) and ONNX Runtime compiles the same bytes, gives tract's outputs on a
+/// test input and warms up; auto then keeps whichever warmed up faster. Anything else keeps
+/// tract and says why: a model tract serves is never refused because of the other engine.
 fn choose_engine(
     bytes: &[u8],
     plan: Plan,
     signature: &Signature,
     settings: EngineSettings,
     tract_warm: WarmUp,
-) -> (Engine, Option<String>, WarmUp) {
-    match settings.preferred {
-        EngineKind::Tract => (Engine::Tract(plan), None, tract_warm),
-        EngineKind::Onnxruntime => match onnxruntime_engine(bytes, &plan, signature, settings.concurrency) {
-            Ok((engine, warm, agreement)) => (engine, Some(agreement), warm),
-            Err(why) => (
-                Engine::Tract(plan),
-                Some(format!("onnxruntime not used: {why}")),
-                tract_warm,
-            ),
-        },
+) -> Chosen {
+    let tract = |warm, note, fell_back| Chosen {
+        engine: Engine::Tract(Arc::clone(&plan)),
+        warm,
+        note,
+        fell_back,
+    };
+    if !settings.preferred.wants_onnxruntime() {
+        return tract(tract_warm, None, false);
+    }
+    let (engine, warm, agreement) = match onnxruntime_engine(bytes, &plan, signature, settings.concurrency) {
+        Ok(ort) => ort,
+        Err(why) => return tract(tract_warm, Some(format!("onnxruntime not used: {why}")), true),
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let costs = format!(
+        "warm-up cost onnxruntime {:.0} µs, tract {:.0} µs",
+        us(warm.cost),
+        us(tract_warm.cost)
+    );
+    if settings.preferred == EngineChoice::Auto && us(warm.cost) * AUTO_MARGIN > us(tract_warm.cost) {
+        let note = format!("tract chosen: {costs} (onnxruntime must be 10% faster); {agreement}");
+        return tract(tract_warm, Some(note), false);
+    }
+    let note = match settings.preferred {
+        EngineChoice::Auto => format!("onnxruntime chosen: {costs}; {agreement}"),
+        _ => agreement,
+    };
+    Chosen {
+        engine,
+        warm,
+        note: Some(note),
+        fell_back: false,
     }
 }
 

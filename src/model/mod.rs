@@ -14,7 +14,7 @@ pub mod root;
 pub mod signature;
 pub mod slot;
 
-pub use engine::{Engine, EngineKind, EngineSettings};
+pub use engine::{Engine, EngineChoice, EngineKind, EngineSettings};
 pub use loader::{LoadedModel, load_model};
 pub use root::ModelRoot;
 pub use signature::{DataType, Signature, TensorSpec};
