@@ -159,7 +159,7 @@ fn choose_engine(
         us(tract_warm.cost)
     );
     if settings.preferred == EngineChoice::Auto && us(warm.cost) * AUTO_MARGIN > us(tract_warm.cost) {
-        let note = format!("tract chosen: {costs} (onnxruntime must be 10% faster); {agreement}");
+        let note = format!("tract chosen: {costs} (tract must cost 1.1x onnxruntime to switch); {agreement}");
         return tract(tract_warm, Some(note), false);
     }
     let note = match settings.preferred {
