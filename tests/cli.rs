@@ -241,7 +241,7 @@ async fn an_unknown_engine_is_refused_before_anything_starts() {
     assert!(!ok);
     assert!(
         err.contains("invalid value 'tensorrt' for '--engine <ENGINE>'")
-            && err.contains("[possible values: tract, onnxruntime]"),
+            && err.contains("[possible values: tract, onnxruntime, auto]"),
         "{err}"
     );
 }
