@@ -117,6 +117,14 @@ def cnn_input(batch):
     return x.astype(np.float32).reshape(batch, 3, 224, 224)
 
 
+def test_model(graph, doc):
+    """A test model around `graph`, stamped like the bundled ones."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="modeld/models/make_models.py", doc_string=doc)
+    model.ir_version = 8
+    return model
+
+
 def engines_disagree_graph():
     """y = int32(x * 1e10): out of int32's range for x > 0.22, where the spec leaves the cast
     undefined and the engines differ (tract saturates to 2147483647, onnxruntime's x86 build
@@ -127,11 +135,7 @@ def engines_disagree_graph():
     nodes = [helper.make_node("Mul", ["x", "scale"], ["big"], name="scale_up"),
              helper.make_node("Cast", ["big"], ["y"], to=TensorProto.INT32, name="to_int32")]
     graph = helper.make_graph(nodes, "engines_disagree", [x], [y], [scale])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="modeld/models/make_models.py",
-                              doc_string="Engines disagree on out-of-range casts (tests).")
-    model.ir_version = 8
-    return model
+    return test_model(graph, "Engines disagree on out-of-range casts (tests).")
 
 
 def lookup_graph():
@@ -142,11 +146,7 @@ def lookup_graph():
     table = numpy_helper.from_array(np.arange(10, dtype=np.float32) / 2, "table")
     nodes = [helper.make_node("Gather", ["table", "index"], ["value"], axis=0, name="lookup")]
     graph = helper.make_graph(nodes, "lookup", [index], [value], [table])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="modeld/models/make_models.py",
-                              doc_string="A table lookup that fails on out-of-range indices (tests).")
-    model.ir_version = 8
-    return model
+    return test_model(graph, "A table lookup that fails on out-of-range indices (tests).")
 
 
 def run_ort(path, feeds):

@@ -24,20 +24,6 @@ fn pooled(threads: usize, max_batch: u64, delay: Duration) -> impl FnOnce(&mut S
     }
 }
 
-async fn statistics(server: &TestServer, name: &str) -> Vec<kv::ModelStatistics> {
-    server
-        .kserve()
-        .await
-        .model_statistics(kv::ModelStatisticsRequest {
-            name: name.into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model_stats
-}
-
 /// (batch size, executions) pairs of a model's statistics.
 fn batches(s: &kv::ModelStatistics) -> Vec<(u64, u64)> {
     s.batch_stats
@@ -53,7 +39,7 @@ async fn concurrent_requests_are_batched_and_split_back_exactly() {
     // Requests of 1, 2 and 3 rows (12 rows in all), each a different slice of the evaluation set.
     let sizes = [1usize, 2, 3, 1, 2, 3];
     predict_slices_together(&server, &sizes, 1e-5).await;
-    let stats = statistics(&server, "digits_v2").await;
+    let stats = server.statistics("digits_v2").await;
     let s = &stats[0];
     assert_eq!(s.inference_count, 12);
     let by_size = batches(s);
@@ -106,7 +92,7 @@ async fn no_batching_runs_every_request_alone() {
     for c in calls {
         c.await.unwrap();
     }
-    let s = &statistics(&server, "digits_v2").await[0];
+    let s = &server.statistics("digits_v2").await[0];
     assert_eq!((s.inference_count, s.execution_count), (12, 6));
     assert_eq!(batches(s), vec![(2, 6)]);
     server.stop().await.unwrap();
@@ -154,8 +140,8 @@ async fn a_swap_while_requests_wait_for_a_batch_never_mixes_versions() {
         versions.push(model);
     }
     assert!(versions[4..].iter().all(|m| m == "digits_v1"), "{versions:?}");
-    let v1 = &statistics(&server, "digits_v1").await[0];
-    let v2 = &statistics(&server, "digits_v2").await[0];
+    let v1 = &server.statistics("digits_v1").await[0];
+    let v2 = &server.statistics("digits_v2").await[0];
     let v2_requests = versions.iter().filter(|m| *m == "digits_v2").count() as u64;
     assert_eq!(v2.inference_count, 4 * v2_requests);
     assert_eq!(v1.inference_count, 4 * (8 - v2_requests));
@@ -265,7 +251,7 @@ async fn a_request_whose_deadline_passes_in_the_queue_is_not_computed() {
         .unwrap()
         .into_inner();
     assert_eq!(after.outputs[0].shape, vec![2, 10]);
-    let s = &statistics(&server, "cnn").await[0];
+    let s = &server.statistics("cnn").await[0];
     assert_eq!(s.inference_count, 18, "the late request was computed");
     assert_eq!(s.execution_count, 2);
     server.stop().await.unwrap();
@@ -319,7 +305,7 @@ async fn a_failing_batched_call_costs_only_the_bad_request() {
         engine.failed_batches, 1,
         "the three requests were batched, and the batch failed"
     );
-    let s = &statistics(&server, "lookup").await[0];
+    let s = &server.statistics("lookup").await[0];
     assert_eq!(s.inference_stats.unwrap().success.unwrap().count, 2);
     assert_eq!(s.inference_stats.unwrap().fail.unwrap().count, 1);
     assert_eq!(

@@ -80,21 +80,11 @@ async fn onnxruntime_computes_the_bundled_models_and_says_so() {
         .unwrap();
     let e = engine(&server.status().await);
     assert_eq!(e.serving_engine, "onnxruntime", "{e:?}");
-    let resp = infer.predict(cnn_request(2)).await.unwrap().into_inner();
-    let (_, want) = npy_f32("expected/cnn_probabilities.npy");
-    assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-6);
+    server.assert_cnn_matches_expected(1e-6).await;
 
     // The Open Inference Protocol names the engine as Triton does.
     let mut kv = server.kserve().await;
-    let meta = kv
-        .model_metadata(kv::ModelMetadataRequest {
-            name: "cnn".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(meta.platform, "onnxruntime_onnx");
+    assert_eq!(server.metadata("cnn").await.platform, "onnxruntime_onnx");
     let config = kv
         .model_config(kv::ModelConfigRequest {
             name: "cnn".into(),
@@ -109,15 +99,7 @@ async fn onnxruntime_computes_the_bundled_models_and_says_so() {
         (config.platform.as_str(), config.backend.as_str()),
         ("onnxruntime_onnx", "onnxruntime")
     );
-    let stats = kv
-        .model_statistics(kv::ModelStatisticsRequest {
-            name: String::new(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model_stats;
+    let stats = server.statistics("").await;
     for name in ["digits_v2", "cnn"] {
         let s = stats
             .iter()
@@ -149,17 +131,7 @@ async fn onnxruntime_batches_are_split_back_exactly() {
     assert_eq!(engine(&server.status().await).serving_engine, "onnxruntime");
     assert!(engine(&server.status().await).serving_batchable);
     predict_slices_together(&server, &[1, 2, 3, 1, 2, 3], 1e-6).await;
-    let stats = server
-        .kserve()
-        .await
-        .model_statistics(kv::ModelStatisticsRequest {
-            name: "digits_v2".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model_stats;
+    let stats = server.statistics("digits_v2").await;
     let s = &stats[0];
     assert_eq!(s.inference_count, 12);
     assert!(s.execution_count < 6, "6 requests ran as {} calls", s.execution_count);
@@ -194,15 +166,7 @@ async fn auto_picks_the_faster_engine_per_model() {
         e.serving_engine_note.starts_with("onnxruntime chosen: warm-up cost"),
         "{e:?}"
     );
-    let resp = server
-        .inference()
-        .await
-        .predict(cnn_request(2))
-        .await
-        .unwrap()
-        .into_inner();
-    let (_, want) = npy_f32("expected/cnn_probabilities.npy");
-    assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-6);
+    server.assert_cnn_matches_expected(1e-6).await;
     server.stop().await.unwrap();
 }
 
@@ -240,17 +204,7 @@ async fn a_model_whose_outputs_differ_from_tracts_is_computed_by_tract() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.outputs[0].int32_data, vec![i32::MAX, 1_000_000_000, i32::MAX, 0]);
-    let meta = server
-        .kserve()
-        .await
-        .model_metadata(kv::ModelMetadataRequest {
-            name: "disagree".into(),
-            version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(meta.platform, "tract_onnx");
+    assert_eq!(server.metadata("disagree").await.platform, "tract_onnx");
     server.stop().await.unwrap();
 }
 

@@ -88,21 +88,7 @@ async fn every_bundled_model_matches_onnxruntime() {
 
     // The CNN at batch 2 (a 1.2 MB request).
     registry.activate_model(activate_req("cnn")).await.unwrap();
-    let req = pb::PredictRequest {
-        model_name: "cnn".into(),
-        inputs: vec![pb::Tensor {
-            name: "image".into(),
-            datatype: "FP32".into(),
-            shape: vec![2, 3, 224, 224],
-            raw_data: f32_raw(&cnn_input(2)),
-            ..Default::default()
-        }],
-        routing_key: String::new(),
-    };
-    let resp = infer.predict(req).await.unwrap().into_inner();
-    assert_eq!(resp.outputs[0].shape, vec![2, 10]);
-    let (_, want) = npy_f32("expected/cnn_probabilities.npy");
-    assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, 1e-4);
+    server.assert_cnn_matches_expected(1e-4).await;
 }
 
 #[tokio::test]

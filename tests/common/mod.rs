@@ -293,6 +293,48 @@ impl TestServer {
             .max_encoding_message_size(64 << 20)
     }
 
+    /// KServe ModelStatistics for `name` (empty: every model).
+    pub async fn statistics(&self, name: &str) -> Vec<modeld::api::kserve_pb::ModelStatistics> {
+        self.kserve()
+            .await
+            .model_statistics(modeld::api::kserve_pb::ModelStatisticsRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .model_stats
+    }
+
+    /// KServe ModelMetadata for `name`.
+    pub async fn metadata(&self, name: &str) -> modeld::api::kserve_pb::ModelMetadataResponse {
+        self.kserve()
+            .await
+            .model_metadata(modeld::api::kserve_pb::ModelMetadataRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Predicts the two deterministic CNN images and checks the probabilities against
+    /// onnxruntime's stored outputs (within `tol`).
+    pub async fn assert_cnn_matches_expected(&self, tol: f32) {
+        let resp = self
+            .inference()
+            .await
+            .predict(cnn_request(2))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.outputs[0].shape, vec![2, 10]);
+        let (_, want) = npy_f32("expected/cnn_probabilities.npy");
+        assert_close(&raw_f32(&resp.outputs[0].raw_data), &want, tol);
+    }
+
     /// Copies `models/testdata/<file>` into the model root and registers it as `name`, active.
     pub async fn register_active_testdata(&self, file: &str, name: &str) {
         std::fs::copy(
