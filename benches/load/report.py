@@ -1,7 +1,8 @@
 """Turns one harness run directory into the markdown report (printed to stdout).
 
-Reads RUN_DIR/env.txt, the perf_analyzer CSVs RUN_DIR/{server}_{model}_c{N}.csv (servers:
-modeld with tract, modeld_ort with onnxruntime, mlserver) and
+Reads RUN_DIR/env.txt, the perf_analyzer CSVs RUN_DIR/{server}_{model}_c{N}[_async].csv
+(servers: modeld with tract, modeld_ort with onnxruntime, mlserver; _async: perf_analyzer's
+async client on one thread, else its default sync client, one thread per request) and
 RUN_DIR/swap/{steady,swapping}.csv with RUN_DIR/swap/summary.json. A run whose CSV is missing
 (perf_analyzer failed or could not stabilise) shows as "failed", with the log to read.
 
@@ -67,8 +68,10 @@ def main():
         for line in f:
             k, _, v = line.rstrip("\n").partition("=")
             env[k] = v
-    concurrencies = sorted(
-        {int(m.group(1)) for n in os.listdir(run) if (m := re.search(r"_c(\d+)\.csv", n))}
+    # (concurrency, client suffix): sync first, then the async client, per concurrency.
+    runs = sorted(
+        {(int(m.group(1)), m.group(2) or "")
+         for n in os.listdir(run) if (m := re.search(r"_c(\d+)(_async)?\.csv", n))}
     )
     out = []
     p = out.append
@@ -86,17 +89,20 @@ def main():
     p(f"- modeld engines: {env.get('modeld_engines', 'tract')}; ONNX Runtime library for modeld: "
       f"{env.get('modeld_onnxruntime_lib', 'none')}")
     p(f"- {env.get('settings')}")
+    p("- client: sync is perf_analyzer's default, one client thread per concurrent request; async "
+      "is `--async --max-threads 1`, the same requests in flight from one client thread, so the "
+      "client takes less of the two cores from the server")
     p("")
     # The servers this run measured (a failed run still leaves its CSV.log).
     models = "|".join(m for m, _ in MODELS)
     servers = [sv for sv in SERVERS
-               if any(re.fullmatch(rf"{sv[0]}_({models})_c\d+\.csv(\.log)?", n)
+               if any(re.fullmatch(rf"{sv[0]}_({models})_c\d+(_async)?\.csv(\.log)?", n)
                       for n in os.listdir(run))]
     modelds = [sv for sv in servers if sv[0] != "mlserver"]
     p("Ratios are modeld / MLServer: throughput above 1 and p50 below 1 favour modeld. "
       "modeld's engine is named in brackets.")
     p("")
-    head = ["model", "concurrency"]
+    head = ["model", "concurrency", "client"]
     head += [f"{label} infer/s" for _, label in servers]
     head += [f"{label} / MLServer throughput" for _, label in modelds]
     head += [f"{label} p50" for _, label in servers]
@@ -106,10 +112,10 @@ def main():
     p("|" + " --- |" * len(head))
     failed, unstable = [], []
     for model, label in MODELS:
-        for c in concurrencies:
+        for c, suffix in runs:
             r, mark = {}, {}
             for server, _ in servers:
-                name = f"{server}_{model}_c{c}.csv"
+                name = f"{server}_{model}_c{c}{suffix}.csv"
                 r[server] = read_csv(os.path.join(run, name)) or {}
                 mark[server] = ""
                 if not r[server]:
@@ -118,7 +124,7 @@ def main():
                     unstable.append(name)
                     mark[server] = " *"
             ml = r.get("mlserver", {})
-            row = [label, str(c)]
+            row = [label, str(c), "async" if suffix else "sync"]
             row += [tput(r[sv].get("tput")) + mark[sv] for sv, _ in servers]
             row += [ratio(r[sv].get("tput"), ml.get("tput")) for sv, _ in modelds]
             row += [us(r[sv].get("p50")) + mark[sv] for sv, _ in servers]

@@ -3,11 +3,12 @@
 # MLServer side by side, in one run on one machine, then a swap-under-load run on modeld
 # (swap.sh). See benches/load/README.md.
 #
-#   bash benches/load/run.sh              # builds modeld (release), installs the tools, ~6-8 min
+#   bash benches/load/run.sh              # builds modeld (release), installs the tools, ~12 min
 #   MODELD_BIN=/path/to/modeld bash benches/load/run.sh   # use an already-built binary
 #
-# Knobs (environment): LOAD_OUT (target/load), LOAD_CONCURRENCY ("1 4 16"), LOAD_INTERVAL_MS
-# (4000), LOAD_STABILITY (15, %), LOAD_MAX_TRIALS (8), LOAD_SKIP_SWAP (unset), LOAD_ENGINES
+# Knobs (environment): LOAD_OUT (target/load), LOAD_CONCURRENCY ("1 4 16"), LOAD_ASYNC_CONCURRENCY
+# ("4 16": the concurrencies also measured with perf_analyzer's lean async client; "" for none),
+# LOAD_INTERVAL_MS (4000), LOAD_STABILITY (15, %), LOAD_MAX_TRIALS (8), LOAD_SKIP_SWAP (unset), LOAD_ENGINES
 # ("tract onnxruntime": the modeld engines measured; the library comes from
 # scripts/onnxruntime.sh), and those of
 # swap.sh (SWAP_COUNT, SWAP_SECONDS, SWAP_POLL_MS), MODELD_BENCH_ORT_POOL=1 (MLServer runs
@@ -19,6 +20,7 @@ source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
 out="${LOAD_OUT:-$repo/target/load}"
 concurrency="${LOAD_CONCURRENCY:-1 4 16}"
+async_concurrency="${LOAD_ASYNC_CONCURRENCY-4 16}"
 interval_ms="${LOAD_INTERVAL_MS:-4000}"
 stability="${LOAD_STABILITY:-15}"
 max_trials="${LOAD_MAX_TRIALS:-8}"
@@ -82,6 +84,7 @@ log "results and logs: $run_dir"
     echo "mlserver_ort_run=inline on the event loop"
   fi
   echo "settings=perf_analyzer -i grpc --concurrency-range C --measurement-interval $interval_ms --stability-percentage $stability --max-trials $max_trials --percentile 50, fixed --input-data"
+  echo "async_concurrency=$async_concurrency"
 } >"$run_dir/env.txt"
 
 # modeld runs with --log warn: a fallback to tract (library or model) is the warning looked for.
@@ -129,24 +132,36 @@ wait_ready MLServer "$mlserver_pid" "${port_of[mlserver]}" "$run_dir/mlserver/ml
 # A measurement that does not stabilise within the trials is measured once more over three
 # windows without the stability check, and marked as unstable in the report (CSV.unstable).
 failed_runs=()
+# Two load clients. "sync" is perf_analyzer's default: one thread per concurrent request, each
+# blocking on its call. "async" (--async --max-threads 1) keeps the same number of requests in
+# flight from a single thread. On 2 cores shared with the server, the 16 sync threads use about
+# three times the server's CPU per request; the async client leaves the server more of the
+# machine. Both are measured, against every server alike.
 measure() { # model input_file
-  local model="$1" data="$2" c server csv args
+  local model="$1" data="$2" c mode server csv args
   for c in $concurrency; do
-    for server in "${servers[@]}"; do
-      csv="$run_dir/${server}_${model}_c${c}.csv"
-      args=(-m "$model" -u "127.0.0.1:${port_of[$server]}" --input-data "$inputs_dir/$data"
-        --concurrency-range "$c" --measurement-interval "$interval_ms" --percentile 50)
-      perf "$server $model c=$c" "$csv" "${args[@]}" \
-        --stability-percentage "$stability" --max-trials "$max_trials" && continue
-      if grep -q "Failed to obtain stable measurement" "$csv.log"; then
-        log "$server $model c=$c did not stabilise within $max_trials windows: measuring 3 windows unchecked"
-        mv "$csv.log" "$csv.unstable.log"
-        touch "$csv.unstable"
-        perf "$server $model c=$c (unchecked)" "$csv" "${args[@]}" \
-          --stability-percentage 1000 --max-trials 3 && continue
-      fi
-      failed_runs+=("$server $model c=$c")
-      log "FAILED: $server $model c=$c (see $csv.log)"
+    for mode in sync async; do
+      [ "$mode" = async ] && [[ " $async_concurrency " != *" $c "* ]] && continue
+      for server in "${servers[@]}"; do
+        csv="$run_dir/${server}_${model}_c${c}.csv"
+        args=(-m "$model" -u "127.0.0.1:${port_of[$server]}" --input-data "$inputs_dir/$data"
+          --concurrency-range "$c" --measurement-interval "$interval_ms" --percentile 50)
+        if [ "$mode" = async ]; then
+          csv="$run_dir/${server}_${model}_c${c}_async.csv"
+          args+=(--async --max-threads 1)
+        fi
+        perf "$server $model c=$c $mode" "$csv" "${args[@]}" \
+          --stability-percentage "$stability" --max-trials "$max_trials" && continue
+        if grep -q "Failed to obtain stable measurement" "$csv.log"; then
+          log "$server $model c=$c $mode did not stabilise within $max_trials windows: measuring 3 windows unchecked"
+          mv "$csv.log" "$csv.unstable.log"
+          touch "$csv.unstable"
+          perf "$server $model c=$c $mode (unchecked)" "$csv" "${args[@]}" \
+            --stability-percentage 1000 --max-trials 3 && continue
+        fi
+        failed_runs+=("$server $model c=$c $mode")
+        log "FAILED: $server $model c=$c $mode (see $csv.log)"
+      done
     done
   done
 }
