@@ -6,13 +6,13 @@
 #   bash benches/load/run.sh              # builds modeld (release), installs the tools, ~12 min
 #   MODELD_BIN=/path/to/modeld bash benches/load/run.sh   # use an already-built binary
 #
-# Knobs (environment): LOAD_OUT (target/load), LOAD_CONCURRENCY ("1 4 16"), LOAD_ASYNC_CONCURRENCY
-# ("4 16": the concurrencies also measured with perf_analyzer's lean async client; "" for none),
-# LOAD_INTERVAL_MS (4000), LOAD_STABILITY (15, %), LOAD_MAX_TRIALS (8), LOAD_SKIP_SWAP (unset), LOAD_ENGINES
-# ("tract onnxruntime": the modeld engines measured; the library comes from
-# scripts/onnxruntime.sh), and those of
-# swap.sh (SWAP_COUNT, SWAP_SECONDS, SWAP_POLL_MS), MODELD_BENCH_ORT_POOL=1 (MLServer runs
-# onnxruntime on a thread pool; see mlserver/onnx_runtime.py). MODELD_* variables reach
+# Knobs (environment): LOAD_OUT (target/load), LOAD_CONCURRENCY ("1 4 16"),
+# LOAD_ASYNC_CONCURRENCY ("4 16": the concurrencies also measured with perf_analyzer's async
+# client on one thread; "" for none), LOAD_INTERVAL_MS (4000), LOAD_STABILITY (15, %),
+# LOAD_MAX_TRIALS (8), LOAD_SKIP_SWAP (unset), LOAD_ENGINES ("tract onnxruntime": the modeld
+# engines measured; the library comes from scripts/onnxruntime.sh), and those of swap.sh
+# (SWAP_COUNT, SWAP_SECONDS, SWAP_POLL_MS), MODELD_BENCH_ORT_POOL=1 (MLServer runs onnxruntime
+# on a thread pool; see mlserver/onnx_runtime.py). MODELD_* variables reach
 # `modeld serve` as usual (e.g. MODELD_RUNTIME_THREADS=2).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
