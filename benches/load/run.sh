@@ -21,6 +21,10 @@ source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 out="${LOAD_OUT:-$repo/target/load}"
 concurrency="${LOAD_CONCURRENCY:-1 4 16}"
 async_concurrency="${LOAD_ASYNC_CONCURRENCY-4 16}"
+for c in $async_concurrency; do
+  [[ " $concurrency " == *" $c "* ]] ||
+    die "LOAD_ASYNC_CONCURRENCY: $c is not in LOAD_CONCURRENCY ($concurrency); give space-separated values from it"
+done
 interval_ms="${LOAD_INTERVAL_MS:-4000}"
 stability="${LOAD_STABILITY:-15}"
 max_trials="${LOAD_MAX_TRIALS:-8}"
