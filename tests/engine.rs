@@ -72,6 +72,56 @@ async fn concurrent_requests_are_batched_and_split_back_exactly() {
     server.stop().await.unwrap();
 }
 
+/// Requests sent on one ModelStreamInfer stream are computed together (here: batched) and
+/// answered in the order they were sent, each with its own id and its own rows' outputs.
+#[tokio::test]
+async fn requests_on_one_stream_are_batched_and_answered_in_order() {
+    let server = TestServer::start_with(Backend::Sqlite, pooled(1, 8, Duration::from_millis(300))).await;
+    server.wait_serving("digits_v2").await;
+    let sizes = [1usize, 2, 3, 1, 2, 3];
+    let total: usize = sizes.iter().sum();
+    let (all, want) = (eval_rows(total), expected_probs("digits_v2", total));
+    let mut requests = Vec::new();
+    let mut start = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        let mut req = kserve_request("digits_v2", &all[start * 64..(start + n) * 64]);
+        req.id = format!("req-{i}");
+        requests.push(req);
+        start += n;
+    }
+    let mut stream = server
+        .kserve()
+        .await
+        .model_stream_infer(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut start = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        let reply = stream.message().await.unwrap().expect("one reply per request");
+        assert!(reply.error_message.is_empty(), "{}", reply.error_message);
+        let resp = reply.infer_response.unwrap();
+        assert_eq!(resp.id, format!("req-{i}"), "replies come in request order");
+        assert_eq!(resp.outputs[0].shape, vec![n as i64, 10]);
+        assert_close(
+            &raw_f32(&resp.raw_output_contents[0]),
+            &want[start * 10..(start + n) * 10],
+            1e-5,
+        );
+        start += n;
+    }
+    assert!(stream.message().await.unwrap().is_none());
+    let s = &server.statistics("digits_v2").await[0];
+    assert_eq!(s.inference_count, total as u64);
+    assert!(
+        s.execution_count < sizes.len() as u64,
+        "6 requests sent on one stream within a 300 ms window ran as {} calls: {:?}",
+        s.execution_count,
+        batches(s)
+    );
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn no_batching_runs_every_request_alone() {
     let server = TestServer::start_with(Backend::Sqlite, |c: &mut ServeConfig| {

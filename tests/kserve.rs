@@ -15,21 +15,6 @@ async fn client(server: &TestServer) -> Client {
         .max_encoding_message_size(64 << 20)
 }
 
-fn raw_request(model: &str, rows: &[f32]) -> kv::ModelInferRequest {
-    kv::ModelInferRequest {
-        model_name: model.into(),
-        id: "req-1".into(),
-        inputs: vec![kv::model_infer_request::InferInputTensor {
-            name: "input".into(),
-            datatype: "FP32".into(),
-            shape: vec![(rows.len() / 64) as i64, 64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![f32_raw(rows)],
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn server_and_model_metadata_config_and_readiness() {
     let server = TestServer::start(Backend::Sqlite).await;
@@ -147,7 +132,7 @@ async fn model_infer_raw_typed_requested_outputs_and_errors() {
 
     // Raw in, raw out, id echoed, version stated.
     let r = c
-        .model_infer(raw_request("digits_v2", &eval_rows(8)))
+        .model_infer(kserve_request("digits_v2", &eval_rows(8)))
         .await
         .unwrap()
         .into_inner();
@@ -162,7 +147,7 @@ async fn model_infer_raw_typed_requested_outputs_and_errors() {
     assert_eq!(raw_i64(&r.raw_output_contents[1]), labels[..8]);
 
     // The `active` alias, and only the requested output.
-    let mut req = raw_request("active", &eval_rows(2));
+    let mut req = kserve_request("active", &eval_rows(2));
     req.outputs = vec![kv::model_infer_request::InferRequestedOutputTensor {
         name: "label".into(),
         ..Default::default()
@@ -196,7 +181,7 @@ async fn model_infer_raw_typed_requested_outputs_and_errors() {
     assert!(p.iter().all(|v| v.is_nan()), "NaN in, NaN out: {p:?}");
 
     // Errors: the same checks and codes as modeld.v1.
-    let mut bad = raw_request("digits_v2", &eval_rows(1));
+    let mut bad = kserve_request("digits_v2", &eval_rows(1));
     bad.inputs[0].shape = vec![1, 63];
     let s = c.model_infer(bad).await.unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
@@ -205,28 +190,28 @@ async fn model_infer_raw_typed_requested_outputs_and_errors() {
         "{}",
         s.message()
     );
-    let mut two = raw_request("digits_v2", &eval_rows(1));
+    let mut two = kserve_request("digits_v2", &eval_rows(1));
     two.raw_input_contents.push(vec![]);
     assert_eq!(c.model_infer(two).await.unwrap_err().code(), Code::InvalidArgument);
-    let mut out = raw_request("digits_v2", &eval_rows(1));
+    let mut out = kserve_request("digits_v2", &eval_rows(1));
     out.outputs = vec![kv::model_infer_request::InferRequestedOutputTensor {
         name: "logits".into(),
         ..Default::default()
     }];
     assert_eq!(c.model_infer(out).await.unwrap_err().code(), Code::InvalidArgument);
     let s = c
-        .model_infer(raw_request("digits_v1", &eval_rows(1)))
+        .model_infer(kserve_request("digits_v1", &eval_rows(1)))
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::FailedPrecondition);
     assert_eq!(
-        c.model_infer(raw_request("nope", &eval_rows(1)))
+        c.model_infer(kserve_request("nope", &eval_rows(1)))
             .await
             .unwrap_err()
             .code(),
         Code::NotFound
     );
-    let mut v = raw_request("digits_v2", &eval_rows(1));
+    let mut v = kserve_request("digits_v2", &eval_rows(1));
     v.model_version = "9".into();
     assert_eq!(c.model_infer(v).await.unwrap_err().code(), Code::NotFound);
 
@@ -274,12 +259,12 @@ async fn model_infer_raw_typed_requested_outputs_and_errors() {
 async fn stream_infer_answers_each_request_and_reports_errors_in_stream() {
     let server = TestServer::start(Backend::Sqlite).await;
     let mut c = client(&server).await;
-    let mut bad = raw_request("digits_v2", &eval_rows(1));
+    let mut bad = kserve_request("digits_v2", &eval_rows(1));
     bad.inputs[0].datatype = "INT64".into();
     bad.id = "bad".into();
-    let mut good = raw_request("active", &eval_rows(1));
+    let mut good = kserve_request("active", &eval_rows(1));
     good.id = "good".into();
-    let reqs = vec![raw_request("digits_v2", &eval_rows(1)), bad, good];
+    let reqs = vec![kserve_request("digits_v2", &eval_rows(1)), bad, good];
     let mut stream = c
         .model_stream_infer(tokio_stream::iter(reqs))
         .await
@@ -337,7 +322,7 @@ async fn repository_index_load_and_unload() {
     .await
     .unwrap();
     let r = c
-        .model_infer(raw_request("active", &eval_rows(1)))
+        .model_infer(kserve_request("active", &eval_rows(1)))
         .await
         .unwrap()
         .into_inner();

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::kserve_pb as pb;
@@ -20,6 +20,9 @@ use crate::serving::{Executor, ExecutorConfig, InputRef, OutputData, OutputTenso
 /// `max_batch_size` reported for models with a batch dimension: the largest batch of the bundled
 /// CNN (3x224x224 FP32) that fits the default 64 MiB message limit is 110; 64 leaves headroom.
 pub const MAX_BATCH_SIZE: i32 = 64;
+/// Requests of one ModelStreamInfer stream computed at once. The stream reads no further request
+/// until the oldest of them is answered, so a client cannot queue unbounded work on one stream.
+pub const STREAM_IN_FLIGHT: usize = 32;
 
 /// The Open Inference Protocol service.
 #[derive(Debug, Clone)]
@@ -349,41 +352,34 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
         r: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Reply<Self::ModelStreamInferStream> {
         let deadline = super::deadline(r.metadata());
-        let mut requests = r.into_inner();
         let this = self.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            while let Some(next) = requests.next().await {
-                let reply = match next {
-                    Ok(req) => {
-                        let id = req.id.clone();
-                        // The stream's deadline bounds every request in it.
-                        match this.infer(req, deadline).await {
-                            Ok(resp) => pb::ModelStreamInferResponse {
-                                error_message: String::new(),
-                                infer_response: Some(resp),
-                            },
-                            // Errors are answered in-stream (as Triton does); the stream goes on.
-                            Err(e) => pb::ModelStreamInferResponse {
-                                error_message: Status::from(e).message().to_string(),
-                                infer_response: Some(pb::ModelInferResponse {
-                                    id,
-                                    ..Default::default()
-                                }),
-                            },
-                        }
-                    }
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
-                };
-                if tx.send(Ok(reply)).await.is_err() {
-                    return;
-                }
+        // Up to STREAM_IN_FLIGHT requests of one stream are computed at once (so they can share
+        // a batch); their responses still go out in the order the requests came in, as Triton
+        // answers a stream for a model that is not decoupled.
+        let computing = tokio_stream::StreamExt::map(r.into_inner(), move |next| {
+            let this = this.clone();
+            async move {
+                let req = next?;
+                let id = req.id.clone();
+                // The stream's deadline bounds every request in it.
+                Ok(match this.infer(req, deadline).await {
+                    Ok(resp) => pb::ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(resp),
+                    },
+                    // Errors are answered in-stream (as Triton does); the stream goes on.
+                    Err(e) => pb::ModelStreamInferResponse {
+                        error_message: Status::from(e).message().to_string(),
+                        infer_response: Some(pb::ModelInferResponse {
+                            id,
+                            ..Default::default()
+                        }),
+                    },
+                })
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let replies = futures_util::StreamExt::buffered(computing, STREAM_IN_FLIGHT);
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn model_config(&self, r: Request<pb::ModelConfigRequest>) -> Reply<pb::ModelConfigResponse> {

@@ -476,6 +476,23 @@ pub async fn predict_slices_together(server: &TestServer, sizes: &[usize], tol: 
     total
 }
 
+/// A KServe ModelInfer request (id "req-1") of `rows` (64 floats each) as raw FP32 bytes.
+pub fn kserve_request(model: &str, rows: &[f32]) -> modeld::api::kserve_pb::ModelInferRequest {
+    use modeld::api::kserve_pb as kv;
+    kv::ModelInferRequest {
+        model_name: model.into(),
+        id: "req-1".into(),
+        inputs: vec![kv::model_infer_request::InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![(rows.len() / 64) as i64, 64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![f32_raw(rows)],
+        ..Default::default()
+    }
+}
+
 /// A raw FP32 Predict request for `batch` deterministic CNN images.
 pub fn cnn_request(batch: usize) -> pb::PredictRequest {
     pb::PredictRequest {
