@@ -255,14 +255,7 @@ async fn a_full_queue_is_refused_at_once_with_a_retry_hint() {
         "{metrics}"
     );
     // Nothing stuck: the server answers normally afterwards.
-    let resp = server
-        .inference()
-        .await
-        .predict(cnn_request(1))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(resp.outputs[0].shape, vec![1, 10]);
+    server.assert_cnn_matches_expected(1e-4).await;
     server.stop().await.unwrap();
 }
 
