@@ -17,8 +17,8 @@ use crate::api::pb::model_registry_server::ModelRegistryServer;
 use crate::api::registry::RegistryService;
 use crate::config::ServeConfig;
 use crate::control::Control;
-use crate::model::{EngineSettings, ModelRoot, Slot};
-use crate::registry::{Origin, Registry};
+use crate::model::{EngineChoice, EngineSettings, ModelRoot, Slot};
+use crate::registry::{Backend, Origin, Registry, redact_url};
 use crate::serving::Executor;
 use crate::watch::{self, ReloadConfig};
 
@@ -42,11 +42,23 @@ pub async fn control(registry: &crate::config::RegistryArgs, origin: Origin) -> 
 /// model at once: the compute threads, or the runtime threads for a cheap model that runs
 /// inline (a model runs one way or the other, so the larger of the two).
 fn engine_settings(args: &crate::config::EngineArgs, executor: &Executor) -> EngineSettings {
+    let queue = executor.config();
+    let pool = format!(
+        "{} compute threads, queue of {}, batches of up to {}",
+        queue.threads, queue.queue_capacity, queue.max_batch_size
+    );
     match crate::model::engine::prepare(args.engine, args.onnxruntime_lib.as_deref()) {
-        Ok(what) => tracing::info!(engine = %args.engine, "models are computed by {what}"),
+        Ok(what) => tracing::info!(engine = %args.engine, "engine: {what}; {pool}"),
+        // Asked for by default, not by the operator: say once how to get it, not a warning.
+        Err(why) if args.engine == EngineChoice::Auto => tracing::info!(
+            engine = %args.engine,
+            "engine: tract ({pool}); ONNX Runtime, faster on heavy models, is not available: {why}. {}",
+            crate::model::engine::HOW_TO_GET_ONNXRUNTIME
+        ),
         Err(why) => tracing::warn!(
             engine = %args.engine,
-            "{why}; models are computed by tract instead"
+            "{why}; models are computed by tract instead. {}",
+            crate::model::engine::HOW_TO_GET_ONNXRUNTIME
         ),
     }
     let runtime = match args.runtime_threads {
@@ -104,7 +116,19 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    tracing::info!(?config, %addr, "starting modeld");
+    // A few readable lines: where it listens, which registry, which root, which engine (below),
+    // then what it serves (on publish).
+    tracing::info!(
+        %addr,
+        "modeld {} listening on {addr}: gRPC modeld.v1, Open Inference Protocol (KServe v2), health, reflection",
+        env!("CARGO_PKG_VERSION")
+    );
+    let url = &config.registry.database_url;
+    let kind = match Backend::of_url(url) {
+        Backend::Postgres => "PostgreSQL",
+        Backend::Sqlite => "SQLite file",
+    };
+    tracing::info!("registry: {} ({kind})", redact_url(url));
     let server = config
         .server_name
         .clone()
@@ -121,6 +145,11 @@ pub async fn serve_with(
         )
         .await?
         .serving(executor, engine),
+    );
+    tracing::info!(
+        "model root: {} ({})",
+        control.root().path().display(),
+        crate::model::root::ROOT_FLAG
     );
 
     if !config.no_seed {
@@ -169,7 +198,8 @@ pub async fn serve_with(
     // Metrics stop with the server.
     let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
     if let Some(l) = metrics {
-        tracing::info!(addr = %l.local_addr()?, "serving Prometheus metrics on /metrics");
+        let at = l.local_addr()?;
+        tracing::info!(addr = %at, "metrics: http://{at}/metrics");
         let control = Arc::clone(&control);
         tokio::spawn(async move {
             let stop = async move {

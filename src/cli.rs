@@ -7,12 +7,70 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
 
-use crate::api::pb;
+use crate::api::{kserve_pb, pb};
 use crate::app;
 use crate::config::{Command, EventsArgs, ModelArg, PredictArgs};
 use crate::control::{ActivationOutcome, Registration};
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order, Origin};
+
+/// Exit code: usage (a bad flag, value or command line; clap uses it too).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: no such model.
+pub const EXIT_NOT_FOUND: u8 = 3;
+/// Exit code: refused (an invalid value or a failed precondition).
+pub const EXIT_REFUSED: u8 = 4;
+/// Exit code: the registry database or the server cannot be reached.
+pub const EXIT_UNREACHABLE: u8 = 5;
+
+/// The exit code for a failed command ([`crate::config::EXIT_CODES`]), from the first error in
+/// its cause chain that says what kind of failure it is: modeld's own, a gRPC status from the
+/// server, or a connection that could not be made.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::Error>() {
+            return match e {
+                crate::Error::NotFound(_) => EXIT_NOT_FOUND,
+                crate::Error::InvalidArgument(_)
+                | crate::Error::AlreadyExists(_)
+                | crate::Error::FailedPrecondition(_)
+                | crate::Error::ModelFile { .. } => EXIT_REFUSED,
+                crate::Error::Unavailable(_) => EXIT_UNREACHABLE,
+                crate::Error::ResourceExhausted { .. }
+                | crate::Error::DeadlineExceeded(_)
+                | crate::Error::Internal(_) => 1,
+            };
+        }
+        if let Some(ServerSaid(s)) = cause.downcast_ref::<ServerSaid>() {
+            return match s.code() {
+                tonic::Code::NotFound => EXIT_NOT_FOUND,
+                tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::AlreadyExists
+                | tonic::Code::OutOfRange => EXIT_REFUSED,
+                tonic::Code::Unavailable => EXIT_UNREACHABLE,
+                _ => 1,
+            };
+        }
+        if cause.downcast_ref::<tonic::transport::Error>().is_some() {
+            return EXIT_UNREACHABLE;
+        }
+    }
+    1
+}
+
+/// A gRPC status the server answered with, shown as its message and code.
+#[derive(Debug)]
+struct ServerSaid(tonic::Status);
+
+impl std::fmt::Display for ServerSaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.0.message(), self.0.code())
+    }
+}
+
+impl std::error::Error for ServerSaid {}
 
 /// Runs one command to completion.
 ///
@@ -33,9 +91,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Register(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
+            // The path as the user typed it, here on their machine: relative to the current
+            // directory or absolute, as long as it lies inside the model root.
+            let cwd = std::env::current_dir().context("cannot read the current directory")?;
+            let file_path = control.root().relative_to_root(&a.path, &cwd)?;
             let reg = Registration {
                 name: a.name,
-                file_path: a.path,
+                file_path,
                 version: a.version,
                 description: a.description,
                 model_type: a.model_type,
@@ -63,16 +125,27 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if a.json {
                 println!("{}", Value::Array(models.iter().map(record_json).collect()));
             } else {
+                let width = models
+                    .iter()
+                    .map(|m| m.model_name.width())
+                    .max()
+                    .unwrap_or(0)
+                    .clamp(4, 40);
                 println!(
-                    "{:>4}  {:1} {:<24} {:<10} {:>8}  {:<28} TYPE",
-                    "ID", " ", "NAME", "VERSION", "ACCURACY", "FILE"
+                    "{:>4}  {:1} {} {:<10} {:>8}  {:<28} TYPE",
+                    "ID",
+                    " ",
+                    pad("NAME", width),
+                    "VERSION",
+                    "ACCURACY",
+                    "FILE"
                 );
                 for m in &models {
                     println!(
-                        "{:>4}  {:<1} {:<24} {:<10} {:>8}  {:<28} {}",
+                        "{:>4}  {:<1} {} {:<10} {:>8}  {:<28} {}",
                         m.model_id,
                         if m.is_active { "*" } else { "" },
-                        m.model_name,
+                        pad(&m.model_name, width),
                         m.version,
                         m.accuracy.map_or_else(|| "-".into(), |a| format!("{a:.4}")),
                         m.file_path,
@@ -200,17 +273,35 @@ async fn shutdown_signal() {
     }
 }
 
+/// `id:<digits>` names a model by id; anything else is a name.
 fn model_ref(arg: &ModelArg) -> anyhow::Result<ModelRef> {
-    match arg.model.strip_prefix("id:") {
-        Some(id) => Ok(ModelRef::Id(
-            id.parse().with_context(|| format!("bad model id {id:?}"))?,
-        )),
-        None => Ok(ModelRef::Name(arg.model.clone())),
+    match arg.model.strip_prefix("id:").map(str::parse) {
+        Some(Ok(id)) => Ok(ModelRef::Id(id)),
+        _ => Ok(ModelRef::Name(arg.model.clone())),
     }
 }
 
+/// `s` padded with spaces to `width` terminal columns (wide characters count two), cut with an
+/// ellipsis when longer (`--json` shows every name whole).
+fn pad(s: &str, width: usize) -> String {
+    if s.width() <= width {
+        return format!("{s}{}", " ".repeat(width - s.width()));
+    }
+    let (mut out, mut used) = (String::new(), 0);
+    for c in s.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    format!("{out}{}", " ".repeat(width.saturating_sub(used + 1)))
+}
+
 fn describe(m: &ModelRecord) -> String {
-    format!("{} (id {}, version {:?})", m.model_name, m.model_id, m.version)
+    format!("{:?} (id {}, version {:?})", m.model_name, m.model_id, m.version)
 }
 
 fn print_activation(a: &ActivationOutcome) {
@@ -254,27 +345,18 @@ async fn predict(a: PredictArgs) -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", a.server))?;
-    let mut registry = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
-    let signature = if a.model.is_empty() || a.model == crate::control::ACTIVE_ALIAS {
-        registry
-            .get_active_model(pb::GetActiveModelRequest {})
-            .await?
-            .into_inner()
-            .serving
-    } else {
-        let r = pb::ModelRef {
-            r#ref: Some(pb::model_ref::Ref::ModelName(a.model.clone())),
-        };
-        Some(
-            registry
-                .get_model(pb::GetModelRequest { model: Some(r) })
-                .await?
-                .into_inner(),
-        )
-    }
-    .and_then(|m| m.signature)
-    .context("the server has no model to describe")?;
-    let first = signature.inputs.first().context("the model has no inputs")?;
+    // The signature of what the server serves comes from its memory (ModelMetadata answers
+    // while the registry is unreachable); other models' from the registry.
+    let metadata = kserve_pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel.clone())
+        .model_metadata(kserve_pb::ModelMetadataRequest {
+            name: a.model.clone(),
+            version: String::new(),
+        })
+        .await
+        .map_err(ServerSaid)
+        .context("cannot read the model's signature")?
+        .into_inner();
+    let first = metadata.inputs.first().context("the model has no inputs")?;
     let name = a.input_name.clone().unwrap_or_else(|| first.name.clone());
     let inputs = read_inputs(&a.input, &name, &first.datatype)?;
 
@@ -288,7 +370,7 @@ async fn predict(a: PredictArgs) -> anyhow::Result<()> {
             routing_key: String::new(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?
+        .map_err(ServerSaid)?
         .into_inner();
     let outputs: Vec<Value> = resp
         .outputs

@@ -11,16 +11,31 @@ use crate::model::EngineChoice;
 use crate::registry::redact_url;
 use crate::serving::ExecutorConfig;
 
+/// What `modeld --help` says about exit codes (docs/operations.md says the same).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other error
+  2  usage: a bad flag, value or command line
+  3  not found: no such model (or other record)
+  4  refused: an invalid value (name, path, accuracy, input) or a precondition (the file is
+     missing or broken, the model is active, the name is taken)
+  5  unreachable: the registry database or the server cannot be reached
+
+Results go to stdout, problems to stderr. Commands other than `serve` log at warn unless --log
+says otherwise.";
+
 /// modeld: a gRPC inference server that hot-swaps ONNX models from a SQL model registry.
 #[derive(Debug, Parser)]
-#[command(name = "modeld", version, about, long_about = None)]
+#[command(name = "modeld", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "modeld=debug".
-    #[arg(long, env = "MODELD_LOG", default_value = "info", global = true)]
-    pub log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. "info" or "modeld=debug". Default: "info"
+    /// for `serve`, "warn" for every other command (their output is the answer).
+    #[arg(long, env = "MODELD_LOG", global = true)]
+    pub log: Option<String>,
     /// Log format.
     #[arg(long, env = "MODELD_LOG_FORMAT", value_enum, default_value = "text", global = true)]
     pub log_format: LogFormat,
@@ -70,6 +85,17 @@ pub struct RegistryArgs {
     /// Directory every model file must live under; registry paths are relative to it.
     #[arg(long, env = "MODELD_MODEL_ROOT", default_value = "models")]
     pub model_root: PathBuf,
+}
+
+impl Cli {
+    /// The log filter: `--log`, else the command's default.
+    pub fn log_filter(&self) -> &str {
+        match (&self.log, &self.command) {
+            (Some(filter), _) => filter.as_str(),
+            (None, Command::Serve(_)) => "info",
+            (None, _) => "warn",
+        }
+    }
 }
 
 impl std::fmt::Debug for RegistryArgs {
@@ -160,12 +186,13 @@ pub struct EngineArgs {
     /// Turn dynamic batching off: every request is its own engine call.
     #[arg(long, env = "MODELD_NO_BATCHING")]
     pub no_batching: bool,
-    /// The engine that computes models. `onnxruntime` loads ONNX Runtime's shared library at
-    /// start-up and uses it for every model it compiles and whose outputs match tract's on a
-    /// test input; `auto` does the same but keeps, per model, whichever engine warmed up faster.
-    /// Any other model, or every model when the library cannot be loaded, is computed by
-    /// tract, and the logs and status say why.
-    #[arg(long = "engine", env = "MODELD_ENGINE", value_enum, default_value_t = EngineChoice::Tract)]
+    /// The engine that computes models. `auto` (the default) loads ONNX Runtime's shared
+    /// library at start-up if it is there and keeps, per model, whichever engine warmed up
+    /// faster among those whose outputs match tract's on a test input; without the library it
+    /// serves with tract and says once how to get ONNX Runtime. `onnxruntime` uses ONNX Runtime
+    /// for every model it compiles and that matches tract, and warns when it cannot. `tract`
+    /// never loads ONNX Runtime.
+    #[arg(long = "engine", env = "MODELD_ENGINE", value_enum, default_value_t = EngineChoice::Auto)]
     pub engine: EngineChoice,
     /// ONNX Runtime's shared library (`libonnxruntime.so.1.31.1` of the PyPI wheel, or a release
     /// archive's). Default: `ORT_DYLIB_PATH`, else `libonnxruntime.so` on the loader's path.
@@ -184,7 +211,7 @@ impl Default for EngineArgs {
             max_batch_size: e.max_batch_size as u64,
             max_queue_delay_us: e.max_queue_delay.as_micros() as u64,
             no_batching: false,
-            engine: EngineChoice::Tract,
+            engine: EngineChoice::Auto,
             onnxruntime_lib: None,
         }
     }
@@ -238,10 +265,13 @@ pub struct RegisterArgs {
     /// Registry and model root.
     #[command(flatten)]
     pub registry: RegistryArgs,
-    /// Unique model name.
+    /// Unique model name: printable Unicode, spaces inside, up to 255 characters, e.g.
+    /// "YAMNet Human Detection v1"; not `active` (in any letter case).
     #[arg(long, env = "MODELD_NAME")]
     pub name: String,
-    /// Model file, relative to the model root.
+    /// Model file inside the model root: relative to the current directory
+    /// (`models/m.onnx`), absolute, or relative to the model root (`m.onnx`). Stored relative
+    /// to the root.
     #[arg(long, env = "MODELD_PATH")]
     pub path: String,
     /// Version label.
@@ -281,7 +311,7 @@ pub struct ListArgs {
 /// A model named by id or name.
 #[derive(Debug, Args)]
 pub struct ModelArg {
-    /// Model name, or `id:<model_id>`.
+    /// Model name (quote names with spaces), or `id:<model_id>`.
     pub model: String,
 }
 

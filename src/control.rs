@@ -13,21 +13,22 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FileProblem, Result};
 use crate::model::slot::ServedModel;
-use crate::model::{EngineKind, EngineSettings, LoadedModel, ModelRoot, Slot, load_model};
+use crate::model::{EngineKind, EngineSettings, LoadedModel, ModelRoot, Slot, load_model_named};
 use crate::registry::{ActivationMeta, EventKind, ModelChanges, ModelRecord, ModelRef, NewModel, Registry};
 use crate::serving::stats::Stats;
 use crate::serving::{self, Executor, Inference, InputRef};
 use crate::watch::Status;
 
-/// The name `active` is reserved: it always means "whatever model is active".
-pub const ACTIVE_ALIAS: &str = "active";
+use crate::registry::name;
+pub use crate::registry::name::ACTIVE_ALIAS;
 
 /// A registration request.
 #[derive(Debug, Clone, Default)]
 pub struct Registration {
-    /// Unique name: letters, digits, `_`, `.`, `-`; starts with a letter or digit.
+    /// Unique name: printable Unicode, spaces inside, up to 255 characters (see
+    /// [`name::normalise_name`]); stored NFC-normalised.
     pub name: String,
     /// Path relative to the model root.
     pub file_path: String,
@@ -256,7 +257,7 @@ impl Control {
     /// `InvalidArgument` for a bad name, path or accuracy; `FailedPrecondition` for a missing or
     /// unloadable file; `AlreadyExists` for a duplicate name.
     pub async fn register(&self, reg: Registration) -> Result<Registered> {
-        validate_name(&reg.name)?;
+        let model_name = name::normalise_name(&reg.name)?;
         validate_accuracy(reg.accuracy)?;
         let file_path = normalise(&reg.file_path)?;
         let path = self.root.resolve(&file_path)?;
@@ -265,9 +266,9 @@ impl Control {
         } else {
             None
         };
-        let loaded = load_blocking(path, None, self.engine).await?;
+        let loaded = load_blocking(path, &file_path, None, self.engine).await?;
         let new = NewModel {
-            model_name: reg.name.clone(),
+            model_name: model_name.clone(),
             version: reg.version,
             file_path,
             description: reg.description,
@@ -289,7 +290,7 @@ impl Control {
         };
         let load_time = loaded.load_time;
         let committed = self.registry.insert(&new, reg.activate.then_some(&meta)).await?;
-        tracing::info!(model = %reg.name, version = %committed.active.version, sha256 = %loaded.sha256, "model registered");
+        tracing::info!(model = %model_name, version = %committed.active.version, sha256 = %loaded.sha256, "model registered");
         if !reg.activate {
             return Ok(Registered {
                 model: committed.active,
@@ -394,7 +395,13 @@ impl Control {
             Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
             other => other,
         })?;
-        load_blocking(path, Some(record.checksum_sha256.clone()), self.engine).await
+        load_blocking(
+            path,
+            &record.file_path,
+            Some(record.checksum_sha256.clone()),
+            self.engine,
+        )
+        .await
     }
 
     /// Makes the slot serve what the registry names as active (reload source: another process,
@@ -452,7 +459,10 @@ impl Control {
         let record = served.record.clone();
         let path = match self.root.resolve(&record.file_path) {
             Ok(p) => p,
-            Err(Error::FailedPrecondition(_)) => return Ok(FileSync::Missing(record)),
+            Err(Error::ModelFile {
+                problem: FileProblem::Missing,
+                ..
+            }) => return Ok(FileSync::Missing(record)),
             Err(e) => return Err(e),
         };
         let bytes_sha = {
@@ -460,18 +470,26 @@ impl Control {
             tokio::task::spawn_blocking(move || std::fs::read(&path).map(|b| crate::model::loader::sha256_hex(&b)))
                 .await
                 .map_err(Error::internal)?
-                .map_err(|e| Error::FailedPrecondition(format!("cannot read model file {:?}: {e}", record.file_path)))?
+                .map_err(|e| {
+                    Error::model_file(
+                        FileProblem::Unreadable,
+                        format!("cannot read model file {:?}: {e}", record.file_path),
+                    )
+                })?
         };
         if bytes_sha == record.checksum_sha256 {
             return Ok(FileSync::Unchanged);
         }
         if strict {
-            return Err(Error::FailedPrecondition(format!(
-                "model file {:?} changed (sha256 {bytes_sha}) but the registry has {}; --strict-checksum refuses it",
-                record.file_path, record.checksum_sha256
-            )));
+            return Err(Error::model_file(
+                FileProblem::ChecksumMismatch,
+                format!(
+                    "model file {:?} changed (sha256 {bytes_sha}) but the registry has {}; --strict-checksum refuses it",
+                    record.file_path, record.checksum_sha256
+                ),
+            ));
         }
-        let loaded = load_blocking(path, None, self.engine).await?;
+        let loaded = load_blocking(path, &record.file_path, None, self.engine).await?;
         let size = i64::try_from(loaded.size_bytes).map_err(Error::internal)?;
         let detail = format!("file changed: sha256 {} -> {}", record.checksum_sha256, loaded.sha256);
         let updated = self
@@ -524,7 +542,12 @@ impl Control {
         let (name, version) = (&record.model_name, &record.version);
         let cost_us = model.cost.as_micros() as u64;
         if !model.engine_fell_back {
-            tracing::info!(model = %name, %version, %engine, note, cost_us, batchable = model.batchable, "serving");
+            tracing::info!(
+                note,
+                batchable = model.batchable,
+                "serving {name:?} version {version:?} (id {}) on {engine}, {cost_us} µs a request",
+                record.model_id
+            );
         } else {
             // Not what the operator asked for: worth a warning.
             tracing::warn!(model = %name, %version, %engine, note, cost_us, batchable = model.batchable, "serving with {engine}: {note}");
@@ -560,16 +583,29 @@ impl Control {
     pub async fn model_for(&self, name: &str) -> Result<Arc<ServedModel>> {
         let served = self.slot.load();
         if let Some(m) = &served
-            && (name.is_empty() || name == ACTIVE_ALIAS || m.record.model_name == name)
+            && (name::is_active_alias(name) || m.record.model_name == name)
         {
             return Ok(Arc::clone(m));
         }
-        if name.is_empty() || name == ACTIVE_ALIAS {
+        if name::is_active_alias(name) {
             return Err(Error::Unavailable(
                 "no model is loaded yet: register and activate one (modeld register --activate)".into(),
             ));
         }
+        // A name in another Unicode normal form than the stored NFC one (rare: not on the fast path).
+        let name = name::nfc(name);
+        if let Some(m) = &served
+            && m.record.model_name == name
+        {
+            return Ok(Arc::clone(m));
+        }
         let serving = served.as_ref().map(|m| m.record.model_name.clone());
+        if !self.status.snapshot().registry_reachable() {
+            return Err(Error::Unavailable(format!(
+                "model {name:?} is not the model this server serves ({}), and the registry is unreachable; try again later",
+                serving.map_or_else(|| "nothing".to_string(), |s| format!("{s:?}"))
+            )));
+        }
         match self.registry.find(&ModelRef::Name(name.to_string())).await? {
             None => Err(Error::NotFound(format!("model {name:?} is not registered"))),
             Some(r) if r.is_active => Err(Error::Unavailable(format!(
@@ -640,29 +676,23 @@ struct SeedModel {
 }
 
 /// Runs the CPU-heavy load on a blocking thread; a panic inside tract becomes an error, never a
-/// crash and never a published model.
-async fn load_blocking(path: PathBuf, expected_sha256: Option<String>, engine: EngineSettings) -> Result<LoadedModel> {
-    tokio::task::spawn_blocking(move || load_model(&path, expected_sha256.as_deref(), engine))
+/// crash and never a published model. Messages name the file as `shown` (root-relative).
+async fn load_blocking(
+    path: PathBuf,
+    shown: &str,
+    expected_sha256: Option<String>,
+    engine: EngineSettings,
+) -> Result<LoadedModel> {
+    let shown = shown.to_string();
+    tokio::task::spawn_blocking(move || load_model_named(&path, &shown, expected_sha256.as_deref(), engine))
         .await
-        .map_err(|e| Error::FailedPrecondition(format!("loading the model crashed: {e}")))?
-}
-
-fn validate_name(name: &str) -> Result<()> {
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    let ok_start = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if name.is_empty() || name.len() > 128 || !ok_chars || !ok_start {
-        return Err(Error::InvalidArgument(format!(
-            "model name {name:?} is not valid: use 1-128 letters, digits, '_', '.', '-', starting with a letter or digit"
-        )));
-    }
-    if name == ACTIVE_ALIAS {
-        return Err(Error::InvalidArgument(format!(
-            "model name {ACTIVE_ALIAS:?} is reserved: it always means the active model"
-        )));
-    }
-    Ok(())
+        .map_err(|e| {
+            tracing::error!(error = %e, "loading a model panicked");
+            Error::model_file(
+                FileProblem::NotLoadable,
+                "loading the model crashed; see the server log",
+            )
+        })?
 }
 
 fn validate_accuracy(accuracy: Option<f64>) -> Result<()> {
@@ -688,16 +718,6 @@ fn normalise(rel: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_checked() {
-        for ok in ["digits_v1", "a", "m-2.0", "X9"] {
-            assert!(validate_name(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "-x", "a b", "a/b", "active", &"x".repeat(129)] {
-            assert!(matches!(validate_name(bad), Err(Error::InvalidArgument(_))), "{bad}");
-        }
-    }
 
     #[test]
     fn accuracy_is_checked() {

@@ -19,6 +19,16 @@ pub enum Error {
     /// changed, deleting the active model).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A model file cannot be used: missing, unreadable, not what the registry's checksum says,
+    /// or not a model this server can load. The caller can fix the file or pick another model;
+    /// the kind is kept so that the status can say why a server is degraded.
+    #[error("{message}")]
+    ModelFile {
+        /// What is wrong with the file.
+        problem: FileProblem,
+        /// For people; names the file by its path relative to the model root.
+        message: String,
+    },
     /// Try again later: no model is loaded yet, or the registry database is unreachable.
     #[error("{0}")]
     Unavailable(String),
@@ -36,6 +46,29 @@ pub enum Error {
     /// A bug or an unexpected failure; details are logged, not sent to the client.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What is wrong with a model file ([`Error::ModelFile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileProblem {
+    /// The file does not exist (or is not a regular file).
+    Missing,
+    /// The file exists but cannot be read.
+    Unreadable,
+    /// The file's sha256 differs from the registry's.
+    ChecksumMismatch,
+    /// The file is not a model this server can load, type, optimise or run.
+    NotLoadable,
+}
+
+impl Error {
+    /// A [`Error::ModelFile`].
+    pub fn model_file(problem: FileProblem, message: impl Into<String>) -> Self {
+        Self::ModelFile {
+            problem,
+            message: message.into(),
+        }
+    }
 }
 
 /// Shorthand for results whose error is [`Error`].
@@ -82,7 +115,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::AlreadyExists(m) => tonic::Status::already_exists(m),
-            Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
+            Error::FailedPrecondition(m) | Error::ModelFile { message: m, .. } => tonic::Status::failed_precondition(m),
             Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "unavailable");
                 tonic::Status::unavailable(m)
@@ -122,6 +155,10 @@ mod tests {
             (Error::NotFound("a".into()), tonic::Code::NotFound),
             (Error::AlreadyExists("a".into()), tonic::Code::AlreadyExists),
             (Error::FailedPrecondition("a".into()), tonic::Code::FailedPrecondition),
+            (
+                Error::model_file(FileProblem::Missing, "a"),
+                tonic::Code::FailedPrecondition,
+            ),
             (Error::Unavailable("a".into()), tonic::Code::Unavailable),
             (
                 Error::ResourceExhausted {

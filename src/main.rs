@@ -4,6 +4,7 @@ use clap::Parser;
 use modeld::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 /// jemalloc, chosen by measurement (docs/benchmarks.md): tract allocates every intermediate
@@ -15,15 +16,18 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match EnvFilter::try_new(&cli.log) {
+    let filter = match EnvFilter::try_new(cli.log_filter()) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: bad --log filter {:?}: {e}", cli.log);
-            return ExitCode::from(2);
+            eprintln!("error: bad --log filter {:?}: {e}", cli.log_filter());
+            return ExitCode::from(modeld::cli::EXIT_USAGE);
         }
     };
+    // Colour only for a person at a terminal (and not when NO_COLOR is set).
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
@@ -56,7 +60,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // The whole cause chain, without a backtrace: these are messages for people.
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(modeld::cli::exit_code(&e))
         }
     }
 }

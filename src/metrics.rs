@@ -13,6 +13,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 
 use crate::control::Control;
+use crate::watch::Reason;
 
 /// Serves `GET /metrics` until `shutdown` completes.
 ///
@@ -51,20 +52,29 @@ pub fn render(control: &Control) -> String {
         "1 once a model is loaded and warmed up.",
         u8::from(served.is_some()).to_string(),
     );
+    let degradations = status.degradations(served.as_deref().map(|s| &s.record));
     gauge(
         "modeld_degraded",
-        "1 when the served model differs from the registry's, its file is missing, or the registry is unreachable.",
-        u8::from(status.degraded(served.as_deref().map(|s| &s.record))).to_string(),
+        "1 when any modeld_degraded_reason is 1.",
+        u8::from(!degradations.is_empty()).to_string(),
     );
     gauge(
         "modeld_registry_reachable",
         "1 when the registry answered the last check.",
-        u8::from(status.registry_reachable).to_string(),
+        u8::from(status.registry_reachable()).to_string(),
+    );
+    gauge(
+        "modeld_registry_unreachable_since_seconds",
+        "Unix time since which the registry has not answered; 0 while it answers.",
+        status
+            .registry_unreachable_since
+            .map_or(0, |t| t.timestamp())
+            .to_string(),
     );
     gauge(
         "modeld_model_file_missing",
         "1 when the served model's file is gone from disk.",
-        u8::from(status.file_missing).to_string(),
+        u8::from(status.file_missing()).to_string(),
     );
     gauge(
         "modeld_registry_generation",
@@ -76,6 +86,20 @@ pub fn render(control: &Control) -> String {
         "Requests being computed.",
         control.in_flight().to_string(),
     );
+    let _ = writeln!(
+        out,
+        "# HELP modeld_degraded_reason 1 for each reason this server is degraded (GetServerStatus degradations).\n\
+         # TYPE modeld_degraded_reason gauge"
+    );
+    for reason in Reason::ALL {
+        let on = degradations.iter().any(|d| d.reason == reason);
+        let _ = writeln!(
+            out,
+            "modeld_degraded_reason{{reason=\"{}\"}} {}",
+            reason.code(),
+            u8::from(on)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP modeld_reload_failures_total Reloads that failed; the last good model kept serving.\n\

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::control::{Control, FileSync, RegistrySync};
-use crate::error::Error;
+use crate::error::{Error, FileProblem};
 use crate::registry::{EventKind, ModelRecord};
 
 /// How the watchers behave.
@@ -35,21 +35,92 @@ pub struct ReloadConfig {
     pub watch_files: bool,
 }
 
+/// Why a server is degraded, as a code (GetServerStatus, the `modeld_degraded_reason` metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The registry database does not answer; the server serves from memory.
+    RegistryUnreachable,
+    /// The served model's file is gone from disk (the model in memory keeps serving).
+    ModelFileMissing,
+    /// A model file exists but cannot be read.
+    ModelFileUnreadable,
+    /// A model file's sha256 differs from the registry's.
+    ChecksumMismatch,
+    /// A model file is not a model this server can load.
+    ModelNotLoadable,
+    /// The registry names another model (or file) than the one served, for no reason above
+    /// (a reload is pending or failed otherwise).
+    NotServingRegistryModel,
+    /// A reload failed for another reason (see the message).
+    ReloadFailed,
+}
+
+impl Reason {
+    /// Every reason, in the order they are reported.
+    pub const ALL: [Reason; 7] = [
+        Self::RegistryUnreachable,
+        Self::ModelFileMissing,
+        Self::ModelFileUnreadable,
+        Self::ChecksumMismatch,
+        Self::ModelNotLoadable,
+        Self::NotServingRegistryModel,
+        Self::ReloadFailed,
+    ];
+
+    /// The code in metrics and logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::RegistryUnreachable => "registry_unreachable",
+            Self::ModelFileMissing => "model_file_missing",
+            Self::ModelFileUnreadable => "model_file_unreadable",
+            Self::ChecksumMismatch => "checksum_mismatch",
+            Self::ModelNotLoadable => "model_not_loadable",
+            Self::NotServingRegistryModel => "not_serving_registry_model",
+            Self::ReloadFailed => "reload_failed",
+        }
+    }
+
+    /// The reason a failed reload gives.
+    fn of(e: &Error) -> Self {
+        match e {
+            Error::Unavailable(_) => Self::RegistryUnreachable,
+            Error::ModelFile { problem, .. } => match problem {
+                FileProblem::Missing => Self::ModelFileMissing,
+                FileProblem::Unreadable => Self::ModelFileUnreadable,
+                FileProblem::ChecksumMismatch => Self::ChecksumMismatch,
+                FileProblem::NotLoadable => Self::ModelNotLoadable,
+            },
+            _ => Self::ReloadFailed,
+        }
+    }
+}
+
+/// One reason why a server is degraded, in words, and since when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Degradation {
+    /// The code.
+    pub reason: Reason,
+    /// For people.
+    pub message: String,
+    /// Since when it holds.
+    pub since: DateTime<Utc>,
+}
+
 /// What this server knows about its own state; read by GetServerStatus.
 #[derive(Debug, Clone, Default)]
 pub struct StatusSnapshot {
     /// The registry's active model as last read.
     pub registry_active: Option<ModelRecord>,
-    /// The last reload error and when; `None` after a success.
-    pub last_error: Option<(String, DateTime<Utc>)>,
+    /// The last reload error, its reason and when; `None` after a success.
+    pub last_error: Option<(String, Reason, DateTime<Utc>)>,
     /// Where the last error came from: "file" or a registry reload source.
     pub last_error_source: String,
     /// The last successful (re)load: source and when.
     pub last_reload: Option<(String, DateTime<Utc>)>,
-    /// The served model's file is missing on disk.
-    pub file_missing: bool,
-    /// The registry answered the last check.
-    pub registry_reachable: bool,
+    /// Since when the served model's file has been missing on disk.
+    pub file_missing_since: Option<DateTime<Utc>>,
+    /// Since when the registry has not answered (`None`: it answered the last check).
+    pub registry_unreachable_since: Option<DateTime<Utc>>,
     /// The registry generation this server has caught up with.
     pub generation: i64,
     /// Failed reloads since start.
@@ -68,25 +139,98 @@ pub struct Status {
 impl Default for Status {
     fn default() -> Self {
         Self {
-            inner: Mutex::new(StatusSnapshot {
-                registry_reachable: true,
-                ..Default::default()
-            }),
+            inner: Mutex::new(StatusSnapshot::default()),
             events: watch::Sender::new(0),
         }
     }
 }
 
 impl StatusSnapshot {
-    /// Degraded: what is served differs from what the registry names, the served file is
-    /// missing, or the registry cannot be reached.
+    /// The registry answered the last check.
+    pub fn registry_reachable(&self) -> bool {
+        self.registry_unreachable_since.is_none()
+    }
+
+    /// The served model's file is missing on disk.
+    pub fn file_missing(&self) -> bool {
+        self.file_missing_since.is_some()
+    }
+
+    /// Degraded: any of [`StatusSnapshot::degradations`] holds.
     pub fn degraded(&self, serving: Option<&ModelRecord>) -> bool {
+        !self.degradations(serving).is_empty()
+    }
+
+    /// Why this server is degraded, each reason once, in [`Reason::ALL`] order: the registry is
+    /// unreachable, the served file is missing, the last reload failed (its file's problem),
+    /// or what is served differs from what the registry names.
+    pub fn degradations(&self, serving: Option<&ModelRecord>) -> Vec<Degradation> {
+        let mut out = Vec::new();
+        if let Some(since) = self.registry_unreachable_since {
+            let what = serving.map_or_else(
+                || "nothing is served".to_string(),
+                |m| format!("serving {:?} from memory", m.model_name),
+            );
+            out.push(Degradation {
+                reason: Reason::RegistryUnreachable,
+                message: format!(
+                    "the model registry database has been unreachable since {}; {what}",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                since,
+            });
+        }
+        if let (Some(since), Some(m)) = (self.file_missing_since, serving) {
+            out.push(Degradation {
+                reason: Reason::ModelFileMissing,
+                message: format!(
+                    "the served model's file {:?} is missing on disk; the model in memory keeps serving",
+                    m.file_path
+                ),
+                since,
+            });
+        }
+        if let Some((message, reason, since)) = &self.last_error
+            && !out.iter().any(|d| d.reason == *reason)
+        {
+            out.push(Degradation {
+                reason: *reason,
+                message: message.clone(),
+                since: *since,
+            });
+        }
         let differs = match (serving, &self.registry_active) {
             (Some(m), Some(r)) => m.model_id != r.model_id || m.checksum_sha256 != r.checksum_sha256,
             (None, Some(_)) => true,
             _ => false,
         };
-        differs || self.file_missing || !self.registry_reachable
+        if differs && out.is_empty() {
+            let wanted = self.registry_active.as_ref().map_or("", |r| r.model_name.as_str());
+            let served = serving.map_or_else(|| "nothing".to_string(), |m| format!("{:?}", m.model_name));
+            out.push(Degradation {
+                reason: Reason::NotServingRegistryModel,
+                message: format!("the registry names {wanted:?} but this server serves {served}; a reload is pending"),
+                since: self.last_reload.as_ref().map_or_else(Utc::now, |(_, t)| *t),
+            });
+        }
+        out.sort_by_key(|d| Reason::ALL.iter().position(|r| *r == d.reason));
+        out
+    }
+
+    fn set_reachable(&mut self, reachable: bool) {
+        match (reachable, self.registry_unreachable_since) {
+            (true, _) => self.registry_unreachable_since = None,
+            (false, None) => self.registry_unreachable_since = Some(Utc::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    fn set_file_missing(&mut self, missing: bool) {
+        match (missing, self.file_missing_since) {
+            (false, _) => self.file_missing_since = None,
+            (true, None) => self.file_missing_since = Some(Utc::now()),
+            (true, Some(_)) => {}
+        }
     }
 }
 
@@ -109,9 +253,9 @@ impl Status {
     /// Records a successful (re)load of `record` from `source`.
     pub fn record_reload(&self, source: &str, record: &ModelRecord) {
         self.update(|s| {
-            s.registry_reachable = true;
+            s.set_reachable(true);
             s.last_error = None;
-            s.file_missing = false;
+            s.set_file_missing(false);
             s.last_reload = Some((source.to_string(), Utc::now()));
             s.registry_active = Some(record.clone());
         });
@@ -275,16 +419,16 @@ async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool
         Ok(RegistrySync::InSync(record)) => {
             let missing = control.root().resolve(&record.file_path).is_err();
             status.update(|s| {
-                s.registry_reachable = true;
+                s.set_reachable(true);
                 s.last_error = None;
-                s.file_missing = missing;
+                s.set_file_missing(missing);
                 s.registry_active = Some(record);
             });
             true
         }
         Ok(RegistrySync::Failed(record, e)) => {
             status.update(|s| {
-                s.registry_reachable = true;
+                s.set_reachable(true);
                 s.registry_active = Some(record);
             });
             failed(control, status, source, &e).await;
@@ -296,7 +440,7 @@ async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool
                 tracing::warn!(serving = %name, "the registry names no active model; keeping the served model");
             }
             status.update(|s| {
-                s.registry_reachable = true;
+                s.set_reachable(true);
                 s.registry_active = None;
             });
             true
@@ -324,7 +468,7 @@ async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
             // The file is back to what is served: a file error is over; a registry error (the
             // registry names a model this server cannot load) is not.
             status.update(|s| {
-                s.file_missing = false;
+                s.set_file_missing(false);
                 if s.last_error_source == "file" {
                     s.last_error = None;
                 }
@@ -332,8 +476,8 @@ async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
             false
         }
         Ok(FileSync::Missing(record)) => {
-            let first = !status.snapshot().file_missing;
-            status.update(|s| s.file_missing = true);
+            let first = !status.snapshot().file_missing();
+            status.update(|s| s.set_file_missing(true));
             if first {
                 tracing::warn!(model = %record.model_name, file = %record.file_path, "the served model's file is gone; the model in memory keeps serving");
                 let detail = format!(
@@ -364,12 +508,16 @@ async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
 
 async fn failed(control: &Control, status: &Status, source: &str, e: &Error) {
     let message = e.to_string();
-    let repeated = status.snapshot().last_error.is_some_and(|(m, _)| m == message);
+    let previous = status.snapshot().last_error;
+    let repeated = previous.as_ref().is_some_and(|(m, _, _)| *m == message);
+    let reason = Reason::of(e);
     status.update(|s| {
-        if matches!(e, Error::Unavailable(_)) {
-            s.registry_reachable = false;
+        if reason == Reason::RegistryUnreachable {
+            s.set_reachable(false);
         }
-        s.last_error = Some((message.clone(), Utc::now()));
+        // The same error goes on: it holds since it first happened.
+        let since = previous.filter(|_| repeated).map_or_else(Utc::now, |(_, _, t)| t);
+        s.last_error = Some((message.clone(), reason, since));
         s.last_error_source = source.to_string();
         s.reload_failures += 1;
     });
@@ -442,19 +590,23 @@ async fn registry_watcher(control: Arc<Control>, status: Arc<Status>, config: Re
     let mut last = status.snapshot().generation;
     let check = async |last: &mut i64| match control.registry().generation().await {
         Ok(g) => {
-            if g != *last {
+            let was_reachable = status.snapshot().registry_reachable();
+            status.update(|s| s.set_reachable(true));
+            if !was_reachable {
+                tracing::info!("the registry is reachable again");
+            }
+            // Back after an outage: reload even if the generation did not move (a reload may
+            // have failed while the registry was away).
+            if g != *last || !was_reachable {
                 *last = g;
-                status.update(|s| {
-                    s.generation = g;
-                    s.registry_reachable = true;
-                });
+                status.update(|s| s.generation = g);
                 status.wake_events();
                 let _ = tx.send(Trigger::Registry).await;
             }
         }
         Err(e) => {
-            let was = status.snapshot().registry_reachable;
-            status.update(|s| s.registry_reachable = false);
+            let was = status.snapshot().registry_reachable();
+            status.update(|s| s.set_reachable(false));
             if was {
                 tracing::warn!(error = %e, "registry unreachable; serving from memory");
             }
@@ -481,7 +633,7 @@ async fn registry_watcher(control: Arc<Control>, status: Arc<Status>, config: Re
                 }
             },
             Err(e) => {
-                status.update(|s| s.registry_reachable = false);
+                status.update(|s| s.set_reachable(false));
                 tracing::debug!(error = %e, "cannot connect the registry listener; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -498,7 +650,7 @@ async fn registry_watcher(control: Arc<Control>, status: Arc<Status>, config: Re
                     Ok(None) => check(&mut last).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "registry listener failed; reconnecting");
-                        status.update(|s| s.registry_reachable = false);
+                        status.update(|s| s.set_reachable(false));
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break;
                     }

@@ -91,11 +91,11 @@ async fn registry_commands_work_without_a_server() {
     let (ok, _, err) = modeld(
         &db.url,
         root.path(),
-        &["register", "--name", "evil", "--path", "../etc/passwd"],
+        &["register", "--name", "evil", "--path", "/etc/passwd"],
     )
     .await;
     assert!(!ok);
-    assert!(err.contains("escapes the model root"), "{err}");
+    assert!(err.contains("is outside the model root"), "{err}");
 
     let (ok, out, _) = modeld(&db.url, root.path(), &["list"]).await;
     assert!(ok);
@@ -244,4 +244,250 @@ async fn an_unknown_engine_is_refused_before_anything_starts() {
             && err.contains("[possible values: tract, onnxruntime, auto]"),
         "{err}"
     );
+}
+
+/// A backend directory as the guide lays it out: `models/` beside where the user runs
+/// commands, with the guide's model file (an `.onnx` one here, not `.keras`).
+fn backend_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("models")).unwrap();
+    std::fs::copy(
+        bundled_models().join("digits_v1.onnx"),
+        dir.path().join("models/my_yamnet_human_model.onnx"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Nothing on stdout but the answer: no log line, no colour code.
+fn assert_no_log_lines(out: &str) {
+    for level in ["INFO", "WARN", "DEBUG", "TRACE", "ERROR"] {
+        assert!(!out.contains(level), "a log line on stdout: {out}");
+    }
+    assert!(!out.contains('\u{1b}'), "a colour code on stdout: {out:?}");
+}
+
+/// The guide's register command, with modeld in place of its script and the same flags and
+/// values, run from the directory that holds `models/` with every setting at its default.
+#[tokio::test]
+async fn the_guides_register_command_works_as_typed() {
+    let dir = backend_dir();
+    let cwd = dir.path();
+    let run = run_modeld(
+        cwd,
+        &[],
+        &[
+            "register",
+            "--name",
+            "YAMNet Human Detection v1",
+            "--path",
+            "models/my_yamnet_human_model.onnx",
+            "--version",
+            "v1.0",
+            "--description",
+            "YAMNet-based model for human distress detection",
+            "--type",
+            "yamnet",
+            "--activate",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stderr, "", "quiet: warnings only, and there are none");
+    assert_no_log_lines(&run.stdout);
+    assert!(
+        run.stdout
+            .starts_with("registered \"YAMNet Human Detection v1\" (id 1, version \"v1.0\")"),
+        "{}",
+        run.stdout
+    );
+    assert!(cwd.join("modeld.db").exists(), "the embedded default registry");
+
+    let run = run_modeld(cwd, &[], &["show", "YAMNet Human Detection v1"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(
+        v["file_path"], "my_yamnet_human_model.onnx",
+        "stored relative to the root"
+    );
+    assert_eq!(v["model_type"], "yamnet");
+    assert_eq!(v["version"], "v1.0");
+    assert_eq!(v["is_active"], true);
+
+    // The same file by its absolute path, and by its path relative to the root.
+    let abs = cwd.join("models/my_yamnet_human_model.onnx");
+    for (name, path) in [
+        ("by absolute path", abs.to_str().unwrap()),
+        ("by root path", "my_yamnet_human_model.onnx"),
+    ] {
+        let run = run_modeld(cwd, &[], &["register", "--name", name, "--path", path, "--json"]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(v["model"]["file_path"], "my_yamnet_human_model.onnx");
+    }
+
+    // A file outside the root is refused, naming the root and what sets it.
+    std::fs::copy(bundled_models().join("digits_v1.onnx"), cwd.join("stray.onnx")).unwrap();
+    let run = run_modeld(cwd, &[], &["register", "--name", "stray", "--path", "stray.onnx"]).await;
+    assert_eq!(run.code, 4, "{run:?}");
+    let root = cwd.join("models").canonicalize().unwrap();
+    assert!(
+        run.stderr.contains("is outside the model root")
+            && run.stderr.contains(&*root.to_string_lossy())
+            && run.stderr.contains("--model-root / MODELD_MODEL_ROOT"),
+        "{}",
+        run.stderr
+    );
+    let run = run_modeld(cwd, &[], &["register", "--name", "none", "--path", "models/none.onnx"]).await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(
+        run.stderr.contains("not found") && run.stderr.contains("--model-root"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Exit codes a script can act on, each from a command as a user would get it wrong.
+#[tokio::test]
+async fn exit_codes_say_what_kind_of_failure_it_was() {
+    let dir = backend_dir();
+    let cwd = dir.path();
+    let ok = run_modeld(
+        cwd,
+        &[],
+        &["register", "--name", "m", "--path", "models/my_yamnet_human_model.onnx"],
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{ok:?}");
+    let cases: [(&[&str], i32, &str); 8] = [
+        (&["show", "nope"], 3, "not registered"),
+        (&["activate", "nope"], 3, "not registered"),
+        (
+            &["register", "--name", "m", "--path", "models/my_yamnet_human_model.onnx"],
+            4,
+            "already registered",
+        ),
+        (
+            &[
+                "register",
+                "--name",
+                "Active",
+                "--path",
+                "models/my_yamnet_human_model.onnx",
+            ],
+            4,
+            "reserved",
+        ),
+        (&["register", "--name", "m", "--path", "../x.onnx"], 4, "not found"),
+        (&["show"], 2, "Usage"),
+        (&["list", "--databse-url", "x"], 2, "unexpected argument"),
+        (
+            &["list", "--database-url", "postgres://postgres@127.0.0.1:9/none"],
+            5,
+            "cannot connect",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let run = run_modeld(cwd, &[], args).await;
+        assert_eq!(run.code, code, "{args:?}: {run:?}");
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+        assert_eq!(run.stdout, "", "{args:?}: problems go to stderr");
+    }
+    let run = run_modeld(
+        cwd,
+        &[],
+        &["predict", "--server", "http://127.0.0.1:9", "--input", "x.json"],
+    )
+    .await;
+    assert_eq!(run.code, 5, "{run:?}");
+    let help = run_modeld(cwd, &[], &["--help"]).await;
+    assert_eq!(help.code, 0);
+    assert!(
+        help.stdout.contains("Exit codes:") && help.stdout.contains("5  unreachable"),
+        "{}",
+        help.stdout
+    );
+    // --log still turns the logs on, on stderr only.
+    let run = run_modeld(cwd, &[], &["--log", "info", "list"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_no_log_lines(&run.stdout);
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "no colour when stderr is not a terminal: {:?}",
+        run.stderr
+    );
+}
+
+/// `modeld serve` as an operator starts it, with every engine setting at its default and no
+/// ONNX Runtime library anywhere: a few readable start-up lines (password redacted), `auto`
+/// serving with tract, and one line, not a warning, on how to get the faster engine.
+#[tokio::test]
+async fn start_up_says_what_it_does_in_a_few_lines() {
+    use tokio::io::AsyncBufReadExt;
+    let db = TestDb::new(Backend::Postgres).await;
+    let url = db.url.replacen("postgres@", "postgres:s3cret@", 1);
+    let root = model_root();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeld"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MODELD_") || k == "ORT_DYLIB_PATH" {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .arg("--model-root")
+        .arg(root.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while !seen
+        .last()
+        .is_some_and(|l: &String| l.contains("serving \"digits_v2\" version \"2\""))
+    {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_or_else(|| panic!("modeld stopped; it said:\n{}", seen.join("\n")));
+        seen.push(line);
+    }
+    tokio::spawn(async move { while lines.next_line().await.ok().flatten().is_some() {} });
+    let all = seen.join("\n");
+    assert!(seen.len() <= 10, "a few lines, not a dump:\n{all}");
+    for says in [
+        "listening on 127.0.0.1:",
+        "registry: postgres://postgres:***@",
+        "(PostgreSQL)",
+        "model root: ",
+        "engine: tract",
+        "ONNX Runtime, faster on heavy models, is not available",
+        "scripts/onnxruntime.sh",
+        "serving \"digits_v2\" version \"2\" (id 2) on tract",
+    ] {
+        assert!(all.contains(says), "{says:?} missing from:\n{all}");
+    }
+    assert_eq!(all.matches("scripts/onnxruntime.sh").count(), 1, "said once:\n{all}");
+    assert!(!all.contains("s3cret"), "the password is redacted:\n{all}");
+    assert!(!all.contains("ServeConfig") && !all.contains(" WARN "), "{all}");
+    assert!(!all.contains('\u{1b}'), "no colour when stderr is not a terminal");
+
+    let line = seen.iter().find(|l| l.contains("listening on ")).unwrap();
+    let addr = line.split("listening on ").nth(1).unwrap().split(": ").next().unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = pb::model_registry_client::ModelRegistryClient::new(channel)
+        .get_server_status(pb::GetServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let engine = status.engine.unwrap();
+    assert_eq!(engine.preferred_engine, "auto", "the default");
+    assert_eq!(engine.serving_engine, "tract");
+    child.kill().await.unwrap();
 }

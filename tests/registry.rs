@@ -236,3 +236,130 @@ async fn generation_bumps_on_every_change_sqlite() {
 async fn generation_bumps_on_every_change_postgres() {
     generation_bumps_on_every_change(Backend::Postgres).await;
 }
+
+/// A registry made by an earlier modeld (migrations 0001 and 0002 only, names of up to 128
+/// characters, an activation history) is upgraded in place: every row, id and history link
+/// kept, the one-active index and the change triggers still there, and 255-character names
+/// accepted afterwards.
+async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let dialect = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let old = tempfile::tempdir().unwrap();
+    for f in ["0001_registry.sql", "0002_events_and_triggers.sql"] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(dialect)
+                .join(f),
+            old.path().join(f),
+        )
+        .unwrap();
+    }
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    let long_old = "n".repeat(128);
+    let rows = format!(
+        "INSERT INTO ml_models (model_name, file_path, checksum_sha256, file_size_bytes, signature, is_active) VALUES \
+         ('{long_old}', 'digits_v1.onnx', '{c}', 1, '{{}}', {f}), ('digits_v2', 'digits_v2.onnx', '{c}', 1, '{{}}', {t})",
+        c = "0".repeat(64),
+        f = if backend == Backend::Sqlite { "0" } else { "FALSE" },
+        t = if backend == Backend::Sqlite { "1" } else { "TRUE" },
+    );
+    let history = "INSERT INTO model_activations (model_id, model_name, previous_model_id, previous_name) \
+                   VALUES (2, 'digits_v2', 1, 'old')";
+    match backend {
+        Backend::Sqlite => {
+            let opts = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+                .unwrap()
+                .create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
+            sqlx::query(history).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+            migrator.run(&pool).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
+            sqlx::query(history).execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+    }
+
+    // Opening it as modeld does applies the new migration.
+    let registry = modeld::registry::Registry::connect(&db.url).await.unwrap();
+    let one = registry.get(&ModelRef::Id(1)).await.unwrap();
+    assert_eq!(one.model_name, long_old);
+    assert!(registry.get(&ModelRef::Id(2)).await.unwrap().is_active);
+    let last = registry.last_activation().await.unwrap().unwrap();
+    assert_eq!(
+        (last.model_id, last.previous_model_id),
+        (Some(2), Some(1)),
+        "history links kept"
+    );
+    let before = registry.generation().await.unwrap();
+    assert!(
+        raw_sql(&db.url, "UPDATE ml_models SET is_active = TRUE WHERE model_id = 1")
+            .await
+            .is_err(),
+        "still one active model"
+    );
+    raw_sql(&db.url, "UPDATE ml_models SET description = 'x' WHERE model_id = 1")
+        .await
+        .unwrap();
+    assert!(
+        registry.generation().await.unwrap() > before,
+        "the change triggers are back"
+    );
+    assert!(
+        raw_sql(
+            &db.url,
+            Box::leak(
+                format!(
+                    "UPDATE ml_models SET model_name = '{}' WHERE model_id = 1",
+                    "x".repeat(256)
+                )
+                .into_boxed_str()
+            )
+        )
+        .await
+        .is_err(),
+        "the database refuses 256 characters"
+    );
+    registry.close().await;
+
+    // 255 characters, here of two bytes each, register.
+    let root = model_root();
+    let control = modeld::app::control(
+        &RegistryArgs {
+            database_url: db.url.clone(),
+            model_root: root.path().to_path_buf(),
+        },
+        modeld::registry::Origin::default(),
+    )
+    .await
+    .unwrap();
+    let name = "é".repeat(255);
+    let done = control
+        .register(Registration {
+            name: name.clone(),
+            file_path: "digits_v1.onnx".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.model.model_name, name);
+}
+
+#[tokio::test]
+async fn an_old_sqlite_registry_is_upgraded_in_place() {
+    an_old_registry_is_upgraded_in_place(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_old_postgres_registry_is_upgraded_in_place() {
+    an_old_registry_is_upgraded_in_place(Backend::Postgres).await;
+}

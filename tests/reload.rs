@@ -152,6 +152,8 @@ async fn file_changes_reload_good_files_and_refuse_bad_ones() {
             .wait_status(&format!("{what} file refused"), |s| s.reload_failures > failures)
             .await;
         assert!(!status.last_error.is_empty());
+        let reasons: Vec<_> = status.degradations.iter().map(|d| d.reason()).collect();
+        assert_eq!(reasons, [pb::DegradedReason::ModelNotLoadable], "{what}: {status:#?}");
         assert_eq!(
             status.serving.unwrap().checksum_sha256,
             sha2,
@@ -208,6 +210,8 @@ async fn strict_checksum_refuses_a_changed_file() {
     let (status, _) = server
         .wait_status("strict refusal", |s| s.last_error.contains("strict"))
         .await;
+    let reasons: Vec<_> = status.degradations.iter().map(|d| d.reason()).collect();
+    assert_eq!(reasons, [pb::DegradedReason::ChecksumMismatch], "{status:#?}");
     assert_eq!(status.serving.unwrap().checksum_sha256, sha2);
     let rec = server
         .registry()
@@ -240,7 +244,10 @@ async fn a_registry_naming_a_missing_or_changed_file_keeps_the_last_good_model()
     std::fs::remove_file(root.join("ghost.onnx")).unwrap();
     std::fs::copy(root.join("digits_v2.onnx"), root.join("tampered.onnx")).unwrap();
 
-    for (name, why) in [("ghost", "does not exist"), ("tampered", "checksum mismatch")] {
+    for (name, why, reason) in [
+        ("ghost", "does not exist", pb::DegradedReason::ModelFileMissing),
+        ("tampered", "checksum mismatch", pb::DegradedReason::ChecksumMismatch),
+    ] {
         sql(&url, "UPDATE ml_models SET is_active = FALSE WHERE is_active")
             .await
             .unwrap();
@@ -256,6 +263,15 @@ async fn a_registry_naming_a_missing_or_changed_file_keeps_the_last_good_model()
             })
             .await;
         assert!(status.degraded);
+        // Why, as a code and in words that do not show the server's paths.
+        let reasons: Vec<_> = status.degradations.iter().map(|d| d.reason()).collect();
+        assert_eq!(reasons, [reason], "{status:#?}");
+        let d = &status.degradations[0];
+        assert!(
+            d.message.contains(why) && d.message.contains(&format!("{name}.onnx")),
+            "{d:?}"
+        );
+        assert!(!d.message.contains(&*root.to_string_lossy()), "{d:?}");
         assert_eq!(
             status.serving.as_ref().unwrap().model_name,
             "digits_v2",
@@ -285,7 +301,8 @@ async fn a_registry_naming_a_missing_or_changed_file_keeps_the_last_good_model()
         .await;
     std::fs::copy(root.join("digits_v1.onnx"), root.join("ghost.onnx")).unwrap();
     server.wait_serving("ghost").await;
-    server.wait_status("healthy again", |s| !s.degraded).await;
+    let (status, _) = server.wait_status("healthy again", |s| !s.degraded).await;
+    assert!(status.degradations.is_empty(), "{status:#?}");
 }
 
 #[tokio::test]
@@ -731,9 +748,132 @@ async fn prometheus_metrics_follow_serving_and_degradation() {
         .await;
     let m = server.metrics().await;
     assert!(m.lines().any(|l| l == "modeld_degraded 1"), "{m}");
+    assert!(
+        m.lines()
+            .any(|l| l == "modeld_degraded_reason{reason=\"model_file_missing\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l == "modeld_degraded_reason{reason=\"registry_unreachable\"} 0"),
+        "{m}"
+    );
     assert!(!m.lines().any(|l| l == "modeld_reload_failures_total 0"), "{m}");
     assert!(
         m.contains("modeld_serving_info{model_id=\"2\",model=\"digits_v2\""),
         "still serving digits_v2:\n{m}"
     );
+}
+
+/// The registry's PostgreSQL becomes unreachable (a proxy the test closes cuts every connection):
+/// what this server serves still answers from memory — Predict, `modeld predict`, ModelMetadata,
+/// ModelConfig, GetActiveModel's serving part, GetServerStatus — and the status and metrics say
+/// why it is degraded. A change made meanwhile (by the CLI, straight to the database) is caught
+/// up with once the database is reachable again.
+#[tokio::test]
+async fn an_unreachable_registry_leaves_answers_from_memory_and_is_caught_up_with() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut proxy = TcpProxy::start(db.server_addr()).await;
+    let proxied = db.through(proxy.port);
+    let root = model_root();
+    let server = TestServer::start_on(proxied, root, |c| c.registry_check_ms = 200).await;
+    server.wait_serving("digits_v2").await;
+
+    proxy.close().await;
+    let (status, _) = server
+        .wait_status("registry unreachable", |s| !s.registry_reachable)
+        .await;
+    assert!(status.degraded);
+    let d = &status.degradations[0];
+    assert_eq!(d.reason(), pb::DegradedReason::RegistryUnreachable, "{status:#?}");
+    assert!(
+        d.message.contains("unreachable since") && d.message.contains("\"digits_v2\" from memory"),
+        "{d:?}"
+    );
+    assert!(status.registry_unreachable_since.is_some());
+    assert_eq!(status.serving.as_ref().unwrap().model_name, "digits_v2");
+    let m = server.metrics().await;
+    assert!(m.lines().any(|l| l == "modeld_registry_reachable 0"), "{m}");
+    assert!(
+        m.lines()
+            .any(|l| l == "modeld_degraded_reason{reason=\"registry_unreachable\"} 1"),
+        "{m}"
+    );
+
+    // Answers from memory, without waiting on the database.
+    let started = std::time::Instant::now();
+    assert_eq!(predict_probs(&server).await.0, "digits_v2");
+    let active = server
+        .registry()
+        .await
+        .get_active_model(pb::GetActiveModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(active.serving.unwrap().model_name, "digits_v2");
+    assert!(!active.registry_reachable);
+    assert_eq!(active.model.unwrap().model_name, "digits_v2", "the last known answer");
+    for name in ["active", "digits_v2"] {
+        let meta = server.metadata(name).await;
+        assert_eq!(meta.inputs[0].shape, vec![-1, 64], "{name}");
+        let config = server
+            .kserve()
+            .await
+            .model_config(modeld::api::kserve_pb::ModelConfigRequest {
+                name: name.into(),
+                version: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(config.config.unwrap().input[0].name, "input");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered from memory, not after a database timeout: {:?}",
+        started.elapsed()
+    );
+    let input = server.root.path().join("digit.json");
+    std::fs::copy(bundled_models().join("examples/digit_2.json"), &input).unwrap();
+    let run = run_modeld(
+        server.root.path(),
+        &[],
+        &["predict", "--server", &server.url(), "--input", input.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["model_name"], "digits_v2");
+    // A model it does not serve needs the registry: UNAVAILABLE, said so.
+    let err = server
+        .inference()
+        .await
+        .predict(digits_request("digits_v1", &eval_rows(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    // Meanwhile the CLI activates digits_v1, straight on the database.
+    let direct = run_modeld(
+        server.root.path(),
+        &[
+            ("MODELD_DATABASE_URL", &db.url),
+            ("MODELD_MODEL_ROOT", server.root.path().to_str().unwrap()),
+        ],
+        &["activate", "digits_v1", "--reason", "while the server was cut off"],
+    )
+    .await;
+    assert_eq!(direct.code, 0, "{direct:?}");
+    assert_eq!(predict_probs(&server).await.0, "digits_v2", "still cut off");
+
+    // The database is back: the server catches up, and is healthy again.
+    proxy.open().await;
+    server.wait_serving("digits_v1").await;
+    let (status, _) = server
+        .wait_status("healthy again", |s| !s.degraded && s.registry_reachable)
+        .await;
+    assert!(status.degradations.is_empty() && status.registry_unreachable_since.is_none());
+    assert_eq!(predict_probs(&server).await.0, "digits_v1");
+    server.stop().await.unwrap();
+    drop(db);
 }

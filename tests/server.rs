@@ -470,13 +470,34 @@ async fn bad_registrations_and_activations_change_nothing() {
         ..Default::default()
     };
 
-    for (path, code) in [
-        ("../digits_v1.onnx", Code::InvalidArgument),
-        ("/etc/passwd", Code::InvalidArgument),
-        ("missing.onnx", Code::FailedPrecondition),
+    let root_text = root.canonicalize().unwrap().to_string_lossy().into_owned();
+    for (path, code, says) in [
+        ("../digits_v1.onnx", Code::InvalidArgument, "escapes the model root"),
+        (
+            "/etc/passwd",
+            Code::InvalidArgument,
+            "relative to the server's model root (--model-root",
+        ),
+        (
+            "missing.onnx",
+            Code::FailedPrecondition,
+            "does not exist under the server's model root (--model-root",
+        ),
+        // The API takes paths relative to the root, and says so.
+        (
+            "models/digits_v1.onnx",
+            Code::FailedPrecondition,
+            "file_path is relative to that root",
+        ),
     ] {
         let s = status_of(reg.register_model(register("x", path)).await);
         assert_eq!(s.code(), code, "{path}: {s:?}");
+        assert!(s.message().contains(says), "{path}: {}", s.message());
+        assert!(
+            !s.message().contains(&root_text),
+            "{path}: the server's path leaks: {}",
+            s.message()
+        );
     }
     // A symlink out of the root.
     let outside = tempfile::tempdir().unwrap();
@@ -484,6 +505,11 @@ async fn bad_registrations_and_activations_change_nothing() {
     std::os::unix::fs::symlink(outside.path().join("m.onnx"), root.join("link.onnx")).unwrap();
     let s = status_of(reg.register_model(register("x", "link.onnx")).await);
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    assert!(
+        !s.message().contains(&*outside.path().to_string_lossy()),
+        "{}",
+        s.message()
+    );
     // Broken and truncated files are refused at registration.
     std::fs::write(root.join("garbage.onnx"), b"not a model").unwrap();
     let full = std::fs::read(root.join("digits_v2.onnx")).unwrap();
@@ -491,11 +517,28 @@ async fn bad_registrations_and_activations_change_nothing() {
     for path in ["garbage.onnx", "half.onnx"] {
         let s = status_of(reg.register_model(register("x", path)).await);
         assert_eq!(s.code(), Code::FailedPrecondition, "{path}: {s:?}");
+        assert!(
+            s.message().contains(&format!("model file \"{path}\"")),
+            "{}",
+            s.message()
+        );
+        assert!(!s.message().contains(&root_text), "{}", s.message());
     }
     // Bad names and accuracy.
-    for name in ["", "bad name", "active"] {
+    let too_long = "é".repeat(256);
+    for (name, says) in [
+        ("", "empty"),
+        (" padded", "whitespace"),
+        ("padded\u{3000}", "whitespace"),
+        ("tab\tname", "control character U+0009"),
+        ("zero\u{200b}width", "zero-width"),
+        ("ACTIVE", "reserved"),
+        ("active", "reserved"),
+        (too_long.as_str(), "256 characters"),
+    ] {
         let s = status_of(reg.register_model(register(name, "digits_v1.onnx")).await);
         assert_eq!(s.code(), Code::InvalidArgument, "{name:?}");
+        assert!(s.message().contains(says), "{name:?}: {}", s.message());
     }
     let mut bad_acc = register("x", "digits_v1.onnx");
     bad_acc.accuracy = Some(2.0);
@@ -722,4 +765,139 @@ async fn shutdown_drains_and_returns() {
     let mut infer = server.inference().await;
     infer.predict(digits_request("", &eval_rows(1))).await.unwrap();
     server.stop().await.expect("clean shutdown");
+}
+
+/// Names as people write them, through every front end: registered by the CLI and over gRPC,
+/// called by name over modeld.v1 and the Open Inference Protocol, in events, metrics and the
+/// registry, on both databases; a name typed in another Unicode normal form finds its model.
+async fn names_round_trip(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let root = server.root.path();
+    let mut reg = server.registry().await;
+    let at_limit = format!("{}{}", "é".repeat(250), " v1 ✓");
+    assert_eq!(at_limit.chars().count(), 255);
+    let names = [
+        "YAMNet Human Detection v1",
+        "Détecteur de détresse — v2",
+        "音声検出モデル 第2版",
+        "'; DROP TABLE ml_models; --",
+        "quote \" and back\\slash",
+        at_limit.as_str(),
+    ];
+    for (i, &name) in names.iter().enumerate() {
+        if i % 2 == 0 {
+            let run = modeld_cli(
+                &server.db.url,
+                root,
+                &["register", "--name", name, "--path", "digits_v1.onnx"],
+            )
+            .await;
+            assert!(run.0, "{name}: {}", run.2);
+        } else {
+            reg.register_model(pb::RegisterModelRequest {
+                name: name.into(),
+                file_path: "digits_v1.onnx".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let got = reg
+            .get_model(pb::GetModelRequest { model: by_name(name) })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.model_name, name);
+        reg.activate_model(activate_req(name)).await.unwrap();
+        server.wait_serving(name).await;
+        let resp = server
+            .inference()
+            .await
+            .predict(digits_request(name, &eval_rows(1)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.model_name, name);
+        let resp = server
+            .kserve()
+            .await
+            .model_infer(kserve_request(name, &eval_rows(1)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.model_name, name);
+        assert_eq!(server.metadata(name).await.name, name);
+        let (ok, out, err) = modeld_cli(&server.db.url, root, &["show", name]).await;
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["model_name"], name);
+    }
+    let (ok, out, _) = modeld_cli(&server.db.url, root, &["list", "--json"]).await;
+    assert!(ok);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    for name in names {
+        assert!(listed.iter().any(|m| m["model_name"] == name), "{name} listed");
+    }
+    let (ok, out, err) = modeld_cli(&server.db.url, root, &["events", "--json", "--limit", "1000"]).await;
+    assert!(ok, "{err}");
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["model_name"] == "'; DROP TABLE ml_models; --" && e["kind"] == "activated"),
+        "{out}"
+    );
+    let m = server.metrics().await;
+    assert!(
+        m.contains("modeld_requests_total{model=\"quote \\\" and back\\\\slash\",version=\"\",outcome=\"success\"}"),
+        "escaped label:\n{m}"
+    );
+    assert!(m.contains("model=\"音声検出モデル 第2版\""), "{m}");
+
+    // Stored NFC: the decomposed spelling registers as, and finds, the precomposed one.
+    let decomposed = "Mode\u{301}le";
+    reg.register_model(pb::RegisterModelRequest {
+        name: decomposed.into(),
+        file_path: "digits_v2.onnx".into(),
+        activate: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let got = reg
+        .get_model(pb::GetModelRequest {
+            model: by_name(decomposed),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.model_name, "Mod\u{e9}le");
+    let resp = server
+        .inference()
+        .await
+        .predict(digits_request(decomposed, &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.model_name, "Mod\u{e9}le");
+    let dup = status_of(
+        reg.register_model(pb::RegisterModelRequest {
+            name: "Mod\u{e9}le".into(),
+            file_path: "digits_v2.onnx".into(),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_eq!(dup.code(), Code::AlreadyExists, "one name whatever its normal form");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn names_round_trip_sqlite() {
+    names_round_trip(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn names_round_trip_postgres() {
+    names_round_trip(Backend::Postgres).await;
 }

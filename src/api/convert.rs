@@ -8,7 +8,7 @@ use crate::model::slot::ServedModel;
 use crate::model::{EngineSettings, Signature, TensorSpec};
 use crate::registry::{EventRecord, ModelRecord, ModelRef};
 use crate::serving::{Executor, OutputData, OutputTensor, Payload};
-use crate::watch::StatusSnapshot;
+use crate::watch::{Reason, StatusSnapshot};
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -196,27 +196,48 @@ pub fn server_status(
         last_error,
         last_error_source: _,
         last_reload,
-        file_missing,
-        registry_reachable,
+        file_missing_since,
+        registry_unreachable_since,
         generation,
         reload_failures,
     } = s;
-    let degraded = s.degraded(serving.map(|m| &m.record));
+    let degradations = s.degradations(serving.map(|m| &m.record));
     pb::ServerStatus {
         server: server.to_string(),
         serving: serving.map(|m| model(&m.record)),
         registry_active: registry_active.as_ref().map(model),
-        degraded,
-        last_error: last_error.as_ref().map(|(m, _)| m.clone()).unwrap_or_default(),
-        last_error_at: last_error.as_ref().map(|(_, t)| timestamp(*t)),
+        degraded: !degradations.is_empty(),
+        last_error: last_error.as_ref().map(|(m, _, _)| m.clone()).unwrap_or_default(),
+        last_error_at: last_error.as_ref().map(|(_, _, t)| timestamp(*t)),
         last_reload_at: last_reload.as_ref().map(|(_, t)| timestamp(*t)),
         last_reload_source: last_reload.as_ref().map(|(s, _)| s.clone()).unwrap_or_default(),
-        file_missing: *file_missing,
-        registry_reachable: *registry_reachable,
+        file_missing: file_missing_since.is_some(),
+        registry_reachable: registry_unreachable_since.is_none(),
         registry_generation: *generation,
         in_flight_requests: in_flight,
         reload_failures: *reload_failures,
         engine: executor.map(|(e, settings)| engine_status(e, settings, serving)),
+        degradations: degradations
+            .into_iter()
+            .map(|d| pb::Degradation {
+                reason: degraded_reason(d.reason).into(),
+                message: d.message,
+                since: Some(timestamp(d.since)),
+            })
+            .collect(),
+        registry_unreachable_since: registry_unreachable_since.map(timestamp),
+    }
+}
+
+fn degraded_reason(r: Reason) -> pb::DegradedReason {
+    match r {
+        Reason::RegistryUnreachable => pb::DegradedReason::RegistryUnreachable,
+        Reason::ModelFileMissing => pb::DegradedReason::ModelFileMissing,
+        Reason::ModelFileUnreadable => pb::DegradedReason::ModelFileUnreadable,
+        Reason::ChecksumMismatch => pb::DegradedReason::ChecksumMismatch,
+        Reason::ModelNotLoadable => pb::DegradedReason::ModelNotLoadable,
+        Reason::NotServingRegistryModel => pb::DegradedReason::NotServingRegistryModel,
+        Reason::ReloadFailed => pb::DegradedReason::ReloadFailed,
     }
 }
 

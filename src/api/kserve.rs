@@ -14,6 +14,7 @@ use super::kserve_pb as pb;
 use crate::control::{ACTIVE_ALIAS, Control};
 use crate::error::{Error, Result};
 use crate::model::{DataType, EngineKind, Signature};
+use crate::registry::name::{is_active_alias, nfc};
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
 use crate::serving::{Executor, ExecutorConfig, InputRef, OutputData, OutputTensor, Payload};
 
@@ -36,12 +37,16 @@ impl KServeService {
         Self { control }
     }
 
-    /// The registry record a protocol model name refers to (`active`: the served model).
+    /// The registry record a protocol model name refers to. The served model (by the alias or
+    /// its own name) comes from memory, so metadata, config and readiness of what this server
+    /// serves answer while the registry is unreachable; any other model from the registry.
     async fn record(&self, name: &str) -> Result<ModelRecord> {
-        if name.is_empty() || name == ACTIVE_ALIAS {
-            if let Some(served) = self.control.slot().load() {
-                return Ok(served.record.clone());
-            }
+        if let Some(served) = self.control.slot().load()
+            && (is_active_alias(name) || served.record.model_name == nfc(name))
+        {
+            return Ok(served.record.clone());
+        }
+        if is_active_alias(name) {
             return self
                 .control
                 .registry()

@@ -32,6 +32,9 @@ fn who(name: String) -> String {
 
 type Reply<T> = Result<Response<T>, Status>;
 
+/// How long GetActiveModel waits for the registry before it answers from memory.
+const REGISTRY_ANSWER_WITHIN: Duration = Duration::from_secs(2);
+
 #[tonic::async_trait]
 impl pb::model_registry_server::ModelRegistry for RegistryService {
     #[tracing::instrument(skip_all, fields(model = %request.get_ref().name))]
@@ -114,11 +117,32 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         &self,
         _request: Request<pb::GetActiveModelRequest>,
     ) -> Reply<pb::GetActiveModelResponse> {
-        let active = self.control.registry().active().await?;
+        // What this server serves comes from memory; the registry's answer is asked for only
+        // while the registry answers, and a slow or failing registry never holds it up.
         let serving = self.control.slot().load();
+        let status = self.control.status().snapshot();
+        let asked = if status.registry_reachable() {
+            match tokio::time::timeout(REGISTRY_ANSWER_WITHIN, self.control.registry().active()).await {
+                Ok(Ok(active)) => Some(active),
+                Ok(Err(Error::Unavailable(e))) => {
+                    tracing::warn!(error = %e, "GetActiveModel: the registry is unreachable; answering from memory");
+                    None
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    tracing::warn!("GetActiveModel: the registry did not answer in time; answering from memory");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let registry_reachable = asked.is_some();
+        let active = asked.unwrap_or(status.registry_active);
         Ok(Response::new(pb::GetActiveModelResponse {
             model: active.as_ref().map(convert::model),
             serving: serving.as_ref().map(|s| convert::model(&s.record)),
+            registry_reachable,
         }))
     }
 

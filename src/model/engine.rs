@@ -118,6 +118,16 @@ pub fn prepare(preferred: EngineChoice, library: Option<&std::path::Path>) -> Re
     }
 }
 
+/// How to get ONNX Runtime's library, for the messages that say it is missing.
+#[cfg(feature = "onnxruntime")]
+pub const HOW_TO_GET_ONNXRUNTIME: &str = "To use it: `bash scripts/onnxruntime.sh` (fetches the library from PyPI into \
+     target/onnxruntime), then start with --onnxruntime-lib target/onnxruntime/libonnxruntime.so.1.31.1 \
+     (or set ORT_DYLIB_PATH); --engine tract silences this";
+/// How to get ONNX Runtime's library, for the messages that say it is missing.
+#[cfg(not(feature = "onnxruntime"))]
+pub const HOW_TO_GET_ONNXRUNTIME: &str =
+    "To use it: build modeld with its default features (cargo feature `onnxruntime`); --engine tract silences this";
+
 /// What [`prepare`] decided for ONNX Runtime, if it was asked.
 pub fn onnxruntime_status() -> Option<Result<String, String>> {
     #[cfg(feature = "onnxruntime")]

@@ -11,7 +11,7 @@ use tract_onnx::prelude::*;
 use super::Plan;
 use super::engine::{Engine, EngineChoice, EngineSettings};
 use super::signature::{DataType, Signature, TensorSpec};
-use crate::error::{Error, Result};
+use crate::error::{Error, FileProblem, Result};
 
 /// A model that loaded, optimised and ran a warm-up successfully.
 pub struct LoadedModel {
@@ -61,28 +61,48 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Reads, verifies, loads, optimises and warms up the model at `path`, for the engine that
-/// `settings` prefers where that engine can compute it (see [`choose_engine`]).
+/// `settings` prefers where that engine can compute it (see [`choose_engine`]). Messages name
+/// the file by its path as given; see [`load_model_named`].
+///
+/// # Errors
+/// As [`load_model_named`].
+pub fn load_model(path: &Path, expected_sha256: Option<&str>, settings: EngineSettings) -> Result<LoadedModel> {
+    load_model_named(path, &path.display().to_string(), expected_sha256, settings)
+}
+
+/// [`load_model`], with messages that name the file as `shown` (the registry's path relative
+/// to the model root: messages reach API clients, the server's absolute paths must not).
 ///
 /// `expected_sha256`, when given, must match the file's bytes (the registry's checksum).
 /// Blocking and CPU-heavy: call it from a blocking thread.
 ///
 /// # Errors
-/// `FailedPrecondition` when the file cannot be read, its checksum differs, tract cannot load or
-/// run it, or it uses a datatype modeld does not serve.
-pub fn load_model(path: &Path, expected_sha256: Option<&str>, settings: EngineSettings) -> Result<LoadedModel> {
+/// [`Error::ModelFile`] when the file is missing or cannot be read, its checksum differs, tract
+/// cannot load or run it, or it uses a datatype modeld does not serve.
+pub fn load_model_named(
+    path: &Path,
+    shown: &str,
+    expected_sha256: Option<&str>,
+    settings: EngineSettings,
+) -> Result<LoadedModel> {
     let started = Instant::now();
-    let shown = path.display();
-    let bytes =
-        std::fs::read(path).map_err(|e| Error::FailedPrecondition(format!("cannot read model file {shown}: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        let problem = match e.kind() {
+            std::io::ErrorKind::NotFound => FileProblem::Missing,
+            _ => FileProblem::Unreadable,
+        };
+        Error::model_file(problem, format!("cannot read model file {shown:?}: {e}"))
+    })?;
     let sha256 = sha256_hex(&bytes);
     if let Some(expected) = expected_sha256
         && !expected.eq_ignore_ascii_case(&sha256)
     {
-        return Err(Error::FailedPrecondition(format!(
-            "checksum mismatch for {shown}: registry has sha256 {expected}, file has {sha256}"
-        )));
+        return Err(Error::model_file(
+            FileProblem::ChecksumMismatch,
+            format!("checksum mismatch for model file {shown:?}: registry has sha256 {expected}, file has {sha256}"),
+        ));
     }
-    let fail = |e: String| Error::FailedPrecondition(format!("model file {shown} {e}"));
+    let fail = |e: String| Error::model_file(FileProblem::NotLoadable, format!("model file {shown:?} {e}"));
     let (plan, signature) = build_plan(&bytes).map_err(fail)?;
     let tract_warm = warm_up(&Engine::Tract(Arc::clone(&plan)), &signature).map_err(fail)?;
     let chosen = choose_engine(&bytes, plan, &signature, settings, tract_warm);
@@ -150,7 +170,19 @@ fn choose_engine(
     }
     let (engine, warm, agreement) = match onnxruntime_engine(bytes, &plan, signature, settings.concurrency) {
         Ok(ort) => ort,
-        Err(why) => return tract(tract_warm, Some(format!("onnxruntime not used: {why}")), true),
+        Err(why) => {
+            // Without the library, `auto` (the default) serves with tract as expected; start-up
+            // said once how to get it. A model ONNX Runtime refuses, or one it was asked for by
+            // name, is a fallback worth a warning.
+            let library_loaded = matches!(super::engine::onnxruntime_status(), Some(Ok(_)));
+            let asked = settings.preferred == EngineChoice::Onnxruntime;
+            let note = if asked || library_loaded {
+                format!("onnxruntime not used: {why}")
+            } else {
+                "onnxruntime not used: its library is not loaded (see the start-up log)".into()
+            };
+            return tract(tract_warm, Some(note), asked || library_loaded);
+        }
     };
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let costs = format!(
@@ -467,7 +499,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(err, Error::FailedPrecondition(ref m) if m.contains("checksum mismatch")),
+            matches!(err, Error::ModelFile { problem: FileProblem::ChecksumMismatch, ref message } if message.contains("checksum mismatch")),
             "{err}"
         );
     }
@@ -482,7 +514,16 @@ mod tests {
         std::fs::write(&truncated, &full[..full.len() / 2]).unwrap();
         for p in [garbage, truncated] {
             let err = load_model(&p, None, EngineSettings::default()).unwrap_err();
-            assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    Error::ModelFile {
+                        problem: FileProblem::NotLoadable,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod signature;
 pub mod slot;
 
 pub use engine::{Engine, EngineChoice, EngineKind, EngineSettings};
-pub use loader::{LoadedModel, load_model};
+pub use loader::{LoadedModel, load_model, load_model_named};
 pub use root::ModelRoot;
 pub use signature::{DataType, Signature, TensorSpec};
 pub use slot::Slot;

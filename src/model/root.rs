@@ -1,8 +1,15 @@
 //! Confines model file paths to the model root: no `..`, no absolute paths, no symlinks out.
+//!
+//! Registry paths are relative to the root. Messages from [`ModelRoot::resolve`] reach API
+//! clients, so they name the root by its flag, never by the server's absolute path;
+//! [`ModelRoot::relative_to_root`] serves the CLI, on the user's own machine, and may show it.
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FileProblem, Result};
+
+/// How messages name the setting of the model root.
+pub const ROOT_FLAG: &str = "--model-root / MODELD_MODEL_ROOT";
 
 /// The directory every model file must live under.
 #[derive(Debug, Clone)]
@@ -54,7 +61,8 @@ impl ModelRoot {
                 }
                 Component::RootDir | Component::Prefix(_) => {
                     return Err(Error::InvalidArgument(format!(
-                        "file_path {rel:?} must be relative to the model root, not absolute"
+                        "file_path {rel:?} is absolute: give the path relative to the server's model root \
+                         ({ROOT_FLAG})"
                     )));
                 }
             }
@@ -74,29 +82,87 @@ impl ModelRoot {
         let canonical = match joined.canonicalize() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::FailedPrecondition(format!(
-                    "model file {rel:?} does not exist under the model root {}",
-                    self.canonical.display()
-                )));
+                return Err(Error::model_file(
+                    FileProblem::Missing,
+                    format!(
+                        "model file {rel:?} does not exist under the server's model root ({ROOT_FLAG}); \
+                         file_path is relative to that root"
+                    ),
+                ));
             }
             Err(e) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "model file {rel:?} cannot be read: {e}"
-                )));
+                return Err(Error::model_file(
+                    FileProblem::Unreadable,
+                    format!("model file {rel:?} cannot be read: {e}"),
+                ));
             }
         };
         if !canonical.starts_with(&self.canonical) {
+            tracing::warn!(file_path = rel, target = %canonical.display(), "a model path resolves outside the model root");
             return Err(Error::InvalidArgument(format!(
-                "file_path {rel:?} resolves outside the model root (symlink to {})",
-                canonical.display()
+                "file_path {rel:?} resolves outside the model root (through a symlink)"
             )));
         }
         if !canonical.is_file() {
-            return Err(Error::FailedPrecondition(format!(
-                "model file {rel:?} is not a regular file"
-            )));
+            return Err(Error::model_file(
+                FileProblem::Missing,
+                format!("model file {rel:?} is not a regular file"),
+            ));
         }
         Ok(canonical)
+    }
+
+    /// A path as a person types it on this machine, for the CLI: absolute, or relative to `cwd`
+    /// (`models/m.onnx` run from the directory holding `models/`), or, when no such file exists,
+    /// relative to the root as the registry stores it. Returns the path relative to the root.
+    /// The messages may show the root's path: the CLI runs on the user's own machine.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a file outside the root; `ModelFile(Missing)` when neither place
+    /// has the file.
+    pub fn relative_to_root(&self, typed: &str, cwd: &Path) -> Result<String> {
+        if typed.is_empty() {
+            return Err(Error::InvalidArgument("the model path is empty".into()));
+        }
+        let typed_path = Path::new(typed);
+        let candidate = if typed_path.is_absolute() {
+            typed_path.to_path_buf()
+        } else {
+            cwd.join(typed_path)
+        };
+        let root = self.canonical.display();
+        if candidate.exists() {
+            // The directory is made canonical, the file name kept: a symlink inside the root
+            // stays a symlink (resolve checks where it points).
+            let name = candidate
+                .file_name()
+                .ok_or_else(|| Error::InvalidArgument(format!("the model path {typed:?} names no file")))?;
+            let dir = candidate.parent().unwrap_or(Path::new("/"));
+            let dir = dir
+                .canonicalize()
+                .map_err(|e| Error::model_file(FileProblem::Unreadable, format!("cannot read {typed:?}: {e}")))?;
+            return match dir.strip_prefix(&self.canonical) {
+                Ok(rel) => rel
+                    .join(name)
+                    .to_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| Error::InvalidArgument(format!("the model path {typed:?} is not valid UTF-8"))),
+                Err(_) => Err(Error::InvalidArgument(format!(
+                    "model file {typed:?} is outside the model root {root} ({ROOT_FLAG} sets the root): \
+                     move the file under it or point the root at its directory"
+                ))),
+            };
+        }
+        if !typed_path.is_absolute() && self.canonical.join(typed_path).exists() {
+            return Ok(typed.to_string());
+        }
+        Err(Error::model_file(
+            FileProblem::Missing,
+            format!(
+                "model file {typed:?} not found: not at {} and not under the model root {root} ({ROOT_FLAG} sets the root)",
+                candidate.display()
+            ),
+        ))
     }
 }
 
@@ -149,7 +215,63 @@ mod tests {
     #[test]
     fn missing_file_is_a_failed_precondition() {
         let (_d, root) = root();
-        assert!(matches!(root.resolve("nope.onnx"), Err(Error::FailedPrecondition(_))));
-        assert!(matches!(root.resolve("sub"), Err(Error::FailedPrecondition(_))));
+        for missing in ["nope.onnx", "sub"] {
+            let err = root.resolve(missing).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::ModelFile {
+                        problem: FileProblem::Missing,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(
+                !err.to_string().contains(&*root.path().to_string_lossy()),
+                "the server's path never reaches a client: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn typed_paths_become_root_relative() {
+        let (d, root) = root();
+        let parent = d.path().parent().unwrap();
+        let dir_name = d.path().file_name().unwrap().to_str().unwrap();
+        // Relative to the working directory, absolute, and relative to the root.
+        assert_eq!(
+            root.relative_to_root(&format!("{dir_name}/sub/m.onnx"), parent)
+                .unwrap(),
+            "sub/m.onnx"
+        );
+        let abs = d.path().join("sub/m.onnx");
+        assert_eq!(
+            root.relative_to_root(abs.to_str().unwrap(), Path::new("/")).unwrap(),
+            "sub/m.onnx"
+        );
+        assert_eq!(
+            root.relative_to_root("sub/m.onnx", Path::new("/")).unwrap(),
+            "sub/m.onnx"
+        );
+        // Outside the root: refused, naming the root and its flag.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x.onnx"), b"x").unwrap();
+        let err = root.relative_to_root("x.onnx", outside.path()).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        let m = err.to_string();
+        assert!(m.contains("outside the model root") && m.contains(ROOT_FLAG), "{m}");
+        assert!(m.contains(&*root.path().to_string_lossy()), "{m}");
+        let err = root.relative_to_root("nope.onnx", parent).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ModelFile {
+                    problem: FileProblem::Missing,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -6,6 +6,8 @@
 //! concurrent activations cannot both see the same "previous" model, and the partial unique
 //! index `ml_models_one_active` makes a second active row impossible whatever a writer does.
 
+pub mod name;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -469,8 +471,10 @@ impl Registry {
                 with_pool!(self, p => sqlx::query_as(sql).bind(*id).fetch_optional(p).await?)
             }
             ModelRef::Name(name) => {
+                // Names are stored NFC: a name typed in another normal form finds its model.
+                let name = name::nfc(name);
                 let sql = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_name = $1");
-                with_pool!(self, p => sqlx::query_as(sql).bind(name).fetch_optional(p).await?)
+                with_pool!(self, p => sqlx::query_as(sql).bind(name.as_ref()).fetch_optional(p).await?)
             }
         };
         Ok(found)

@@ -607,3 +607,118 @@ pub fn replace_by_rename(src: &Path, dst: &Path) {
     std::fs::copy(src, &tmp).unwrap();
     std::fs::rename(&tmp, dst).unwrap();
 }
+
+/// What a run of the modeld binary printed, and its exit code.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the modeld binary as a user does: from `cwd`, with only `env` set of modeld's variables
+/// (no MODELD_LOG: the command's own default log level applies).
+pub async fn run_modeld(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> CliRun {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
+    cmd.args(args).current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MODELD_") || k == "ORT_DYLIB_PATH" {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    CliRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A TCP proxy on loopback in front of `target` (a database server), that a test closes to
+/// make the database unreachable (every connection through it is cut) and opens again on the
+/// same port.
+pub struct TcpProxy {
+    pub port: u16,
+    target: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut proxy = Self {
+            port,
+            target,
+            task: None,
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every connection's task, which
+            // closes both of its sockets.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Stops listening and cuts every connection.
+    pub async fn close(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn open(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot listen on port {} again: {e}",
+                        self.port
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+impl TestDb {
+    /// The address of the database server in this database's URL.
+    pub fn server_addr(&self) -> std::net::SocketAddr {
+        let host = self.url.split_once('@').unwrap().1.split_once('/').unwrap().0;
+        std::net::ToSocketAddrs::to_socket_addrs(host).unwrap().next().unwrap()
+    }
+
+    /// The same database reached through 127.0.0.1:`port` (a [`TcpProxy`]), not owning it.
+    pub fn through(&self, port: u16) -> TestDb {
+        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let (creds, rest) = rest.split_once('@').unwrap();
+        let db = rest.split_once('/').unwrap().1;
+        TestDb {
+            url: format!("{scheme}://{creds}@127.0.0.1:{port}/{db}"),
+            pg_name: None,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
