@@ -168,7 +168,7 @@ fn request_path(c: &mut Criterion) {
 
 fn slot_and_load(c: &mut Criterion) {
     let slot = modeld::model::Slot::new();
-    slot.publish(served("digits_v2.onnx", EngineKind::Tract));
+    slot.publish_active(served("digits_v2.onnx", EngineKind::Tract));
     c.bench_function("slot/load_full", |b| b.iter(|| slot.load()));
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v2.onnx");
     c.bench_function("model_load/digits_v2", |b| {

@@ -1,5 +1,5 @@
 //! The `modeld` commands. Registry commands work directly on the database through the same
-//! [`Control`](crate::control::Control) the server uses, whether a server is running or not;
+//! [`Control`](crate::ops::Control) the server uses, whether a server is running or not;
 //! `predict` is a gRPC client of a running server.
 
 use std::path::Path;
@@ -12,7 +12,7 @@ use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
 use crate::api::{kserve_pb, pb};
 use crate::app;
 use crate::config::{Command, EventsArgs, ModelArg, PredictArgs};
-use crate::control::{ActivationOutcome, Registration};
+use crate::ops::{ActivationOutcome, Registration};
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order, Origin};
 
 /// Exit code: usage (a bad flag, value or command line; clap uses it too).

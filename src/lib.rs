@@ -5,12 +5,13 @@
 //! - [`config`]: the CLI flags and `MODELD_*` environment variables.
 //! - [`app`]: wires everything and runs the server (`serve(config, listener, shutdown)`).
 //! - [`cli`]: the registry commands and the `predict` client.
-//! - [`control`]: the model operations all front ends share (register, activate, rollback…).
+//! - [`ops`]: the model operations all front ends share, a file a job (register, activate, reconcile, request).
 //! - [`registry`]: the SQL registry (SQLite or PostgreSQL, sqlx migrations).
 //! - [`model`]: path confinement, loading + sha256 + warm-up, the signature, the ArcSwap slot.
 //! - [`serving`]: the request path: validate, run off the reactor, encode.
 //! - [`api`]: the tonic services.
 //! - [`metrics`]: Prometheus metrics over HTTP.
+//! - [`status`]: what this server knows about its own state, and why it is degraded.
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
 //! - [`error`]: the one error type and its one mapping to gRPC codes.
 
@@ -21,12 +22,13 @@ pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod control;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod registry;
 pub mod serving;
+pub mod status;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::control::Control;
-use crate::watch::Reason;
+use crate::ops::Control;
+use crate::status::Reason;
 
 /// Serves `GET /metrics` until `shutdown` completes.
 ///
@@ -42,7 +42,7 @@ fn label(v: &str) -> String {
 /// The metrics in Prometheus text format.
 pub fn render(control: &Control) -> String {
     let mut out = String::new();
-    let served = control.slot().load();
+    let served = control.slot().active();
     let status = control.status().snapshot();
     let mut gauge = |name: &str, help: &str, value: String| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::*;
 use modeld::config::RegistryArgs;
-use modeld::control::Registration;
+use modeld::ops::Registration;
 use modeld::registry::{ActivationMeta, ModelRef};
 
 async fn active_count(url: &str) -> i64 {

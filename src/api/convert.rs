@@ -2,13 +2,13 @@
 //! fails the build until it is handled here.
 
 use super::pb;
-use crate::control::ActivationOutcome;
 use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
 use crate::model::{EngineSettings, Signature, TensorSpec};
+use crate::ops::ActivationOutcome;
 use crate::registry::{EventRecord, ModelRecord, ModelRef};
 use crate::serving::{Executor, OutputData, OutputTensor, Payload};
-use crate::watch::{Reason, StatusSnapshot};
+use crate::status::{Reason, StatusSnapshot};
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {

@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb;
-use crate::control::Control;
 use crate::error::Result;
+use crate::ops::Control;
 use crate::serving::{InputRef, Payload};
 
 /// The Inference service.
@@ -27,7 +27,7 @@ impl InferenceService {
         let pb::PredictRequest {
             model_name,
             inputs,
-            routing_key: _,
+            routing_key,
         } = req;
         let refs = inputs
             .iter()
@@ -42,7 +42,8 @@ impl InferenceService {
             .collect::<Result<Vec<_>>>()?;
         // Answer in the encoding the request used.
         let raw = refs.first().is_none_or(|r| matches!(r.payload, Payload::Raw(_)));
-        let done = self.control.infer(&model_name, &refs, raw, deadline).await?;
+        let route = self.control.route(&model_name, &routing_key).await?;
+        let done = self.control.infer(route, &refs, raw, deadline).await?;
         let record = &done.model.record;
         Ok(pb::PredictResponse {
             model_id: record.model_id,

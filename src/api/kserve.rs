@@ -11,9 +11,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::kserve_pb as pb;
-use crate::control::{ACTIVE_ALIAS, Control};
 use crate::error::{Error, Result};
 use crate::model::{DataType, EngineKind, Signature};
+use crate::ops::{ACTIVE_ALIAS, Control};
 use crate::registry::name::{is_active_alias, nfc};
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
 use crate::serving::{Executor, ExecutorConfig, InputRef, OutputData, OutputTensor, Payload};
@@ -41,7 +41,7 @@ impl KServeService {
     /// its own name) comes from memory, so metadata, config and readiness of what this server
     /// serves answer while the registry is unreachable; any other model from the registry.
     async fn record(&self, name: &str) -> Result<ModelRecord> {
-        if let Some(served) = self.control.slot().load()
+        if let Some(served) = self.control.slot().active()
             && (is_active_alias(name) || served.record.model_name == nfc(name))
         {
             return Ok(served.record.clone());
@@ -92,10 +92,12 @@ impl KServeService {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        // Version and requested outputs are checked before computing, so a bad request is a
-        // failure, not a wasted inference.
-        if !model_version.is_empty() || !outputs.is_empty() {
-            let model = self.control.model_for(&model_name).await?;
+        // The model is resolved once: the version and output checks and the computation all
+        // see the same one, whatever swaps meanwhile. They are checked before computing, so a
+        // bad request is a failure, not a wasted inference.
+        let route = self.control.route(&model_name, "").await?;
+        {
+            let model = &route.model;
             let record = &model.record;
             if !model_version.is_empty() && model_version != record.version {
                 return Err(Error::NotFound(format!(
@@ -114,7 +116,7 @@ impl KServeService {
                 }
             }
         }
-        let done = self.control.infer(&model_name, &refs, raw, deadline).await?;
+        let done = self.control.infer(route, &refs, raw, deadline).await?;
         let record = &done.model.record;
         let mut produced = done.outputs;
         if !outputs.is_empty() {
@@ -292,13 +294,13 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
 
     async fn server_ready(&self, _r: Request<pb::ServerReadyRequest>) -> Reply<pb::ServerReadyResponse> {
         Ok(Response::new(pb::ServerReadyResponse {
-            ready: self.control.slot().load().is_some(),
+            ready: self.control.slot().active().is_some(),
         }))
     }
 
     async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
         let pb::ModelReadyRequest { name, version } = r.into_inner();
-        let served = self.control.slot().load();
+        let served = self.control.slot().active();
         let ready = if name.is_empty() || name == ACTIVE_ALIAS {
             served.is_some_and(|s| version.is_empty() || s.record.version == version)
         } else {
@@ -498,7 +500,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             repository_name: _,
             ready,
         } = r.into_inner();
-        let served = self.control.slot().load();
+        let served = self.control.slot().active();
         let models = self.control.registry().list(Order::Name, false, i64::MAX, 0).await?;
         let models = models
             .into_iter()

@@ -9,8 +9,8 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb;
-use crate::control::{Control, Registration};
 use crate::error::{Error, Result};
+use crate::ops::{Control, Registration};
 use crate::registry::{ActivationMeta, ModelChanges, Order};
 
 /// The ModelRegistry service.
@@ -119,7 +119,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
     ) -> Reply<pb::GetActiveModelResponse> {
         // What this server serves comes from memory; the registry's answer is asked for only
         // while the registry answers, and a slow or failing registry never holds it up.
-        let serving = self.control.slot().load();
+        let serving = self.control.slot().active();
         let status = self.control.status().snapshot();
         let asked = if status.registry_reachable() {
             match tokio::time::timeout(REGISTRY_ANSWER_WITHIN, self.control.registry().active()).await {
@@ -191,7 +191,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         let c = &self.control;
         Ok(Response::new(convert::server_status(
             &c.registry().origin().server,
-            c.slot().load().as_deref(),
+            c.slot().active().as_deref(),
             &c.status().snapshot(),
             c.in_flight(),
             c.executor().map(|e| (e, c.engine_settings())),

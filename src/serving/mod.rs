@@ -1,8 +1,10 @@
-//! The request path shared by every API: validate tensors against the model's signature,
+//! The request path shared by every API: resolve the request's model once ([`route`]),
+//! validate tensors against the model's signature,
 //! build tract tensors straight from the request bytes, run on the [`executor`] (inline or on
 //! the compute pool, batched), encode outputs.
 
 pub mod executor;
+pub mod route;
 pub mod stats;
 pub mod tensor;
 

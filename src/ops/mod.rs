@@ -1,0 +1,282 @@
+//! The model operations every front end shares (gRPC API, CLI, start-up, the reload task), one
+//! file a job: [`register`](Control::register) and the other record changes in `register.rs`,
+//! activation and the conditional rollback in `activate.rs`, following the registry and the
+//! model file in `reconcile.rs`, and a request's route to its model in `request.rs`.
+//! [`Control`] holds what they share: the registry, the model root, the served slot, the
+//! activation lock, this server's status, statistics and executor.
+//!
+//! Activation order: resolve the record, confine its path, load + verify sha256 + warm up off to
+//! the side, commit the registry transaction, and only then publish into the slot. Any failure
+//! before the commit leaves the registry and the served model exactly as they were.
+
+mod activate;
+mod reconcile;
+mod register;
+mod request;
+
+use std::path::{Component, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+pub use self::reconcile::{FileSync, RegistrySync};
+pub use self::register::{Registered, Registration};
+use crate::error::{Error, FileProblem, Result};
+use crate::model::slot::ServedModel;
+use crate::model::{EngineKind, EngineSettings, LoadedModel, ModelRoot, Slot, load_model_named};
+pub use crate::registry::name::ACTIVE_ALIAS;
+use crate::registry::{EventKind, ModelRecord, Registry};
+use crate::serving::Executor;
+use crate::serving::stats::Stats;
+use crate::status::Status;
+
+/// The outcome of an activation.
+#[derive(Debug, Clone)]
+pub struct ActivationOutcome {
+    /// The model now active.
+    pub active: ModelRecord,
+    /// The model active before, if any.
+    pub previous: Option<ModelRecord>,
+    /// Time to read, verify, load and warm up the model (zero when it was already served).
+    pub load_time: Duration,
+}
+
+/// Registry + model root + served slot, and the lock that orders activations in this process.
+#[derive(Debug)]
+pub struct Control {
+    registry: Registry,
+    root: ModelRoot,
+    slot: Arc<Slot>,
+    /// Held from load to publish so that two activations in this process publish in the order
+    /// they committed (an older model can never be published over a newer one).
+    activation: Mutex<()>,
+    /// What this process knows about its reloads (GetServerStatus).
+    status: Arc<Status>,
+    /// Whether this process serves requests (a server) or only edits the registry (the CLI).
+    serving: bool,
+    /// Requests being computed.
+    in_flight: AtomicU64,
+    /// Per-model inference statistics.
+    stats: Stats,
+    /// Where inference runs; only a serving process has one.
+    executor: Option<Executor>,
+    /// Which engine models are loaded for.
+    engine: EngineSettings,
+}
+
+/// Counts a request as in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Control {
+    /// Wires the parts together.
+    pub fn new(registry: Registry, root: ModelRoot, slot: Arc<Slot>) -> Self {
+        Self {
+            registry,
+            root,
+            slot,
+            activation: Mutex::new(()),
+            status: Arc::new(Status::default()),
+            serving: false,
+            in_flight: AtomicU64::new(0),
+            stats: Stats::default(),
+            executor: None,
+            engine: EngineSettings::default(),
+        }
+    }
+
+    /// Per-model inference statistics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The executor, in a serving process.
+    pub fn executor(&self) -> Option<&Executor> {
+        self.executor.as_ref()
+    }
+
+    /// Marks this control as the one of a server that runs inference on `executor`, with
+    /// models loaded for `engine`: publishes are recorded as `reloaded` events.
+    pub fn serving(mut self, executor: Executor, engine: EngineSettings) -> Self {
+        self.serving = true;
+        self.executor = Some(executor);
+        self.engine = engine;
+        self
+    }
+
+    /// Which engine models are loaded for.
+    pub fn engine_settings(&self) -> EngineSettings {
+        self.engine
+    }
+
+    /// The engine that computes `record`'s model: the served model's own, else the one a load
+    /// here would try first (the preferred engine when its library is loaded, else tract).
+    pub fn engine_for(&self, record: &ModelRecord) -> EngineKind {
+        match self.slot.active() {
+            Some(served) if served.record.model_id == record.model_id => served.model.engine.kind(),
+            _ if self.engine.preferred.wants_onnxruntime()
+                && matches!(crate::model::engine::onnxruntime_status(), Some(Ok(_))) =>
+            {
+                EngineKind::Onnxruntime
+            }
+            _ => EngineKind::Tract,
+        }
+    }
+
+    /// This process's reload status.
+    pub fn status(&self) -> &Arc<Status> {
+        &self.status
+    }
+
+    /// Counts one request as in flight while the guard lives.
+    pub fn track_request(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// Requests being computed right now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The served slot.
+    pub fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
+    /// The model root.
+    pub fn root(&self) -> &ModelRoot {
+        &self.root
+    }
+
+    /// Loads a registered model, verifying the file against the registry's checksum. A stored
+    /// path that escapes the root (a hand-edited registry) is a precondition failure here.
+    async fn load_record(&self, record: &ModelRecord) -> Result<LoadedModel> {
+        let path = self.root.resolve(&record.file_path).map_err(|e| match e {
+            Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
+            other => other,
+        })?;
+        load_blocking(
+            path,
+            &record.file_path,
+            Some(record.checksum_sha256.clone()),
+            self.engine,
+        )
+        .await
+    }
+
+    /// Whether the slot serves exactly this record's model and file.
+    fn serves(&self, record: &ModelRecord) -> bool {
+        self.slot
+            .active()
+            .is_some_and(|s| s.record.model_id == record.model_id && s.record.checksum_sha256 == record.checksum_sha256)
+    }
+
+    /// Status and event for a model this server published through its own API.
+    async fn published_by_api(&self, record: &ModelRecord) {
+        if !self.serving {
+            return;
+        }
+        self.status.record_reload("api", record);
+        if let Err(e) = self
+            .registry
+            .add_event(EventKind::Reloaded, Some(record), "api", "")
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the reload event");
+        }
+        self.status.wake_events();
+    }
+
+    fn publish(&self, record: ModelRecord, model: LoadedModel) {
+        let (engine, note) = (model.engine.kind(), model.engine_note.as_deref().unwrap_or(""));
+        let (name, version) = (&record.model_name, &record.version);
+        let cost_us = model.cost.as_micros() as u64;
+        if !model.engine_fell_back {
+            tracing::info!(
+                note,
+                batchable = model.batchable,
+                "serving {name:?} version {version:?} (id {}) on {engine}, {cost_us} µs a request",
+                record.model_id
+            );
+        } else {
+            // Not what the operator asked for: worth a warning.
+            tracing::warn!(model = %name, %version, %engine, note, cost_us, batchable = model.batchable, "serving with {engine}: {note}");
+        }
+        self.slot.publish_active(Arc::new(ServedModel { record, model }));
+    }
+}
+
+/// Runs the CPU-heavy load on a blocking thread; a panic inside tract becomes an error, never a
+/// crash and never a published model. Messages name the file as `shown` (root-relative).
+async fn load_blocking(
+    path: PathBuf,
+    shown: &str,
+    expected_sha256: Option<String>,
+    engine: EngineSettings,
+) -> Result<LoadedModel> {
+    let shown = shown.to_string();
+    tokio::task::spawn_blocking(move || load_model_named(&path, &shown, expected_sha256.as_deref(), engine))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "loading a model panicked");
+            Error::model_file(
+                FileProblem::NotLoadable,
+                "loading the model crashed; see the server log",
+            )
+        })?
+}
+
+fn validate_accuracy(accuracy: Option<f64>) -> Result<()> {
+    match accuracy {
+        Some(a) if !(0.0..=1.0).contains(&a) => Err(Error::InvalidArgument(format!(
+            "accuracy must be between 0 and 1, got {a}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `./a//b.onnx` -> `a/b.onnx`, after refusing escapes.
+fn normalise(rel: &str) -> Result<String> {
+    let p = ModelRoot::check_relative(rel)?;
+    let clean: PathBuf = p.components().filter(|c| matches!(c, Component::Normal(_))).collect();
+    clean
+        .to_str()
+        .map(str::to_owned)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::InvalidArgument(format!("file_path {rel:?} names no file")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accuracy_is_checked() {
+        assert!(validate_accuracy(Some(0.5)).is_ok());
+        assert!(validate_accuracy(None).is_ok());
+        for bad in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            assert!(validate_accuracy(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalise("./a//b.onnx").unwrap(), "a/b.onnx");
+        assert!(normalise("../a.onnx").is_err());
+        assert!(normalise(".").is_err());
+    }
+}

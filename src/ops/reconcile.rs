@@ -1,0 +1,144 @@
+//! Following the registry and the model file: what the reload task runs when another process
+//! changed the registry or the served model's file changed on disk.
+
+use super::{Control, load_blocking};
+use crate::error::{Error, FileProblem, Result};
+use crate::registry::ModelRecord;
+
+/// What a reload from the registry did.
+#[derive(Debug, Clone)]
+pub enum RegistrySync {
+    /// The served model is what the registry names.
+    InSync(ModelRecord),
+    /// The registry names no active model: the served model (if any) keeps serving.
+    NoActiveModel,
+    /// The model the registry names was loaded and published.
+    Reloaded(ModelRecord),
+    /// The model the registry names cannot be loaded here; the served model stays.
+    Failed(ModelRecord, Error),
+}
+
+/// What a reload after a file change did.
+#[derive(Debug, Clone)]
+pub enum FileSync {
+    /// Nothing is served, or the file's bytes are those already served.
+    Unchanged,
+    /// The served model's file is gone; the model in memory keeps serving.
+    Missing(ModelRecord),
+    /// The new file was loaded, recorded in the registry and published.
+    Reloaded(ModelRecord),
+    /// The registry changed underneath; a registry reload decides what to serve.
+    RegistryMoved,
+}
+
+impl Control {
+    /// Makes the slot serve what the registry names as active (reload source: another process,
+    /// another server, a SQL console, or start-up). Holds the activation lock, and re-reads the
+    /// registry after loading: a model the registry no longer names is never published, so an
+    /// older model cannot be published after a newer one.
+    ///
+    /// # Errors
+    /// `Unavailable` when the registry cannot be read; `FailedPrecondition` when the named model
+    /// cannot be loaded (missing file, checksum mismatch, broken file). The slot is unchanged.
+    pub async fn sync_with_registry(&self) -> Result<RegistrySync> {
+        let _order = self.activation.lock().await;
+        // Bounded: each round loads what the registry named; a registry that keeps moving is
+        // followed again by the next trigger.
+        for _ in 0..3 {
+            let Some(record) = self.registry.active().await? else {
+                return Ok(RegistrySync::NoActiveModel);
+            };
+            if self.serves(&record) {
+                return Ok(RegistrySync::InSync(record));
+            }
+            let loaded = match self.load_record(&record).await {
+                Ok(l) => l,
+                Err(e) => return Ok(RegistrySync::Failed(record, e)),
+            };
+            let now = self.registry.active().await?;
+            if now
+                .as_ref()
+                .is_some_and(|n| n.model_id == record.model_id && n.checksum_sha256 == record.checksum_sha256)
+            {
+                tracing::info!(model = %record.model_name, version = %record.version, load_ms = loaded.load_time.as_secs_f64() * 1e3, "model reloaded from the registry");
+                self.publish(record.clone(), loaded);
+                return Ok(RegistrySync::Reloaded(record));
+            }
+        }
+        Err(Error::Unavailable(
+            "the registry kept changing while loading; will retry".into(),
+        ))
+    }
+
+    /// Handles a change of the served model's file on disk: a valid new file is loaded, warmed,
+    /// recorded in the registry (checksum, size, signature, event) and published. A missing,
+    /// half-written or corrupt file changes nothing. With `strict`, a file whose sha256 differs
+    /// from the registry is refused.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` for a file that cannot be loaded or is refused by `strict`;
+    /// `Unavailable` when the registry cannot be written (the new file is then not published,
+    /// so the registry and the served model stay consistent).
+    pub async fn sync_with_file(&self, strict: bool) -> Result<FileSync> {
+        let _order = self.activation.lock().await;
+        let Some(served) = self.slot.active() else {
+            return Ok(FileSync::Unchanged);
+        };
+        let record = served.record.clone();
+        let path = match self.root.resolve(&record.file_path) {
+            Ok(p) => p,
+            Err(Error::ModelFile {
+                problem: FileProblem::Missing,
+                ..
+            }) => return Ok(FileSync::Missing(record)),
+            Err(e) => return Err(e),
+        };
+        let bytes_sha = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::read(&path).map(|b| crate::model::loader::sha256_hex(&b)))
+                .await
+                .map_err(Error::internal)?
+                .map_err(|e| {
+                    Error::model_file(
+                        FileProblem::Unreadable,
+                        format!("cannot read model file {:?}: {e}", record.file_path),
+                    )
+                })?
+        };
+        if bytes_sha == record.checksum_sha256 {
+            return Ok(FileSync::Unchanged);
+        }
+        if strict {
+            return Err(Error::model_file(
+                FileProblem::ChecksumMismatch,
+                format!(
+                    "model file {:?} changed (sha256 {bytes_sha}) but the registry has {}; --strict-checksum refuses it",
+                    record.file_path, record.checksum_sha256
+                ),
+            ));
+        }
+        let loaded = load_blocking(path, &record.file_path, None, self.engine).await?;
+        let size = i64::try_from(loaded.size_bytes).map_err(Error::internal)?;
+        let detail = format!("file changed: sha256 {} -> {}", record.checksum_sha256, loaded.sha256);
+        let updated = self
+            .registry
+            .record_file_change(
+                record.model_id,
+                &record.checksum_sha256,
+                &loaded.sha256,
+                size,
+                &loaded.signature,
+                &detail,
+            )
+            .await?;
+        let Some(updated) = updated else {
+            return Ok(FileSync::RegistryMoved);
+        };
+        if !updated.is_active {
+            return Ok(FileSync::RegistryMoved);
+        }
+        tracing::info!(model = %updated.model_name, sha256 = %updated.checksum_sha256, load_ms = loaded.load_time.as_secs_f64() * 1e3, "model file changed: reloaded");
+        self.publish(updated.clone(), loaded);
+        Ok(FileSync::Reloaded(updated))
+    }
+}

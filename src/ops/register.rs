@@ -1,0 +1,178 @@
+//! Registry records: register (optionally activating in the same transaction), update
+//! metadata, delete, and seed an empty registry from the manifest.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{ActivationOutcome, Control, load_blocking, normalise, validate_accuracy};
+use crate::error::{Error, Result};
+use crate::registry::name;
+use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, NewModel};
+
+/// A registration request.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    /// Unique name: printable Unicode, spaces inside, up to 255 characters (see
+    /// [`name::normalise_name`]); stored NFC-normalised.
+    pub name: String,
+    /// Path relative to the model root.
+    pub file_path: String,
+    /// Version label.
+    pub version: String,
+    /// Free text.
+    pub description: String,
+    /// Free text.
+    pub model_type: String,
+    /// 0..1.
+    pub accuracy: Option<f64>,
+    /// Who registers.
+    pub created_by: String,
+    /// Activate right away (same transaction as the insert).
+    pub activate: bool,
+}
+
+/// The outcome of a registration.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The new record.
+    pub model: ModelRecord,
+    /// Set when activation was requested.
+    pub activation: Option<ActivationOutcome>,
+}
+
+impl Control {
+    /// Registers a model: the file must exist under the root, is hashed and loaded once (a
+    /// broken file is refused), and with `activate` becomes the active model in the same
+    /// transaction, then is published.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad name, path or accuracy; `FailedPrecondition` for a missing or
+    /// unloadable file; `AlreadyExists` for a duplicate name.
+    pub async fn register(&self, reg: Registration) -> Result<Registered> {
+        let model_name = name::normalise_name(&reg.name)?;
+        validate_accuracy(reg.accuracy)?;
+        let file_path = normalise(&reg.file_path)?;
+        let path = self.root.resolve(&file_path)?;
+        let _order = if reg.activate {
+            Some(self.activation.lock().await)
+        } else {
+            None
+        };
+        let loaded = load_blocking(path, &file_path, None, self.engine).await?;
+        let new = NewModel {
+            model_name: model_name.clone(),
+            version: reg.version,
+            file_path,
+            description: reg.description,
+            model_type: reg.model_type,
+            accuracy: reg.accuracy,
+            checksum_sha256: loaded.sha256.clone(),
+            file_size_bytes: i64::try_from(loaded.size_bytes).map_err(Error::internal)?,
+            signature: loaded.signature.clone(),
+            created_by: if reg.created_by.is_empty() {
+                "api".into()
+            } else {
+                reg.created_by.clone()
+            },
+        };
+        let meta = ActivationMeta {
+            activated_by: new.created_by.clone(),
+            reason: "registered with activate".into(),
+            is_rollback: false,
+        };
+        let load_time = loaded.load_time;
+        let committed = self.registry.insert(&new, reg.activate.then_some(&meta)).await?;
+        tracing::info!(model = %model_name, version = %committed.active.version, sha256 = %loaded.sha256, "model registered");
+        if !reg.activate {
+            return Ok(Registered {
+                model: committed.active,
+                activation: None,
+            });
+        }
+        self.publish(committed.active.clone(), loaded);
+        self.published_by_api(&committed.active).await;
+        Ok(Registered {
+            model: committed.active.clone(),
+            activation: Some(ActivationOutcome {
+                active: committed.active,
+                previous: committed.previous,
+                load_time,
+            }),
+        })
+    }
+
+    /// Changes metadata only.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for an accuracy outside 0..1; `NotFound` for an unknown model.
+    pub async fn update(&self, model: &ModelRef, changes: &ModelChanges) -> Result<ModelRecord> {
+        validate_accuracy(changes.accuracy)?;
+        self.registry.update(model, changes).await
+    }
+
+    /// Deletes the record, never the file.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` for the active model; `NotFound` for an unknown model.
+    pub async fn delete(&self, model: &ModelRef) -> Result<ModelRecord> {
+        let deleted = self.registry.delete(model).await?;
+        tracing::info!(model = %deleted.model_name, "model record deleted (file kept)");
+        Ok(deleted)
+    }
+
+    /// On an empty registry, registers the models listed in the seed manifest and activates the
+    /// one it names. Returns how many were registered (0 when the registry was not empty).
+    ///
+    /// # Errors
+    /// `FailedPrecondition` for an unreadable manifest; otherwise as [`Control::register`].
+    pub async fn seed(&self, manifest: &Path) -> Result<usize> {
+        if self.registry.count().await? > 0 {
+            return Ok(0);
+        }
+        let text = std::fs::read_to_string(manifest)
+            .map_err(|e| Error::FailedPrecondition(format!("cannot read seed manifest {}: {e}", manifest.display())))?;
+        let manifest: SeedManifest = serde_json::from_str(&text)
+            .map_err(|e| Error::FailedPrecondition(format!("bad seed manifest {}: {e}", manifest.display())))?;
+        let mut n = 0;
+        for m in manifest.models {
+            let activate = manifest.activate.as_deref() == Some(m.name.as_str());
+            let reg = Registration {
+                name: m.name,
+                file_path: m.file_path,
+                version: m.version,
+                description: m.description,
+                model_type: m.model_type,
+                accuracy: m.accuracy,
+                created_by: "seed".into(),
+                activate,
+            };
+            match self.register(reg).await {
+                Ok(_) => n += 1,
+                // Another process seeded at the same moment: fine.
+                Err(Error::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SeedManifest {
+    activate: Option<String>,
+    models: Vec<SeedModel>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SeedModel {
+    name: String,
+    file_path: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    model_type: String,
+    accuracy: Option<f64>,
+}

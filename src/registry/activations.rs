@@ -1,0 +1,112 @@
+//! The `model_activations` table: who activated what, from which model, when and why; the
+//! activation itself (one transaction) and the history rollback reads.
+
+use chrono::{DateTime, Utc};
+
+use super::{EventKind, ModelRecord, Pool, Registry};
+use crate::error::{Error, Result};
+
+/// Who activates and why, for the history.
+#[derive(Debug, Clone)]
+pub struct ActivationMeta {
+    /// Recorded as activated_by.
+    pub activated_by: String,
+    /// Recorded as reason.
+    pub reason: String,
+    /// Whether this activation is a rollback.
+    pub is_rollback: bool,
+}
+
+/// The result of an activation commit.
+#[derive(Debug, Clone)]
+pub struct Activation {
+    /// The model now active.
+    pub active: ModelRecord,
+    /// The model active before, if any.
+    pub previous: Option<ModelRecord>,
+}
+
+/// A `model_activations` row.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ActivationRecord {
+    /// Primary key, increasing.
+    pub activation_id: i64,
+    /// The activated model; `None` once that record was deleted.
+    pub model_id: Option<i64>,
+    /// Its name at the time.
+    pub model_name: String,
+    /// The model active before; `None` when there was none or it was deleted.
+    pub previous_model_id: Option<i64>,
+    /// Its name at the time.
+    pub previous_name: Option<String>,
+    /// When.
+    pub activated_at: DateTime<Utc>,
+    /// Who.
+    pub activated_by: String,
+    /// Why.
+    pub reason: String,
+    /// Whether it was a rollback.
+    pub is_rollback: bool,
+}
+
+impl Registry {
+    /// Makes `model_id` the one active model, if its checksum is still `checksum` (the file that
+    /// was verified and loaded), and appends to the activation history.
+    ///
+    /// # Errors
+    /// `NotFound` when the record is gone; `FailedPrecondition` when its checksum changed.
+    pub async fn activate(&self, model_id: i64, checksum: &str, meta: &ActivationMeta) -> Result<Activation> {
+        let select_active = concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1");
+        let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
+        let activate = concat!(
+            "UPDATE ml_models SET is_active = $1, updated_at = $2 WHERE model_id = $3 RETURNING ",
+            columns!()
+        );
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            // The write lock first: concurrent activations queue here, then see fresh rows.
+            bump!(tx, now);
+            let target: Option<ModelRecord> = sqlx::query_as(select_one).bind(model_id).fetch_optional(&mut *tx).await?;
+            let target = target.ok_or_else(|| Error::NotFound(format!("model id {model_id} is not registered (deleted meanwhile?)")))?;
+            if target.checksum_sha256 != checksum {
+                return Err(Error::FailedPrecondition(format!(
+                    "model {:?} changed in the registry while it was loading (checksum now {}); try again",
+                    target.model_name, target.checksum_sha256
+                )));
+            }
+            let previous: Option<ModelRecord> = sqlx::query_as(select_active).bind(true).fetch_optional(&mut *tx).await?;
+            if previous.as_ref().is_some_and(|p| p.model_id == model_id) {
+                // Already active: nothing to change, no history row.
+                tx.rollback().await?;
+                return Ok(Activation { active: target, previous });
+            }
+            sqlx::query("UPDATE ml_models SET is_active = $1, updated_at = $2 WHERE is_active = $3")
+                .bind(false).bind(now).bind(true).execute(&mut *tx).await?;
+            let active: ModelRecord = sqlx::query_as(activate).bind(true).bind(now).bind(model_id).fetch_one(&mut *tx).await?;
+            record_activation!(tx, active, previous.as_ref(), meta, now);
+            let kind = if meta.is_rollback { EventKind::RolledBack } else { EventKind::Activated };
+            record_event!(&mut *tx, self.origin, kind, Some(active.model_id), &active.model_name, &meta.reason, now);
+            tx.commit().await?;
+            Ok(Activation { active, previous })
+        })
+    }
+
+    /// The most recent activation.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn last_activation(&self) -> Result<Option<ActivationRecord>> {
+        Ok(self.activations(1).await?.into_iter().next())
+    }
+
+    /// The most recent activations, newest first.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn activations(&self, limit: i64) -> Result<Vec<ActivationRecord>> {
+        let sql = "SELECT activation_id, model_id, model_name, previous_model_id, previous_name, activated_at, \
+                   activated_by, reason, is_rollback FROM model_activations ORDER BY activation_id DESC LIMIT $1";
+        Ok(with_pool!(self, p => sqlx::query_as(sql).bind(limit).fetch_all(p).await?))
+    }
+}

@@ -1,0 +1,346 @@
+//! The `ml_models` table: one row per registered model.
+
+use chrono::{DateTime, Utc};
+
+use super::{Activation, ActivationMeta, EventKind, Origin, Pool, Registry, name};
+use crate::error::{Error, Result};
+use crate::model::Signature;
+
+/// A registry record (`ml_models` row).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ModelRecord {
+    /// Primary key.
+    pub model_id: i64,
+    /// Unique name.
+    pub model_name: String,
+    /// Free-form version label.
+    pub version: String,
+    /// Path relative to the model root.
+    pub file_path: String,
+    /// Free text.
+    pub description: String,
+    /// Free text, e.g. "classifier".
+    pub model_type: String,
+    /// 0..1 when known.
+    pub accuracy: Option<f64>,
+    /// Hex sha256 of the file.
+    pub checksum_sha256: String,
+    /// File size.
+    pub file_size_bytes: i64,
+    /// JSON of [`Signature`].
+    pub signature: String,
+    /// The one active model.
+    pub is_active: bool,
+    /// When registered.
+    pub created_at: DateTime<Utc>,
+    /// When last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Who registered it.
+    pub created_by: String,
+}
+
+impl ModelRecord {
+    /// The parsed signature.
+    ///
+    /// # Errors
+    /// `Internal` when the stored JSON is not a signature.
+    pub fn signature(&self) -> Result<Signature> {
+        Signature::from_json(&self.signature)
+    }
+}
+
+/// Names a model by id or by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelRef {
+    /// By `model_id`.
+    Id(i64),
+    /// By `model_name`.
+    Name(String),
+}
+
+impl std::fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "model id {id}"),
+            Self::Name(n) => write!(f, "model {n:?}"),
+        }
+    }
+}
+
+/// What registration stores.
+#[derive(Debug, Clone)]
+pub struct NewModel {
+    /// Unique name.
+    pub model_name: String,
+    /// Version label.
+    pub version: String,
+    /// Relative path.
+    pub file_path: String,
+    /// Free text.
+    pub description: String,
+    /// Free text.
+    pub model_type: String,
+    /// 0..1.
+    pub accuracy: Option<f64>,
+    /// Hex sha256 as computed at registration.
+    pub checksum_sha256: String,
+    /// Size as read at registration.
+    pub file_size_bytes: i64,
+    /// The signature read from the file.
+    pub signature: Signature,
+    /// Who registers.
+    pub created_by: String,
+}
+
+/// Metadata changes (`UpdateModel`); `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ModelChanges {
+    /// New version label.
+    pub version: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New type.
+    pub model_type: Option<String>,
+    /// New accuracy.
+    pub accuracy: Option<f64>,
+}
+
+/// Sort order for listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// Registration time (the default).
+    #[default]
+    CreatedAt,
+    /// Name.
+    Name,
+    /// Accuracy (unknown last).
+    Accuracy,
+    /// Id.
+    Id,
+}
+
+impl Registry {
+    /// One model by id or name.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such model.
+    pub async fn get(&self, model: &ModelRef) -> Result<ModelRecord> {
+        self.find(model)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("{model} is not registered")))
+    }
+
+    /// One model by id or name, or `None`.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn find(&self, model: &ModelRef) -> Result<Option<ModelRecord>> {
+        let found = match model {
+            ModelRef::Id(id) => {
+                let sql = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
+                with_pool!(self, p => sqlx::query_as(sql).bind(*id).fetch_optional(p).await?)
+            }
+            ModelRef::Name(name) => {
+                // Names are stored NFC: a name typed in another normal form finds its model.
+                let name = name::nfc(name);
+                let sql = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_name = $1");
+                with_pool!(self, p => sqlx::query_as(sql).bind(name.as_ref()).fetch_optional(p).await?)
+            }
+        };
+        Ok(found)
+    }
+
+    /// The active model, if one is active.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn active(&self) -> Result<Option<ModelRecord>> {
+        let sql = concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1");
+        Ok(with_pool!(self, p => sqlx::query_as(sql).bind(true).fetch_optional(p).await?))
+    }
+
+    /// Number of registered models.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn count(&self) -> Result<i64> {
+        let sql = "SELECT COUNT(*) FROM ml_models";
+        Ok(with_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await?))
+    }
+
+    /// A page of models.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn list(&self, order: Order, descending: bool, limit: i64, offset: i64) -> Result<Vec<ModelRecord>> {
+        let dir = if descending { "DESC" } else { "ASC" };
+        let key = match order {
+            Order::CreatedAt => format!("created_at {dir}, model_id {dir}"),
+            Order::Name => format!("model_name {dir}"),
+            Order::Accuracy => format!("(accuracy IS NULL) ASC, accuracy {dir}, model_id {dir}"),
+            Order::Id => format!("model_id {dir}"),
+        };
+        // `key` comes from the `Order` enum above, never from user text.
+        let sql = format!(
+            concat!("SELECT ", columns!(), " FROM ml_models ORDER BY {} LIMIT $1 OFFSET $2"),
+            key
+        );
+        Ok(
+            with_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql.clone())).bind(limit).bind(offset).fetch_all(p).await?),
+        )
+    }
+
+    /// Inserts a model; with `activate`, also makes it the active model in the same transaction.
+    ///
+    /// # Errors
+    /// `AlreadyExists` for a duplicate name; `InvalidArgument` for values the schema refuses.
+    pub async fn insert(&self, new: &NewModel, activate: Option<&ActivationMeta>) -> Result<Activation> {
+        let insert = concat!(
+            "INSERT INTO ml_models (model_name, version, file_path, description, model_type, accuracy, \
+             checksum_sha256, file_size_bytes, signature, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING ",
+            columns!()
+        );
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            bump!(tx, now);
+            let inserted: std::result::Result<ModelRecord, sqlx::Error> = sqlx::query_as(insert)
+                .bind(&new.model_name)
+                .bind(&new.version)
+                .bind(&new.file_path)
+                .bind(&new.description)
+                .bind(&new.model_type)
+                .bind(new.accuracy)
+                .bind(&new.checksum_sha256)
+                .bind(new.file_size_bytes)
+                .bind(new.signature.to_json())
+                .bind(&new.created_by)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await;
+            let record = match inserted {
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    return Err(Error::AlreadyExists(format!("a model named {:?} is already registered", new.model_name)));
+                }
+                other => other?,
+            };
+            record_event!(&mut *tx, self.origin, EventKind::Registered, Some(record.model_id), &record.model_name, &record.file_path, now);
+            let result = match activate {
+                None => Activation { active: record, previous: None },
+                Some(meta) => {
+                    let previous: Option<ModelRecord> = sqlx::query_as(concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1"))
+                        .bind(true).fetch_optional(&mut *tx).await?;
+                    sqlx::query("UPDATE ml_models SET is_active = $1, updated_at = $2 WHERE is_active = $3")
+                        .bind(false).bind(now).bind(true).execute(&mut *tx).await?;
+                    let active: ModelRecord = sqlx::query_as(concat!("UPDATE ml_models SET is_active = $1 WHERE model_id = $2 RETURNING ", columns!()))
+                        .bind(true).bind(record.model_id).fetch_one(&mut *tx).await?;
+                    record_activation!(tx, active, previous.as_ref(), meta, now);
+                    record_event!(&mut *tx, self.origin, EventKind::Activated, Some(active.model_id), &active.model_name, &meta.reason, now);
+                    Activation { active, previous }
+                }
+            };
+            tx.commit().await?;
+            Ok(result)
+        })
+    }
+
+    /// Changes metadata.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such model; `InvalidArgument` for values the schema refuses.
+    pub async fn update(&self, model: &ModelRef, changes: &ModelChanges) -> Result<ModelRecord> {
+        let id = self.get(model).await?.model_id;
+        let sql = concat!(
+            "UPDATE ml_models SET version = COALESCE($1, version), description = COALESCE($2, description), \
+             model_type = COALESCE($3, model_type), accuracy = COALESCE($4, accuracy), updated_at = $5 \
+             WHERE model_id = $6 RETURNING ",
+            columns!()
+        );
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            bump!(tx, now);
+            let updated: Option<ModelRecord> = sqlx::query_as(sql)
+                .bind(&changes.version)
+                .bind(&changes.description)
+                .bind(&changes.model_type)
+                .bind(changes.accuracy)
+                .bind(now)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let updated = updated.ok_or_else(|| Error::NotFound(format!("{model} is not registered")))?;
+            record_event!(&mut *tx, self.origin, EventKind::Updated, Some(updated.model_id), &updated.model_name, "", now);
+            tx.commit().await?;
+            Ok(updated)
+        })
+    }
+
+    /// Records that the active model's file changed on disk and was loaded: the new checksum,
+    /// size and signature, with a `reloaded` event, in one transaction. Only if the record still
+    /// has `old_checksum` (another server may have recorded the same change first).
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn record_file_change(
+        &self,
+        model_id: i64,
+        old_checksum: &str,
+        new_checksum: &str,
+        size: i64,
+        signature: &Signature,
+        detail: &str,
+    ) -> Result<Option<ModelRecord>> {
+        let sql = concat!(
+            "UPDATE ml_models SET checksum_sha256 = $1, file_size_bytes = $2, signature = $3, updated_at = $4 \
+             WHERE model_id = $5 AND checksum_sha256 = $6 RETURNING ",
+            columns!()
+        );
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            bump!(tx, now);
+            let updated: Option<ModelRecord> = sqlx::query_as(sql)
+                .bind(new_checksum).bind(size).bind(signature.to_json()).bind(now).bind(model_id).bind(old_checksum)
+                .fetch_optional(&mut *tx).await?;
+            if let Some(r) = &updated {
+                let origin = Origin { source: "file".into(), server: self.origin.server.clone() };
+                record_event!(&mut *tx, origin, EventKind::Reloaded, Some(r.model_id), &r.model_name, detail, now);
+            }
+            tx.commit().await?;
+            Ok(updated)
+        })
+    }
+
+    /// Deletes the record (never the file).
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such model; `FailedPrecondition` when it is the active model.
+    pub async fn delete(&self, model: &ModelRef) -> Result<ModelRecord> {
+        let id = self.get(model).await?.model_id;
+        let sql = concat!(
+            "DELETE FROM ml_models WHERE model_id = $1 AND is_active = $2 RETURNING ",
+            columns!()
+        );
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            bump!(tx, now);
+            let deleted: Option<ModelRecord> = sqlx::query_as(sql).bind(id).bind(false).fetch_optional(&mut *tx).await?;
+            let Some(deleted) = deleted else {
+                let still: Option<bool> = sqlx::query_scalar("SELECT is_active FROM ml_models WHERE model_id = $1")
+                    .bind(id).fetch_optional(&mut *tx).await?;
+                return Err(match still {
+                    Some(true) => Error::FailedPrecondition(format!(
+                        "{model} is the active model; activate another model before deleting it"
+                    )),
+                    _ => Error::NotFound(format!("{model} is not registered")),
+                });
+            };
+            record_event!(&mut *tx, self.origin, EventKind::Deleted, Some(deleted.model_id), &deleted.model_name, &deleted.file_path, now);
+            tx.commit().await?;
+            Ok(deleted)
+        })
+    }
+}

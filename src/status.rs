@@ -1,0 +1,251 @@
+//! What this server knows about its own state: the registry's active model as last read, the
+//! last reload and the last failure, whether the registry answers and the served file exists,
+//! and from those why it is degraded. Written by the reload task and the watchers, read by
+//! GetServerStatus, the metrics and the request path; its own room so that the operations
+//! (`ops`) and the watchers (`watch`) both use it without importing each other.
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use crate::error::{Error, FileProblem};
+use crate::registry::ModelRecord;
+
+/// Why a server is degraded, as a code (GetServerStatus, the `modeld_degraded_reason` metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The registry database does not answer; the server serves from memory.
+    RegistryUnreachable,
+    /// The served model's file is gone from disk (the model in memory keeps serving).
+    ModelFileMissing,
+    /// A model file exists but cannot be read.
+    ModelFileUnreadable,
+    /// A model file's sha256 differs from the registry's.
+    ChecksumMismatch,
+    /// A model file is not a model this server can load.
+    ModelNotLoadable,
+    /// The registry names another model (or file) than the one served, for no reason above
+    /// (a reload is pending or failed otherwise).
+    NotServingRegistryModel,
+    /// A reload failed for another reason (see the message).
+    ReloadFailed,
+}
+
+impl Reason {
+    /// Every reason, in the order they are reported.
+    pub const ALL: [Reason; 7] = [
+        Self::RegistryUnreachable,
+        Self::ModelFileMissing,
+        Self::ModelFileUnreadable,
+        Self::ChecksumMismatch,
+        Self::ModelNotLoadable,
+        Self::NotServingRegistryModel,
+        Self::ReloadFailed,
+    ];
+
+    /// The code in metrics and logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::RegistryUnreachable => "registry_unreachable",
+            Self::ModelFileMissing => "model_file_missing",
+            Self::ModelFileUnreadable => "model_file_unreadable",
+            Self::ChecksumMismatch => "checksum_mismatch",
+            Self::ModelNotLoadable => "model_not_loadable",
+            Self::NotServingRegistryModel => "not_serving_registry_model",
+            Self::ReloadFailed => "reload_failed",
+        }
+    }
+
+    /// The reason a failed reload gives.
+    pub(crate) fn of(e: &Error) -> Self {
+        match e {
+            Error::Unavailable(_) => Self::RegistryUnreachable,
+            Error::ModelFile { problem, .. } => match problem {
+                FileProblem::Missing => Self::ModelFileMissing,
+                FileProblem::Unreadable => Self::ModelFileUnreadable,
+                FileProblem::ChecksumMismatch => Self::ChecksumMismatch,
+                FileProblem::NotLoadable => Self::ModelNotLoadable,
+            },
+            _ => Self::ReloadFailed,
+        }
+    }
+}
+
+/// One reason why a server is degraded, in words, and since when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Degradation {
+    /// The code.
+    pub reason: Reason,
+    /// For people.
+    pub message: String,
+    /// Since when it holds.
+    pub since: DateTime<Utc>,
+}
+
+/// What this server knows about its own state; read by GetServerStatus.
+#[derive(Debug, Clone, Default)]
+pub struct StatusSnapshot {
+    /// The registry's active model as last read.
+    pub registry_active: Option<ModelRecord>,
+    /// The last reload error, its reason and when; `None` after a success.
+    pub last_error: Option<(String, Reason, DateTime<Utc>)>,
+    /// Where the last error came from: "file" or a registry reload source.
+    pub last_error_source: String,
+    /// The last successful (re)load: source and when.
+    pub last_reload: Option<(String, DateTime<Utc>)>,
+    /// Since when the served model's file has been missing on disk.
+    pub file_missing_since: Option<DateTime<Utc>>,
+    /// Since when the registry has not answered (`None`: it answered the last check).
+    pub registry_unreachable_since: Option<DateTime<Utc>>,
+    /// The registry generation this server has caught up with.
+    pub generation: i64,
+    /// Failed reloads since start.
+    pub reload_failures: u64,
+}
+
+/// Shared, updated by the reload task and the watchers.
+#[derive(Debug)]
+pub struct Status {
+    inner: Mutex<StatusSnapshot>,
+    /// Bumped when events may have been added (local writes, notifications, generation changes);
+    /// WatchEvents streams wait on it.
+    events: watch::Sender<u64>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(StatusSnapshot::default()),
+            events: watch::Sender::new(0),
+        }
+    }
+}
+
+impl StatusSnapshot {
+    /// The registry answered the last check.
+    pub fn registry_reachable(&self) -> bool {
+        self.registry_unreachable_since.is_none()
+    }
+
+    /// The served model's file is missing on disk.
+    pub fn file_missing(&self) -> bool {
+        self.file_missing_since.is_some()
+    }
+
+    /// Degraded: any of [`StatusSnapshot::degradations`] holds.
+    pub fn degraded(&self, serving: Option<&ModelRecord>) -> bool {
+        !self.degradations(serving).is_empty()
+    }
+
+    /// Why this server is degraded, each reason once, in [`Reason::ALL`] order: the registry is
+    /// unreachable, the served file is missing, the last reload failed (its file's problem),
+    /// or what is served differs from what the registry names.
+    pub fn degradations(&self, serving: Option<&ModelRecord>) -> Vec<Degradation> {
+        let mut out = Vec::new();
+        if let Some(since) = self.registry_unreachable_since {
+            let what = serving.map_or_else(
+                || "nothing is served".to_string(),
+                |m| format!("serving {:?} from memory", m.model_name),
+            );
+            out.push(Degradation {
+                reason: Reason::RegistryUnreachable,
+                message: format!(
+                    "the model registry database has been unreachable since {}; {what}",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                since,
+            });
+        }
+        if let (Some(since), Some(m)) = (self.file_missing_since, serving) {
+            out.push(Degradation {
+                reason: Reason::ModelFileMissing,
+                message: format!(
+                    "the served model's file {:?} is missing on disk; the model in memory keeps serving",
+                    m.file_path
+                ),
+                since,
+            });
+        }
+        if let Some((message, reason, since)) = &self.last_error
+            && !out.iter().any(|d| d.reason == *reason)
+        {
+            out.push(Degradation {
+                reason: *reason,
+                message: message.clone(),
+                since: *since,
+            });
+        }
+        let differs = match (serving, &self.registry_active) {
+            (Some(m), Some(r)) => m.model_id != r.model_id || m.checksum_sha256 != r.checksum_sha256,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if differs && out.is_empty() {
+            let wanted = self.registry_active.as_ref().map_or("", |r| r.model_name.as_str());
+            let served = serving.map_or_else(|| "nothing".to_string(), |m| format!("{:?}", m.model_name));
+            out.push(Degradation {
+                reason: Reason::NotServingRegistryModel,
+                message: format!("the registry names {wanted:?} but this server serves {served}; a reload is pending"),
+                since: self.last_reload.as_ref().map_or_else(Utc::now, |(_, t)| *t),
+            });
+        }
+        out.sort_by_key(|d| Reason::ALL.iter().position(|r| *r == d.reason));
+        out
+    }
+
+    pub(crate) fn set_reachable(&mut self, reachable: bool) {
+        match (reachable, self.registry_unreachable_since) {
+            (true, _) => self.registry_unreachable_since = None,
+            (false, None) => self.registry_unreachable_since = Some(Utc::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    pub(crate) fn set_file_missing(&mut self, missing: bool) {
+        match (missing, self.file_missing_since) {
+            (false, _) => self.file_missing_since = None,
+            (true, None) => self.file_missing_since = Some(Utc::now()),
+            (true, Some(_)) => {}
+        }
+    }
+}
+
+impl Status {
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatusSnapshot> {
+        // A panic while holding this lock cannot leave the snapshot half-written in a way that
+        // matters (plain fields), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the state under the lock.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut StatusSnapshot)) {
+        f(&mut self.lock());
+    }
+
+    /// Records a successful (re)load of `record` from `source`.
+    pub fn record_reload(&self, source: &str, record: &ModelRecord) {
+        self.update(|s| {
+            s.set_reachable(true);
+            s.last_error = None;
+            s.set_file_missing(false);
+            s.last_reload = Some((source.to_string(), Utc::now()));
+            s.registry_active = Some(record.clone());
+        });
+    }
+
+    /// Wakes WatchEvents streams.
+    pub fn wake_events(&self) {
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Follows [`Status::wake_events`].
+    pub fn subscribe_events(&self) -> watch::Receiver<u64> {
+        self.events.subscribe()
+    }
+}
