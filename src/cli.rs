@@ -13,6 +13,7 @@ use crate::api::{kserve_pb, pb};
 use crate::app;
 use crate::config::{Command, EventsArgs, ModelArg, PredictArgs};
 use crate::ops::{ActivationOutcome, Registration};
+use crate::registry::name::quoted;
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order, Origin};
 
 /// Exit code: usage (a bad flag, value or command line; clap uses it too).
@@ -29,6 +30,9 @@ pub const EXIT_UNREACHABLE: u8 = 5;
 /// server, or a connection that could not be made.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if cause.downcast_ref::<Usage>().is_some() {
+            return EXIT_USAGE;
+        }
         if let Some(e) = cause.downcast_ref::<crate::Error>() {
             return match e {
                 crate::Error::NotFound(_) => EXIT_NOT_FOUND,
@@ -59,6 +63,18 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
     1
 }
+
+/// A mistake in the command line itself (exit code 2, as clap's own).
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
 
 /// A gRPC status the server answered with, shown as its message and code.
 #[derive(Debug)]
@@ -273,11 +289,21 @@ async fn shutdown_signal() {
     }
 }
 
-/// `id:<digits>` names a model by id; anything else is a name.
+/// `id:<number>` names a model by id, `name:<name>` by a name that may itself start with
+/// `id:`; anything else is a name.
 fn model_ref(arg: &ModelArg) -> anyhow::Result<ModelRef> {
-    match arg.model.strip_prefix("id:").map(str::parse) {
-        Some(Ok(id)) => Ok(ModelRef::Id(id)),
-        _ => Ok(ModelRef::Name(arg.model.clone())),
+    if let Some(name) = arg.model.strip_prefix("name:") {
+        return Ok(ModelRef::Name(name.to_string()));
+    }
+    match arg.model.strip_prefix("id:") {
+        Some(id) => id.parse().map(ModelRef::Id).map_err(|_| {
+            Usage(format!(
+                "{:?} is not a model id: use id:<number>, or name:{} for a model named so",
+                arg.model, arg.model
+            ))
+            .into()
+        }),
+        None => Ok(ModelRef::Name(arg.model.clone())),
     }
 }
 
@@ -301,7 +327,12 @@ fn pad(s: &str, width: usize) -> String {
 }
 
 fn describe(m: &ModelRecord) -> String {
-    format!("{:?} (id {}, version {:?})", m.model_name, m.model_id, m.version)
+    format!(
+        "{} (id {}, version {})",
+        quoted(&m.model_name),
+        m.model_id,
+        quoted(&m.version)
+    )
 }
 
 fn print_activation(a: &ActivationOutcome) {
@@ -341,7 +372,13 @@ fn activation_json(a: &ActivationOutcome) -> Value {
 }
 
 async fn predict(a: PredictArgs) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(a.server.clone())?
+    let channel = tonic::transport::Endpoint::from_shared(a.server.clone())
+        .map_err(|e| {
+            Usage(format!(
+                "--server {:?} is not a server address ({e}); e.g. http://127.0.0.1:50051",
+                a.server
+            ))
+        })?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", a.server))?;
@@ -358,7 +395,9 @@ async fn predict(a: PredictArgs) -> anyhow::Result<()> {
         .into_inner();
     let first = metadata.inputs.first().context("the model has no inputs")?;
     let name = a.input_name.clone().unwrap_or_else(|| first.name.clone());
-    let inputs = read_inputs(&a.input, &name, &first.datatype)?;
+    // A bad input file is refused like a bad input the server would refuse (exit code 4).
+    let inputs =
+        read_inputs(&a.input, &name, &first.datatype).map_err(|e| crate::Error::InvalidArgument(format!("{e:#}")))?;
 
     let mut client = pb::inference_client::InferenceClient::new(channel)
         .max_decoding_message_size(256 << 20)

@@ -20,7 +20,8 @@ Exit codes:
   3  not found: no such model (or other record)
   4  refused: an invalid value (name, path, accuracy, input) or a precondition (the file is
      missing or broken, the model is active, the name is taken)
-  5  unreachable: the registry database or the server cannot be reached
+  5  unreachable: the registry database or the server cannot be reached, or the server
+     answered UNAVAILABLE (nothing loaded yet; try again)
 
 Results go to stdout, problems to stderr. Commands other than `serve` log at warn unless --log
 says otherwise.";
@@ -311,7 +312,8 @@ pub struct ListArgs {
 /// A model named by id or name.
 #[derive(Debug, Args)]
 pub struct ModelArg {
-    /// Model name (quote names with spaces), or `id:<model_id>`.
+    /// Model name (quote names with spaces), `id:<model_id>`, or `name:<name>` for a name
+    /// that starts with `id:`.
     pub model: String,
 }
 

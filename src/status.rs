@@ -11,9 +11,11 @@ use tokio::sync::watch;
 
 use crate::error::{Error, FileProblem};
 use crate::registry::ModelRecord;
+use crate::registry::name::quoted;
 
-/// Why a server is degraded, as a code (GetServerStatus, the `modeld_degraded_reason` metric).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a server is degraded, as a code (GetServerStatus, the `modeld_degraded_reason` metric);
+/// reported in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
     /// The registry database does not answer; the server serves from memory.
     RegistryUnreachable,
@@ -146,7 +148,7 @@ impl StatusSnapshot {
         if let Some(since) = self.registry_unreachable_since {
             let what = serving.map_or_else(
                 || "nothing is served".to_string(),
-                |m| format!("serving {:?} from memory", m.model_name),
+                |m| format!("serving {} from memory", quoted(&m.model_name)),
             );
             out.push(Degradation {
                 reason: Reason::RegistryUnreachable,
@@ -161,8 +163,8 @@ impl StatusSnapshot {
             out.push(Degradation {
                 reason: Reason::ModelFileMissing,
                 message: format!(
-                    "the served model's file {:?} is missing on disk; the model in memory keeps serving",
-                    m.file_path
+                    "the served model's file {} is missing on disk; the model in memory keeps serving",
+                    quoted(&m.file_path)
                 ),
                 since,
             });
@@ -182,21 +184,36 @@ impl StatusSnapshot {
             _ => false,
         };
         if differs && out.is_empty() {
-            let wanted = self.registry_active.as_ref().map_or("", |r| r.model_name.as_str());
-            let served = serving.map_or_else(|| "nothing".to_string(), |m| format!("{:?}", m.model_name));
+            let registry = self.registry_active.as_ref();
+            let wanted = registry.map_or("", |r| r.model_name.as_str());
+            let served = serving.map_or_else(|| "nothing".to_string(), |m| quoted(&m.model_name));
             out.push(Degradation {
                 reason: Reason::NotServingRegistryModel,
-                message: format!("the registry names {wanted:?} but this server serves {served}; a reload is pending"),
-                since: self.last_reload.as_ref().map_or_else(Utc::now, |(_, t)| *t),
+                message: format!(
+                    "the registry names {} but this server serves {served}; a reload is pending",
+                    quoted(wanted)
+                ),
+                // Since the registry's record changed (the activation), a stable time.
+                since: registry.map_or_else(Utc::now, |r| r.updated_at),
             });
         }
-        out.sort_by_key(|d| Reason::ALL.iter().position(|r| *r == d.reason));
+        out.sort_by_key(|d| d.reason);
         out
     }
 
     pub(crate) fn set_reachable(&mut self, reachable: bool) {
         match (reachable, self.registry_unreachable_since) {
-            (true, _) => self.registry_unreachable_since = None,
+            (true, _) => {
+                self.registry_unreachable_since = None;
+                // The registry answers again: its outage is no reason any more.
+                if self
+                    .last_error
+                    .as_ref()
+                    .is_some_and(|(_, r, _)| *r == Reason::RegistryUnreachable)
+                {
+                    self.last_error = None;
+                }
+            }
             (false, None) => self.registry_unreachable_since = Some(Utc::now()),
             (false, Some(_)) => {}
         }
@@ -237,6 +254,11 @@ impl Status {
             s.last_reload = Some((source.to_string(), Utc::now()));
             s.registry_active = Some(record.clone());
         });
+    }
+
+    /// Whether the registry answered the last check (without copying the snapshot).
+    pub fn registry_reachable(&self) -> bool {
+        self.lock().registry_reachable()
     }
 
     /// Wakes WatchEvents streams.

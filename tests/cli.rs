@@ -400,6 +400,14 @@ async fn exit_codes_say_what_kind_of_failure_it_was() {
     )
     .await;
     assert_eq!(run.code, 5, "{run:?}");
+    let run = run_modeld(cwd, &[], &["predict", "--server", "not a uri", "--input", "x.json"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("is not a server address"), "{}", run.stderr);
+    let run = run_modeld(cwd, &[], &["show", "id:seven"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("name:id:seven"), "{}", run.stderr);
+    let run = run_modeld(cwd, &[], &["show", "id:1"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
     let help = run_modeld(cwd, &[], &["--help"]).await;
     assert_eq!(help.code, 0);
     assert!(

@@ -262,13 +262,16 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
     let long_old = "n".repeat(128);
     let rows = format!(
         "INSERT INTO ml_models (model_name, file_path, checksum_sha256, file_size_bytes, signature, is_active) VALUES \
-         ('{long_old}', 'digits_v1.onnx', '{c}', 1, '{{}}', {f}), ('digits_v2', 'digits_v2.onnx', '{c}', 1, '{{}}', {t})",
+         ('{long_old}', 'digits_v1.onnx', '{c}', 1, '{{}}', {f}), ('digits_v2', 'digits_v2.onnx', '{c}', 1, '{{}}', {t}), \
+         ('deleted later', 'digits_v1.onnx', '{c}', 1, '{{}}', {f})",
         c = "0".repeat(64),
         f = if backend == Backend::Sqlite { "0" } else { "FALSE" },
         t = if backend == Backend::Sqlite { "1" } else { "TRUE" },
     );
     let history = "INSERT INTO model_activations (model_id, model_name, previous_model_id, previous_name) \
                    VALUES (2, 'digits_v2', 1, 'old')";
+    // The highest id is deleted before the upgrade: it must not be given again.
+    let gone = "DELETE FROM ml_models WHERE model_id = 3";
     match backend {
         Backend::Sqlite => {
             let opts = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
@@ -278,6 +281,7 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
             migrator.run(&pool).await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
             sqlx::query(history).execute(&pool).await.unwrap();
+            sqlx::query(gone).execute(&pool).await.unwrap();
             pool.close().await;
         }
         Backend::Postgres => {
@@ -285,6 +289,7 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
             migrator.run(&pool).await.unwrap();
             sqlx::query(sqlx::AssertSqlSafe(rows)).execute(&pool).await.unwrap();
             sqlx::query(history).execute(&pool).await.unwrap();
+            sqlx::query(gone).execute(&pool).await.unwrap();
             pool.close().await;
         }
     }
@@ -352,6 +357,7 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(done.model.model_name, name);
+    assert_eq!(done.model.model_id, 4, "a deleted model's id is not given again");
 }
 
 #[tokio::test]

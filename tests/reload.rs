@@ -844,7 +844,20 @@ async fn an_unreachable_registry_leaves_answers_from_memory_and_is_caught_up_wit
     assert_eq!(run.code, 0, "{run:?}");
     let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(v["model_name"], "digits_v2");
-    // A model it does not serve needs the registry: UNAVAILABLE, said so.
+    // A model it does not serve needs the registry: UNAVAILABLE at once, said so.
+    let started = std::time::Instant::now();
+    let err = server
+        .kserve()
+        .await
+        .model_metadata(modeld::api::kserve_pb::ModelMetadataRequest {
+            name: "digits_v1".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("registry is unreachable"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     let err = server
         .inference()
         .await

@@ -5,9 +5,11 @@
 -- SQLite cannot alter a CHECK constraint, so the table is rebuilt by SQLite's documented
 -- procedure: foreign keys off (dropping the old table must neither fail nor set
 -- model_activations' references to NULL), one transaction, then foreign keys back on. Rows keep
--- their ids, so the activation history still points at them. Rerunning it is harmless.
+-- their ids, so the activation history still points at them, and the id counter goes on from
+-- where it was (a deleted model's id is never given again: events name models by id). Rerunning
+-- it is harmless.
 PRAGMA foreign_keys = OFF;
-BEGIN;
+BEGIN IMMEDIATE;
 DROP TABLE IF EXISTS ml_models_new;
 CREATE TABLE ml_models_new (
     model_id        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -30,6 +32,11 @@ INSERT INTO ml_models_new (model_id, model_name, version, file_path, description
     SELECT model_id, model_name, version, file_path, description, model_type, accuracy,
            checksum_sha256, file_size_bytes, signature, is_active, created_at, updated_at, created_by
     FROM ml_models;
+-- AUTOINCREMENT's counter: the old table's, not the highest id left.
+DELETE FROM sqlite_sequence WHERE name = 'ml_models_new';
+INSERT INTO sqlite_sequence (name, seq)
+    SELECT 'ml_models_new', MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'ml_models'), 0),
+                                COALESCE((SELECT MAX(model_id) FROM ml_models_new), 0));
 DROP TABLE ml_models;
 ALTER TABLE ml_models_new RENAME TO ml_models;
 

@@ -14,7 +14,7 @@ use super::kserve_pb as pb;
 use crate::error::{Error, Result};
 use crate::model::{DataType, EngineKind, Signature};
 use crate::ops::{ACTIVE_ALIAS, Control};
-use crate::registry::name::{is_active_alias, nfc};
+use crate::registry::name::{is_active_alias, nfc, quoted};
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
 use crate::serving::{Executor, ExecutorConfig, InputRef, OutputData, OutputTensor, Payload};
 
@@ -49,12 +49,15 @@ impl KServeService {
         if is_active_alias(name) {
             return self
                 .control
-                .registry()
+                .reachable_registry()?
                 .active()
                 .await?
                 .ok_or_else(|| Error::Unavailable("no model is active".into()));
         }
-        self.control.registry().get(&ModelRef::Name(name.to_string())).await
+        self.control
+            .reachable_registry()?
+            .get(&ModelRef::Name(name.to_string()))
+            .await
     }
 
     async fn infer(&self, req: pb::ModelInferRequest, deadline: Option<Instant>) -> Result<pb::ModelInferResponse> {
@@ -101,8 +104,10 @@ impl KServeService {
             let record = &model.record;
             if !model_version.is_empty() && model_version != record.version {
                 return Err(Error::NotFound(format!(
-                    "version {model_version:?} of model {:?} is not served; the served version is {:?}",
-                    record.model_name, record.version
+                    "version {} of model {} is not served; the served version is {}",
+                    quoted(&model_version),
+                    quoted(&record.model_name),
+                    quoted(&record.version)
                 )));
             }
             for (i, o) in outputs.iter().enumerate() {
@@ -110,8 +115,9 @@ impl KServeService {
                     || outputs[..i].iter().any(|p| p.name == o.name)
                 {
                     return Err(Error::InvalidArgument(format!(
-                        "model {:?} has no output {:?} (or it was requested twice)",
-                        record.model_name, o.name
+                        "model {} has no output {:?} (or it was requested twice)",
+                        quoted(&record.model_name),
+                        o.name
                     )));
                 }
             }
@@ -127,8 +133,9 @@ impl KServeService {
                 .map(|o| {
                     by_name.remove(&o.name).ok_or_else(|| {
                         Error::InvalidArgument(format!(
-                            "model {:?} has no output {:?} (or it was requested twice)",
-                            record.model_name, o.name
+                            "model {} has no output {:?} (or it was requested twice)",
+                            quoted(&record.model_name),
+                            o.name
                         ))
                     })
                 })
@@ -556,8 +563,8 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
         let record = self.record(&model_name).await?;
         if record.is_active {
             return Err(Error::FailedPrecondition(format!(
-                "model {:?} is the active model and cannot be unloaded; load (activate) another model instead",
-                record.model_name
+                "model {} is the active model and cannot be unloaded; load (activate) another model instead",
+                quoted(&record.model_name)
             ))
             .into());
         }

@@ -45,12 +45,12 @@ impl std::fmt::Display for EngineKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum EngineChoice {
     /// tract for every model.
-    #[default]
     Tract,
     /// ONNX Runtime for every model it computes as tract does; tract for the others.
     Onnxruntime,
     /// Per model, whichever engine computes it faster at load (ONNX Runtime only if it agrees
-    /// with tract and is clearly faster); tract when ONNX Runtime cannot be used.
+    /// with tract and is clearly faster); tract when ONNX Runtime cannot be used. The default.
+    #[default]
     Auto,
 }
 

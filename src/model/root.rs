@@ -112,6 +112,13 @@ impl ModelRoot {
         Ok(canonical)
     }
 
+    /// Whether the directory holding `file` is (under) the root.
+    fn contains_dir_of(&self, file: &Path) -> bool {
+        file.parent()
+            .and_then(|d| d.canonicalize().ok())
+            .is_some_and(|d| d.starts_with(&self.canonical))
+    }
+
     /// A path as a person types it on this machine, for the CLI: absolute, or relative to `cwd`
     /// (`models/m.onnx` run from the directory holding `models/`), or, when no such file exists,
     /// relative to the root as the registry stores it. Returns the path relative to the root.
@@ -131,6 +138,13 @@ impl ModelRoot {
             cwd.join(typed_path)
         };
         let root = self.canonical.display();
+        let inside = candidate.exists() && self.contains_dir_of(&candidate);
+        // Not here but under the root, as the registry would store it: that one (a file of the
+        // same name in the current directory, outside the root, does not hide it).
+        if !inside && !typed_path.is_absolute() && self.canonical.join(typed_path).exists() {
+            Self::check_relative(typed)?;
+            return Ok(typed.to_string());
+        }
         if candidate.exists() {
             // The directory is made canonical, the file name kept: a symlink inside the root
             // stays a symlink (resolve checks where it points).
@@ -152,9 +166,6 @@ impl ModelRoot {
                      move the file under it or point the root at its directory"
                 ))),
             };
-        }
-        if !typed_path.is_absolute() && self.canonical.join(typed_path).exists() {
-            return Ok(typed.to_string());
         }
         Err(Error::model_file(
             FileProblem::Missing,
@@ -252,6 +263,14 @@ mod tests {
         );
         assert_eq!(
             root.relative_to_root("sub/m.onnx", Path::new("/")).unwrap(),
+            "sub/m.onnx"
+        );
+        // A file of the same name outside the root does not hide the root's.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::create_dir(elsewhere.path().join("sub")).unwrap();
+        std::fs::write(elsewhere.path().join("sub/m.onnx"), b"y").unwrap();
+        assert_eq!(
+            root.relative_to_root("sub/m.onnx", elsewhere.path()).unwrap(),
             "sub/m.onnx"
         );
         // Outside the root: refused, naming the root and its flag.

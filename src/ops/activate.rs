@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{ActivationOutcome, Control};
 use crate::error::{Error, Result};
+use crate::registry::name::quoted;
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef};
 
 impl Control {
@@ -35,13 +36,14 @@ impl Control {
             (Some(id), _) => id,
             (None, Some(name)) => {
                 return Err(Error::FailedPrecondition(format!(
-                    "cannot roll back to model {name:?}: its record was deleted"
+                    "cannot roll back to model {}: its record was deleted",
+                    quoted(&name)
                 )));
             }
             (None, None) => {
                 return Err(Error::FailedPrecondition(format!(
-                    "nothing to roll back to: {:?} was the first model ever activated",
-                    last.model_name
+                    "nothing to roll back to: {} was the first model ever activated",
+                    quoted(&last.model_name)
                 )));
             }
         };
@@ -49,7 +51,7 @@ impl Control {
         let meta = ActivationMeta {
             activated_by: activated_by.to_string(),
             reason: if reason.is_empty() {
-                format!("rollback from {:?}", last.model_name)
+                format!("rollback from {}", quoted(&last.model_name))
             } else {
                 reason.to_string()
             },

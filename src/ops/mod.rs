@@ -27,6 +27,7 @@ use crate::error::{Error, FileProblem, Result};
 use crate::model::slot::ServedModel;
 use crate::model::{EngineKind, EngineSettings, LoadedModel, ModelRoot, Slot, load_model_named};
 pub use crate::registry::name::ACTIVE_ALIAS;
+use crate::registry::name::quoted;
 use crate::registry::{EventKind, ModelRecord, Registry};
 use crate::serving::Executor;
 use crate::serving::stats::Stats;
@@ -152,6 +153,21 @@ impl Control {
         &self.registry
     }
 
+    /// The registry, for a question only it can answer: `Unavailable` at once while it is
+    /// known to be unreachable, instead of after the connection pool's timeout.
+    ///
+    /// # Errors
+    /// `Unavailable` while the registry is unreachable.
+    pub fn reachable_registry(&self) -> Result<&Registry> {
+        if self.status.registry_reachable() {
+            Ok(&self.registry)
+        } else {
+            Err(Error::Unavailable(
+                "the model registry is unreachable (what this server serves still answers); try again later".into(),
+            ))
+        }
+    }
+
     /// The served slot.
     pub fn slot(&self) -> &Arc<Slot> {
         &self.slot
@@ -166,7 +182,9 @@ impl Control {
     /// path that escapes the root (a hand-edited registry) is a precondition failure here.
     async fn load_record(&self, record: &ModelRecord) -> Result<LoadedModel> {
         let path = self.root.resolve(&record.file_path).map_err(|e| match e {
-            Error::InvalidArgument(m) => Error::FailedPrecondition(format!("model {:?}: {m}", record.model_name)),
+            Error::InvalidArgument(m) => {
+                Error::FailedPrecondition(format!("model {}: {m}", quoted(&record.model_name)))
+            }
             other => other,
         })?;
         load_blocking(
@@ -209,7 +227,9 @@ impl Control {
             tracing::info!(
                 note,
                 batchable = model.batchable,
-                "serving {name:?} version {version:?} (id {}) on {engine}, {cost_us} µs a request",
+                "serving {} version {} (id {}) on {engine}, {cost_us} µs a request",
+                quoted(name),
+                quoted(version),
                 record.model_id
             );
         } else {

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use super::Control;
 use crate::error::{Error, Result};
-use crate::registry::{ModelRef, name};
+use crate::registry::ModelRef;
+use crate::registry::name::{self, quoted};
 use crate::serving::route::{self, Route};
 use crate::serving::{self, Inference, InputRef};
 
@@ -30,21 +31,24 @@ impl Control {
             ));
         }
         let serving = set.as_ref().map(|s| s.active.record.model_name.clone());
-        if !self.status.snapshot().registry_reachable() {
+        if !self.status.registry_reachable() {
             return Err(Error::Unavailable(format!(
-                "model {name:?} is not the model this server serves ({}), and the registry is unreachable; try again later",
-                serving.map_or_else(|| "nothing".to_string(), |s| format!("{s:?}"))
+                "model {} is not the model this server serves ({}), and the registry is unreachable; try again later",
+                quoted(name),
+                serving.map_or_else(|| "nothing".to_string(), |s| quoted(&s))
             )));
         }
         match self.registry.find(&ModelRef::Name(name.to_string())).await? {
-            None => Err(Error::NotFound(format!("model {name:?} is not registered"))),
+            None => Err(Error::NotFound(format!("model {} is not registered", quoted(name)))),
             Some(r) if r.is_active => Err(Error::Unavailable(format!(
-                "model {name:?} is active in the registry but not loaded on this server yet (serving {})",
-                serving.map_or_else(|| "nothing".to_string(), |s| format!("{s:?}"))
+                "model {} is active in the registry but not loaded on this server yet (serving {})",
+                quoted(name),
+                serving.map_or_else(|| "nothing".to_string(), |s| quoted(&s))
             ))),
             Some(_) => Err(Error::FailedPrecondition(format!(
-                "model {name:?} is registered but not active; the active model is {}",
-                serving.map_or_else(|| "none".to_string(), |s| format!("{s:?}"))
+                "model {} is registered but not active; the active model is {}",
+                quoted(name),
+                serving.map_or_else(|| "none".to_string(), |s| quoted(&s))
             ))),
         }
     }

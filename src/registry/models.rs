@@ -62,7 +62,7 @@ impl std::fmt::Display for ModelRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Id(id) => write!(f, "model id {id}"),
-            Self::Name(n) => write!(f, "model {n:?}"),
+            Self::Name(n) => write!(f, "model {}", name::quoted(n)),
         }
     }
 }
@@ -221,7 +221,7 @@ impl Registry {
                 .await;
             let record = match inserted {
                 Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                    return Err(Error::AlreadyExists(format!("a model named {:?} is already registered", new.model_name)));
+                    return Err(Error::AlreadyExists(format!("a model named {} is already registered", name::quoted(&new.model_name))));
                 }
                 other => other?,
             };

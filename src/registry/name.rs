@@ -33,6 +33,22 @@ pub fn nfc(name: &str) -> Cow<'_, str> {
     }
 }
 
+/// `text` (a name, a path) in double quotes for messages and logs, escaping only `"` and `\`.
+/// `{:?}` would escape combining marks too (`"नमस्ते"` as `"नमस\u{94d}त\u{947}"`), and names
+/// hold printable characters only.
+pub fn quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
 /// Whether `name` asks for the active model: empty or the alias `active` (exactly; a name in
 /// another case is simply not registrable).
 pub fn is_active_alias(name: &str) -> bool {
@@ -84,8 +100,17 @@ pub fn normalise_name(raw: &str) -> Result<String> {
     Ok(name)
 }
 
+/// Characters that print as nothing although their category is not "format": the combining
+/// grapheme joiner, the Hangul fillers, the blank Braille pattern, Khmer's invisible vowels.
+const INVISIBLE: [char; 8] = [
+    '\u{034F}', '\u{115F}', '\u{1160}', '\u{17B4}', '\u{17B5}', '\u{2800}', '\u{3164}', '\u{FFA0}',
+];
+
 /// Why a character cannot be part of a name, if it cannot.
 fn refused(c: char) -> Option<&'static str> {
+    if INVISIBLE.contains(&c) {
+        return Some("the invisible character");
+    }
     Some(match c.general_category() {
         GeneralCategory::Control => "the control character",
         GeneralCategory::Format => "the invisible format (zero-width) character",
@@ -114,6 +139,12 @@ mod tests {
         ] {
             assert_eq!(normalise_name(ok).unwrap(), ok);
         }
+    }
+
+    #[test]
+    fn quoting_keeps_the_characters_people_wrote() {
+        assert_eq!(quoted("नमस्ते"), "\"नमस्ते\"");
+        assert_eq!(quoted("a \"b\" \\c"), "\"a \\\"b\\\" \\\\c\"");
     }
 
     #[test]
@@ -150,6 +181,8 @@ mod tests {
             ("rtl\u{202e}override", "U+202E"),
             ("line\u{2028}sep", "line separator U+2028"),
             ("private\u{e000}", "private-use"),
+            ("filler\u{3164}", "invisible character U+3164"),
+            ("cgj\u{34f}x", "invisible character U+034F"),
             ("active", "reserved"),
             ("ACTIVE", "reserved"),
             ("Active", "reserved"),

@@ -135,7 +135,8 @@ pub fn prepare_inputs(model: &str, signature: &Signature, inputs: &[InputRef<'_>
         if !signature.inputs.iter().any(|s| s.name == input.name) {
             let known: Vec<String> = signature.inputs.iter().map(|s| format!("{:?}", s.name)).collect();
             return Err(Error::InvalidArgument(format!(
-                "model {model:?} has no input {:?}; its inputs are {}",
+                "model {} has no input {:?}; its inputs are {}",
+                crate::registry::name::quoted(model),
                 input.name,
                 known.join(", ")
             )));
