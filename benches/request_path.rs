@@ -167,9 +167,30 @@ fn request_path(c: &mut Criterion) {
 }
 
 fn slot_and_load(c: &mut Criterion) {
+    let model = served("digits_v2.onnx", EngineKind::Tract);
     let slot = modeld::model::Slot::new();
-    slot.publish_active(served("digits_v2.onnx", EngineKind::Tract));
+    slot.publish_active(Arc::clone(&model));
     c.bench_function("slot/load_full", |b| b.iter(|| slot.load()));
+    // The routing step against what it replaced: one `load_full()` of the served model and a
+    // name check (before the serving set), vs one snapshot of the set and `route::resolve`.
+    let before = arc_swap::ArcSwapOption::from(Some(Arc::clone(&model)));
+    let mut group = c.benchmark_group("route");
+    for name in ["active", "digits_v2.onnx"] {
+        group.bench_with_input(BenchmarkId::new("before", name), name, |b, name| {
+            b.iter(|| {
+                let m = before.load_full().unwrap();
+                let hit = name == "active" || m.record.model_name == *name;
+                std::hint::black_box((m, hit))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("resolve", name), name, |b, name| {
+            b.iter(|| {
+                let set = slot.load().unwrap();
+                std::hint::black_box(modeld::serving::route::resolve(&set, name, ""))
+            })
+        });
+    }
+    group.finish();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v2.onnx");
     c.bench_function("model_load/digits_v2", |b| {
         b.iter(|| load_model(&path, None, EngineSettings::default()).unwrap())

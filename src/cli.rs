@@ -194,7 +194,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Rollback(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
-            let done = control.rollback(&a.by, &a.reason).await?;
+            let from = a
+                .from
+                .map(|model| model_ref(&crate::config::ModelArg { model }))
+                .transpose()?;
+            let done = control.rollback(&a.by, &a.reason, from.as_ref()).await?;
             if a.json {
                 println!("{}", activation_json(&done))
             } else {

@@ -360,6 +360,10 @@ pub struct RollbackArgs {
     /// Recorded as activated_by.
     #[arg(long, env = "MODELD_USER", default_value = "cli")]
     pub by: String,
+    /// Roll back from this model (name, or `id:<model_id>`), only while it is still the
+    /// active one; default: the model of the latest activation, under the same condition.
+    #[arg(long)]
+    pub from: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, env = "MODELD_JSON")]
     pub json: bool,

@@ -354,3 +354,75 @@ async fn repository_index_load_and_unload() {
     .unwrap();
     assert_eq!(server.status().await.serving.unwrap().model_name, "digits_v1");
 }
+
+/// ModelInfer pinned to a version, on the alias, while another task swaps the active model in a
+/// loop: every answer is either NOT_FOUND (that version is not served right now) or computed
+/// by exactly the version it was checked against — its outputs are that version's, never the
+/// other's. (The request resolves its model once; a second snapshot for the computation could
+/// check version 2 and compute version 1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_pinned_requests_never_compute_another_version_across_swaps() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let mut reg = server.registry().await;
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut swaps = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = if swaps % 2 == 0 { "digits_v1" } else { "digits_v2" };
+                reg.activate_model(activate_req(name)).await.unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let rows = eval_rows(1);
+    let (v1, v2) = (expected_probs("digits_v1", 1), expected_probs("digits_v2", 1));
+    let mut pinned = Vec::new();
+    for version in ["1", "2"] {
+        let mut c = client(&server).await;
+        let (rows, want, other) = if version == "1" {
+            (rows.clone(), v1.clone(), v2.clone())
+        } else {
+            (rows.clone(), v2.clone(), v1.clone())
+        };
+        pinned.push(tokio::spawn(async move {
+            let (mut served, mut not_served) = (0, 0);
+            for _ in 0..400 {
+                let mut req = kserve_request("active", &rows);
+                req.model_version = version.into();
+                req.outputs = vec![kv::model_infer_request::InferRequestedOutputTensor {
+                    name: "probabilities".into(),
+                    ..Default::default()
+                }];
+                match c.model_infer(req).await {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        assert_eq!(resp.model_version, version);
+                        let got = raw_f32(&resp.raw_output_contents[0]);
+                        let close = |w: &[f32]| got.iter().zip(w).all(|(a, b)| (a - b).abs() < 1e-5);
+                        assert!(close(&want) && !close(&other), "version {version} answered with another version's outputs");
+                        served += 1;
+                    }
+                    Err(s) => {
+                        assert_eq!(s.code(), Code::NotFound, "{s:?}");
+                        assert!(s.message().contains("is not served"), "{s:?}");
+                        not_served += 1;
+                    }
+                }
+            }
+            (served, not_served)
+        }));
+    }
+    let mut totals = Vec::new();
+    for p in pinned {
+        totals.push(p.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.await.unwrap();
+    assert!(swaps > 10, "the loop swapped: {swaps}");
+    for (served, _) in &totals {
+        assert!(*served > 0, "each version was served some of the time: {totals:?}");
+    }
+}

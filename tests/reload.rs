@@ -890,3 +890,59 @@ async fn an_unreachable_registry_leaves_answers_from_memory_and_is_caught_up_wit
     server.stop().await.unwrap();
     drop(db);
 }
+
+/// Two servers on one PostgreSQL registry roll back from the same bad model at the same moment
+/// (as two operators, or an operator and the automatic guard, would): the rollback happens
+/// once, the other is refused with FAILED_PRECONDITION, and the bad model is never flipped back
+/// in — named (`from`) or implied (the latest activation).
+#[tokio::test]
+async fn concurrent_rollbacks_from_one_model_roll_back_once() {
+    let a = TestServer::start(Backend::Postgres).await;
+    let b = TestServer::start_on(TestDb::shared(&a.db), model_root(), |_| {}).await;
+    b.wait_for_health(ServingStatus::Serving).await;
+    let (mut reg_a, mut reg_b) = (a.registry().await, b.registry().await);
+    for round in 0..6 {
+        reg_a.activate_model(activate_req("digits_v1")).await.unwrap();
+        b.wait_serving("digits_v1").await;
+        let from = if round % 2 == 0 { by_name("digits_v1") } else { None };
+        let request = |by: &str| pb::RollbackModelRequest {
+            reason: format!("round {round}"),
+            activated_by: by.into(),
+            from: from.clone(),
+        };
+        let (ra, rb) = tokio::join!(reg_a.rollback_model(request("a")), reg_b.rollback_model(request("b")));
+        let outcomes = [ra, rb];
+        let won: Vec<_> = outcomes.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one rollback: {outcomes:?}");
+        assert_eq!(won[0].get_ref().active.as_ref().unwrap().model_name, "digits_v2");
+        let refused = outcomes.iter().find_map(|r| r.as_ref().err()).unwrap();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert!(refused.message().contains("nothing was rolled back"), "{refused:?}");
+        let active = reg_a
+            .get_active_model(pb::GetActiveModelRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(active.model.unwrap().model_name, "digits_v2", "round {round}");
+        a.wait_serving("digits_v2").await;
+        b.wait_serving("digits_v2").await;
+    }
+    // Rolling back from a model that is not active changes nothing, from the CLI too.
+    let run = run_modeld(
+        a.root.path(),
+        &[
+            ("MODELD_DATABASE_URL", &a.db.url),
+            ("MODELD_MODEL_ROOT", a.root.path().to_str().unwrap()),
+        ],
+        &["rollback", "--from", "digits_v1"],
+    )
+    .await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("\"digits_v1\" is not the active model"), "{}", run.stderr);
+    let history = events_since(&a, 0).await;
+    assert_eq!(
+        history.iter().filter(|e| e.kind == "rolled_back").count(),
+        6,
+        "one rollback a round: {history:#?}"
+    );
+}

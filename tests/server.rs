@@ -301,6 +301,7 @@ async fn registry_lifecycle(backend: Backend) {
         .rollback_model(pb::RollbackModelRequest {
             reason: "bad canary".into(),
             activated_by: "bob".into(),
+            from: None,
         })
         .await
         .unwrap()

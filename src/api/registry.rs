@@ -182,8 +182,13 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     #[tracing::instrument(skip_all)]
     async fn rollback_model(&self, request: Request<pb::RollbackModelRequest>) -> Reply<pb::ActivateModelResponse> {
-        let pb::RollbackModelRequest { reason, activated_by } = request.into_inner();
-        let done = self.control.rollback(&who(activated_by), &reason).await?;
+        let pb::RollbackModelRequest {
+            reason,
+            activated_by,
+            from,
+        } = request.into_inner();
+        let from = from.map(|f| convert::model_ref(Some(f))).transpose()?;
+        let done = self.control.rollback(&who(activated_by), &reason, from.as_ref()).await?;
         Ok(Response::new(convert::activation(&done)))
     }
 

@@ -18,20 +18,52 @@ impl Control {
     pub async fn activate(&self, model: &ModelRef, meta: &ActivationMeta) -> Result<ActivationOutcome> {
         let _order = self.activation.lock().await;
         let record = self.registry.get(model).await?;
-        self.activate_locked(record, meta).await
+        self.activate_locked(record, meta, None).await
     }
 
-    /// Activates the model that was active before the current one (from the activation
-    /// history). Rolling back twice returns to where you started.
+    /// Rolls back from a model: activates the model that was active before it (from the
+    /// activation history), only while it is still the active model — checked again inside the
+    /// activating transaction, so concurrent rollbacks from one model (two servers, a person
+    /// and the automatic guard) roll back once and never flip it back in. `from` names the
+    /// model to roll back from; without it, the model of the latest activation. Rolling back
+    /// twice, one after the other, returns to where you started.
     ///
     /// # Errors
-    /// `FailedPrecondition` when there is no earlier model or it was deleted; otherwise as
+    /// `FailedPrecondition` when `from` (or the latest activation's model) is not the active
+    /// model, when there is no earlier model or it was deleted; otherwise as
     /// [`Control::activate`].
-    pub async fn rollback(&self, activated_by: &str, reason: &str) -> Result<ActivationOutcome> {
+    pub async fn rollback(&self, activated_by: &str, reason: &str, from: Option<&ModelRef>) -> Result<ActivationOutcome> {
         let _order = self.activation.lock().await;
-        let last = self.registry.last_activation().await?.ok_or_else(|| {
-            Error::FailedPrecondition("nothing to roll back to: no model has been activated yet".into())
+        let nothing = || Error::FailedPrecondition("nothing to roll back to: no model has been activated yet".into());
+        let last = match from {
+            None => self.registry.last_activation().await?.ok_or_else(nothing)?,
+            Some(from) => {
+                let model = self.registry.get(from).await?;
+                self.registry
+                    .last_activation_of(model.model_id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::FailedPrecondition(format!(
+                            "nothing to roll back: {} has never been activated",
+                            quoted(&model.model_name)
+                        ))
+                    })?
+            }
+        };
+        let from_id = last.model_id.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "cannot roll back from {}: its record was deleted",
+                quoted(&last.model_name)
+            ))
         })?;
+        let active = self.registry.active().await?;
+        if active.as_ref().is_none_or(|a| a.model_id != from_id) {
+            return Err(Error::FailedPrecondition(format!(
+                "{} is not the active model (the active model is {}); nothing was rolled back",
+                quoted(&last.model_name),
+                active.as_ref().map_or_else(|| "none".to_string(), |a| quoted(&a.model_name))
+            )));
+        }
         let target = match (last.previous_model_id, last.previous_name) {
             (Some(id), _) => id,
             (None, Some(name)) => {
@@ -57,11 +89,18 @@ impl Control {
             },
             is_rollback: true,
         };
-        self.activate_locked(record, &meta).await
+        self.activate_locked(record, &meta, Some(from_id)).await
     }
 
-    async fn activate_locked(&self, record: ModelRecord, meta: &ActivationMeta) -> Result<ActivationOutcome> {
-        if record.is_active && self.serves(&record) {
+    /// Activates `record` (with `only_if_active`, only while that model is still the active
+    /// one). Holds no lock itself: the caller holds the activation lock.
+    async fn activate_locked(
+        &self,
+        record: ModelRecord,
+        meta: &ActivationMeta,
+        only_if_active: Option<i64>,
+    ) -> Result<ActivationOutcome> {
+        if only_if_active.is_none() && record.is_active && self.serves(&record) {
             return Ok(ActivationOutcome {
                 active: record.clone(),
                 previous: Some(record),
@@ -70,7 +109,10 @@ impl Control {
         }
         let loaded = self.load_record(&record).await?;
         let load_time = loaded.load_time;
-        let committed = self.registry.activate(record.model_id, &loaded.sha256, meta).await?;
+        let committed = self
+            .registry
+            .activate(record.model_id, &loaded.sha256, meta, only_if_active)
+            .await?;
         tracing::info!(
             model = %committed.active.model_name,
             version = %committed.active.version,

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{EventKind, ModelRecord, Pool, Registry};
+use super::{EventKind, ModelRecord, Pool, Registry, name};
 use crate::error::{Error, Result};
 
 /// Who activates and why, for the history.
@@ -51,11 +51,19 @@ pub struct ActivationRecord {
 
 impl Registry {
     /// Makes `model_id` the one active model, if its checksum is still `checksum` (the file that
-    /// was verified and loaded), and appends to the activation history.
+    /// was verified and loaded) and, with `only_if_active`, if that model is still the active
+    /// one; appends to the activation history.
     ///
     /// # Errors
-    /// `NotFound` when the record is gone; `FailedPrecondition` when its checksum changed.
-    pub async fn activate(&self, model_id: i64, checksum: &str, meta: &ActivationMeta) -> Result<Activation> {
+    /// `NotFound` when the record is gone; `FailedPrecondition` when its checksum changed or
+    /// `only_if_active` is no longer the active model.
+    pub async fn activate(
+        &self,
+        model_id: i64,
+        checksum: &str,
+        meta: &ActivationMeta,
+        only_if_active: Option<i64>,
+    ) -> Result<Activation> {
         let select_active = concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1");
         let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
         let activate = concat!(
@@ -71,11 +79,23 @@ impl Registry {
             let target = target.ok_or_else(|| Error::NotFound(format!("model id {model_id} is not registered (deleted meanwhile?)")))?;
             if target.checksum_sha256 != checksum {
                 return Err(Error::FailedPrecondition(format!(
-                    "model {:?} changed in the registry while it was loading (checksum now {}); try again",
-                    target.model_name, target.checksum_sha256
+                    "model {} changed in the registry while it was loading (checksum now {}); try again",
+                    name::quoted(&target.model_name),
+                    target.checksum_sha256
                 )));
             }
             let previous: Option<ModelRecord> = sqlx::query_as(select_active).bind(true).fetch_optional(&mut *tx).await?;
+            // A conditional change (a rollback from a model): only while that model is still
+            // the active one, checked under the write lock, so two servers (or a person and the
+            // automatic guard) rolling back from it at once never flip it back in.
+            if let Some(from) = only_if_active
+                && previous.as_ref().is_none_or(|p| p.model_id != from)
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "the active model changed meanwhile (it is now {}); nothing was rolled back",
+                    previous.as_ref().map_or_else(|| "none".to_string(), |p| name::quoted(&p.model_name))
+                )));
+            }
             if previous.as_ref().is_some_and(|p| p.model_id == model_id) {
                 // Already active: nothing to change, no history row.
                 tx.rollback().await?;
@@ -98,6 +118,17 @@ impl Registry {
     /// `Unavailable` when the database is unreachable.
     pub async fn last_activation(&self) -> Result<Option<ActivationRecord>> {
         Ok(self.activations(1).await?.into_iter().next())
+    }
+
+    /// The most recent activation of `model_id` (the one rolling back from it undoes).
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn last_activation_of(&self, model_id: i64) -> Result<Option<ActivationRecord>> {
+        let sql = "SELECT activation_id, model_id, model_name, previous_model_id, previous_name, activated_at, \
+                   activated_by, reason, is_rollback FROM model_activations WHERE model_id = $1 \
+                   ORDER BY activation_id DESC LIMIT 1";
+        Ok(with_pool!(self, p => sqlx::query_as(sql).bind(model_id).fetch_optional(p).await?))
     }
 
     /// The most recent activations, newest first.
