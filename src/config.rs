@@ -74,6 +74,10 @@ pub enum Command {
     Predict(PredictArgs),
     /// Print registry and reload events (from every server and the CLI), oldest first.
     Events(EventsArgs),
+    /// Evaluate a model on a labelled dataset and store the figures in the registry.
+    Evaluate(EvaluateArgs),
+    /// Evaluate two models on the same rows of a dataset, side by side, and say which is better.
+    Compare(CompareArgs),
 }
 
 /// Where the registry and the model files are.
@@ -396,6 +400,64 @@ pub struct PredictArgs {
     /// Input name for a `.npy` file or a bare JSON array; default: the model's first input.
     #[arg(long, env = "MODELD_INPUT_NAME")]
     pub input_name: Option<String>,
+}
+
+/// The dataset of `modeld evaluate` and `modeld compare`.
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    /// Features `.npy` (its labels in --labels, or in the `<name>_y.npy` beside a
+    /// `<name>_x.npy`), or a `.csv` file with a header row and a label column, e.g.
+    /// `models/eval/digits_x.npy`.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Labels `.npy` (integer class indices) for an `.npy` dataset.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// The label column of a CSV dataset.
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// The model output to read classes from (default: the first [N, classes] scores output,
+    /// else a [N] label output).
+    #[arg(long)]
+    pub output: Option<String>,
+    /// Stored with the evaluation.
+    #[arg(long, default_value = "")]
+    pub notes: String,
+    /// Recorded as evaluated_by.
+    #[arg(long, env = "MODELD_USER", default_value = "cli")]
+    pub by: String,
+    /// Print JSON instead of text.
+    #[arg(long, env = "MODELD_JSON")]
+    pub json: bool,
+}
+
+/// `modeld evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The dataset and how to read it.
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
+}
+
+/// `modeld compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The first model (name, or `id:<model_id>`).
+    pub a: String,
+    /// The second model.
+    pub b: String,
+    /// The dataset and how to read it.
+    #[command(flatten)]
+    pub dataset: DatasetArgs,
 }
 
 /// `modeld events`.

@@ -13,6 +13,7 @@
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - [`status`]: what this server knows about its own state, and why it is degraded.
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
+//! - [`evaluation`]: datasets, evaluating a model on one, and comparing two.
 //! - [`error`]: the one error type and its one mapping to gRPC codes.
 
 #[cfg(target_endian = "big")]
@@ -23,6 +24,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod evaluation;
 pub mod metrics;
 pub mod model;
 pub mod ops;

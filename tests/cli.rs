@@ -499,3 +499,166 @@ async fn start_up_says_what_it_does_in_a_few_lines() {
     assert_eq!(engine.serving_engine, "tract");
     child.kill().await.unwrap();
 }
+
+/// Share of equal entries.
+fn agreement(a: &[i64], b: &[i64]) -> f64 {
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+}
+
+/// `modeld evaluate` and `modeld compare` on the bundled evaluation set, checked against the
+/// labels onnxruntime computed for the same rows (models/expected), and their bad inputs.
+#[tokio::test]
+async fn evaluate_and_compare_on_the_bundled_digits() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    for (name, file) in [
+        ("digits_v1", "digits_v1.onnx"),
+        ("digits_v2", "digits_v2.onnx"),
+        ("cnn", "cnn.onnx"),
+    ] {
+        let (ok, _, err) = modeld(&db.url, root.path(), &["register", "--name", name, "--path", file]).await;
+        assert!(ok, "{err}");
+    }
+    let x = bundled_models().join("eval/digits_x.npy");
+    let x = x.to_str().unwrap();
+    let truth = npy_i64("eval/digits_y.npy");
+    let (v1, v2) = (
+        npy_i64("expected/digits_v1_label.npy"),
+        npy_i64("expected/digits_v2_label.npy"),
+    );
+
+    let (ok, out, err) = modeld(
+        &db.url,
+        root.path(),
+        &["evaluate", "digits_v2", "--dataset", x, "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = &v["figures"];
+    assert_eq!(f["samples"], 360);
+    assert_eq!(f["output"], "probabilities");
+    assert!(
+        (f["accuracy"].as_f64().unwrap() - agreement(&truth, &v2)).abs() < 1e-12,
+        "{f}"
+    );
+    assert!(f["top3_accuracy"].as_f64().unwrap() >= f["accuracy"].as_f64().unwrap());
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(f["confusion"].clone()).unwrap();
+    assert_eq!(confusion.len(), 10);
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 360);
+    let diagonal: u64 = (0..10).map(|i| confusion[i][i]).sum();
+    assert_eq!(diagonal as f64 / 360.0, f["accuracy"].as_f64().unwrap());
+    assert!(f["latency_p99_us"].as_f64().unwrap() >= f["latency_p50_us"].as_f64().unwrap());
+    assert_eq!(v["dataset"]["name"], "digits_x.npy");
+
+    // The latest evaluation shows with the model.
+    let (ok, out, _) = modeld(&db.url, root.path(), &["show", "digits_v2"]).await;
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["latest_evaluation"]["accuracy"], f["accuracy"]);
+    assert_eq!(shown["latest_evaluation"]["sample_size"], 360);
+
+    // Compare: the same rows, side by side, which is better and where they disagree.
+    let (ok, out, err) = modeld(
+        &db.url,
+        root.path(),
+        &["compare", "digits_v1", "digits_v2", "--dataset", x, "--json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["better"], "digits_v2");
+    assert_eq!(c["decided_by"], "higher accuracy");
+    let disagree = v1.iter().zip(&v2).filter(|(a, b)| a != b).count();
+    assert_eq!(c["disagreements"], disagree as u64);
+    let diff = c["difference"]["accuracy"].as_f64().unwrap();
+    assert!(
+        (diff - (agreement(&truth, &v2) - agreement(&truth, &v1))).abs() < 1e-12,
+        "{c}"
+    );
+    let (ok, text, _) = modeld(
+        &db.url,
+        root.path(),
+        &["compare", "digits_v1", "digits_v2", "--dataset", x],
+    )
+    .await;
+    assert!(ok);
+    assert!(text.contains("better: \"digits_v2\" (higher accuracy)"), "{text}");
+    assert!(
+        text.contains(&format!("predictions differ on {disagree} of 360 rows")),
+        "{text}"
+    );
+
+    // A CSV dataset with a label column gives the same figures on the same rows.
+    let (_, rows) = npy_f32("eval/digits_x.npy");
+    let mut csv = (0..64).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",") + ",digit\n";
+    for (r, label) in truth.iter().enumerate().take(40) {
+        let cells: Vec<String> = rows[r * 64..(r + 1) * 64].iter().map(|v| v.to_string()).collect();
+        csv += &format!("{},{label}\n", cells.join(","));
+    }
+    let csv_path = root.path().join("digits.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let (ok, out, err) = modeld(
+        &db.url,
+        root.path(),
+        &[
+            "evaluate",
+            "digits_v2",
+            "--dataset",
+            csv_path.to_str().unwrap(),
+            "--label-column",
+            "digit",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["figures"]["samples"], 40);
+    assert!((v["figures"]["accuracy"].as_f64().unwrap() - agreement(&truth[..40], &v2[..40])).abs() < 1e-12);
+
+    // Bad inputs: refused (4) with what is wrong, or not found (3).
+    let csv = csv_path.to_str().unwrap();
+    for (args, code, says) in [
+        (
+            vec!["evaluate", "cnn", "--dataset", x],
+            4,
+            "expected [N,3,224,224] FP32, got [1,64] FP32",
+        ),
+        (vec!["evaluate", "nope", "--dataset", x], 3, "not registered"),
+        (
+            vec!["evaluate", "digits_v2", "--dataset", "missing_x.npy"],
+            4,
+            "cannot read",
+        ),
+        (
+            vec!["evaluate", "digits_v2", "--dataset", csv],
+            4,
+            "no column \"label\"",
+        ),
+        (
+            vec!["evaluate", "digits_v2", "--dataset", "models.json"],
+            4,
+            "use an .npy features file",
+        ),
+        (
+            vec!["evaluate", "digits_v2", "--dataset", x, "--output", "nope"],
+            4,
+            "has no output \"nope\"",
+        ),
+    ] {
+        let (ok, _, err) = modeld(&db.url, root.path(), &args).await;
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        let run = run_modeld(
+            root.path(),
+            &[
+                ("MODELD_DATABASE_URL", &db.url),
+                ("MODELD_MODEL_ROOT", root.path().to_str().unwrap()),
+            ],
+            &args,
+        )
+        .await;
+        assert_eq!(run.code, code, "{args:?}: {run:?}");
+    }
+}

@@ -402,7 +402,10 @@ async fn version_pinned_requests_never_compute_another_version_across_swaps() {
                         assert_eq!(resp.model_version, version);
                         let got = raw_f32(&resp.raw_output_contents[0]);
                         let close = |w: &[f32]| got.iter().zip(w).all(|(a, b)| (a - b).abs() < 1e-5);
-                        assert!(close(&want) && !close(&other), "version {version} answered with another version's outputs");
+                        assert!(
+                            close(&want) && !close(&other),
+                            "version {version} answered with another version's outputs"
+                        );
                         served += 1;
                     }
                     Err(s) => {

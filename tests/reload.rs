@@ -938,7 +938,11 @@ async fn concurrent_rollbacks_from_one_model_roll_back_once() {
     )
     .await;
     assert_eq!(run.code, 4, "{run:?}");
-    assert!(run.stderr.contains("\"digits_v1\" is not the active model"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("\"digits_v1\" is not the active model"),
+        "{}",
+        run.stderr
+    );
     let history = events_since(&a, 0).await;
     assert_eq!(
         history.iter().filter(|e| e.kind == "rolled_back").count(),

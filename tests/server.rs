@@ -902,3 +902,129 @@ async fn names_round_trip_sqlite() {
 async fn names_round_trip_postgres() {
     names_round_trip(Backend::Postgres).await;
 }
+
+/// EvaluateModel and CompareModels over gRPC, on datasets under the server's model root: the
+/// figures are stored and the latest shows in GetModel and ListModels; bad datasets are
+/// INVALID_ARGUMENT without the server's paths.
+async fn evaluation_over_grpc(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let root = server.root.path();
+    std::fs::create_dir(root.join("eval")).unwrap();
+    for f in ["digits_x.npy", "digits_y.npy"] {
+        std::fs::copy(bundled_models().join("eval").join(f), root.join("eval").join(f)).unwrap();
+    }
+    let mut reg = server.registry().await;
+    let dataset = |path: &str| {
+        Some(pb::Dataset {
+            path: path.into(),
+            ..Default::default()
+        })
+    };
+    let e = reg
+        .evaluate_model(pb::EvaluateModelRequest {
+            model: by_name("digits_v1"),
+            dataset: dataset("eval/digits_x.npy"),
+            notes: "baseline".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let truth = npy_i64("eval/digits_y.npy");
+    let v1 = npy_i64("expected/digits_v1_label.npy");
+    let want = truth.iter().zip(&v1).filter(|(a, b)| a == b).count() as f64 / 360.0;
+    assert!((e.accuracy - want).abs() < 1e-12, "{e:?}");
+    assert_eq!((e.sample_size, e.classes.len(), e.confusion.len()), (360, 10, 10));
+    assert_eq!(
+        (e.dataset_name.as_str(), e.notes.as_str(), e.evaluated_by.as_str()),
+        ("digits_x.npy", "baseline", "api")
+    );
+
+    let got = reg
+        .get_model(pb::GetModelRequest {
+            model: by_name("digits_v1"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.latest_evaluation.as_ref().map(|l| l.log_id), Some(e.log_id));
+    let c = reg
+        .compare_models(pb::CompareModelsRequest {
+            a: by_name("digits_v1"),
+            b: by_name("digits_v2"),
+            dataset: dataset("eval/digits_x.npy"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (c.better.as_str(), c.decided_by.as_str()),
+        ("digits_v2", "higher accuracy")
+    );
+    let listed = reg
+        .list_models(pb::ListModelsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let latest = |name: &str| {
+        listed
+            .models
+            .iter()
+            .find(|m| m.model_name == name)
+            .unwrap()
+            .latest_evaluation
+            .clone()
+    };
+    assert_eq!(
+        latest("digits_v1").unwrap().log_id,
+        c.a.unwrap().log_id,
+        "the newest evaluation"
+    );
+    assert_eq!(latest("digits_v2").unwrap().log_id, c.b.unwrap().log_id);
+    assert!(latest("cnn").is_none());
+
+    let root_text = root.canonicalize().unwrap().to_string_lossy().into_owned();
+    for (path, says) in [
+        ("eval/missing_x.npy", "does not exist under the server's model root"),
+        ("/etc/passwd", "relative to the server's model root"),
+        ("models.json", "use an .npy features file"),
+    ] {
+        let s = status_of(
+            reg.evaluate_model(pb::EvaluateModelRequest {
+                model: by_name("digits_v2"),
+                dataset: dataset(path),
+                ..Default::default()
+            })
+            .await,
+        );
+        assert_eq!(s.code(), Code::InvalidArgument, "{path}: {s:?}");
+        assert!(
+            s.message().contains(says) && !s.message().contains(&root_text),
+            "{path}: {}",
+            s.message()
+        );
+    }
+    let s = status_of(
+        reg.evaluate_model(pb::EvaluateModelRequest {
+            model: by_name("cnn"),
+            dataset: dataset("eval/digits_x.npy"),
+            ..Default::default()
+        })
+        .await,
+    );
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    // Serving was never touched.
+    assert_eq!(server.status().await.serving.unwrap().model_name, "digits_v2");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn evaluation_over_grpc_sqlite() {
+    evaluation_over_grpc(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn evaluation_over_grpc_postgres() {
+    evaluation_over_grpc(Backend::Postgres).await;
+}

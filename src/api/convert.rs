@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
 use crate::model::{EngineSettings, Signature, TensorSpec};
 use crate::ops::ActivationOutcome;
-use crate::registry::{EventRecord, ModelRecord, ModelRef};
+use crate::registry::{EvaluationRecord, EventRecord, ModelRecord, ModelRef};
 use crate::serving::{Executor, OutputData, OutputTensor, Payload};
 use crate::status::{Reason, StatusSnapshot};
 
@@ -68,6 +68,79 @@ pub fn model(r: &ModelRecord) -> pb::Model {
         created_at: Some(timestamp(*created_at)),
         updated_at: Some(timestamp(*updated_at)),
         created_by: created_by.clone(),
+        latest_evaluation: None,
+    }
+}
+
+/// The wire form of a registry record with its latest evaluation.
+pub fn model_with(r: &ModelRecord, latest: Option<&EvaluationRecord>) -> pb::Model {
+    pb::Model {
+        latest_evaluation: latest.map(evaluation),
+        ..model(r)
+    }
+}
+
+/// The wire form of a stored evaluation.
+pub fn evaluation(e: &EvaluationRecord) -> pb::Evaluation {
+    let EvaluationRecord {
+        log_id,
+        model_id,
+        model_name,
+        model_sha256,
+        dataset_name,
+        dataset_sha256,
+        evaluated_at,
+        accuracy,
+        top3_accuracy,
+        sample_size,
+        latency_mean_us,
+        latency_p50_us,
+        latency_p99_us,
+        details: _,
+        notes,
+        evaluated_by,
+    } = e;
+    let figures = e.figures();
+    pb::Evaluation {
+        log_id: *log_id,
+        model_id: model_id.unwrap_or(0),
+        model_name: model_name.clone(),
+        model_sha256: model_sha256.clone(),
+        dataset_name: dataset_name.clone(),
+        dataset_sha256: dataset_sha256.clone(),
+        evaluated_at: Some(timestamp(*evaluated_at)),
+        accuracy: *accuracy,
+        top3_accuracy: *top3_accuracy,
+        sample_size: u64::try_from(*sample_size).unwrap_or(0),
+        latency_mean_us: *latency_mean_us,
+        latency_p50_us: *latency_p50_us,
+        latency_p99_us: *latency_p99_us,
+        classes: figures
+            .as_ref()
+            .map(|f| {
+                f.classes
+                    .iter()
+                    .map(|c| pb::ClassFigures {
+                        class: c.class,
+                        precision: c.precision,
+                        recall: c.recall,
+                        support: c.support,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        confusion: figures
+            .as_ref()
+            .map(|f| {
+                f.confusion
+                    .iter()
+                    .map(|row| pb::ConfusionRow { predicted: row.clone() })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        output: figures.map(|f| f.output).unwrap_or_default(),
+        notes: notes.clone(),
+        evaluated_by: evaluated_by.clone(),
     }
 }
 

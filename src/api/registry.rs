@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb;
 use crate::error::{Error, Result};
-use crate::ops::{Control, Registration};
+use crate::evaluation::Dataset;
+use crate::ops::{Control, EvaluateOptions, Registration};
 use crate::registry::{ActivationMeta, ModelChanges, Order};
 
 /// The ModelRegistry service.
@@ -23,6 +24,47 @@ impl RegistryService {
     /// Works on `control`'s registry and slot.
     pub fn new(control: Arc<Control>) -> Self {
         Self { control }
+    }
+}
+
+fn options(output: String, notes: String, evaluated_by: String) -> EvaluateOptions {
+    EvaluateOptions {
+        output: Some(output).filter(|o| !o.is_empty()),
+        notes,
+        evaluated_by: who(evaluated_by),
+    }
+}
+
+impl RegistryService {
+    /// A dataset named by paths under the model root (its messages name the paths as given).
+    fn dataset(&self, d: Option<pb::Dataset>) -> Result<Arc<Dataset>> {
+        let pb::Dataset {
+            path,
+            labels,
+            label_column,
+        } = d.ok_or_else(|| Error::InvalidArgument("name the dataset (dataset.path, under the model root)".into()))?;
+        let root = self.control.root();
+        let resolve = |p: &str| {
+            root.resolve(p).map_err(|e| {
+                Error::InvalidArgument(format!("dataset: {}", e.to_string().replacen("model file", "file", 1)))
+            })
+        };
+        let features = resolve(&path)?;
+        let labels = if labels.is_empty() {
+            None
+        } else {
+            Some(resolve(&labels)?)
+        };
+        let column = if label_column.is_empty() {
+            "label"
+        } else {
+            label_column.as_str()
+        };
+        let mut dataset = Dataset::load(&features, labels.as_deref(), column)?;
+        dataset.name = std::path::Path::new(&path)
+            .file_name()
+            .map_or(path.clone(), |n| n.to_string_lossy().into_owned());
+        Ok(Arc::new(dataset))
     }
 }
 
@@ -95,6 +137,9 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         let registry = self.control.registry();
         let models = registry.list(order, descending, limit, offset).await?;
         let total = registry.count().await?;
+        let ids: Vec<i64> = models.iter().map(|m| m.model_id).collect();
+        let latest = registry.latest_evaluations(&ids).await?;
+        let latest_of = |id| latest.iter().find(|e| e.model_id == Some(id));
         let next = offset + models.len() as i64;
         Ok(Response::new(pb::ListModelsResponse {
             next_page_token: if next < total && !models.is_empty() {
@@ -102,15 +147,20 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             } else {
                 String::new()
             },
-            models: models.iter().map(convert::model).collect(),
+            models: models
+                .iter()
+                .map(|m| convert::model_with(m, latest_of(m.model_id)))
+                .collect(),
             total,
         }))
     }
 
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Reply<pb::Model> {
         let pb::GetModelRequest { model } = request.into_inner();
-        let record = self.control.registry().get(&convert::model_ref(model)?).await?;
-        Ok(Response::new(convert::model(&record)))
+        let registry = self.control.registry();
+        let record = registry.get(&convert::model_ref(model)?).await?;
+        let latest = registry.latest_evaluation(record.model_id, None).await?;
+        Ok(Response::new(convert::model_with(&record, latest.as_ref())))
     }
 
     async fn get_active_model(
@@ -188,7 +238,10 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             from,
         } = request.into_inner();
         let from = from.map(|f| convert::model_ref(Some(f))).transpose()?;
-        let done = self.control.rollback(&who(activated_by), &reason, from.as_ref()).await?;
+        let done = self
+            .control
+            .rollback(&who(activated_by), &reason, from.as_ref())
+            .await?;
         Ok(Response::new(convert::activation(&done)))
     }
 
@@ -242,6 +295,50 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn evaluate_model(&self, request: Request<pb::EvaluateModelRequest>) -> Reply<pb::Evaluation> {
+        let pb::EvaluateModelRequest {
+            model,
+            dataset,
+            output,
+            notes,
+            evaluated_by,
+        } = request.into_inner();
+        let model = convert::model_ref(model)?;
+        let dataset = self.dataset(dataset)?;
+        let options = options(output, notes, evaluated_by);
+        let done = self.control.evaluate(&model, dataset, &options, |_, _| {}).await?;
+        Ok(Response::new(convert::evaluation(&done.record)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn compare_models(&self, request: Request<pb::CompareModelsRequest>) -> Reply<pb::Comparison> {
+        let pb::CompareModelsRequest {
+            a,
+            b,
+            dataset,
+            output,
+            notes,
+            evaluated_by,
+        } = request.into_inner();
+        let (a, b) = (convert::model_ref(a)?, convert::model_ref(b)?);
+        let dataset = self.dataset(dataset)?;
+        let options = options(output, notes, evaluated_by);
+        let c = self.control.compare(&a, &b, dataset, &options, |_, _, _| {}).await?;
+        let (fa, fb) = (&c.a.outcome.figures, &c.b.outcome.figures);
+        Ok(Response::new(pb::Comparison {
+            a: Some(convert::evaluation(&c.a.record)),
+            b: Some(convert::evaluation(&c.b.record)),
+            disagreements: c.disagreements,
+            better: match c.a_is_better {
+                Some(true) => c.a.model.model_name.clone(),
+                Some(false) => c.b.model.model_name.clone(),
+                None => String::new(),
+            },
+            decided_by: crate::evaluation::decided_by(fa, fb).into(),
+        }))
     }
 
     async fn delete_model(&self, request: Request<pb::DeleteModelRequest>) -> Reply<pb::DeleteModelResponse> {

@@ -32,22 +32,24 @@ impl Control {
     /// `FailedPrecondition` when `from` (or the latest activation's model) is not the active
     /// model, when there is no earlier model or it was deleted; otherwise as
     /// [`Control::activate`].
-    pub async fn rollback(&self, activated_by: &str, reason: &str, from: Option<&ModelRef>) -> Result<ActivationOutcome> {
+    pub async fn rollback(
+        &self,
+        activated_by: &str,
+        reason: &str,
+        from: Option<&ModelRef>,
+    ) -> Result<ActivationOutcome> {
         let _order = self.activation.lock().await;
         let nothing = || Error::FailedPrecondition("nothing to roll back to: no model has been activated yet".into());
         let last = match from {
             None => self.registry.last_activation().await?.ok_or_else(nothing)?,
             Some(from) => {
                 let model = self.registry.get(from).await?;
-                self.registry
-                    .last_activation_of(model.model_id)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::FailedPrecondition(format!(
-                            "nothing to roll back: {} has never been activated",
-                            quoted(&model.model_name)
-                        ))
-                    })?
+                self.registry.last_activation_of(model.model_id).await?.ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "nothing to roll back: {} has never been activated",
+                        quoted(&model.model_name)
+                    ))
+                })?
             }
         };
         let from_id = last.model_id.ok_or_else(|| {
@@ -61,7 +63,9 @@ impl Control {
             return Err(Error::FailedPrecondition(format!(
                 "{} is not the active model (the active model is {}); nothing was rolled back",
                 quoted(&last.model_name),
-                active.as_ref().map_or_else(|| "none".to_string(), |a| quoted(&a.model_name))
+                active
+                    .as_ref()
+                    .map_or_else(|| "none".to_string(), |a| quoted(&a.model_name))
             )));
         }
         let target = match (last.previous_model_id, last.previous_name) {

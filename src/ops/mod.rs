@@ -1,7 +1,8 @@
 //! The model operations every front end shares (gRPC API, CLI, start-up, the reload task), one
 //! file a job: [`register`](Control::register) and the other record changes in `register.rs`,
 //! activation and the conditional rollback in `activate.rs`, following the registry and the
-//! model file in `reconcile.rs`, and a request's route to its model in `request.rs`.
+//! model file in `reconcile.rs`, evaluation and comparison in `evaluate.rs`, and a request's
+//! route to its model in `request.rs`.
 //! [`Control`] holds what they share: the registry, the model root, the served slot, the
 //! activation lock, this server's status, statistics and executor.
 //!
@@ -10,6 +11,7 @@
 //! before the commit leaves the registry and the served model exactly as they were.
 
 mod activate;
+mod evaluate;
 mod reconcile;
 mod register;
 mod request;
@@ -21,6 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+pub use self::evaluate::{Comparison, EvaluateOptions, Evaluated};
 pub use self::reconcile::{FileSync, RegistrySync};
 pub use self::register::{Registered, Registration};
 use crate::error::{Error, FileProblem, Result};

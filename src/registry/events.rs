@@ -22,11 +22,13 @@ pub enum EventKind {
     Reloaded,
     /// A server could not load what it should serve; it keeps its last good model.
     ReloadFailed,
+    /// A model was evaluated on a dataset (`model_performance_logs`).
+    Evaluated,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         Self::Registered,
         Self::Updated,
         Self::Activated,
@@ -34,6 +36,7 @@ impl EventKind {
         Self::Deleted,
         Self::Reloaded,
         Self::ReloadFailed,
+        Self::Evaluated,
     ];
 
     /// The stored name.
@@ -46,6 +49,7 @@ impl EventKind {
             Self::Deleted => "deleted",
             Self::Reloaded => "reloaded",
             Self::ReloadFailed => "reload_failed",
+            Self::Evaluated => "evaluated",
         }
     }
 

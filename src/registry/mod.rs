@@ -7,7 +7,7 @@
 //! index `ml_models_one_active` makes a second active row impossible whatever a writer does.
 //!
 //! One file a table: `models` (`ml_models`), `activations` (`model_activations`), `events`
-//! (`model_events`); this file holds the pool, the migrations, the generation (`registry_state`)
+//! (`model_events`), `performance` (`model_performance_logs`); this file holds the pool, the migrations, the generation (`registry_state`)
 //! and the macros that run one SQL text on either pool.
 
 pub mod name;
@@ -103,10 +103,12 @@ macro_rules! record_event {
 mod activations;
 mod events;
 mod models;
+mod performance;
 
 pub use activations::{Activation, ActivationMeta, ActivationRecord};
 pub use events::{EventKind, EventRecord};
 pub use models::{ModelChanges, ModelRecord, ModelRef, NewModel, Order};
+pub use performance::EvaluationRecord;
 
 /// A connection pool on the registry database.
 #[derive(Debug, Clone)]

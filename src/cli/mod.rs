@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
 
+mod evaluate;
+
 use crate::api::{kserve_pb, pb};
 use crate::app;
 use crate::config::{Command, EventsArgs, ModelArg, PredictArgs};
@@ -174,7 +176,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Show(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
             let m = control.registry().get(&model_ref(&a.model)?).await?;
-            println!("{}", serde_json::to_string_pretty(&record_json(&m))?);
+            let mut shown = record_json(&m);
+            let latest = control.registry().latest_evaluation(m.model_id, None).await?;
+            shown["latest_evaluation"] = latest.map_or(Value::Null, |e| {
+                json!({
+                    "log_id": e.log_id, "dataset_name": e.dataset_name, "dataset_sha256": e.dataset_sha256,
+                    "evaluated_at": e.evaluated_at, "accuracy": e.accuracy, "top3_accuracy": e.top3_accuracy,
+                    "sample_size": e.sample_size, "latency_mean_us": e.latency_mean_us,
+                    "latency_p50_us": e.latency_p50_us, "latency_p99_us": e.latency_p99_us,
+                    "model_sha256": e.model_sha256, "notes": e.notes, "evaluated_by": e.evaluated_by,
+                })
+            });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
         Command::Activate(a) => {
@@ -218,10 +231,12 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Predict(a) => predict(a).await,
         Command::Events(a) => events(a).await,
+        Command::Evaluate(a) => evaluate::evaluate(a).await,
+        Command::Compare(a) => evaluate::compare(a).await,
     }
 }
 
-fn cli_origin() -> Origin {
+pub(crate) fn cli_origin() -> Origin {
     let user = std::env::var("MODELD_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "cli".into());
@@ -295,7 +310,7 @@ async fn shutdown_signal() {
 
 /// `id:<number>` names a model by id, `name:<name>` by a name that may itself start with
 /// `id:`; anything else is a name.
-fn model_ref(arg: &ModelArg) -> anyhow::Result<ModelRef> {
+pub(crate) fn model_ref(arg: &ModelArg) -> anyhow::Result<ModelRef> {
     if let Some(name) = arg.model.strip_prefix("name:") {
         return Ok(ModelRef::Name(name.to_string()));
     }
@@ -330,7 +345,7 @@ fn pad(s: &str, width: usize) -> String {
     format!("{out}{}", " ".repeat(width.saturating_sub(used + 1)))
 }
 
-fn describe(m: &ModelRecord) -> String {
+pub(crate) fn describe(m: &ModelRecord) -> String {
     format!(
         "{} (id {}, version {})",
         quoted(&m.model_name),
@@ -348,7 +363,7 @@ fn print_activation(a: &ActivationOutcome) {
     );
 }
 
-fn record_json(m: &ModelRecord) -> Value {
+pub(crate) fn record_json(m: &ModelRecord) -> Value {
     json!({
         "model_id": m.model_id,
         "model_name": m.model_name,
