@@ -7,6 +7,18 @@ use tracing_subscriber::EnvFilter;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+/// The CLI's output is often piped (`modeld list | head`): like other Unix tools it ends
+/// quietly when the reader goes away, instead of panicking on a write to a closed pipe (Rust
+/// ignores SIGPIPE by default). The server keeps ignoring it: a client hanging up is no reason
+/// to stop.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// jemalloc, chosen by measurement (docs/benchmarks.md): tract allocates every intermediate
 /// tensor fresh, and glibc's drifting mmap threshold turned that into up to 3,600 page faults
 /// per CNN batch-8 call (40% slower), varying from one process to the next. jemalloc removed
@@ -16,6 +28,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        restore_sigpipe();
+    }
     let filter = match EnvFilter::try_new(cli.log_filter()) {
         Ok(f) => f,
         Err(e) => {
