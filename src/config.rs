@@ -294,6 +294,9 @@ pub struct RegisterArgs {
     /// Activate it right away.
     #[arg(long, env = "MODELD_ACTIVATE")]
     pub activate: bool,
+    /// With --activate: even if its inputs or outputs would break the active model's clients.
+    #[arg(long)]
+    pub allow_signature_change: bool,
     /// Recorded as created_by.
     #[arg(long, env = "MODELD_USER", default_value = "cli")]
     pub by: String,
@@ -347,6 +350,11 @@ pub struct ActivateArgs {
     /// Recorded as activated_by.
     #[arg(long, env = "MODELD_USER", default_value = "cli")]
     pub by: String,
+    /// Activate even if the model's inputs or outputs would break the active model's clients
+    /// (a removed or renamed input or output, a changed datatype or fixed dimension, a new
+    /// input); without it such an activation is refused with both signatures shown.
+    #[arg(long)]
+    pub allow_signature_change: bool,
     /// Print JSON instead of text.
     #[arg(long, env = "MODELD_JSON")]
     pub json: bool,

@@ -59,6 +59,8 @@ pub enum FileProblem {
     ChecksumMismatch,
     /// The file is not a model this server can load, type, optimise or run.
     NotLoadable,
+    /// The file holds a model whose inputs or outputs would break the served model's clients.
+    SignatureChanged,
 }
 
 impl Error {

@@ -27,6 +27,8 @@ pub enum Reason {
     ChecksumMismatch,
     /// A model file is not a model this server can load.
     ModelNotLoadable,
+    /// A changed model file's inputs or outputs would break the served model's clients.
+    SignatureIncompatible,
     /// The registry names another model (or file) than the one served, for no reason above
     /// (a reload is pending or failed otherwise).
     NotServingRegistryModel,
@@ -36,12 +38,13 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order they are reported.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Self::RegistryUnreachable,
         Self::ModelFileMissing,
         Self::ModelFileUnreadable,
         Self::ChecksumMismatch,
         Self::ModelNotLoadable,
+        Self::SignatureIncompatible,
         Self::NotServingRegistryModel,
         Self::ReloadFailed,
     ];
@@ -54,6 +57,7 @@ impl Reason {
             Self::ModelFileUnreadable => "model_file_unreadable",
             Self::ChecksumMismatch => "checksum_mismatch",
             Self::ModelNotLoadable => "model_not_loadable",
+            Self::SignatureIncompatible => "signature_incompatible",
             Self::NotServingRegistryModel => "not_serving_registry_model",
             Self::ReloadFailed => "reload_failed",
         }
@@ -68,6 +72,7 @@ impl Reason {
                 FileProblem::Unreadable => Self::ModelFileUnreadable,
                 FileProblem::ChecksumMismatch => Self::ChecksumMismatch,
                 FileProblem::NotLoadable => Self::ModelNotLoadable,
+                FileProblem::SignatureChanged => Self::SignatureIncompatible,
             },
             _ => Self::ReloadFailed,
         }

@@ -211,7 +211,7 @@ async fn a_full_queue_is_refused_at_once_with_a_retry_hint() {
     })
     .await;
     let mut registry = server.registry().await;
-    registry.activate_model(activate_req("cnn")).await.unwrap();
+    registry.activate_model(switch_req("cnn")).await.unwrap();
     server.wait_serving("cnn").await;
     // One compute thread, one queue place, 12 CNN requests of 4 images sent together.
     let mut calls = Vec::new();
@@ -263,7 +263,7 @@ async fn a_full_queue_is_refused_at_once_with_a_retry_hint() {
 async fn a_request_whose_deadline_passes_in_the_queue_is_not_computed() {
     let server = TestServer::start_with(Backend::Sqlite, pooled(1, 1, Duration::ZERO)).await;
     let mut registry = server.registry().await;
-    registry.activate_model(activate_req("cnn")).await.unwrap();
+    registry.activate_model(switch_req("cnn")).await.unwrap();
     server.wait_serving("cnn").await;
     // The only compute thread is busy with a large CNN batch; a request with a 1 ms deadline
     // (sent as grpc-timeout, as every gRPC client does) waits behind it.

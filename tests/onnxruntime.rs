@@ -72,12 +72,7 @@ async fn onnxruntime_computes_the_bundled_models_and_says_so() {
     assert_eq!(labels, npy_i64("expected/digits_v2_label.npy")[..50]);
 
     // The CNN, after a swap: also computed by onnxruntime.
-    server
-        .registry()
-        .await
-        .activate_model(activate_req("cnn"))
-        .await
-        .unwrap();
+    server.registry().await.activate_model(switch_req("cnn")).await.unwrap();
     let e = engine(&server.status().await);
     assert_eq!(e.serving_engine, "onnxruntime", "{e:?}");
     server.assert_cnn_matches_expected(1e-6).await;
@@ -154,12 +149,7 @@ async fn auto_picks_the_faster_engine_per_model() {
     assert!(e.serving_engine_note.starts_with(&chosen), "{e:?}");
     assert!(e.serving_engine_note.contains("match tract's"), "{e:?}");
 
-    server
-        .registry()
-        .await
-        .activate_model(activate_req("cnn"))
-        .await
-        .unwrap();
+    server.registry().await.activate_model(switch_req("cnn")).await.unwrap();
     let e = engine(&server.status().await);
     assert_eq!(e.serving_engine, "onnxruntime", "{e:?}");
     assert!(

@@ -91,7 +91,10 @@ async fn one_active_under_concurrency(backend: Backend) {
                     reason: "race".into(),
                     is_rollback: false,
                 };
-                control.activate(&ModelRef::Name(name), &meta).await.unwrap();
+                control
+                    .activate(&ModelRef::Name(name), &meta, &Default::default())
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -219,7 +222,10 @@ async fn generation_bumps_on_every_change(backend: Backend) {
         reason: String::new(),
         is_rollback: false,
     };
-    control.activate(&ModelRef::Name("a".into()), &meta).await.unwrap();
+    control
+        .activate(&ModelRef::Name("a".into()), &meta, &Default::default())
+        .await
+        .unwrap();
     let g2 = control.registry().generation().await.unwrap();
     assert!(g0 < g1 && g1 < g2, "{g0} {g1} {g2}");
     // A failed change does not bump it.

@@ -200,6 +200,38 @@ async fn file_changes_reload_good_files_and_refuse_bad_ones() {
     );
 }
 
+/// The served model's file replaced by a model with other inputs and outputs: not served (its
+/// clients would break), degraded with the reason, the registry unchanged; back to normal when
+/// the file is.
+#[tokio::test]
+async fn a_file_replaced_by_an_incompatible_model_is_not_served() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let root = server.root.path();
+    let sha2 = sha_of(&root.join("digits_v2.onnx"));
+    let good = std::fs::read(root.join("digits_v2.onnx")).unwrap();
+    replace_by_rename(&root.join("cnn.onnx"), &root.join("digits_v2.onnx"));
+    let (status, _) = server
+        .wait_status("incompatible file refused", |s| !s.degradations.is_empty())
+        .await;
+    let d = &status.degradations[0];
+    assert_eq!(d.reason(), pb::DegradedReason::SignatureIncompatible, "{status:#?}");
+    assert!(d.message.contains("would break its clients") && d.message.contains("output \"label\" is gone"), "{d:?}");
+    assert_eq!(status.serving.unwrap().checksum_sha256, sha2, "the old model keeps serving");
+    assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
+    let rec = server
+        .registry()
+        .await
+        .get_model(pb::GetModelRequest {
+            model: by_name("digits_v2"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rec.checksum_sha256, sha2, "the registry is unchanged");
+    std::fs::write(root.join("digits_v2.onnx"), &good).unwrap();
+    server.wait_status("file back", |s| !s.degraded).await;
+}
+
 #[tokio::test]
 async fn strict_checksum_refuses_a_changed_file() {
     let server = TestServer::start_with(Backend::Sqlite, |c| c.strict_checksum = true).await;
@@ -354,7 +386,7 @@ async fn two_servers_on_one_postgres_registry_converge() {
 
     // A model whose file B does not have: A serves it, B keeps its last good model, degraded.
     std::fs::remove_file(b.root.path().join("cnn.onnx")).unwrap();
-    reg_a.activate_model(activate_req("cnn")).await.unwrap();
+    reg_a.activate_model(switch_req("cnn")).await.unwrap();
     let (status, _) = b
         .wait_status("B degraded", |s| {
             s.registry_active.as_ref().is_some_and(|m| m.model_name == "cnn") && s.degraded && !s.last_error.is_empty()
@@ -583,12 +615,7 @@ async fn swaps_from_every_source_under_load_never_fail() {
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
     let server = TestServer::start(Backend::Sqlite).await;
-    server
-        .registry()
-        .await
-        .activate_model(activate_req("cnn"))
-        .await
-        .unwrap();
+    server.registry().await.activate_model(switch_req("cnn")).await.unwrap();
     let mut infer = server.inference().await;
     let req = pb::PredictRequest {
         model_name: String::new(),

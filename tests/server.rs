@@ -87,19 +87,14 @@ async fn every_bundled_model_matches_onnxruntime() {
     );
 
     // The CNN at batch 2 (a 1.2 MB request).
-    registry.activate_model(activate_req("cnn")).await.unwrap();
+    registry.activate_model(switch_req("cnn")).await.unwrap();
     server.assert_cnn_matches_expected(1e-4).await;
 }
 
 #[tokio::test]
 async fn large_cnn_batches_fit_the_message_limit() {
     let server = TestServer::start(Backend::Sqlite).await;
-    server
-        .registry()
-        .await
-        .activate_model(activate_req("cnn"))
-        .await
-        .unwrap();
+    server.registry().await.activate_model(switch_req("cnn")).await.unwrap();
     // 16 images: 9.6 MB, above tonic's 4 MB default.
     let req = pb::PredictRequest {
         model_name: String::new(),
@@ -142,6 +137,7 @@ async fn registry_lifecycle(backend: Backend) {
         accuracy: Some(0.5),
         activate: false,
         created_by: "alice".into(),
+        allow_signature_change: false,
     };
     let made = reg.register_model(reg_req.clone()).await.unwrap().into_inner();
     let m = made.model.unwrap();
@@ -1027,4 +1023,52 @@ async fn evaluation_over_grpc_sqlite() {
 #[tokio::test]
 async fn evaluation_over_grpc_postgres() {
     evaluation_over_grpc(Backend::Postgres).await;
+}
+
+/// Switching the active model to one whose inputs or outputs differ would break every live
+/// client at once: refused over gRPC and the CLI, with both signatures, unless said so; nothing
+/// changes when refused.
+#[tokio::test]
+async fn a_signature_change_must_be_asked_for() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut reg = server.registry().await;
+    let s = status_of(reg.activate_model(activate_req("cnn")).await);
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    for says in [
+        "would break the clients of the active model \"digits_v2\"",
+        "input \"input\" is gone",
+        "output \"label\" is gone",
+        "input \"image\" is new",
+        "Its signature: image [N,3,224,224] FP32 -> probabilities [N,10] FP32",
+        "the active model's: input [N,64] FP32 -> probabilities [N,10] FP32, label [N] INT64",
+        "--allow-signature-change",
+    ] {
+        assert!(s.message().contains(says), "{says:?} in {}", s.message());
+    }
+    // Registering with activate is an activation too: refused, and no record is left.
+    std::fs::copy(server.root.path().join("cnn.onnx"), server.root.path().join("cnn2.onnx")).unwrap();
+    let register = |allow| pb::RegisterModelRequest {
+        name: "cnn2".into(),
+        file_path: "cnn2.onnx".into(),
+        activate: true,
+        allow_signature_change: allow,
+        ..Default::default()
+    };
+    let s = status_of(reg.register_model(register(false)).await);
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert_eq!(status_of(reg.get_model(pb::GetModelRequest { model: by_name("cnn2") }).await).code(), Code::NotFound);
+    assert_eq!(server.status().await.serving.unwrap().model_name, "digits_v2");
+    // The CLI says the same and exits 4; with the flag it goes through.
+    let (ok, _, err) = modeld_cli(&server.db.url, server.root.path(), &["activate", "cnn"]).await;
+    assert!(!ok && err.contains("would break the clients"), "{err}");
+    let (ok, _, err) = modeld_cli(&server.db.url, server.root.path(), &["activate", "cnn", "--allow-signature-change"]).await;
+    assert!(ok, "{err}");
+    server.wait_serving("cnn").await;
+    // Asked for over gRPC: through. A rollback restores the previous model whatever its
+    // signature: it is what the clients had.
+    reg.register_model(register(true)).await.unwrap();
+    server.wait_serving("cnn2").await;
+    let rb = reg.rollback_model(pb::RollbackModelRequest::default()).await.unwrap().into_inner();
+    assert_eq!(rb.active.unwrap().model_name, "cnn");
+    server.stop().await.unwrap();
 }

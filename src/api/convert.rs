@@ -309,6 +309,7 @@ fn degraded_reason(r: Reason) -> pb::DegradedReason {
         Reason::ModelFileUnreadable => pb::DegradedReason::ModelFileUnreadable,
         Reason::ChecksumMismatch => pb::DegradedReason::ChecksumMismatch,
         Reason::ModelNotLoadable => pb::DegradedReason::ModelNotLoadable,
+        Reason::SignatureIncompatible => pb::DegradedReason::SignatureIncompatible,
         Reason::NotServingRegistryModel => pb::DegradedReason::NotServingRegistryModel,
         Reason::ReloadFailed => pb::DegradedReason::ReloadFailed,
     }

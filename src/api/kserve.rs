@@ -547,7 +547,10 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             reason: "RepositoryModelLoad".into(),
             is_rollback: false,
         };
-        self.control.activate(&ModelRef::Name(model_name), &meta).await?;
+        // Triton's load_model has no way to say "yes, change the signature": the guard holds.
+        self.control
+            .activate(&ModelRef::Name(model_name), &meta, &crate::ops::Gates::default())
+            .await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 

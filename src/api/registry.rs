@@ -90,6 +90,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             accuracy,
             activate,
             created_by,
+            allow_signature_change,
         } = request.into_inner();
         let reg = Registration {
             name,
@@ -100,6 +101,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             accuracy,
             created_by: who(created_by),
             activate,
+            allow_signature_change,
         };
         let done = self.control.register(reg).await?;
         Ok(Response::new(pb::RegisterModelResponse {
@@ -220,13 +222,18 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             model,
             reason,
             activated_by,
+            allow_signature_change,
         } = request.into_inner();
         let meta = ActivationMeta {
             activated_by: who(activated_by),
             reason,
             is_rollback: false,
         };
-        let done = self.control.activate(&convert::model_ref(model)?, &meta).await?;
+        let gates = crate::ops::Gates { allow_signature_change };
+        let done = self
+            .control
+            .activate(&convert::model_ref(model)?, &meta, &gates)
+            .await?;
         Ok(Response::new(convert::activation(&done)))
     }
 

@@ -122,6 +122,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 accuracy: a.accuracy,
                 created_by: a.by,
                 activate: a.activate,
+                allow_signature_change: a.allow_signature_change,
             };
             let done = control.register(reg).await?;
             if a.json {
@@ -197,7 +198,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 reason: a.reason,
                 is_rollback: false,
             };
-            let done = control.activate(&model_ref(&a.model)?, &meta).await?;
+            let gates = crate::ops::Gates {
+                allow_signature_change: a.allow_signature_change,
+            };
+            let done = control.activate(&model_ref(&a.model)?, &meta, &gates).await?;
             if a.json {
                 println!("{}", activation_json(&done))
             } else {

@@ -177,9 +177,117 @@ impl Signature {
     }
 }
 
+impl Signature {
+    /// What would break a client of `self` that switches to `next` unchanged: an input or
+    /// output removed or renamed, a changed datatype, rank or fixed dimension, a dimension
+    /// that was dynamic becoming fixed, and a new input (existing clients do not send it). A
+    /// new output, or a fixed dimension becoming dynamic, breaks nothing. Empty: compatible.
+    pub fn breaks(&self, next: &Signature) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut side = |kind: &str, old: &[TensorSpec], new: &[TensorSpec]| {
+            for o in old {
+                let Some(n) = new.iter().find(|n| n.name == o.name) else {
+                    out.push(format!("{kind} {:?} is gone", o.name));
+                    continue;
+                };
+                if n.datatype != o.datatype {
+                    out.push(format!(
+                        "{kind} {:?} changes from {} to {}",
+                        o.name,
+                        o.datatype.name(),
+                        n.datatype.name()
+                    ));
+                }
+                let dims_ok = n.shape.len() == o.shape.len()
+                    && n.shape.iter().zip(&o.shape).all(|(&nd, &od)| nd == -1 || nd == od);
+                if !dims_ok {
+                    out.push(format!(
+                        "{kind} {:?} changes shape from {} to {}",
+                        o.name,
+                        o.shape_text(),
+                        n.shape_text()
+                    ));
+                }
+            }
+        };
+        side("input", &self.inputs, &next.inputs);
+        side("output", &self.outputs, &next.outputs);
+        for n in &next.inputs {
+            if !self.inputs.iter().any(|o| o.name == n.name) {
+                out.push(format!("input {:?} is new (clients do not send it)", n.name));
+            }
+        }
+        out
+    }
+
+    /// The signature as people read it: `input [N,64] FP32 -> probabilities [N,10] FP32, label [N] INT64`.
+    pub fn text(&self) -> String {
+        let list = |specs: &[TensorSpec]| {
+            specs
+                .iter()
+                .map(|s| format!("{} {} {}", s.name, s.shape_text(), s.datatype.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!("{} -> {}", list(&self.inputs), list(&self.outputs))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    #[test]
+    fn what_breaks_a_client_and_what_does_not() {
+        let served = Signature {
+            inputs: vec![spec("input", DataType::Fp32, &[-1, 64])],
+            outputs: vec![
+                spec("probabilities", DataType::Fp32, &[-1, 10]),
+                spec("label", DataType::Int64, &[-1]),
+            ],
+        };
+        assert!(served.breaks(&served).is_empty());
+        let mut more = served.clone();
+        more.outputs.push(spec("logits", DataType::Fp32, &[-1, 10]));
+        assert!(served.breaks(&more).is_empty(), "a new output breaks nothing");
+        let mut no_label = served.clone();
+        no_label.outputs.pop();
+        assert_eq!(served.breaks(&no_label), ["output \"label\" is gone"]);
+        let mut narrower = served.clone();
+        narrower.inputs[0].shape = vec![-1, 63];
+        assert_eq!(
+            served.breaks(&narrower),
+            ["input \"input\" changes shape from [N,64] to [N,63]"]
+        );
+        let mut fixed_batch = served.clone();
+        fixed_batch.inputs[0].shape = vec![1, 64];
+        assert_eq!(
+            served.breaks(&fixed_batch).len(),
+            1,
+            "a dynamic dimension becoming fixed"
+        );
+        let mut f64s = served.clone();
+        f64s.inputs[0].datatype = DataType::Fp64;
+        assert_eq!(served.breaks(&f64s), ["input \"input\" changes from FP32 to FP64"]);
+        let mut extra = served.clone();
+        extra.inputs.push(spec("mask", DataType::Bool, &[-1]));
+        assert_eq!(
+            served.breaks(&extra),
+            ["input \"mask\" is new (clients do not send it)"]
+        );
+        assert_eq!(
+            served.text(),
+            "input [N,64] FP32 -> probabilities [N,10] FP32, label [N] INT64"
+        );
+    }
 
     #[test]
     fn names_round_trip() {

@@ -8,16 +8,30 @@ use crate::error::{Error, Result};
 use crate::registry::name::quoted;
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef};
 
+/// What an activation checks before it loads the model.
+#[derive(Debug, Clone, Default)]
+pub struct Gates {
+    /// Activate even if the model's signature would break the active model's clients.
+    pub allow_signature_change: bool,
+}
+
 impl Control {
     /// Loads, verifies and warms up `model`, makes it the one active model in the registry, then
     /// publishes it. Activating the model that is already active and served changes nothing.
     ///
+    /// Unless `gates` allow it, a model whose signature would break the active model's clients
+    /// is refused.
+    ///
     /// # Errors
     /// `NotFound` for an unknown model; `FailedPrecondition` when its file is missing, changed
-    /// (checksum) or cannot be loaded. On any error the registry and the served model are unchanged.
-    pub async fn activate(&self, model: &ModelRef, meta: &ActivationMeta) -> Result<ActivationOutcome> {
+    /// (checksum) or cannot be loaded, or its signature is refused. On any error the registry
+    /// and the served model are unchanged.
+    pub async fn activate(&self, model: &ModelRef, meta: &ActivationMeta, gates: &Gates) -> Result<ActivationOutcome> {
         let _order = self.activation.lock().await;
         let record = self.registry.get(model).await?;
+        if !gates.allow_signature_change {
+            self.check_signature(&record.model_name, &record.signature()?).await?;
+        }
         self.activate_locked(record, meta, None).await
     }
 

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+pub use self::activate::Gates;
 pub use self::evaluate::{Comparison, EvaluateOptions, Evaluated};
 pub use self::reconcile::{FileSync, RegistrySync};
 pub use self::register::{Registered, Registration};
@@ -169,6 +170,34 @@ impl Control {
                 "the model registry is unreachable (what this server serves still answers); try again later".into(),
             ))
         }
+    }
+
+    /// Refuses to make `candidate` (of signature `next`) the active model when that would break
+    /// the clients of the model the registry names as active now.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` with both signatures and what breaks.
+    async fn check_signature(&self, candidate: &str, next: &crate::model::Signature) -> Result<()> {
+        let Some(active) = self.registry.active().await? else {
+            return Ok(());
+        };
+        if active.model_name == candidate {
+            return Ok(());
+        }
+        let served = active.signature()?;
+        let breaks = served.breaks(next);
+        if breaks.is_empty() {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "activating {} would break the clients of the active model {}: {}. Its signature: {}; the active \
+             model's: {}. Pass --allow-signature-change (allow_signature_change) to activate it anyway",
+            quoted(candidate),
+            quoted(&active.model_name),
+            breaks.join("; "),
+            next.text(),
+            served.text()
+        )))
     }
 
     /// The served slot.

@@ -4,6 +4,7 @@
 use super::{Control, load_blocking};
 use crate::error::{Error, FileProblem, Result};
 use crate::registry::ModelRecord;
+use crate::registry::name::quoted;
 
 /// What a reload from the registry did.
 #[derive(Debug, Clone)]
@@ -118,6 +119,19 @@ impl Control {
             ));
         }
         let loaded = load_blocking(path, &record.file_path, None, self.engine).await?;
+        // A new file that would break the served model's clients is not served.
+        let breaks = served.model.signature.breaks(&loaded.signature);
+        if !breaks.is_empty() {
+            return Err(Error::model_file(
+                FileProblem::SignatureChanged,
+                format!(
+                    "model file {} changed to a model that would break its clients ({}); the model in memory keeps \
+                     serving. Register the new file under a new name and activate it with --allow-signature-change",
+                    quoted(&record.file_path),
+                    breaks.join("; ")
+                ),
+            ));
+        }
         let size = i64::try_from(loaded.size_bytes).map_err(Error::internal)?;
         let detail = format!("file changed: sha256 {} -> {}", record.checksum_sha256, loaded.sha256);
         let updated = self

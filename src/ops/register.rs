@@ -30,6 +30,8 @@ pub struct Registration {
     pub created_by: String,
     /// Activate right away (same transaction as the insert).
     pub activate: bool,
+    /// With `activate`: even if its signature would break the active model's clients.
+    pub allow_signature_change: bool,
 }
 
 /// The outcome of a registration.
@@ -60,6 +62,9 @@ impl Control {
             None
         };
         let loaded = load_blocking(path, &file_path, None, self.engine).await?;
+        if reg.activate && !reg.allow_signature_change {
+            self.check_signature(&model_name, &loaded.signature).await?;
+        }
         let new = NewModel {
             model_name: model_name.clone(),
             version: reg.version,
@@ -146,6 +151,7 @@ impl Control {
                 accuracy: m.accuracy,
                 created_by: "seed".into(),
                 activate,
+                allow_signature_change: false,
             };
             match self.register(reg).await {
                 Ok(_) => n += 1,

@@ -349,6 +349,7 @@ impl TestServer {
                 file_path: file.into(),
                 version: "1".into(),
                 activate: true,
+                allow_signature_change: true,
                 ..Default::default()
             })
             .await
@@ -565,6 +566,16 @@ pub fn activate_req(name: &str) -> pb::ActivateModelRequest {
         model: by_name(name),
         reason: "test".into(),
         activated_by: "test".into(),
+        allow_signature_change: false,
+    }
+}
+
+/// An activation of a model with another signature than the active one (digits <-> cnn),
+/// saying so explicitly.
+pub fn switch_req(name: &str) -> pb::ActivateModelRequest {
+    pb::ActivateModelRequest {
+        allow_signature_change: true,
+        ..activate_req(name)
     }
 }
 
