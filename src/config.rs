@@ -355,6 +355,14 @@ pub struct ActivateArgs {
     /// input); without it such an activation is refused with both signatures shown.
     #[arg(long)]
     pub allow_signature_change: bool,
+    /// Refuse the model if its latest evaluation on the active model's dataset is worse than
+    /// the active model's (the rule of `compare`), or if it has none there.
+    #[arg(long)]
+    pub require_better: bool,
+    /// With --require-better: compare on this dataset (as `modeld evaluate --dataset`),
+    /// evaluating either model on it first where needed.
+    #[arg(long, value_name = "DATASET", requires = "require_better")]
+    pub evaluate: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, env = "MODELD_JSON")]
     pub json: bool,

@@ -662,3 +662,83 @@ async fn evaluate_and_compare_on_the_bundled_digits() {
         assert_eq!(run.code, code, "{args:?}: {run:?}");
     }
 }
+
+/// `activate --require-better`: a worse candidate is refused with both numbers, one without an
+/// evaluation on the active model's dataset is told to evaluate first (or evaluated on the spot
+/// with --evaluate), a better one goes through.
+#[tokio::test]
+async fn gated_activation_refuses_a_worse_model() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    let cli = |args: Vec<&str>| {
+        let (url, root) = (db.url.clone(), root.path().to_path_buf());
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_modeld(
+                &root,
+                &[
+                    ("MODELD_DATABASE_URL", &url),
+                    ("MODELD_MODEL_ROOT", root.to_str().unwrap()),
+                ],
+                &args,
+            )
+            .await
+        }
+    };
+    let x = bundled_models().join("eval/digits_x.npy").to_str().unwrap().to_string();
+    for (name, file) in [
+        ("digits_v1", "digits_v1.onnx"),
+        ("digits_v2", "digits_v2.onnx"),
+        ("copy_of_v1", "digits_v1.onnx"),
+    ] {
+        let run = cli(vec!["register", "--name", name, "--path", file]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    let run = cli(vec!["activate", "digits_v2"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    // The active model has no evaluation yet: nothing to compare with.
+    let run = cli(vec!["activate", "digits_v1", "--require-better"]).await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(
+        run.stderr.contains("the active model \"digits_v2\" has no evaluation"),
+        "{}",
+        run.stderr
+    );
+    for name in ["digits_v1", "digits_v2"] {
+        assert_eq!(cli(vec!["evaluate", name, "--dataset", &x]).await.code, 0);
+    }
+    let run = cli(vec!["activate", "digits_v1", "--require-better"]).await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("\"digits_v1\" is worse than the active model \"digits_v2\" on \"digits_x.npy\"")
+            && run.stderr.contains("accuracy 0.9000 vs 0.9722"),
+        "{}",
+        run.stderr
+    );
+    let run = cli(vec!["activate", "copy_of_v1", "--require-better"]).await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("\"copy_of_v1\" has no evaluation on \"digits_x.npy\"")
+            && run.stderr.contains("evaluate it first"),
+        "{}",
+        run.stderr
+    );
+    let run = cli(vec!["activate", "copy_of_v1", "--require-better", "--evaluate", &x]).await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stderr.contains("is worse than the active model"), "{}", run.stderr);
+    let (ok, out, _) = modeld(&db.url, root.path(), &["show", "copy_of_v1"]).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["latest_evaluation"]["notes"], "evaluated for --require-better");
+    assert_eq!(v["is_active"], false, "refused: nothing changed");
+    // A better model goes through the gate.
+    assert_eq!(cli(vec!["activate", "digits_v1"]).await.code, 0);
+    let run = cli(vec!["activate", "digits_v2", "--require-better"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (_, out, _) = modeld(&db.url, root.path(), &["show", "digits_v2"]).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["is_active"], true);
+}

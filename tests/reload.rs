@@ -215,8 +215,15 @@ async fn a_file_replaced_by_an_incompatible_model_is_not_served() {
         .await;
     let d = &status.degradations[0];
     assert_eq!(d.reason(), pb::DegradedReason::SignatureIncompatible, "{status:#?}");
-    assert!(d.message.contains("would break its clients") && d.message.contains("output \"label\" is gone"), "{d:?}");
-    assert_eq!(status.serving.unwrap().checksum_sha256, sha2, "the old model keeps serving");
+    assert!(
+        d.message.contains("would break its clients") && d.message.contains("output \"label\" is gone"),
+        "{d:?}"
+    );
+    assert_eq!(
+        status.serving.unwrap().checksum_sha256,
+        sha2,
+        "the old model keeps serving"
+    );
     assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
     let rec = server
         .registry()

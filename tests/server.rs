@@ -1010,6 +1010,26 @@ async fn evaluation_over_grpc(backend: Backend) {
         .await,
     );
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
+    // The gate: digits_v1 is worse than the active digits_v2 on that dataset.
+    let gated = pb::ActivateModelRequest {
+        require_better: true,
+        ..activate_req("digits_v1")
+    };
+    let s = status_of(reg.activate_model(gated.clone()).await);
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(
+        s.message().contains("is worse than the active model \"digits_v2\""),
+        "{}",
+        s.message()
+    );
+    let s = status_of(
+        reg.activate_model(pb::ActivateModelRequest {
+            evaluate: dataset("eval/missing_x.npy"),
+            ..gated
+        })
+        .await,
+    );
+    assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
     // Serving was never touched.
     assert_eq!(server.status().await.serving.unwrap().model_name, "digits_v2");
     server.stop().await.unwrap();
@@ -1046,7 +1066,11 @@ async fn a_signature_change_must_be_asked_for() {
         assert!(s.message().contains(says), "{says:?} in {}", s.message());
     }
     // Registering with activate is an activation too: refused, and no record is left.
-    std::fs::copy(server.root.path().join("cnn.onnx"), server.root.path().join("cnn2.onnx")).unwrap();
+    std::fs::copy(
+        server.root.path().join("cnn.onnx"),
+        server.root.path().join("cnn2.onnx"),
+    )
+    .unwrap();
     let register = |allow| pb::RegisterModelRequest {
         name: "cnn2".into(),
         file_path: "cnn2.onnx".into(),
@@ -1056,19 +1080,31 @@ async fn a_signature_change_must_be_asked_for() {
     };
     let s = status_of(reg.register_model(register(false)).await);
     assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
-    assert_eq!(status_of(reg.get_model(pb::GetModelRequest { model: by_name("cnn2") }).await).code(), Code::NotFound);
+    assert_eq!(
+        status_of(reg.get_model(pb::GetModelRequest { model: by_name("cnn2") }).await).code(),
+        Code::NotFound
+    );
     assert_eq!(server.status().await.serving.unwrap().model_name, "digits_v2");
     // The CLI says the same and exits 4; with the flag it goes through.
     let (ok, _, err) = modeld_cli(&server.db.url, server.root.path(), &["activate", "cnn"]).await;
     assert!(!ok && err.contains("would break the clients"), "{err}");
-    let (ok, _, err) = modeld_cli(&server.db.url, server.root.path(), &["activate", "cnn", "--allow-signature-change"]).await;
+    let (ok, _, err) = modeld_cli(
+        &server.db.url,
+        server.root.path(),
+        &["activate", "cnn", "--allow-signature-change"],
+    )
+    .await;
     assert!(ok, "{err}");
     server.wait_serving("cnn").await;
     // Asked for over gRPC: through. A rollback restores the previous model whatever its
     // signature: it is what the clients had.
     reg.register_model(register(true)).await.unwrap();
     server.wait_serving("cnn2").await;
-    let rb = reg.rollback_model(pb::RollbackModelRequest::default()).await.unwrap().into_inner();
+    let rb = reg
+        .rollback_model(pb::RollbackModelRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(rb.active.unwrap().model_name, "cnn");
     server.stop().await.unwrap();
 }

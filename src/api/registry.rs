@@ -223,13 +223,22 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             reason,
             activated_by,
             allow_signature_change,
+            require_better,
+            evaluate,
         } = request.into_inner();
         let meta = ActivationMeta {
             activated_by: who(activated_by),
             reason,
             is_rollback: false,
         };
-        let gates = crate::ops::Gates { allow_signature_change };
+        let gates = crate::ops::Gates {
+            allow_signature_change,
+            require_better,
+            evaluate_on: match evaluate {
+                Some(d) => Some(self.dataset(Some(d))?),
+                None => None,
+            },
+        };
         let done = self
             .control
             .activate(&convert::model_ref(model)?, &meta, &gates)

@@ -198,8 +198,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 reason: a.reason,
                 is_rollback: false,
             };
+            let evaluate_on = match &a.evaluate {
+                Some(path) => Some(std::sync::Arc::new(crate::evaluation::Dataset::load(
+                    path, None, "label",
+                )?)),
+                None => None,
+            };
             let gates = crate::ops::Gates {
                 allow_signature_change: a.allow_signature_change,
+                require_better: a.require_better,
+                evaluate_on,
             };
             let done = control.activate(&model_ref(&a.model)?, &meta, &gates).await?;
             if a.json {

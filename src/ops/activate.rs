@@ -1,10 +1,13 @@
 //! Activation and rollback: load, verify and warm up first, then one registry transaction,
 //! then publish.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ActivationOutcome, Control};
+use super::{ActivationOutcome, Control, EvaluateOptions};
 use crate::error::{Error, Result};
+use crate::evaluation::{self, Dataset};
+use crate::registry::EvaluationRecord;
 use crate::registry::name::quoted;
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef};
 
@@ -13,6 +16,12 @@ use crate::registry::{ActivationMeta, ModelRecord, ModelRef};
 pub struct Gates {
     /// Activate even if the model's signature would break the active model's clients.
     pub allow_signature_change: bool,
+    /// Refuse a model whose latest evaluation, on the active model's dataset, is worse than the
+    /// active model's (the rule of `compare`).
+    pub require_better: bool,
+    /// With `require_better`: compare on this dataset, evaluating either model on it first
+    /// when it has no evaluation of its current file there.
+    pub evaluate_on: Option<Arc<Dataset>>,
 }
 
 impl Control {
@@ -32,7 +41,13 @@ impl Control {
         if !gates.allow_signature_change {
             self.check_signature(&record.model_name, &record.signature()?).await?;
         }
-        self.activate_locked(record, meta, None).await
+        // The gate compared against one active model: commit only while it still is.
+        let compared_with = if gates.require_better {
+            self.check_better(&record, gates).await?
+        } else {
+            None
+        };
+        self.activate_locked(record, meta, compared_with).await
     }
 
     /// Rolls back from a model: activates the model that was active before it (from the
@@ -108,6 +123,89 @@ impl Control {
             is_rollback: true,
         };
         self.activate_locked(record, &meta, Some(from_id)).await
+    }
+
+    /// The gate of `require_better`: `record`'s latest evaluation of its current file on the
+    /// active model's dataset (its latest, or `gates.evaluate_on`) must not be worse than the
+    /// active model's. Returns the active model's id, to commit only while it is still active.
+    async fn check_better(&self, record: &ModelRecord, gates: &Gates) -> Result<Option<i64>> {
+        let Some(active) = self.registry.active().await? else {
+            return Ok(None);
+        };
+        if active.model_id == record.model_id {
+            return Ok(None);
+        }
+        let (a, c) = (quoted(&active.model_name), quoted(&record.model_name));
+        let (dataset_sha, dataset_name) = match &gates.evaluate_on {
+            Some(d) => (d.sha256.clone(), d.name.clone()),
+            None => {
+                let e = self.current_evaluation(&active, None).await?.ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "--require-better: the active model {a} has no evaluation to compare with; evaluate it \
+                         first (modeld evaluate {a} --dataset FILE), or activate with --evaluate FILE"
+                    ))
+                })?;
+                (e.dataset_sha256, e.dataset_name)
+            }
+        };
+        let mut figures = Vec::new();
+        for (model, shown) in [(&active, &a), (record, &c)] {
+            let found = match self.current_evaluation(model, Some(&dataset_sha)).await? {
+                Some(e) => e,
+                None => match &gates.evaluate_on {
+                    Some(d) => {
+                        let options = EvaluateOptions {
+                            notes: "evaluated for --require-better".into(),
+                            evaluated_by: "gate".into(),
+                            ..EvaluateOptions::default()
+                        };
+                        self.evaluate(&ModelRef::Id(model.model_id), Arc::clone(d), &options, |_, _| {})
+                            .await?
+                            .record
+                    }
+                    None => {
+                        return Err(Error::FailedPrecondition(format!(
+                            "--require-better: {shown} has no evaluation on {} (the dataset the active model was \
+                             evaluated on); evaluate it first (modeld evaluate {shown} --dataset {}), or activate \
+                             with --evaluate FILE",
+                            quoted(&dataset_name),
+                            dataset_name
+                        )));
+                    }
+                },
+            };
+            figures.push(found.summary());
+        }
+        let (fa, fc) = (&figures[0], &figures[1]);
+        if evaluation::better(fc, fa) == std::cmp::Ordering::Greater {
+            let top3 = |f: &evaluation::Figures| f.top3_accuracy.map_or_else(|| "-".into(), |t| format!("{t:.4}"));
+            return Err(Error::FailedPrecondition(format!(
+                "{c} is worse than the active model {a} on {} ({a}: {}): accuracy {:.4} vs {:.4}, top-3 {} vs {}, \
+                 median latency {:.1} vs {:.1} µs; not activated",
+                quoted(&dataset_name),
+                evaluation::decided_by(fa, fc),
+                fc.accuracy,
+                fa.accuracy,
+                top3(fc),
+                top3(fa),
+                fc.latency_p50_us,
+                fa.latency_p50_us
+            )));
+        }
+        Ok(Some(active.model_id))
+    }
+
+    /// `model`'s latest evaluation of its current file (on the dataset with `dataset_sha256`).
+    async fn current_evaluation(
+        &self,
+        model: &ModelRecord,
+        dataset_sha256: Option<&str>,
+    ) -> Result<Option<EvaluationRecord>> {
+        Ok(self
+            .registry
+            .latest_evaluation(model.model_id, dataset_sha256)
+            .await?
+            .filter(|e| e.model_sha256 == model.checksum_sha256))
     }
 
     /// Activates `record` (with `only_if_active`, only while that model is still the active

@@ -48,6 +48,21 @@ impl EvaluationRecord {
     pub fn figures(&self) -> Option<Figures> {
         serde_json::from_str(&self.details).ok()
     }
+
+    /// The figures [`crate::evaluation::better`] decides on (accuracy, top-3, median latency).
+    pub fn summary(&self) -> Figures {
+        Figures {
+            samples: u64::try_from(self.sample_size).unwrap_or(0),
+            accuracy: self.accuracy,
+            top3_accuracy: self.top3_accuracy,
+            classes: Vec::new(),
+            confusion: Vec::new(),
+            latency_mean_us: self.latency_mean_us,
+            latency_p50_us: self.latency_p50_us,
+            latency_p99_us: self.latency_p99_us,
+            output: String::new(),
+        }
+    }
 }
 
 macro_rules! evaluation_columns {

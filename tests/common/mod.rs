@@ -567,6 +567,8 @@ pub fn activate_req(name: &str) -> pb::ActivateModelRequest {
         reason: "test".into(),
         activated_by: "test".into(),
         allow_signature_change: false,
+        require_better: false,
+        evaluate: None,
     }
 }
 
