@@ -72,6 +72,9 @@ impl Dataset {
                 let yb = read(&labels_path)?;
                 let (shape, features) = npy_features(&xb).map_err(&bad)?;
                 let labels = npy_labels(&yb).map_err(|e| bad(format!("labels {:?}: {e}", file(&labels_path))))?;
+                if labels.is_empty() {
+                    return Err(bad("no rows".into()));
+                }
                 if shape.first().copied() != Some(labels.len()) {
                     return Err(bad(format!(
                         "{} feature rows but {} labels",
@@ -336,7 +339,7 @@ pub fn evaluate(
             progress(i + 1, total);
         }
     }
-    let mut figures = tally(&dataset.labels, &predictions, &latencies);
+    let mut figures = tally(&dataset.labels, &predictions, &latencies)?;
     figures.top3_accuracy = scores.then(|| top3_hits as f64 / total as f64);
     figures.output = sig.outputs[out_index].name.clone();
     Ok(Outcome { figures, predictions })
@@ -395,16 +398,20 @@ fn read_prediction(data: OutputData, scores: bool, label: i64) -> Result<(i64, b
         let predicted = values.first().copied().unwrap_or(-1.0) as i64;
         return Ok((predicted, predicted == label));
     }
-    // Highest score first; NaN scores last.
+    // Highest score first; NaN scores last (a total order).
+    let key = |v: f64| if v.is_nan() { f64::NEG_INFINITY } else { v };
     let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[b].partial_cmp(&values[a]).unwrap_or(std::cmp::Ordering::Equal));
+    order.sort_by(|&a, &b| key(values[b]).total_cmp(&key(values[a])));
     let predicted = order.first().map_or(-1, |&c| c as i64);
     let top3 = order.iter().take(3).any(|&c| c as i64 == label);
     Ok((predicted, top3))
 }
 
+/// The most classes an evaluation counts (the confusion matrix is classes × classes).
+pub const MAX_CLASSES: usize = 10_000;
+
 /// Accuracy, per-class figures, the confusion matrix and latency quantiles.
-fn tally(labels: &[i64], predictions: &[i64], latencies: &[Duration]) -> Figures {
+fn tally(labels: &[i64], predictions: &[i64], latencies: &[Duration]) -> Result<Figures> {
     let classes = labels
         .iter()
         .chain(predictions)
@@ -412,6 +419,12 @@ fn tally(labels: &[i64], predictions: &[i64], latencies: &[Duration]) -> Figures
         .filter(|c| *c >= 0)
         .max()
         .map_or(0, |m| m as usize + 1);
+    if classes > MAX_CLASSES {
+        return Err(Error::InvalidArgument(format!(
+            "class index {} is beyond the {MAX_CLASSES} classes an evaluation counts",
+            classes - 1
+        )));
+    }
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut correct = 0u64;
     for (&l, &p) in labels.iter().zip(predictions) {
@@ -443,7 +456,7 @@ fn tally(labels: &[i64], predictions: &[i64], latencies: &[Duration]) -> Figures
             us[((us.len() - 1) as f64 * q).round() as usize]
         }
     };
-    Figures {
+    Ok(Figures {
         samples: labels.len() as u64,
         accuracy: if labels.is_empty() {
             0.0
@@ -461,7 +474,7 @@ fn tally(labels: &[i64], predictions: &[i64], latencies: &[Duration]) -> Figures
         latency_p50_us: quantile(0.5),
         latency_p99_us: quantile(0.99),
         output: String::new(),
-    }
+    })
 }
 
 /// Which of two evaluations on the same rows is better: higher accuracy; on a tie, higher
@@ -469,10 +482,10 @@ fn tally(labels: &[i64], predictions: &[i64], latencies: &[Duration]) -> Figures
 pub fn better(a: &Figures, b: &Figures) -> std::cmp::Ordering {
     b.accuracy
         .total_cmp(&a.accuracy)
-        .then_with(|| {
-            b.top3_accuracy
-                .unwrap_or(0.0)
-                .total_cmp(&a.top3_accuracy.unwrap_or(0.0))
+        .then_with(|| match (a.top3_accuracy, b.top3_accuracy) {
+            (Some(x), Some(y)) => y.total_cmp(&x),
+            // Only comparable when both give scores.
+            _ => std::cmp::Ordering::Equal,
         })
         .then_with(|| a.latency_p50_us.total_cmp(&b.latency_p50_us))
 }
@@ -481,7 +494,7 @@ pub fn better(a: &Figures, b: &Figures) -> std::cmp::Ordering {
 pub fn decided_by(a: &Figures, b: &Figures) -> &'static str {
     if a.accuracy != b.accuracy {
         "higher accuracy"
-    } else if a.top3_accuracy != b.top3_accuracy {
+    } else if a.top3_accuracy.is_some() && b.top3_accuracy.is_some() && a.top3_accuracy != b.top3_accuracy {
         "same accuracy, higher top-3 accuracy"
     } else if a.latency_p50_us != b.latency_p50_us {
         "same accuracy and top-3 accuracy, lower median latency"
@@ -498,7 +511,11 @@ mod tests {
     fn figures_from_labels_and_predictions() {
         let labels = [0, 0, 1, 1, 2];
         let predictions = [0, 1, 1, 1, 0];
-        let f = tally(&labels, &predictions, &[Duration::from_micros(10); 5]);
+        let f = tally(&labels, &predictions, &[Duration::from_micros(10); 5]).unwrap();
+        assert!(
+            tally(&[0, 20_000], &[0, 0], &[Duration::ZERO; 2]).is_err(),
+            "too many classes"
+        );
         assert_eq!(f.samples, 5);
         assert!((f.accuracy - 0.6).abs() < 1e-12);
         assert_eq!(f.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);

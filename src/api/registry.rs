@@ -50,10 +50,12 @@ impl RegistryService {
             })
         };
         let features = resolve(&path)?;
-        let labels = if labels.is_empty() {
-            None
-        } else {
-            Some(resolve(&labels)?)
+        // The labels file goes through the root's checks too, also the <name>_y.npy found
+        // beside a <name>_x.npy.
+        let labels = match (labels.is_empty(), path.strip_suffix("_x.npy")) {
+            (false, _) => Some(resolve(&labels)?),
+            (true, Some(stem)) => Some(resolve(&format!("{stem}_y.npy"))?),
+            (true, None) => None,
         };
         let column = if label_column.is_empty() {
             "label"
@@ -231,6 +233,12 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             reason,
             is_rollback: false,
         };
+        if evaluate.is_some() && !require_better {
+            return Err(Error::InvalidArgument(
+                "evaluate is the dataset of require_better: set require_better too".into(),
+            )
+            .into());
+        }
         let gates = crate::ops::Gates {
             allow_signature_change,
             require_better,

@@ -184,6 +184,8 @@ impl Signature {
     /// new output, or a fixed dimension becoming dynamic, breaks nothing. Empty: compatible.
     pub fn breaks(&self, next: &Signature) -> Vec<String> {
         let mut out = Vec::new();
+        // Inputs: a client's fixed dimension may become dynamic (the model takes more). Outputs:
+        // a dynamic dimension may become fixed (the client gets what it handled before).
         let mut side = |kind: &str, old: &[TensorSpec], new: &[TensorSpec]| {
             for o in old {
                 let Some(n) = new.iter().find(|n| n.name == o.name) else {
@@ -198,8 +200,12 @@ impl Signature {
                         n.datatype.name()
                     ));
                 }
+                let widens = |nd: i64, od: i64| if kind == "input" { nd == -1 } else { od == -1 };
                 let dims_ok = n.shape.len() == o.shape.len()
-                    && n.shape.iter().zip(&o.shape).all(|(&nd, &od)| nd == -1 || nd == od);
+                    && n.shape
+                        .iter()
+                        .zip(&o.shape)
+                        .all(|(&nd, &od)| nd == od || widens(nd, od));
                 if !dims_ok {
                     out.push(format!(
                         "{kind} {:?} changes shape from {} to {}",
@@ -282,6 +288,13 @@ mod tests {
         assert_eq!(
             served.breaks(&extra),
             ["input \"mask\" is new (clients do not send it)"]
+        );
+        let mut loose_output = served.clone();
+        loose_output.outputs[0].shape = vec![-1, -1];
+        assert_eq!(
+            served.breaks(&loose_output).len(),
+            1,
+            "an output's fixed dimension becoming dynamic"
         );
         assert_eq!(
             served.text(),

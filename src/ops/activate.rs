@@ -8,6 +8,7 @@ use super::{ActivationOutcome, Control, EvaluateOptions};
 use crate::error::{Error, Result};
 use crate::evaluation::{self, Dataset};
 use crate::registry::EvaluationRecord;
+use crate::registry::activations::ACTIVE_CHANGED;
 use crate::registry::name::quoted;
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef};
 
@@ -36,18 +37,48 @@ impl Control {
     /// (checksum) or cannot be loaded, or its signature is refused. On any error the registry
     /// and the served model are unchanged.
     pub async fn activate(&self, model: &ModelRef, meta: &ActivationMeta, gates: &Gates) -> Result<ActivationOutcome> {
-        let _order = self.activation.lock().await;
+        // The gates run before the activation lock (an evaluation can take long, and the lock
+        // also orders reloads). Under the lock, if the active model changed meanwhile, they run
+        // again against the new one; the commit then happens only while the model they checked
+        // against is still active, whoever else writes the registry (another server, the CLI).
+        // Another writer can change the active model between the gates and the commit; then
+        // the commit is refused and the gates run again against the new active model.
+        for attempt in 1.. {
+            match self.activate_once(model, meta, gates).await {
+                Err(Error::FailedPrecondition(m)) if m.starts_with(ACTIVE_CHANGED) && attempt < 5 => {}
+                done => return done,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn activate_once(&self, model: &ModelRef, meta: &ActivationMeta, gates: &Gates) -> Result<ActivationOutcome> {
         let record = self.registry.get(model).await?;
+        // The better-gate's verdict holds for the model it compared with only: commit while
+        // that one is still active. (The signature guard is not made a commit condition: same-
+        // signature activations racing from several processes would then refuse each other.
+        // It checks against the active model as read here and under the lock.)
+        let guarded = gates.require_better;
+        let checked = self.run_gates(&record, gates).await?;
+        let _order = self.activation.lock().await;
+        let now = self.registry.active().await?.map(|a| a.model_id);
+        if now != checked {
+            self.run_gates(&record, gates).await?;
+        }
+        self.activate_locked(record, meta, now.filter(|_| guarded)).await
+    }
+
+    /// The signature guard and the `require_better` gate; returns the id of the active model
+    /// they checked against.
+    async fn run_gates(&self, record: &ModelRecord, gates: &Gates) -> Result<Option<i64>> {
+        let active = self.registry.active().await?.map(|a| a.model_id);
         if !gates.allow_signature_change {
             self.check_signature(&record.model_name, &record.signature()?).await?;
         }
-        // The gate compared against one active model: commit only while it still is.
-        let compared_with = if gates.require_better {
-            self.check_better(&record, gates).await?
-        } else {
-            None
-        };
-        self.activate_locked(record, meta, compared_with).await
+        if gates.require_better {
+            self.check_better(record, gates).await?;
+        }
+        Ok(active)
     }
 
     /// Rolls back from a model: activates the model that was active before it (from the
@@ -216,7 +247,7 @@ impl Control {
         meta: &ActivationMeta,
         only_if_active: Option<i64>,
     ) -> Result<ActivationOutcome> {
-        if only_if_active.is_none() && record.is_active && self.serves(&record) {
+        if record.is_active && self.serves(&record) && only_if_active.is_none_or(|id| id == record.model_id) {
             return Ok(ActivationOutcome {
                 active: record.clone(),
                 previous: Some(record),

@@ -6,6 +6,9 @@ use chrono::{DateTime, Utc};
 use super::{EventKind, ModelRecord, Pool, Registry, name};
 use crate::error::{Error, Result};
 
+/// How a conditional activation that lost its condition starts its message.
+pub(crate) const ACTIVE_CHANGED: &str = "the active model changed meanwhile";
+
 /// Who activates and why, for the history.
 #[derive(Debug, Clone)]
 pub struct ActivationMeta {
@@ -92,8 +95,9 @@ impl Registry {
                 && previous.as_ref().is_none_or(|p| p.model_id != from)
             {
                 return Err(Error::FailedPrecondition(format!(
-                    "the active model changed meanwhile (it is now {}); nothing was rolled back",
-                    previous.as_ref().map_or_else(|| "none".to_string(), |p| name::quoted(&p.model_name))
+                    "{ACTIVE_CHANGED} (it is now {}); nothing was {}",
+                    previous.as_ref().map_or_else(|| "none".to_string(), |p| name::quoted(&p.model_name)),
+                    if meta.is_rollback { "rolled back" } else { "activated: check again and retry" }
                 )));
             }
             if previous.as_ref().is_some_and(|p| p.model_id == model_id) {

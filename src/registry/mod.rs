@@ -100,7 +100,7 @@ macro_rules! record_event {
 }
 
 // The tables' own code; declared after the macros above, which they use.
-mod activations;
+pub(crate) mod activations;
 mod events;
 mod models;
 mod performance;
