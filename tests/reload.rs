@@ -20,6 +20,17 @@ fn sha_of(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).unwrap())
 }
 
+/// The registry's record of `name`, as GetModel returns it.
+async fn registry_record(server: &TestServer, name: &str) -> pb::Model {
+    server
+        .registry()
+        .await
+        .get_model(pb::GetModelRequest { model: by_name(name) })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn predict_probs(server: &TestServer) -> (String, Vec<f32>) {
     let resp = server
         .inference()
@@ -122,15 +133,7 @@ async fn file_changes_reload_good_files_and_refuse_bad_ones() {
         close(&probs, &expected_probs("digits_v1", 2)),
         "the new weights are served"
     );
-    let rec = server
-        .registry()
-        .await
-        .get_model(pb::GetModelRequest {
-            model: by_name("digits_v2"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rec = registry_record(&server, "digits_v2").await;
     assert_eq!(rec.checksum_sha256, sha1, "the registry records the new checksum");
     assert_eq!(rec.file_size_bytes as usize, v1.len());
 
@@ -160,15 +163,7 @@ async fn file_changes_reload_good_files_and_refuse_bad_ones() {
             "{what}: the old model keeps serving"
         );
         assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
-        let rec = server
-            .registry()
-            .await
-            .get_model(pb::GetModelRequest {
-                model: by_name("digits_v2"),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let rec = registry_record(&server, "digits_v2").await;
         assert_eq!(rec.checksum_sha256, sha2, "{what}: the registry is unchanged");
     }
     // Fixed again: back to normal, error cleared.
@@ -225,15 +220,7 @@ async fn a_file_replaced_by_an_incompatible_model_is_not_served() {
         "the old model keeps serving"
     );
     assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
-    let rec = server
-        .registry()
-        .await
-        .get_model(pb::GetModelRequest {
-            model: by_name("digits_v2"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rec = registry_record(&server, "digits_v2").await;
     assert_eq!(rec.checksum_sha256, sha2, "the registry is unchanged");
     std::fs::write(root.join("digits_v2.onnx"), &good).unwrap();
     server.wait_status("file back", |s| !s.degraded).await;
@@ -252,15 +239,7 @@ async fn strict_checksum_refuses_a_changed_file() {
     let reasons: Vec<_> = status.degradations.iter().map(|d| d.reason()).collect();
     assert_eq!(reasons, [pb::DegradedReason::ChecksumMismatch], "{status:#?}");
     assert_eq!(status.serving.unwrap().checksum_sha256, sha2);
-    let rec = server
-        .registry()
-        .await
-        .get_model(pb::GetModelRequest {
-            model: by_name("digits_v2"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rec = registry_record(&server, "digits_v2").await;
     assert_eq!(rec.checksum_sha256, sha2);
     assert!(close(&predict_probs(&server).await.1, &expected_probs("digits_v2", 2)));
 }
