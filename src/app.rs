@@ -144,7 +144,8 @@ pub async fn serve_with(
             },
         )
         .await?
-        .serving(executor, engine),
+        .serving(executor, engine)
+        .with_candidates(config.candidates.limits()),
     );
     tracing::info!(
         "model root: {} ({})",

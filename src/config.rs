@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::model::EngineChoice;
+use crate::model::cache::CandidateLimits;
 use crate::registry::redact_url;
 use crate::serving::ExecutorConfig;
 
@@ -160,6 +161,79 @@ pub struct ServeConfig {
     /// Where and how inference runs.
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Predicting by the name of a registered model that is not active.
+    #[command(flatten)]
+    pub candidates: CandidateArgs,
+}
+
+/// The candidate cache: registered models that are not active, loaded when a request names
+/// them (see docs/rollout.md, "Try a model by name").
+#[derive(Debug, Clone, Args)]
+pub struct CandidateArgs {
+    /// Candidates kept loaded beside the served models, least recently used evicted first;
+    /// 0 refuses requests for models that are not active.
+    #[arg(long, env = "MODELD_CANDIDATE_MODELS", default_value_t = 2)]
+    pub candidate_models: usize,
+    /// Memory the cached candidates may hold between them, as measured (resident bytes each
+    /// load added), e.g. 1GiB, 512MiB or a number of bytes. A request for a candidate that
+    /// cannot fit gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MODELD_CANDIDATE_MEMORY", default_value = "1GiB", value_parser = parse_bytes)]
+    pub candidate_memory: u64,
+    /// Candidate loads that may run at once (others wait for their turn).
+    #[arg(long, env = "MODELD_CANDIDATE_LOADS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub candidate_loads: u64,
+}
+
+impl Default for CandidateArgs {
+    fn default() -> Self {
+        let d = CandidateLimits::default();
+        Self {
+            candidate_models: d.models,
+            candidate_memory: d.bytes,
+            candidate_loads: d.loads as u64,
+        }
+    }
+}
+
+impl CandidateArgs {
+    /// The cache's bounds.
+    pub fn limits(&self) -> CandidateLimits {
+        CandidateLimits {
+            models: self.candidate_models,
+            bytes: self.candidate_memory,
+            loads: usize::try_from(self.candidate_loads).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// `1GiB`, `512MiB`, `64KiB`, `2GB`, `1500000`: a size in bytes.
+///
+/// # Errors
+/// A message for clap when the text is not a size.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 1GiB, 512MiB, 1048576)"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// The inference engine's settings (see docs/operations.md, "Inference engine").
@@ -260,6 +334,7 @@ impl ServeConfig {
             no_watch_files: false,
             metrics_listen: None,
             engine: EngineArgs::default(),
+            candidates: CandidateArgs::default(),
         }
     }
 }
@@ -406,7 +481,8 @@ pub struct PredictArgs {
     /// Server address.
     #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
-    /// Model name; empty means the active model.
+    /// Model name; empty means the active model. The name of a registered model that is not
+    /// active tries it (the server loads it into its candidate cache).
     #[arg(long, default_value = "", env = "MODELD_MODEL")]
     pub model: String,
     /// Input file: `.npy` (one array), or `.json` holding a nested number array or
@@ -491,4 +567,26 @@ pub struct EventsArgs {
     /// Print JSON lines instead of text.
     #[arg(long, env = "MODELD_JSON")]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_their_units() {
+        for (text, bytes) in [
+            ("1048576", 1 << 20),
+            ("1GiB", 1 << 30),
+            ("512MiB", 512 << 20),
+            ("64 KiB", 64 << 10),
+            ("2GB", 2_000_000_000),
+            ("3m", 3 << 20),
+        ] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "GiB", "1.5GiB", "12 parsecs", "-1", "99999999999999999999GiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -179,6 +179,8 @@ fn mark(t: Trigger, registry_due: &mut bool, file_due: &mut bool) {
 
 /// One registry reload; `false` when it should be retried.
 async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool {
+    // Cached candidates follow their records (deleted, renamed, file changed, activated).
+    control.refresh_candidates().await;
     match control.sync_with_registry().await {
         Ok(RegistrySync::InSync(record)) => {
             let missing = control.root().resolve(&record.file_path).is_err();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::*;
 use modeld::config::RegistryArgs;
 use modeld::ops::Registration;
-use modeld::registry::{ActivationMeta, ModelRef};
+use modeld::registry::{ActivationMeta, Conditions, ModelRef};
 
 async fn active_count(url: &str) -> i64 {
     let sql = "SELECT COUNT(*) FROM ml_models WHERE is_active = $1";
@@ -241,6 +241,99 @@ async fn generation_bumps_on_every_change_sqlite() {
 #[tokio::test]
 async fn generation_bumps_on_every_change_postgres() {
     generation_bumps_on_every_change(Backend::Postgres).await;
+}
+
+/// The signature guard is a condition of the activation's commit, checked against the model
+/// active at the commit: an activation whose check passed against one active model, while
+/// another writer activated a model whose clients it would break, is refused by the registry
+/// itself. Models of one signature still activate over each other under the guard.
+async fn the_signature_guard_holds_at_the_commit(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let root = model_root();
+    let args = RegistryArgs {
+        database_url: db.url.clone(),
+        model_root: root.path().to_path_buf(),
+    };
+    let control = modeld::app::control(&args, Default::default()).await.unwrap();
+    for (name, file) in [("v1", "digits_v1.onnx"), ("v2", "digits_v2.onnx"), ("cnn", "cnn.onnx")] {
+        control
+            .register(Registration {
+                name: name.into(),
+                file_path: file.into(),
+                activate: name == "v1",
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let registry = control.registry();
+    let record = async |name: &str| registry.get(&ModelRef::Name(name.into())).await;
+    let meta = ActivationMeta {
+        activated_by: "t".into(),
+        reason: "race".into(),
+        is_rollback: false,
+    };
+    let guarded = Conditions {
+        compatible: true,
+        ..Default::default()
+    };
+    let history = registry.activations(100).await.unwrap().len();
+
+    // The commit of "cnn" under the guard, as if its check had passed against another model.
+    let cnn = record("cnn").await.unwrap();
+    let refused = registry
+        .activate(cnn.model_id, &cnn.checksum_sha256, &meta, guarded)
+        .await
+        .unwrap_err();
+    let text = refused.to_string();
+    assert!(
+        matches!(refused, modeld::error::Error::FailedPrecondition(_)),
+        "{refused:?}"
+    );
+    for part in [
+        "would break the clients of the active model \"v1\"",
+        "--allow-signature-change",
+    ] {
+        assert!(text.contains(part), "{part:?} in {text}");
+    }
+    assert_eq!(registry.active().await.unwrap().unwrap().model_name, "v1");
+    assert_eq!(active_count(&db.url).await, 1);
+    assert_eq!(
+        registry.activations(100).await.unwrap().len(),
+        history,
+        "no history row"
+    );
+
+    // Same signature: the guard lets it through.
+    let v2 = record("v2").await.unwrap();
+    let done = registry
+        .activate(v2.model_id, &v2.checksum_sha256, &meta, guarded)
+        .await
+        .unwrap();
+    assert_eq!(done.active.model_name, "v2");
+    // Without the guard, the signature change commits.
+    let done = registry
+        .activate(cnn.model_id, &cnn.checksum_sha256, &meta, Conditions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            done.active.model_name.as_str(),
+            done.previous.unwrap().model_name.as_str()
+        ),
+        ("cnn", "v2")
+    );
+    assert_eq!(active_count(&db.url).await, 1);
+}
+
+#[tokio::test]
+async fn the_signature_guard_holds_at_the_commit_sqlite() {
+    the_signature_guard_holds_at_the_commit(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_signature_guard_holds_at_the_commit_postgres() {
+    the_signature_guard_holds_at_the_commit(Backend::Postgres).await;
 }
 
 /// A registry made by an earlier modeld (migrations 0001 and 0002 only, names of up to 128

@@ -444,12 +444,15 @@ async fn bad_predict_inputs_are_invalid_arguments_naming_the_input() {
     let s = status_of(infer.predict(digits_request("no_such_model", &rows)).await);
     assert_eq!(s.code(), Code::NotFound);
 
-    let s = status_of(infer.predict(digits_request("digits_v1", &rows)).await);
-    assert_eq!(s.code(), Code::FailedPrecondition);
-    assert!(
-        s.message().contains("not active") && s.message().contains("digits_v2"),
-        "{}",
-        s.message()
+    // A registered model that is not active is a candidate: it answers by its name.
+    let tried = infer
+        .predict(digits_request("digits_v1", &rows))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tried.model_name.as_str(), tried.role.as_str()),
+        ("digits_v1", "candidate")
     );
 
     // After all that, the server still serves.
@@ -1107,4 +1110,355 @@ async fn a_signature_change_must_be_asked_for() {
         .into_inner();
     assert_eq!(rb.active.unwrap().model_name, "cnn");
     server.stop().await.unwrap();
+}
+
+/// Trying a model by name: a registered model that is not active answers Predict, ModelInfer
+/// and `modeld predict --model` by its name, loaded once into the candidate cache however many
+/// requests came for it at once, while the served model and the `active` alias stay as they
+/// were. Activating it moves it from the cache to the serving set.
+async fn a_candidate_is_tried_by_name(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut infer = server.inference().await;
+    let n = 8;
+    let rows = eval_rows(n);
+    let mut first = Vec::new();
+    for _ in 0..16 {
+        let (mut c, rows) = (infer.clone(), rows.clone());
+        first.push(tokio::spawn(async move {
+            c.predict(digits_request("digits_v1", &rows))
+                .await
+                .map(tonic::Response::into_inner)
+        }));
+    }
+    for t in first {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!((r.model_name.as_str(), r.role.as_str()), ("digits_v1", "candidate"));
+        assert_close(&raw_f32(&r.outputs[0].raw_data), &expected_probs("digits_v1", n), 1e-5);
+    }
+    let status = server.status().await;
+    let cache = status.candidates.clone().unwrap();
+    assert_eq!(
+        cache.loads, 1,
+        "16 requests for a cold candidate share one load: {cache:?}"
+    );
+    assert_eq!(cache.cached.len(), 1, "{cache:?}");
+    let cached = &cache.cached[0];
+    assert_eq!(cached.model_name, "digits_v1");
+    assert!(!cached.loading && cached.resident_bytes > 0, "{cached:?}");
+    assert!(status.resident_bytes > 0);
+    assert_eq!(
+        status.serving.unwrap().model_name,
+        "digits_v2",
+        "what serves is unchanged"
+    );
+
+    // The alias keeps meaning the active model.
+    for alias in ["", "active"] {
+        let r = infer.predict(digits_request(alias, &rows)).await.unwrap().into_inner();
+        assert_eq!(
+            (r.model_name.as_str(), r.role.as_str()),
+            ("digits_v2", "active"),
+            "{alias:?}"
+        );
+        assert_close(&raw_f32(&r.outputs[0].raw_data), &expected_probs("digits_v2", n), 1e-5);
+    }
+    // The Open Inference Protocol, by name; the candidate is ready once cached.
+    let mut kserve = server.kserve().await;
+    let r = kserve
+        .model_infer(kserve_request("digits_v1", &rows))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model_name, "digits_v1");
+    assert_close(
+        &raw_f32(&r.raw_output_contents[0]),
+        &expected_probs("digits_v1", n),
+        1e-5,
+    );
+    let ready = |name: &str| modeld::api::kserve_pb::ModelReadyRequest {
+        name: name.into(),
+        version: String::new(),
+    };
+    assert!(kserve.model_ready(ready("digits_v1")).await.unwrap().into_inner().ready);
+    assert!(
+        !kserve.model_ready(ready("cnn")).await.unwrap().into_inner().ready,
+        "not loaded yet"
+    );
+    // The CLI.
+    let input = bundled_models().join("examples/digit_2.json");
+    let (ok, out, err) = modeld_cli(
+        &server.db.url,
+        server.root.path(),
+        &[
+            "predict",
+            "--server",
+            &server.url(),
+            "--model",
+            "digits_v1",
+            "--input",
+            input.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["model_name"].as_str(), v["role"].as_str()),
+        (Some("digits_v1"), Some("candidate"))
+    );
+    assert_eq!(
+        server.status().await.candidates.unwrap().loads,
+        1,
+        "served from the cache"
+    );
+    // Nothing changed in the registry.
+    let active = server
+        .registry()
+        .await
+        .get_active_model(pb::GetActiveModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(active.model.unwrap().model_name, "digits_v2");
+
+    // Activated, it serves from the set, and the cache lets go of it.
+    server
+        .registry()
+        .await
+        .activate_model(activate_req("digits_v1"))
+        .await
+        .unwrap();
+    server.wait_serving("digits_v1").await;
+    let r = infer
+        .predict(digits_request("digits_v1", &rows))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.role, "active");
+    assert!(server.status().await.candidates.unwrap().cached.is_empty());
+}
+
+#[tokio::test]
+async fn a_candidate_is_tried_by_name_sqlite() {
+    a_candidate_is_tried_by_name(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_candidate_is_tried_by_name_postgres() {
+    a_candidate_is_tried_by_name(Backend::Postgres).await;
+}
+
+/// A candidate whose file is broken or gone fails the requests that name it, with the reason
+/// and without the server's paths, and touches nothing that serves; a failure is not
+/// remembered: once the file is right again, the candidate loads.
+#[tokio::test]
+async fn a_candidate_that_fails_to_load_changes_nothing() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let root = server.root.path().to_path_buf();
+    std::fs::copy(root.join("digits_v1.onnx"), root.join("spare.onnx")).unwrap();
+    server
+        .registry()
+        .await
+        .register_model(pb::RegisterModelRequest {
+            name: "spare".into(),
+            file_path: "spare.onnx".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut infer = server.inference().await;
+    let rows = eval_rows(2);
+    let root_text = root.canonicalize().unwrap().to_string_lossy().into_owned();
+    let garbage = root.join("garbage.bin");
+    std::fs::write(&garbage, b"not an onnx model").unwrap();
+    replace_by_rename(&garbage, &root.join("spare.onnx"));
+    let s = status_of(infer.predict(digits_request("spare", &rows)).await);
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(
+        s.message().contains("checksum mismatch") && s.message().contains("spare.onnx"),
+        "{}",
+        s.message()
+    );
+    assert!(!s.message().contains(&root_text), "no server path: {}", s.message());
+    std::fs::remove_file(root.join("spare.onnx")).unwrap();
+    let s = status_of(infer.predict(digits_request("spare", &rows)).await);
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("\"spare.onnx\" does not exist"), "{}", s.message());
+    assert!(!s.message().contains(&root_text), "no server path: {}", s.message());
+
+    let status = server.status().await;
+    let cache = status.candidates.unwrap();
+    // The missing file is found missing before any load starts.
+    assert_eq!((cache.loads, cache.load_failures), (1, 1), "{cache:?}");
+    assert!(cache.cached.is_empty(), "{cache:?}");
+    assert_eq!(status.serving.unwrap().model_name, "digits_v2");
+    assert!(
+        !status.degraded,
+        "a candidate's failure is not the server's: {:?}",
+        status.degradations
+    );
+    let r = infer.predict(digits_request("", &rows)).await.unwrap().into_inner();
+    assert_eq!(r.model_name, "digits_v2");
+
+    std::fs::copy(root.join("digits_v1.onnx"), root.join("spare.onnx")).unwrap();
+    let r = infer
+        .predict(digits_request("spare", &rows))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.model_name.as_str(), r.role.as_str()), ("spare", "candidate"));
+}
+
+/// The cache holds at most --candidate-models candidates, evicting the least recently used,
+/// refuses with RESOURCE_EXHAUSTED a candidate that cannot fit in --candidate-memory, and drops
+/// a candidate whose registry record changed. `--candidate-models 0` turns candidates off.
+#[tokio::test]
+async fn the_candidate_cache_is_bounded() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    // A 4 MB file cannot fit in 2 MiB; the digits models (3 and 10 KB files) can.
+    synth::write_mlp(&root.path().join("mlp.onnx"), &[64, 1000, 1000, 10], 7);
+    let server = TestServer::start_on(db, root, |c| {
+        c.candidates.candidate_models = 1;
+        c.candidates.candidate_memory = 2 << 20;
+    })
+    .await;
+    server.wait_for_health(ServingStatus::Serving).await;
+    let mut infer = server.inference().await;
+    let mut reg = server.registry().await;
+    let rows = eval_rows(1);
+    let cached = |s: &pb::ServerStatus| -> Vec<String> {
+        s.candidates
+            .as_ref()
+            .unwrap()
+            .cached
+            .iter()
+            .map(|c| c.model_name.clone())
+            .collect()
+    };
+    infer.predict(digits_request("digits_v1", &rows)).await.unwrap();
+    assert_eq!(cached(&server.status().await), ["digits_v1"]);
+
+    reg.register_model(pb::RegisterModelRequest {
+        name: "mlp".into(),
+        file_path: "mlp.onnx".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let s = status_of(infer.predict(digits_request("mlp", &rows)).await);
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("--candidate-memory"), "{}", s.message());
+    let status = server.status().await;
+    assert_eq!(cached(&status), ["digits_v1"], "a refusal evicts nothing");
+    assert_eq!(status.candidates.as_ref().unwrap().refusals, 1);
+
+    // A second candidate evicts the first (one model at most).
+    reg.register_model(pb::RegisterModelRequest {
+        name: "digits_v1b".into(),
+        file_path: "digits_v1.onnx".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    infer.predict(digits_request("digits_v1b", &rows)).await.unwrap();
+    let status = server.status().await;
+    assert_eq!(cached(&status), ["digits_v1b"]);
+    assert_eq!(status.candidates.as_ref().unwrap().evictions, 1);
+
+    // Deleted in the registry: dropped from the cache, and no longer answered.
+    reg.delete_model(pb::DeleteModelRequest {
+        model: by_name("digits_v1b"),
+    })
+    .await
+    .unwrap();
+    server
+        .wait_status("the deleted candidate dropped", |s| cached(s).is_empty())
+        .await;
+    let s = status_of(infer.predict(digits_request("digits_v1b", &rows)).await);
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+    assert_eq!(server.status().await.serving.unwrap().model_name, "digits_v2");
+
+    // Off.
+    let off = TestServer::start_with(Backend::Sqlite, |c| c.candidates.candidate_models = 0).await;
+    off.wait_for_health(ServingStatus::Serving).await;
+    let s = status_of(off.inference().await.predict(digits_request("digits_v1", &rows)).await);
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("--candidate-models 0"), "{}", s.message());
+}
+
+/// The real binary: an evicted candidate's memory goes back to the system (the RSS drops), and
+/// the cache's bound counts what a candidate measured in memory.
+#[tokio::test]
+async fn evicted_candidates_give_their_memory_back() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    // Two MLPs of ~37 MB each (64 -> 3000 -> 3000 -> 10).
+    let size = synth::write_mlp(&root.path().join("big_a.onnx"), &[64, 3000, 3000, 10], 1);
+    synth::write_mlp(&root.path().join("big_b.onnx"), &[64, 3000, 3000, 10], 2);
+    let (child, addr) = spawn_server_binary(&db.url, root.path(), &["--candidate-models", "1"]).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut reg = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
+    let mut infer = pb::inference_client::InferenceClient::new(channel);
+    for name in ["big_a", "big_b"] {
+        reg.register_model(pb::RegisterModelRequest {
+            name: name.into(),
+            file_path: format!("{name}.onnx"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let status = |mut reg: pb::model_registry_client::ModelRegistryClient<tonic::transport::Channel>| async move {
+        reg.get_server_status(pb::GetServerStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let rss = |s: &pb::ServerStatus| s.resident_bytes;
+    let before = rss(&status(reg.clone()).await);
+    let request = |name: &str| digits_request(name, &eval_rows(1));
+    let r = infer.predict(request("big_a")).await.unwrap().into_inner();
+    assert_eq!((r.model_name.as_str(), r.role.as_str()), ("big_a", "candidate"));
+    let s = status(reg.clone()).await;
+    let with_a = rss(&s);
+    let measured = s.candidates.as_ref().unwrap().cached[0].resident_bytes;
+    assert!(
+        measured >= size * 9 / 10 && measured <= size * 2,
+        "measured {measured} bytes for a {size}-byte model"
+    );
+    assert!(
+        with_a >= before + size * 9 / 10,
+        "RSS {before} -> {with_a} for a {size}-byte model"
+    );
+
+    // big_b evicts big_a: the RSS holds one big model, not two.
+    infer.predict(request("big_b")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = status(reg.clone()).await;
+        let names: Vec<_> = s
+            .candidates
+            .as_ref()
+            .unwrap()
+            .cached
+            .iter()
+            .map(|c| c.model_name.clone())
+            .collect();
+        assert_eq!(names, ["big_b"]);
+        if rss(&s) < with_a + size / 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RSS {} after evicting a {size}-byte model (with it: {with_a})",
+            rss(&s)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(child);
 }

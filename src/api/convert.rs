@@ -299,6 +299,34 @@ pub fn server_status(
             })
             .collect(),
         registry_unreachable_since: registry_unreachable_since.map(timestamp),
+        // The caller's, from the control (see the registry service).
+        candidates: None,
+        resident_bytes: 0,
+    }
+}
+
+/// The candidate cache's bounds and contents.
+pub fn candidate_cache(cache: &crate::model::cache::Candidates) -> pb::CandidateCache {
+    let (limits, counts) = (cache.limits(), cache.counts());
+    let small = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    pb::CandidateCache {
+        max_models: small(limits.models),
+        max_bytes: limits.bytes,
+        max_loads: small(limits.loads),
+        cached: cache
+            .cached()
+            .into_iter()
+            .map(|c| pb::CachedCandidate {
+                model_id: c.model_id,
+                model_name: c.name,
+                loading: c.bytes.is_none(),
+                resident_bytes: c.bytes.or(c.reserved).unwrap_or(0),
+            })
+            .collect(),
+        loads: counts.loads,
+        load_failures: counts.load_failures,
+        evictions: counts.evictions,
+        refusals: counts.refusals,
     }
 }
 

@@ -43,6 +43,7 @@ impl InferenceService {
         // Answer in the encoding the request used.
         let raw = refs.first().is_none_or(|r| matches!(r.payload, Payload::Raw(_)));
         let route = self.control.route(&model_name, &routing_key).await?;
+        let role = route.role;
         let done = self.control.infer(route, &refs, raw, deadline).await?;
         let record = &done.model.record;
         Ok(pb::PredictResponse {
@@ -50,6 +51,7 @@ impl InferenceService {
             model_name: record.model_name.clone(),
             model_version: record.version.clone(),
             outputs: done.outputs.into_iter().map(convert::tensor).collect(),
+            role: role.name().into(),
         })
     }
 }

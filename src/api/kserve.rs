@@ -312,9 +312,16 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             served.is_some_and(|s| version.is_empty() || s.record.version == version)
         } else {
             let record = self.record(&name).await?;
-            served.is_some_and(|s| {
-                s.record.model_id == record.model_id && (version.is_empty() || record.version == version)
-            })
+            // Served, or a candidate loaded in the cache (an uncached one loads on its first
+            // request, and is not ready until then).
+            let loaded = served.is_some_and(|s| s.record.model_id == record.model_id)
+                || self
+                    .control
+                    .candidates()
+                    .cached()
+                    .iter()
+                    .any(|c| c.model_id == record.model_id && c.bytes.is_some());
+            loaded && (version.is_empty() || record.version == version)
         };
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
@@ -508,18 +515,24 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             ready,
         } = r.into_inner();
         let served = self.control.slot().active();
+        let cached = self.control.candidates().cached();
         let models = self.control.registry().list(Order::Name, false, i64::MAX, 0).await?;
         let models = models
             .into_iter()
             .map(|m| {
                 let is_served = served.as_ref().is_some_and(|s| s.record.model_id == m.model_id);
-                let (state, reason) = match (is_served, m.is_active) {
-                    (true, _) => ("READY", String::new()),
-                    (false, true) => (
+                let is_cached = cached.iter().any(|c| c.model_id == m.model_id && c.bytes.is_some());
+                let (state, reason) = match (is_served, m.is_active, is_cached) {
+                    (true, ..) => ("READY", String::new()),
+                    (false, true, _) => (
                         "UNAVAILABLE",
                         "active in the registry but not loaded on this server (see GetServerStatus)".into(),
                     ),
-                    (false, false) => ("UNAVAILABLE", "registered, not active".into()),
+                    (false, false, true) => ("READY", "a candidate, loaded because a request named it".into()),
+                    (false, false, false) => (
+                        "UNAVAILABLE",
+                        "registered, not active; a request by its name loads it as a candidate".into(),
+                    ),
                 };
                 pb::repository_index_response::ModelIndex {
                     name: m.model_name,

@@ -271,13 +271,16 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     async fn get_server_status(&self, _request: Request<pb::GetServerStatusRequest>) -> Reply<pb::ServerStatus> {
         let c = &self.control;
-        Ok(Response::new(convert::server_status(
+        let mut status = convert::server_status(
             &c.registry().origin().server,
             c.slot().active().as_deref(),
             &c.status().snapshot(),
             c.in_flight(),
             c.executor().map(|e| (e, c.engine_settings())),
-        )))
+        );
+        status.candidates = Some(convert::candidate_cache(c.candidates()));
+        status.resident_bytes = crate::model::memory::resident_bytes().unwrap_or(0);
+        Ok(Response::new(status))
     }
 
     type WatchEventsStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send + 'static>>;

@@ -453,6 +453,7 @@ async fn predict(a: PredictArgs) -> anyhow::Result<()> {
             "model_id": resp.model_id,
             "model_name": resp.model_name,
             "model_version": resp.model_version,
+            "role": resp.role,
             "outputs": outputs,
         }))?
     );

@@ -38,6 +38,8 @@ pub struct LoadedModel {
     /// Every input and output has a symbolic leading (batch) dimension and a warm-up at batch 2
     /// returned 2 rows per output: requests can be stacked and the outputs split back.
     pub batchable: bool,
+    /// Last, so that it drops after the engine: gives the freed weights back to the system.
+    _release: super::memory::ReleaseOnDrop,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -86,38 +88,103 @@ pub fn load_model_named(
     settings: EngineSettings,
 ) -> Result<LoadedModel> {
     let started = Instant::now();
-    let bytes = std::fs::read(path).map_err(|e| {
-        let problem = match e.kind() {
-            std::io::ErrorKind::NotFound => FileProblem::Missing,
-            _ => FileProblem::Unreadable,
-        };
-        Error::model_file(problem, format!("cannot read model file {shown:?}: {e}"))
-    })?;
-    let sha256 = sha256_hex(&bytes);
-    if let Some(expected) = expected_sha256
-        && !expected.eq_ignore_ascii_case(&sha256)
-    {
-        return Err(Error::model_file(
-            FileProblem::ChecksumMismatch,
-            format!("checksum mismatch for model file {shown:?}: registry has sha256 {expected}, file has {sha256}"),
-        ));
-    }
     let fail = |e: String| Error::model_file(FileProblem::NotLoadable, format!("model file {shown:?} {e}"));
-    let (plan, signature) = build_plan(&bytes).map_err(fail)?;
+    let read = read_model(path, shown, expected_sha256)?;
+    let (plan, signature) = (read.plan, read.signature);
     let tract_warm = warm_up(&Engine::Tract(Arc::clone(&plan)), &signature).map_err(fail)?;
+    // ONNX Runtime compiles from the file's bytes: read again, and checked to be the same
+    // bytes. Only when it may be used: the tract path never holds the whole file.
+    let bytes = if settings.preferred.wants_onnxruntime() {
+        let bytes = std::fs::read(path).map_err(|e| io_error(&e, shown))?;
+        if sha256_hex(&bytes) != read.sha256 {
+            return Err(Error::model_file(
+                FileProblem::ChecksumMismatch,
+                format!("model file {shown:?} changed while it was loading; try again"),
+            ));
+        }
+        bytes
+    } else {
+        Vec::new()
+    };
     let chosen = choose_engine(&bytes, plan, &signature, settings, tract_warm);
+    drop(bytes);
     let (engine, warm) = (chosen.engine, chosen.warm);
     Ok(LoadedModel {
         engine,
         engine_note: chosen.note,
         engine_fell_back: chosen.fell_back,
         signature,
-        sha256,
-        size_bytes: bytes.len() as u64,
+        sha256: read.sha256,
+        size_bytes: read.size,
         load_time: started.elapsed(),
         cost: warm.cost,
         batchable: warm.batchable,
+        _release: super::memory::ReleaseOnDrop,
     })
+}
+
+/// A model file read, verified and optimised by tract.
+struct Read {
+    plan: Plan,
+    signature: Signature,
+    sha256: String,
+    size: u64,
+}
+
+/// Reads, verifies and optimises the model at `path`: the lean way ([`super::lean`]), which
+/// never holds the whole file, else (a file it does not understand, or a parse that went
+/// otherwise than it expects) the plain way, whose errors are tract's own.
+fn read_model(path: &Path, shown: &str, expected_sha256: Option<&str>) -> Result<Read> {
+    let fail = |e: String| Error::model_file(FileProblem::NotLoadable, format!("model file {shown:?} {e}"));
+    match super::lean::read(path) {
+        Ok(lean) => {
+            check_sha256(expected_sha256, &lean.sha256, shown)?;
+            let (sha256, size) = (lean.sha256.clone(), lean.size);
+            match build_plan_lean(lean) {
+                Ok((plan, signature)) => {
+                    return Ok(Read {
+                        plan,
+                        signature,
+                        sha256,
+                        size,
+                    });
+                }
+                Err(why) => tracing::debug!(file = shown, why, "the lean load did not work; loading the plain way"),
+            }
+        }
+        Err(super::lean::Failure::Io(e)) => return Err(io_error(&e, shown)),
+        Err(super::lean::Failure::Format(why)) => {
+            tracing::debug!(file = shown, why, "the lean load did not work; loading the plain way");
+        }
+    }
+    let bytes = std::fs::read(path).map_err(|e| io_error(&e, shown))?;
+    let sha256 = sha256_hex(&bytes);
+    check_sha256(expected_sha256, &sha256, shown)?;
+    let (plan, signature) = build_plan(&bytes).map_err(fail)?;
+    Ok(Read {
+        plan,
+        signature,
+        sha256,
+        size: bytes.len() as u64,
+    })
+}
+
+fn io_error(e: &std::io::Error, shown: &str) -> Error {
+    let problem = match e.kind() {
+        std::io::ErrorKind::NotFound => FileProblem::Missing,
+        _ => FileProblem::Unreadable,
+    };
+    Error::model_file(problem, format!("cannot read model file {shown:?}: {e}"))
+}
+
+fn check_sha256(expected: Option<&str>, actual: &str, shown: &str) -> Result<()> {
+    match expected {
+        Some(expected) if !expected.eq_ignore_ascii_case(actual) => Err(Error::model_file(
+            FileProblem::ChecksumMismatch,
+            format!("checksum mismatch for model file {shown:?}: registry has sha256 {expected}, file has {actual}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Parses and optimises; the error text continues "model file X ...".
@@ -125,6 +192,20 @@ fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature), String> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .map_err(|e| format!("is not a loadable ONNX model: {e:#}"))?;
+    optimise(model)
+}
+
+/// [`build_plan`] from a lean read: tract parses the skeleton, then the tensors read from the
+/// file take their stand-ins' places.
+fn build_plan_lean(lean: super::lean::Lean) -> std::result::Result<(Plan, Signature), String> {
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(&lean.proto)
+        .map_err(|e| format!("is not a loadable ONNX model: {e:#}"))?;
+    lean.fill(&mut model).map_err(|e| format!("{e:#}"))?;
+    optimise(model)
+}
+
+fn optimise(model: InferenceModel) -> std::result::Result<(Plan, Signature), String> {
     let typed = model
         .into_typed()
         .map_err(|e| format!("cannot be typed by tract: {e:#}"))?;

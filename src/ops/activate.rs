@@ -10,7 +10,7 @@ use crate::evaluation::{self, Dataset};
 use crate::registry::EvaluationRecord;
 use crate::registry::activations::ACTIVE_CHANGED;
 use crate::registry::name::quoted;
-use crate::registry::{ActivationMeta, ModelRecord, ModelRef};
+use crate::registry::{ActivationMeta, Conditions, ModelRecord, ModelRef};
 
 /// What an activation checks before it loads the model.
 #[derive(Debug, Clone, Default)]
@@ -54,18 +54,20 @@ impl Control {
 
     async fn activate_once(&self, model: &ModelRef, meta: &ActivationMeta, gates: &Gates) -> Result<ActivationOutcome> {
         let record = self.registry.get(model).await?;
-        // The better-gate's verdict holds for the model it compared with only: commit while
-        // that one is still active. (The signature guard is not made a commit condition: same-
-        // signature activations racing from several processes would then refuse each other.
-        // It checks against the active model as read here and under the lock.)
-        let guarded = gates.require_better;
         let checked = self.run_gates(&record, gates).await?;
         let _order = self.activation.lock().await;
         let now = self.registry.active().await?.map(|a| a.model_id);
         if now != checked {
             self.run_gates(&record, gates).await?;
         }
-        self.activate_locked(record, meta, now.filter(|_| guarded)).await
+        let conditions = Conditions {
+            // The better-gate's verdict holds against the model it compared with only: commit
+            // while that one is still active.
+            only_if_active: now.filter(|_| gates.require_better),
+            // The signature guard holds against whatever is active at the commit.
+            compatible: !gates.allow_signature_change,
+        };
+        self.activate_locked(record, meta, conditions).await
     }
 
     /// The signature guard and the `require_better` gate; returns the id of the active model
@@ -153,7 +155,13 @@ impl Control {
             },
             is_rollback: true,
         };
-        self.activate_locked(record, &meta, Some(from_id)).await
+        // A rollback returns to a model that served before: its clients are the ones that
+        // were there, so no signature guard.
+        let conditions = Conditions {
+            only_if_active: Some(from_id),
+            compatible: false,
+        };
+        self.activate_locked(record, &meta, conditions).await
     }
 
     /// The gate of `require_better`: `record`'s latest evaluation of its current file on the
@@ -239,15 +247,16 @@ impl Control {
             .filter(|e| e.model_sha256 == model.checksum_sha256))
     }
 
-    /// Activates `record` (with `only_if_active`, only while that model is still the active
-    /// one). Holds no lock itself: the caller holds the activation lock.
+    /// Activates `record` if the `conditions` hold at the commit. Holds no lock itself: the
+    /// caller holds the activation lock.
     async fn activate_locked(
         &self,
         record: ModelRecord,
         meta: &ActivationMeta,
-        only_if_active: Option<i64>,
+        conditions: Conditions,
     ) -> Result<ActivationOutcome> {
-        if record.is_active && self.serves(&record) && only_if_active.is_none_or(|id| id == record.model_id) {
+        if record.is_active && self.serves(&record) && conditions.only_if_active.is_none_or(|id| id == record.model_id)
+        {
             return Ok(ActivationOutcome {
                 active: record.clone(),
                 previous: Some(record),
@@ -258,7 +267,7 @@ impl Control {
         let load_time = loaded.load_time;
         let committed = self
             .registry
-            .activate(record.model_id, &loaded.sha256, meta, only_if_active)
+            .activate(record.model_id, &loaded.sha256, meta, conditions)
             .await?;
         tracing::info!(
             model = %committed.active.model_name,

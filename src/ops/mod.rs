@@ -28,8 +28,10 @@ pub use self::evaluate::{Comparison, EvaluateOptions, Evaluated};
 pub use self::reconcile::{FileSync, RegistrySync};
 pub use self::register::{Registered, Registration};
 use crate::error::{Error, FileProblem, Result};
+use crate::model::cache::{CandidateLimits, Candidates};
 use crate::model::slot::ServedModel;
 use crate::model::{EngineKind, EngineSettings, LoadedModel, ModelRoot, Slot, load_model_named};
+use crate::registry::activations::signature_refusal;
 pub use crate::registry::name::ACTIVE_ALIAS;
 use crate::registry::name::quoted;
 use crate::registry::{EventKind, ModelRecord, Registry};
@@ -69,6 +71,8 @@ pub struct Control {
     executor: Option<Executor>,
     /// Which engine models are loaded for.
     engine: EngineSettings,
+    /// Registered models that are not active, loaded when a request names them.
+    candidates: Candidates,
 }
 
 /// Counts a request as in flight until dropped.
@@ -95,7 +99,20 @@ impl Control {
             stats: Stats::default(),
             executor: None,
             engine: EngineSettings::default(),
+            candidates: Candidates::new(CandidateLimits::default()),
         }
+    }
+
+    /// Bounds the cache of candidates (registered models that are not active, loaded when a
+    /// request names them).
+    pub fn with_candidates(mut self, limits: CandidateLimits) -> Self {
+        self.candidates = Candidates::new(limits);
+        self
+    }
+
+    /// The candidate cache.
+    pub fn candidates(&self) -> &Candidates {
+        &self.candidates
     }
 
     /// Per-model inference statistics.
@@ -173,7 +190,8 @@ impl Control {
     }
 
     /// Refuses to make `candidate` (of signature `next`) the active model when that would break
-    /// the clients of the model the registry names as active now.
+    /// the clients of the model the registry names as active now. (The activation's commit
+    /// checks the same again, against the model active then.)
     ///
     /// # Errors
     /// `FailedPrecondition` with both signatures and what breaks.
@@ -184,20 +202,10 @@ impl Control {
         if active.model_name == candidate {
             return Ok(());
         }
-        let served = active.signature()?;
-        let breaks = served.breaks(next);
-        if breaks.is_empty() {
-            return Ok(());
+        match signature_refusal(candidate, next, &active.model_name, &active.signature()?) {
+            Some(refused) => Err(refused),
+            None => Ok(()),
         }
-        Err(Error::FailedPrecondition(format!(
-            "activating {} would break the clients of the active model {}: {}. Its signature: {}; the active \
-             model's: {}. Pass --allow-signature-change (allow_signature_change) to activate it anyway",
-            quoted(candidate),
-            quoted(&active.model_name),
-            breaks.join("; "),
-            next.text(),
-            served.text()
-        )))
     }
 
     /// The served slot.
@@ -213,12 +221,7 @@ impl Control {
     /// Loads a registered model, verifying the file against the registry's checksum. A stored
     /// path that escapes the root (a hand-edited registry) is a precondition failure here.
     async fn load_record(&self, record: &ModelRecord) -> Result<LoadedModel> {
-        let path = self.root.resolve(&record.file_path).map_err(|e| match e {
-            Error::InvalidArgument(m) => {
-                Error::FailedPrecondition(format!("model {}: {m}", quoted(&record.model_name)))
-            }
-            other => other,
-        })?;
+        let path = self.record_path(record)?;
         load_blocking(
             path,
             &record.file_path,
@@ -226,6 +229,16 @@ impl Control {
             self.engine,
         )
         .await
+    }
+
+    /// Where `record`'s file is, confined to the model root.
+    fn record_path(&self, record: &ModelRecord) -> Result<PathBuf> {
+        self.root.resolve(&record.file_path).map_err(|e| match e {
+            Error::InvalidArgument(m) => {
+                Error::FailedPrecondition(format!("model {}: {m}", quoted(&record.model_name)))
+            }
+            other => other,
+        })
     }
 
     /// Whether the slot serves exactly this record's model and file.
@@ -268,6 +281,8 @@ impl Control {
             // Not what the operator asked for: worth a warning.
             tracing::warn!(model = %name, %version, %engine, note, cost_us, batchable = model.batchable, "serving with {engine}: {note}");
         }
+        // A cached candidate that became the active model serves from the set now.
+        self.candidates.forget(record.model_id);
         self.slot.publish_active(Arc::new(ServedModel { record, model }));
     }
 }

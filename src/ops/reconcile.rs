@@ -3,8 +3,8 @@
 
 use super::{Control, load_blocking};
 use crate::error::{Error, FileProblem, Result};
-use crate::registry::ModelRecord;
 use crate::registry::name::quoted;
+use crate::registry::{ModelRecord, ModelRef};
 
 /// What a reload from the registry did.
 #[derive(Debug, Clone)]
@@ -33,6 +33,27 @@ pub enum FileSync {
 }
 
 impl Control {
+    /// Drops the cached candidates whose registry record changed (deleted, renamed, its file
+    /// changed, activated). Keeps them while the registry cannot be read: they still are what
+    /// was verified.
+    pub async fn refresh_candidates(&self) {
+        let cached = self.candidates.cached();
+        if cached.is_empty() {
+            return;
+        }
+        let mut current = std::collections::HashMap::new();
+        for c in cached {
+            match self.registry.find(&ModelRef::Id(c.model_id)).await {
+                Ok(Some(record)) => {
+                    current.insert(c.model_id, record);
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        }
+        self.candidates.retain(|id| current.remove(&id));
+    }
+
     /// Makes the slot serve what the registry names as active (reload source: another process,
     /// another server, a SQL console, or start-up). Holds the activation lock, and re-reads the
     /// registry after loading: a model the registry no longer names is never published, so an

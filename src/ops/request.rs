@@ -1,25 +1,30 @@
-//! A request's way to its model: route it once ([`Control::route`]), then run it on that model
-//! ([`Control::infer`]) and record statistics.
+//! A request's way to its model: route it once ([`Control::route`]: the serving set, else a
+//! candidate from the cache), then run it on that model ([`Control::infer`]) and record
+//! statistics.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::Control;
+use super::{Control, load_blocking};
 use crate::error::{Error, Result};
-use crate::registry::ModelRef;
+use crate::model::slot::ServedModel;
 use crate::registry::name::{self, quoted};
-use crate::serving::route::{self, Route};
+use crate::registry::{ModelRecord, ModelRef};
+use crate::serving::route::{self, Role, Route};
 use crate::serving::{self, Inference, InputRef};
 
 impl Control {
     /// The model a request for `name` (empty or `active`: the active model) runs on, resolved
-    /// from one snapshot of the serving set; the registry is asked only to explain a miss. Call
-    /// it once per request and check and compute on what it returns.
+    /// from one snapshot of the serving set, else a candidate: a registered model that is not
+    /// active, from the candidate cache or loaded into it now. The registry is asked only for a
+    /// name that is neither served nor cached. Call it once per request and check and compute
+    /// on what it returns.
     ///
     /// # Errors
     /// `Unavailable` when nothing is loaded, or when the name is not served here and the
-    /// registry is unreachable; `NotFound` for an unknown name; `FailedPrecondition` for a
-    /// registered model that is not served.
+    /// registry is unreachable; `NotFound` for an unknown name; for a candidate,
+    /// `ResourceExhausted` when the cache has no room and its load's error when it cannot be
+    /// loaded (nothing that serves changes).
     pub async fn route(&self, name: &str, routing_key: &str) -> Result<Route> {
         let set = self.slot.load();
         if let Some(route) = set.as_deref().and_then(|s| route::resolve(s, name, routing_key)) {
@@ -29,6 +34,12 @@ impl Control {
             return Err(Error::Unavailable(
                 "no model is loaded yet: register and activate one (modeld register --activate)".into(),
             ));
+        }
+        if let Some(model) = self.candidates.get_loaded(&name::nfc(name)) {
+            return Ok(Route {
+                model,
+                role: Role::Candidate,
+            });
         }
         let serving = set.as_ref().map(|s| s.active.record.model_name.clone());
         if !self.status.registry_reachable() {
@@ -45,12 +56,38 @@ impl Control {
                 quoted(name),
                 serving.map_or_else(|| "nothing".to_string(), |s| quoted(&s))
             ))),
-            Some(_) => Err(Error::FailedPrecondition(format!(
-                "model {} is registered but not active; the active model is {}",
-                quoted(name),
-                serving.map_or_else(|| "none".to_string(), |s| quoted(&s))
-            ))),
+            Some(record) => Ok(Route {
+                model: self.load_candidate(record).await?,
+                role: Role::Candidate,
+            }),
         }
+    }
+
+    /// `record`'s model from the candidate cache, loaded into it (verified like any load: the
+    /// registry's sha256 and signature) if it is not there.
+    async fn load_candidate(&self, record: ModelRecord) -> Result<Arc<ServedModel>> {
+        if !self.serving {
+            return Err(Error::Unavailable("this process does not serve inference".into()));
+        }
+        let path = self.record_path(&record)?;
+        let expected = record.signature()?;
+        let (shown, sha256, engine) = (record.file_path.clone(), record.checksum_sha256.clone(), self.engine);
+        let name = record.model_name.clone();
+        self.candidates
+            .get(&record, move || async move {
+                let loaded = load_blocking(path, &shown, Some(sha256), engine).await?;
+                if loaded.signature != expected {
+                    // The checksum matched, so the registry's signature is wrong (edited by hand).
+                    return Err(Error::FailedPrecondition(format!(
+                        "candidate {}: its file's signature ({}) is not the registry's ({}); register it again",
+                        quoted(&name),
+                        loaded.signature.text(),
+                        expected.text()
+                    )));
+                }
+                Ok(loaded)
+            })
+            .await
     }
 
     /// Runs one inference request on the model `route` resolved: the one request path behind

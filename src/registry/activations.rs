@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{EventKind, ModelRecord, Pool, Registry, name};
 use crate::error::{Error, Result};
+use crate::model::Signature;
 
 /// How a conditional activation that lost its condition starts its message.
 pub(crate) const ACTIVE_CHANGED: &str = "the active model changed meanwhile";
@@ -18,6 +19,37 @@ pub struct ActivationMeta {
     pub reason: String,
     /// Whether this activation is a rollback.
     pub is_rollback: bool,
+}
+
+/// What an activation commits under, checked inside its transaction (under the write lock), so
+/// another writer changing the active model between a check and the commit cannot slip past it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Conditions {
+    /// Only while this model is still the active one: a rollback from it, or a gate's verdict
+    /// that holds against it only.
+    pub only_if_active: Option<i64>,
+    /// Only if the model's signature keeps the clients of the active model (whichever it is
+    /// at the commit) working. A compatibility test, not an identity test: activations of
+    /// models with one signature never refuse each other.
+    pub compatible: bool,
+}
+
+/// The refusal of the signature guard: activating `candidate` (signature `next`) would break
+/// the clients of `active` (signature `served`). `None` when nothing breaks.
+pub(crate) fn signature_refusal(candidate: &str, next: &Signature, active: &str, served: &Signature) -> Option<Error> {
+    let breaks = served.breaks(next);
+    if breaks.is_empty() {
+        return None;
+    }
+    Some(Error::FailedPrecondition(format!(
+        "activating {} would break the clients of the active model {}: {}. Its signature: {}; the active \
+         model's: {}. Pass --allow-signature-change (allow_signature_change) to activate it anyway",
+        name::quoted(candidate),
+        name::quoted(active),
+        breaks.join("; "),
+        next.text(),
+        served.text()
+    )))
 }
 
 /// The result of an activation commit.
@@ -54,19 +86,20 @@ pub struct ActivationRecord {
 
 impl Registry {
     /// Makes `model_id` the one active model, if its checksum is still `checksum` (the file that
-    /// was verified and loaded) and, with `only_if_active`, if that model is still the active
-    /// one; appends to the activation history.
+    /// was verified and loaded) and the `conditions` hold; appends to the activation history.
     ///
     /// # Errors
-    /// `NotFound` when the record is gone; `FailedPrecondition` when its checksum changed or
-    /// `only_if_active` is no longer the active model.
+    /// `NotFound` when the record is gone; `FailedPrecondition` when its checksum changed, the
+    /// model of `only_if_active` is no longer the active model, or (with `compatible`) the
+    /// model's signature would break the active model's clients.
     pub async fn activate(
         &self,
         model_id: i64,
         checksum: &str,
         meta: &ActivationMeta,
-        only_if_active: Option<i64>,
+        conditions: Conditions,
     ) -> Result<Activation> {
+        let only_if_active = conditions.only_if_active;
         let select_active = concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1");
         let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
         let activate = concat!(
@@ -99,6 +132,14 @@ impl Registry {
                     previous.as_ref().map_or_else(|| "none".to_string(), |p| name::quoted(&p.model_name)),
                     if meta.is_rollback { "rolled back" } else { "activated: check again and retry" }
                 )));
+            }
+            // The signature guard, against the model active at the commit (not the one active
+            // when the caller checked: another server may have activated one meanwhile).
+            if conditions.compatible
+                && let Some(p) = previous.as_ref().filter(|p| p.model_id != model_id)
+                && let Some(refused) = signature_refusal(&target.model_name, &target.signature()?, &p.model_name, &p.signature()?)
+            {
+                return Err(refused);
             }
             if previous.as_ref().is_some_and(|p| p.model_id == model_id) {
                 // Already active: nothing to change, no history row.

@@ -105,7 +105,7 @@ mod events;
 mod models;
 mod performance;
 
-pub use activations::{Activation, ActivationMeta, ActivationRecord};
+pub use activations::{Activation, ActivationMeta, ActivationRecord, Conditions};
 pub use events::{EventKind, EventRecord};
 pub use models::{ModelChanges, ModelRecord, ModelRef, NewModel, Order};
 pub use performance::EvaluationRecord;

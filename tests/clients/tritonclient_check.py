@@ -58,12 +58,21 @@ r = infer("active", 8)
 np.testing.assert_allclose(r.as_numpy("probabilities"), want["digits_v1"][:8], atol=1e-5)
 assert r.get_response().model_name == "digits_v1"
 
+# A registered model that is not active answers by its name: a candidate, loaded on demand,
+# and ready once loaded.
+r = infer("digits_v2", 1)
+np.testing.assert_allclose(r.as_numpy("probabilities"), want["digits_v2"][:1], atol=1e-5)
+assert r.get_response().model_name == "digits_v2"
+assert c.is_model_ready("digits_v2"), "a loaded candidate is ready"
+index = {(m.name, m.state) for m in c.get_model_repository_index().models}
+assert ("digits_v1", "READY") in index and ("digits_v2", "READY") in index, index
+
 # Errors come back as InferenceServerException with the server's message.
 try:
-    infer("digits_v2", 1)
-    raise AssertionError("an inactive model must be refused")
+    infer("no_such_model", 1)
+    raise AssertionError("an unknown model must be refused")
 except InferenceServerException as e:
-    assert "not active" in e.message(), e.message()
+    assert "not registered" in e.message(), e.message()
 try:
     c.unload_model("digits_v1")
     raise AssertionError("unloading the active model must be refused")
@@ -71,8 +80,8 @@ except InferenceServerException as e:
     assert "active" in e.message(), e.message()
 
 stats = c.get_inference_statistics("digits_v2").model_stats
-assert stats[0].name == "digits_v2" and stats[0].inference_stats.success.count == 2, stats
-assert stats[0].inference_count == 9, stats
+assert stats[0].name == "digits_v2" and stats[0].inference_stats.success.count == 3, stats
+assert stats[0].inference_count == 10, stats
 stats = c.get_inference_statistics("digits_v1").model_stats
 assert stats[0].inference_stats.success.count == 1 and stats[0].inference_stats.compute_infer.ns > 0, stats
 

@@ -3,6 +3,8 @@
 //! bundled models' expected outputs.
 #![allow(dead_code, reason = "each test binary uses a different part of the helpers")]
 
+pub mod synth;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -734,4 +736,37 @@ impl TestDb {
             _dir: tempfile::tempdir().unwrap(),
         }
     }
+}
+
+/// Starts the real binary (`modeld serve` on `127.0.0.1:0` plus `extra`) and returns it (killed
+/// on drop) with the address it listens on, once it answers health checks; its log is drained
+/// in the background.
+pub async fn spawn_server_binary(db_url: &str, root: &Path, extra: &[&str]) -> (tokio::process::Child, String) {
+    let (child, mut lines) = spawn_serve(db_url, root, extra);
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the server logs its address within 30 s")
+            .unwrap()
+            .expect("a log line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(addr) = v["fields"]["addr"].as_str() {
+            break addr.to_string();
+        }
+    };
+    tokio::spawn(async move { while lines.next_line().await.ok().flatten().is_some() {} });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
+            let health = HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await;
+            if health.is_ok_and(|h| h.into_inner().status == ServingStatus::Serving as i32) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the server did not start serving");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, addr)
 }
