@@ -93,8 +93,11 @@ pub fn load_model_named(
     let (plan, signature) = (read.plan, read.signature);
     let tract_warm = warm_up(&Engine::Tract(Arc::clone(&plan)), &signature).map_err(fail)?;
     // ONNX Runtime compiles from the file's bytes: read again, and checked to be the same
-    // bytes. Only when it may be used: the tract path never holds the whole file.
-    let bytes = if settings.preferred.wants_onnxruntime() {
+    // bytes. Only when it may be used (asked for, and its library not known to be missing):
+    // the tract path never holds the whole file.
+    let ort_usable =
+        settings.preferred.wants_onnxruntime() && !matches!(super::engine::onnxruntime_status(), Some(Err(_)));
+    let bytes = if ort_usable {
         let bytes = std::fs::read(path).map_err(|e| io_error(&e, shown))?;
         if sha256_hex(&bytes) != read.sha256 {
             return Err(Error::model_file(
@@ -136,7 +139,15 @@ struct Read {
 /// otherwise than it expects) the plain way, whose errors are tract's own.
 fn read_model(path: &Path, shown: &str, expected_sha256: Option<&str>) -> Result<Read> {
     let fail = |e: String| Error::model_file(FileProblem::NotLoadable, format!("model file {shown:?} {e}"));
-    match super::lean::read(path) {
+    // MODELD_PLAIN_LOAD=1: the plain way only, to compare what loading costs in memory
+    // (docs/benchmarks.md, "Memory while loading").
+    let plain_only = std::env::var_os("MODELD_PLAIN_LOAD").is_some_and(|v| !v.is_empty() && v != "0");
+    let lean = if plain_only {
+        Err(super::lean::Failure::Format("MODELD_PLAIN_LOAD is set".into()))
+    } else {
+        super::lean::read(path)
+    };
+    match lean {
         Ok(lean) => {
             check_sha256(expected_sha256, &lean.sha256, shown)?;
             let (sha256, size) = (lean.sha256.clone(), lean.size);

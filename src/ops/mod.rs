@@ -288,7 +288,8 @@ impl Control {
 }
 
 /// Runs the CPU-heavy load on a blocking thread; a panic inside tract becomes an error, never a
-/// crash and never a published model. Messages name the file as `shown` (root-relative).
+/// crash and never a published model. Messages name the file as `shown` (root-relative). The
+/// load's scratch memory goes back to the system as soon as it is done.
 async fn load_blocking(
     path: PathBuf,
     shown: &str,
@@ -296,15 +297,19 @@ async fn load_blocking(
     engine: EngineSettings,
 ) -> Result<LoadedModel> {
     let shown = shown.to_string();
-    tokio::task::spawn_blocking(move || load_model_named(&path, &shown, expected_sha256.as_deref(), engine))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "loading a model panicked");
-            Error::model_file(
-                FileProblem::NotLoadable,
-                "loading the model crashed; see the server log",
-            )
-        })?
+    tokio::task::spawn_blocking(move || {
+        let loaded = load_model_named(&path, &shown, expected_sha256.as_deref(), engine);
+        crate::model::memory::release_freed();
+        loaded
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "loading a model panicked");
+        Error::model_file(
+            FileProblem::NotLoadable,
+            "loading the model crashed; see the server log",
+        )
+    })?
 }
 
 fn validate_accuracy(accuracy: Option<f64>) -> Result<()> {
