@@ -122,6 +122,49 @@ pub fn render(control: &Control) -> String {
             s.model.engine.kind()
         );
     }
+    let cache = control.candidates();
+    let (cached, counts) = (cache.cached(), cache.counts());
+    let _ = writeln!(
+        out,
+        "# HELP modeld_resident_bytes The server process's resident memory (RSS).\n\
+         # TYPE modeld_resident_bytes gauge\nmodeld_resident_bytes {}",
+        crate::model::memory::resident_bytes().unwrap_or(0)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP modeld_candidate_resident_bytes Measured memory of each cached candidate (reserved while it loads).\n\
+         # TYPE modeld_candidate_resident_bytes gauge"
+    );
+    for c in &cached {
+        let _ = writeln!(
+            out,
+            "modeld_candidate_resident_bytes{{model_id=\"{}\",model=\"{}\",loading=\"{}\"}} {}",
+            c.model_id,
+            label(&c.name),
+            c.bytes.is_none(),
+            c.bytes.or(c.reserved).unwrap_or(0)
+        );
+    }
+    for (name, help, n) in [
+        (
+            "loads",
+            "Candidate loads started (one per cold candidate).",
+            counts.loads,
+        ),
+        ("load_failures", "Candidate loads that failed.", counts.load_failures),
+        ("evictions", "Candidates evicted to make room.", counts.evictions),
+        (
+            "refusals",
+            "Requests refused for want of room in the candidate cache.",
+            counts.refusals,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP modeld_candidate_{name}_total {help}\n# TYPE modeld_candidate_{name}_total counter\n\
+             modeld_candidate_{name}_total {n}"
+        );
+    }
     let stats = control.stats().snapshot();
     let _ = writeln!(
         out,

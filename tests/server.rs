@@ -1211,6 +1211,13 @@ async fn a_candidate_is_tried_by_name(backend: Backend) {
         1,
         "served from the cache"
     );
+    let metrics = server.metrics().await;
+    for line in [
+        "modeld_candidate_loads_total 1\n",
+        "modeld_candidate_resident_bytes{model_id=\"1\",model=\"digits_v1\",loading=\"false\"} ",
+    ] {
+        assert!(metrics.contains(line), "{line:?} in {metrics}");
+    }
     // Nothing changed in the registry.
     let active = server
         .registry()

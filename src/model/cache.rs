@@ -6,6 +6,8 @@
 //! `models` candidates, at most `bytes` of measured resident memory between them (a model's
 //! file size is reserved while it loads, its measured RSS growth counted once it has loaded),
 //! and at most `loads` loads at a time. A request that finds no room gets `RESOURCE_EXHAUSTED`.
+//! Room is made (the least recently used evicted) once a load has succeeded, so a candidate
+//! that fails to load evicts nothing.
 //! Concurrent requests for one cold candidate share one load (single flight), and a load runs
 //! to its end even when the requests that started it gave up. An evicted model is freed when
 //! the last request holding it ends. Nothing here touches the serving set: a candidate that
@@ -221,8 +223,8 @@ impl Candidates {
     }
 
     /// The candidate of `record`, loaded with `load` if it is not cached: joins a load already
-    /// running for it, or starts one when there is room (evicting the least recently used
-    /// candidates as needed). `load` runs in a task of its own, at most `loads` at a time.
+    /// running for it, or starts one when the loads in flight leave room (once it has loaded,
+    /// the least recently used candidates are evicted as needed). `load` runs in a task of its own, at most `loads` at a time.
     ///
     /// # Errors
     /// `ResourceExhausted` when the cache cannot make room (or the model turned out larger than
@@ -297,14 +299,22 @@ impl Candidates {
                 mib(limits.bytes)
             )));
         }
-        if !entries.make_room(limits, reserved) {
+        // Nothing is evicted for a load that may fail: room is made once it has loaded. Loads
+        // in flight count against the bounds and cannot be evicted.
+        let loading: Vec<&Entry> = entries
+            .list
+            .iter()
+            .filter(|e| matches!(e.state, State::Loading { .. }))
+            .collect();
+        let loading_bytes: u64 = loading.iter().map(|e| e.bytes()).sum();
+        if loading.len() >= limits.models || loading_bytes + reserved > limits.bytes {
             entries.counts.refusals += 1;
             return Err(exhausted(format!(
-                "no room to load candidate {name}: the candidate cache holds {} of {} models and {} of {} \
-                 (models still loading cannot be evicted); try again shortly",
-                entries.list.len(),
+                "no room to load candidate {name}: {} other candidates are loading ({} reserved) in a cache of {} \
+                 models and {}; try again shortly",
+                loading.len(),
+                mib(loading_bytes),
                 limits.models,
-                mib(entries.bytes()),
                 mib(limits.bytes)
             )));
         }
@@ -392,7 +402,11 @@ fn finish(
     let loading = entries
         .list
         .iter()
-        .position(|e| e.model_id == record.model_id && matches!(e.state, State::Loading { .. }))
+        .position(|e| {
+            e.model_id == record.model_id
+                && e.checksum == record.checksum_sha256
+                && matches!(e.state, State::Loading { .. })
+        })
         .map(|i| entries.list.remove(i));
     let (loaded, bytes) = match outcome {
         Ok(done) => done,
@@ -435,4 +449,105 @@ fn finish(
         "candidate loaded into the cache"
     );
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::model::{EngineSettings, load_model};
+
+    fn record(id: i64) -> ModelRecord {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v1.onnx");
+        let mut served = ServedModel::unregistered(
+            &format!("m{id}"),
+            load_model(&path, None, EngineSettings::default()).unwrap(),
+        );
+        served.record.model_id = id;
+        served.record
+    }
+
+    /// A real load of the bundled model that counts how many run at once.
+    fn counted_load(
+        running: &Arc<AtomicUsize>,
+        most: &Arc<AtomicUsize>,
+        calls: &Arc<AtomicUsize>,
+    ) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<LoadedModel>> + Send>> + Send + 'static {
+        let (running, most, calls) = (Arc::clone(running), Arc::clone(most), Arc::clone(calls));
+        move || {
+            Box::pin(async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v2.onnx");
+                let loaded = tokio::task::spawn_blocking(move || load_model(&path, None, EngineSettings::default()))
+                    .await
+                    .unwrap();
+                running.fetch_sub(1, Ordering::SeqCst);
+                loaded
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_load_per_cold_candidate_and_at_most_n_at_once() {
+        for loads in [1, 2] {
+            let cache = Arc::new(Candidates::new(CandidateLimits {
+                models: 8,
+                bytes: 1 << 30,
+                loads,
+            }));
+            let (running, most, calls) = (Arc::default(), Arc::default(), Arc::default());
+            let mut tasks = Vec::new();
+            for i in 0..12 {
+                // Four candidates, three requests each, all at once.
+                let (cache, record) = (Arc::clone(&cache), record(i % 4));
+                let load = counted_load(&running, &most, &calls);
+                tasks.push(tokio::spawn(async move {
+                    cache.get(&record, load).await.map(|m| m.record.model_id)
+                }));
+            }
+            for (i, t) in tasks.into_iter().enumerate() {
+                assert_eq!(t.await.unwrap().unwrap(), (i % 4) as i64);
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 4, "one load per candidate");
+            assert!(most.load(Ordering::SeqCst) <= loads, "at most {loads} at once");
+            assert_eq!(cache.counts().loads, 4);
+            assert_eq!(cache.cached().len(), 4);
+        }
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_goes_first_and_a_failure_is_not_cached() {
+        let cache = Candidates::new(CandidateLimits {
+            models: 2,
+            bytes: 1 << 30,
+            loads: 1,
+        });
+        let (running, most, calls) = (Arc::default(), Arc::default(), Arc::default());
+        for id in [1, 2, 1, 3] {
+            cache
+                .get(&record(id), counted_load(&running, &most, &calls))
+                .await
+                .unwrap();
+        }
+        // 2 was least recently used when 3 came.
+        let ids: Vec<i64> = cache.cached().iter().map(|c| c.model_id).collect();
+        assert_eq!(ids, [3, 1]);
+        assert_eq!(cache.counts().evictions, 1);
+        let failed = cache
+            .get(&record(4), || async {
+                Err(Error::FailedPrecondition("broken on purpose".into()))
+            })
+            .await
+            .unwrap_err();
+        assert!(failed.to_string().contains("broken on purpose"));
+        assert_eq!(
+            cache.cached().len(),
+            2,
+            "a failed load evicts nothing and is not cached"
+        );
+        assert_eq!(cache.counts().load_failures, 1);
+    }
 }
