@@ -336,6 +336,126 @@ async fn the_signature_guard_holds_at_the_commit_postgres() {
     the_signature_guard_holds_at_the_commit(Backend::Postgres).await;
 }
 
+/// The lifecycle is the database's: `status` follows `is_active` whoever flips it (modeld or a
+/// SQL console), the model an activation replaces becomes `deprecated` with a time, an evaluated
+/// model is `testing`, and at most one model is the canary and one the shadow, never the active
+/// one.
+async fn the_lifecycle_is_kept_by_the_database(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let root = model_root();
+    let args = RegistryArgs {
+        database_url: db.url.clone(),
+        model_root: root.path().to_path_buf(),
+    };
+    let control = modeld::app::control(&args, Default::default()).await.unwrap();
+    for (name, file) in [
+        ("a", "digits_v1.onnx"),
+        ("b", "digits_v2.onnx"),
+        ("c", "digits_v1.onnx"),
+    ] {
+        control
+            .register(Registration {
+                name: name.into(),
+                file_path: file.into(),
+                activate: name == "a",
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let registry = control.registry();
+    let status = async |name: &str| {
+        let r = registry.get(&ModelRef::Name(name.into())).await.unwrap();
+        (r.status, r.is_active, r.deprecated_at.is_some())
+    };
+    assert_eq!(status("a").await, ("active".into(), true, false));
+    assert_eq!(status("b").await, ("registered".into(), false, false));
+
+    let meta = ActivationMeta {
+        activated_by: "t".into(),
+        reason: String::new(),
+        is_rollback: false,
+    };
+    control
+        .activate(&ModelRef::Name("b".into()), &meta, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(status("b").await, ("active".into(), true, false));
+    assert_eq!(
+        status("a").await,
+        ("deprecated".into(), false, true),
+        "replaced: deprecated, with a time"
+    );
+
+    // A SQL console flips is_active: the status follows.
+    raw_sql(&db.url, "UPDATE ml_models SET is_active = FALSE WHERE model_name = 'b'")
+        .await
+        .unwrap();
+    raw_sql(&db.url, "UPDATE ml_models SET is_active = TRUE WHERE model_name = 'a'")
+        .await
+        .unwrap();
+    assert_eq!(status("a").await, ("active".into(), true, false));
+    assert_eq!(status("b").await, ("deprecated".into(), false, true));
+    // A status that contradicts is_active is refused.
+    for bad in [
+        "UPDATE ml_models SET status = 'canary' WHERE model_name = 'a'",
+        "UPDATE ml_models SET status = 'active' WHERE model_name = 'c'",
+    ] {
+        assert!(raw_sql(&db.url, bad).await.is_err(), "{bad}");
+    }
+    // One canary, one shadow.
+    raw_sql(&db.url, "UPDATE ml_models SET status = 'canary' WHERE model_name = 'b'")
+        .await
+        .unwrap();
+    assert!(
+        raw_sql(&db.url, "UPDATE ml_models SET status = 'canary' WHERE model_name = 'c'")
+            .await
+            .is_err()
+    );
+    raw_sql(&db.url, "UPDATE ml_models SET status = 'shadow' WHERE model_name = 'c'")
+        .await
+        .unwrap();
+    assert!(
+        raw_sql(&db.url, "UPDATE ml_models SET status = 'shadow' WHERE model_name = 'b'")
+            .await
+            .is_err()
+    );
+    assert!(
+        raw_sql(
+            &db.url,
+            "UPDATE ml_models SET rollout_percentage = 101 WHERE model_name = 'b'"
+        )
+        .await
+        .is_err()
+    );
+
+    // Evaluated: testing.
+    raw_sql(
+        &db.url,
+        "UPDATE ml_models SET status = 'registered' WHERE model_name = 'c'",
+    )
+    .await
+    .unwrap();
+    let dataset = std::sync::Arc::new(
+        modeld::evaluation::Dataset::load(&bundled_models().join("eval/digits_x.npy"), None, "label").unwrap(),
+    );
+    control
+        .evaluate(&ModelRef::Name("c".into()), dataset, &Default::default(), |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(status("c").await, ("testing".into(), false, false));
+}
+
+#[tokio::test]
+async fn the_lifecycle_is_kept_by_the_database_sqlite() {
+    the_lifecycle_is_kept_by_the_database(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_lifecycle_is_kept_by_the_database_postgres() {
+    the_lifecycle_is_kept_by_the_database(Backend::Postgres).await;
+}
+
 /// A registry made by an earlier modeld (migrations 0001 and 0002 only, names of up to 128
 /// characters, an activation history) is upgraded in place: every row, id and history link
 /// kept, the one-active index and the change triggers still there, and 255-character names

@@ -52,6 +52,15 @@ pub fn model(r: &ModelRecord) -> pb::Model {
         created_at,
         updated_at,
         created_by,
+        status,
+        rollout_percentage,
+        shadow_percentage,
+        rollback_threshold,
+        rollback_min_samples,
+        rollback_window_secs,
+        rollback_p99_ms,
+        is_stable,
+        deprecated_at,
     } = r;
     pb::Model {
         model_id: *model_id,
@@ -69,6 +78,17 @@ pub fn model(r: &ModelRecord) -> pb::Model {
         updated_at: Some(timestamp(*updated_at)),
         created_by: created_by.clone(),
         latest_evaluation: None,
+        status: status.clone(),
+        rollout_percentage: u32::try_from(*rollout_percentage).unwrap_or(0),
+        shadow_percentage: u32::try_from(*shadow_percentage).unwrap_or(0),
+        rollback: Some(pb::RollbackPolicy {
+            error_rate: *rollback_threshold,
+            min_samples: u32::try_from(*rollback_min_samples).unwrap_or(1),
+            window_secs: u32::try_from(*rollback_window_secs).unwrap_or(1),
+            p99_ms: *rollback_p99_ms,
+        }),
+        is_stable: *is_stable,
+        deprecated_at: deprecated_at.map(timestamp),
     }
 }
 

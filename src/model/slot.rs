@@ -43,6 +43,15 @@ impl ServedModel {
             created_at: now,
             updated_at: now,
             created_by: String::new(),
+            status: "registered".into(),
+            rollout_percentage: 0,
+            shadow_percentage: 0,
+            rollback_threshold: None,
+            rollback_min_samples: 1,
+            rollback_window_secs: 60,
+            rollback_p99_ms: None,
+            is_stable: false,
+            deprecated_at: None,
         };
         Self { record, model }
     }

@@ -7,6 +7,23 @@ use super::{EventKind, ModelRecord, Pool, Registry, name};
 use crate::error::{Error, Result};
 use crate::model::Signature;
 
+/// Ends the active model's term (bind: false, now, true): it becomes `deprecated`.
+pub(super) const DEACTIVATE: &str = "UPDATE ml_models SET is_active = $1, status = 'deprecated', deprecated_at = $2, \
+     updated_at = $2 WHERE is_active = $3";
+
+/// Makes a model the active one (bind: true, now, model_id), out of any rollout role; append
+/// `RETURNING` and the columns.
+macro_rules! activate_sql {
+    () => {
+        concat!(
+            "UPDATE ml_models SET is_active = $1, status = 'active', deprecated_at = NULL, rollout_percentage = 0, \
+             shadow_percentage = 0, updated_at = $2 WHERE model_id = $3 RETURNING ",
+            columns!()
+        )
+    };
+}
+pub(super) use activate_sql;
+
 /// How a conditional activation that lost its condition starts its message.
 pub(crate) const ACTIVE_CHANGED: &str = "the active model changed meanwhile";
 
@@ -102,10 +119,7 @@ impl Registry {
         let only_if_active = conditions.only_if_active;
         let select_active = concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1");
         let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
-        let activate = concat!(
-            "UPDATE ml_models SET is_active = $1, updated_at = $2 WHERE model_id = $3 RETURNING ",
-            columns!()
-        );
+        let activate = activate_sql!();
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
@@ -146,8 +160,7 @@ impl Registry {
                 tx.rollback().await?;
                 return Ok(Activation { active: target, previous });
             }
-            sqlx::query("UPDATE ml_models SET is_active = $1, updated_at = $2 WHERE is_active = $3")
-                .bind(false).bind(now).bind(true).execute(&mut *tx).await?;
+            sqlx::query(DEACTIVATE).bind(false).bind(now).bind(true).execute(&mut *tx).await?;
             let active: ModelRecord = sqlx::query_as(activate).bind(true).bind(now).bind(model_id).fetch_one(&mut *tx).await?;
             record_activation!(tx, active, previous.as_ref(), meta, now);
             let kind = if meta.is_rollback { EventKind::RolledBack } else { EventKind::Activated };

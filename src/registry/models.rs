@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::activations::{DEACTIVATE, activate_sql};
 use super::{Activation, ActivationMeta, EventKind, Origin, Pool, Registry, name};
 use crate::error::{Error, Result};
 use crate::model::Signature;
@@ -37,6 +38,26 @@ pub struct ModelRecord {
     pub updated_at: DateTime<Utc>,
     /// Who registered it.
     pub created_by: String,
+    /// Its place in the lifecycle: `registered`, `testing`, `canary`, `shadow`, `active` (exactly
+    /// when `is_active`) or `deprecated`.
+    pub status: String,
+    /// As the canary: its share of requests, 0-100 (by routing key).
+    pub rollout_percentage: i32,
+    /// As the shadow: the share of requests mirrored to it, 0-100.
+    pub shadow_percentage: i32,
+    /// Error rate (0-1) over the window above which it is rolled back; `None`: never
+    /// automatically.
+    pub rollback_threshold: Option<f64>,
+    /// Requests the window must hold before the threshold counts.
+    pub rollback_min_samples: i32,
+    /// The sliding window, in seconds.
+    pub rollback_window_secs: i32,
+    /// Optional p99 latency threshold over the same window, in ms.
+    pub rollback_p99_ms: Option<f64>,
+    /// Served as the active model through its watch period without a rollback.
+    pub is_stable: bool,
+    /// When it stopped being the active model (replaced or rolled back from).
+    pub deprecated_at: Option<DateTime<Utc>>,
 }
 
 impl ModelRecord {
@@ -231,10 +252,9 @@ impl Registry {
                 Some(meta) => {
                     let previous: Option<ModelRecord> = sqlx::query_as(concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1"))
                         .bind(true).fetch_optional(&mut *tx).await?;
-                    sqlx::query("UPDATE ml_models SET is_active = $1, updated_at = $2 WHERE is_active = $3")
-                        .bind(false).bind(now).bind(true).execute(&mut *tx).await?;
-                    let active: ModelRecord = sqlx::query_as(concat!("UPDATE ml_models SET is_active = $1 WHERE model_id = $2 RETURNING ", columns!()))
-                        .bind(true).bind(record.model_id).fetch_one(&mut *tx).await?;
+                    sqlx::query(DEACTIVATE).bind(false).bind(now).bind(true).execute(&mut *tx).await?;
+                    let active: ModelRecord = sqlx::query_as(activate_sql!())
+                        .bind(true).bind(now).bind(record.model_id).fetch_one(&mut *tx).await?;
                     record_activation!(tx, active, previous.as_ref(), meta, now);
                     record_event!(&mut *tx, self.origin, EventKind::Activated, Some(active.model_id), &active.model_name, &meta.reason, now);
                     Activation { active, previous }

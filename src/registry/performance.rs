@@ -119,6 +119,12 @@ impl Registry {
                 .fetch_one(&mut *tx)
                 .await?;
             record_event!(&mut *tx, self.origin, EventKind::Evaluated, Some(model.model_id), &model.model_name, &detail, now);
+            // Lifecycle: an evaluated model is being tested.
+            sqlx::query("UPDATE ml_models SET status = 'testing', updated_at = $1 WHERE model_id = $2 AND status = 'registered'")
+                .bind(now)
+                .bind(model.model_id)
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(row)
         })
