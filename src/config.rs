@@ -79,6 +79,97 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Evaluate two models on the same rows of a dataset, side by side, and say which is better.
     Compare(CompareArgs),
+    /// The canary: a model that serves a percentage of the requests for `active`, by routing key.
+    Canary(RolloutArgs),
+    /// The shadow: a model that also runs a percentage of the requests, and never answers.
+    Shadow(RolloutArgs),
+    /// Make the canary the active model.
+    Promote(PromoteArgs),
+}
+
+/// `modeld canary` and `modeld shadow`.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: RolloutAction,
+}
+
+/// `set` or `clear`.
+#[derive(Debug, Subcommand)]
+pub enum RolloutAction {
+    /// Put a model in the role with a percentage (replacing the model there); run again to
+    /// change the percentage.
+    Set(RolloutSetArgs),
+    /// Take the model out of the role.
+    Clear(RolloutClearArgs),
+    /// Show the canary and the shadow.
+    Show(RolloutShowArgs),
+}
+
+/// `modeld canary set` / `modeld shadow set`.
+#[derive(Debug, Args)]
+pub struct RolloutSetArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Its share of requests, 0-100.
+    #[arg(long, short = 'p', value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub percentage: u8,
+    /// Even if its inputs or outputs would break the active model's clients.
+    #[arg(long)]
+    pub allow_signature_change: bool,
+    /// Why (kept in the event).
+    #[arg(long, default_value = "", env = "MODELD_REASON")]
+    pub reason: String,
+    /// Who, for the event.
+    #[arg(long, env = "MODELD_USER", default_value = "cli")]
+    pub by: String,
+}
+
+/// `modeld canary clear` / `modeld shadow clear`.
+#[derive(Debug, Args)]
+pub struct RolloutClearArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Why (kept in the event).
+    #[arg(long, default_value = "", env = "MODELD_REASON")]
+    pub reason: String,
+    /// Who, for the event.
+    #[arg(long, env = "MODELD_USER", default_value = "cli")]
+    pub by: String,
+}
+
+/// `modeld canary show` / `modeld shadow show`.
+#[derive(Debug, Args)]
+pub struct RolloutShowArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON instead of text.
+    #[arg(long, env = "MODELD_JSON")]
+    pub json: bool,
+}
+
+/// `modeld promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Why (kept in the activation history).
+    #[arg(long, default_value = "", env = "MODELD_REASON")]
+    pub reason: String,
+    /// Recorded as activated_by.
+    #[arg(long, env = "MODELD_USER", default_value = "cli")]
+    pub by: String,
+    /// Print JSON instead of text.
+    #[arg(long, env = "MODELD_JSON")]
+    pub json: bool,
 }
 
 /// Where the registry and the model files are.

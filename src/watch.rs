@@ -181,6 +181,17 @@ fn mark(t: Trigger, registry_due: &mut bool, file_due: &mut bool) {
 async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool {
     // Cached candidates follow their records (deleted, renamed, file changed, activated).
     control.refresh_candidates().await;
+    let synced = sync_active(control, status, source).await;
+    // Then the canary and the shadow, beside whatever is active now.
+    if let Err(e) = control.sync_rollout().await {
+        tracing::warn!(error = %e, "cannot follow the registry's canary and shadow; will retry");
+        return false;
+    }
+    synced
+}
+
+/// The active model's part of a registry reload.
+async fn sync_active(control: &Control, status: &Status, source: &str) -> bool {
     match control.sync_with_registry().await {
         Ok(RegistrySync::InSync(record)) => {
             let missing = control.root().resolve(&record.file_path).is_err();

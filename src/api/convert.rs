@@ -322,6 +322,31 @@ pub fn server_status(
         // The caller's, from the control (see the registry service).
         candidates: None,
         resident_bytes: 0,
+        rollout: None,
+    }
+}
+
+/// The canary and the shadow of a serving set.
+pub fn serving_rollout(set: &crate::model::slot::ServingSet) -> pb::ServingRollout {
+    let part = |w: &Option<crate::model::slot::Weighted>| {
+        w.as_ref()
+            .map_or((None, 0), |w| (Some(model(&w.model.record)), u32::from(w.percentage)))
+    };
+    let ((canary, canary_percentage), (shadow, shadow_percentage)) = (part(&set.canary), part(&set.shadow));
+    pb::ServingRollout {
+        canary,
+        canary_percentage,
+        shadow,
+        shadow_percentage,
+    }
+}
+
+/// The registry's rollout, and the model a change replaced.
+pub fn rollout(r: &crate::registry::Rollout, replaced: Option<&ModelRecord>) -> pb::Rollout {
+    pb::Rollout {
+        canary: r.canary.as_ref().map(model),
+        shadow: r.shadow.as_ref().map(model),
+        replaced: replaced.map(model),
     }
 }
 

@@ -65,11 +65,23 @@ impl KServeService {
             model_name,
             model_version,
             id,
-            parameters: _,
+            parameters,
             inputs,
             outputs,
             raw_input_contents,
         } = req;
+        // modeld's routing key travels as a request parameter (the protocol has no field).
+        let routing_key = match parameters.get("routing_key").and_then(|p| p.parameter_choice.as_ref()) {
+            None => String::new(),
+            Some(pb::infer_parameter::ParameterChoice::StringParam(k)) => k.clone(),
+            Some(pb::infer_parameter::ParameterChoice::Int64Param(k)) => k.to_string(),
+            Some(pb::infer_parameter::ParameterChoice::Uint64Param(k)) => k.to_string(),
+            Some(_) => {
+                return Err(Error::InvalidArgument(
+                    "the routing_key parameter is a string (or an integer)".into(),
+                ));
+            }
+        };
         let raw = !raw_input_contents.is_empty();
         if raw && raw_input_contents.len() != inputs.len() {
             return Err(Error::InvalidArgument(format!(
@@ -98,7 +110,8 @@ impl KServeService {
         // The model is resolved once: the version and output checks and the computation all
         // see the same one, whatever swaps meanwhile. They are checked before computing, so a
         // bad request is a failure, not a wasted inference.
-        let route = self.control.route(&model_name, "").await?;
+        let route = self.control.route(&model_name, &routing_key).await?;
+        let role = route.role;
         {
             let model = &route.model;
             let record = &model.record;
@@ -147,6 +160,17 @@ impl KServeService {
             id,
             ..Default::default()
         };
+        // Which model served it and why, as response parameters (the protocol's own way).
+        let text = |s: String| pb::InferParameter {
+            parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(s)),
+        };
+        response.parameters.insert("role".into(), text(role.name().into()));
+        response.parameters.insert(
+            "model_id".into(),
+            pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(record.model_id)),
+            },
+        );
         for o in produced {
             let OutputTensor {
                 name,

@@ -12,7 +12,7 @@ use super::pb;
 use crate::error::{Error, Result};
 use crate::evaluation::Dataset;
 use crate::ops::{Control, EvaluateOptions, Registration};
-use crate::registry::{ActivationMeta, ModelChanges, Order};
+use crate::registry::{ActivationMeta, ModelChanges, Order, RolloutRole};
 
 /// The ModelRegistry service.
 #[derive(Debug, Clone)]
@@ -67,6 +67,41 @@ impl RegistryService {
             .file_name()
             .map_or(path.clone(), |n| n.to_string_lossy().into_owned());
         Ok(Arc::new(dataset))
+    }
+}
+
+impl RegistryService {
+    async fn set_rollout(&self, role: RolloutRole, request: pb::SetRolloutRequest) -> Reply<pb::Rollout> {
+        let pb::SetRolloutRequest {
+            model,
+            percentage,
+            allow_signature_change,
+            changed_by,
+            reason,
+        } = request;
+        let percentage = u8::try_from(percentage).ok().filter(|p| *p <= 100).ok_or_else(|| {
+            Error::InvalidArgument(format!("the {} percentage is 0 to 100, got {percentage}", role.name()))
+        })?;
+        let change = self
+            .control
+            .set_rollout(
+                role,
+                &convert::model_ref(model)?,
+                percentage,
+                allow_signature_change,
+                &who(changed_by),
+                &reason,
+            )
+            .await?;
+        let rollout = self.control.registry().rollout().await?;
+        Ok(Response::new(convert::rollout(&rollout, change.replaced.as_ref())))
+    }
+
+    async fn clear_rollout(&self, role: RolloutRole, request: pb::ClearRolloutRequest) -> Reply<pb::Rollout> {
+        let pb::ClearRolloutRequest { changed_by, reason } = request;
+        let change = self.control.clear_rollout(role, &who(changed_by), &reason).await?;
+        let rollout = self.control.registry().rollout().await?;
+        Ok(Response::new(convert::rollout(&rollout, change.replaced.as_ref())))
     }
 }
 
@@ -269,6 +304,38 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         Ok(Response::new(convert::activation(&done)))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn set_canary(&self, request: Request<pb::SetRolloutRequest>) -> Reply<pb::Rollout> {
+        self.set_rollout(RolloutRole::Canary, request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn clear_canary(&self, request: Request<pb::ClearRolloutRequest>) -> Reply<pb::Rollout> {
+        self.clear_rollout(RolloutRole::Canary, request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_shadow(&self, request: Request<pb::SetRolloutRequest>) -> Reply<pb::Rollout> {
+        self.set_rollout(RolloutRole::Shadow, request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn clear_shadow(&self, request: Request<pb::ClearRolloutRequest>) -> Reply<pb::Rollout> {
+        self.clear_rollout(RolloutRole::Shadow, request.into_inner()).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn promote(&self, request: Request<pb::PromoteRequest>) -> Reply<pb::ActivateModelResponse> {
+        let pb::PromoteRequest { activated_by, reason } = request.into_inner();
+        let done = self.control.promote(&who(activated_by), &reason).await?;
+        Ok(Response::new(convert::activation(&done)))
+    }
+
+    async fn get_rollout(&self, _request: Request<pb::GetRolloutRequest>) -> Reply<pb::Rollout> {
+        let rollout = self.control.reachable_registry()?.rollout().await?;
+        Ok(Response::new(convert::rollout(&rollout, None)))
+    }
+
     async fn get_server_status(&self, _request: Request<pb::GetServerStatusRequest>) -> Reply<pb::ServerStatus> {
         let c = &self.control;
         let mut status = convert::server_status(
@@ -280,6 +347,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         );
         status.candidates = Some(convert::candidate_cache(c.candidates()));
         status.resident_bytes = crate::model::memory::resident_bytes().unwrap_or(0);
+        status.rollout = c.slot().load().map(|set| convert::serving_rollout(&set));
         Ok(Response::new(status))
     }
 

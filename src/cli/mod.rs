@@ -16,7 +16,7 @@ use crate::app;
 use crate::config::{Command, EventsArgs, ModelArg, PredictArgs};
 use crate::ops::{ActivationOutcome, Registration};
 use crate::registry::name::quoted;
-use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order, Origin};
+use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order, Origin, RolloutRole};
 
 /// Exit code: usage (a bad flag, value or command line; clap uses it too).
 pub const EXIT_USAGE: u8 = 2;
@@ -241,6 +241,18 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Canary(a) => rollout(RolloutRole::Canary, a.action).await,
+        Command::Shadow(a) => rollout(RolloutRole::Shadow, a.action).await,
+        Command::Promote(a) => {
+            let control = app::control(&a.registry, cli_origin()).await?;
+            let done = control.promote(&a.by, &a.reason).await?;
+            if a.json {
+                println!("{}", activation_json(&done))
+            } else {
+                print_activation(&done)
+            }
+            Ok(())
+        }
         Command::Predict(a) => predict(a).await,
         Command::Events(a) => events(a).await,
         Command::Evaluate(a) => evaluate::evaluate(a).await,
@@ -391,6 +403,15 @@ pub(crate) fn record_json(m: &ModelRecord) -> Value {
         "created_at": m.created_at,
         "updated_at": m.updated_at,
         "created_by": m.created_by,
+        "status": m.status,
+        "rollout_percentage": m.rollout_percentage,
+        "shadow_percentage": m.shadow_percentage,
+        "rollback_threshold": m.rollback_threshold,
+        "rollback_min_samples": m.rollback_min_samples,
+        "rollback_window_secs": m.rollback_window_secs,
+        "rollback_p99_ms": m.rollback_p99_ms,
+        "is_stable": m.is_stable,
+        "deprecated_at": m.deprecated_at,
     })
 }
 
@@ -646,4 +667,62 @@ fn tensor_values(t: &pb::Tensor) -> Value {
         "BOOL" => json!(t.raw_data.iter().map(|&b| b != 0).collect::<Vec<_>>()),
         _ => Value::Null,
     }
+}
+
+/// `modeld canary …` and `modeld shadow …`: registry changes every server follows.
+async fn rollout(role: RolloutRole, action: crate::config::RolloutAction) -> anyhow::Result<()> {
+    use crate::config::RolloutAction;
+    let what = role.name();
+    let line = |r: Option<&crate::registry::ModelRecord>| match r {
+        None => format!("{what}: none"),
+        Some(m) => format!(
+            "{what}: {} at {}%",
+            describe(m),
+            crate::registry::rollout::percentage(m, role)
+        ),
+    };
+    match action {
+        RolloutAction::Set(a) => {
+            let control = app::control(&a.registry, cli_origin()).await?;
+            let change = control
+                .set_rollout(
+                    role,
+                    &model_ref(&a.model)?,
+                    a.percentage,
+                    a.allow_signature_change,
+                    &a.by,
+                    &a.reason,
+                )
+                .await?;
+            println!("{}", line(change.model.as_ref()));
+            if let Some(old) = &change.replaced {
+                println!("replaced {} (now testing)", describe(old));
+            }
+        }
+        RolloutAction::Clear(a) => {
+            let control = app::control(&a.registry, cli_origin()).await?;
+            match control.clear_rollout(role, &a.by, &a.reason).await?.replaced {
+                Some(old) => println!("{what} cleared: {} is testing again", describe(&old)),
+                None => println!("{what}: none (nothing to clear)"),
+            }
+        }
+        RolloutAction::Show(a) => {
+            let control = app::control(&a.registry, cli_origin()).await?;
+            let rollout = control.registry().rollout().await?;
+            let held = rollout.get(role);
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "role": what,
+                        "model": held.map(record_json),
+                        "percentage": held.map(|m| crate::registry::rollout::percentage(m, role)),
+                    })
+                );
+            } else {
+                println!("{}", line(held));
+            }
+        }
+    }
+    Ok(())
 }

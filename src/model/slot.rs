@@ -131,13 +131,15 @@ impl Slot {
         self.changes.send_replace(Some(id));
     }
 
-    /// Makes `model` the active model, keeping the rest of the set as it is. Never fails.
+    /// Makes `model` the active model, keeping the rest of the set as it is (but for a canary
+    /// or shadow that is this model: it is the active one now). Never fails.
     pub fn publish_active(&self, model: Arc<ServedModel>) {
         let id = model.record.model_id;
+        let other = |w: &Option<Weighted>| w.clone().filter(|w| w.model.record.model_id != id);
         self.current.rcu(|current| {
             let (canary, shadow) = current
                 .as_ref()
-                .map_or((None, None), |set| (set.canary.clone(), set.shadow.clone()));
+                .map_or((None, None), |set| (other(&set.canary), other(&set.shadow)));
             Some(Arc::new(ServingSet {
                 active: Arc::clone(&model),
                 canary,
@@ -145,6 +147,20 @@ impl Slot {
             }))
         });
         self.changes.send_replace(Some(id));
+    }
+
+    /// Sets the canary and the shadow, keeping the active model. Does nothing before the first
+    /// model is published (a rollout needs an active model to route beside). Never fails.
+    pub fn publish_rollout(&self, canary: Option<Weighted>, shadow: Option<Weighted>) {
+        self.current.rcu(|current| {
+            current.as_ref().map(|set| {
+                Arc::new(ServingSet {
+                    active: Arc::clone(&set.active),
+                    canary: canary.clone(),
+                    shadow: shadow.clone(),
+                })
+            })
+        });
     }
 
     /// Follows publishes: the id of the active model, `None` before the first.

@@ -15,6 +15,7 @@ mod evaluate;
 mod reconcile;
 mod register;
 mod request;
+mod rollout;
 
 use std::path::{Component, PathBuf};
 use std::sync::Arc;

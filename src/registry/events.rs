@@ -24,11 +24,13 @@ pub enum EventKind {
     ReloadFailed,
     /// A model was evaluated on a dataset (`model_performance_logs`).
     Evaluated,
+    /// The canary or the shadow, or its percentage, changed.
+    RolloutChanged,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         Self::Registered,
         Self::Updated,
         Self::Activated,
@@ -37,6 +39,7 @@ impl EventKind {
         Self::Reloaded,
         Self::ReloadFailed,
         Self::Evaluated,
+        Self::RolloutChanged,
     ];
 
     /// The stored name.
@@ -50,6 +53,7 @@ impl EventKind {
             Self::Reloaded => "reloaded",
             Self::ReloadFailed => "reload_failed",
             Self::Evaluated => "evaluated",
+            Self::RolloutChanged => "rollout_changed",
         }
     }
 

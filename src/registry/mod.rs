@@ -106,11 +106,13 @@ pub(crate) mod activations;
 mod events;
 mod models;
 mod performance;
+pub mod rollout;
 
 pub use activations::{Activation, ActivationMeta, ActivationRecord, Conditions};
 pub use events::{EventKind, EventRecord};
 pub use models::{ModelChanges, ModelRecord, ModelRef, NewModel, Order};
 pub use performance::EvaluationRecord;
+pub use rollout::{Rollout, RolloutChange, RolloutRole};
 
 /// A connection pool on the registry database.
 #[derive(Debug, Clone)]

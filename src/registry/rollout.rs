@@ -1,0 +1,196 @@
+//! The rollout roles of `ml_models`: the canary (a share of requests, by routing key) and the
+//! shadow (a share of requests mirrored to it). One model each at most, never the active model:
+//! the database enforces both (migration 0005).
+
+use chrono::Utc;
+
+use super::{EventKind, ModelRecord, Pool, Registry, name};
+use crate::error::{Error, Result};
+
+/// A rollout role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutRole {
+    /// Serves its percentage of requests (by routing key) in place of the active model.
+    Canary,
+    /// Runs its percentage of requests after the active model answered; never answers.
+    Shadow,
+}
+
+impl RolloutRole {
+    /// The name in `status`, messages and events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Canary => "canary",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+/// The rollout as the registry has it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rollout {
+    /// The canary, with its `rollout_percentage`.
+    pub canary: Option<ModelRecord>,
+    /// The shadow, with its `shadow_percentage`.
+    pub shadow: Option<ModelRecord>,
+}
+
+impl Rollout {
+    /// The model in `role`.
+    pub fn get(&self, role: RolloutRole) -> Option<&ModelRecord> {
+        match role {
+            RolloutRole::Canary => self.canary.as_ref(),
+            RolloutRole::Shadow => self.shadow.as_ref(),
+        }
+    }
+}
+
+/// The percentage of `record` in `role`.
+pub fn percentage(record: &ModelRecord, role: RolloutRole) -> u8 {
+    let p = match role {
+        RolloutRole::Canary => record.rollout_percentage,
+        RolloutRole::Shadow => record.shadow_percentage,
+    };
+    u8::try_from(p.clamp(0, 100)).unwrap_or(0)
+}
+
+/// What a rollout change did.
+#[derive(Debug, Clone)]
+pub struct RolloutChange {
+    /// The model in the role now (`None` after a clear).
+    pub model: Option<ModelRecord>,
+    /// The model that held the role before, if another (it is `testing` again).
+    pub replaced: Option<ModelRecord>,
+}
+
+impl Registry {
+    /// The canary and the shadow.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn rollout(&self) -> Result<Rollout> {
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM ml_models WHERE status = $1 OR status = $2"
+        );
+        let rows: Vec<ModelRecord> =
+            with_pool!(self, p => sqlx::query_as(sql).bind("canary").bind("shadow").fetch_all(p).await?);
+        let mut out = Rollout::default();
+        for r in rows {
+            match r.status.as_str() {
+                "canary" => out.canary = Some(r),
+                _ => out.shadow = Some(r),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Puts `model_id` in `role` with `percentage` (0-100), if its checksum is still `checksum`
+    /// (the file that was verified): the model that held the role goes back to `testing`. The
+    /// same model again only changes its percentage.
+    ///
+    /// # Errors
+    /// `NotFound` when the record is gone; `FailedPrecondition` for the active model or a
+    /// changed checksum; `InvalidArgument` for a percentage above 100.
+    pub async fn set_rollout(
+        &self,
+        role: RolloutRole,
+        model_id: i64,
+        checksum: &str,
+        percentage: u8,
+        detail: &str,
+    ) -> Result<RolloutChange> {
+        if percentage > 100 {
+            return Err(Error::InvalidArgument(format!(
+                "a {} percentage is 0 to 100, got {percentage}",
+                role.name()
+            )));
+        }
+        let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
+        let select_role = concat!("SELECT ", columns!(), " FROM ml_models WHERE status = $1");
+        let demote = "UPDATE ml_models SET status = 'testing', rollout_percentage = 0, shadow_percentage = 0, \
+                      updated_at = $1 WHERE model_id = $2";
+        let promote = match role {
+            RolloutRole::Canary => concat!(
+                "UPDATE ml_models SET status = $1, shadow_percentage = 0, rollout_percentage = $2, updated_at = $3 \
+                 WHERE model_id = $4 RETURNING ",
+                columns!()
+            ),
+            RolloutRole::Shadow => concat!(
+                "UPDATE ml_models SET status = $1, rollout_percentage = 0, shadow_percentage = $2, updated_at = $3 \
+                 WHERE model_id = $4 RETURNING ",
+                columns!()
+            ),
+        };
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            bump!(tx, now);
+            let target: Option<ModelRecord> = sqlx::query_as(select_one).bind(model_id).fetch_optional(&mut *tx).await?;
+            let target = target.ok_or_else(|| Error::NotFound(format!("model id {model_id} is not registered (deleted meanwhile?)")))?;
+            let shown = name::quoted(&target.model_name);
+            if target.is_active {
+                return Err(Error::FailedPrecondition(format!(
+                    "{shown} is the active model: it cannot also be the {}; choose another model",
+                    role.name()
+                )));
+            }
+            if target.checksum_sha256 != checksum {
+                return Err(Error::FailedPrecondition(format!(
+                    "model {shown} changed in the registry while it was loading; try again"
+                )));
+            }
+            let previous: Option<ModelRecord> = sqlx::query_as(select_role).bind(role.name()).fetch_optional(&mut *tx).await?;
+            let replaced = previous.filter(|p| p.model_id != model_id);
+            if let Some(old) = &replaced {
+                sqlx::query(demote).bind(now).bind(old.model_id).execute(&mut *tx).await?;
+            }
+            let updated: ModelRecord = sqlx::query_as(promote)
+                .bind(role.name())
+                .bind(i32::from(percentage))
+                .bind(now)
+                .bind(model_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let detail = format!("{} at {percentage}%{}{detail}", role.name(),
+                replaced.as_ref().map_or_else(String::new, |r| format!(", replacing {}", name::quoted(&r.model_name))));
+            record_event!(&mut *tx, self.origin, EventKind::RolloutChanged, Some(model_id), &updated.model_name, &detail, now);
+            tx.commit().await?;
+            Ok(RolloutChange { model: Some(updated), replaced })
+        })
+    }
+
+    /// Takes the model out of `role` (it goes back to `testing`); with `only_if`, only while
+    /// that model still holds it. Nothing in the role: nothing changes.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` when `only_if` no longer holds the role.
+    pub async fn clear_rollout(&self, role: RolloutRole, only_if: Option<i64>, detail: &str) -> Result<RolloutChange> {
+        let select_role = concat!("SELECT ", columns!(), " FROM ml_models WHERE status = $1");
+        let demote = "UPDATE ml_models SET status = 'testing', rollout_percentage = 0, shadow_percentage = 0, \
+                      updated_at = $1 WHERE model_id = $2";
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            bump!(tx, now);
+            let holder: Option<ModelRecord> = sqlx::query_as(select_role).bind(role.name()).fetch_optional(&mut *tx).await?;
+            if let Some(want) = only_if && holder.as_ref().is_none_or(|h| h.model_id != want) {
+                return Err(Error::FailedPrecondition(format!(
+                    "the {} changed meanwhile (it is now {}); nothing was cleared",
+                    role.name(),
+                    holder.as_ref().map_or_else(|| "none".to_string(), |h| name::quoted(&h.model_name))
+                )));
+            }
+            let Some(holder) = holder else {
+                tx.rollback().await?;
+                return Ok(RolloutChange { model: None, replaced: None });
+            };
+            sqlx::query(demote).bind(now).bind(holder.model_id).execute(&mut *tx).await?;
+            let detail = format!("{} cleared{detail}", role.name());
+            record_event!(&mut *tx, self.origin, EventKind::RolloutChanged, Some(holder.model_id), &holder.model_name, &detail, now);
+            tx.commit().await?;
+            Ok(RolloutChange { model: None, replaced: Some(holder) })
+        })
+    }
+}
