@@ -438,8 +438,9 @@ pub fn npy_i64(rel: &str) -> Vec<i64> {
 
 /// The first `n` rows of the evaluation set, flattened ([n,64] FP32).
 pub fn eval_rows(n: usize) -> Vec<f32> {
-    let (_, x) = npy_f32("eval/digits_x.npy");
-    x[..n * 64].to_vec()
+    // Read once per test binary: parsing the .npy in a debug build costs more than a request.
+    static ROWS: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    ROWS.get_or_init(|| npy_f32("eval/digits_x.npy").1)[..n * 64].to_vec()
 }
 
 /// onnxruntime's probabilities of `model` for the first `n` evaluation rows.
