@@ -129,7 +129,7 @@ fn bench_batch(
             b.to_async(rt).iter(|| {
                 let model = Arc::clone(model);
                 let inputs = &inputs;
-                async move { serving::infer(executor, model, inputs, true, None).await.unwrap() }
+                async move { serving::infer(executor, model, inputs, true, None, None).await.unwrap() }
             })
         });
     }
@@ -140,7 +140,7 @@ fn bench_batch(
             let mut all = Vec::with_capacity(runs);
             for _ in 0..runs {
                 let t = std::time::Instant::now();
-                let done = serving::infer(executor, Arc::clone(model), &inputs, true, None)
+                let done = serving::infer(executor, Arc::clone(model), &inputs, true, None, None)
                     .await
                     .unwrap();
                 all.push(t.elapsed().saturating_sub(done.timings.compute).as_nanos());

@@ -145,7 +145,10 @@ pub async fn serve_with(
         )
         .await?
         .serving(executor, engine)
-        .with_candidates(config.candidates.limits()),
+        .with_candidates(config.candidates.limits())
+        .with_shadows(
+            crate::serving::shadow::Shadows::start(config.shadow.config()).context("starting the shadow threads")?,
+        ),
     );
     tracing::info!(
         "model root: {} ({})",

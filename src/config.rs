@@ -11,6 +11,7 @@ use crate::model::EngineChoice;
 use crate::model::cache::CandidateLimits;
 use crate::registry::redact_url;
 use crate::serving::ExecutorConfig;
+use crate::serving::shadow::ShadowConfig;
 
 /// What `modeld --help` says about exit codes (docs/operations.md says the same).
 pub const EXIT_CODES: &str = "\
@@ -255,6 +256,41 @@ pub struct ServeConfig {
     /// Predicting by the name of a registered model that is not active.
     #[command(flatten)]
     pub candidates: CandidateArgs,
+    /// Where requests mirrored to the shadow run.
+    #[command(flatten)]
+    pub shadow: ShadowArgs,
+}
+
+/// The shadow's own capacity (docs/rollout.md, "Shadow traffic").
+#[derive(Debug, Clone, Args)]
+pub struct ShadowArgs {
+    /// Threads that run requests mirrored to the shadow, apart from the compute threads.
+    #[arg(long, env = "MODELD_SHADOW_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub shadow_threads: u64,
+    /// Mirrored requests that may wait for the shadow threads; beyond it they are dropped (and
+    /// counted), never the caller's request.
+    #[arg(long, env = "MODELD_SHADOW_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub shadow_queue: u64,
+}
+
+impl Default for ShadowArgs {
+    fn default() -> Self {
+        let d = ShadowConfig::default();
+        Self {
+            shadow_threads: d.threads as u64,
+            shadow_queue: d.queue as u64,
+        }
+    }
+}
+
+impl ShadowArgs {
+    /// The shadow runner's size.
+    pub fn config(&self) -> ShadowConfig {
+        ShadowConfig {
+            threads: usize::try_from(self.shadow_threads).unwrap_or(1),
+            queue: usize::try_from(self.shadow_queue).unwrap_or(64),
+        }
+    }
 }
 
 /// The candidate cache: registered models that are not active, loaded when a request names
@@ -426,6 +462,7 @@ impl ServeConfig {
             metrics_listen: None,
             engine: EngineArgs::default(),
             candidates: CandidateArgs::default(),
+            shadow: ShadowArgs::default(),
         }
     }
 }

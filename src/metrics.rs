@@ -34,6 +34,14 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
+/// One shadow metric: its name, type, help, and how to read it off a shadow's figures.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::serving::shadow::ShadowFigures) -> String,
+);
+
 /// Escapes a Prometheus label value.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -164,6 +172,71 @@ pub fn render(control: &Control) -> String {
             "# HELP modeld_candidate_{name}_total {help}\n# TYPE modeld_candidate_{name}_total counter\n\
              modeld_candidate_{name}_total {n}"
         );
+    }
+    if let Some(shadows) = control.shadows() {
+        let figures = shadows.figures();
+        let series: [Series; 8] = [
+            (
+                "modeld_shadow_mirrored_total",
+                "counter",
+                "Mirrored requests the shadow ran.",
+                |f| f.mirrored.to_string(),
+            ),
+            (
+                "modeld_shadow_dropped_total",
+                "counter",
+                "Mirrored requests dropped: the shadow's queue was full.",
+                |f| f.dropped.to_string(),
+            ),
+            (
+                "modeld_shadow_errors_total",
+                "counter",
+                "Mirrored requests the shadow failed.",
+                |f| f.errors.to_string(),
+            ),
+            (
+                "modeld_shadow_rows_compared_total",
+                "counter",
+                "Rows whose top-1 class both models computed.",
+                |f| f.rows_compared.to_string(),
+            ),
+            (
+                "modeld_shadow_rows_agreed_total",
+                "counter",
+                "Of those, rows where the shadow agreed with the serving model.",
+                |f| f.rows_agreed.to_string(),
+            ),
+            (
+                "modeld_shadow_max_abs_diff",
+                "gauge",
+                "Largest absolute difference between the two models' float outputs.",
+                |f| f.max_abs_diff.to_string(),
+            ),
+            (
+                "modeld_shadow_mean_abs_diff",
+                "gauge",
+                "Mean absolute difference between the two models' float outputs.",
+                |f| f.mean_abs_diff.to_string(),
+            ),
+            (
+                "modeld_shadow_latency_mean_seconds",
+                "gauge",
+                "The shadow's mean compute time.",
+                |f| f.latency_mean.as_secs_f64().to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for f in &figures {
+                let _ = writeln!(
+                    out,
+                    "{name}{{model_id=\"{}\",model=\"{}\"}} {}",
+                    f.model_id,
+                    label(&f.model_name),
+                    value(f)
+                );
+            }
+        }
     }
     let stats = control.stats().snapshot();
     let _ = writeln!(

@@ -225,3 +225,117 @@ async fn two_servers_agree_on_the_canary() {
     let after = canary_keys(&mut b.inference().await, &keys).await;
     assert!(after.iter().all(|c| !*c));
 }
+
+/// The shadow runs its share of the requests after the caller's answer, and the caller only
+/// ever gets the serving model's answer; its figures (mirrored, agreement with the serving
+/// model, output differences) show in GetServerStatus and the metrics.
+#[tokio::test]
+async fn the_shadow_never_changes_an_answer() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut reg = server.registry().await;
+    let mut infer = server.inference().await;
+    reg.set_shadow(set_req("digits_v1", 100)).await.unwrap();
+    server
+        .wait_status("the shadow served", |s| {
+            s.rollout
+                .as_ref()
+                .is_some_and(|r| r.shadow.is_some() && r.shadow_percentage == 100)
+        })
+        .await;
+    let want = expected_probs("digits_v2", 32);
+    for i in 0..200 {
+        let rows = eval_rows(32);
+        let row = i % 32;
+        let r = infer
+            .predict(digits_request("", &rows[row * 64..(row + 1) * 64]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((r.model_name.as_str(), r.role.as_str()), ("digits_v2", "active"));
+        assert_close(&raw_f32(&r.outputs[0].raw_data), &want[row * 10..(row + 1) * 10], 1e-5);
+    }
+    let (status, _) = server
+        .wait_status("every mirrored request accounted for", |s| {
+            s.rollout
+                .as_ref()
+                .and_then(|r| r.shadows.first())
+                .is_some_and(|f| f.mirrored + f.dropped == 200)
+        })
+        .await;
+    let f = &status.rollout.unwrap().shadows[0];
+    assert_eq!(f.model_name, "digits_v1");
+    assert!(f.mirrored > 0 && f.errors == 0, "{f:?}");
+    assert_eq!(f.rows_compared, f.mirrored, "one row each");
+    // digits_v1 (logistic regression) and digits_v2 (MLP) agree on most rows, not all.
+    assert!(f.agreement > 0.7 && f.agreement <= 1.0, "{f:?}");
+    assert!(
+        f.max_abs_diff > 0.0 && f.mean_abs_diff > 0.0 && f.mean_abs_diff <= f.max_abs_diff,
+        "{f:?}"
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "modeld_shadow_mirrored_total{{model_id=\"1\",model=\"digits_v1\"}} {}",
+            f.mirrored
+        )),
+        "{metrics}"
+    );
+
+    // A shadow whose inputs do not fit the requests is refused.
+    let e = reg.set_shadow(set_req("cnn", 10)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("cannot take the requests"), "{}", e.message());
+    reg.clear_shadow(pb::ClearRolloutRequest::default()).await.unwrap();
+    server
+        .wait_status("the shadow gone", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.shadow.is_none())
+        })
+        .await;
+}
+
+/// A shadow slower than the traffic, with a queue of one: its work is dropped and counted, and
+/// no caller is ever refused or answered by it.
+#[tokio::test]
+async fn a_full_shadow_queue_never_refuses_a_caller() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    // About 8 M multiply-adds a row: far slower than the digits model it shadows.
+    synth::write_mlp(&root.path().join("slow.onnx"), &[64, 2000, 2000, 10], 5);
+    let server = TestServer::start_on(db, root, |c| {
+        c.shadow.shadow_queue = 1;
+        c.shadow.shadow_threads = 1;
+    })
+    .await;
+    server
+        .wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let mut reg = server.registry().await;
+    reg.register_model(pb::RegisterModelRequest {
+        name: "slow".into(),
+        file_path: "slow.onnx".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    reg.set_shadow(set_req("slow", 100)).await.unwrap();
+    server
+        .wait_status("the shadow served", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.shadow.is_some())
+        })
+        .await;
+    let keys: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+    let on_canary = canary_keys(&mut server.inference().await, &keys).await;
+    assert!(on_canary.iter().all(|c| !*c), "every answer is the active model's");
+    let (status, _) = server
+        .wait_status("every mirrored request accounted for", |s| {
+            s.rollout
+                .as_ref()
+                .and_then(|r| r.shadows.first())
+                .is_some_and(|f| f.mirrored + f.dropped == 400)
+        })
+        .await;
+    let f = &status.rollout.unwrap().shadows[0];
+    assert!(f.dropped > 0, "a queue of one behind a slow shadow drops: {f:?}");
+    assert!(f.mirrored > 0, "{f:?}");
+    assert_eq!(f.rows_compared, 0, "no output of the same name to compare: {f:?}");
+}

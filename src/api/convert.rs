@@ -326,6 +326,29 @@ pub fn server_status(
     }
 }
 
+/// A shadow's figures.
+pub fn shadow_figures(f: &crate::serving::shadow::ShadowFigures) -> pb::ShadowFigures {
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    pb::ShadowFigures {
+        model_id: f.model_id,
+        model_name: f.model_name.clone(),
+        mirrored: f.mirrored,
+        dropped: f.dropped,
+        errors: f.errors,
+        rows_compared: f.rows_compared,
+        rows_agreed: f.rows_agreed,
+        agreement: if f.rows_compared == 0 {
+            0.0
+        } else {
+            f.rows_agreed as f64 / f.rows_compared as f64
+        },
+        max_abs_diff: f.max_abs_diff,
+        mean_abs_diff: f.mean_abs_diff,
+        latency_mean_us: us(f.latency_mean),
+        latency_max_us: us(f.latency_max),
+    }
+}
+
 /// The canary and the shadow of a serving set.
 pub fn serving_rollout(set: &crate::model::slot::ServingSet) -> pb::ServingRollout {
     let part = |w: &Option<crate::model::slot::Weighted>| {
@@ -338,6 +361,7 @@ pub fn serving_rollout(set: &crate::model::slot::ServingSet) -> pb::ServingRollo
         canary_percentage,
         shadow,
         shadow_percentage,
+        shadows: Vec::new(),
     }
 }
 

@@ -347,7 +347,13 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         );
         status.candidates = Some(convert::candidate_cache(c.candidates()));
         status.resident_bytes = crate::model::memory::resident_bytes().unwrap_or(0);
-        status.rollout = c.slot().load().map(|set| convert::serving_rollout(&set));
+        status.rollout = c.slot().load().map(|set| {
+            let mut rollout = convert::serving_rollout(&set);
+            if let Some(shadows) = c.shadows() {
+                rollout.shadows = shadows.figures().iter().map(convert::shadow_figures).collect();
+            }
+            rollout
+        });
         Ok(Response::new(status))
     }
 

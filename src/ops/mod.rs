@@ -37,6 +37,7 @@ pub use crate::registry::name::ACTIVE_ALIAS;
 use crate::registry::name::quoted;
 use crate::registry::{EventKind, ModelRecord, Registry};
 use crate::serving::Executor;
+use crate::serving::shadow::Shadows;
 use crate::serving::stats::Stats;
 use crate::status::Status;
 
@@ -74,6 +75,8 @@ pub struct Control {
     engine: EngineSettings,
     /// Registered models that are not active, loaded when a request names them.
     candidates: Candidates,
+    /// Where mirrored requests run; only a serving process has it.
+    shadows: Option<Shadows>,
 }
 
 /// Counts a request as in flight until dropped.
@@ -101,7 +104,19 @@ impl Control {
             executor: None,
             engine: EngineSettings::default(),
             candidates: Candidates::new(CandidateLimits::default()),
+            shadows: None,
         }
+    }
+
+    /// Runs mirrored requests on `shadows` (a serving process).
+    pub fn with_shadows(mut self, shadows: Shadows) -> Self {
+        self.shadows = Some(shadows);
+        self
+    }
+
+    /// The shadow runner, in a serving process.
+    pub fn shadows(&self) -> Option<&Shadows> {
+        self.shadows.as_ref()
     }
 
     /// Bounds the cache of candidates (registered models that are not active, loaded when a

@@ -36,10 +36,7 @@ impl Control {
             ));
         }
         if let Some(model) = self.candidates.get_loaded(&name::nfc(name)) {
-            return Ok(Route {
-                model,
-                role: Role::Candidate,
-            });
+            return Ok(Route::to(model, Role::Candidate));
         }
         let serving = set.as_ref().map(|s| s.active.record.model_name.clone());
         if !self.status.registry_reachable() {
@@ -56,10 +53,7 @@ impl Control {
                 quoted(name),
                 serving.map_or_else(|| "nothing".to_string(), |s| quoted(&s))
             ))),
-            Some(record) => Ok(Route {
-                model: self.load_candidate(record).await?,
-                role: Role::Candidate,
-            }),
+            Some(record) => Ok(Route::to(self.load_candidate(record).await?, Role::Candidate)),
         }
     }
 
@@ -109,7 +103,12 @@ impl Control {
             return Err(Error::Unavailable("this process does not serve inference".into()));
         };
         let model = route.model;
-        match serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline).await {
+        let mirror = route
+            .shadow
+            .as_ref()
+            .zip(self.shadows.as_ref())
+            .map(|(s, runner)| (runner, s));
+        match serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline, mirror).await {
             Ok(done) => {
                 self.stats.success(
                     &model.record,

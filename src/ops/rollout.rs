@@ -44,7 +44,11 @@ impl Control {
             )));
         }
         if !allow_signature_change {
-            self.check_signature(&record.model_name, &record.signature()?).await?;
+            match role {
+                RolloutRole::Canary => self.check_signature(&record.model_name, &record.signature()?).await?,
+                // The shadow's answers reach no client: only its inputs must fit the requests.
+                RolloutRole::Shadow => self.check_shadow_inputs(&record).await?,
+            }
         }
         let _order = self.activation.lock().await;
         // Verified before the commit, as an activation is (a model already in the role, or in
@@ -99,6 +103,29 @@ impl Control {
             ..Gates::default()
         };
         self.activate(&ModelRef::Id(canary.model_id), &meta, &gates).await
+    }
+
+    /// Refuses a shadow that could not take the active model's requests as they come.
+    async fn check_shadow_inputs(&self, record: &ModelRecord) -> Result<()> {
+        let Some(active) = self.registry.active().await? else {
+            return Ok(());
+        };
+        let breaks: Vec<String> = active
+            .signature()?
+            .breaks(&record.signature()?)
+            .into_iter()
+            .filter(|b| b.starts_with("input"))
+            .collect();
+        if breaks.is_empty() {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "the shadow {} cannot take the requests of the active model {}: {}; pass \
+             --allow-signature-change (allow_signature_change) to set it anyway (its requests would fail)",
+            quoted(&record.model_name),
+            quoted(&active.model_name),
+            breaks.join("; ")
+        )))
     }
 
     /// The model this server serves in `role`, if it is `record`'s (same file).

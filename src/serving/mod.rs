@@ -5,6 +5,7 @@
 
 pub mod executor;
 pub mod route;
+pub mod shadow;
 pub mod stats;
 pub mod tensor;
 
@@ -48,7 +49,8 @@ pub struct Inference {
 
 /// Validates `inputs` against `model`'s signature, runs the model on `executor` (not at all if
 /// `deadline` passes first), and encodes the outputs (raw bytes when `raw_outputs`, typed values
-/// otherwise).
+/// otherwise). With `mirror`, the computed request is then handed to that shadow (it never
+/// waits for it).
 ///
 /// # Errors
 /// `InvalidArgument` for inputs that do not match the signature (before tract sees them);
@@ -60,14 +62,20 @@ pub async fn infer(
     inputs: &[InputRef<'_>],
     raw_outputs: bool,
     deadline: Option<Instant>,
+    mirror: Option<(&shadow::Shadows, &Arc<ServedModel>)>,
 ) -> Result<Inference> {
     let started = Instant::now();
     let signature = &model.model.signature;
     let tensors = tensor::prepare_inputs(&model.record.model_name, signature, inputs)?;
     let rows = batch_rows(&model, inputs);
     let decode = started.elapsed();
+    // Clones of the Arcs, not of the data.
+    let mirrored = mirror.map(|_| tensors.clone());
 
     let (outputs, execution) = executor.run(Arc::clone(&model), tensors, rows, deadline).await?;
+    if let (Some((shadows, shadow)), Some(inputs)) = (mirror, mirrored) {
+        shadows.offer(shadow, &model, inputs, outputs.clone());
+    }
 
     let t = Instant::now();
     let outputs = tensor::encode_outputs(&model.model.signature, outputs, raw_outputs)?;

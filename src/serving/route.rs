@@ -37,6 +37,20 @@ pub struct Route {
     pub model: Arc<ServedModel>,
     /// Why it serves this request.
     pub role: Role,
+    /// The shadow this request is also mirrored to, from the same snapshot: drawn for the
+    /// shadow's share of the requests the active model serves.
+    pub shadow: Option<Arc<ServedModel>>,
+}
+
+impl Route {
+    /// A route with no mirroring.
+    pub fn to(model: Arc<ServedModel>, role: Role) -> Self {
+        Self {
+            model,
+            role,
+            shadow: None,
+        }
+    }
 }
 
 /// The bucket (0-99) of a routing key: FNV-1a (64-bit, offset basis 0xcbf29ce484222325, prime
@@ -52,7 +66,7 @@ pub fn bucket(routing_key: &str) -> u8 {
 }
 
 /// A bucket for a request without a routing key: a fresh random draw each time.
-fn random_bucket() -> u8 {
+pub(crate) fn random_bucket() -> u8 {
     use std::cell::Cell;
     use std::hash::{BuildHasher, RandomState};
     thread_local! {
@@ -75,10 +89,17 @@ fn random_bucket() -> u8 {
 /// name in the set (in any Unicode normal form), never rerouted. `None` when the set has no
 /// such model: the caller explains the miss (or, for a registered candidate, loads it).
 pub fn resolve(set: &ServingSet, name: &str, routing_key: &str) -> Option<Route> {
-    let route = |model: &Arc<ServedModel>, role| {
+    let route = |model: &Arc<ServedModel>, role| Some(Route::to(Arc::clone(model), role));
+    let active = || {
+        let shadow = set
+            .shadow
+            .as_ref()
+            .filter(|s| s.percentage > 0 && random_bucket() < s.percentage)
+            .map(|s| Arc::clone(&s.model));
         Some(Route {
-            model: Arc::clone(model),
-            role,
+            model: Arc::clone(&set.active),
+            role: Role::Active,
+            shadow,
         })
     };
     if name::is_active_alias(name) {
@@ -92,10 +113,10 @@ pub fn resolve(set: &ServingSet, name: &str, routing_key: &str) -> Option<Route>
                 return route(&c.model, Role::Canary);
             }
         }
-        return route(&set.active, Role::Active);
+        return active();
     }
     if set.active.record.model_name == name {
-        return route(&set.active, Role::Active);
+        return active();
     }
     if let Some(c) = set.canary.as_ref().filter(|c| c.model.record.model_name == name) {
         return route(&c.model, Role::Canary);
@@ -103,7 +124,7 @@ pub fn resolve(set: &ServingSet, name: &str, routing_key: &str) -> Option<Route>
     // A name in another normal form than the stored NFC one: rare, off the fast path above.
     let name = name::nfc(name);
     if set.active.record.model_name == name {
-        return route(&set.active, Role::Active);
+        return active();
     }
     set.canary
         .as_ref()
