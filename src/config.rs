@@ -86,6 +86,20 @@ pub enum Command {
     Shadow(RolloutArgs),
     /// Make the canary the active model.
     Promote(PromoteArgs),
+    /// Ask a running server what it serves: the active model, the canary and the shadow with
+    /// their percentages and the shadow's agreement, candidates, why it is degraded.
+    Status(StatusArgs),
+}
+
+/// `modeld status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Server address.
+    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Print JSON instead of text.
+    #[arg(long, env = "MODELD_JSON")]
+    pub json: bool,
 }
 
 /// `modeld canary` and `modeld shadow`.

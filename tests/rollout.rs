@@ -272,6 +272,17 @@ async fn the_shadow_never_changes_an_answer() {
         f.max_abs_diff > 0.0 && f.mean_abs_diff > 0.0 && f.mean_abs_diff <= f.max_abs_diff,
         "{f:?}"
     );
+    let (ok, out, err) = modeld_cli(
+        &server.db.url,
+        server.root.path(),
+        &["status", "--server", &server.url()],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("shadow    \"digits_v1\"") && out.contains("at 100%") && out.contains("top-1 agreement"),
+        "{out}"
+    );
     let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!(
@@ -285,6 +296,15 @@ async fn the_shadow_never_changes_an_answer() {
     let e = reg.set_shadow(set_req("cnn", 10)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("cannot take the requests"), "{}", e.message());
+    // A model in a rollout role cannot be deleted.
+    let e = reg
+        .delete_model(pb::DeleteModelRequest {
+            model: by_name("digits_v1"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("is the shadow; clear it first"), "{}", e.message());
     reg.clear_shadow(pb::ClearRolloutRequest::default()).await.unwrap();
     server
         .wait_status("the shadow gone", |s| {

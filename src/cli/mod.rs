@@ -254,6 +254,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Predict(a) => predict(a).await,
+        Command::Status(a) => status(a).await,
         Command::Events(a) => events(a).await,
         Command::Evaluate(a) => evaluate::evaluate(a).await,
         Command::Compare(a) => evaluate::compare(a).await,
@@ -423,17 +424,114 @@ fn activation_json(a: &ActivationOutcome) -> Value {
     })
 }
 
-async fn predict(a: PredictArgs) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(a.server.clone())
+/// A channel to the server at `address`.
+async fn connect(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(address.to_string())
         .map_err(|e| {
             Usage(format!(
-                "--server {:?} is not a server address ({e}); e.g. http://127.0.0.1:50051",
-                a.server
+                "--server {address:?} is not a server address ({e}); e.g. http://127.0.0.1:50051"
             ))
         })?
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {}", a.server))?;
+        .with_context(|| format!("cannot connect to {address}"))?)
+}
+
+/// `modeld status`: GetServerStatus, for people (or as JSON).
+async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
+    let channel = connect(&a.server).await?;
+    let s = pb::model_registry_client::ModelRegistryClient::new(channel)
+        .get_server_status(pb::GetServerStatusRequest {})
+        .await?
+        .into_inner();
+    let name = |m: &Option<pb::Model>| {
+        m.as_ref().map_or_else(
+            || "none".to_string(),
+            |m| {
+                format!(
+                    "{} (id {}, version {})",
+                    quoted(&m.model_name),
+                    m.model_id,
+                    quoted(&m.version)
+                )
+            },
+        )
+    };
+    let rollout = s.rollout.clone().unwrap_or_default();
+    let shadows: Vec<Value> = rollout
+        .shadows
+        .iter()
+        .map(|f| {
+            json!({"model_id": f.model_id, "model_name": f.model_name, "mirrored": f.mirrored, "dropped": f.dropped,
+                   "errors": f.errors, "rows_compared": f.rows_compared, "rows_agreed": f.rows_agreed,
+                   "agreement": f.agreement, "max_abs_diff": f.max_abs_diff, "mean_abs_diff": f.mean_abs_diff,
+                   "latency_mean_us": f.latency_mean_us, "latency_max_us": f.latency_max_us})
+        })
+        .collect();
+    if a.json {
+        let model = |m: &Option<pb::Model>| {
+            m.as_ref()
+                .map(|m| json!({"model_id": m.model_id, "model_name": m.model_name, "version": m.version}))
+        };
+        println!(
+            "{}",
+            json!({
+                "server": s.server,
+                "serving": model(&s.serving),
+                "registry_active": model(&s.registry_active),
+                "degraded": s.degraded,
+                "degradations": s.degradations.iter().map(|d| d.message.clone()).collect::<Vec<_>>(),
+                "canary": model(&rollout.canary),
+                "canary_percentage": rollout.canary_percentage,
+                "shadow": model(&rollout.shadow),
+                "shadow_percentage": rollout.shadow_percentage,
+                "shadows": shadows,
+                "candidates": s.candidates.as_ref().map(|c| c.cached.iter().map(|m| m.model_name.clone()).collect::<Vec<_>>()),
+                "resident_bytes": s.resident_bytes,
+                "in_flight_requests": s.in_flight_requests,
+            })
+        );
+        return Ok(());
+    }
+    println!("server    {}", s.server);
+    println!("serving   {}", name(&s.serving));
+    if rollout.canary.is_some() {
+        println!("canary    {} at {}%", name(&rollout.canary), rollout.canary_percentage);
+    }
+    if rollout.shadow.is_some() {
+        println!("shadow    {} at {}%", name(&rollout.shadow), rollout.shadow_percentage);
+    }
+    for f in &rollout.shadows {
+        println!(
+            "  shadow {}: mirrored {}, dropped {}, errors {}, top-1 agreement {:.1}% of {} rows, output difference max {:.3e} mean {:.3e}, latency mean {:.0} µs",
+            quoted(&f.model_name),
+            f.mirrored,
+            f.dropped,
+            f.errors,
+            f.agreement * 100.0,
+            f.rows_compared,
+            f.max_abs_diff,
+            f.mean_abs_diff,
+            f.latency_mean_us
+        );
+    }
+    if let Some(c) = &s.candidates
+        && !c.cached.is_empty()
+    {
+        let names: Vec<String> = c.cached.iter().map(|m| quoted(&m.model_name)).collect();
+        println!("candidates {}", names.join(", "));
+    }
+    println!("memory    {:.1} MB resident", s.resident_bytes as f64 / 1e6);
+    if s.degraded {
+        for d in &s.degradations {
+            println!("degraded  {}", d.message);
+        }
+    }
+    Ok(())
+}
+
+async fn predict(a: PredictArgs) -> anyhow::Result<()> {
+    let channel = connect(&a.server).await?;
     // The signature of what the server serves comes from its memory (ModelMetadata answers
     // while the registry is unreachable); other models' from the registry.
     let metadata = kserve_pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel.clone())

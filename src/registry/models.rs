@@ -340,7 +340,7 @@ impl Registry {
     pub async fn delete(&self, model: &ModelRef) -> Result<ModelRecord> {
         let id = self.get(model).await?.model_id;
         let sql = concat!(
-            "DELETE FROM ml_models WHERE model_id = $1 AND is_active = $2 RETURNING ",
+            "DELETE FROM ml_models WHERE model_id = $1 AND is_active = $2 AND status NOT IN ('canary', 'shadow') RETURNING ",
             columns!()
         );
         let now = Utc::now();
@@ -349,11 +349,14 @@ impl Registry {
             bump!(tx, now);
             let deleted: Option<ModelRecord> = sqlx::query_as(sql).bind(id).bind(false).fetch_optional(&mut *tx).await?;
             let Some(deleted) = deleted else {
-                let still: Option<bool> = sqlx::query_scalar("SELECT is_active FROM ml_models WHERE model_id = $1")
+                let still: Option<String> = sqlx::query_scalar("SELECT status FROM ml_models WHERE model_id = $1")
                     .bind(id).fetch_optional(&mut *tx).await?;
-                return Err(match still {
-                    Some(true) => Error::FailedPrecondition(format!(
+                return Err(match still.as_deref() {
+                    Some("active") => Error::FailedPrecondition(format!(
                         "{model} is the active model; activate another model before deleting it"
+                    )),
+                    Some(role @ ("canary" | "shadow")) => Error::FailedPrecondition(format!(
+                        "{model} is the {role}; clear it first (modeld {role} clear)"
                     )),
                     _ => Error::NotFound(format!("{model} is not registered")),
                 });
