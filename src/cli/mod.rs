@@ -426,15 +426,15 @@ fn activation_json(a: &ActivationOutcome) -> Value {
 
 /// A channel to the server at `address`.
 async fn connect(address: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(address.to_string())
-        .map_err(|e| {
-            Usage(format!(
-                "--server {address:?} is not a server address ({e}); e.g. http://127.0.0.1:50051"
-            ))
-        })?
+    let endpoint = tonic::transport::Endpoint::from_shared(address.to_string()).map_err(|e| {
+        Usage(format!(
+            "--server {address:?} is not a server address ({e}); e.g. http://127.0.0.1:50051"
+        ))
+    })?;
+    endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {address}"))?)
+        .with_context(|| format!("cannot connect to {address}"))
 }
 
 /// `modeld status`: GetServerStatus, for people (or as JSON).
