@@ -146,6 +146,7 @@ pub async fn serve_with(
         .await?
         .serving(executor, engine)
         .with_candidates(config.candidates.limits())
+        .with_rollback_watch(Duration::from_secs(config.rollback_watch_secs))
         .with_shadows(
             crate::serving::shadow::Shadows::start(config.shadow.config()).context("starting the shadow threads")?,
         ),
@@ -198,6 +199,19 @@ pub async fn serve_with(
             watch_files: !config.no_watch_files,
         },
     )?;
+
+    // The automatic rollback looks at its windows twice a second.
+    let guard = {
+        let control = Arc::clone(&control);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                control.guard_tick().await;
+            }
+        })
+    };
 
     // Metrics stop with the server.
     let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
@@ -271,6 +285,7 @@ pub async fn serve_with(
         }
     }
     metrics_stop.send_replace(true);
+    guard.abort();
     drop(reloader);
     control.registry().close().await;
     tracing::info!("modeld stopped");

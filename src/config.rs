@@ -137,12 +137,40 @@ pub struct RolloutSetArgs {
     /// Even if its inputs or outputs would break the active model's clients.
     #[arg(long)]
     pub allow_signature_change: bool,
+    /// Roll it back automatically when its error rate (0-1) over its window exceeds this
+    /// (stored with the model; default 0.05). `none` turns it off.
+    #[arg(long, value_parser = parse_threshold)]
+    pub rollback_threshold: Option<Threshold>,
+    /// Requests its window must hold before the threshold counts (default 100).
+    #[arg(long)]
+    pub min_samples: Option<u32>,
+    /// Its sliding window, in seconds (default 60).
+    #[arg(long)]
+    pub window_secs: Option<u32>,
+    /// Also roll it back when its p99 latency over the window exceeds this many ms; `none`
+    /// turns it off (the default).
+    #[arg(long, value_parser = parse_threshold)]
+    pub rollback_p99_ms: Option<Threshold>,
     /// Why (kept in the event).
     #[arg(long, default_value = "", env = "MODELD_REASON")]
     pub reason: String,
     /// Who, for the event.
     #[arg(long, env = "MODELD_USER", default_value = "cli")]
     pub by: String,
+}
+
+/// A threshold, or `none` (off).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Threshold(pub Option<f64>);
+
+/// A number, or `none`.
+fn parse_threshold(text: &str) -> Result<Threshold, String> {
+    if text.eq_ignore_ascii_case("none") || text.eq_ignore_ascii_case("off") {
+        return Ok(Threshold(None));
+    }
+    text.parse::<f64>()
+        .map(|v| Threshold(Some(v)))
+        .map_err(|_| format!("{text:?} is not a number (or none)"))
 }
 
 /// `modeld canary clear` / `modeld shadow clear`.
@@ -273,6 +301,11 @@ pub struct ServeConfig {
     /// Where requests mirrored to the shadow run.
     #[command(flatten)]
     pub shadow: ShadowArgs,
+    /// How long after an activation the automatic rollback watches the new active model, in
+    /// seconds (each model's rollback_threshold, min samples and window decide when it acts);
+    /// past it the model is marked stable.
+    #[arg(long, env = "MODELD_ROLLBACK_WATCH_SECS", default_value_t = 600)]
+    pub rollback_watch_secs: u64,
 }
 
 /// The shadow's own capacity (docs/rollout.md, "Shadow traffic").
@@ -477,6 +510,7 @@ impl ServeConfig {
             engine: EngineArgs::default(),
             candidates: CandidateArgs::default(),
             shadow: ShadowArgs::default(),
+            rollback_watch_secs: 600,
         }
     }
 }

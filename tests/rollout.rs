@@ -359,3 +359,221 @@ async fn a_full_shadow_queue_never_refuses_a_caller() {
     assert!(f.mirrored > 0, "{f:?}");
     assert_eq!(f.rows_compared, 0, "no output of the same name to compare: {f:?}");
 }
+
+/// The bucket of a routing key as a client computes it (docs/rollout.md): FNV-1a 64, mod 100.
+fn bucket(key: &str) -> u8 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % 100) as u8
+}
+
+/// A lookup request (models/testdata/lookup.onnx): index 42 is outside the table and fails
+/// inside the engine; `bad_input` sends the wrong datatype (the caller's mistake).
+fn lookup(key: &str, index: i64, bad_input: bool) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model_name: String::new(),
+        inputs: vec![if bad_input {
+            pb::Tensor {
+                name: "index".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 1],
+                fp32_data: vec![1.0],
+                ..Default::default()
+            }
+        } else {
+            pb::Tensor {
+                name: "index".into(),
+                datatype: "INT64".into(),
+                shape: vec![1, 1],
+                int64_data: vec![index],
+                ..Default::default()
+            }
+        }],
+        routing_key: key.into(),
+    }
+}
+
+fn policy(error_rate: f64, min_samples: u32) -> pb::UpdateModelRequest {
+    pb::UpdateModelRequest {
+        model: by_name("lookup_b"),
+        rollback: Some(pb::RollbackPolicy {
+            error_rate: Some(error_rate),
+            min_samples,
+            window_secs: 60,
+            p99_ms: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Two lookup models: lookup_a active, lookup_b registered with a rollback policy of 20 %
+/// over 20 requests.
+async fn lookup_pair(server: &TestServer) {
+    server.register_active_testdata("lookup.onnx", "lookup_a").await;
+    std::fs::copy(
+        bundled_models().join("testdata/lookup.onnx"),
+        server.root.path().join("lookup_b.onnx"),
+    )
+    .unwrap();
+    let mut reg = server.registry().await;
+    reg.register_model(pb::RegisterModelRequest {
+        name: "lookup_b".into(),
+        file_path: "lookup_b.onnx".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let m = reg.update_model(policy(0.2, 20)).await.unwrap().into_inner();
+    assert_eq!(m.rollback.unwrap().error_rate, Some(0.2));
+}
+
+/// A canary that fails inside the engine goes to 0 % on its own, with an event that says why;
+/// the caller's bad inputs are not the model's failures and are never counted.
+#[tokio::test]
+async fn a_failing_canary_goes_to_zero_and_bad_inputs_do_not_count() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    lookup_pair(&server).await;
+    let mut reg = server.registry().await;
+    let e = reg.update_model(policy(1.5, 20)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    reg.set_canary(set_req("lookup_b", 50)).await.unwrap();
+    server
+        .wait_status("the canary served", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.canary.is_some())
+        })
+        .await;
+    let canary_keys: Vec<String> = (0..2000)
+        .map(|i| format!("u{i}"))
+        .filter(|k| bucket(k) < 50)
+        .take(60)
+        .collect();
+    let mut infer = server.inference().await;
+    // 60 bad inputs, and 30 good requests, on the canary.
+    for k in &canary_keys {
+        let e = infer.predict(lookup(k, 1, true)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+    for k in &canary_keys[..30] {
+        let r = infer.predict(lookup(k, 1, false)).await.unwrap().into_inner();
+        assert_eq!((r.model_name.as_str(), r.role.as_str()), ("lookup_b", "canary"));
+    }
+    let window = |s: &pb::ServerStatus| s.rollback_windows.iter().find(|w| w.role == "canary").cloned();
+    let w = window(&server.status().await).unwrap();
+    assert_eq!(
+        (w.model_name.as_str(), w.requests, w.failures),
+        ("lookup_b", 30, 0),
+        "bad inputs are not counted"
+    );
+    // 30 failures in the model: 50 % over 60 requests, above 20 %.
+    for k in &canary_keys[..30] {
+        let e = infer.predict(lookup(k, 42, false)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+    }
+    server
+        .wait_status("the canary at 0%", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.canary_percentage == 0)
+        })
+        .await;
+    for k in &canary_keys[..10] {
+        let r = infer.predict(lookup(k, 1, false)).await.unwrap().into_inner();
+        assert_eq!(
+            (r.model_name.as_str(), r.role.as_str()),
+            ("lookup_a", "active"),
+            "the canary takes nothing now"
+        );
+    }
+    let rollout = reg.get_rollout(pb::GetRolloutRequest {}).await.unwrap().into_inner();
+    let c = rollout.canary.unwrap();
+    assert_eq!(
+        (c.model_name.as_str(), c.rollout_percentage, c.status.as_str()),
+        ("lookup_b", 0, "canary")
+    );
+    let events = modeld::registry::Registry::connect(&server.db.url)
+        .await
+        .unwrap()
+        .events_after(0, 1000)
+        .await
+        .unwrap();
+    let why = events
+        .iter()
+        .find(|e| e.kind == "rollout_changed" && e.detail.contains("automatic rollback"))
+        .unwrap_or_else(|| panic!("an event says why: {events:?}"));
+    assert!(
+        why.detail.contains("30 of 60 requests failed in the model"),
+        "{}",
+        why.detail
+    );
+}
+
+/// A freshly activated model that fails is rolled back from by the guard of the server that
+/// sees it, through the conditional rollback: both servers of the fleet follow, and a manual
+/// rollback racing it (or the other server's guard) never flips the bad model back in.
+#[tokio::test]
+async fn a_failing_new_model_is_rolled_back_once_by_the_fleet() {
+    let a = TestServer::start(Backend::Postgres).await;
+    lookup_pair(&a).await;
+    let root = model_root();
+    for f in ["lookup.onnx", "lookup_b.onnx"] {
+        std::fs::copy(a.root.path().join(f), root.path().join(f)).unwrap();
+    }
+    let b = TestServer::start_on(TestDb::shared(&a.db), root, |_| {}).await;
+    b.wait_serving("lookup_a").await;
+    let mut reg = a.registry().await;
+    let mut switch = switch_req("lookup_b");
+    switch.reason = "try b".into();
+    reg.activate_model(switch).await.unwrap();
+    for s in [&a, &b] {
+        s.wait_serving("lookup_b").await;
+    }
+    // Both servers see failures; a person rolls back at the same moment.
+    let mut calls = Vec::new();
+    for s in [&a, &b] {
+        let mut infer = s.inference().await;
+        calls.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let _ = infer.predict(lookup(&format!("k{i}"), 42, false)).await;
+            }
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let manual = reg
+        .rollback_model(pb::RollbackModelRequest {
+            from: by_name("lookup_b"),
+            reason: "by hand".into(),
+            ..Default::default()
+        })
+        .await;
+    for s in [&a, &b] {
+        s.wait_serving("lookup_a").await;
+    }
+    let registry = modeld::registry::Registry::connect(&a.db.url).await.unwrap();
+    let history = registry.activations(100).await.unwrap();
+    let rollbacks: Vec<_> = history.iter().filter(|h| h.is_rollback).collect();
+    assert_eq!(rollbacks.len(), 1, "the fleet rolled back once: {history:?}");
+    assert_eq!(rollbacks[0].previous_name.as_deref(), Some("lookup_b"));
+    if manual.is_err() {
+        assert!(rollbacks[0].reason.contains("automatic rollback"), "{:?}", rollbacks[0]);
+    }
+    assert_eq!(registry.active().await.unwrap().unwrap().model_name, "lookup_a");
+    let bad = registry
+        .get(&modeld::registry::ModelRef::Name("lookup_b".into()))
+        .await
+        .unwrap();
+    assert_eq!(bad.status, "deprecated");
+    // Nothing flips it back in afterwards.
+    for s in [&a, &b] {
+        let r = s
+            .inference()
+            .await
+            .predict(lookup("k", 1, false))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.model_name, "lookup_a");
+    }
+}

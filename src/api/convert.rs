@@ -323,6 +323,23 @@ pub fn server_status(
         candidates: None,
         resident_bytes: 0,
         rollout: None,
+        rollback_windows: Vec::new(),
+    }
+}
+
+/// What the automatic rollback sees of one model.
+pub fn rollback_window(w: &crate::ops::GuardWindow) -> pb::RollbackWindow {
+    let r = &w.record;
+    pb::RollbackWindow {
+        model_id: r.model_id,
+        model_name: r.model_name.clone(),
+        role: w.role.name().into(),
+        window_secs: u32::try_from(w.window.as_secs()).unwrap_or(u32::MAX),
+        requests: w.figures.total,
+        failures: w.figures.faults,
+        error_rate: w.figures.error_rate(),
+        p99_ms: w.figures.p99.map(|d| d.as_secs_f64() * 1e3),
+        policy: model(r).rollback,
     }
 }
 

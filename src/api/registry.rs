@@ -242,12 +242,19 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             description,
             model_type,
             accuracy,
+            rollback,
         } = request.into_inner();
         let changes = ModelChanges {
             version,
             description,
             model_type,
             accuracy,
+            rollback: rollback.map(|r| crate::registry::RollbackPolicy {
+                threshold: r.error_rate,
+                min_samples: r.min_samples,
+                window_secs: r.window_secs,
+                p99_ms: r.p99_ms,
+            }),
         };
         let record = self.control.update(&convert::model_ref(model)?, &changes).await?;
         Ok(Response::new(convert::model(&record)))
@@ -347,6 +354,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         );
         status.candidates = Some(convert::candidate_cache(c.candidates()));
         status.resident_bytes = crate::model::memory::resident_bytes().unwrap_or(0);
+        status.rollback_windows = c.guard_windows().iter().map(convert::rollback_window).collect();
         status.rollout = c.slot().load().map(|set| {
             let mut rollout = convert::serving_rollout(&set);
             if let Some(shadows) = c.shadows() {

@@ -782,6 +782,29 @@ async fn rollout(role: RolloutRole, action: crate::config::RolloutAction) -> any
     match action {
         RolloutAction::Set(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
+            let model = model_ref(&a.model)?;
+            if a.rollback_threshold.is_some()
+                || a.min_samples.is_some()
+                || a.window_secs.is_some()
+                || a.rollback_p99_ms.is_some()
+            {
+                let r = control.registry().get(&model).await?;
+                let policy = crate::registry::RollbackPolicy {
+                    threshold: a.rollback_threshold.map_or(r.rollback_threshold, |t| t.0),
+                    min_samples: a
+                        .min_samples
+                        .unwrap_or(u32::try_from(r.rollback_min_samples).unwrap_or(1)),
+                    window_secs: a
+                        .window_secs
+                        .unwrap_or(u32::try_from(r.rollback_window_secs).unwrap_or(60)),
+                    p99_ms: a.rollback_p99_ms.map_or(r.rollback_p99_ms, |t| t.0),
+                };
+                let changes = crate::registry::ModelChanges {
+                    rollback: Some(policy),
+                    ..Default::default()
+                };
+                control.update(&model, &changes).await?;
+            }
             let change = control
                 .set_rollout(
                     role,

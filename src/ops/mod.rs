@@ -12,6 +12,7 @@
 
 mod activate;
 mod evaluate;
+mod guard;
 mod reconcile;
 mod register;
 mod request;
@@ -26,6 +27,7 @@ use tokio::sync::Mutex;
 
 pub use self::activate::Gates;
 pub use self::evaluate::{Comparison, EvaluateOptions, Evaluated};
+pub use self::guard::GuardWindow;
 pub use self::reconcile::{FileSync, RegistrySync};
 pub use self::register::{Registered, Registration};
 use crate::error::{Error, FileProblem, Result};
@@ -77,6 +79,8 @@ pub struct Control {
     candidates: Candidates,
     /// Where mirrored requests run; only a serving process has it.
     shadows: Option<Shadows>,
+    /// The automatic rollback's windows.
+    guard: guard::Guard,
 }
 
 /// Counts a request as in flight until dropped.
@@ -105,7 +109,14 @@ impl Control {
             engine: EngineSettings::default(),
             candidates: Candidates::new(CandidateLimits::default()),
             shadows: None,
+            guard: guard::Guard::new(Duration::from_secs(600)),
         }
+    }
+
+    /// Watches a freshly activated model for `watch` (the automatic rollback acts within it).
+    pub fn with_rollback_watch(mut self, watch: Duration) -> Self {
+        self.guard = guard::Guard::new(watch);
+        self
     }
 
     /// Runs mirrored requests on `shadows` (a serving process).
@@ -299,6 +310,9 @@ impl Control {
         }
         // A cached candidate that became the active model serves from the set now.
         self.candidates.forget(record.model_id);
+        if !self.serves(&record) {
+            self.guard.begin(record.model_id, true);
+        }
         self.slot.publish_active(Arc::new(ServedModel { record, model }));
     }
 }

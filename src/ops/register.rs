@@ -113,6 +113,9 @@ impl Control {
     /// `InvalidArgument` for an accuracy outside 0..1; `NotFound` for an unknown model.
     pub async fn update(&self, model: &ModelRef, changes: &ModelChanges) -> Result<ModelRecord> {
         validate_accuracy(changes.accuracy)?;
+        if let Some(r) = &changes.rollback {
+            r.check()?;
+        }
         self.registry.update(model, changes).await
     }
 

@@ -108,7 +108,14 @@ impl Control {
             .as_ref()
             .zip(self.shadows.as_ref())
             .map(|(s, runner)| (runner, s));
-        match serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline, mirror).await {
+        let result = serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline, mirror).await;
+        self.guard_record(
+            route.role,
+            &model.record,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+        match result {
             Ok(done) => {
                 self.stats.success(
                     &model.record,

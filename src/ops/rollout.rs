@@ -168,7 +168,12 @@ impl Control {
             let model = match self.rollout_model(role, record) {
                 Some(m) => Some(m),
                 None => match self.load_rollout(role, record, &active).await {
-                    Ok(m) => Some(m),
+                    Ok(m) => {
+                        if role == RolloutRole::Canary {
+                            self.guard.begin(record.model_id, false);
+                        }
+                        Some(m)
+                    }
                     Err(e) => {
                         tracing::warn!(model = %record.model_name, role = role.name(), error = %e,
                             "the {} cannot be served here; its requests go to the active model", role.name());

@@ -110,7 +110,7 @@ pub mod rollout;
 
 pub use activations::{Activation, ActivationMeta, ActivationRecord, Conditions};
 pub use events::{EventKind, EventRecord};
-pub use models::{ModelChanges, ModelRecord, ModelRef, NewModel, Order};
+pub use models::{ModelChanges, ModelRecord, ModelRef, NewModel, Order, RollbackPolicy};
 pub use performance::EvaluationRecord;
 pub use rollout::{Rollout, RolloutChange, RolloutRole};
 

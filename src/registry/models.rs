@@ -124,6 +124,56 @@ pub struct ModelChanges {
     pub model_type: Option<String>,
     /// New accuracy.
     pub accuracy: Option<f64>,
+    /// A new automatic rollback policy (replacing the whole policy).
+    pub rollback: Option<RollbackPolicy>,
+}
+
+/// When a model is rolled back automatically.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RollbackPolicy {
+    /// Error rate 0-1 over the window; `None`: never automatically.
+    pub threshold: Option<f64>,
+    /// Requests the window must hold before it counts.
+    pub min_samples: u32,
+    /// The window, in seconds (1-3600).
+    pub window_secs: u32,
+    /// An optional p99 latency threshold, in ms.
+    pub p99_ms: Option<f64>,
+}
+
+impl RollbackPolicy {
+    /// Refuses values the schema would.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the value.
+    pub fn check(&self) -> Result<()> {
+        if let Some(t) = self.threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the rollback threshold is an error rate from 0 to 1, got {t}"
+            )));
+        }
+        if self.min_samples == 0 {
+            return Err(Error::InvalidArgument(
+                "the rollback's minimum sample count is at least 1".into(),
+            ));
+        }
+        if !(1..=3600).contains(&self.window_secs) {
+            return Err(Error::InvalidArgument(format!(
+                "the rollback window is 1 to 3600 seconds, got {}",
+                self.window_secs
+            )));
+        }
+        if let Some(p) = self.p99_ms
+            && !(p.is_finite() && p > 0.0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the rollback p99 threshold is a positive number of ms, got {p}"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Sort order for listings.
@@ -290,7 +340,21 @@ impl Registry {
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
-            let updated = updated.ok_or_else(|| Error::NotFound(format!("{model} is not registered")))?;
+            let mut updated = updated.ok_or_else(|| Error::NotFound(format!("{model} is not registered")))?;
+            if let Some(r) = &changes.rollback {
+                updated = sqlx::query_as(concat!(
+                    "UPDATE ml_models SET rollback_threshold = $1, rollback_min_samples = $2, rollback_window_secs = $3, \
+                     rollback_p99_ms = $4 WHERE model_id = $5 RETURNING ",
+                    columns!()
+                ))
+                .bind(r.threshold)
+                .bind(i32::try_from(r.min_samples).unwrap_or(i32::MAX))
+                .bind(i32::try_from(r.window_secs).unwrap_or(3600))
+                .bind(r.p99_ms)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+            }
             record_event!(&mut *tx, self.origin, EventKind::Updated, Some(updated.model_id), &updated.model_name, "", now);
             tx.commit().await?;
             Ok(updated)

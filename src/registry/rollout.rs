@@ -193,4 +193,50 @@ impl Registry {
             Ok(RolloutChange { model: None, replaced: Some(holder) })
         })
     }
+
+    /// The automatic rollback of a canary: its percentage goes to 0, only while `model_id` is
+    /// still the canary with a percentage above 0 (so a fleet whose servers all see the errors
+    /// acts once: the others change nothing). Whether this call changed it.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn pause_canary(&self, model_id: i64, why: &str) -> Result<bool> {
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            bump!(tx, now);
+            let changed = sqlx::query(
+                "UPDATE ml_models SET rollout_percentage = 0, updated_at = $1 WHERE model_id = $2 AND status = 'canary' \
+                 AND rollout_percentage > 0",
+            )
+            .bind(now)
+            .bind(model_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let name: String = sqlx::query_scalar("SELECT model_name FROM ml_models WHERE model_id = $1")
+                .bind(model_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let detail = format!("canary at 0%: automatic rollback: {why}");
+            record_event!(&mut *tx, self.origin, EventKind::RolloutChanged, Some(model_id), &name, &detail, now);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Marks the active model `model_id` stable (it served through its watch period without a
+    /// rollback), if it is still the active one.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn mark_stable(&self, model_id: i64) -> Result<bool> {
+        let sql = "UPDATE ml_models SET is_stable = $1 WHERE model_id = $2 AND is_active = $3 AND is_stable = $4";
+        let n = with_pool!(self, p => sqlx::query(sql).bind(true).bind(model_id).bind(true).bind(false).execute(p).await?.rows_affected());
+        Ok(n > 0)
+    }
 }

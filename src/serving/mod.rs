@@ -8,6 +8,7 @@ pub mod route;
 pub mod shadow;
 pub mod stats;
 pub mod tensor;
+pub mod window;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
