@@ -45,7 +45,19 @@ impl Control {
         }
         if !allow_signature_change {
             match role {
-                RolloutRole::Canary => self.check_signature(&record.model_name, &record.signature()?).await?,
+                RolloutRole::Canary => {
+                    if let Some(active) = self.registry.active().await?
+                        && let Some(refused) = crate::registry::activations::signature_refusal_as(
+                            "the canary",
+                            &record.model_name,
+                            &record.signature()?,
+                            &active.model_name,
+                            &active.signature()?,
+                        )
+                    {
+                        return Err(refused);
+                    }
+                }
                 // The shadow's answers reach no client: only its inputs must fit the requests.
                 RolloutRole::Shadow => self.check_shadow_inputs(&record).await?,
             }

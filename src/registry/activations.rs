@@ -54,13 +54,24 @@ pub struct Conditions {
 /// The refusal of the signature guard: activating `candidate` (signature `next`) would break
 /// the clients of `active` (signature `served`). `None` when nothing breaks.
 pub(crate) fn signature_refusal(candidate: &str, next: &Signature, active: &str, served: &Signature) -> Option<Error> {
+    signature_refusal_as("activating", candidate, next, active, served)
+}
+
+/// [`signature_refusal`], for another change than an activation ("the canary \"x\" would break …").
+pub(crate) fn signature_refusal_as(
+    action: &str,
+    candidate: &str,
+    next: &Signature,
+    active: &str,
+    served: &Signature,
+) -> Option<Error> {
     let breaks = served.breaks(next);
     if breaks.is_empty() {
         return None;
     }
     Some(Error::FailedPrecondition(format!(
-        "activating {} would break the clients of the active model {}: {}. Its signature: {}; the active \
-         model's: {}. Pass --allow-signature-change (allow_signature_change) to activate it anyway",
+        "{action} {} would break the clients of the active model {}: {}. Its signature: {}; the active \
+         model's: {}. Pass --allow-signature-change (allow_signature_change) to do it anyway",
         name::quoted(candidate),
         name::quoted(active),
         breaks.join("; "),
