@@ -173,6 +173,39 @@ pub fn render(control: &Control) -> String {
              modeld_candidate_{name}_total {n}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP modeld_rollout_percentage The canary's and the shadow's share of requests on this server.\n\
+         # TYPE modeld_rollout_percentage gauge"
+    );
+    if let Some(set) = control.slot().load() {
+        for (role, w) in [("canary", &set.canary), ("shadow", &set.shadow)] {
+            if let Some(w) = w {
+                let _ = writeln!(
+                    out,
+                    "modeld_rollout_percentage{{role=\"{role}\",model_id=\"{}\",model=\"{}\"}} {}",
+                    w.model.record.model_id,
+                    label(&w.model.record.model_name),
+                    w.percentage
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP modeld_rollback_window_error_rate The error rate the automatic rollback sees over each model's window.\n\
+         # TYPE modeld_rollback_window_error_rate gauge"
+    );
+    for w in control.guard_windows() {
+        let _ = writeln!(
+            out,
+            "modeld_rollback_window_error_rate{{role=\"{}\",model_id=\"{}\",model=\"{}\"}} {}",
+            w.role.name(),
+            w.record.model_id,
+            label(&w.record.model_name),
+            w.figures.error_rate()
+        );
+    }
     if let Some(shadows) = control.shadows() {
         let figures = shadows.figures();
         let series: [Series; 8] = [

@@ -185,7 +185,7 @@ async fn a_canary_takes_its_share_by_key_postgres() {
 /// Two servers on one PostgreSQL registry: a canary set through the CLI reaches both, they
 /// route every key alike, and a clear reaches both.
 #[tokio::test]
-async fn two_servers_agree_on_the_canary() {
+async fn two_servers_agree_on_the_canary_and_the_shadow() {
     let a = TestServer::start(Backend::Postgres).await;
     let root = model_root();
     let b = TestServer::start_on(TestDb::shared(&a.db), root, |_| {}).await;
@@ -212,6 +212,34 @@ async fn two_servers_agree_on_the_canary() {
     assert_eq!(on_a, on_b, "every server routes a key alike");
     assert!(on_a.iter().any(|c| *c) && on_a.iter().any(|c| !*c));
 
+    let metrics = b.metrics().await;
+    assert!(
+        metrics.contains("modeld_rollout_percentage{role=\"canary\",model_id=\"1\",model=\"digits_v1\"} 30"),
+        "{metrics}"
+    );
+    // The shadow too.
+    let (ok, _, err) = modeld_cli(&a.db.url, a.root.path(), &["shadow", "set", "digits_v2", "-p", "25"]).await;
+    assert!(!ok && err.contains("is the active model"), "{err}");
+    let (ok, out, err) = modeld_cli(
+        &a.db.url,
+        a.root.path(),
+        &["shadow", "set", "cnn", "-p", "25", "--allow-signature-change"],
+    )
+    .await;
+    assert!(
+        ok && out.contains("shadow: \"cnn\"") && out.contains("at 25%"),
+        "{out}{err}"
+    );
+    for s in [&a, &b] {
+        s.wait_status("the shadow served", |st| {
+            st.rollout
+                .as_ref()
+                .is_some_and(|r| r.shadow.as_ref().is_some_and(|m| m.model_name == "cnn") && r.shadow_percentage == 25)
+        })
+        .await;
+    }
+    let (ok, _, err) = modeld_cli(&a.db.url, a.root.path(), &["shadow", "clear"]).await;
+    assert!(ok, "{err}");
     let (ok, out, err) = modeld_cli(&a.db.url, a.root.path(), &["canary", "show"]).await;
     assert!(ok && out.contains("at 30%"), "{out}{err}");
     let (ok, out, err) = modeld_cli(&a.db.url, a.root.path(), &["canary", "clear"]).await;
