@@ -121,10 +121,17 @@ pub fn resolve(set: &ServingSet, name: &str, routing_key: &str) -> Option<Route>
     if let Some(c) = set.canary.as_ref().filter(|c| c.model.record.model_name == name) {
         return route(&c.model, Role::Canary);
     }
+    // The shadow, named: tried like a candidate, from the model the set already holds.
+    if let Some(s) = set.shadow.as_ref().filter(|s| s.model.record.model_name == name) {
+        return route(&s.model, Role::Candidate);
+    }
     // A name in another normal form than the stored NFC one: rare, off the fast path above.
     let name = name::nfc(name);
     if set.active.record.model_name == name {
         return active();
+    }
+    if let Some(s) = set.shadow.as_ref().filter(|s| s.model.record.model_name == name) {
+        return route(&s.model, Role::Candidate);
     }
     set.canary
         .as_ref()
@@ -153,9 +160,13 @@ mod tests {
                 model: model("next", 2),
                 percentage: 0,
             }),
-            shadow: None,
+            shadow: Some(Weighted {
+                model: model("mirror", 3),
+                percentage: 0,
+            }),
         };
         for (name, id, role) in [
+            ("mirror", 3, Role::Candidate),
             ("", 1, Role::Active),
             ("active", 1, Role::Active),
             ("Modèle", 1, Role::Active),
