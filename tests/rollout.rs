@@ -149,6 +149,7 @@ async fn a_canary_takes_its_share_by_key(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(done.active.unwrap().model_name, "digits_v1");
+    assert_eq!(done.load_time_ms, 0.0, "promoted from the canary the server holds, not loaded again");
     server.wait_serving("digits_v1").await;
     let status = server.status().await;
     assert!(status.rollout.unwrap().canary.is_none());

@@ -141,13 +141,14 @@ fn unavailable_here() -> String {
     "this modeld was built without the cargo feature `onnxruntime`".into()
 }
 
-/// A model ready to compute.
+/// A model ready to compute; cloning shares it.
+#[derive(Clone)]
 pub enum Engine {
     /// tract's optimised plan.
     Tract(Plan),
     /// ONNX Runtime sessions.
     #[cfg(feature = "onnxruntime")]
-    Onnxruntime(Box<super::onnxruntime::OrtModel>),
+    Onnxruntime(std::sync::Arc<super::onnxruntime::OrtModel>),
 }
 
 impl Engine {

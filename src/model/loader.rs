@@ -42,6 +42,25 @@ pub struct LoadedModel {
     _release: super::memory::ReleaseOnDrop,
 }
 
+impl LoadedModel {
+    /// The same loaded model, shared (the engine is reference-counted): for a model that moves
+    /// from one role to another (a canary promoted) without being loaded again.
+    pub fn share(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            engine_note: self.engine_note.clone(),
+            engine_fell_back: self.engine_fell_back,
+            signature: self.signature.clone(),
+            sha256: self.sha256.clone(),
+            size_bytes: self.size_bytes,
+            load_time: std::time::Duration::ZERO,
+            cost: self.cost,
+            batchable: self.batchable,
+            _release: super::memory::ReleaseOnDrop,
+        }
+    }
+}
+
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedModel")
@@ -310,7 +329,7 @@ fn onnxruntime_engine(
     }
     let model =
         super::onnxruntime::OrtModel::new(bytes, sessions, &names(&signature.inputs), &names(&signature.outputs))?;
-    let engine = Engine::Onnxruntime(Box::new(model));
+    let engine = Engine::Onnxruntime(Arc::new(model));
     let agreement = cross_check(plan, &engine, signature)?;
     let warm = warm_up(&engine, signature).map_err(|e| format!("the model {e}"))?;
     Ok((engine, warm, agreement))

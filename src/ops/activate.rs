@@ -10,7 +10,7 @@ use crate::evaluation::{self, Dataset};
 use crate::registry::EvaluationRecord;
 use crate::registry::activations::ACTIVE_CHANGED;
 use crate::registry::name::quoted;
-use crate::registry::{ActivationMeta, Conditions, ModelRecord, ModelRef};
+use crate::registry::{ActivationMeta, Conditions, ModelRecord, ModelRef, RolloutRole};
 
 /// What an activation checks before it loads the model.
 #[derive(Debug, Clone, Default)]
@@ -263,7 +263,20 @@ impl Control {
                 load_time: Duration::ZERO,
             });
         }
-        let loaded = self.load_record(&record).await?;
+        // A model this server already holds in another role (the canary being promoted, the
+        // shadow, a cached candidate), verified when it was loaded, is not loaded again.
+        let held = self
+            .rollout_model(RolloutRole::Canary, &record)
+            .or_else(|| self.rollout_model(RolloutRole::Shadow, &record))
+            .or_else(|| {
+                self.candidates
+                    .get_loaded(&record.model_name)
+                    .filter(|m| m.record.model_id == record.model_id && m.record.checksum_sha256 == record.checksum_sha256)
+            });
+        let loaded = match held {
+            Some(m) => m.model.share(),
+            None => self.load_record(&record).await?,
+        };
         let load_time = loaded.load_time;
         let committed = self
             .registry
