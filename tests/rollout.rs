@@ -149,7 +149,10 @@ async fn a_canary_takes_its_share_by_key(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(done.active.unwrap().model_name, "digits_v1");
-    assert_eq!(done.load_time_ms, 0.0, "promoted from the canary the server holds, not loaded again");
+    assert_eq!(
+        done.load_time_ms, 0.0,
+        "promoted from the canary the server holds, not loaded again"
+    );
     server.wait_serving("digits_v1").await;
     let status = server.status().await;
     assert!(status.rollout.unwrap().canary.is_none());
@@ -605,4 +608,35 @@ async fn a_failing_new_model_is_rolled_back_once_by_the_fleet() {
             .into_inner();
         assert_eq!(r.model_name, "lookup_a");
     }
+}
+
+/// An active model that served through its watch period without a rollback is marked stable.
+#[tokio::test]
+async fn a_model_that_served_its_watch_period_is_stable() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.rollback_watch_secs = 1).await;
+    server.wait_serving("digits_v2").await;
+    let mut reg = server.registry().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let m = reg
+            .get_model(pb::GetModelRequest {
+                model: by_name("digits_v2"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if m.is_stable {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not marked stable: {m:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let other = reg
+        .get_model(pb::GetModelRequest {
+            model: by_name("digits_v1"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!other.is_stable, "only the active model");
 }

@@ -269,9 +269,9 @@ impl Control {
             .rollout_model(RolloutRole::Canary, &record)
             .or_else(|| self.rollout_model(RolloutRole::Shadow, &record))
             .or_else(|| {
-                self.candidates
-                    .get_loaded(&record.model_name)
-                    .filter(|m| m.record.model_id == record.model_id && m.record.checksum_sha256 == record.checksum_sha256)
+                self.candidates.get_loaded(&record.model_name).filter(|m| {
+                    m.record.model_id == record.model_id && m.record.checksum_sha256 == record.checksum_sha256
+                })
             });
         let loaded = match held {
             Some(m) => m.model.share(),

@@ -3,12 +3,14 @@
 //! gets its answer; when the queue is full the mirrored work is dropped and counted, so shadow
 //! work can never refuse or delay a real request beyond the CPU it shares.
 //!
-//! What the caller's path pays: a random draw, a look at the queue, two clones of a short
-//! vector of `Arc`s (the input and output tensors, never their data) and a `try_send`.
+//! What the caller's path pays: a random draw, two clones of a short vector of `Arc`s (the input
+//! and output tensors, never their data) and a push under a short lock. It never wakes the
+//! shadow's threads (a wake-up per request measured 15 % on the caller's p50 at c=1): they
+//! look at the queue every millisecond and drain it.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,10 +89,15 @@ struct Job {
     tally: Arc<Tally>,
 }
 
+/// How often the shadow's threads look at their queue when it is empty: every millisecond
+/// while there is work, backing off to every 64 ms when there has been none.
+const POLL: Duration = Duration::from_millis(1);
+const IDLE_POLL: Duration = Duration::from_millis(64);
+
 /// The shadow runner: its queue, its threads, and every shadow's figures.
 pub struct Shadows {
     config: ShadowConfig,
-    tx: SyncSender<Job>,
+    queue: Arc<Mutex<VecDeque<Job>>>,
     tallies: Mutex<HashMap<i64, Arc<Tally>>>,
 }
 
@@ -108,17 +115,17 @@ impl Shadows {
     /// # Errors
     /// When a thread cannot be started.
     pub fn start(config: ShadowConfig) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel::<Job>(config.queue.max(1));
-        let rx = Arc::new(Mutex::new(rx));
+        let queue: Arc<Mutex<VecDeque<Job>>> = Arc::new(Mutex::new(VecDeque::with_capacity(config.queue.max(1))));
         for i in 0..config.threads.max(1) {
-            let rx = Arc::clone(&rx);
+            // The threads hold the queue weakly: they end when the runner is dropped.
+            let queue = Arc::downgrade(&queue);
             std::thread::Builder::new()
                 .name(format!("modeld-shadow-{i}"))
-                .spawn(move || work(&rx))?;
+                .spawn(move || work(&queue))?;
         }
         Ok(Self {
             config,
-            tx,
+            queue,
             tallies: Mutex::default(),
         })
     }
@@ -151,11 +158,12 @@ impl Shadows {
             outputs,
             tally: Arc::clone(&tally),
         };
-        match self.tx.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                tally.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.len() < self.config.queue.max(1) {
+            queue.push_back(job);
+        } else {
+            drop(queue);
+            tally.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -200,16 +208,27 @@ impl Shadows {
     }
 }
 
-fn work(rx: &Mutex<Receiver<Job>>) {
+fn work(queue: &std::sync::Weak<Mutex<VecDeque<Job>>>) {
+    let mut idle = POLL;
     loop {
-        let job = {
-            let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            }
+        let Some(queue) = queue.upgrade() else {
+            return;
         };
-        run(job);
+        let job = queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front();
+        drop(queue);
+        match job {
+            Some(job) => {
+                run(job);
+                idle = POLL;
+            }
+            None => {
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(IDLE_POLL);
+            }
+        }
     }
 }
 
