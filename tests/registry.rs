@@ -11,6 +11,19 @@ use modeld::config::RegistryArgs;
 use modeld::ops::Registration;
 use modeld::registry::{ActivationMeta, Conditions, ModelRef};
 
+/// A fresh registry on `backend` with a model root of the bundled models, and a control
+/// (no server) on them; the database and root live as long as the returned values.
+async fn registry_control(backend: Backend) -> (TestDb, tempfile::TempDir, RegistryArgs, modeld::ops::Control) {
+    let db = TestDb::new(backend).await;
+    let root = model_root();
+    let args = RegistryArgs {
+        database_url: db.url.clone(),
+        model_root: root.path().to_path_buf(),
+    };
+    let control = modeld::app::control(&args, Default::default()).await.unwrap();
+    (db, root, args, control)
+}
+
 async fn active_count(url: &str) -> i64 {
     let sql = "SELECT COUNT(*) FROM ml_models WHERE is_active = $1";
     if url.starts_with("postgres") {
@@ -42,13 +55,7 @@ async fn raw_sql(url: &str, sql: &'static str) -> Result<u64, sqlx::Error> {
 }
 
 async fn one_active_under_concurrency(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let root = model_root();
-    let args = RegistryArgs {
-        database_url: db.url.clone(),
-        model_root: root.path().to_path_buf(),
-    };
-    let control = modeld::app::control(&args, Default::default()).await.unwrap();
+    let (db, root, args, control) = registry_control(backend).await;
     let names = ["m0", "m1", "m2", "m3"];
     for (i, name) in names.iter().enumerate() {
         let file = if i % 2 == 0 { "digits_v1.onnx" } else { "digits_v2.onnx" };
@@ -200,13 +207,7 @@ async fn sqlite_file_is_created_in_wal_mode_and_migrations_are_idempotent() {
 }
 
 async fn generation_bumps_on_every_change(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let root = model_root();
-    let args = RegistryArgs {
-        database_url: db.url.clone(),
-        model_root: root.path().to_path_buf(),
-    };
-    let control = modeld::app::control(&args, Default::default()).await.unwrap();
+    let (_db, _root, _args, control) = registry_control(backend).await;
     let g0 = control.registry().generation().await.unwrap();
     control
         .register(Registration {
@@ -248,13 +249,7 @@ async fn generation_bumps_on_every_change_postgres() {
 /// another writer activated a model whose clients it would break, is refused by the registry
 /// itself. Models of one signature still activate over each other under the guard.
 async fn the_signature_guard_holds_at_the_commit(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let root = model_root();
-    let args = RegistryArgs {
-        database_url: db.url.clone(),
-        model_root: root.path().to_path_buf(),
-    };
-    let control = modeld::app::control(&args, Default::default()).await.unwrap();
+    let (db, _root, _args, control) = registry_control(backend).await;
     for (name, file) in [("v1", "digits_v1.onnx"), ("v2", "digits_v2.onnx"), ("cnn", "cnn.onnx")] {
         control
             .register(Registration {
@@ -341,13 +336,7 @@ async fn the_signature_guard_holds_at_the_commit_postgres() {
 /// model is `testing`, and at most one model is the canary and one the shadow, never the active
 /// one.
 async fn the_lifecycle_is_kept_by_the_database(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let root = model_root();
-    let args = RegistryArgs {
-        database_url: db.url.clone(),
-        model_root: root.path().to_path_buf(),
-    };
-    let control = modeld::app::control(&args, Default::default()).await.unwrap();
+    let (db, _root, _args, control) = registry_control(backend).await;
     for (name, file) in [
         ("a", "digits_v1.onnx"),
         ("b", "digits_v2.onnx"),
