@@ -254,21 +254,20 @@ fn run(job: Job) {
         outputs,
         tally,
     } = job;
-    // The shadow takes the inputs by name, in its own signature's order.
-    let by_name: HashMap<&str, &TValue> = served
-        .model
-        .signature
-        .inputs
-        .iter()
-        .map(|s| s.name.as_str())
-        .zip(inputs.iter())
-        .collect();
+    // The shadow takes the inputs by name, in its own signature's order (a few inputs: a
+    // linear search allocates nothing).
+    let served_inputs = &served.model.signature.inputs;
     let ordered: Option<TVec<TValue>> = shadow
         .model
         .signature
         .inputs
         .iter()
-        .map(|s| by_name.get(s.name.as_str()).map(|v| (*v).clone()))
+        .map(|s| {
+            served_inputs
+                .iter()
+                .position(|o| o.name == s.name)
+                .and_then(|i| inputs.get(i).cloned())
+        })
         .collect();
     let started = Instant::now();
     let result = match ordered {
@@ -299,30 +298,25 @@ fn run(job: Job) {
 /// Folds the comparison of the served model's outputs with the shadow's into the tally: float
 /// outputs of the same name and shape value by value, and the top-1 class of the first output.
 fn compare(i: &mut Inner, served: &ServedModel, ours: &[TValue], shadow: &ServedModel, theirs: &[TValue]) {
-    let floats = |v: &TValue| -> Option<(Vec<usize>, Vec<f32>)> {
-        let t = v.try_as_plain_ram().ok()?;
-        let data = t.as_slice::<f32>().ok()?;
-        Some((v.shape().to_vec(), data.to_vec()))
-    };
-    let theirs_by_name: HashMap<&str, &TValue> = shadow
-        .model
-        .signature
-        .outputs
-        .iter()
-        .map(|s| s.name.as_str())
-        .zip(theirs.iter())
-        .collect();
+    let shadow_outputs = &shadow.model.signature.outputs;
     for (index, (spec, ours)) in served.model.signature.outputs.iter().zip(ours).enumerate() {
-        let Some(theirs) = theirs_by_name.get(spec.name.as_str()) else {
+        let Some(theirs) = shadow_outputs
+            .iter()
+            .position(|o| o.name == spec.name)
+            .and_then(|k| theirs.get(k))
+        else {
             continue;
         };
-        let (Some((shape_a, a)), Some((shape_b, b))) = (floats(ours), floats(theirs)) else {
-            continue;
-        };
-        if shape_a != shape_b {
+        if ours.shape() != theirs.shape() {
             continue;
         }
-        for (x, y) in a.iter().zip(&b) {
+        let (Ok(a), Ok(b)) = (ours.try_as_plain_ram(), theirs.try_as_plain_ram()) else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (a.as_slice::<f32>(), b.as_slice::<f32>()) else {
+            continue;
+        };
+        for (x, y) in a.iter().zip(b) {
             let d = f64::from((x - y).abs());
             if d.is_finite() {
                 i.max_abs_diff = i.max_abs_diff.max(d);
@@ -330,9 +324,9 @@ fn compare(i: &mut Inner, served: &ServedModel, ours: &[TValue], shadow: &Served
                 i.values_compared += 1;
             }
         }
-        if index == 0 && shape_a.len() == 2 && shape_a[1] > 0 {
-            let classes = shape_a[1];
-            for (ra, rb) in a.chunks(classes).zip(b.chunks(classes)) {
+        let shape = ours.shape();
+        if index == 0 && shape.len() == 2 && shape[1] > 0 {
+            for (ra, rb) in a.chunks(shape[1]).zip(b.chunks(shape[1])) {
                 i.rows_compared += 1;
                 if argmax(ra) == argmax(rb) {
                     i.rows_agreed += 1;
