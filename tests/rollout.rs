@@ -640,3 +640,58 @@ async fn a_model_that_served_its_watch_period_is_stable() {
         .into_inner();
     assert!(!other.is_stable, "only the active model");
 }
+
+/// The optional p99-latency threshold: a canary slower than its policy allows goes to 0 % as
+/// one that fails does, with or without an error-rate threshold.
+#[tokio::test]
+async fn a_canary_slower_than_its_p99_threshold_goes_to_zero() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    lookup_pair(&server).await;
+    let mut reg = server.registry().await;
+    // No error-rate threshold; a p99 of 1 µs, which every request exceeds.
+    reg.update_model(pb::UpdateModelRequest {
+        model: by_name("lookup_b"),
+        rollback: Some(pb::RollbackPolicy {
+            error_rate: None,
+            min_samples: 20,
+            window_secs: 60,
+            p99_ms: Some(0.001),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    reg.set_canary(set_req("lookup_b", 50)).await.unwrap();
+    server
+        .wait_status("the canary served", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.canary.is_some())
+        })
+        .await;
+    let keys: Vec<String> = (0..2000)
+        .map(|i| format!("u{i}"))
+        .filter(|k| bucket(k) < 50)
+        .take(25)
+        .collect();
+    let mut infer = server.inference().await;
+    for k in &keys {
+        let r = infer.predict(lookup(k, 1, false)).await.unwrap().into_inner();
+        assert_eq!(r.role, "canary");
+    }
+    server
+        .wait_status("the canary at 0%", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.canary_percentage == 0)
+        })
+        .await;
+    let events = modeld::registry::Registry::connect(&server.db.url)
+        .await
+        .unwrap()
+        .events_after(0, 1000)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "rollout_changed" && e.detail.contains("p99 latency")),
+        "{events:?}"
+    );
+}

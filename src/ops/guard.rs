@@ -52,13 +52,17 @@ impl Guard {
 
 /// Why `record`'s window calls for a rollback, if it does.
 fn exceeded(windows: &Windows, record: &ModelRecord) -> Option<String> {
-    let threshold = record.rollback_threshold?;
+    if record.rollback_threshold.is_none() && record.rollback_p99_ms.is_none() {
+        return None;
+    }
     let window = Duration::from_secs(u64::try_from(record.rollback_window_secs).unwrap_or(60).max(1));
     let f = windows.figures(record.model_id, window);
     if f.total < u64::try_from(record.rollback_min_samples).unwrap_or(1) {
         return None;
     }
-    if f.error_rate() > threshold {
+    if let Some(threshold) = record.rollback_threshold
+        && f.error_rate() > threshold
+    {
         return Some(format!(
             "error rate {:.3} over the last {} s ({} of {} requests failed in the model) is above its rollback \
              threshold {threshold}",
