@@ -402,6 +402,33 @@ fn bucket(key: &str) -> u8 {
     (h % 100) as u8
 }
 
+/// The first `n` routing keys `u0`, `u1`, … whose bucket is below `percentage`: keys a canary at
+/// that percentage serves.
+fn keys_below(percentage: u8, n: usize) -> Vec<String> {
+    (0..100 * n)
+        .map(|i| format!("u{i}"))
+        .filter(|k| bucket(k) < percentage)
+        .take(n)
+        .collect()
+}
+
+/// Sets `name` as the canary at `percentage` and waits until `server` serves it.
+async fn set_canary_and_wait(
+    server: &TestServer,
+    reg: &mut pb::model_registry_client::ModelRegistryClient<tonic::transport::Channel>,
+    name: &str,
+    percentage: u32,
+) {
+    reg.set_canary(set_req(name, percentage)).await.unwrap();
+    server
+        .wait_status("the canary served", |s| {
+            s.rollout.as_ref().is_some_and(|r| {
+                r.canary.as_ref().is_some_and(|c| c.model_name == name) && r.canary_percentage == percentage
+            })
+        })
+        .await;
+}
+
 /// A lookup request (models/testdata/lookup.onnx): index 42 is outside the table and fails
 /// inside the engine; `bad_input` sends the wrong datatype (the caller's mistake).
 fn lookup(key: &str, index: i64, bad_input: bool) -> pb::PredictRequest {
@@ -471,17 +498,8 @@ async fn a_failing_canary_goes_to_zero_and_bad_inputs_do_not_count() {
     let mut reg = server.registry().await;
     let e = reg.update_model(policy(1.5, 20)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    reg.set_canary(set_req("lookup_b", 50)).await.unwrap();
-    server
-        .wait_status("the canary served", |s| {
-            s.rollout.as_ref().is_some_and(|r| r.canary.is_some())
-        })
-        .await;
-    let canary_keys: Vec<String> = (0..2000)
-        .map(|i| format!("u{i}"))
-        .filter(|k| bucket(k) < 50)
-        .take(60)
-        .collect();
+    set_canary_and_wait(&server, &mut reg, "lookup_b", 50).await;
+    let canary_keys = keys_below(50, 60);
     let mut infer = server.inference().await;
     // 60 bad inputs, and 30 good requests, on the canary.
     for k in &canary_keys {
@@ -661,17 +679,8 @@ async fn a_canary_slower_than_its_p99_threshold_goes_to_zero() {
     })
     .await
     .unwrap();
-    reg.set_canary(set_req("lookup_b", 50)).await.unwrap();
-    server
-        .wait_status("the canary served", |s| {
-            s.rollout.as_ref().is_some_and(|r| r.canary.is_some())
-        })
-        .await;
-    let keys: Vec<String> = (0..2000)
-        .map(|i| format!("u{i}"))
-        .filter(|k| bucket(k) < 50)
-        .take(25)
-        .collect();
+    set_canary_and_wait(&server, &mut reg, "lookup_b", 50).await;
+    let keys = keys_below(50, 25);
     let mut infer = server.inference().await;
     for k in &keys {
         let r = infer.predict(lookup(k, 1, false)).await.unwrap().into_inner();
