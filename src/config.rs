@@ -196,6 +196,10 @@ pub struct RolloutShowArgs {
     /// Print JSON instead of text.
     #[arg(long, env = "MODELD_JSON")]
     pub json: bool,
+    /// Also print this many of the role's most recent changes (the rollout history), newest
+    /// first.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub history: u32,
 }
 
 /// `modeld promote`.
@@ -318,6 +322,10 @@ pub struct ShadowArgs {
     /// counted), never the caller's request.
     #[arg(long, env = "MODELD_SHADOW_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub shadow_queue: u64,
+    /// Rows one shadow call may hold: the shadow threads run what has queued up as one batched
+    /// call (for models that take a batch); 1 runs every mirrored request alone.
+    #[arg(long, env = "MODELD_SHADOW_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub shadow_max_batch: u64,
 }
 
 impl Default for ShadowArgs {
@@ -326,6 +334,7 @@ impl Default for ShadowArgs {
         Self {
             shadow_threads: d.threads as u64,
             shadow_queue: d.queue as u64,
+            shadow_max_batch: d.max_batch as u64,
         }
     }
 }
@@ -336,6 +345,7 @@ impl ShadowArgs {
         ShadowConfig {
             threads: usize::try_from(self.shadow_threads).unwrap_or(1),
             queue: usize::try_from(self.shadow_queue).unwrap_or(64),
+            max_batch: usize::try_from(self.shadow_max_batch).unwrap_or(32),
         }
     }
 }

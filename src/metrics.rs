@@ -208,7 +208,7 @@ pub fn render(control: &Control) -> String {
     }
     if let Some(shadows) = control.shadows() {
         let figures = shadows.figures();
-        let series: [Series; 8] = [
+        let series: [Series; 9] = [
             (
                 "modeld_shadow_mirrored_total",
                 "counter",
@@ -254,8 +254,14 @@ pub fn render(control: &Control) -> String {
             (
                 "modeld_shadow_latency_mean_seconds",
                 "gauge",
-                "The shadow's mean compute time.",
+                "The shadow's mean compute time per engine call.",
                 |f| f.latency_mean.as_secs_f64().to_string(),
+            ),
+            (
+                "modeld_shadow_calls_total",
+                "counter",
+                "Engine calls that ran the mirrored requests (fewer than mirrored when batched).",
+                |f| f.calls.to_string(),
             ),
         ];
         for (name, kind, help, value) in series {

@@ -130,7 +130,11 @@ async fn a_canary_takes_its_share_by_key(backend: Backend) {
         assert_eq!(e.code(), code, "{e:?}");
         assert!(e.message().contains(says), "{says:?} in {}", e.message());
     }
-    let rollout = reg.get_rollout(pb::GetRolloutRequest {}).await.unwrap().into_inner();
+    let rollout = reg
+        .get_rollout(pb::GetRolloutRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         rollout
             .canary
@@ -156,8 +160,32 @@ async fn a_canary_takes_its_share_by_key(backend: Backend) {
     server.wait_serving("digits_v1").await;
     let status = server.status().await;
     assert!(status.rollout.unwrap().canary.is_none());
-    let rollout = reg.get_rollout(pb::GetRolloutRequest {}).await.unwrap().into_inner();
+    let rollout = reg
+        .get_rollout(pb::GetRolloutRequest { history_limit: 3 })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(rollout.canary.is_none());
+    let moves: Vec<(Option<u32>, Option<u32>, &str)> = rollout
+        .history
+        .iter()
+        .map(|c| (c.percentage_before, c.percentage_after, c.reason.as_str()))
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (Some(50), None, "activated: good canary"),
+            (Some(10), Some(50), ""),
+            (None, Some(10), "")
+        ],
+        "the refused changes left no row"
+    );
+    assert!(
+        rollout
+            .history
+            .iter()
+            .all(|c| c.model_name == "digits_v1" && c.role == "canary")
+    );
     for k in &keys[..50] {
         let r = infer.predict(keyed(k)).await.unwrap().into_inner();
         assert_eq!((r.model_name.as_str(), r.role.as_str()), ("digits_v1", "active"));
@@ -246,6 +274,34 @@ async fn two_servers_agree_on_the_canary_and_the_shadow() {
     assert!(ok, "{err}");
     let (ok, out, err) = modeld_cli(&a.db.url, a.root.path(), &["canary", "show"]).await;
     assert!(ok && out.contains("at 30%"), "{out}{err}");
+    assert!(
+        out.contains("recent changes, newest first:") && out.contains("\"digits_v1\"  - -> 30%: try v1"),
+        "the rollout history: {out}"
+    );
+    let (ok, out, err) = modeld_cli(&a.db.url, a.root.path(), &["shadow", "show", "--json"]).await;
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let moves: Vec<(String, serde_json::Value, serde_json::Value)> = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["model_name"].as_str().unwrap().to_string(),
+                c["percentage_before"].clone(),
+                c["percentage_after"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            ("cnn".to_string(), serde_json::json!(25), serde_json::Value::Null),
+            ("cnn".to_string(), serde_json::Value::Null, serde_json::json!(25))
+        ],
+        "the shadow's own changes, newest first; the refused set left none: {out}"
+    );
+    assert!(shown["model"].is_null());
     let (ok, out, err) = modeld_cli(&a.db.url, a.root.path(), &["canary", "clear"]).await;
     assert!(ok && out.contains("canary cleared"), "{out}{err}");
     for s in [&a, &b] {
@@ -315,6 +371,12 @@ async fn the_shadow_never_changes_an_answer() {
         out.contains("shadow    \"digits_v1\"") && out.contains("at 100%") && out.contains("top-1 agreement"),
         "{out}"
     );
+    assert!(
+        out.contains("guard     active \"digits_v2\": 200 requests, 0 failed (0.00%)")
+            && out.contains("rolls back at error rate above 0.05 after 100 requests"),
+        "the guard's window: {out}"
+    );
+    assert!(f.calls > 0 && f.calls <= f.mirrored, "{f:?}");
     let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!(
@@ -535,7 +597,11 @@ async fn a_failing_canary_goes_to_zero_and_bad_inputs_do_not_count() {
             "the canary takes nothing now"
         );
     }
-    let rollout = reg.get_rollout(pb::GetRolloutRequest {}).await.unwrap().into_inner();
+    let rollout = reg
+        .get_rollout(pb::GetRolloutRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let c = rollout.canary.unwrap();
     assert_eq!(
         (c.model_name.as_str(), c.rollout_percentage, c.status.as_str()),
@@ -556,6 +622,43 @@ async fn a_failing_canary_goes_to_zero_and_bad_inputs_do_not_count() {
         "{}",
         why.detail
     );
+    // The rollout history: the guard's move from 50 % to 0 %, newest first, after the set.
+    let history = reg
+        .get_rollout(pb::GetRolloutRequest { history_limit: 10 })
+        .await
+        .unwrap()
+        .into_inner()
+        .history;
+    let moves: Vec<_> = history
+        .iter()
+        .map(|c| {
+            (
+                c.model_name.as_str(),
+                c.role.as_str(),
+                c.percentage_before,
+                c.percentage_after,
+                c.automatic,
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            ("lookup_b", "canary", Some(50), Some(0), true),
+            ("lookup_b", "canary", None, Some(50), false)
+        ]
+    );
+    assert_eq!(history[0].changed_by, "guard");
+    assert!(
+        history[0].reason.contains("automatic rollback") && history[0].reason.contains("30 of 60"),
+        "{}",
+        history[0].reason
+    );
+    let e = reg
+        .get_rollout(pb::GetRolloutRequest { history_limit: 1001 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 }
 
 /// A freshly activated model that fails is rolled back from by the guard of the server that

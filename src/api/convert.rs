@@ -363,6 +363,7 @@ pub fn shadow_figures(f: &crate::serving::shadow::ShadowFigures) -> pb::ShadowFi
         mean_abs_diff: f.mean_abs_diff,
         latency_mean_us: us(f.latency_mean),
         latency_max_us: us(f.latency_max),
+        calls: f.calls,
     }
 }
 
@@ -388,6 +389,24 @@ pub fn rollout(r: &crate::registry::Rollout, replaced: Option<&ModelRecord>) -> 
         canary: r.canary.as_ref().map(model),
         shadow: r.shadow.as_ref().map(model),
         replaced: replaced.map(model),
+        history: Vec::new(),
+    }
+}
+
+/// A rollout history row.
+pub fn rollout_change(c: &crate::registry::RolloutChangeRecord) -> pb::RolloutChange {
+    let pct = |p: Option<i32>| p.and_then(|p| u32::try_from(p).ok());
+    pb::RolloutChange {
+        change_id: c.change_id,
+        model_id: c.model_id.unwrap_or(0),
+        model_name: c.model_name.clone(),
+        role: c.role.clone(),
+        percentage_before: pct(c.percentage_before),
+        percentage_after: pct(c.percentage_after),
+        changed_at: Some(timestamp(c.changed_at)),
+        changed_by: c.changed_by.clone(),
+        reason: c.reason.clone(),
+        automatic: c.is_automatic,
     }
 }
 

@@ -338,9 +338,19 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         Ok(Response::new(convert::activation(&done)))
     }
 
-    async fn get_rollout(&self, _request: Request<pb::GetRolloutRequest>) -> Reply<pb::Rollout> {
-        let rollout = self.control.reachable_registry()?.rollout().await?;
-        Ok(Response::new(convert::rollout(&rollout, None)))
+    async fn get_rollout(&self, request: Request<pb::GetRolloutRequest>) -> Reply<pb::Rollout> {
+        let limit = request.into_inner().history_limit;
+        if limit > 1000 {
+            return Err(Error::InvalidArgument(format!("history_limit is at most 1000, got {limit}")).into());
+        }
+        let registry = self.control.reachable_registry()?;
+        let rollout = registry.rollout().await?;
+        let mut reply = convert::rollout(&rollout, None);
+        if limit > 0 {
+            let changes = registry.rollout_changes(None, i64::from(limit)).await?;
+            reply.history = changes.iter().map(convert::rollout_change).collect();
+        }
+        Ok(Response::new(reply))
     }
 
     async fn get_server_status(&self, _request: Request<pb::GetServerStatusRequest>) -> Reply<pb::ServerStatus> {

@@ -465,7 +465,7 @@ async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
             json!({"model_id": f.model_id, "model_name": f.model_name, "mirrored": f.mirrored, "dropped": f.dropped,
                    "errors": f.errors, "rows_compared": f.rows_compared, "rows_agreed": f.rows_agreed,
                    "agreement": f.agreement, "max_abs_diff": f.max_abs_diff, "mean_abs_diff": f.mean_abs_diff,
-                   "latency_mean_us": f.latency_mean_us, "latency_max_us": f.latency_max_us})
+                   "latency_mean_us": f.latency_mean_us, "latency_max_us": f.latency_max_us, "calls": f.calls})
         })
         .collect();
     if a.json {
@@ -489,6 +489,7 @@ async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
                 "candidates": s.candidates.as_ref().map(|c| c.cached.iter().map(|m| m.model_name.clone()).collect::<Vec<_>>()),
                 "resident_bytes": s.resident_bytes,
                 "in_flight_requests": s.in_flight_requests,
+                "rollback_windows": s.rollback_windows.iter().map(window_json).collect::<Vec<_>>(),
             })
         );
         return Ok(());
@@ -503,7 +504,7 @@ async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
     }
     for f in &rollout.shadows {
         println!(
-            "  shadow {}: mirrored {}, dropped {}, errors {}, top-1 agreement {:.1}% of {} rows, output difference max {:.3e} mean {:.3e}, latency mean {:.0} µs",
+            "  shadow {}: mirrored {}, dropped {}, errors {}, top-1 agreement {:.1}% of {} rows, output difference max {:.3e} mean {:.3e}, {} calls, latency mean {:.0} µs a call",
             quoted(&f.model_name),
             f.mirrored,
             f.dropped,
@@ -512,6 +513,7 @@ async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
             f.rows_compared,
             f.max_abs_diff,
             f.mean_abs_diff,
+            f.calls,
             f.latency_mean_us
         );
     }
@@ -521,6 +523,9 @@ async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
         let names: Vec<String> = c.cached.iter().map(|m| quoted(&m.model_name)).collect();
         println!("candidates {}", names.join(", "));
     }
+    for w in &s.rollback_windows {
+        println!("guard     {}", describe_window(w));
+    }
     println!("memory    {:.1} MB resident", s.resident_bytes as f64 / 1e6);
     if s.degraded {
         for d in &s.degradations {
@@ -528,6 +533,58 @@ async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A model's rollback window on one line: its role, what the window holds, and the policy it
+/// is held to.
+fn describe_window(w: &pb::RollbackWindow) -> String {
+    let policy = w.policy.unwrap_or_default();
+    let mut limits = Vec::new();
+    if let Some(t) = policy.error_rate {
+        limits.push(format!("error rate above {t}"));
+    }
+    if let Some(t) = policy.p99_ms {
+        limits.push(format!("p99 above {t} ms"));
+    }
+    let rule = if limits.is_empty() {
+        "no automatic rollback".to_string()
+    } else {
+        format!(
+            "rolls back at {} after {} requests",
+            limits.join(" or "),
+            policy.min_samples
+        )
+    };
+    let p99 = w.p99_ms.map_or_else(String::new, |p| format!(", p99 {p:.2} ms"));
+    format!(
+        "{} {}: {} requests, {} failed ({:.2}%){p99} in the last {} s; {rule}",
+        w.role,
+        quoted(&w.model_name),
+        w.requests,
+        w.failures,
+        w.error_rate * 100.0,
+        w.window_secs
+    )
+}
+
+fn window_json(w: &pb::RollbackWindow) -> Value {
+    let policy = w.policy.unwrap_or_default();
+    json!({
+        "model_id": w.model_id,
+        "model_name": w.model_name,
+        "role": w.role,
+        "window_secs": w.window_secs,
+        "requests": w.requests,
+        "failures": w.failures,
+        "error_rate": w.error_rate,
+        "p99_ms": w.p99_ms,
+        "policy": {
+            "error_rate": policy.error_rate,
+            "min_samples": policy.min_samples,
+            "window_secs": policy.window_secs,
+            "p99_ms": policy.p99_ms,
+        },
+    })
 }
 
 async fn predict(a: PredictArgs) -> anyhow::Result<()> {
@@ -831,6 +888,14 @@ async fn rollout(role: RolloutRole, action: crate::config::RolloutAction) -> any
             let control = app::control(&a.registry, cli_origin()).await?;
             let rollout = control.registry().rollout().await?;
             let held = rollout.get(role);
+            let history = if a.history == 0 {
+                Vec::new()
+            } else {
+                control
+                    .registry()
+                    .rollout_changes(Some(role), i64::from(a.history))
+                    .await?
+            };
             if a.json {
                 println!(
                     "{}",
@@ -838,12 +903,60 @@ async fn rollout(role: RolloutRole, action: crate::config::RolloutAction) -> any
                         "role": what,
                         "model": held.map(record_json),
                         "percentage": held.map(|m| crate::registry::rollout::percentage(m, role)),
+                        "history": history.iter().map(rollout_change_json).collect::<Vec<_>>(),
                     })
                 );
             } else {
                 println!("{}", line(held));
+                if !history.is_empty() {
+                    println!("recent changes, newest first:");
+                }
+                for c in &history {
+                    println!("  {}", describe_rollout_change(c));
+                }
             }
         }
     }
     Ok(())
+}
+
+fn percentage_text(p: Option<i32>) -> String {
+    p.map_or_else(|| "-".to_string(), |p| format!("{p}%"))
+}
+
+/// One rollout history row on one line: when, who, the model, the move and why.
+fn describe_rollout_change(c: &crate::registry::RolloutChangeRecord) -> String {
+    let by = if c.is_automatic {
+        format!("{} (automatic)", c.changed_by)
+    } else {
+        c.changed_by.clone()
+    };
+    let mut out = format!(
+        "{}  {}  {}  {} -> {}",
+        c.changed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        by,
+        crate::registry::name::quoted(&c.model_name),
+        percentage_text(c.percentage_before),
+        percentage_text(c.percentage_after)
+    );
+    if !c.reason.is_empty() {
+        out.push_str(": ");
+        out.push_str(&c.reason);
+    }
+    out
+}
+
+fn rollout_change_json(c: &crate::registry::RolloutChangeRecord) -> serde_json::Value {
+    serde_json::json!({
+        "change_id": c.change_id,
+        "model_id": c.model_id,
+        "model_name": c.model_name,
+        "role": c.role,
+        "percentage_before": c.percentage_before,
+        "percentage_after": c.percentage_after,
+        "changed_at": c.changed_at.to_rfc3339(),
+        "changed_by": c.changed_by,
+        "reason": c.reason,
+        "automatic": c.is_automatic,
+    })
 }

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::slot::{ServedModel, Weighted};
 use crate::registry::name::quoted;
 use crate::registry::rollout::percentage;
-use crate::registry::{ActivationMeta, ModelRecord, ModelRef, RolloutChange, RolloutRole};
+use crate::registry::{ActivationMeta, ModelRecord, ModelRef, RolloutChange, RolloutMeta, RolloutRole};
 
 impl Control {
     /// Puts `model` in `role` with `percentage`: loaded and verified here first (its signature
@@ -68,10 +68,15 @@ impl Control {
         if self.rollout_model(role, &record).is_none() {
             self.load_record(&record).await?;
         }
-        let detail = detail(by, reason);
         let change = self
             .registry
-            .set_rollout(role, record.model_id, &record.checksum_sha256, percentage, &detail)
+            .set_rollout(
+                role,
+                record.model_id,
+                &record.checksum_sha256,
+                percentage,
+                &RolloutMeta::by(by, reason),
+            )
             .await?;
         tracing::info!(model = %record.model_name, role = role.name(), percentage, by, reason, "rollout changed");
         self.sync_rollout_locked().await?;
@@ -85,7 +90,10 @@ impl Control {
     /// `Unavailable` when the registry is unreachable.
     pub async fn clear_rollout(&self, role: RolloutRole, by: &str, reason: &str) -> Result<RolloutChange> {
         let _order = self.activation.lock().await;
-        let change = self.registry.clear_rollout(role, None, &detail(by, reason)).await?;
+        let change = self
+            .registry
+            .clear_rollout(role, None, &RolloutMeta::by(by, reason))
+            .await?;
         self.sync_rollout_locked().await?;
         Ok(change)
     }
@@ -227,14 +235,5 @@ impl Control {
             record: record.clone(),
             model: loaded,
         }))
-    }
-}
-
-fn detail(by: &str, reason: &str) -> String {
-    match (by.is_empty(), reason.is_empty()) {
-        (true, true) => String::new(),
-        (false, true) => format!(" (by {by})"),
-        (true, false) => format!(": {reason}"),
-        (false, false) => format!(" (by {by}): {reason}"),
     }
 }

@@ -172,6 +172,15 @@ impl Registry {
                 return Ok(Activation { active: target, previous });
             }
             sqlx::query(DEACTIVATE).bind(false).bind(now).bind(true).execute(&mut *tx).await?;
+            // A canary (promoted) or a shadow leaves its rollout role as it becomes active.
+            if let Some((role, p)) = super::rollout::held_role(&target) {
+                let left = super::RolloutMeta {
+                    changed_by: meta.activated_by.clone(),
+                    reason: if meta.reason.is_empty() { "activated".into() } else { format!("activated: {}", meta.reason) },
+                    automatic: false,
+                };
+                super::rollout::record_rollout_change!(tx, &target, role, Some(p), None, &left, now);
+            }
             let active: ModelRecord = sqlx::query_as(activate).bind(true).bind(now).bind(model_id).fetch_one(&mut *tx).await?;
             record_activation!(tx, active, previous.as_ref(), meta, now);
             let kind = if meta.is_rollback { EventKind::RolledBack } else { EventKind::Activated };

@@ -112,7 +112,7 @@ pub use activations::{Activation, ActivationMeta, ActivationRecord, Conditions};
 pub use events::{EventKind, EventRecord};
 pub use models::{ModelChanges, ModelRecord, ModelRef, NewModel, Order, RollbackPolicy};
 pub use performance::EvaluationRecord;
-pub use rollout::{Rollout, RolloutChange, RolloutRole};
+pub use rollout::{Rollout, RolloutChange, RolloutChangeRecord, RolloutMeta, RolloutRole};
 
 /// A connection pool on the registry database.
 #[derive(Debug, Clone)]

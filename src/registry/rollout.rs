@@ -2,7 +2,7 @@
 //! shadow (a share of requests mirrored to it). One model each at most, never the active model:
 //! the database enforces both (migration 0005).
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::{EventKind, ModelRecord, Pool, Registry, name};
 use crate::error::{Error, Result};
@@ -63,7 +63,110 @@ pub struct RolloutChange {
     pub replaced: Option<ModelRecord>,
 }
 
+/// Who changes a rollout role and why: kept in the rollout history and the event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RolloutMeta {
+    /// The person, token or process (the guard for an automatic rollback).
+    pub changed_by: String,
+    /// Why.
+    pub reason: String,
+    /// An automatic rollback, not a person's change.
+    pub automatic: bool,
+}
+
+impl RolloutMeta {
+    /// A person's (or a script's) change.
+    pub fn by(changed_by: &str, reason: &str) -> Self {
+        Self {
+            changed_by: changed_by.to_string(),
+            reason: reason.to_string(),
+            automatic: false,
+        }
+    }
+
+    /// What the event adds after its own words: ` (by NAME): REASON`.
+    fn suffix(&self) -> String {
+        match (self.changed_by.is_empty(), self.reason.is_empty()) {
+            (true, true) => String::new(),
+            (false, true) => format!(" (by {})", self.changed_by),
+            (true, false) => format!(": {}", self.reason),
+            (false, false) => format!(" (by {}): {}", self.changed_by, self.reason),
+        }
+    }
+}
+
+/// A `rollout_changes` row: one change of a model's place in a rollout role.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RolloutChangeRecord {
+    /// Primary key, increasing.
+    pub change_id: i64,
+    /// The model; `None` once its record was deleted.
+    pub model_id: Option<i64>,
+    /// Its name at the time.
+    pub model_name: String,
+    /// `canary` or `shadow`.
+    pub role: String,
+    /// Its percentage before; `None` when it did not hold the role.
+    pub percentage_before: Option<i32>,
+    /// Its percentage after; `None` when it left the role (cleared, replaced, activated).
+    pub percentage_after: Option<i32>,
+    /// When.
+    pub changed_at: DateTime<Utc>,
+    /// Who.
+    pub changed_by: String,
+    /// Why.
+    pub reason: String,
+    /// An automatic rollback.
+    pub is_automatic: bool,
+}
+
+/// Appends a `rollout_changes` row inside the changing transaction.
+macro_rules! record_rollout_change {
+    ($tx:expr, $model:expr, $role:expr, $before:expr, $after:expr, $meta:expr, $now:expr) => {{
+        let model: &$crate::registry::ModelRecord = $model;
+        let meta: &$crate::registry::RolloutMeta = $meta;
+        let (before, after): (Option<i32>, Option<i32>) = ($before, $after);
+        sqlx::query(
+            "INSERT INTO rollout_changes (model_id, model_name, role, percentage_before, percentage_after, \
+             changed_at, changed_by, reason, is_automatic) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(model.model_id)
+        .bind(&model.model_name)
+        .bind($role.name())
+        .bind(before)
+        .bind(after)
+        .bind($now)
+        .bind(&meta.changed_by)
+        .bind(&meta.reason)
+        .bind(meta.automatic)
+        .execute(&mut *$tx)
+        .await?
+    }};
+}
+pub(crate) use record_rollout_change;
+
+/// The role `record` holds, if a rollout role, and its percentage there.
+pub(crate) fn held_role(record: &ModelRecord) -> Option<(RolloutRole, i32)> {
+    match record.status.as_str() {
+        "canary" => Some((RolloutRole::Canary, record.rollout_percentage)),
+        "shadow" => Some((RolloutRole::Shadow, record.shadow_percentage)),
+        _ => None,
+    }
+}
+
 impl Registry {
+    /// The most recent rollout changes (of `role`, or of both), newest first.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn rollout_changes(&self, role: Option<RolloutRole>, limit: i64) -> Result<Vec<RolloutChangeRecord>> {
+        let sql = "SELECT change_id, model_id, model_name, role, percentage_before, percentage_after, changed_at, \
+                   changed_by, reason, is_automatic FROM rollout_changes WHERE ($1 = '' OR role = $1) \
+                   ORDER BY change_id DESC LIMIT $2";
+        let role = role.map_or("", RolloutRole::name);
+        Ok(with_pool!(self, p => sqlx::query_as(sql).bind(role).bind(limit).fetch_all(p).await?))
+    }
+
     /// The canary and the shadow.
     ///
     /// # Errors
@@ -99,7 +202,7 @@ impl Registry {
         model_id: i64,
         checksum: &str,
         percentage: u8,
-        detail: &str,
+        meta: &RolloutMeta,
     ) -> Result<RolloutChange> {
         if percentage > 100 {
             return Err(Error::InvalidArgument(format!(
@@ -142,9 +245,23 @@ impl Registry {
                 )));
             }
             let previous: Option<ModelRecord> = sqlx::query_as(select_role).bind(role.name()).fetch_optional(&mut *tx).await?;
+            let before = held_role(&target).filter(|(r, _)| *r == role).map(|(_, p)| p);
             let replaced = previous.filter(|p| p.model_id != model_id);
             if let Some(old) = &replaced {
                 sqlx::query(demote).bind(now).bind(old.model_id).execute(&mut *tx).await?;
+                let why = RolloutMeta {
+                    reason: format!("replaced by {}", name::quoted(&target.model_name)),
+                    ..meta.clone()
+                };
+                record_rollout_change!(tx, old, role, held_role(old).map(|(_, p)| p), None, &why, now);
+            }
+            // Leaving the other role for this one.
+            if let Some((other, p)) = held_role(&target).filter(|(r, _)| *r != role) {
+                let why = RolloutMeta {
+                    reason: format!("became the {}", role.name()),
+                    ..meta.clone()
+                };
+                record_rollout_change!(tx, &target, other, Some(p), None, &why, now);
             }
             let updated: ModelRecord = sqlx::query_as(promote)
                 .bind(role.name())
@@ -153,8 +270,10 @@ impl Registry {
                 .bind(model_id)
                 .fetch_one(&mut *tx)
                 .await?;
-            let detail = format!("{} at {percentage}%{}{detail}", role.name(),
-                replaced.as_ref().map_or_else(String::new, |r| format!(", replacing {}", name::quoted(&r.model_name))));
+            record_rollout_change!(tx, &updated, role, before, Some(i32::from(percentage)), meta, now);
+            let detail = format!("{} at {percentage}%{}{}", role.name(),
+                replaced.as_ref().map_or_else(String::new, |r| format!(", replacing {}", name::quoted(&r.model_name))),
+                meta.suffix());
             record_event!(&mut *tx, self.origin, EventKind::RolloutChanged, Some(model_id), &updated.model_name, &detail, now);
             tx.commit().await?;
             Ok(RolloutChange { model: Some(updated), replaced })
@@ -166,7 +285,12 @@ impl Registry {
     ///
     /// # Errors
     /// `FailedPrecondition` when `only_if` no longer holds the role.
-    pub async fn clear_rollout(&self, role: RolloutRole, only_if: Option<i64>, detail: &str) -> Result<RolloutChange> {
+    pub async fn clear_rollout(
+        &self,
+        role: RolloutRole,
+        only_if: Option<i64>,
+        meta: &RolloutMeta,
+    ) -> Result<RolloutChange> {
         let select_role = concat!("SELECT ", columns!(), " FROM ml_models WHERE status = $1");
         let demote = "UPDATE ml_models SET status = 'testing', rollout_percentage = 0, shadow_percentage = 0, \
                       updated_at = $1 WHERE model_id = $2";
@@ -187,7 +311,8 @@ impl Registry {
                 return Ok(RolloutChange { model: None, replaced: None });
             };
             sqlx::query(demote).bind(now).bind(holder.model_id).execute(&mut *tx).await?;
-            let detail = format!("{} cleared{detail}", role.name());
+            record_rollout_change!(tx, &holder, role, held_role(&holder).map(|(_, p)| p), None, meta, now);
+            let detail = format!("{} cleared{}", role.name(), meta.suffix());
             record_event!(&mut *tx, self.origin, EventKind::RolloutChanged, Some(holder.model_id), &holder.model_name, &detail, now);
             tx.commit().await?;
             Ok(RolloutChange { model: None, replaced: Some(holder) })
@@ -201,29 +326,29 @@ impl Registry {
     /// # Errors
     /// `Unavailable` when the database is unreachable.
     pub async fn pause_canary(&self, model_id: i64, why: &str) -> Result<bool> {
+        let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
             bump!(tx, now);
-            let changed = sqlx::query(
-                "UPDATE ml_models SET rollout_percentage = 0, updated_at = $1 WHERE model_id = $2 AND status = 'canary' \
-                 AND rollout_percentage > 0",
-            )
-            .bind(now)
-            .bind(model_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 0 {
+            let held: Option<ModelRecord> = sqlx::query_as(select_one).bind(model_id).fetch_optional(&mut *tx).await?;
+            let Some(canary) = held.filter(|m| m.status == "canary" && m.rollout_percentage > 0) else {
                 tx.rollback().await?;
                 return Ok(false);
-            }
-            let name: String = sqlx::query_scalar("SELECT model_name FROM ml_models WHERE model_id = $1")
+            };
+            sqlx::query("UPDATE ml_models SET rollout_percentage = 0, updated_at = $1 WHERE model_id = $2")
+                .bind(now)
                 .bind(model_id)
-                .fetch_one(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
+            let meta = RolloutMeta {
+                changed_by: "guard".into(),
+                reason: format!("automatic rollback: {why}"),
+                automatic: true,
+            };
+            record_rollout_change!(tx, &canary, RolloutRole::Canary, Some(canary.rollout_percentage), Some(0), &meta, now);
             let detail = format!("canary at 0%: automatic rollback: {why}");
-            record_event!(&mut *tx, self.origin, EventKind::RolloutChanged, Some(model_id), &name, &detail, now);
+            record_event!(&mut *tx, self.origin, EventKind::RolloutChanged, Some(model_id), &canary.model_name, &detail, now);
             tx.commit().await?;
             Ok(true)
         })

@@ -7,7 +7,10 @@
 //! and output tensors, never their data) and a push under a short lock. It never wakes the
 //! shadow's threads (a wake-up per request measured 15 % on the caller's p50 at c=1): they
 //! look at the queue every millisecond and drain it, at the lowest scheduling priority, so the
-//! shadow computes on the CPU the callers leave.
+//! shadow computes on the CPU the callers leave. A shadow thread takes what has queued up as
+//! one batched call (same shadow, same serving model, same trailing shapes, up to
+//! `max_batch` rows), so under load a mirrored request costs a fraction of a served one; a
+//! failed batch runs its requests one by one, so one request's failure is counted as one.
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tract_onnx::prelude::{TValue, TVec};
+use tract_onnx::prelude::{TValue, TVec, Tensor};
 
 use crate::model::slot::ServedModel;
 
@@ -26,11 +29,17 @@ pub struct ShadowConfig {
     pub threads: usize,
     /// Mirrored requests that may wait for them; beyond it they are dropped.
     pub queue: usize,
+    /// Rows one batched shadow call may hold; 1 runs every mirrored request alone.
+    pub max_batch: usize,
 }
 
 impl Default for ShadowConfig {
     fn default() -> Self {
-        Self { threads: 1, queue: 64 }
+        Self {
+            threads: 1,
+            queue: 64,
+            max_batch: 32,
+        }
     }
 }
 
@@ -56,7 +65,10 @@ pub struct ShadowFigures {
     pub max_abs_diff: f64,
     /// The mean absolute difference over every compared value.
     pub mean_abs_diff: f64,
-    /// The shadow's mean and largest compute time.
+    /// Engine calls that ran the mirrored requests (fewer than `mirrored` when they were
+    /// batched).
+    pub calls: u64,
+    /// The shadow's mean and largest compute time per call.
     pub latency_mean: Duration,
     /// The largest.
     pub latency_max: Duration,
@@ -78,6 +90,7 @@ struct Inner {
     max_abs_diff: f64,
     sum_abs_diff: f64,
     values_compared: u64,
+    calls: u64,
     latency_sum: Duration,
     latency_max: Duration,
 }
@@ -120,9 +133,10 @@ impl Shadows {
         for i in 0..config.threads.max(1) {
             // The threads hold the queue weakly: they end when the runner is dropped.
             let queue = Arc::downgrade(&queue);
+            let max_batch = config.max_batch.max(1);
             std::thread::Builder::new()
                 .name(format!("modeld-shadow-{i}"))
-                .spawn(move || work(&queue))?;
+                .spawn(move || work(&queue, max_batch))?;
         }
         Ok(Self {
             config,
@@ -175,7 +189,6 @@ impl Shadows {
             .iter()
             .map(|(id, t)| {
                 let i = t.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let ran = i.mirrored.saturating_sub(i.errors);
                 ShadowFigures {
                     model_id: *id,
                     model_name: i.name.clone(),
@@ -190,10 +203,11 @@ impl Shadows {
                     } else {
                         i.sum_abs_diff / i.values_compared as f64
                     },
-                    latency_mean: if ran == 0 {
+                    calls: i.calls,
+                    latency_mean: if i.calls == 0 {
                         Duration::ZERO
                     } else {
-                        i.latency_sum / u32::try_from(ran).unwrap_or(u32::MAX)
+                        i.latency_sum / u32::try_from(i.calls).unwrap_or(u32::MAX)
                     },
                     latency_max: i.latency_max,
                 }
@@ -221,43 +235,74 @@ fn yield_to_callers() {
     }
 }
 
-fn work(queue: &std::sync::Weak<Mutex<VecDeque<Job>>>) {
+fn work(queue: &std::sync::Weak<Mutex<VecDeque<Job>>>, max_batch: usize) {
     yield_to_callers();
     let mut idle = POLL;
     loop {
         let Some(queue) = queue.upgrade() else {
             return;
         };
-        let job = queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop_front();
+        let batch = {
+            let mut queue = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            take_batch(&mut queue, max_batch)
+        };
         drop(queue);
-        match job {
-            Some(job) => {
-                run(job);
-                idle = POLL;
-            }
-            None => {
-                std::thread::sleep(idle);
-                idle = (idle * 2).min(IDLE_POLL);
-            }
+        if batch.is_empty() {
+            std::thread::sleep(idle);
+            idle = (idle * 2).min(IDLE_POLL);
+        } else {
+            run_batch(batch);
+            idle = POLL;
         }
     }
 }
 
-fn run(job: Job) {
-    let Job {
-        shadow,
-        served,
-        inputs,
-        outputs,
-        tally,
-    } = job;
-    // The shadow takes the inputs by name, in its own signature's order (a few inputs: a
-    // linear search allocates nothing).
-    let served_inputs = &served.model.signature.inputs;
-    let ordered: Option<TVec<TValue>> = shadow
+/// The rows of a request: the first dimension of its first input (0 for a scalar input, which
+/// never batches).
+fn rows(inputs: &[TValue]) -> usize {
+    inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(0)
+}
+
+/// Takes the first queued job and the queued jobs that can run in one call with it: the same
+/// loaded shadow and serving model (the same `Arc`s), inputs of the same trailing shapes, up
+/// to `max_rows` rows, for a shadow that takes a batch.
+fn take_batch(queue: &mut VecDeque<Job>, max_rows: usize) -> Vec<Job> {
+    let Some(first) = queue.pop_front() else {
+        return Vec::new();
+    };
+    let mut total = rows(&first.inputs);
+    if !first.shadow.model.batchable || total == 0 || max_rows <= 1 {
+        return vec![first];
+    }
+    let mut batch = vec![first];
+    let mut i = 0;
+    while i < queue.len() && total < max_rows {
+        let job = &queue[i];
+        let n = rows(&job.inputs);
+        let fits = n > 0
+            && total + n <= max_rows
+            && Arc::ptr_eq(&job.shadow, &batch[0].shadow)
+            && Arc::ptr_eq(&job.served, &batch[0].served)
+            && same_trailing_shapes(&job.inputs, &batch[0].inputs);
+        if fits && let Some(job) = queue.remove(i) {
+            total += n;
+            batch.push(job);
+        } else {
+            i += 1;
+        }
+    }
+    batch
+}
+
+fn same_trailing_shapes(a: &[TValue], b: &[TValue]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.shape().get(1..) == y.shape().get(1..))
+}
+
+/// The request's inputs in the shadow's signature order, by name (a few inputs: a linear
+/// search allocates nothing); `None` when the request lacks one.
+fn ordered_inputs(job: &Job) -> Option<TVec<TValue>> {
+    let served_inputs = &job.served.model.signature.inputs;
+    job.shadow
         .model
         .signature
         .inputs
@@ -266,16 +311,93 @@ fn run(job: Job) {
             served_inputs
                 .iter()
                 .position(|o| o.name == s.name)
-                .and_then(|i| inputs.get(i).cloned())
+                .and_then(|i| job.inputs.get(i).cloned())
         })
-        .collect();
+        .collect()
+}
+
+fn run_engine(shadow: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shadow.model.engine.run(inputs)))
+        .unwrap_or_else(|_| Err("the shadow's engine panicked".into()))
+}
+
+/// Runs a batch on the shadow in one call and compares each request's share of the answer
+/// with what the serving model said; a batch that cannot be stacked, run or split runs its
+/// requests one by one.
+fn run_batch(mut batch: Vec<Job>) {
+    if batch.len() == 1 {
+        if let Some(job) = batch.pop() {
+            run_one(job);
+        }
+        return;
+    }
+    let Some(ordered) = batch.iter().map(ordered_inputs).collect::<Option<Vec<_>>>() else {
+        batch.into_iter().for_each(run_one);
+        return;
+    };
     let started = Instant::now();
-    let result = match ordered {
-        Some(inputs) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shadow.model.engine.run(inputs)))
-            .unwrap_or_else(|_| Err("the shadow's engine panicked".into())),
+    let answer = stack(&ordered).and_then(|inputs| run_engine(&batch[0].shadow, inputs));
+    let took = started.elapsed();
+    let parts = answer.and_then(|outputs| split(&outputs, &ordered));
+    let Ok(parts) = parts else {
+        batch.into_iter().for_each(run_one);
+        return;
+    };
+    let tally = Arc::clone(&batch[0].tally);
+    let mut i = tally.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if i.name.is_empty() {
+        i.name.clone_from(&batch[0].shadow.record.model_name);
+    }
+    i.calls += 1;
+    i.latency_sum += took;
+    i.latency_max = i.latency_max.max(took);
+    for (job, theirs) in batch.iter().zip(parts) {
+        i.mirrored += 1;
+        compare(&mut i, &job.served, &job.outputs, &job.shadow, &theirs);
+    }
+}
+
+fn stack(requests: &[TVec<TValue>]) -> Result<TVec<TValue>, String> {
+    (0..requests[0].len())
+        .map(|k| {
+            let parts: Vec<&Tensor> = requests.iter().map(|r| &*r[k]).collect();
+            Tensor::stack_tensors(0, &parts)
+                .map(TValue::from)
+                .map_err(|e| format!("cannot stack a shadow batch: {e:#}"))
+        })
+        .collect()
+}
+
+fn split(outputs: &[TValue], requests: &[TVec<TValue>]) -> Result<Vec<TVec<TValue>>, String> {
+    let mut parts: Vec<TVec<TValue>> = requests.iter().map(|_| TVec::new()).collect();
+    for output in outputs {
+        let mut start = 0;
+        for (request, part) in requests.iter().zip(parts.iter_mut()) {
+            let n = rows(request);
+            let slice = output
+                .slice(0, start, start + n)
+                .map_err(|e| format!("cannot split a shadow batch: {e:#}"))?;
+            part.push(TValue::from(slice));
+            start += n;
+        }
+    }
+    Ok(parts)
+}
+
+fn run_one(job: Job) {
+    let started = Instant::now();
+    let result = match ordered_inputs(&job) {
+        Some(inputs) => run_engine(&job.shadow, inputs),
         None => Err("the shadow needs an input the request does not carry".into()),
     };
     let took = started.elapsed();
+    let Job {
+        shadow,
+        served,
+        outputs,
+        tally,
+        ..
+    } = job;
     let mut i = tally.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if i.name.is_empty() {
         i.name.clone_from(&shadow.record.model_name);
@@ -290,6 +412,7 @@ fn run(job: Job) {
             return;
         }
     };
+    i.calls += 1;
     i.latency_sum += took;
     i.latency_max = i.latency_max.max(took);
     compare(&mut i, &served, &outputs, &shadow, &theirs);
@@ -344,4 +467,127 @@ fn argmax(row: &[f32]) -> usize {
             |best, (i, &v)| if v > best.1 { (i, v) } else { best },
         )
         .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::prelude::tvec;
+
+    fn served(file: &str) -> Arc<ServedModel> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(file);
+        Arc::new(ServedModel::unregistered(
+            file,
+            crate::model::load_model(&path, None, crate::model::EngineSettings::default()).unwrap(),
+        ))
+    }
+
+    /// `rows` digits-shaped rows whose pixels depend on `seed`, so each request differs.
+    fn digits(rows: usize, seed: usize) -> TVec<TValue> {
+        let values: Vec<f32> = (0..rows * 64).map(|i| ((i * 7 + seed * 13) % 17) as f32).collect();
+        tvec![Tensor::from_shape(&[rows, 64], &values).unwrap().into()]
+    }
+
+    fn job(shadow: &Arc<ServedModel>, served: &Arc<ServedModel>, inputs: TVec<TValue>, tally: &Arc<Tally>) -> Job {
+        let outputs = served.model.engine.run(inputs.clone()).unwrap();
+        Job {
+            shadow: Arc::clone(shadow),
+            served: Arc::clone(served),
+            inputs,
+            outputs,
+            tally: Arc::clone(tally),
+        }
+    }
+
+    fn figures(tally: &Tally) -> (u64, u64, u64, u64, u64, f64) {
+        let i = tally.inner.lock().unwrap();
+        (
+            i.mirrored,
+            i.errors,
+            i.calls,
+            i.rows_compared,
+            i.rows_agreed,
+            i.max_abs_diff,
+        )
+    }
+
+    #[test]
+    fn a_batch_holds_one_shadow_one_serving_model_one_shape_and_its_row_limit() {
+        let (v1, v2) = (served("digits_v1.onnx"), served("digits_v2.onnx"));
+        let other_v1 = served("digits_v1.onnx");
+        let tally = Arc::new(Tally::default());
+        let mut queue: VecDeque<Job> = VecDeque::new();
+        queue.push_back(job(&v1, &v2, digits(1, 0), &tally));
+        queue.push_back(job(&other_v1, &v2, digits(1, 1), &tally)); // another load of the shadow
+        queue.push_back(job(&v1, &v1, digits(1, 2), &tally)); // another serving model
+        queue.push_back(job(&v1, &v2, digits(3, 3), &tally));
+        queue.push_back(job(&v1, &v2, digits(2, 4), &tally)); // would make 6 rows: over 5
+        queue.push_back(job(&v1, &v2, digits(1, 5), &tally));
+        let batch = take_batch(&mut queue, 5);
+        let rows_taken: Vec<usize> = batch.iter().map(|j| rows(&j.inputs)).collect();
+        assert_eq!(
+            rows_taken,
+            vec![1, 3, 1],
+            "same shadow and serving model, up to 5 rows, in order"
+        );
+        assert_eq!(queue.len(), 3, "the others stay queued in order");
+        assert!(Arc::ptr_eq(&queue[0].shadow, &other_v1));
+        assert!(Arc::ptr_eq(&queue[1].served, &v1));
+        assert_eq!(rows(&queue[2].inputs), 2);
+        // Batching off: one at a time.
+        assert_eq!(take_batch(&mut queue, 1).len(), 1);
+        assert_eq!(queue.len(), 2);
+    }
+
+    #[test]
+    fn a_batched_call_compares_each_request_as_running_them_alone_does() {
+        let (v1, v2) = (served("digits_v1.onnx"), served("digits_v2.onnx"));
+        let (batched, alone) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+        let requests: Vec<TVec<TValue>> = (0..6).map(|k| digits(1 + k % 3, k)).collect();
+        let total_rows: u64 = requests.iter().map(|r| rows(r) as u64).sum();
+        let mut queue: VecDeque<Job> = requests.iter().map(|r| job(&v1, &v2, r.clone(), &batched)).collect();
+        let batch = take_batch(&mut queue, 32);
+        assert_eq!(batch.len(), 6);
+        run_batch(batch);
+        for r in &requests {
+            run_one(job(&v1, &v2, r.clone(), &alone));
+        }
+        let (b, a) = (figures(&batched), figures(&alone));
+        assert_eq!(
+            (b.0, b.1, b.2, b.3),
+            (6, 0, 1, total_rows),
+            "six mirrored in one call, every row compared"
+        );
+        assert_eq!((a.0, a.1, a.2, a.3), (6, 0, 6, total_rows));
+        assert_eq!(b.4, a.4, "the same rows agree");
+        assert!(
+            b.4 < total_rows,
+            "two different models disagree somewhere on these inputs"
+        );
+        assert!(
+            (b.5 - a.5).abs() < 1e-4,
+            "the same largest difference: {} vs {}",
+            b.5,
+            a.5
+        );
+    }
+
+    #[test]
+    fn a_request_the_shadow_cannot_take_fails_alone_and_the_rest_of_its_batch_runs() {
+        let (v1, v2) = (served("digits_v1.onnx"), served("digits_v2.onnx"));
+        let tally = Arc::new(Tally::default());
+        let mut bad = job(&v1, &v2, digits(2, 0), &tally);
+        // Inputs of the wrong width: the batched call fails, then each request runs alone.
+        bad.inputs = tvec![Tensor::zero::<f32>(&[2, 65]).unwrap().into()];
+        let batch = vec![
+            job(&v1, &v2, digits(1, 1), &tally),
+            bad,
+            job(&v1, &v2, digits(1, 2), &tally),
+        ];
+        run_batch(batch);
+        let (mirrored, errors, calls, rows_compared, _, _) = figures(&tally);
+        assert_eq!((mirrored, errors, calls, rows_compared), (3, 1, 2, 2));
+    }
 }
