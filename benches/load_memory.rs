@@ -41,7 +41,16 @@ struct Measured {
 async fn measure(dir: &Path, file: &str, plain: bool, run: usize) -> Measured {
     let db = dir.join(format!("{file}-{plain}-{run}.db"));
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--no-seed"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--log-format",
+            "json",
+            "--no-seed",
+        ])
         .env("MODELD_DATABASE_URL", format!("sqlite://{}", db.display()))
         .env("MODELD_MODEL_ROOT", dir)
         .env("MODELD_PLAIN_LOAD", if plain { "1" } else { "0" })

@@ -94,25 +94,29 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let metrics = match config.metrics_listen {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {a}"))?,
-        ),
+    if let Some(a) = config.metrics_listen {
+        tracing::warn!(
+            "--metrics-listen (MODELD_METRICS_LISTEN) is now --http-listen (MODELD_HTTP_LISTEN): the HTTP port \
+             listens on {a} and serves /metrics there, with the Open Inference Protocol's REST routes"
+        );
+    }
+    let http = match config.http_addr() {
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
+            format!("cannot listen for HTTP on {a} (--http-listen ADDR to choose another, or off)")
+        })?),
         None => None,
     };
-    serve_with(config, listener, metrics, shutdown).await
+    serve_with(config, listener, http, shutdown).await
 }
 
-/// [`serve`] with the metrics listener injected too (tests bind both to port 0).
+/// [`serve`] with the HTTP listener injected too (tests bind both to port 0).
 ///
 /// # Errors
 /// As [`serve`].
 pub async fn serve_with(
     config: ServeConfig,
     listener: TcpListener,
-    metrics: Option<TcpListener>,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
@@ -213,18 +217,21 @@ pub async fn serve_with(
         })
     };
 
-    // Metrics stop with the server.
+    // The HTTP port stops with the server.
     let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
-    if let Some(l) = metrics {
+    if let Some(l) = http {
         let at = l.local_addr()?;
-        tracing::info!(addr = %at, "metrics: http://{at}/metrics");
+        tracing::info!(addr = %at, "HTTP on http://{at}: Open Inference Protocol REST (/v2), metrics (/metrics)");
         let control = Arc::clone(&control);
+        let http_config = crate::http::HttpConfig {
+            max_body_bytes: config.max_message_bytes,
+        };
         tokio::spawn(async move {
             let stop = async move {
                 let _ = metrics_stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::metrics::serve(l, control, stop).await {
-                tracing::error!(error = %e, "metrics server failed");
+            if let Err(e) = crate::http::serve(l, control, http_config, stop).await {
+                tracing::error!(error = %e, "HTTP server failed");
             }
         });
     }

@@ -293,8 +293,13 @@ pub struct ServeConfig {
     /// Do not watch the active model's file for changes.
     #[arg(long, env = "MODELD_NO_WATCH_FILES")]
     pub no_watch_files: bool,
-    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9464. Off when unset.
-    #[arg(long, env = "MODELD_METRICS_LISTEN")]
+    /// Address of the HTTP port: the Open Inference Protocol's REST binding (`/v2`) and
+    /// Prometheus metrics (`/metrics`); `off` for none.
+    #[arg(long, env = "MODELD_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
+    pub http_listen: Listen,
+    /// The old name of `--http-listen` (metrics moved to the HTTP port): when set, the HTTP
+    /// port listens here.
+    #[arg(long, env = "MODELD_METRICS_LISTEN", hide = true)]
     pub metrics_listen: Option<SocketAddr>,
     /// Where and how inference runs.
     #[command(flatten)]
@@ -497,7 +502,30 @@ impl EngineArgs {
     }
 }
 
+/// An address to listen on, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" | "none" | "" => Ok(Self(None)),
+            a => a
+                .parse()
+                .map(|a| Self(Some(a)))
+                .map_err(|e| format!("{a:?} is not an address like 127.0.0.1:8000 (or off): {e}")),
+        }
+    }
+}
+
 impl ServeConfig {
+    /// Where the HTTP port listens: `--http-listen`, or the old `--metrics-listen` when set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen.or(self.http_listen.0)
+    }
+
     /// Defaults for a database and a model root (tests and embedding).
     pub fn new(database_url: impl Into<String>, model_root: impl Into<PathBuf>) -> Self {
         Self {
@@ -516,6 +544,7 @@ impl ServeConfig {
             file_debounce_ms: 200,
             strict_checksum: false,
             no_watch_files: false,
+            http_listen: Listen(None),
             metrics_listen: None,
             engine: EngineArgs::default(),
             candidates: CandidateArgs::default(),

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod evaluation;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -1,38 +1,11 @@
-//! Prometheus metrics over HTTP (`GET /metrics` on `--metrics-listen`): what is served, whether
+//! Prometheus metrics (`GET /metrics` on the HTTP port, `--http-listen`): what is served, whether
 //! the server is degraded, reloads, requests and where their time went. The numbers are the same
 //! ones GetServerStatus and ModelStatistics report: one source, several outputs.
 
 use std::fmt::Write as _;
-use std::future::Future;
-use std::sync::Arc;
-
-use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use tokio::net::TcpListener;
 
 use crate::ops::Control;
 use crate::status::Reason;
-
-/// Serves `GET /metrics` until `shutdown` completes.
-///
-/// # Errors
-/// When the HTTP server fails.
-pub async fn serve(
-    listener: TcpListener,
-    control: Arc<Control>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let control = Arc::clone(&control);
-            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&control)).into_response() }
-        }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-}
 
 /// One shadow metric: its name, type, help, and how to read it off a shadow's figures.
 type Series = (

@@ -442,7 +442,15 @@ async fn start_up_says_what_it_does_in_a_few_lines() {
         }
     }
     let mut child = cmd
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+        ])
         .arg("--model-root")
         .arg(root.path())
         .stderr(std::process::Stdio::piped())

@@ -73,6 +73,61 @@ async fn tritonclient_works_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_http_works_unchanged() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let script = bundled_models().join("../tests/clients/tritonclient_http_check.py");
+    let models = bundled_models();
+    let addr = server.http_addr.to_string();
+    let (ok, out, err) = run(
+        "python",
+        &[script.to_str().unwrap(), &addr, models.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert!(ok, "tritonclient.http checks failed:\n{out}\n{err}");
+    assert!(out.contains("all checks passed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_analyzer_runs_clean_over_http() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let addr = server.http_addr.to_string();
+    let args = [
+        "-m",
+        "active",
+        "-i",
+        "http",
+        "-u",
+        &addr,
+        "--concurrency-range",
+        "2",
+        "--measurement-interval",
+        "1000",
+        "-s",
+        "1000",
+        "--max-trials",
+        "3",
+    ];
+    let (ok, out, err) = run("perf_analyzer", &args, None).await;
+    let all = format!("{out}\n{err}");
+    assert!(ok, "perf_analyzer -i http failed:\n{all}");
+    assert!(all.contains("Concurrency: 2, throughput:"), "no measurement:\n{all}");
+    for bad in ["error", "Error", "Failed", "failed"] {
+        assert!(!all.contains(bad), "perf_analyzer -i http reported {bad:?}:\n{all}");
+    }
+    let served: u64 = all
+        .lines()
+        .skip_while(|l| l.trim() != "Server:")
+        .find_map(|l| l.trim().strip_prefix("Successful request count: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no server-side statistics in:\n{all}"));
+    assert!(
+        served > 0,
+        "perf_analyzer saw no requests in modeld's statistics:\n{all}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perf_analyzer_runs_clean_with_random_inputs_and_streaming() {
     let server = TestServer::start(Backend::Sqlite).await;
     let addr = server.addr.to_string();

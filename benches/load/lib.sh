@@ -1,6 +1,6 @@
 # Shared helpers for benches/load/run.sh and swap.sh (sourced, not run).
 # Globals the caller sets before use: inputs_dir (wait_ready), mlserver_py (start_mlserver).
-# Globals set here for the caller: modeld_prebuilt, clients_py, modeld_pid, mlserver_pid.
+# Globals set here for the caller: modeld_prebuilt, clients_py, modeld_pid, modeld_http_port, mlserver_pid.
 # shellcheck shell=bash disable=SC2034,SC2154
 
 load_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -83,8 +83,11 @@ start_modeld() {
   # swap.sh finds the same registry.
   export MODELD_DATABASE_URL="sqlite://$dir/registry.db"
   export MODELD_MODEL_ROOT="$repo/models"
+  # Its HTTP port (the Open Inference Protocol's REST binding, metrics) on a free port too.
+  modeld_http_port="$(free_port)"
   "$MODELD_BIN" --log warn serve --database-url "$MODELD_DATABASE_URL" \
-    --model-root "$MODELD_MODEL_ROOT" --listen "127.0.0.1:$port" "$@" >"$dir/modeld.log" 2>&1 &
+    --model-root "$MODELD_MODEL_ROOT" --listen "127.0.0.1:$port" --http-listen "127.0.0.1:$modeld_http_port" \
+    "$@" >"$dir/modeld.log" 2>&1 &
   modeld_pid=$!
   started_pids+=("$modeld_pid")
 }
@@ -97,7 +100,7 @@ start_mlserver() {
   rm -rf "$dir/repo"
   mkdir -p "$dir/repo"
   # debug false: MLServer's default (true) logs every gRPC call. metrics_endpoint null: no
-  # Prometheus interceptor (modeld runs without --metrics-listen here).
+  # Prometheus interceptor (modeld's metrics are read from its counters when scraped).
   cat >"$dir/repo/settings.json" <<EOF
 {
   "debug": false,

@@ -60,7 +60,12 @@ impl KServeService {
             .await
     }
 
-    async fn infer(&self, req: pb::ModelInferRequest, deadline: Option<Instant>) -> Result<pb::ModelInferResponse> {
+    /// One inference, for gRPC and the REST binding alike.
+    pub(crate) async fn infer(
+        &self,
+        req: pb::ModelInferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::ModelInferResponse> {
         let pb::ModelInferRequest {
             model_name,
             model_version,

@@ -149,7 +149,15 @@ pub fn spawn_serve(
 ) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .args(extra)
         .env("MODELD_DATABASE_URL", db_url)
         .env("MODELD_MODEL_ROOT", root)
@@ -164,8 +172,8 @@ pub fn spawn_serve(
 /// A running server.
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
-    /// Where `GET /metrics` is served.
-    pub metrics_addr: std::net::SocketAddr,
+    /// The HTTP port: `/v2` (the Open Inference Protocol's REST binding) and `/metrics`.
+    pub http_addr: std::net::SocketAddr,
     pub root: tempfile::TempDir,
     pub db: TestDb,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -204,15 +212,15 @@ impl TestServer {
         tweak(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics_addr = metrics.local_addr().unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let handle = tokio::spawn(modeld::app::serve_with(config, listener, Some(metrics), async move {
+        let handle = tokio::spawn(modeld::app::serve_with(config, listener, Some(http), async move {
             let _ = rx.await;
         }));
         let s = Self {
             addr,
-            metrics_addr,
+            http_addr,
             root,
             db,
             shutdown: Some(tx),
@@ -225,7 +233,7 @@ impl TestServer {
     /// `GET /metrics`, as Prometheus scrapes it.
     pub async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = tokio::net::TcpStream::connect(self.metrics_addr).await.unwrap();
+        let mut conn = tokio::net::TcpStream::connect(self.http_addr).await.unwrap();
         conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: modeld\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
@@ -282,6 +290,11 @@ impl TestServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://ADDR` of the HTTP port, with `path` appended.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
     }
 
     pub async fn channel(&self) -> Channel {

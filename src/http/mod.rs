@@ -1,0 +1,160 @@
+//! The HTTP port (`--http-listen`): the Open Inference Protocol's REST binding (`/v2/...`,
+//! what tritonclient.http and `perf_analyzer -i http` speak) and Prometheus metrics
+//! (`/metrics`). Every route is a thin layer over the gRPC services' code, so a request takes
+//! the same path, routing and errors on both transports.
+
+pub mod oip;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::ops::Control;
+
+/// What every route reads.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub(crate) control: Arc<Control>,
+    pub(crate) kserve: crate::api::kserve::KServeService,
+}
+
+/// The HTTP server's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpConfig {
+    /// The largest request body, as for gRPC messages; a larger one gets 413.
+    pub max_body_bytes: usize,
+}
+
+/// Every route of the HTTP port.
+pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
+    let state = HttpState {
+        kserve: crate::api::kserve::KServeService::new(Arc::clone(&control)),
+        control,
+    };
+    Router::new()
+        .route("/metrics", get(metrics))
+        .merge(oip::routes())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves [`router`] on `listener` until `shutdown`.
+///
+/// # Errors
+/// When the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    control: Arc<Control>,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(control, config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<HttpState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&state.control),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        &format!("no route {}; see docs/http.md", uri.path()),
+    )
+}
+
+/// The HTTP status for a gRPC status code, as Triton's HTTP endpoint and the KServe v2 REST
+/// binding answer.
+pub fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code;
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::FailedPrecondition => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The Open Inference Protocol's error body, `{"error": "..."}`, with `status`.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A gRPC status as an HTTP error: its status code, its message, and for an overload the
+/// retry hint as `Retry-After` (whole seconds, at least 1).
+pub fn status_error(s: &tonic::Status) -> Response {
+    let mut r = json_error(http_status(s.code()), s.message());
+    if s.code() == tonic::Code::ResourceExhausted {
+        let ms: u64 = s
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    r
+}
+
+/// A JSON body with status 200.
+pub fn json_ok(body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_an_error_status() {
+        use tonic::Code;
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::ResourceExhausted,
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+        ] {
+            assert!(http_status(code).as_u16() >= 400, "{code:?}");
+        }
+        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
+        assert_eq!(http_status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
+    }
+}

@@ -1,0 +1,469 @@
+//! The HTTP port end to end with a real HTTP client (reqwest): the Open Inference Protocol's
+//! REST binding (JSON tensors and the binary tensor data extension), its good and bad cases
+//! with the right status and a JSON error, and the metrics on the same port.
+
+mod common;
+
+use common::*;
+use modeld::api::pb;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// A JSON infer request for `rows` digits rows.
+fn digits_json(rows: usize) -> Value {
+    json!({
+        "id": "req-1",
+        "inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": eval_rows(rows)}],
+    })
+}
+
+async fn post_json(server: &TestServer, path: &str, body: &Value) -> (StatusCode, Value) {
+    let r = client().post(server.http_url(path)).json(body).send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text:?}"));
+    (status, v)
+}
+
+async fn get_json(server: &TestServer, path: &str) -> (StatusCode, Value) {
+    let r = client().get(server.http_url(path)).send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text:?}"))
+    };
+    (status, v)
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// An error answer: the status, and `{"error": "..."}` whose message says `says`.
+fn assert_error(got: &(StatusCode, Value), status: StatusCode, says: &str) {
+    assert_eq!(got.0, status, "{:?}", got.1);
+    let message = got.1["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {}", got.1));
+    assert!(message.contains(says), "{says:?} in {message:?}");
+    assert!(!message.contains("/tmp/"), "no server path in {message:?}");
+}
+
+#[tokio::test]
+async fn the_rest_binding_infers_with_json_tensors_as_grpc_does() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    for path in [
+        "/v2/models/digits_v2/infer",
+        "/v2/models/active/infer",
+        "/v2/models/digits_v2/versions/2/infer",
+    ] {
+        let (status, r) = post_json(&server, path, &digits_json(4)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {r}");
+        assert_eq!(
+            (r["model_name"].as_str(), r["model_version"].as_str()),
+            (Some("digits_v2"), Some("2")),
+            "{r}"
+        );
+        assert_eq!(r["id"], "req-1");
+        assert_eq!(r["parameters"]["role"], "active");
+        assert_eq!(r["parameters"]["model_id"], 2);
+        let outputs = r["outputs"].as_array().unwrap();
+        assert_eq!(outputs[0]["name"], "probabilities");
+        assert_eq!(outputs[0]["datatype"], "FP32");
+        assert_eq!(outputs[0]["shape"], json!([4, 10]));
+        assert_close(&floats(&outputs[0]["data"]), &expected_probs("digits_v2", 4), 1e-5);
+        assert_eq!(
+            (outputs[1]["name"].as_str(), outputs[1]["datatype"].as_str()),
+            (Some("label"), Some("INT64"))
+        );
+        assert_eq!(outputs[1]["data"].as_array().unwrap().len(), 4);
+    }
+    // Nested data arrays, as the protocol allows; one requested output only.
+    let rows = eval_rows(2);
+    let nested: Vec<Vec<f32>> = rows.chunks(64).map(<[f32]>::to_vec).collect();
+    let body = json!({
+        "inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": nested}],
+        "outputs": [{"name": "label"}],
+    });
+    let (status, r) = post_json(&server, "/v2/models/digits_v2/infer", &body).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(r["outputs"][0]["name"], "label");
+    // The same answer as gRPC for the same request.
+    let grpc = server
+        .inference()
+        .await
+        .predict(digits_request("digits_v2", &rows))
+        .await
+        .unwrap()
+        .into_inner();
+    let labels: Vec<i64> = grpc.outputs[1]
+        .raw_data
+        .chunks(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(r["outputs"][0]["data"], json!(labels));
+}
+
+#[tokio::test]
+async fn the_binary_tensor_extension_carries_inputs_and_outputs_as_bytes() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let rows = eval_rows(3);
+    let head = json!({
+        "inputs": [{"name": "input", "shape": [3, 64], "datatype": "FP32", "parameters": {"binary_data_size": rows.len() * 4}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": true}}, {"name": "label", "parameters": {"binary_data": false}}],
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    for x in &rows {
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    let r = client()
+        .post(server.http_url("/v2/models/digits_v2/infer"))
+        .header("Inference-Header-Content-Length", head.len())
+        .header("Content-Type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let length: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap();
+    let header: Value = serde_json::from_slice(&bytes[..length]).unwrap();
+    assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 120, "{header}");
+    assert!(header["outputs"][0].get("data").is_none());
+    assert_eq!(
+        header["outputs"][1]["data"].as_array().unwrap().len(),
+        3,
+        "label as JSON"
+    );
+    assert_eq!(bytes.len() - length, 120);
+    assert_close(&raw_f32(&bytes[length..]), &expected_probs("digits_v2", 3), 1e-5);
+
+    // binary_data_output: every output as bytes.
+    let head = json!({
+        "parameters": {"binary_data_output": true},
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": eval_rows(1)}],
+    })
+    .to_string();
+    let r = client()
+        .post(server.http_url("/v2/models/active/infer"))
+        .body(head)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let length: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(
+        bytes.len() - length,
+        40 + 8,
+        "ten FP32 probabilities and one INT64 label"
+    );
+
+    // Header lengths and sizes that do not add up are refused.
+    let head = json!({
+        "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 256}}],
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    for x in &eval_rows(1) {
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    let with_extra_byte = [body.clone(), vec![0]].concat();
+    for (header_length, body, says) in [
+        (body.len() + 1, body.clone(), "longer than"),
+        (head.len(), with_extra_byte, "left over"),
+        (head.len() + 1, body.clone(), "invalid inference request"),
+    ] {
+        let r = client()
+            .post(server.http_url("/v2/models/active/infer"))
+            .header("Inference-Header-Content-Length", header_length)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert_error(&(status, v), StatusCode::BAD_REQUEST, says);
+    }
+}
+
+#[tokio::test]
+async fn every_bad_request_gets_its_status_and_a_json_error() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.max_message_bytes = 1 << 20).await;
+    server.wait_serving("digits_v2").await;
+    let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
+        (
+            "/v2/models/nope/infer",
+            digits_json(1),
+            StatusCode::NOT_FOUND,
+            "not registered",
+        ),
+        (
+            "/v2/models/digits_v2/versions/9/infer",
+            digits_json(1),
+            StatusCode::NOT_FOUND,
+            "version \"9\"",
+        ),
+        (
+            "/v2/models/digits_v2/infer",
+            json!({"inputs": [{"name": "input", "shape": [2, 64], "datatype": "FP32", "data": eval_rows(1)}]}),
+            StatusCode::BAD_REQUEST,
+            "data has 64 values, shape [2, 64] holds 128",
+        ),
+        (
+            "/v2/models/digits_v2/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 63], "datatype": "FP32", "data": vec![0.0; 63]}]}),
+            StatusCode::BAD_REQUEST,
+            "input",
+        ),
+        (
+            "/v2/models/digits_v2/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP16", "data": vec![0.0; 64]}]}),
+            StatusCode::BAD_REQUEST,
+            "unsupported datatype \"FP16\"",
+        ),
+        (
+            "/v2/models/digits_v2/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ["a"]}]}),
+            StatusCode::BAD_REQUEST,
+            "is not a FP32 value",
+        ),
+        (
+            "/v2/models/digits_v2/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]}),
+            StatusCode::BAD_REQUEST,
+            "has no data",
+        ),
+        (
+            "/v2/models/digits_v2/infer",
+            json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": eval_rows(1)}], "outputs": [{"name": "nope"}]}),
+            StatusCode::BAD_REQUEST,
+            "has no output \"nope\"",
+        ),
+        (
+            "/v2/models/digits_v2/infer",
+            json!({"parameters": {"routing_key": [1]}, "inputs": []}),
+            StatusCode::BAD_REQUEST,
+            "routing_key",
+        ),
+        (
+            "/v2/models/digits_v2/infer",
+            json!({"no": "inputs"}),
+            StatusCode::BAD_REQUEST,
+            "invalid inference request",
+        ),
+    ];
+    for (path, body, status, says) in cases {
+        let got = post_json(&server, path, &body).await;
+        assert_error(&got, status, says);
+    }
+    // Not JSON at all.
+    let r = client()
+        .post(server.http_url("/v2/models/digits_v2/infer"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_error(
+        &(status, r.json().await.unwrap()),
+        StatusCode::BAD_REQUEST,
+        "invalid inference request",
+    );
+    // A body above the message limit: 413, with a JSON error.
+    let r = client()
+        .post(server.http_url("/v2/models/digits_v2/infer"))
+        .body(vec![b' '; (1 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_error(&(status, r.json().await.unwrap()), StatusCode::PAYLOAD_TOO_LARGE, "");
+    // No such route: 404, JSON.
+    let got = get_json(&server, "/v3/anything").await;
+    assert_error(&got, StatusCode::NOT_FOUND, "no route /v3/anything");
+    // The old model keeps serving.
+    let (status, _) = post_json(&server, "/v2/models/active/infer", &digits_json(1)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn health_metadata_config_stats_and_the_repository_over_http() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    assert_eq!(get_json(&server, "/v2/health/live").await.0, StatusCode::OK);
+    assert_eq!(get_json(&server, "/v2/health/ready").await.0, StatusCode::OK);
+    let (status, meta) = get_json(&server, "/v2").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta["name"], "modeld");
+    assert!(meta["extensions"].as_array().unwrap().contains(&json!("statistics")));
+
+    let (status, m) = get_json(&server, "/v2/models/digits_v2").await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["versions"], json!(["2"]));
+    assert_eq!(
+        m["inputs"][0],
+        json!({"name": "input", "datatype": "FP32", "shape": [-1, 64]})
+    );
+    assert_eq!(get_json(&server, "/v2/models/active").await.1["name"], "active");
+    assert_eq!(
+        get_json(&server, "/v2/models/digits_v2/versions/2").await.0,
+        StatusCode::OK
+    );
+
+    assert_eq!(get_json(&server, "/v2/models/digits_v2/ready").await.0, StatusCode::OK);
+    assert_eq!(get_json(&server, "/v2/models/active/ready").await.0, StatusCode::OK);
+    let not_ready = get_json(&server, "/v2/models/digits_v1/ready").await;
+    assert_error(&not_ready, StatusCode::BAD_REQUEST, "not loaded");
+    assert_error(
+        &get_json(&server, "/v2/models/nope/ready").await,
+        StatusCode::NOT_FOUND,
+        "not registered",
+    );
+
+    let (status, c) = get_json(&server, "/v2/models/cnn/config").await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["name"], "cnn");
+    assert!(c["max_batch_size"].as_i64().unwrap() > 0);
+    assert_eq!(c["input"][0]["dims"], json!([3, 224, 224]));
+    assert_eq!(c["input"][0]["data_type"], "TYPE_FP32");
+    assert_eq!(c["instance_group"][0]["kind"], "KIND_CPU");
+
+    post_json(&server, "/v2/models/active/infer", &digits_json(2)).await;
+    let (status, s) = get_json(&server, "/v2/models/digits_v2/stats").await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    assert_eq!(s["model_stats"][0]["name"], "digits_v2");
+    assert!(s["model_stats"][0]["inference_count"].as_u64().unwrap() >= 2, "{s}");
+    assert_eq!(get_json(&server, "/v2/models/stats").await.0, StatusCode::OK);
+
+    let (status, index) = post_json(&server, "/v2/repository/index", &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let states: Vec<(String, String)> = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap().into(), m["state"].as_str().unwrap().into()))
+        .collect();
+    assert!(states.contains(&("digits_v2".into(), "READY".into())), "{states:?}");
+    // load = activate, as over gRPC; the guard holds (cnn would break digits_v2's clients).
+    let r = client()
+        .post(server.http_url("/v2/repository/models/digits_v1/load"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    server.wait_serving("digits_v1").await;
+    let r = client()
+        .post(server.http_url("/v2/repository/models/cnn/load"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_error(
+        &(status, r.json().await.unwrap()),
+        StatusCode::CONFLICT,
+        "would break the clients",
+    );
+    let r = client()
+        .post(server.http_url("/v2/repository/models/digits_v1/unload"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_error(
+        &(status, r.json().await.unwrap()),
+        StatusCode::CONFLICT,
+        "is the active model",
+    );
+
+    // Metrics share the port.
+    let text = client()
+        .get(server.http_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("modeld_model_loaded 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_model_name_with_spaces_works_percent_encoded() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    server
+        .registry()
+        .await
+        .register_model(pb::RegisterModelRequest {
+            name: "Digits MLP v2".into(),
+            file_path: "digits_v2.onnx".into(),
+            version: "2.1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (status, m) = get_json(&server, "/v2/models/Digits%20MLP%20v2").await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(m["name"], "Digits MLP v2");
+    // A request by name loads it as a candidate and answers from it.
+    let (status, r) = post_json(&server, "/v2/models/Digits%20MLP%20v2/infer", &digits_json(1)).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["model_name"], "Digits MLP v2");
+    assert_eq!(r["parameters"]["role"], "candidate");
+    let (status, _) = post_json(
+        &server,
+        "/v2/models/Digits%20MLP%20v2/versions/2.1/infer",
+        &digits_json(1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_routing_key_parameter_routes_over_http_as_over_grpc() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut reg = server.registry().await;
+    reg.set_canary(pb::SetRolloutRequest {
+        model: by_name("digits_v1"),
+        percentage: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    server
+        .wait_status("the canary served", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.canary_percentage == 10)
+        })
+        .await;
+    // user-1 is in bucket 8 (canary at 10 %), user-42 in bucket 19 (active).
+    for (key, model, role) in [("user-1", "digits_v1", "canary"), ("user-42", "digits_v2", "active")] {
+        let mut body = digits_json(1);
+        body["parameters"] = json!({"routing_key": key});
+        let (status, r) = post_json(&server, "/v2/models/active/infer", &body).await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+        assert_eq!(
+            (r["model_name"].as_str(), r["parameters"]["role"].as_str()),
+            (Some(model), Some(role)),
+            "{key}"
+        );
+    }
+}
