@@ -225,6 +225,7 @@ pub async fn serve_with(
         let control = Arc::clone(&control);
         let http_config = crate::http::HttpConfig {
             max_body_bytes: config.max_message_bytes,
+            model_config_max_age_secs: config.model_config_max_age_secs,
         };
         tokio::spawn(async move {
             let stop = async move {

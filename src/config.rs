@@ -297,6 +297,10 @@ pub struct ServeConfig {
     /// Prometheus metrics (`/metrics`); `off` for none.
     #[arg(long, env = "MODELD_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
     pub http_listen: Listen,
+    /// `Cache-Control: public, max-age=N` of the model-config endpoint that devices poll, in
+    /// seconds (6 hours, as the guide's).
+    #[arg(long, env = "MODELD_MODEL_CONFIG_MAX_AGE_SECS", default_value_t = 21_600)]
+    pub model_config_max_age_secs: u64,
     /// The old name of `--http-listen` (metrics moved to the HTTP port): when set, the HTTP
     /// port listens here.
     #[arg(long, env = "MODELD_METRICS_LISTEN", hide = true)]
@@ -325,8 +329,12 @@ pub struct ShadowArgs {
     pub shadow_threads: u64,
     /// Mirrored requests that may wait for the shadow threads; beyond it they are dropped (and
     /// counted), never the caller's request.
-    #[arg(long, env = "MODELD_SHADOW_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "MODELD_SHADOW_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub shadow_queue: u64,
+    /// Bytes of tensors the waiting mirrored requests may hold (inputs and the serving model's
+    /// outputs); beyond it they are dropped (and counted).
+    #[arg(long, env = "MODELD_SHADOW_QUEUE_BYTES", default_value_t = 64 << 20)]
+    pub shadow_queue_bytes: u64,
     /// Rows one shadow call may hold: the shadow threads run what has queued up as one batched
     /// call (for models that take a batch); 1 runs every mirrored request alone.
     #[arg(long, env = "MODELD_SHADOW_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -339,6 +347,7 @@ impl Default for ShadowArgs {
         Self {
             shadow_threads: d.threads as u64,
             shadow_queue: d.queue as u64,
+            shadow_queue_bytes: d.queue_bytes as u64,
             shadow_max_batch: d.max_batch as u64,
         }
     }
@@ -349,7 +358,8 @@ impl ShadowArgs {
     pub fn config(&self) -> ShadowConfig {
         ShadowConfig {
             threads: usize::try_from(self.shadow_threads).unwrap_or(1),
-            queue: usize::try_from(self.shadow_queue).unwrap_or(64),
+            queue: usize::try_from(self.shadow_queue).unwrap_or(1024),
+            queue_bytes: usize::try_from(self.shadow_queue_bytes).unwrap_or(usize::MAX),
             max_batch: usize::try_from(self.shadow_max_batch).unwrap_or(32),
         }
     }
@@ -545,6 +555,7 @@ impl ServeConfig {
             strict_checksum: false,
             no_watch_files: false,
             http_listen: Listen(None),
+            model_config_max_age_secs: 21_600,
             metrics_listen: None,
             engine: EngineArgs::default(),
             candidates: CandidateArgs::default(),

@@ -246,7 +246,7 @@ async fn registry_lifecycle(backend: Backend) {
             description: None,
             model_type: None,
             accuracy: Some(0.6),
-            rollback: None,
+            ..Default::default()
         })
         .await
         .unwrap()

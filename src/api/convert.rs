@@ -61,6 +61,8 @@ pub fn model(r: &ModelRecord) -> pb::Model {
         rollback_p99_ms,
         is_stable,
         deprecated_at,
+        min_app_version,
+        min_app_versions,
     } = r;
     pb::Model {
         model_id: *model_id,
@@ -89,6 +91,8 @@ pub fn model(r: &ModelRecord) -> pb::Model {
         }),
         is_stable: *is_stable,
         deprecated_at: deprecated_at.map(timestamp),
+        min_app_version: min_app_version.clone(),
+        min_app_versions: serde_json::from_str(min_app_versions).unwrap_or_default(),
     }
 }
 
@@ -390,6 +394,27 @@ pub fn rollout(r: &crate::registry::Rollout, replaced: Option<&ModelRecord>) -> 
         shadow: r.shadow.as_ref().map(model),
         replaced: replaced.map(model),
         history: Vec::new(),
+    }
+}
+
+/// The model configuration devices poll.
+pub fn client_config(c: crate::ops::ClientConfig) -> pb::ClientModelConfig {
+    pb::ClientModelConfig {
+        not_modified: false,
+        etag: c.etag,
+        active_model_version: c.active_model_version,
+        active_model_id: c.active_model_id,
+        active_model_name: c.active_model_name,
+        active_model_sha256: c.active_model_sha256,
+        active_model_size_bytes: c.active_model_size_bytes,
+        rollout_percentage: u32::from(c.rollout_percentage),
+        canary_model_version: c.canary_model_version,
+        canary_model_id: c.canary_model_id,
+        shadow_model_version: c.shadow_model_version,
+        shadow_percentage: c.shadow_percentage.map(u32::from),
+        rollback_threshold: c.rollback_threshold,
+        min_app_version: c.min_app_version,
+        updated_at: Some(timestamp(c.updated_at)),
     }
 }
 

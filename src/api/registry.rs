@@ -243,8 +243,13 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             model_type,
             accuracy,
             rollback,
+            min_app_version,
+            min_app_versions,
+            set_min_app_versions,
         } = request.into_inner();
         let changes = ModelChanges {
+            min_app_version,
+            min_app_versions: set_min_app_versions.then(|| min_app_versions.into_iter().collect()),
             version,
             description,
             model_type,
@@ -351,6 +356,25 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             reply.history = changes.iter().map(convert::rollout_change).collect();
         }
         Ok(Response::new(reply))
+    }
+
+    async fn get_model_config(&self, request: Request<pb::GetModelConfigRequest>) -> Reply<pb::ClientModelConfig> {
+        let pb::GetModelConfigRequest {
+            platform,
+            if_none_match,
+        } = request.into_inner();
+        let config = self
+            .control
+            .client_config(&crate::ops::platform(Some(&platform)))
+            .await?;
+        if !if_none_match.is_empty() && config.matches(&if_none_match) {
+            return Ok(Response::new(pb::ClientModelConfig {
+                not_modified: true,
+                etag: config.etag,
+                ..Default::default()
+            }));
+        }
+        Ok(Response::new(convert::client_config(config)))
     }
 
     async fn get_server_status(&self, _request: Request<pb::GetServerStatusRequest>) -> Reply<pb::ServerStatus> {

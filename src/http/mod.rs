@@ -1,9 +1,11 @@
 //! The HTTP port (`--http-listen`): the Open Inference Protocol's REST binding (`/v2/...`,
-//! what tritonclient.http and `perf_analyzer -i http` speak) and Prometheus metrics
-//! (`/metrics`). Every route is a thin layer over the gRPC services' code, so a request takes
+//! what tritonclient.http and `perf_analyzer -i http` speak), the registry's REST API
+//! (`/api/v1/...`) and Prometheus metrics (`/metrics`). Every route is a thin layer over the gRPC services' code, so a request takes
 //! the same path, routing and errors on both transports.
 
+pub mod model_config;
 pub mod oip;
+pub mod rest;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use crate::ops::Control;
 pub struct HttpState {
     pub(crate) control: Arc<Control>,
     pub(crate) kserve: crate::api::kserve::KServeService,
+    pub(crate) config: HttpConfig,
 }
 
 /// The HTTP server's settings.
@@ -30,6 +33,8 @@ pub struct HttpState {
 pub struct HttpConfig {
     /// The largest request body, as for gRPC messages; a larger one gets 413.
     pub max_body_bytes: usize,
+    /// `Cache-Control: max-age` of the model-config endpoint, in seconds.
+    pub model_config_max_age_secs: u64,
 }
 
 /// Every route of the HTTP port.
@@ -37,10 +42,13 @@ pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
     let state = HttpState {
         kserve: crate::api::kserve::KServeService::new(Arc::clone(&control)),
         control,
+        config,
     };
     Router::new()
         .route("/metrics", get(metrics))
         .merge(oip::routes())
+        .merge(rest::routes())
+        .merge(model_config::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)

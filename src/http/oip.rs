@@ -459,6 +459,35 @@ fn decode_json(datatype: DataType, bytes: &[u8], out: &mut String) {
     out.push(']');
 }
 
+/// The little-endian bytes of a JSON tensor's `data`, checked against its shape.
+///
+/// # Errors
+/// `InvalidArgument` for an unknown datatype, a value of the wrong type or range, or a count
+/// of values the shape does not hold.
+pub(crate) fn json_tensor_bytes(name: &str, datatype: &str, shape: &[i64], data: &Value) -> Result<Vec<u8>, Error> {
+    let datatype = DataType::parse(datatype).map_err(|e| bad(format!("input {name:?}: {e}")))?;
+    let mut out = Vec::new();
+    encode_json(name, datatype, data, &mut out)?;
+    let got = out.len() / datatype.size();
+    if elements(shape) != Some(got) {
+        return Err(bad(format!(
+            "input {name:?}: data has {got} values, shape {shape:?} holds {}",
+            elements(shape).map_or_else(|| "a negative or huge count".to_string(), |n| n.to_string())
+        )));
+    }
+    Ok(out)
+}
+
+/// Little-endian `datatype` bytes as a flat JSON array (empty for an unknown datatype).
+pub(crate) fn bytes_json(datatype: &str, bytes: &[u8]) -> Value {
+    let Ok(d) = DataType::parse(datatype) else {
+        return Value::Array(Vec::new());
+    };
+    let mut text = String::new();
+    decode_json(d, bytes, &mut text);
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
 fn elements(shape: &[i64]) -> Option<usize> {
     shape
         .iter()
@@ -535,21 +564,7 @@ fn parse_infer(
                 binary = rest;
                 mine.to_vec()
             }
-            (None, Some(data)) => {
-                let datatype = DataType::parse(&t.datatype).map_err(|e| bad(format!("input {:?}: {e}", t.name)))?;
-                let mut out = Vec::new();
-                encode_json(&t.name, datatype, data, &mut out)?;
-                let got = out.len() / datatype.size();
-                if elements(&t.shape) != Some(got) {
-                    return Err(bad(format!(
-                        "input {:?}: data has {got} values, shape {:?} holds {}",
-                        t.name,
-                        t.shape,
-                        elements(&t.shape).map_or_else(|| "a negative or huge count".to_string(), |n| n.to_string())
-                    )));
-                }
-                out
-            }
+            (None, Some(data)) => json_tensor_bytes(&t.name, &t.datatype, &t.shape, data)?,
             (None, None) => return Err(bad(format!("input {:?} has no data", t.name))),
         };
         raw.push(bytes);

@@ -52,6 +52,8 @@ impl ServedModel {
             rollback_p99_ms: None,
             is_stable: false,
             deprecated_at: None,
+            min_app_version: None,
+            min_app_versions: "{}".into(),
         };
         Self { record, model }
     }

@@ -11,6 +11,7 @@
 //! before the commit leaves the registry and the served model exactly as they were.
 
 mod activate;
+mod client_config;
 mod evaluate;
 mod guard;
 mod reconcile;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 pub use self::activate::Gates;
+pub use self::client_config::{ClientConfig, platform};
 pub use self::evaluate::{Comparison, EvaluateOptions, Evaluated};
 pub use self::guard::GuardWindow;
 pub use self::reconcile::{FileSync, RegistrySync};

@@ -26,7 +26,7 @@ macro_rules! columns {
         "model_id, model_name, version, file_path, description, model_type, accuracy, checksum_sha256, \
          file_size_bytes, signature, is_active, created_at, updated_at, created_by, status, \
          rollout_percentage, shadow_percentage, rollback_threshold, rollback_min_samples, \
-         rollback_window_secs, rollback_p99_ms, is_stable, deprecated_at"
+         rollback_window_secs, rollback_p99_ms, is_stable, deprecated_at, min_app_version, min_app_versions"
     };
 }
 

@@ -58,6 +58,12 @@ pub struct ModelRecord {
     pub is_stable: bool,
     /// When it stopped being the active model (replaced or rolled back from).
     pub deprecated_at: Option<DateTime<Utc>>,
+    /// The oldest app version that may use it, for every platform (the model-config
+    /// endpoint's `minAppVersion`).
+    pub min_app_version: Option<String>,
+    /// Per platform (`X-App-Platform`), a JSON object such as `{"ios": "2.3.0"}`; a platform
+    /// not in it gets `min_app_version`.
+    pub min_app_versions: String,
 }
 
 impl ModelRecord {
@@ -126,6 +132,10 @@ pub struct ModelChanges {
     pub accuracy: Option<f64>,
     /// A new automatic rollback policy (replacing the whole policy).
     pub rollback: Option<RollbackPolicy>,
+    /// A new minimum app version for every platform; `Some("")` clears it.
+    pub min_app_version: Option<String>,
+    /// New per-platform minimum app versions (replacing them all).
+    pub min_app_versions: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// When a model is rolled back automatically.
@@ -320,6 +330,13 @@ impl Registry {
     /// # Errors
     /// `NotFound` when there is no such model; `InvalidArgument` for values the schema refuses.
     pub async fn update(&self, model: &ModelRef, changes: &ModelChanges) -> Result<ModelRecord> {
+        if let Some(v) = changes.min_app_version.as_deref().filter(|v| !v.trim().is_empty()) {
+            check_app_version("min_app_version", v)?;
+        }
+        for (platform, v) in changes.min_app_versions.iter().flatten() {
+            check_platform(platform)?;
+            check_app_version(&format!("min_app_versions[{platform:?}]"), v)?;
+        }
         let id = self.get(model).await?.model_id;
         let sql = concat!(
             "UPDATE ml_models SET version = COALESCE($1, version), description = COALESCE($2, description), \
@@ -354,6 +371,22 @@ impl Registry {
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
+            }
+            if let Some(v) = &changes.min_app_version {
+                let v = Some(v.trim()).filter(|v| !v.is_empty());
+                updated = sqlx::query_as(concat!("UPDATE ml_models SET min_app_version = $1 WHERE model_id = $2 RETURNING ", columns!()))
+                    .bind(v)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            }
+            if let Some(map) = &changes.min_app_versions {
+                let json = serde_json::to_string(map).map_err(|e| Error::internal(format!("cannot write min_app_versions: {e}")))?;
+                updated = sqlx::query_as(concat!("UPDATE ml_models SET min_app_versions = $1 WHERE model_id = $2 RETURNING ", columns!()))
+                    .bind(json)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             }
             record_event!(&mut *tx, self.origin, EventKind::Updated, Some(updated.model_id), &updated.model_name, "", now);
             tx.commit().await?;
@@ -429,5 +462,35 @@ impl Registry {
             tx.commit().await?;
             Ok(deleted)
         })
+    }
+}
+
+/// An app version as apps name theirs: 1 to 64 characters of letters, digits, `.`, `-`, `+`
+/// and `_` (`2.3.0`, `2.3.0-beta.1`).
+fn check_app_version(what: &str, v: &str) -> Result<()> {
+    let fine = (1..=64).contains(&v.len())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_'));
+    if fine {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{what} {v:?} is not an app version: 1-64 letters, digits, '.', '-', '+' or '_' (e.g. 2.3.0)"
+        )))
+    }
+}
+
+/// A platform as the `X-App-Platform` header names it: 1 to 32 lowercase letters, digits, `-`
+/// and `_` (`ios`, `android`, `web`).
+fn check_platform(p: &str) -> Result<()> {
+    let fine = (1..=32).contains(&p.len())
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'));
+    if fine {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "platform {p:?} is not one X-App-Platform names: 1-32 lowercase letters, digits, '-' or '_' (e.g. ios)"
+        )))
     }
 }

@@ -29,6 +29,9 @@ pub struct ShadowConfig {
     pub threads: usize,
     /// Mirrored requests that may wait for them; beyond it they are dropped.
     pub queue: usize,
+    /// Bytes of tensors (inputs and the serving model's outputs) the waiting requests may
+    /// hold; beyond it they are dropped.
+    pub queue_bytes: usize,
     /// Rows one batched shadow call may hold; 1 runs every mirrored request alone.
     pub max_batch: usize,
 }
@@ -37,7 +40,8 @@ impl Default for ShadowConfig {
     fn default() -> Self {
         Self {
             threads: 1,
-            queue: 64,
+            queue: 1024,
+            queue_bytes: 64 << 20,
             max_batch: 32,
         }
     }
@@ -96,6 +100,8 @@ struct Inner {
 }
 
 struct Job {
+    /// The bytes of its tensors, for the queue's byte bound.
+    bytes: usize,
     shadow: Arc<ServedModel>,
     served: Arc<ServedModel>,
     inputs: TVec<TValue>,
@@ -108,10 +114,17 @@ struct Job {
 const POLL: Duration = Duration::from_millis(1);
 const IDLE_POLL: Duration = Duration::from_millis(64);
 
+/// The mirrored requests waiting, and the bytes of their tensors.
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    bytes: usize,
+}
+
 /// The shadow runner: its queue, its threads, and every shadow's figures.
 pub struct Shadows {
     config: ShadowConfig,
-    queue: Arc<Mutex<VecDeque<Job>>>,
+    queue: Arc<Mutex<Queue>>,
     tallies: Mutex<HashMap<i64, Arc<Tally>>>,
 }
 
@@ -129,7 +142,10 @@ impl Shadows {
     /// # Errors
     /// When a thread cannot be started.
     pub fn start(config: ShadowConfig) -> std::io::Result<Self> {
-        let queue: Arc<Mutex<VecDeque<Job>>> = Arc::new(Mutex::new(VecDeque::with_capacity(config.queue.max(1))));
+        let queue = Arc::new(Mutex::new(Queue {
+            jobs: VecDeque::with_capacity(config.queue.clamp(1, 4096)),
+            bytes: 0,
+        }));
         for i in 0..config.threads.max(1) {
             // The threads hold the queue weakly: they end when the runner is dropped.
             let queue = Arc::downgrade(&queue);
@@ -166,7 +182,13 @@ impl Shadows {
         outputs: TVec<TValue>,
     ) {
         let tally = self.tally(shadow);
+        let bytes = inputs
+            .iter()
+            .chain(&outputs)
+            .map(|t| t.len() * t.datum_type().size_of())
+            .sum();
         let job = Job {
+            bytes,
             shadow: Arc::clone(shadow),
             served: Arc::clone(served),
             inputs,
@@ -174,8 +196,11 @@ impl Shadows {
             tally: Arc::clone(&tally),
         };
         let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if queue.len() < self.config.queue.max(1) {
-            queue.push_back(job);
+        let room = queue.jobs.len() < self.config.queue.max(1)
+            && (queue.jobs.is_empty() || queue.bytes + bytes <= self.config.queue_bytes);
+        if room {
+            queue.bytes += bytes;
+            queue.jobs.push_back(job);
         } else {
             drop(queue);
             tally.dropped.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +260,7 @@ fn yield_to_callers() {
     }
 }
 
-fn work(queue: &std::sync::Weak<Mutex<VecDeque<Job>>>, max_batch: usize) {
+fn work(queue: &std::sync::Weak<Mutex<Queue>>, max_batch: usize) {
     yield_to_callers();
     let mut idle = POLL;
     loop {
@@ -244,7 +269,10 @@ fn work(queue: &std::sync::Weak<Mutex<VecDeque<Job>>>, max_batch: usize) {
         };
         let batch = {
             let mut queue = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            take_batch(&mut queue, max_batch)
+            let batch = take_batch(&mut queue.jobs, max_batch);
+            let taken: usize = batch.iter().map(|j| j.bytes).sum();
+            queue.bytes = queue.bytes.saturating_sub(taken);
+            batch
         };
         drop(queue);
         if batch.is_empty() {
@@ -493,6 +521,7 @@ mod tests {
     fn job(shadow: &Arc<ServedModel>, served: &Arc<ServedModel>, inputs: TVec<TValue>, tally: &Arc<Tally>) -> Job {
         let outputs = served.model.engine.run(inputs.clone()).unwrap();
         Job {
+            bytes: 0,
             shadow: Arc::clone(shadow),
             served: Arc::clone(served),
             inputs,

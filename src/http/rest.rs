@@ -1,0 +1,930 @@
+//! The registry's REST API, with the names and routes of the model-management guide
+//! (`GET /api/v1/models`, `POST /api/v1/models/{model_id}/activate`, ...), its JSON field names
+//! (`model_id`, `model_name`, `version`, `file_path`, `is_active`, ...), the rollout actions
+//! and `POST /api/v1/predict` for trying a model. Each route calls the same operations as the
+//! gRPC `modeld.v1.ModelRegistry`. Errors are `{"error": {"code", "message"}}` with the HTTP
+//! status of the code. The OpenAPI document at `/api/v1/openapi.json` is generated from these
+//! handlers and types.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{OpenApi, ToSchema};
+
+use super::HttpState;
+use crate::api::kserve_pb as kpb;
+use crate::error::Error;
+use crate::ops::{ActivationOutcome, Gates, Registration};
+use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, Order, RollbackPolicy, RolloutRole};
+
+/// The `/api/v1` routes.
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/models", get(list_models).post(register_model))
+        .route("/api/v1/models/active", get(active_model))
+        .route("/api/v1/models/rollback", post(rollback))
+        .route(
+            "/api/v1/models/{model_id}",
+            get(get_model).put(update_model).delete(delete_model),
+        )
+        .route("/api/v1/models/{model_id}/activate", post(activate_model))
+        .route("/api/v1/rollout", get(get_rollout))
+        .route("/api/v1/rollout/canary", put(set_canary).delete(clear_canary))
+        .route("/api/v1/rollout/shadow", put(set_shadow).delete(clear_shadow))
+        .route("/api/v1/rollout/promote", post(promote))
+        .route("/api/v1/predict", post(predict))
+}
+
+/// The OpenAPI document of the REST API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "modeld REST API",
+        description = "The model registry, rollout and predict over HTTP."
+    ),
+    paths(
+        list_models,
+        register_model,
+        active_model,
+        rollback,
+        get_model,
+        update_model,
+        delete_model,
+        activate_model,
+        get_rollout,
+        set_canary,
+        clear_canary,
+        set_shadow,
+        clear_shadow,
+        promote,
+        predict,
+        super::model_config::model_config
+    ),
+    components(schemas(
+        ModelJson,
+        ModelList,
+        RegisterBody,
+        UpdateBody,
+        ActivateBody,
+        RollbackBody,
+        ActivationJson,
+        RolloutJson,
+        RolloutBody,
+        ReasonBody,
+        PredictBody,
+        PredictJson,
+        TensorJson,
+        ErrorBody,
+        ErrorDetail,
+        RollbackPolicyJson,
+        crate::ops::ClientConfig
+    ))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(doc) => super::json_ok(doc),
+        Err(e) => rest_error(&Error::Internal(format!("cannot render the OpenAPI document: {e}"))),
+    }
+}
+
+/// An error: `{"error": {"code": "NOT_FOUND", "message": "..."}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The code (the gRPC code's name) and a message for people.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`, `FAILED_PRECONDITION`,
+    /// `RESOURCE_EXHAUSTED`, `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`.
+    pub code: String,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A gRPC status as the REST API's error (its status code, code name and message; an
+/// overload's retry hint as `Retry-After`).
+pub fn status_rest_error(s: &tonic::Status) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code_name(s.code()).into(),
+            message: s.message().into(),
+        },
+    };
+    let mut r = json_response(super::http_status(s.code()), &body);
+    if let Some(v) = super::status_error(s).headers().get(header::RETRY_AFTER) {
+        r.headers_mut().insert(header::RETRY_AFTER, v.clone());
+    }
+    r
+}
+
+/// An error of the operations as the REST API's error (an internal one is logged, and the
+/// client is told to look at the log).
+pub fn rest_error(e: &Error) -> Response {
+    status_rest_error(&tonic::Status::from(e.clone()))
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
+    let mut r = Response::new(Body::from(text));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn ok<T: Serialize>(body: &T) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+/// The body as `T`; an empty body is `T::default()`.
+fn body<T: for<'de> Deserialize<'de> + Default>(b: Result<Bytes, BytesRejection>) -> Result<T, Box<Response>> {
+    let b = b.map_err(|e| {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            tonic::Code::ResourceExhausted
+        } else {
+            tonic::Code::InvalidArgument
+        };
+        let mut r = status_rest_error(&tonic::Status::new(code, e.body_text()));
+        *r.status_mut() = e.status();
+        Box::new(r)
+    })?;
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&b).map_err(|e| {
+        Box::new(rest_error(&Error::InvalidArgument(format!(
+            "the request body is not what this route takes: {e}"
+        ))))
+    })
+}
+
+fn model_id(raw: &str) -> Result<i64, Box<Response>> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        Box::new(rest_error(&Error::InvalidArgument(format!(
+            "model_id is a positive integer, got {raw:?} (GET /api/v1/models lists them)"
+        ))))
+    })
+}
+
+/// A model's rollback policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct RollbackPolicyJson {
+    /// Error rate 0-1 over the window above which it is rolled back; null: never automatically.
+    pub rollback_threshold: Option<f64>,
+    /// Requests the window must hold before the threshold counts.
+    pub rollback_min_samples: u32,
+    /// The sliding window, in seconds.
+    pub rollback_window_secs: u32,
+    /// Optional p99 latency threshold over the same window, in ms.
+    pub rollback_p99_ms: Option<f64>,
+}
+
+/// A registered model, with the guide's field names.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelJson {
+    /// Primary key.
+    pub model_id: i64,
+    /// Unique name.
+    pub model_name: String,
+    /// Version label.
+    pub version: String,
+    /// Path of the file, relative to the model root.
+    pub file_path: String,
+    /// Free text.
+    pub description: String,
+    /// Free text, e.g. "classifier".
+    pub model_type: String,
+    /// 0-1 when known.
+    pub accuracy: Option<f64>,
+    /// The one active model.
+    pub is_active: bool,
+    /// When registered.
+    pub created_at: DateTime<Utc>,
+    /// When last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Who registered it.
+    pub created_by: String,
+    /// Hex sha256 of the file.
+    pub checksum_sha256: String,
+    /// Size of the file.
+    pub file_size_bytes: i64,
+    /// `registered`, `testing`, `canary`, `shadow`, `active` or `deprecated`.
+    pub status: String,
+    /// As the canary: its share of requests (0-100).
+    pub rollout_percentage: i32,
+    /// As the shadow: the share of requests mirrored to it (0-100).
+    pub shadow_percentage: i32,
+    /// The automatic rollback policy.
+    #[serde(flatten)]
+    pub rollback: RollbackPolicyJson,
+    /// Served as the active model through its watch period.
+    pub is_stable: bool,
+    /// When it stopped being the active model.
+    pub deprecated_at: Option<DateTime<Utc>>,
+    /// The oldest app version that may use it (every platform).
+    pub min_app_version: Option<String>,
+    /// Per platform, e.g. `{"ios": "2.3.0"}`.
+    #[schema(value_type = Object)]
+    pub min_app_versions: Value,
+    /// Inputs and outputs: `{"inputs": [{"name", "datatype", "shape"}], "outputs": [...]}`.
+    #[schema(value_type = Object)]
+    pub signature: Value,
+}
+
+impl From<&ModelRecord> for ModelJson {
+    fn from(r: &ModelRecord) -> Self {
+        Self {
+            model_id: r.model_id,
+            model_name: r.model_name.clone(),
+            version: r.version.clone(),
+            file_path: r.file_path.clone(),
+            description: r.description.clone(),
+            model_type: r.model_type.clone(),
+            accuracy: r.accuracy,
+            is_active: r.is_active,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            created_by: r.created_by.clone(),
+            checksum_sha256: r.checksum_sha256.clone(),
+            file_size_bytes: r.file_size_bytes,
+            status: r.status.clone(),
+            rollout_percentage: r.rollout_percentage,
+            shadow_percentage: r.shadow_percentage,
+            rollback: RollbackPolicyJson {
+                rollback_threshold: r.rollback_threshold,
+                rollback_min_samples: u32::try_from(r.rollback_min_samples).unwrap_or(0),
+                rollback_window_secs: u32::try_from(r.rollback_window_secs).unwrap_or(0),
+                rollback_p99_ms: r.rollback_p99_ms,
+            },
+            is_stable: r.is_stable,
+            deprecated_at: r.deprecated_at,
+            min_app_version: r.min_app_version.clone(),
+            min_app_versions: serde_json::from_str(&r.min_app_versions).unwrap_or_else(|_| serde_json::json!({})),
+            signature: serde_json::from_str(&r.signature).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// Every model, with the active one marked.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    /// The models (each with `is_active`).
+    pub models: Vec<ModelJson>,
+    /// The active model's id; null when none is active.
+    pub active_model_id: Option<i64>,
+    /// How many models are registered.
+    pub total: i64,
+}
+
+/// `GET /api/v1/models?order_by=created_at|name|accuracy|id&descending=true&limit=100&offset=0`.
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    order_by: Option<String>,
+    #[serde(default)]
+    descending: Option<bool>,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    offset: Option<i64>,
+}
+
+/// List the models (the active one marked).
+#[utoipa::path(get, path = "/api/v1/models", tag = "registry",
+    params(
+        ("order_by" = Option<String>, Query, description = "created_at (default), name, accuracy or id"),
+        ("descending" = Option<bool>, Query, description = "newest (or largest) first"),
+        ("limit" = Option<i64>, Query, description = "1-1000, default 1000"),
+        ("offset" = Option<i64>, Query, description = "models to skip"),
+    ),
+    responses((status = 200, body = ModelList), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn list_models(
+    State(s): State<HttpState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return rest_error(&Error::InvalidArgument(
+            "query parameters: order_by (created_at, name, accuracy, id), descending (true/false), limit, offset"
+                .into(),
+        ));
+    };
+    let order = match q.order_by.as_deref() {
+        None | Some("created_at") => Order::CreatedAt,
+        Some("name" | "model_name") => Order::Name,
+        Some("accuracy") => Order::Accuracy,
+        Some("id" | "model_id") => Order::Id,
+        Some(other) => {
+            return rest_error(&Error::InvalidArgument(format!(
+                "order_by is created_at, name, accuracy or id, got {other:?}"
+            )));
+        }
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) || q.offset.is_some_and(|o| o < 0) {
+        return rest_error(&Error::InvalidArgument("limit is 1-1000 and offset 0 or more".into()));
+    }
+    let registry = s.control.registry();
+    let listed = async {
+        let models = registry
+            .list(order, q.descending.unwrap_or(false), limit, q.offset.unwrap_or(0))
+            .await?;
+        let total = registry.count().await?;
+        let active = registry.active().await?;
+        Ok::<_, Error>((models, total, active))
+    };
+    match listed.await {
+        Ok((models, total, active)) => ok(&ModelList {
+            models: models.iter().map(ModelJson::from).collect(),
+            active_model_id: active.map(|a| a.model_id),
+            total,
+        }),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// The active model.
+#[utoipa::path(get, path = "/api/v1/models/active", tag = "registry",
+    responses((status = 200, body = ModelJson), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn active_model(State(s): State<HttpState>) -> Response {
+    match s.control.registry().active().await {
+        Ok(Some(m)) => ok(&ModelJson::from(&m)),
+        Ok(None) => rest_error(&Error::NotFound(
+            "no model is active (POST /api/v1/models/{model_id}/activate)".into(),
+        )),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// One model.
+#[utoipa::path(get, path = "/api/v1/models/{model_id}", tag = "registry",
+    params(("model_id" = i64, Path, description = "the model's id")),
+    responses((status = 200, body = ModelJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_model(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let id = match model_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match s.control.registry().get(&ModelRef::Id(id)).await {
+        Ok(m) => ok(&ModelJson::from(&m)),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// Registering a model: the guide's fields. The file must exist under the model root.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// Unique name.
+    pub model_name: String,
+    /// Path of the file, relative to the model root.
+    pub file_path: String,
+    /// Version label.
+    #[serde(default)]
+    pub version: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Free text.
+    #[serde(default)]
+    pub model_type: String,
+    /// 0-1.
+    #[serde(default)]
+    pub accuracy: Option<f64>,
+    /// Activate it right away.
+    #[serde(default)]
+    pub activate: bool,
+    /// With `activate`: even if its inputs or outputs would break the active model's clients.
+    #[serde(default)]
+    pub allow_signature_change: bool,
+    /// Recorded as `created_by`; defaults to "http".
+    #[serde(default)]
+    pub created_by: String,
+}
+
+/// Register a model (201 with the record).
+#[utoipa::path(post, path = "/api/v1/models", tag = "registry", request_body = RegisterBody,
+    responses((status = 201, body = ModelJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn register_model(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: RegisterBody = match body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let reg = Registration {
+        name: b.model_name,
+        file_path: b.file_path,
+        version: b.version,
+        description: b.description,
+        model_type: b.model_type,
+        accuracy: b.accuracy,
+        created_by: who(b.created_by),
+        activate: b.activate,
+        allow_signature_change: b.allow_signature_change,
+    };
+    match s.control.register(reg).await {
+        Ok(done) => {
+            let model = done.activation.as_ref().map_or(&done.model, |a| &a.active);
+            json_response(StatusCode::CREATED, &ModelJson::from(model))
+        }
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// What `PUT /api/v1/models/{model_id}` may change; absent fields stay.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    /// New version label.
+    pub version: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New type.
+    pub model_type: Option<String>,
+    /// New accuracy, 0-1.
+    pub accuracy: Option<f64>,
+    /// A new rollback policy (the whole policy).
+    pub rollback: Option<RollbackPolicyJson>,
+    /// The oldest app version that may use it (every platform); "" clears it.
+    pub min_app_version: Option<String>,
+    /// Per platform, e.g. `{"ios": "2.3.0"}` (replaces them all).
+    pub min_app_versions: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Update a model's metadata.
+#[utoipa::path(put, path = "/api/v1/models/{model_id}", tag = "registry", request_body = UpdateBody,
+    params(("model_id" = i64, Path, description = "the model's id")),
+    responses((status = 200, body = ModelJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_model(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let id = match model_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let b: UpdateBody = match body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let changes = ModelChanges {
+        version: b.version,
+        description: b.description,
+        model_type: b.model_type,
+        accuracy: b.accuracy,
+        rollback: b.rollback.map(|r| RollbackPolicy {
+            threshold: r.rollback_threshold,
+            min_samples: r.rollback_min_samples,
+            window_secs: r.rollback_window_secs,
+            p99_ms: r.rollback_p99_ms,
+        }),
+        min_app_version: b.min_app_version,
+        min_app_versions: b.min_app_versions,
+    };
+    match s.control.update(&ModelRef::Id(id), &changes).await {
+        Ok(m) => ok(&ModelJson::from(&m)),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// Delete a model's record (never the file; refused for the active model and a model in a
+/// rollout role).
+#[utoipa::path(delete, path = "/api/v1/models/{model_id}", tag = "registry",
+    params(("model_id" = i64, Path, description = "the model's id")),
+    responses((status = 200, body = ModelJson, description = "the deleted record"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_model(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let id = match model_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    match s.control.delete(&ModelRef::Id(id)).await {
+        Ok(m) => ok(&ModelJson::from(&m)),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// Activating a model; every field is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateBody {
+    /// Why; kept in the activation history.
+    #[serde(default)]
+    pub reason: String,
+    /// Recorded in the history; defaults to "http".
+    #[serde(default)]
+    pub activated_by: String,
+    /// Even if its inputs or outputs would break the active model's clients.
+    #[serde(default)]
+    pub allow_signature_change: bool,
+}
+
+/// What an activation (or rollback, or promote) did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivationJson {
+    /// The model now active.
+    pub active: ModelJson,
+    /// The model active before, if any.
+    pub previous: Option<ModelJson>,
+    /// Time to read, verify, load and warm the model (0 when it was already loaded).
+    pub load_time_ms: f64,
+}
+
+fn activation(done: &ActivationOutcome) -> ActivationJson {
+    ActivationJson {
+        active: ModelJson::from(&done.active),
+        previous: done.previous.as_ref().map(ModelJson::from),
+        load_time_ms: done.load_time.as_secs_f64() * 1e3,
+    }
+}
+
+fn who(by: String) -> String {
+    if by.is_empty() { "http".into() } else { by }
+}
+
+/// Activate a model: it is loaded, verified and warmed before the switch; every server of the
+/// registry follows.
+#[utoipa::path(post, path = "/api/v1/models/{model_id}/activate", tag = "registry", request_body = Option<ActivateBody>,
+    params(("model_id" = i64, Path, description = "the model's id")),
+    responses((status = 200, body = ActivationJson), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn activate_model(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let id = match model_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let b: ActivateBody = match body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let meta = ActivationMeta {
+        activated_by: who(b.activated_by),
+        reason: b.reason,
+        is_rollback: false,
+    };
+    let gates = Gates {
+        allow_signature_change: b.allow_signature_change,
+        ..Gates::default()
+    };
+    match s.control.activate(&ModelRef::Id(id), &meta, &gates).await {
+        Ok(done) => ok(&activation(&done)),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// Rolling back; every field is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// Who; defaults to "http".
+    #[serde(default)]
+    pub activated_by: String,
+    /// Roll back only while this model is still the active one (so two people rolling back
+    /// from it at once roll back once).
+    #[serde(default)]
+    pub from_model_id: Option<i64>,
+}
+
+/// Re-activate the model that was active before the current one.
+#[utoipa::path(post, path = "/api/v1/models/rollback", tag = "registry", request_body = Option<RollbackBody>,
+    responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
+async fn rollback(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: RollbackBody = match body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let from = b.from_model_id.map(ModelRef::Id);
+    match s.control.rollback(&who(b.activated_by), &b.reason, from.as_ref()).await {
+        Ok(done) => ok(&activation(&done)),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// The canary and the shadow.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RolloutJson {
+    /// The canary (with `rollout_percentage`); null when none.
+    pub canary: Option<ModelJson>,
+    /// The shadow (with `shadow_percentage`); null when none.
+    pub shadow: Option<ModelJson>,
+}
+
+async fn rollout_now(s: &HttpState) -> Response {
+    match s.control.registry().rollout().await {
+        Ok(r) => ok(&RolloutJson {
+            canary: r.canary.as_ref().map(ModelJson::from),
+            shadow: r.shadow.as_ref().map(ModelJson::from),
+        }),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// The canary and the shadow.
+#[utoipa::path(get, path = "/api/v1/rollout", tag = "rollout",
+    responses((status = 200, body = RolloutJson), (status = 503, body = ErrorBody)))]
+async fn get_rollout(State(s): State<HttpState>) -> Response {
+    rollout_now(&s).await
+}
+
+/// Putting a model in a rollout role.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutBody {
+    /// The model, by id (or give `model_name`).
+    #[serde(default)]
+    pub model_id: Option<i64>,
+    /// The model, by name.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Its share of requests, 0-100.
+    pub percentage: u32,
+    /// Even if its signature would break the active model's clients.
+    #[serde(default)]
+    pub allow_signature_change: bool,
+    /// Who; defaults to "http".
+    #[serde(default)]
+    pub changed_by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Who and why, for a clear.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Who; defaults to "http".
+    #[serde(default)]
+    pub changed_by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+async fn set_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: RolloutBody = match body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let model = match (b.model_id, b.model_name) {
+        (Some(id), None) => ModelRef::Id(id),
+        (None, Some(name)) => ModelRef::Name(name),
+        _ => {
+            return rest_error(&Error::InvalidArgument(
+                "name the model: model_id or model_name (one of them)".into(),
+            ));
+        }
+    };
+    let Some(percentage) = u8::try_from(b.percentage).ok().filter(|p| *p <= 100) else {
+        return rest_error(&Error::InvalidArgument(format!(
+            "the {} percentage is 0 to 100, got {}",
+            role.name(),
+            b.percentage
+        )));
+    };
+    match s
+        .control
+        .set_rollout(
+            role,
+            &model,
+            percentage,
+            b.allow_signature_change,
+            &who(b.changed_by),
+            &b.reason,
+        )
+        .await
+    {
+        Ok(_) => rollout_now(s).await,
+        Err(e) => rest_error(&e),
+    }
+}
+
+async fn clear_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: ReasonBody = match body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match s.control.clear_rollout(role, &who(b.changed_by), &b.reason).await {
+        Ok(_) => rollout_now(s).await,
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// Make a model the canary with a percentage (or change the canary's percentage).
+#[utoipa::path(put, path = "/api/v1/rollout/canary", tag = "rollout", request_body = RolloutBody,
+    responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn set_canary(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+    set_role(&s, RolloutRole::Canary, b).await
+}
+
+/// End the canary.
+#[utoipa::path(delete, path = "/api/v1/rollout/canary", tag = "rollout", request_body = Option<ReasonBody>,
+    responses((status = 200, body = RolloutJson)))]
+async fn clear_canary(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+    clear_role(&s, RolloutRole::Canary, b).await
+}
+
+/// Make a model the shadow with a percentage.
+#[utoipa::path(put, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = RolloutBody,
+    responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn set_shadow(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+    set_role(&s, RolloutRole::Shadow, b).await
+}
+
+/// End the shadow.
+#[utoipa::path(delete, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = Option<ReasonBody>,
+    responses((status = 200, body = RolloutJson)))]
+async fn clear_shadow(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+    clear_role(&s, RolloutRole::Shadow, b).await
+}
+
+/// Make the canary the active model.
+#[utoipa::path(post, path = "/api/v1/rollout/promote", tag = "rollout", request_body = Option<ActivateBody>,
+    responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
+async fn promote(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: ActivateBody = match body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match s.control.promote(&who(b.activated_by), &b.reason).await {
+        Ok(done) => ok(&activation(&done)),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// One tensor: its name, shape, datatype (`FP32`, `INT64`, `BOOL`, ...) and values in
+/// row-major order (flat or nested).
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct TensorJson {
+    /// The model's input (or output) name.
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<i64>,
+    /// `FP32`, `FP64`, `INT8`..`INT64`, `UINT8`..`UINT64` or `BOOL`.
+    pub datatype: String,
+    /// The values.
+    #[schema(value_type = Vec<Object>)]
+    pub data: Value,
+}
+
+/// Trying a model: which (the active one by default), an optional routing key, the inputs.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictBody {
+    /// A registered model by id; absent (and no `model_name`): the active model (or the canary,
+    /// by routing key).
+    #[serde(default)]
+    pub model_id: Option<i64>,
+    /// A registered model by name.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Routes a canary as over gRPC.
+    #[serde(default)]
+    pub routing_key: String,
+    /// The inputs.
+    pub inputs: Vec<TensorJson>,
+}
+
+/// What the model answered and which model it was.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PredictJson {
+    /// The model that computed it.
+    pub model_id: i64,
+    /// Its name.
+    pub model_name: String,
+    /// Its version.
+    pub version: String,
+    /// `active`, `canary` or `candidate`.
+    pub role: String,
+    /// The outputs.
+    pub outputs: Vec<TensorJson>,
+}
+
+/// Run a model on inputs (the request path of Predict: routing, validation, the engine).
+#[utoipa::path(post, path = "/api/v1/predict", tag = "predict", request_body = PredictBody,
+    responses((status = 200, body = PredictJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn predict(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+    let b: PredictBody = match body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let name = match (b.model_id, b.model_name) {
+        (Some(_), Some(_)) => {
+            return rest_error(&Error::InvalidArgument(
+                "name the model once: model_id or model_name".into(),
+            ));
+        }
+        (Some(id), None) => match s.control.registry().get(&ModelRef::Id(id)).await {
+            Ok(m) => m.model_name,
+            Err(e) => return rest_error(&e),
+        },
+        (None, Some(n)) => n,
+        (None, None) => String::new(),
+    };
+    let mut parameters = HashMap::new();
+    if !b.routing_key.is_empty() {
+        parameters.insert(
+            "routing_key".to_string(),
+            kpb::InferParameter {
+                parameter_choice: Some(kpb::infer_parameter::ParameterChoice::StringParam(b.routing_key)),
+            },
+        );
+    }
+    let mut inputs = Vec::with_capacity(b.inputs.len());
+    let mut raw = Vec::with_capacity(b.inputs.len());
+    for t in b.inputs {
+        match super::oip::json_tensor_bytes(&t.name, &t.datatype, &t.shape, &t.data) {
+            Ok(bytes) => raw.push(bytes),
+            Err(e) => return rest_error(&e),
+        }
+        inputs.push(kpb::model_infer_request::InferInputTensor {
+            name: t.name,
+            datatype: t.datatype,
+            shape: t.shape,
+            ..Default::default()
+        });
+    }
+    let request = kpb::ModelInferRequest {
+        model_name: name,
+        parameters,
+        inputs,
+        raw_input_contents: raw,
+        ..Default::default()
+    };
+    let response = match s.kserve.infer(request, None).await {
+        Ok(r) => r,
+        Err(e) => return rest_error(&e),
+    };
+    let param = |k: &str| response.parameters.get(k).and_then(|p| p.parameter_choice.clone());
+    let role = match param("role") {
+        Some(kpb::infer_parameter::ParameterChoice::StringParam(r)) => r,
+        _ => String::new(),
+    };
+    let model_id = match param("model_id") {
+        Some(kpb::infer_parameter::ParameterChoice::Int64Param(i)) => i,
+        _ => 0,
+    };
+    let outputs = response
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let bytes = response.raw_output_contents.get(i).map_or(&[][..], Vec::as_slice);
+            TensorJson {
+                name: o.name.clone(),
+                shape: o.shape.clone(),
+                datatype: o.datatype.clone(),
+                data: super::oip::bytes_json(&o.datatype, bytes),
+            }
+        })
+        .collect();
+    ok(&PredictJson {
+        model_id,
+        model_name: response.model_name.clone(),
+        version: response.model_version.clone(),
+        role,
+        outputs,
+    })
+}

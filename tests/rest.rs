@@ -1,0 +1,748 @@
+//! The registry's REST API with a real HTTP client: the model-management guide's calls
+//! verbatim (routes, JSON field names), every route's bad cases with the right status and a
+//! JSON error `{"error": {"code", "message"}}`, the rollout actions, predict, and the OpenAPI
+//! document against the routes the server answers.
+
+mod common;
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn call(server: &TestServer, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new().request(method, server.http_url(path));
+    if let Some(b) = body {
+        req = req.header("Content-Type", "application/json").body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text:?}"));
+    (status, v)
+}
+
+fn assert_error(got: &(StatusCode, Value), status: StatusCode, code: &str, says: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "{}", got.1);
+    let message = got.1["error"]["message"].as_str().unwrap();
+    assert!(message.contains(says), "{says:?} in {message:?}");
+    assert!(!message.contains("/tmp/"), "no server path in {message:?}");
+}
+
+#[tokio::test]
+async fn the_guides_rest_calls_work_verbatim() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    // "List All Models: Returns all models with the active model highlighted."
+    let (status, list) = call(&server, Method::GET, "/api/v1/models", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["total"], 3);
+    assert_eq!(list["active_model_id"], 2);
+    let active: Vec<&Value> = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["is_active"] == true)
+        .collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["model_name"], "digits_v2");
+    for field in [
+        "model_id",
+        "model_name",
+        "version",
+        "file_path",
+        "description",
+        "model_type",
+        "accuracy",
+        "is_active",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(active[0].get(field).is_some(), "{field} in {}", active[0]);
+    }
+    // "Get Active Model"
+    let (status, m) = call(&server, Method::GET, "/api/v1/models/active", None).await;
+    assert_eq!((status, m["model_name"].as_str()), (StatusCode::OK, Some("digits_v2")));
+    // "Get Model Details"
+    let (status, m) = call(&server, Method::GET, "/api/v1/models/1", None).await;
+    assert_eq!((status, m["model_name"].as_str()), (StatusCode::OK, Some("digits_v1")));
+    assert_eq!(m["signature"]["inputs"][0]["name"], "input");
+
+    // "Register New Model" with the guide's body (the file must exist first).
+    std::fs::create_dir_all(server.root.path().join("models")).unwrap();
+    std::fs::copy(
+        server.root.path().join("digits_v2.onnx"),
+        server.root.path().join("models/yamnet_human_v2.onnx"),
+    )
+    .unwrap();
+    let (status, m) = call(
+        &server,
+        Method::POST,
+        "/api/v1/models",
+        Some(json!({
+            "model_name": "YAMNet Human v2",
+            "version": "v2.0",
+            "file_path": "models/yamnet_human_v2.onnx",
+            "description": "Improved version",
+            "model_type": "yamnet",
+            "accuracy": 0.92
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{m}");
+    let id = m["model_id"].as_i64().unwrap();
+    assert_eq!(
+        (
+            m["model_name"].as_str(),
+            m["version"].as_str(),
+            m["accuracy"].as_f64(),
+            m["is_active"].as_bool()
+        ),
+        (Some("YAMNet Human v2"), Some("v2.0"), Some(0.92), Some(false))
+    );
+    assert_eq!(m["checksum_sha256"].as_str().unwrap().len(), 64);
+    // "Update Model Metadata"
+    let (status, m) = call(
+        &server,
+        Method::PUT,
+        &format!("/api/v1/models/{id}"),
+        Some(json!({"description": "Updated description", "accuracy": 0.95})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    assert_eq!(
+        (m["description"].as_str(), m["accuracy"].as_f64()),
+        (Some("Updated description"), Some(0.95))
+    );
+    assert_eq!(m["version"], "v2.0", "absent fields stay");
+    // "Activate a Model": hot swap, no restart.
+    let (status, a) = call(&server, Method::POST, &format!("/api/v1/models/{id}/activate"), None).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["active"]["model_id"], id);
+    assert_eq!(a["previous"]["model_name"], "digits_v2");
+    server.wait_serving("YAMNet Human v2").await;
+    // Rollback, then delete the record (not the file).
+    let (status, a) = call(
+        &server,
+        Method::POST,
+        "/api/v1/models/rollback",
+        Some(json!({"reason": "test"})),
+    )
+    .await;
+    assert_eq!(
+        (status, a["active"]["model_name"].as_str()),
+        (StatusCode::OK, Some("digits_v2")),
+        "{a}"
+    );
+    server.wait_serving("digits_v2").await;
+    let (status, m) = call(&server, Method::DELETE, &format!("/api/v1/models/{id}"), None).await;
+    assert_eq!((status, m["model_id"].as_i64()), (StatusCode::OK, Some(id)), "{m}");
+    assert!(server.root.path().join("models/yamnet_human_v2.onnx").exists());
+    assert_error(
+        &call(&server, Method::GET, &format!("/api/v1/models/{id}"), None).await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "not registered",
+    );
+}
+
+#[tokio::test]
+async fn every_route_refuses_bad_input_with_a_json_error_and_changes_nothing() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let register = |body: Value| call(&server, Method::POST, "/api/v1/models", Some(body));
+    assert_error(
+        &register(json!({"model_name": "x", "file_path": "nope.onnx"})).await,
+        StatusCode::CONFLICT,
+        "FAILED_PRECONDITION",
+        "nope.onnx",
+    );
+    assert_error(
+        &register(json!({"model_name": "digits_v1", "file_path": "digits_v1.onnx"})).await,
+        StatusCode::CONFLICT,
+        "ALREADY_EXISTS",
+        "digits_v1",
+    );
+    assert_error(
+        &register(json!({"model_name": "x", "file_path": "../etc/passwd"})).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "model root",
+    );
+    assert_error(
+        &register(json!({"model_name": "x", "file_path": "digits_v1.onnx", "accuracy": 1.5})).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "accuracy",
+    );
+    assert_error(
+        &register(json!({"model_name": "x", "file_path": "digits_v1.onnx", "colour": "red"})).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "unknown field `colour`",
+    );
+    assert_error(
+        &register(json!({"file_path": "a"})).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "model_name",
+    );
+    for (method, path, body, status, code, says) in [
+        (
+            Method::GET,
+            "/api/v1/models/abc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "positive integer",
+        ),
+        (
+            Method::GET,
+            "/api/v1/models/0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "positive integer",
+        ),
+        (
+            Method::GET,
+            "/api/v1/models/999",
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "999",
+        ),
+        (
+            Method::GET,
+            "/api/v1/models?order_by=size",
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "order_by",
+        ),
+        (
+            Method::GET,
+            "/api/v1/models?limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "limit",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/models/999",
+            Some(json!({"description": "d"})),
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "999",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/models/1",
+            Some(json!({"accuracy": -1})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "accuracy",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/999/activate",
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "999",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/3/activate",
+            None,
+            StatusCode::CONFLICT,
+            "FAILED_PRECONDITION",
+            "would break the clients",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/models/2",
+            None,
+            StatusCode::CONFLICT,
+            "FAILED_PRECONDITION",
+            "active",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/rollback",
+            Some(json!({"from_model_id": 1})),
+            StatusCode::CONFLICT,
+            "FAILED_PRECONDITION",
+            "nothing to roll back",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/rollout/canary",
+            Some(json!({"model_name": "digits_v1", "percentage": 101})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "0 to 100",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/rollout/canary",
+            Some(json!({"percentage": 10})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "model_id or model_name",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/rollout/canary",
+            Some(json!({"model_name": "digits_v2", "percentage": 10})),
+            StatusCode::CONFLICT,
+            "FAILED_PRECONDITION",
+            "is the active model",
+        ),
+        (
+            Method::POST,
+            "/api/v1/rollout/promote",
+            None,
+            StatusCode::CONFLICT,
+            "FAILED_PRECONDITION",
+            "no canary",
+        ),
+        (
+            Method::POST,
+            "/api/v1/predict",
+            Some(json!({"model_name": "nope", "inputs": []})),
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "not registered",
+        ),
+        (
+            Method::POST,
+            "/api/v1/predict",
+            Some(json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [1.0]}]})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "data has 1 values",
+        ),
+        (
+            Method::POST,
+            "/api/v1/predict",
+            Some(json!({"model_id": 1, "model_name": "digits_v1", "inputs": []})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "once",
+        ),
+        (
+            Method::POST,
+            "/api/v1/predict",
+            Some(json!([1, 2])),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "not what this route takes",
+        ),
+    ] {
+        let got = call(&server, method.clone(), path, body).await;
+        assert_error(&got, status, code, says);
+    }
+    // Nothing changed: three models, digits_v2 active, no rollout.
+    let (_, list) = call(&server, Method::GET, "/api/v1/models", None).await;
+    assert_eq!(
+        (list["total"].as_i64(), list["active_model_id"].as_i64()),
+        (Some(3), Some(2))
+    );
+    let (_, rollout) = call(&server, Method::GET, "/api/v1/rollout", None).await;
+    assert_eq!(rollout, json!({"canary": null, "shadow": null}));
+}
+
+#[tokio::test]
+async fn rollout_and_predict_over_rest() {
+    let server = TestServer::start(Backend::Postgres).await;
+    let (status, r) = call(
+        &server,
+        Method::PUT,
+        "/api/v1/rollout/canary",
+        Some(json!({"model_name": "digits_v1", "percentage": 10, "reason": "try v1"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(
+        (
+            r["canary"]["model_name"].as_str(),
+            r["canary"]["rollout_percentage"].as_i64()
+        ),
+        (Some("digits_v1"), Some(10))
+    );
+    server
+        .wait_status("the canary served", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.canary_percentage == 10)
+        })
+        .await;
+    let input = json!([{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": eval_rows(1)}]);
+    for (key, model, role) in [("user-1", "digits_v1", "canary"), ("user-42", "digits_v2", "active")] {
+        let (status, p) = call(
+            &server,
+            Method::POST,
+            "/api/v1/predict",
+            Some(json!({"routing_key": key, "inputs": input})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{p}");
+        assert_eq!(
+            (p["model_name"].as_str(), p["role"].as_str()),
+            (Some(model), Some(role)),
+            "{key}"
+        );
+    }
+    // By id: a candidate; its answer is the model's.
+    let (status, p) = call(&server, Method::POST, "/api/v1/predict", Some(json!({"model_id": 3, "inputs": [{"name": "image", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": vec![0.0; 3 * 224 * 224]}]}))).await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(
+        (p["model_name"].as_str(), p["role"].as_str(), p["model_id"].as_i64()),
+        (Some("cnn"), Some("candidate"), Some(3))
+    );
+    assert_eq!(p["outputs"][0]["shape"], json!([1, 10]));
+    let (status, p) = call(
+        &server,
+        Method::POST,
+        "/api/v1/predict",
+        Some(json!({"model_name": "digits_v2", "inputs": input})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let probs: Vec<f32> = p["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_close(&probs, &expected_probs("digits_v2", 1), 1e-5);
+
+    let (status, r) = call(
+        &server,
+        Method::PUT,
+        "/api/v1/rollout/shadow",
+        Some(json!({"model_id": 3, "percentage": 5, "allow_signature_change": true})),
+    )
+    .await;
+    assert_eq!(
+        (status, r["shadow"]["model_name"].as_str()),
+        (StatusCode::OK, Some("cnn")),
+        "{r}"
+    );
+    let (status, r) = call(&server, Method::DELETE, "/api/v1/rollout/shadow", None).await;
+    assert_eq!((status, &r["shadow"]), (StatusCode::OK, &Value::Null));
+    let (status, a) = call(
+        &server,
+        Method::POST,
+        "/api/v1/rollout/promote",
+        Some(json!({"reason": "good canary"})),
+    )
+    .await;
+    assert_eq!(
+        (status, a["active"]["model_name"].as_str()),
+        (StatusCode::OK, Some("digits_v1")),
+        "{a}"
+    );
+    server.wait_serving("digits_v1").await;
+    let (_, r) = call(&server, Method::GET, "/api/v1/rollout", None).await;
+    assert_eq!(r, json!({"canary": null, "shadow": null}));
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route_the_server_answers() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let (status, doc) = call(&server, Method::GET, "/api/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let served: std::collections::BTreeSet<(String, String)> = [
+        ("GET", "/api/v1/models"),
+        ("POST", "/api/v1/models"),
+        ("GET", "/api/v1/models/active"),
+        ("POST", "/api/v1/models/rollback"),
+        ("GET", "/api/v1/models/{model_id}"),
+        ("PUT", "/api/v1/models/{model_id}"),
+        ("DELETE", "/api/v1/models/{model_id}"),
+        ("POST", "/api/v1/models/{model_id}/activate"),
+        ("GET", "/api/v1/rollout"),
+        ("PUT", "/api/v1/rollout/canary"),
+        ("DELETE", "/api/v1/rollout/canary"),
+        ("PUT", "/api/v1/rollout/shadow"),
+        ("DELETE", "/api/v1/rollout/shadow"),
+        ("POST", "/api/v1/rollout/promote"),
+        ("POST", "/api/v1/predict"),
+        ("GET", "/api/v1/model-config"),
+    ]
+    .into_iter()
+    .map(|(m, p)| (m.to_string(), p.to_string()))
+    .collect();
+    assert_eq!(documented, served);
+    // Every documented route is answered by the server (a route it does not know is 404
+    // "no route"; 405 would be a method it does not take there).
+    for (method, path) in &documented {
+        let concrete = path.replace("{model_id}", "1");
+        let r = reqwest::Client::new()
+            .request(
+                Method::from_bytes(method.as_bytes()).unwrap(),
+                server.http_url(&concrete),
+            )
+            .header("Content-Type", "application/json")
+            .body("{\"unknown_field_for_the_test\": 1}")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            !body["error"].as_str().unwrap_or_default().starts_with("no route"),
+            "{method} {path}: {body}"
+        );
+    }
+    // The model schema carries the guide's field names.
+    let schema = &doc["components"]["schemas"]["ModelJson"];
+    let model = schema["allOf"]
+        .as_array()
+        .and_then(|parts| parts.iter().find(|p| p.get("properties").is_some_and(|p| p.get("model_id").is_some())))
+        .unwrap_or(schema)
+        .get("properties")
+        .unwrap_or_else(|| panic!("ModelJson: {schema}"));
+    for field in [
+        "model_id",
+        "model_name",
+        "version",
+        "file_path",
+        "description",
+        "model_type",
+        "accuracy",
+        "is_active",
+        "created_at",
+        "updated_at",
+    ] {
+        assert!(model.get(field).is_some(), "{field} in {model}");
+    }
+}
+
+async fn model_config(server: &TestServer, method: Method, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = reqwest::Client::new().request(method, server.http_url("/api/v1/model-config"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+/// Devices poll the model config with If-None-Match: two servers of one PostgreSQL registry
+/// give the same ETag for the same configuration, 304 while it holds, a new one once the
+/// canary or the active model changes; per-platform minAppVersion; CORS preflight.
+#[tokio::test]
+async fn the_model_config_etag_is_the_same_on_every_server_and_304s_until_it_changes() {
+    let a = TestServer::start(Backend::Postgres).await;
+    let b = TestServer::start_on(TestDb::shared(&a.db), model_root(), |c| {
+        c.model_config_max_age_secs = 60
+    })
+    .await;
+    b.wait_serving("digits_v2").await;
+    let r = model_config(&a, Method::POST, &[("X-App-Platform", "ios")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(r.headers()["cache-control"], "public, max-age=21600");
+    assert_eq!(r.headers()["vary"], "X-App-Platform");
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let config: Value = r.json().await.unwrap();
+    assert_eq!(config["etag"], etag.as_str());
+    assert_eq!(
+        (
+            config["activeModelVersion"].as_str(),
+            config["activeModelId"].as_i64(),
+            config["rolloutPercentage"].as_i64()
+        ),
+        (Some("2"), Some(2), Some(0)),
+        "{config}"
+    );
+    assert!(
+        config.get("shadowModelVersion").is_none() && config.get("minAppVersion").is_none(),
+        "{config}"
+    );
+    assert!(config["rollbackThreshold"].as_f64().is_some() && config["updatedAt"].as_str().is_some());
+
+    // The other server: the same ETag, and 304 with no body for it (GET and POST alike).
+    let r = model_config(&b, Method::GET, &[("X-App-Platform", "ios"), ("If-None-Match", &etag)]).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(r.headers()["cache-control"], "public, max-age=60");
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = model_config(
+        &b,
+        Method::POST,
+        &[
+            ("X-App-Platform", "ios"),
+            ("If-None-Match", &format!("\"old\", W/{etag}")),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+
+    // A description edit changes nothing a client reads: still 304.
+    let (status, _) = call(
+        &a,
+        Method::PUT,
+        "/api/v1/models/2",
+        Some(json!({"description": "edited"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        model_config(&b, Method::GET, &[("X-App-Platform", "ios"), ("If-None-Match", &etag)])
+            .await
+            .status(),
+        StatusCode::NOT_MODIFIED
+    );
+
+    // A per-platform minimum app version: ios gets its own, others the general one.
+    let (status, m) = call(
+        &a,
+        Method::PUT,
+        "/api/v1/models/2",
+        Some(json!({"min_app_version": "2.0.0", "min_app_versions": {"ios": "2.3.0"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    let ios: Value = model_config(&b, Method::GET, &[("X-App-Platform", "iOS")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let android: Value = model_config(&b, Method::GET, &[("X-App-Platform", "android")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let any: Value = model_config(&b, Method::GET, &[]).await.json().await.unwrap();
+    assert_eq!(
+        (
+            ios["minAppVersion"].as_str(),
+            android["minAppVersion"].as_str(),
+            any["minAppVersion"].as_str()
+        ),
+        (Some("2.3.0"), Some("2.0.0"), Some("2.0.0"))
+    );
+    assert_ne!(ios["etag"], etag.as_str(), "the config changed");
+    assert_ne!(ios["etag"], android["etag"]);
+    for bad in [
+        json!({"min_app_version": "2 .0"}),
+        json!({"min_app_versions": {"iOS": "1.0"}}),
+    ] {
+        assert_error(
+            &call(&a, Method::PUT, "/api/v1/models/2", Some(bad)).await,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "",
+        );
+    }
+
+    // A canary: both servers move to the same new ETag.
+    let etag = ios["etag"].as_str().unwrap().to_string();
+    let (status, _) = call(
+        &a,
+        Method::PUT,
+        "/api/v1/rollout/canary",
+        Some(json!({"model_id": 1, "percentage": 20})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut seen = Vec::new();
+    for s in [&a, &b] {
+        let r = model_config(s, Method::GET, &[("X-App-Platform", "ios"), ("If-None-Match", &etag)]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let c: Value = r.json().await.unwrap();
+        assert_eq!(
+            (c["canaryModelVersion"].as_str(), c["rolloutPercentage"].as_i64()),
+            (Some("1"), Some(20)),
+            "{c}"
+        );
+        seen.push(c["etag"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "one ETag for one configuration, whichever server answers"
+    );
+    assert_ne!(seen[0], etag);
+
+    // gRPC: the same configuration and ETag, and not_modified for it.
+    let mut reg = b.registry().await;
+    let c = reg
+        .get_model_config(modeld::api::pb::GetModelConfigRequest {
+            platform: "ios".into(),
+            if_none_match: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (c.etag.as_str(), c.rollout_percentage, c.min_app_version.as_deref()),
+        (seen[0].as_str(), 20, Some("2.3.0"))
+    );
+    let c = reg
+        .get_model_config(modeld::api::pb::GetModelConfigRequest {
+            platform: "ios".into(),
+            if_none_match: seen[0].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(c.not_modified && c.active_model_version.is_empty());
+
+    // CORS preflight for the headers the guide's clients send.
+    let r = reqwest::Client::new()
+        .request(Method::OPTIONS, a.http_url("/api/v1/model-config"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "authorization, x-client-info, apikey, content-type, x-app-platform, x-device-tier, x-locale, if-none-match")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    for h in [
+        "authorization",
+        "x-client-info",
+        "apikey",
+        "content-type",
+        "x-app-platform",
+        "x-device-tier",
+        "x-locale",
+        "if-none-match",
+    ] {
+        assert!(allowed.contains(h), "{h} in {allowed}");
+    }
+    assert!(
+        r.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+}
+
+#[tokio::test]
+async fn the_model_config_without_an_active_model_is_a_json_404() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.no_seed = true).await;
+    let r = model_config(&server, Method::GET, &[]).await;
+    let status = r.status();
+    assert_error(
+        &(status, r.json().await.unwrap()),
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "No active model found",
+    );
+}
