@@ -137,6 +137,13 @@ pub async fn serve_with(
         .server_name
         .clone()
         .unwrap_or_else(|| format!("modeld-{}-{}", hostname(), std::process::id()));
+    let mut downloads = config.download_config()?;
+    if let Some(l) = &http {
+        downloads.default_base = format!("http://{}", l.local_addr()?);
+    }
+    if downloads.keys.is_empty() {
+        tracing::info!("no signing key (--signing-key-file, MODELD_SIGNING_KEYS): signed download URLs are off");
+    }
     let executor = Executor::start(config.engine.executor_config())?;
     let engine = engine_settings(&config.engine, &executor);
     let control = Arc::new(
@@ -151,6 +158,7 @@ pub async fn serve_with(
         .serving(executor, engine)
         .with_candidates(config.candidates.limits())
         .with_rollback_watch(Duration::from_secs(config.rollback_watch_secs))
+        .with_downloads(downloads)
         .with_shadows(
             crate::serving::shadow::Shadows::start(config.shadow.config()).context("starting the shadow threads")?,
         ),

@@ -89,6 +89,47 @@ pub enum Command {
     /// Ask a running server what it serves: the active model, the canary and the shadow with
     /// their percentages and the shadow's agreement, candidates, why it is degraded.
     Status(StatusArgs),
+    /// Ask a running server for a signed URL that downloads a model's file over HTTP (no
+    /// other credential needed).
+    DownloadUrl(DownloadUrlArgs),
+    /// Download a model's file from a running server and check its sha256.
+    Download(DownloadArgs),
+}
+
+/// `modeld download-url`.
+#[derive(Debug, Args)]
+pub struct DownloadUrlArgs {
+    /// Server address.
+    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Seconds until the URL expires (default an hour; at most the server's
+    /// --download-url-max-secs).
+    #[arg(long)]
+    pub expires_in: Option<u32>,
+    /// Print JSON instead of the URL alone.
+    #[arg(long, env = "MODELD_JSON")]
+    pub json: bool,
+}
+
+/// `modeld download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Server address.
+    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Which model.
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Where to write the file (default: its own name, in the current directory). Written
+    /// under a temporary name and renamed once its sha256 is checked.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `modeld status`.
@@ -301,6 +342,17 @@ pub struct ServeConfig {
     /// seconds (6 hours, as the guide's).
     #[arg(long, env = "MODELD_MODEL_CONFIG_MAX_AGE_SECS", default_value_t = 21_600)]
     pub model_config_max_age_secs: u64,
+    /// A file of the keys that sign download URLs: one per line, at least 32 bytes each; the
+    /// first signs, both verify (rotation). The same on every server of a fleet.
+    #[arg(long, env = "MODELD_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// The server's public base URL for the download URLs it signs (e.g.
+    /// https://models.example.com); unset: the Host the client used.
+    #[arg(long, env = "MODELD_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+    /// The longest a signed download URL may live, in seconds.
+    #[arg(long, env = "MODELD_DOWNLOAD_URL_MAX_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub download_url_max_secs: u64,
     /// The old name of `--http-listen` (metrics moved to the HTTP port): when set, the HTTP
     /// port listens here.
     #[arg(long, env = "MODELD_METRICS_LISTEN", hide = true)]
@@ -531,6 +583,33 @@ impl std::str::FromStr for Listen {
 }
 
 impl ServeConfig {
+    /// The download URLs' signing keys: from `MODELD_SIGNING_KEYS` (comma-separated), else
+    /// from `--signing-key-file`; none when neither is set.
+    ///
+    /// # Errors
+    /// When the file cannot be read or a key breaks the rules.
+    pub fn download_config(&self) -> anyhow::Result<crate::http::download::DownloadConfig> {
+        use anyhow::Context as _;
+        let keys = match (std::env::var("MODELD_SIGNING_KEYS"), &self.signing_key_file) {
+            (Ok(k), _) if !k.trim().is_empty() => {
+                crate::http::download::SigningKeys::parse(&k).context("MODELD_SIGNING_KEYS")?
+            }
+            (_, Some(f)) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the signing key file {}", f.display()))?;
+                crate::http::download::SigningKeys::parse(&text)
+                    .with_context(|| format!("the signing key file {}", f.display()))?
+            }
+            _ => crate::http::download::SigningKeys::default(),
+        };
+        Ok(crate::http::download::DownloadConfig {
+            keys,
+            public_url: self.public_url.trim_end_matches('/').to_string(),
+            max_expiry_secs: self.download_url_max_secs,
+            default_base: String::new(),
+        })
+    }
+
     /// Where the HTTP port listens: `--http-listen`, or the old `--metrics-listen` when set.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.metrics_listen.or(self.http_listen.0)
@@ -556,6 +635,9 @@ impl ServeConfig {
             no_watch_files: false,
             http_listen: Listen(None),
             model_config_max_age_secs: 21_600,
+            signing_key_file: None,
+            public_url: String::new(),
+            download_url_max_secs: 86_400,
             metrics_listen: None,
             engine: EngineArgs::default(),
             candidates: CandidateArgs::default(),

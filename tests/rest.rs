@@ -480,6 +480,8 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
         ("POST", "/api/v1/rollout/promote"),
         ("POST", "/api/v1/predict"),
         ("GET", "/api/v1/model-config"),
+        ("POST", "/api/v1/models/{model_id}/download-url"),
+        ("GET", "/api/v1/models/{model_id}/download"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -510,7 +512,11 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
     let schema = &doc["components"]["schemas"]["ModelJson"];
     let model = schema["allOf"]
         .as_array()
-        .and_then(|parts| parts.iter().find(|p| p.get("properties").is_some_and(|p| p.get("model_id").is_some())))
+        .and_then(|parts| {
+            parts
+                .iter()
+                .find(|p| p.get("properties").is_some_and(|p| p.get("model_id").is_some()))
+        })
         .unwrap_or(schema)
         .get("properties")
         .unwrap_or_else(|| panic!("ModelJson: {schema}"));
@@ -745,4 +751,319 @@ async fn the_model_config_without_an_active_model_is_a_json_404() {
         "NOT_FOUND",
         "No active model found",
     );
+}
+
+const KEY: &str = "test-signing-key-0123456789abcdef";
+const OLD_KEY: &str = "older-signing-key-0123456789abcdef";
+
+/// A server whose signing keys are KEY (signs) and OLD_KEY (still verifies).
+async fn signing_server() -> TestServer {
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        keys.path(),
+        format!("{KEY}\n# rotated out, until its URLs expire\n{OLD_KEY}\n"),
+    )
+    .unwrap();
+    let path = keys.into_temp_path().keep().unwrap();
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.signing_key_file = Some(path)).await;
+    server.wait_serving("digits_v2").await;
+    server
+}
+
+async fn download_url(server: &TestServer, id: i64, body: Option<Value>) -> (StatusCode, Value) {
+    call(server, Method::POST, &format!("/api/v1/models/{id}/download-url"), body).await
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test]
+async fn a_signed_url_downloads_the_verified_file_with_range_and_head() {
+    let server = signing_server().await;
+    let (status, u) = download_url(&server, 2, None).await;
+    assert_eq!(status, StatusCode::OK, "{u}");
+    let file = std::fs::read(server.root.path().join("digits_v2.onnx")).unwrap();
+    assert_eq!(u["sha256"], sha256_hex(&file).as_str());
+    assert_eq!(u["size_bytes"].as_u64(), Some(file.len() as u64));
+    let expires_at = chrono::DateTime::parse_from_rfc3339(u["expires_at"].as_str().unwrap()).unwrap();
+    let ahead = expires_at.timestamp() - chrono::Utc::now().timestamp();
+    assert!((3590..=3600).contains(&ahead), "an hour by default: {ahead}");
+    let url = u["url"].as_str().unwrap().to_string();
+    assert!(
+        url.starts_with(&format!(
+            "http://{}/api/v1/models/2/download?expires=",
+            server.http_addr
+        )),
+        "{url}"
+    );
+
+    // The URL alone is the credential.
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let h = r.headers().clone();
+    assert_eq!(h["content-length"], file.len().to_string().as_str());
+    assert_eq!(h["etag"].to_str().unwrap(), format!("\"{}\"", sha256_hex(&file)));
+    assert_eq!(h["x-checksum-sha256"].to_str().unwrap(), sha256_hex(&file));
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert!(
+        h["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("filename=\"digits_v2.onnx\"")
+    );
+    assert_eq!(r.bytes().await.unwrap().as_ref(), file.as_slice());
+
+    let client = reqwest::Client::new();
+    let r = client.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], file.len().to_string().as_str());
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    for (range, want) in [
+        ("bytes=0-99", &file[..100]),
+        ("bytes=-10", &file[file.len() - 10..]),
+        (&*format!("bytes={}-", file.len() - 5), &file[file.len() - 5..]),
+    ] {
+        let r = client.get(&url).header("Range", range).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        let content_range = r.headers()["content-range"].to_str().unwrap().to_string();
+        assert!(content_range.ends_with(&format!("/{}", file.len())), "{content_range}");
+        assert_eq!(r.bytes().await.unwrap().as_ref(), want, "{range}");
+    }
+    let r = client
+        .get(&url)
+        .header("Range", format!("bytes={}-", file.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes */{}", file.len())
+    );
+
+    // Asked-for expiries within the bounds.
+    let (status, u) = download_url(&server, 2, Some(json!({"expires_in_secs": 60}))).await;
+    assert_eq!(status, StatusCode::OK, "{u}");
+    for bad in [0, 86_401] {
+        assert_error(
+            &download_url(&server, 2, Some(json!({"expires_in_secs": bad}))).await,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "expires_in_secs",
+        );
+    }
+    assert_error(
+        &download_url(&server, 999, None).await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "999",
+    );
+}
+
+#[tokio::test]
+async fn expired_tampered_and_outdated_urls_are_refused() {
+    let server = signing_server().await;
+    let file = std::fs::read(server.root.path().join("digits_v2.onnx")).unwrap();
+    let sha = sha256_hex(&file);
+    let base = server.http_url("/api/v1/models");
+    let keys = modeld::http::download::SigningKeys::parse(KEY).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let get = |url: String| async move {
+        let r = reqwest::get(url).await.unwrap();
+        let status = r.status();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    // Time injected by signing: a URL that expired ten seconds ago, correctly signed.
+    let expired = keys.sign(2, &sha, now - 10).unwrap();
+    assert_error(
+        &get(format!("{base}/2/download?expires={}&sig={expired}", now - 10)).await,
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "expired",
+    );
+    // The old key still verifies (rotation); an unknown key does not.
+    let old = modeld::http::download::SigningKeys::parse(OLD_KEY).unwrap();
+    let by_old = old.sign(2, &sha, now + 60).unwrap();
+    let r = reqwest::get(format!("{base}/2/download?expires={}&sig={by_old}", now + 60))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let other = modeld::http::download::SigningKeys::parse("another-key-nobody-configured-0123456789").unwrap();
+    let by_other = other.sign(2, &sha, now + 60).unwrap();
+    // Tampered: the signature, the expiry, the model; missing parts.
+    let good = keys.sign(2, &sha, now + 60).unwrap();
+    let mut flipped = good.clone().into_bytes();
+    flipped[10] = if flipped[10] == b'a' { b'b' } else { b'a' };
+    let flipped = String::from_utf8(flipped).unwrap();
+    for url in [
+        format!("{base}/2/download?expires={}&sig={by_other}", now + 60),
+        format!("{base}/2/download?expires={}&sig={flipped}", now + 60),
+        format!("{base}/2/download?expires={}&sig={good}", now + 3600),
+        format!("{base}/1/download?expires={}&sig={good}", now + 60),
+        format!("{base}/2/download?expires={}&sig=nothex", now + 60),
+    ] {
+        assert_error(
+            &get(url).await,
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "does not verify",
+        );
+    }
+    for url in [
+        format!("{base}/2/download"),
+        format!("{base}/2/download?expires={}", now + 60),
+    ] {
+        assert_error(
+            &get(url).await,
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "expires and sig",
+        );
+    }
+    assert_error(
+        &get(format!("{base}/999/download?expires=1&sig=00")).await,
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "999",
+    );
+
+    // The file changes and the registry follows (a new sha256): URLs signed before no longer
+    // verify, a new one does.
+    let (_, u) = download_url(&server, 2, None).await;
+    let before = u["url"].as_str().unwrap().to_string();
+    assert_eq!(reqwest::get(&before).await.unwrap().status(), StatusCode::OK);
+    let v1 = std::fs::read(server.root.path().join("digits_v1.onnx")).unwrap();
+    let tmp = server.root.path().join("digits_v2.onnx.new");
+    std::fs::write(&tmp, &v1).unwrap();
+    std::fs::rename(&tmp, server.root.path().join("digits_v2.onnx")).unwrap();
+    let new_sha = sha256_hex(&v1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, m) = call(&server, Method::GET, "/api/v1/models/2", None).await;
+        if m["checksum_sha256"] == new_sha.as_str() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the registry did not follow the file: {m}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_error(
+        &get(before).await,
+        StatusCode::FORBIDDEN,
+        "PERMISSION_DENIED",
+        "does not verify",
+    );
+    let (_, u) = download_url(&server, 2, None).await;
+    assert_eq!(u["sha256"], new_sha.as_str());
+    let got = reqwest::get(u["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.as_ref(), v1.as_slice());
+}
+
+#[tokio::test]
+async fn a_download_never_leaves_the_model_root_and_needs_a_key() {
+    let server = signing_server().await;
+    // digits_v1's file becomes a symlink to a file outside the root: refused, never served.
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), b"secret").unwrap();
+    let (_, u) = download_url(&server, 1, None).await;
+    let url = u["url"].as_str().unwrap().to_string();
+    let file = server.root.path().join("digits_v1.onnx");
+    std::fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &file).unwrap();
+    let r = reqwest::get(&url).await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("secret"));
+    assert_error(
+        &(status, serde_json::from_str(&text).unwrap()),
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "outside the model root",
+    );
+
+    // A server without a signing key says how to configure one.
+    let plain = TestServer::start(Backend::Sqlite).await;
+    assert_error(
+        &download_url(&plain, 2, None).await,
+        StatusCode::CONFLICT,
+        "FAILED_PRECONDITION",
+        "--signing-key-file",
+    );
+}
+
+#[tokio::test]
+async fn the_cli_downloads_and_checks_a_model_and_signs_urls_over_grpc() {
+    let server = signing_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.onnx");
+    let grpc = server.url();
+    let (ok, stdout, err) = modeld_cli(
+        &server.db.url,
+        server.root.path(),
+        &[
+            "download",
+            "digits_v2",
+            "-o",
+            out.to_str().unwrap(),
+            "--server",
+            &grpc,
+            "--quiet",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let want = std::fs::read(server.root.path().join("digits_v2.onnx")).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), want);
+    assert!(
+        stdout.contains(&format!("sha256 {} checked", sha256_hex(&want))),
+        "{stdout}"
+    );
+
+    let (ok, url, err) = modeld_cli(
+        &server.db.url,
+        server.root.path(),
+        &["download-url", "id:2", "--server", &grpc, "--expires-in", "60"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let r = reqwest::get(url.trim()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{url}");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), want.as_slice());
+
+    let (ok, _, err) = modeld_cli(
+        &server.db.url,
+        server.root.path(),
+        &["download", "nope", "--server", &grpc],
+    )
+    .await;
+    assert!(!ok && err.contains("not registered"), "{err}");
+    // A file on disk that is not the registered one: refused, and nothing is left behind.
+    std::fs::write(server.root.path().join("digits_v1.onnx"), b"not the registered bytes").unwrap();
+    let bad = dir.path().join("v1.onnx");
+    let (ok, _, err) = modeld_cli(
+        &server.db.url,
+        server.root.path(),
+        &[
+            "download",
+            "digits_v1",
+            "-o",
+            bad.to_str().unwrap(),
+            "--server",
+            &grpc,
+            "--quiet",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("not the registered one"), "{err}");
+    assert!(!bad.exists() && !dir.path().join("v1.onnx.part").exists());
 }

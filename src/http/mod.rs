@@ -3,6 +3,7 @@
 //! (`/api/v1/...`) and Prometheus metrics (`/metrics`). Every route is a thin layer over the gRPC services' code, so a request takes
 //! the same path, routing and errors on both transports.
 
+pub mod download;
 pub mod model_config;
 pub mod oip;
 pub mod rest;
@@ -26,6 +27,7 @@ pub struct HttpState {
     pub(crate) control: Arc<Control>,
     pub(crate) kserve: crate::api::kserve::KServeService,
     pub(crate) config: HttpConfig,
+    pub(crate) verified: Arc<download::Verified>,
 }
 
 /// The HTTP server's settings.
@@ -43,12 +45,14 @@ pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
         kserve: crate::api::kserve::KServeService::new(Arc::clone(&control)),
         control,
         config,
+        verified: Arc::default(),
     };
     Router::new()
         .route("/metrics", get(metrics))
         .merge(oip::routes())
         .merge(rest::routes())
         .merge(model_config::routes())
+        .merge(download::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)

@@ -68,7 +68,9 @@ pub fn routes() -> Router<HttpState> {
         clear_shadow,
         promote,
         predict,
-        super::model_config::model_config
+        super::model_config::model_config,
+        super::download::download_url,
+        super::download::download
     ),
     components(schemas(
         ModelJson,
@@ -170,12 +172,14 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     r
 }
 
-fn ok<T: Serialize>(body: &T) -> Response {
+pub(crate) fn ok<T: Serialize>(body: &T) -> Response {
     json_response(StatusCode::OK, body)
 }
 
 /// The body as `T`; an empty body is `T::default()`.
-fn body<T: for<'de> Deserialize<'de> + Default>(b: Result<Bytes, BytesRejection>) -> Result<T, Box<Response>> {
+pub(crate) fn body<T: for<'de> Deserialize<'de> + Default>(
+    b: Result<Bytes, BytesRejection>,
+) -> Result<T, Box<Response>> {
     let b = b.map_err(|e| {
         let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             tonic::Code::ResourceExhausted
@@ -196,7 +200,7 @@ fn body<T: for<'de> Deserialize<'de> + Default>(b: Result<Bytes, BytesRejection>
     })
 }
 
-fn model_id(raw: &str) -> Result<i64, Box<Response>> {
+pub(crate) fn model_id(raw: &str) -> Result<i64, Box<Response>> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
         Box::new(rest_error(&Error::InvalidArgument(format!(
             "model_id is a positive integer, got {raw:?} (GET /api/v1/models lists them)"

@@ -83,6 +83,8 @@ pub struct Control {
     shadows: Option<Shadows>,
     /// The automatic rollback's windows.
     guard: guard::Guard,
+    /// Signing keys of download URLs, and their bounds.
+    downloads: crate::http::download::DownloadConfig,
 }
 
 /// Counts a request as in flight until dropped.
@@ -112,7 +114,19 @@ impl Control {
             candidates: Candidates::new(CandidateLimits::default()),
             shadows: None,
             guard: guard::Guard::new(Duration::from_secs(600)),
+            downloads: crate::http::download::DownloadConfig::default(),
         }
+    }
+
+    /// Signs download URLs with `downloads`' keys.
+    pub fn with_downloads(mut self, downloads: crate::http::download::DownloadConfig) -> Self {
+        self.downloads = downloads;
+        self
+    }
+
+    /// The signing keys and bounds of download URLs.
+    pub fn downloads(&self) -> &crate::http::download::DownloadConfig {
+        &self.downloads
     }
 
     /// Watches a freshly activated model for `watch` (the automatic rollback acts within it).

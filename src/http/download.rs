@@ -1,0 +1,606 @@
+//! Signed artifact downloads (guide 004: signed download URLs; guide 000: checksums).
+//!
+//! `POST /api/v1/models/{model_id}/download-url` answers `{url, expires_at, sha256,
+//! size_bytes}`: a URL to `GET /api/v1/models/{model_id}/download?expires=T&sig=S`, where `S` is
+//! the HMAC-SHA256, under the server's signing key, of the model id, its sha256 and the expiry.
+//! The signature is the credential: the URL needs nothing else, so a device can fetch its
+//! model with it alone. A file registered anew (another sha256) or a tampered id, expiry or
+//! signature no longer verifies; an expired URL is refused even with a good signature. Two
+//! keys may be configured at once: the first signs, both verify (rotation).
+//!
+//! The download streams the file from the model root (never from outside it), after checking
+//! that the file on disk is still the one the registry names: `Content-Length`, `ETag` (the
+//! sha256), `X-Checksum-Sha256`, `Content-Disposition`, `Accept-Ranges`, and `Range` for one
+//! byte range (206, or 416 when it cannot be satisfied). `HEAD` answers the same headers.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use utoipa::ToSchema;
+
+use super::HttpState;
+use super::rest::rest_error;
+use crate::error::{Error, Result};
+use crate::registry::{ModelRecord, ModelRef};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The shortest signing key accepted, in bytes.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// The keys that sign and verify download URLs: the first signs, every one verifies.
+#[derive(Clone, Default)]
+pub struct SigningKeys {
+    keys: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("SigningKeys").field("keys", &self.keys.len()).finish()
+    }
+}
+
+impl SigningKeys {
+    /// Keys from text: one per line (or separated by commas), `#` comments and blank lines
+    /// ignored, at most two, each at least [`MIN_KEY_BYTES`] bytes.
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the rule a key breaks (never the key).
+    pub fn parse(text: &str) -> Result<Self> {
+        let keys: Vec<Vec<u8>> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .flat_map(|l| l.split(','))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| k.as_bytes().to_vec())
+            .collect();
+        if keys.len() > 2 {
+            return Err(Error::InvalidArgument(format!(
+                "{} signing keys given; at most two (the new one first, the old one while URLs it signed expire)",
+                keys.len()
+            )));
+        }
+        if let Some(i) = keys.iter().position(|k| k.len() < MIN_KEY_BYTES) {
+            return Err(Error::InvalidArgument(format!(
+                "signing key {} is shorter than {MIN_KEY_BYTES} bytes (make one with: openssl rand -hex 32)",
+                i + 1
+            )));
+        }
+        Ok(Self { keys })
+    }
+
+    /// Whether a key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    fn mac(key: &[u8], model_id: i64, sha256: &str, expires: i64) -> HmacSha256 {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length");
+        mac.update(format!("modeld-download\n{model_id}\n{sha256}\n{expires}").as_bytes());
+        mac
+    }
+
+    /// The signature of a download of `model_id` with file `sha256` until `expires` (Unix
+    /// seconds), in hex; `None` without a key.
+    pub fn sign(&self, model_id: i64, sha256: &str, expires: i64) -> Option<String> {
+        let key = self.keys.first()?;
+        Some(hex::encode(
+            Self::mac(key, model_id, sha256, expires).finalize().into_bytes(),
+        ))
+    }
+
+    /// Whether `sig` is a signature of these facts under one of the keys (compared in
+    /// constant time).
+    pub fn verify(&self, model_id: i64, sha256: &str, expires: i64, sig: &str) -> bool {
+        let Ok(sig) = hex::decode(sig) else { return false };
+        self.keys
+            .iter()
+            .any(|key| Self::mac(key, model_id, sha256, expires).verify_slice(&sig).is_ok())
+    }
+}
+
+/// Where URLs point and how long they may live.
+#[derive(Debug, Clone, Default)]
+pub struct DownloadConfig {
+    /// The keys.
+    pub keys: SigningKeys,
+    /// The server's public base URL (`https://models.example.com`); empty: from the request's
+    /// `Host` header.
+    pub public_url: String,
+    /// The longest expiry a URL may ask for, in seconds.
+    pub max_expiry_secs: u64,
+    /// The base of URLs made without a request's `Host` (gRPC, the CLI): the HTTP port's
+    /// address, when `public_url` is empty.
+    pub default_base: String,
+}
+
+/// The default expiry of a URL, in seconds.
+pub const DEFAULT_EXPIRY_SECS: u64 = 3600;
+
+/// A signed download URL.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DownloadUrl {
+    /// The URL: it needs no other credential.
+    pub url: String,
+    /// When it stops working.
+    pub expires_at: DateTime<Utc>,
+    /// The file's sha256: what the download must hash to.
+    pub sha256: String,
+    /// The file's size.
+    pub size_bytes: i64,
+}
+
+/// Asking for a URL; every field is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadUrlBody {
+    /// Seconds until it expires (default 3600, at most the server's maximum).
+    pub expires_in_secs: Option<u64>,
+}
+
+/// A signed URL for `record` from `base` (`http://host:port`), expiring `expires_in` seconds
+/// after `now`.
+///
+/// # Errors
+/// `FailedPrecondition` without a signing key; `InvalidArgument` for an expiry of 0 or above
+/// the maximum.
+pub fn signed_url(
+    config: &DownloadConfig,
+    base: &str,
+    record: &ModelRecord,
+    expires_in: Option<u64>,
+    now: DateTime<Utc>,
+) -> Result<DownloadUrl> {
+    if config.keys.is_empty() {
+        return Err(Error::FailedPrecondition(
+            "this server has no signing key for download URLs: start it with --signing-key-file FILE or \
+             MODELD_SIGNING_KEYS (32 bytes or more; the same on every server of a fleet)"
+                .into(),
+        ));
+    }
+    let secs = expires_in.unwrap_or(DEFAULT_EXPIRY_SECS);
+    if secs == 0 || secs > config.max_expiry_secs {
+        return Err(Error::InvalidArgument(format!(
+            "expires_in_secs is 1 to {} (--download-url-max-secs), got {secs}",
+            config.max_expiry_secs
+        )));
+    }
+    let expires = now.timestamp() + i64::try_from(secs).unwrap_or(i64::MAX / 2);
+    let sig = config
+        .keys
+        .sign(record.model_id, &record.checksum_sha256, expires)
+        .unwrap_or_default();
+    let base = if config.public_url.is_empty() {
+        base
+    } else {
+        &config.public_url
+    };
+    Ok(DownloadUrl {
+        url: format!(
+            "{}/api/v1/models/{}/download?expires={expires}&sig={sig}",
+            base.trim_end_matches('/'),
+            record.model_id
+        ),
+        expires_at: DateTime::from_timestamp(expires, 0).unwrap_or(now),
+        sha256: record.checksum_sha256.clone(),
+        size_bytes: record.file_size_bytes,
+    })
+}
+
+/// The base URL a client reached this server by: `http://` and its `Host` header.
+fn request_base(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// The download routes, with CORS (browsers and web views fetch models too).
+pub fn routes() -> axum::Router<HttpState> {
+    axum::Router::new()
+        .route(
+            "/api/v1/models/{model_id}/download-url",
+            axum::routing::post(download_url),
+        )
+        .route("/api/v1/models/{model_id}/download", axum::routing::get(download))
+        .layer(super::model_config::cors())
+}
+
+/// Get a signed download URL for a model's file.
+#[utoipa::path(post, path = "/api/v1/models/{model_id}/download-url", tag = "download",
+    request_body = Option<DownloadUrlBody>,
+    params(("model_id" = i64, Path, description = "the model's id")),
+    responses((status = 200, body = DownloadUrl), (status = 400, body = super::rest::ErrorBody),
+        (status = 404, body = super::rest::ErrorBody), (status = 409, body = super::rest::ErrorBody)))]
+pub(crate) async fn download_url(
+    State(s): State<HttpState>,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    b: std::result::Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let id = match super::rest::model_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let b: DownloadUrlBody = match super::rest::body(b) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let record = match s.control.registry().get(&ModelRef::Id(id)).await {
+        Ok(r) => r,
+        Err(e) => return rest_error(&e),
+    };
+    match signed_url(
+        s.control.downloads(),
+        &request_base(&headers),
+        &record,
+        b.expires_in_secs,
+        Utc::now(),
+    ) {
+        Ok(u) => super::rest::ok(&u),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// The query of a signed URL.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Signed {
+    expires: Option<i64>,
+    sig: Option<String>,
+}
+
+fn denied(message: String) -> Response {
+    let mut r = super::rest::status_rest_error(&tonic::Status::permission_denied(message));
+    *r.status_mut() = StatusCode::FORBIDDEN;
+    r
+}
+
+/// Files whose sha256 was checked, by path, with the size and modification time they had:
+/// a file that kept both is not hashed again.
+#[derive(Debug, Default)]
+pub struct Verified {
+    files: Mutex<HashMap<PathBuf, (u64, SystemTime, String)>>,
+}
+
+impl Verified {
+    /// The sha256 of the file at `path` (hashed again only when its size or time changed).
+    async fn sha256(&self, path: &Path) -> std::io::Result<(String, u64)> {
+        let meta = tokio::fs::metadata(path).await?;
+        let (len, modified) = (meta.len(), meta.modified()?);
+        if let Some((l, m, sha)) = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            && *l == len
+            && *m == modified
+        {
+            return Ok((sha.clone(), len));
+        }
+        let owned = path.to_path_buf();
+        let sha = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            use std::io::Read as _;
+            let mut f = std::fs::File::open(owned)?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(hex::encode(h.finalize()))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(path.to_path_buf(), (len, modified, sha.clone()));
+        Ok((sha, len))
+    }
+}
+
+/// One byte range of a `Range` header, resolved against `len`: `Ok(None)` without one,
+/// `Err(())` when it cannot be satisfied.
+fn range(headers: &HeaderMap, len: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let v = v.to_str().map_err(|_| ())?.trim();
+    let spec = v.strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        // Several ranges (multipart/byteranges) are not served; the whole file is.
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = match (a.is_empty(), b.is_empty()) {
+        (true, false) => {
+            let n: u64 = b.parse().map_err(|_| ())?;
+            if n == 0 || len == 0 {
+                return Err(());
+            }
+            (len.saturating_sub(n), len - 1)
+        }
+        (false, _) => {
+            let start: u64 = a.parse().map_err(|_| ())?;
+            let end: u64 = if b.is_empty() {
+                len.saturating_sub(1)
+            } else {
+                b.parse().map_err(|_| ())?
+            };
+            if start >= len || end < start {
+                return Err(());
+            }
+            (start, end.min(len - 1))
+        }
+        (true, true) => return Err(()),
+    };
+    Ok(Some((start, end)))
+}
+
+fn file_name(file_path: &str) -> String {
+    Path::new(file_path)
+        .file_name()
+        .map_or_else(|| "model.onnx".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// `Content-Disposition: attachment` with the file's name (ASCII, and RFC 5987 for the rest).
+fn disposition(name: &str) -> HeaderValue {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+/// Download a model's file with a signed URL (no other credential).
+#[utoipa::path(get, path = "/api/v1/models/{model_id}/download", tag = "download",
+    params(
+        ("model_id" = i64, Path, description = "the model's id"),
+        ("expires" = i64, Query, description = "Unix seconds, as signed"),
+        ("sig" = String, Query, description = "the signature"),
+        ("Range" = Option<String>, Header, description = "one byte range: bytes=START-END, START- or -SUFFIX"),
+    ),
+    responses(
+        (status = 200, description = "the file", content_type = "application/octet-stream"),
+        (status = 206, description = "the range asked for"),
+        (status = 403, body = super::rest::ErrorBody, description = "expired, tampered with, or for another file"),
+        (status = 404, body = super::rest::ErrorBody),
+        (status = 416, description = "the range is outside the file"),
+    ))]
+pub(crate) async fn download(
+    State(s): State<HttpState>,
+    UrlPath(id): UrlPath<String>,
+    query: std::result::Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let id = match super::rest::model_id(&id) {
+        Ok(id) => id,
+        Err(r) => return *r,
+    };
+    let Ok(Query(Signed {
+        expires: Some(expires),
+        sig: Some(sig),
+    })) = query
+    else {
+        return denied(
+            "a download URL carries expires and sig (POST /api/v1/models/{model_id}/download-url makes one)".into(),
+        );
+    };
+    let record = match s.control.registry().get(&ModelRef::Id(id)).await {
+        Ok(r) => r,
+        Err(e) => return rest_error(&e),
+    };
+    if !s
+        .control
+        .downloads()
+        .keys
+        .verify(id, &record.checksum_sha256, expires, &sig)
+    {
+        return denied(
+            "the download URL's signature does not verify: it was altered, signed with a key this server no \
+             longer has, or the model's file changed since (ask for a new URL)"
+                .into(),
+        );
+    }
+    let now = Utc::now().timestamp();
+    if expires < now {
+        let at = DateTime::from_timestamp(expires, 0).map_or_else(|| expires.to_string(), |t| t.to_rfc3339());
+        return denied(format!("the download URL expired at {at}; ask for a new one"));
+    }
+    serve_file(&s, &record, &headers).await
+}
+
+async fn serve_file(s: &HttpState, record: &ModelRecord, headers: &HeaderMap) -> Response {
+    let path = match s.control.root().resolve(&record.file_path) {
+        Ok(p) => p,
+        Err(e) => return rest_error(&e),
+    };
+    let (sha, len) = match s.verified.sha256(&path).await {
+        Ok(v) => v,
+        Err(e) => {
+            return rest_error(&Error::model_file(
+                crate::error::FileProblem::Unreadable,
+                format!("model file {:?} cannot be read: {e}", record.file_path),
+            ));
+        }
+    };
+    if sha != record.checksum_sha256 {
+        return rest_error(&Error::model_file(
+            crate::error::FileProblem::ChecksumMismatch,
+            format!(
+                "model file {:?} on disk is not the one the registry names (sha256 {sha}, registry {}); \
+                 it is not served until they agree",
+                record.file_path, record.checksum_sha256
+            ),
+        ));
+    }
+    let etag = format!("\"{sha}\"");
+    let mut h = HeaderMap::new();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_DISPOSITION, disposition(&file_name(&record.file_path)));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&sha) {
+        h.insert("x-checksum-sha256", v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=0"));
+    let (status, start, end) = match range(headers, len) {
+        Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Ok(Some((a, b))) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{len}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, a, b)
+        }
+        Err(()) => {
+            let mut r = Response::new(Body::empty());
+            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+    };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    let mut file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) => {
+            return rest_error(&Error::model_file(
+                crate::error::FileProblem::Unreadable,
+                format!("model file {:?} cannot be read: {e}", record.file_path),
+            ));
+        }
+    };
+    if start > 0
+        && let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await
+    {
+        return rest_error(&Error::internal(format!("cannot seek in {:?}: {e}", record.file_path)));
+    }
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(count), 256 << 10);
+    let mut r = Response::new(Body::from_stream(stream));
+    *r.status_mut() = status;
+    *r.headers_mut() = h;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_signature_covers_the_id_the_checksum_and_the_expiry() {
+        let keys = SigningKeys::parse(KEY).unwrap();
+        let sig = keys.sign(7, "aa", 100).unwrap();
+        assert!(keys.verify(7, "aa", 100, &sig));
+        assert!(!keys.verify(8, "aa", 100, &sig));
+        assert!(!keys.verify(7, "ab", 100, &sig));
+        assert!(!keys.verify(7, "aa", 101, &sig));
+        assert!(!keys.verify(7, "aa", 100, "zz"));
+        let mut flipped = sig.clone().into_bytes();
+        flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+        assert!(!keys.verify(7, "aa", 100, std::str::from_utf8(&flipped).unwrap()));
+    }
+
+    #[test]
+    fn two_keys_rotate_the_first_signs_both_verify() {
+        let old = SigningKeys::parse(KEY).unwrap();
+        let new_key = "fedcba9876543210fedcba9876543210";
+        let both = SigningKeys::parse(&format!("{new_key}\n# the old one, until its URLs expire\n{KEY}\n")).unwrap();
+        let by_old = old.sign(1, "s", 5).unwrap();
+        assert!(both.verify(1, "s", 5, &by_old), "URLs of the old key still work");
+        let by_new = both.sign(1, "s", 5).unwrap();
+        assert_ne!(by_new, by_old, "the new key signs");
+        assert!(!old.verify(1, "s", 5, &by_new));
+        assert!(
+            SigningKeys::parse("short")
+                .unwrap_err()
+                .to_string()
+                .contains("shorter than 32")
+        );
+        assert!(SigningKeys::parse(&format!("{KEY},{KEY},{KEY}")).is_err());
+        assert!(!format!("{both:?}").contains(KEY), "keys never in Debug");
+    }
+
+    #[test]
+    fn ranges_resolve_against_the_length() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert_eq!(range(&HeaderMap::new(), 10), Ok(None));
+        assert_eq!(range(&h("bytes=0-3"), 10), Ok(Some((0, 3))));
+        assert_eq!(range(&h("bytes=5-"), 10), Ok(Some((5, 9))));
+        assert_eq!(range(&h("bytes=-4"), 10), Ok(Some((6, 9))));
+        assert_eq!(range(&h("bytes=8-100"), 10), Ok(Some((8, 9))));
+        assert_eq!(range(&h("bytes=0-1,4-5"), 10), Ok(None));
+        for bad in [
+            "bytes=10-",
+            "bytes=5-2",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=-",
+            "bytes=a-b",
+        ] {
+            assert_eq!(range(&h(bad), 10), Err(()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_disposition_names_the_file_safely() {
+        assert_eq!(
+            disposition("digits_v2.onnx").to_str().unwrap(),
+            "attachment; filename=\"digits_v2.onnx\"; filename*=UTF-8''digits_v2.onnx"
+        );
+        let v = disposition("modèle \"x\".onnx");
+        let v = v.to_str().unwrap();
+        assert!(
+            v.contains("filename=\"mod_le _x_.onnx\"") && v.contains("mod%C3%A8le%20%22x%22.onnx"),
+            "{v}"
+        );
+    }
+}
