@@ -23,6 +23,12 @@ Outputs (all small):
   testdata/lookup.onnx value = table[index] (Gather): a request with an index outside the
                        table fails inside the engine, after validation (the batching fallback
                        test)
+  digits_faulty.onnx   digits_v1 with a fault: a request whose first pixel is 0.5 or more
+                       fails inside the engine (every digit of the dataset has 0 there), the
+                       deliberately failing canary of docs/rollout.md. `--only-faulty` builds
+                       it alone, from the digits_v1.onnx already here.
+  examples/digit_faulty.json
+                       an input that trips it
 """
 import json
 import pathlib
@@ -31,10 +37,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier
 
 HERE = pathlib.Path(__file__).resolve().parent
 OPSET = 13
@@ -149,6 +151,53 @@ def lookup_graph():
     return test_model(graph, "A table lookup that fails on out-of-range indices (tests).")
 
 
+def faulty_graph(v1):
+    """digits_v1 (an onnx ModelProto) plus a table lookup of its first pixel: index =
+    int64(pixel0 * 2) into a one-entry table of zeros, added to the probabilities. Every digit
+    of the dataset has pixel 0 = 0 (index 0, adds 0: the same answers as digits_v1); a first
+    pixel of 0.5 or more is an index outside the table, and the engine fails the request."""
+    model = onnx.ModelProto()
+    model.CopyFrom(v1)
+    g = model.graph
+    probs = [o for o in g.output if o.name == "probabilities"][0]
+    for node in g.node:
+        node.output[:] = ["probabilities_v1" if o == "probabilities" else o for o in node.output]
+        node.input[:] = ["probabilities_v1" if i == "probabilities" else i for i in node.input]
+    g.initializer.extend([
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "first_pixel"),
+        numpy_helper.from_array(np.array([2.0], dtype=np.float32), "two"),
+        numpy_helper.from_array(np.zeros([1], dtype=np.float32), "fault_table"),
+    ])
+    g.node.extend([
+        helper.make_node("Gather", ["input", "first_pixel"], ["pixel0"], axis=1, name="pixel0"),
+        helper.make_node("Mul", ["pixel0", "two"], ["pixel0x2"], name="scale"),
+        helper.make_node("Cast", ["pixel0x2"], ["fault_index"], to=TensorProto.INT64, name="to_index"),
+        helper.make_node("Gather", ["fault_table", "fault_index"], ["fault"], axis=0, name="fault"),
+        helper.make_node("Add", ["probabilities_v1", "fault"], ["probabilities"], name="with_fault"),
+    ])
+    del probs
+    model.doc_string = ("Digits classifier v1 with a fault: fails inside the engine when the first "
+                        "pixel is 0.5 or more (docs/rollout.md, the failing canary).")
+    return model
+
+
+def save_faulty(v1_path, x_eval):
+    m = faulty_graph(onnx.load(str(v1_path)))
+    path = save(m, "digits_faulty.onnx")
+    ok = run_ort(path, {"input": x_eval})
+    want = run_ort(v1_path, {"input": x_eval})
+    assert np.allclose(ok["probabilities"], want["probabilities"]), "digits_faulty = digits_v1 on the dataset"
+    bad = x_eval[:1].copy()
+    bad[0, 0] = 1.0
+    try:
+        run_ort(path, {"input": bad})
+        raise AssertionError("digits_faulty must fail on a first pixel of 1")
+    except Exception as e:  # onnxruntime raises its own InvalidArgument
+        assert "out of" in str(e), e
+    (HERE / "examples").mkdir(exist_ok=True)
+    (HERE / "examples/digit_faulty.json").write_text(json.dumps([[float(v) for v in bad[0]]]) + "\n")
+
+
 def run_ort(path, feeds):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -156,6 +205,14 @@ def run_ort(path, feeds):
 
 
 def main():
+    import sys
+    if "--only-faulty" in sys.argv:
+        save_faulty(HERE / "digits_v1.onnx", np.load(HERE / "eval/digits_x.npy"))
+        return
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
     rng = np.random.default_rng(SEED)
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
@@ -185,6 +242,7 @@ def main():
     (HERE / "expected").mkdir(exist_ok=True)
     np.save(HERE / "eval/digits_x.npy", x_eval)
     np.save(HERE / "eval/digits_y.npy", y_eval)
+    save_faulty(p1, x_eval)
 
     acc = {}
     for name, path, skl in (("digits_v1", p1, v1), ("digits_v2", p2, v2)):

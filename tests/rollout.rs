@@ -807,3 +807,66 @@ async fn a_canary_slower_than_its_p99_threshold_goes_to_zero() {
         "{events:?}"
     );
 }
+
+/// The walk-through's failing canary on the bundled models: digits_faulty answers as
+/// digits_v1 on real digits and fails inside the engine on an image whose first pixel is set;
+/// as a canary it goes to 0 % once its failures pass the threshold.
+#[tokio::test]
+async fn the_bundled_faulty_canary_rolls_itself_back() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    std::fs::copy(
+        bundled_models().join("digits_faulty.onnx"),
+        server.root.path().join("digits_faulty.onnx"),
+    )
+    .unwrap();
+    let mut reg = server.registry().await;
+    reg.register_model(pb::RegisterModelRequest {
+        name: "digits_faulty".into(),
+        file_path: "digits_faulty.onnx".into(),
+        version: "1-faulty".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut infer = server.inference().await;
+    let r = infer
+        .predict(digits_request("digits_faulty", &eval_rows(8)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_close(&raw_f32(&r.outputs[0].raw_data), &expected_probs("digits_v1", 8), 1e-5);
+    let faulty: Vec<Vec<f32>> =
+        serde_json::from_str(&std::fs::read_to_string(bundled_models().join("examples/digit_faulty.json")).unwrap())
+            .unwrap();
+    let e = infer
+        .predict(digits_request("digits_faulty", &faulty[0]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    reg.update_model(pb::UpdateModelRequest {
+        model: by_name("digits_faulty"),
+        rollback: Some(pb::RollbackPolicy {
+            error_rate: Some(0.2),
+            min_samples: 20,
+            window_secs: 60,
+            p99_ms: None,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    set_canary_and_wait(&server, &mut reg, "digits_faulty", 50).await;
+    for k in keys_below(50, 30) {
+        let mut req = digits_request("", &faulty[0]);
+        req.routing_key = k;
+        let e = infer.predict(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+    }
+    server
+        .wait_status("the faulty canary at 0%", |s| {
+            s.rollout.as_ref().is_some_and(|r| r.canary_percentage == 0)
+        })
+        .await;
+    // The same image on the active model: answered.
+    infer.predict(digits_request("", &faulty[0])).await.unwrap();
+}
