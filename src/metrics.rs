@@ -298,6 +298,7 @@ pub fn render(control: &Control) -> String {
             s.overhead_ns() as f64 / 1e9
         );
     }
+    histograms(&mut out, control, &stats);
     if let Some(executor) = control.executor() {
         let _ = writeln!(
             out,
@@ -349,6 +350,90 @@ pub fn render(control: &Control) -> String {
         }
     }
     out
+}
+
+/// One histogram's series: `_bucket` per bound (cumulative, and `+Inf`), `_sum`, `_count`.
+fn histogram(out: &mut String, name: &str, labels: &str, bounds: &[f64], h: &crate::serving::stats::Histogram) {
+    for (bound, n) in bounds
+        .iter()
+        .map(|b| b.to_string())
+        .chain(std::iter::once("+Inf".to_string()))
+        .zip(h.cumulative())
+    {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
+        h.sum, h.count
+    );
+}
+
+/// Latency histograms (queue, compute, total) per model, version and role, and the batch-size
+/// histogram per model and version: only for the models this server has loaded (the active
+/// model, the canary, the shadow, cached candidates), so a candidate evicted from the cache, or
+/// a model swapped out, drops its series and their number stays bounded by the cache.
+fn histograms(out: &mut String, control: &Control, stats: &[crate::serving::stats::ModelStats]) {
+    use crate::serving::stats::{BATCH_BUCKETS, LATENCY_BUCKETS};
+    let mut loaded: Vec<(String, Option<String>)> = Vec::new();
+    if let Some(set) = control.slot().load() {
+        let r = &set.active.record;
+        loaded.push((r.model_name.clone(), Some(r.version.clone())));
+        for w in [&set.canary, &set.shadow].into_iter().flatten() {
+            loaded.push((w.model.record.model_name.clone(), Some(w.model.record.version.clone())));
+        }
+    }
+    for c in control.candidates().cached() {
+        if c.bytes.is_some() {
+            loaded.push((c.name.clone(), None));
+        }
+    }
+    let shown: Vec<&crate::serving::stats::ModelStats> = stats
+        .iter()
+        .filter(|s| {
+            loaded
+                .iter()
+                .any(|(n, v)| *n == s.name && v.as_ref().is_none_or(|v| *v == s.version))
+        })
+        .collect();
+    for (name, help, pick) in [
+        (
+            "modeld_request_queue_seconds",
+            "Time successful requests waited for a compute thread.",
+            (|l: &crate::serving::stats::RoleLatency| &l.queue)
+                as fn(&crate::serving::stats::RoleLatency) -> &crate::serving::stats::Histogram,
+        ),
+        (
+            "modeld_request_compute_seconds",
+            "Engine time of successful requests (a batched call's time for each of its requests).",
+            |l| &l.compute,
+        ),
+        (
+            "modeld_request_duration_seconds",
+            "Time successful requests spent in the server, from receipt to answer.",
+            |l| &l.total,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for s in &shown {
+            for (role, l) in &s.latency {
+                let labels = format!(
+                    "model=\"{}\",version=\"{}\",role=\"{role}\"",
+                    label(&s.name),
+                    label(&s.version)
+                );
+                histogram(out, name, &labels, &LATENCY_BUCKETS, pick(l));
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP modeld_batch_size Rows per engine call (dynamic batching).\n# TYPE modeld_batch_size histogram"
+    );
+    for s in &shown {
+        let labels = format!("model=\"{}\",version=\"{}\"", label(&s.name), label(&s.version));
+        histogram(out, "modeld_batch_size", &labels, &BATCH_BUCKETS, &s.batch_sizes);
+    }
 }
 
 #[cfg(test)]

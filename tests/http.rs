@@ -467,3 +467,66 @@ async fn the_routing_key_parameter_routes_over_http_as_over_grpc() {
         );
     }
 }
+
+/// The latency and batch-size histograms: per model, version and role, consistent with the
+/// request counts, and only for loaded models (an evicted candidate's series go).
+#[tokio::test]
+async fn latency_and_batch_histograms_follow_the_loaded_models() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.candidates.candidate_models = 1).await;
+    server.wait_serving("digits_v2").await;
+    for _ in 0..5 {
+        let (status, _) = post_json(&server, "/v2/models/active/infer", &digits_json(2)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = post_json(&server, "/v2/models/digits_v1/infer", &digits_json(1)).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = server.metrics().await;
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse::<f64>().unwrap()))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let active = "model=\"digits_v2\",version=\"2\",role=\"active\"";
+    for name in [
+        "modeld_request_duration_seconds",
+        "modeld_request_queue_seconds",
+        "modeld_request_compute_seconds",
+    ] {
+        assert_eq!(value(&format!("{name}_bucket{{{active},le=\"+Inf\"}}")), 5.0, "{name}");
+        assert_eq!(value(&format!("{name}_count{{{active}}}")), 5.0, "{name}");
+        assert!(value(&format!("{name}_sum{{{active}}}")) > 0.0 || name == "modeld_request_queue_seconds");
+        // Cumulative buckets never decrease.
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{{active},")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), 18);
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    }
+    assert_eq!(
+        value("modeld_request_duration_seconds_count{model=\"digits_v1\",version=\"1\",role=\"candidate\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("modeld_batch_size_bucket{model=\"digits_v2\",version=\"2\",le=\"2\"}"),
+        5.0
+    );
+    assert_eq!(
+        value("modeld_batch_size_bucket{model=\"digits_v2\",version=\"2\",le=\"1\"}"),
+        0.0
+    );
+    // Another candidate evicts digits_v1 (a cache of one): its series go.
+    let cnn = json!({"inputs": [{"name": "image", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": vec![0.0; 3 * 224 * 224]}]});
+    let (status, r) = post_json(&server, "/v2/models/cnn/infer", &cnn).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let text = server.metrics().await;
+    assert!(
+        !text.contains("model=\"digits_v1\",version=\"1\",role=\"candidate\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("modeld_request_duration_seconds_count{model=\"cnn\",version=\"1\",role=\"candidate\"} 1"),
+        "{text}"
+    );
+}

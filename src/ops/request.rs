@@ -119,6 +119,7 @@ impl Control {
             Ok(done) => {
                 self.stats.success(
                     &model.record,
+                    route.role.name(),
                     model.model.engine.kind(),
                     &done.timings,
                     started.elapsed(),

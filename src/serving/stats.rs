@@ -32,8 +32,88 @@ impl Tally {
     }
 }
 
+/// Upper bounds of the latency histograms' buckets, in seconds (and `+Inf`).
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the batch-size histogram's buckets, in rows (and `+Inf`).
+pub const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// A histogram over fixed buckets: per-bucket counts (not cumulative; the last is `+Inf`),
+/// their sum and count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    /// Observations per bucket; one more than the bounds (the last: above every bound).
+    pub counts: Vec<u64>,
+    /// The sum of the observations.
+    pub sum: f64,
+    /// How many.
+    pub count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: usize) -> Self {
+        Self {
+            counts: vec![0; bounds + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    /// The cumulative counts, bucket by bucket (what Prometheus' `le` series hold).
+    pub fn cumulative(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .scan(0, |acc, c| {
+                *acc += c;
+                Some(*acc)
+            })
+            .collect()
+    }
+}
+
+/// The latency histograms of a model's successful requests in one role.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleLatency {
+    /// Waiting for a compute thread.
+    pub queue: Histogram,
+    /// The engine's run (shared by a batch).
+    pub compute: Histogram,
+    /// The whole request in the server.
+    pub total: Histogram,
+}
+
+impl Default for RoleLatency {
+    fn default() -> Self {
+        let h = || Histogram::new(LATENCY_BUCKETS.len());
+        Self {
+            queue: h(),
+            compute: h(),
+            total: h(),
+        }
+    }
+}
+
 /// One model's statistics since the server started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelStats {
     /// Model name.
     pub name: String,
@@ -65,6 +145,34 @@ pub struct ModelStats {
     pub expired: u64,
     /// The engine that computed the last inference ("" before the first).
     pub engine: &'static str,
+    /// Latency histograms of successful requests, by role (`active`, `canary`, `candidate`).
+    pub latency: BTreeMap<&'static str, RoleLatency>,
+    /// Rows per engine call.
+    pub batch_sizes: Histogram,
+}
+
+impl Default for ModelStats {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            version: String::new(),
+            success: Tally::default(),
+            fail: Tally::default(),
+            queue: Tally::default(),
+            compute_input: Tally::default(),
+            compute_infer: Tally::default(),
+            compute_output: Tally::default(),
+            inference_count: 0,
+            execution_count: 0,
+            last_inference_ms: 0,
+            batches: BTreeMap::new(),
+            rejected: 0,
+            expired: 0,
+            engine: "",
+            latency: BTreeMap::new(),
+            batch_sizes: Histogram::new(BATCH_BUCKETS.len()),
+        }
+    }
 }
 
 impl ModelStats {
@@ -113,9 +221,14 @@ impl Stats {
         f(entry);
     }
 
-    /// Records a successful request computed by `engine`; its execution too when it leads one.
-    pub fn success(&self, model: &ModelRecord, engine: EngineKind, t: &Timings, total: Duration) {
+    /// Records a successful request computed by `engine` for `role`; its execution too when it
+    /// leads one.
+    pub fn success(&self, model: &ModelRecord, role: &'static str, engine: EngineKind, t: &Timings, total: Duration) {
         self.with(model, |s| {
+            let l = s.latency.entry(role).or_default();
+            l.queue.observe(&LATENCY_BUCKETS, t.queue.as_secs_f64());
+            l.compute.observe(&LATENCY_BUCKETS, t.compute.as_secs_f64());
+            l.total.observe(&LATENCY_BUCKETS, total.as_secs_f64());
             s.engine = engine.name();
             s.success.add(total);
             s.queue.add(t.queue);
@@ -125,6 +238,7 @@ impl Stats {
             s.inference_count += t.rows as u64;
             if t.leader {
                 s.execution_count += 1;
+                s.batch_sizes.observe(&BATCH_BUCKETS, t.batch_rows as f64);
                 let b = s.batches.entry(t.batch_rows as u64).or_default();
                 b.compute_input.add(t.decode);
                 b.compute_infer.add(t.compute);
@@ -179,6 +293,13 @@ impl Stats {
                         }
                     }
                     m.last_inference_ms = m.last_inference_ms.max(s.last_inference_ms);
+                    for (role, l) in &s.latency {
+                        let into = m.latency.entry(role).or_default();
+                        into.queue.merge(&l.queue);
+                        into.compute.merge(&l.compute);
+                        into.total.merge(&l.total);
+                    }
+                    m.batch_sizes.merge(&s.batch_sizes);
                 }
                 None => merged.push(s.clone()),
             }
