@@ -1,6 +1,7 @@
 # Shared helpers for benches/load/run.sh and swap.sh (sourced, not run).
-# Globals the caller sets before use: inputs_dir (wait_ready), mlserver_py (start_mlserver).
-# Globals set here for the caller: modeld_prebuilt, clients_py, modeld_pid, modeld_http_port, mlserver_pid.
+# Globals the caller sets before use: inputs_dir (wait_ready), mlserver_py (start_mlserver; mlserver_env sets it).
+# Globals set here for the caller: modeld_prebuilt, clients_py, modeld_pid, modeld_http_port,
+# mlserver_py, mlserver_pid, mlserver_http_port.
 # shellcheck shell=bash disable=SC2034,SC2154
 
 load_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -93,10 +94,12 @@ start_modeld() {
 }
 
 # start_mlserver DIR GRPC_PORT: MLServer (target/mlserver-venv) serving digits_v2 and cnn from
-# the same .onnx files through benches/load/mlserver/onnx_runtime.py. Sets mlserver_pid.
+# the same .onnx files through benches/load/mlserver/onnx_runtime.py. Sets mlserver_pid and
+# mlserver_http_port (its REST port).
 start_mlserver() {
   local dir="$1" grpc_port="$2" http_port m version
   http_port="$(free_port)"
+  mlserver_http_port="$http_port"
   rm -rf "$dir/repo"
   mkdir -p "$dir/repo"
   # debug false: MLServer's default (true) logs every gRPC call. metrics_endpoint null: no
@@ -141,9 +144,25 @@ wait_ready() {
 
 # perf NAME OUT_CSV PERF_ANALYZER_ARGS...: one perf_analyzer run; its output goes to OUT_CSV.log.
 # Returns perf_analyzer's exit code (non-zero on any failed request or unstable measurement).
+# PERF_PROTOCOL (grpc) is perf_analyzer's -i: grpc, or http for the REST binding.
 perf() {
   local name="$1" csv="$2"
   shift 2
   log "perf_analyzer: $name"
-  perf_analyzer -i grpc -f "$csv" "$@" >"$csv.log" 2>&1
+  perf_analyzer -i "${PERF_PROTOCOL:-grpc}" -f "$csv" "$@" >"$csv.log" 2>&1
+}
+
+# mlserver_env: Seldon MLServer in target/mlserver-venv (requirements-mlserver.txt; rebuilt
+# when that file changes). Sets mlserver_py.
+mlserver_env() {
+  local venv="$repo/target/mlserver-venv" stamp
+  mlserver_py="$venv/bin/python"
+  stamp="$venv/.installed-$(sha256sum "$load_dir/requirements-mlserver.txt" | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    log "installing MLServer into $venv (requirements-mlserver.txt)"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$load_dir/requirements-mlserver.txt"
+    touch "$stamp"
+  fi
 }

@@ -44,17 +44,7 @@ if [[ " $engines " == *" onnxruntime "* ]]; then
   ort_lib="$(bash "$repo/scripts/onnxruntime.sh")"
 fi
 
-mlserver_venv="$repo/target/mlserver-venv"
-mlserver_py="$mlserver_venv/bin/python"
-mlserver_stamp="$mlserver_venv/.installed-$(sha256sum "$load_dir/requirements-mlserver.txt" | cut -c1-16)"
-if [ ! -f "$mlserver_stamp" ]; then
-  log "installing MLServer into $mlserver_venv (requirements-mlserver.txt)"
-  rm -rf "$mlserver_venv"
-  python3 -m venv "$mlserver_venv"
-  "$mlserver_venv/bin/pip" install --quiet --disable-pip-version-check \
-    -r "$load_dir/requirements-mlserver.txt"
-  touch "$mlserver_stamp"
-fi
+mlserver_env
 
 run_dir="$out/run-$(date +%Y%m%d-%H%M%S)"
 inputs_dir="$run_dir/inputs"
