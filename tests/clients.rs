@@ -56,36 +56,31 @@ async fn run(program: &str, args: &[&str], stdin_file: Option<&std::path::Path>)
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tritonclient_works_unchanged() {
-    let server = TestServer::start(Backend::Sqlite).await;
-    let script = bundled_models().join("../tests/clients/tritonclient_check.py");
+/// Runs one of tests/clients' tritonclient scripts against `addr`; they assert what Triton
+/// would answer and end with "all checks passed".
+async fn tritonclient_checks(script: &str, addr: &str) {
+    let script = bundled_models().join("../tests/clients").join(script);
     let models = bundled_models();
-    let addr = server.addr.to_string();
     let (ok, out, err) = run(
         "python",
-        &[script.to_str().unwrap(), &addr, models.to_str().unwrap()],
+        &[script.to_str().unwrap(), addr, models.to_str().unwrap()],
         None,
     )
     .await;
-    assert!(ok, "tritonclient checks failed:\n{out}\n{err}");
+    assert!(ok, "{} failed:\n{out}\n{err}", script.display());
     assert!(out.contains("all checks passed"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_works_unchanged() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    tritonclient_checks("tritonclient_check.py", &server.addr.to_string()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritonclient_http_works_unchanged() {
     let server = TestServer::start(Backend::Sqlite).await;
-    let script = bundled_models().join("../tests/clients/tritonclient_http_check.py");
-    let models = bundled_models();
-    let addr = server.http_addr.to_string();
-    let (ok, out, err) = run(
-        "python",
-        &[script.to_str().unwrap(), &addr, models.to_str().unwrap()],
-        None,
-    )
-    .await;
-    assert!(ok, "tritonclient.http checks failed:\n{out}\n{err}");
-    assert!(out.contains("all checks passed"), "{out}");
+    tritonclient_checks("tritonclient_http_check.py", &server.http_addr.to_string()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,22 +104,7 @@ async fn perf_analyzer_runs_clean_over_http() {
         "3",
     ];
     let (ok, out, err) = run("perf_analyzer", &args, None).await;
-    let all = format!("{out}\n{err}");
-    assert!(ok, "perf_analyzer -i http failed:\n{all}");
-    assert!(all.contains("Concurrency: 2, throughput:"), "no measurement:\n{all}");
-    for bad in ["error", "Error", "Failed", "failed"] {
-        assert!(!all.contains(bad), "perf_analyzer -i http reported {bad:?}:\n{all}");
-    }
-    let served: u64 = all
-        .lines()
-        .skip_while(|l| l.trim() != "Server:")
-        .find_map(|l| l.trim().strip_prefix("Successful request count: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no server-side statistics in:\n{all}"));
-    assert!(
-        served > 0,
-        "perf_analyzer saw no requests in modeld's statistics:\n{all}"
-    );
+    assert_clean_perf_run("-i http", ok, &format!("{out}\n{err}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,23 +131,7 @@ async fn perf_analyzer_runs_clean_with_random_inputs_and_streaming() {
         ];
         args.extend_from_slice(extra);
         let (ok, out, err) = run("perf_analyzer", &args, None).await;
-        let all = format!("{out}\n{err}");
-        assert!(ok, "perf_analyzer {extra:?} failed:\n{all}");
-        assert!(all.contains("Concurrency: 2, throughput:"), "no measurement:\n{all}");
-        for bad in ["error", "Error", "Failed", "failed"] {
-            assert!(!all.contains(bad), "perf_analyzer {extra:?} reported {bad:?}:\n{all}");
-        }
-        // Its server-side summary comes from ModelStatistics: modeld's counts must be there.
-        let served: u64 = all
-            .lines()
-            .skip_while(|l| l.trim() != "Server:")
-            .find_map(|l| l.trim().strip_prefix("Successful request count: "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no server-side statistics in:\n{all}"));
-        assert!(
-            served > 0,
-            "perf_analyzer saw no requests in modeld's statistics:\n{all}"
-        );
+        assert_clean_perf_run(&format!("{extra:?}"), ok, &format!("{out}\n{err}"));
     }
     // It really went through modeld's request path (random inputs include NaN: served, not refused).
     let status = server.status().await;
@@ -215,4 +179,24 @@ async fn grpcurl_lists_and_calls_both_apis_by_reflection() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["modelName"], "digits_v2");
     assert_eq!(v["outputs"][1]["contents"]["int64Contents"][0], "2", "{out}");
+}
+
+/// A perf_analyzer run that measured, reported no error, and found modeld's server-side
+/// statistics (ModelStatistics) counting its requests.
+fn assert_clean_perf_run(what: &str, ok: bool, all: &str) {
+    assert!(ok, "perf_analyzer {what} failed:\n{all}");
+    assert!(all.contains("Concurrency: 2, throughput:"), "no measurement:\n{all}");
+    for bad in ["error", "Error", "Failed", "failed"] {
+        assert!(!all.contains(bad), "perf_analyzer {what} reported {bad:?}:\n{all}");
+    }
+    let served: u64 = all
+        .lines()
+        .skip_while(|l| l.trim() != "Server:")
+        .find_map(|l| l.trim().strip_prefix("Successful request count: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no server-side statistics in:\n{all}"));
+    assert!(
+        served > 0,
+        "perf_analyzer saw no requests in modeld's statistics:\n{all}"
+    );
 }

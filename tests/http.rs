@@ -530,3 +530,64 @@ async fn latency_and_batch_histograms_follow_the_loaded_models() {
         "{text}"
     );
 }
+
+/// The shell blocks of the README and docs/http.md that call the HTTP port, run as written
+/// (`localhost:8000` pointed at a test server; curl fails on any 4xx/5xx answer).
+#[tokio::test]
+async fn every_curl_example_of_the_docs_runs() {
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), "docs-example-signing-key-0123456789abcdef\n").unwrap();
+    let key_path = keys.path().to_path_buf();
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.signing_key_file = Some(key_path)).await;
+    server.wait_serving("digits_v2").await;
+    let repo = bundled_models().join("..");
+    let work = tempfile::tempdir().unwrap();
+    let mut ran = 0;
+    for doc in ["README.md", "docs/http.md"] {
+        let text = std::fs::read_to_string(repo.join(doc)).unwrap();
+        let mut blocks = Vec::new();
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            match (&mut current, line.trim_start()) {
+                (None, "```sh") => current = Some(String::new()),
+                (Some(b), "```") => {
+                    blocks.push(std::mem::take(b));
+                    current = None;
+                }
+                (Some(b), _) => {
+                    b.push_str(line);
+                    b.push('\n');
+                }
+                _ => {}
+            }
+        }
+        for block in blocks.iter().filter(|b| b.contains("localhost:8000")) {
+            let script = format!(
+                "set -euo pipefail\ncurl() {{ command curl --fail-with-body --max-time 20 \"$@\"; }}\n{}",
+                block.replace("localhost:8000", &server.http_addr.to_string())
+            );
+            let out = tokio::process::Command::new("bash")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(work.path())
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{doc}: this example failed:\n{block}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 5, "the docs' HTTP examples were found ({ran})");
+    // What they did: the model file was downloaded whole, and its first 100 bytes by range.
+    let downloaded = std::fs::read(work.path().join("digits_v2.onnx")).unwrap();
+    assert_eq!(
+        downloaded,
+        std::fs::read(server.root.path().join("digits_v2.onnx")).unwrap()
+    );
+    assert_eq!(std::fs::metadata(work.path().join("head.bin")).unwrap().len(), 100);
+}

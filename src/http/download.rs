@@ -233,14 +233,8 @@ pub(crate) async fn download_url(
     headers: HeaderMap,
     b: std::result::Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let id = match super::rest::model_id(&id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let b: DownloadUrlBody = match super::rest::body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let id = or_reply!(super::rest::model_id(&id));
+    let b: DownloadUrlBody = or_reply!(super::rest::body(b));
     let record = match s.control.registry().get(&ModelRef::Id(id)).await {
         Ok(r) => r,
         Err(e) => return rest_error(&e),
@@ -409,10 +403,7 @@ pub(crate) async fn download(
     query: std::result::Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let id = match super::rest::model_id(&id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+    let id = or_reply!(super::rest::model_id(&id));
     let Ok(Query(Signed {
         expires: Some(expires),
         sig: Some(sig),

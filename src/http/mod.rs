@@ -3,6 +3,16 @@
 //! (`/api/v1/...`) and Prometheus metrics (`/metrics`). Every route is a thin layer over the gRPC services' code, so a request takes
 //! the same path, routing and errors on both transports.
 
+/// The value of a `Result<T, Box<Response>>`, or the handler answers with its error response.
+macro_rules! or_reply {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(r) => return *r,
+        }
+    };
+}
+
 pub mod download;
 pub mod model_config;
 pub mod oip;

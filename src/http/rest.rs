@@ -402,10 +402,7 @@ async fn active_model(State(s): State<HttpState>) -> Response {
     params(("model_id" = i64, Path, description = "the model's id")),
     responses((status = 200, body = ModelJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_model(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
-    let id = match model_id(&id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+    let id = or_reply!(model_id(&id));
     match s.control.registry().get(&ModelRef::Id(id)).await {
         Ok(m) => ok(&ModelJson::from(&m)),
         Err(e) => rest_error(&e),
@@ -447,10 +444,7 @@ pub struct RegisterBody {
 #[utoipa::path(post, path = "/api/v1/models", tag = "registry", request_body = RegisterBody,
     responses((status = 201, body = ModelJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn register_model(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: RegisterBody = match body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let b: RegisterBody = or_reply!(body(b));
     let reg = Registration {
         name: b.model_name,
         file_path: b.file_path,
@@ -500,14 +494,8 @@ async fn update_model(
     Path(id): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let id = match model_id(&id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let b: UpdateBody = match body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let id = or_reply!(model_id(&id));
+    let b: UpdateBody = or_reply!(body(b));
     let changes = ModelChanges {
         version: b.version,
         description: b.description,
@@ -534,10 +522,7 @@ async fn update_model(
     params(("model_id" = i64, Path, description = "the model's id")),
     responses((status = 200, body = ModelJson, description = "the deleted record"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_model(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
-    let id = match model_id(&id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
+    let id = or_reply!(model_id(&id));
     match s.control.delete(&ModelRef::Id(id)).await {
         Ok(m) => ok(&ModelJson::from(&m)),
         Err(e) => rest_error(&e),
@@ -592,14 +577,8 @@ async fn activate_model(
     Path(id): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let id = match model_id(&id) {
-        Ok(id) => id,
-        Err(r) => return *r,
-    };
-    let b: ActivateBody = match body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let id = or_reply!(model_id(&id));
+    let b: ActivateBody = or_reply!(body(b));
     let meta = ActivationMeta {
         activated_by: who(b.activated_by),
         reason: b.reason,
@@ -635,10 +614,7 @@ pub struct RollbackBody {
 #[utoipa::path(post, path = "/api/v1/models/rollback", tag = "registry", request_body = Option<RollbackBody>,
     responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
 async fn rollback(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: RollbackBody = match body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let b: RollbackBody = or_reply!(body(b));
     let from = b.from_model_id.map(ModelRef::Id);
     match s.control.rollback(&who(b.activated_by), &b.reason, from.as_ref()).await {
         Ok(done) => ok(&activation(&done)),
@@ -708,10 +684,7 @@ pub struct ReasonBody {
 }
 
 async fn set_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: RolloutBody = match body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let b: RolloutBody = or_reply!(body(b));
     let model = match (b.model_id, b.model_name) {
         (Some(id), None) => ModelRef::Id(id),
         (None, Some(name)) => ModelRef::Name(name),
@@ -746,10 +719,7 @@ async fn set_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesReject
 }
 
 async fn clear_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: ReasonBody = match body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let b: ReasonBody = or_reply!(body(b));
     match s.control.clear_rollout(role, &who(b.changed_by), &b.reason).await {
         Ok(_) => rollout_now(s).await,
         Err(e) => rest_error(&e),
@@ -788,10 +758,7 @@ async fn clear_shadow(State(s): State<HttpState>, b: Result<Bytes, BytesRejectio
 #[utoipa::path(post, path = "/api/v1/rollout/promote", tag = "rollout", request_body = Option<ActivateBody>,
     responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
 async fn promote(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: ActivateBody = match body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let b: ActivateBody = or_reply!(body(b));
     match s.control.promote(&who(b.activated_by), &b.reason).await {
         Ok(done) => ok(&activation(&done)),
         Err(e) => rest_error(&e),
@@ -850,10 +817,7 @@ pub struct PredictJson {
 #[utoipa::path(post, path = "/api/v1/predict", tag = "predict", request_body = PredictBody,
     responses((status = 200, body = PredictJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn predict(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: PredictBody = match body(b) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let b: PredictBody = or_reply!(body(b));
     let name = match (b.model_id, b.model_name) {
         (Some(_), Some(_)) => {
             return rest_error(&Error::InvalidArgument(
