@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The Open Inference Protocol over HTTP: perf_analyzer -i http against modeld's REST binding,
-# beside modeld over gRPC and Seldon MLServer over REST (and over gRPC, for reference), on the
-# MLP (digits_v2), in LOAD_ROUNDS rounds of every server one right after the other; the
-# summary gives medians over the rounds. Writes RUN_DIR/http/summary.md.
+# The Open Inference Protocol over HTTP, on the MLP (digits_v2), in LOAD_ROUNDS rounds of every
+# server one right after the other, medians over the rounds:
+# - perf_analyzer (binary tensors): modeld over gRPC and over HTTP, MLServer over gRPC;
+# - benches/rest_load.rs (JSON tensors, one client for both): modeld's REST and MLServer's REST,
+#   which perf_analyzer cannot drive (MLServer has no /v2/models/{m}/config).
+# Writes RUN_DIR/http/summary.md.
 #
 #   bash benches/load/http.sh          # MODELD_BIN=target/release/modeld skips the build
 #
@@ -44,7 +46,6 @@ wait_ready MLServer "$mlserver_pid" "$ml_port" "$dir/mlserver/mlserver.log" digi
 targets=(
   "modeld_grpc grpc 127.0.0.1:$port"
   "modeld_http http 127.0.0.1:$modeld_http"
-  "mlserver_rest http 127.0.0.1:$mlserver_http_port"
   "mlserver_grpc grpc 127.0.0.1:$ml_port"
 )
 for round in $(seq 1 "$rounds"); do
@@ -60,10 +61,16 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
+log "rest_load: modeld's REST and MLServer's REST with JSON tensors (benches/rest_load.rs)"
+(cd "$repo" && REST_LOAD_TARGETS="modeld_rest=http://127.0.0.1:$modeld_http mlserver_rest=http://127.0.0.1:$mlserver_http_port" \
+  REST_LOAD_CONCURRENCY="$concurrency" REST_LOAD_ROUNDS="$rounds" REST_LOAD_SECS="$((interval_ms / 1000))" \
+  cargo bench --quiet --bench rest_load) >"$dir/rest_load.md" 2>"$dir/rest_load.log" ||
+  log "rest_load failed (see $dir/rest_load.log)"
+
 "$clients_py" - "$dir" "$concurrency" "$rounds" >"$dir/summary.md" <<'PY'
 import csv, os, statistics, sys
 d, conc, rounds = sys.argv[1], sys.argv[2].split(), int(sys.argv[3])
-names = ["modeld_grpc", "modeld_http", "mlserver_rest", "mlserver_grpc"]
+names = ["modeld_grpc", "modeld_http", "mlserver_grpc"]
 def read(name):
     try:
         with open(os.path.join(d, name)) as f:
@@ -73,7 +80,9 @@ def read(name):
         return None
 print(f"Medians over {rounds} rounds (each round: every server, one right after the other).")
 print()
-print("| concurrency | server and protocol | infer/s | p50 | throughput / MLServer REST | runs |")
+print("perf_analyzer (sync client, binary tensors):")
+print()
+print("| concurrency | server and protocol | infer/s | p50 | throughput / MLServer gRPC | runs |")
 print("| --- | --- | --- | --- | --- | --- |")
 for c in conc:
     med = {}
@@ -81,7 +90,7 @@ for c in conc:
         runs = [r for r in (read(f"{n}_c{c}_r{k}.csv") for k in range(1, rounds + 1)) if r]
         if runs:
             med[n] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), len(runs))
-    base = med.get("mlserver_rest")
+    base = med.get("mlserver_grpc")
     for n in names:
         if n not in med:
             print(f"| {c} | {n} | failed | | | 0 |")
@@ -90,4 +99,6 @@ for c in conc:
         ratio = f"{tput / base[0]:.1f}×" if base else ""
         print(f"| {c} | {n} | {tput:.0f} | {p50:.0f} µs | {ratio} | {k} of {rounds} |")
 PY
+echo >>"$dir/summary.md"
+cat "$dir/rest_load.md" >>"$dir/summary.md"
 cat "$dir/summary.md"
