@@ -881,6 +881,35 @@ pub struct EventsArgs {
 mod tests {
     use super::*;
 
+    fn serve(args: &[&str]) -> ServeConfig {
+        let mut argv = vec!["modeld", "serve"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(c) => c,
+            _ => unreachable!("serve parses as serve"),
+        }
+    }
+
+    #[test]
+    fn the_http_port_defaults_to_loopback_and_keeps_its_old_name() {
+        // Not from the environment of whoever runs the tests.
+        for var in ["MODELD_HTTP_LISTEN", "MODELD_METRICS_LISTEN"] {
+            assert!(std::env::var(var).is_err(), "{var} is set in the test environment");
+        }
+        assert_eq!(serve(&[]).http_addr(), Some("127.0.0.1:8000".parse().unwrap()));
+        assert_eq!(serve(&["--http-listen", "off"]).http_addr(), None);
+        assert_eq!(
+            serve(&["--http-listen", "0.0.0.0:9000"]).http_addr(),
+            Some("0.0.0.0:9000".parse().unwrap())
+        );
+        assert_eq!(
+            serve(&["--metrics-listen", "127.0.0.1:9464"]).http_addr(),
+            Some("127.0.0.1:9464".parse().unwrap()),
+            "the old flag still places the port"
+        );
+        assert!(Cli::try_parse_from(["modeld", "serve", "--http-listen", "nowhere"]).is_err());
+    }
+
     #[test]
     fn sizes_parse_with_their_units() {
         for (text, bytes) in [

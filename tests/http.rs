@@ -591,3 +591,30 @@ async fn every_curl_example_of_the_docs_runs() {
     );
     assert_eq!(std::fs::metadata(work.path().join("head.bin")).unwrap().len(), 100);
 }
+
+/// Bodies far above axum's 2 MB default are taken, up to the message limit (64 MiB by
+/// default): four CNN images in binary, 2.4 MB.
+#[tokio::test]
+async fn bodies_up_to_the_message_limit_are_taken() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let n = 4 * 3 * 224 * 224;
+    let head = json!({
+        "inputs": [{"name": "image", "shape": [4, 3, 224, 224], "datatype": "FP32", "parameters": {"binary_data_size": n * 4}}],
+        "outputs": [{"name": "probabilities"}],
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend(std::iter::repeat_n(0u8, n * 4));
+    assert!(body.len() > 2 << 20);
+    let r = client()
+        .post(server.http_url("/v2/models/cnn/infer"))
+        .header("Inference-Header-Content-Length", head.len())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["outputs"][0]["shape"], json!([4, 10]));
+}
