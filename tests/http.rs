@@ -372,28 +372,12 @@ async fn health_metadata_config_stats_and_the_repository_over_http() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     server.wait_serving("digits_v1").await;
-    let r = client()
-        .post(server.http_url("/v2/repository/models/cnn/load"))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    assert_error(
-        &(status, r.json().await.unwrap()),
-        StatusCode::CONFLICT,
-        "would break the clients",
-    );
-    let r = client()
-        .post(server.http_url("/v2/repository/models/digits_v1/unload"))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    assert_error(
-        &(status, r.json().await.unwrap()),
-        StatusCode::CONFLICT,
-        "is the active model",
-    );
+    for (path, says) in [
+        ("/v2/repository/models/cnn/load", "would break the clients"),
+        ("/v2/repository/models/digits_v1/unload", "is the active model"),
+    ] {
+        assert_error(&post_json(&server, path, &json!({})).await, StatusCode::CONFLICT, says);
+    }
 
     // Metrics share the port.
     let text = client()
