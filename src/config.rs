@@ -94,6 +94,48 @@ pub enum Command {
     DownloadUrl(DownloadUrlArgs),
     /// Download a model's file from a running server and check its sha256.
     Download(DownloadArgs),
+    /// Bearer tokens: create (printed once; the file keeps only its hash), revoke, list.
+    Token(TokenArgs),
+}
+
+/// `modeld token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The tokens file (one JSON entry a line: name, sha256, scopes, expiry).
+    #[arg(
+        long,
+        env = "MODELD_TOKENS_FILE",
+        default_value = "modeld-tokens.jsonl",
+        global = true
+    )]
+    pub tokens_file: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: TokenAction,
+}
+
+/// `modeld token create|revoke|list`.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Make a token: it is printed once, on stdout; the file records its sha256.
+    Create {
+        /// Who or what holds it (recorded as created_by / activated_by).
+        #[arg(long)]
+        name: String,
+        /// admin (registry and rollout changes, and the rest), predict, read; repeatable.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Days until it expires; never when absent.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        expires_in_days: Option<u32>,
+    },
+    /// Remove the token named NAME.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+    /// The tokens: names, scopes, expiry (never the tokens).
+    List,
 }
 
 /// `modeld download-url`.

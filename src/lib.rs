@@ -21,6 +21,7 @@ compile_error!("modeld's raw tensor encoding assumes a little-endian machine");
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;

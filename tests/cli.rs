@@ -750,3 +750,67 @@ async fn gated_activation_refuses_a_worse_model() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["is_active"], true);
 }
+
+/// `modeld token create|list|revoke`: the token is printed once, the file keeps only its hash,
+/// names and scopes are checked.
+#[tokio::test]
+async fn tokens_are_created_once_listed_without_secrets_and_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &'static [&'static str]| run_modeld(dir.path(), &[], args);
+    let made = run(&[
+        "token", "create", "--name", "ci", "--scope", "predict", "--scope", "read",
+    ])
+    .await;
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let token = made.stdout.trim().to_string();
+    assert!(token.starts_with("mdl_") && token.len() == 68, "{token:?}");
+    assert!(made.stderr.contains("shown once") && !made.stderr.contains(&token));
+    let file = std::fs::read_to_string(dir.path().join("modeld-tokens.jsonl")).unwrap();
+    assert!(!file.contains(&token[4..]), "the file holds the hash only:\n{file}");
+    let tokens = modeld::auth::Tokens::parse(&file).unwrap();
+    let e = tokens.check(&token, chrono::Utc::now()).unwrap();
+    assert_eq!(e.name, "ci");
+    assert!(e.allows(modeld::auth::Scope::Predict) && !e.allows(modeld::auth::Scope::Admin));
+
+    let again = run(&["token", "create", "--name", "ci", "--scope", "read"]).await;
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("exists; revoke it first"), "{}", again.stderr);
+    let bad = run(&["token", "create", "--name", "x", "--scope", "root"]).await;
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("admin, predict and read"), "{}", bad.stderr);
+    let timed = run(&[
+        "token",
+        "create",
+        "--name",
+        "tmp",
+        "--scope",
+        "admin",
+        "--expires-in-days",
+        "7",
+    ])
+    .await;
+    assert_eq!(timed.code, 0, "{}", timed.stderr);
+
+    let list = run(&["token", "list"]).await;
+    assert_eq!(list.code, 0);
+    assert!(
+        list.stdout.contains("ci  predict,read  expires never"),
+        "{}",
+        list.stdout
+    );
+    assert!(list.stdout.contains("tmp  admin  expires 20"), "{}", list.stdout);
+    assert!(!list.stdout.contains(&token) && !list.stdout.contains(&e.sha256));
+
+    let revoked = run(&["token", "revoke", "ci"]).await;
+    assert_eq!((revoked.code, revoked.stdout.trim()), (0, "token \"ci\" revoked"));
+    let file = std::fs::read_to_string(dir.path().join("modeld-tokens.jsonl")).unwrap();
+    assert!(
+        modeld::auth::Tokens::parse(&file)
+            .unwrap()
+            .check(&token, chrono::Utc::now())
+            .is_err()
+    );
+    let gone = run(&["token", "revoke", "ci"]).await;
+    assert_ne!(gone.code, 0);
+    assert!(gone.stderr.contains("no token named \"ci\""), "{}", gone.stderr);
+}
