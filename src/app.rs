@@ -137,6 +137,32 @@ pub async fn serve_with(
         .server_name
         .clone()
         .unwrap_or_else(|| format!("modeld-{}-{}", hostname(), std::process::id()));
+    let tokens = match &config.tokens_file {
+        Some(f) => crate::auth::Tokens::read(f).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => crate::auth::Tokens::default(),
+    };
+    let access = Arc::new(crate::auth::Access::new(tokens));
+    let exposed: Vec<std::net::SocketAddr> = std::iter::once(listener.local_addr()?)
+        .chain(http.as_ref().and_then(|l| l.local_addr().ok()))
+        .filter(|a| !a.ip().is_loopback())
+        .collect();
+    if !access.enabled() && !exposed.is_empty() {
+        if !config.allow_unauthenticated {
+            anyhow::bail!(
+                "refusing to listen on {} without tokens: anyone reaching it could change the registry. Give \
+                 --tokens-file (modeld token create), listen on 127.0.0.1, or pass --allow-unauthenticated",
+                exposed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+        }
+        tracing::warn!("listening on a non-loopback address without tokens (--allow-unauthenticated)");
+    }
+    if access.enabled() {
+        tracing::info!("bearer tokens required (scopes admin, predict, read); health stays open");
+    }
     let mut downloads = config.download_config()?;
     if let Some(l) = &http {
         downloads.default_base = format!("http://{}", l.local_addr()?);
@@ -159,6 +185,7 @@ pub async fn serve_with(
         .with_candidates(config.candidates.limits())
         .with_rollback_watch(Duration::from_secs(config.rollback_watch_secs))
         .with_downloads(downloads)
+        .with_access(Arc::clone(&access))
         .with_shadows(
             crate::serving::shadow::Shadows::start(config.shadow.config()).context("starting the shadow threads")?,
         ),
@@ -270,6 +297,7 @@ pub async fn serve_with(
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain = Duration::from_secs(config.drain_timeout_secs);
     let server = tonic::transport::Server::builder()
+        .layer(crate::api::access::AccessLayer(Arc::clone(&access)))
         .tcp_nodelay(true)
         .max_frame_size(1u32 << 20)
         .initial_stream_window_size(4u32 << 20)

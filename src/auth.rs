@@ -332,3 +332,132 @@ mod tests {
         assert!(Tokens::read(Path::new("/nonexistent/tokens.jsonl")).unwrap().is_empty());
     }
 }
+
+/// What a method or route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: health, the model config devices poll, signed downloads (the signature is the
+    /// credential), metrics, reflection, CORS preflights.
+    Open,
+    /// A token with this scope.
+    Scope(Scope),
+}
+
+/// What a gRPC method (`/package.Service/Method`) needs. Unknown methods need `admin`.
+pub fn grpc_need(path: &str) -> Need {
+    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    match service {
+        "grpc.health.v1.Health" => Need::Open,
+        s if s.starts_with("grpc.reflection.") => Need::Open,
+        "modeld.v1.Inference" => Need::Scope(Scope::Predict),
+        "inference.GRPCInferenceService" => match method {
+            "ModelInfer" | "ModelStreamInfer" => Need::Scope(Scope::Predict),
+            "RepositoryModelLoad" | "RepositoryModelUnload" => Need::Scope(Scope::Admin),
+            _ => Need::Scope(Scope::Read),
+        },
+        "modeld.v1.ModelRegistry" => match method {
+            "GetModelConfig" => Need::Open,
+            "ListModels" | "GetModel" | "GetActiveModel" | "GetServerStatus" | "WatchEvents" | "GetRollout"
+            | "CreateDownloadUrl" | "DownloadModel" => Need::Scope(Scope::Read),
+            _ => Need::Scope(Scope::Admin),
+        },
+        _ => Need::Scope(Scope::Admin),
+    }
+}
+
+/// What an HTTP request needs.
+pub fn http_need(method: &str, path: &str) -> Need {
+    if method == "OPTIONS" || path == "/metrics" || path.starts_with("/v2/health/") {
+        return Need::Open;
+    }
+    if path == "/api/v1/model-config"
+        || path == "/api/v1/openapi.json"
+        || (path.starts_with("/api/v1/models/") && path.ends_with("/download"))
+    {
+        return Need::Open;
+    }
+    if path.starts_with("/v2/repository/models/") {
+        return Need::Scope(Scope::Admin);
+    }
+    if path.starts_with("/v2/") && path.ends_with("/infer") || path == "/api/v1/predict" {
+        return Need::Scope(Scope::Predict);
+    }
+    if path.starts_with("/v2") || method == "GET" || method == "HEAD" || path.ends_with("/download-url") {
+        return Need::Scope(Scope::Read);
+    }
+    Need::Scope(Scope::Admin)
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No token, a malformed header, or a token that does not check: UNAUTHENTICATED / 401.
+    Unauthenticated(String),
+    /// A good token without the scope: PERMISSION_DENIED / 403.
+    PermissionDenied(String),
+}
+
+/// The server's access check: its tokens (none: every request passes, which the server
+/// allows only on loopback or with `--allow-unauthenticated`).
+#[derive(Debug, Default)]
+pub struct Access {
+    tokens: std::sync::RwLock<Tokens>,
+}
+
+impl Access {
+    /// A check over `tokens`.
+    pub fn new(tokens: Tokens) -> Self {
+        Self {
+            tokens: std::sync::RwLock::new(tokens),
+        }
+    }
+
+    /// Whether tokens are required at all.
+    pub fn enabled(&self) -> bool {
+        !self
+            .tokens
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Replaces the tokens (the file changed).
+    pub fn replace(&self, tokens: Tokens) {
+        *self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tokens;
+    }
+
+    /// Checks an `authorization` header value against `need`; the name of the token that
+    /// passed (`None` when nothing was needed).
+    ///
+    /// # Errors
+    /// [`Denied`], with words for the client (never the token).
+    pub fn check(&self, authorization: Option<&str>, need: Need) -> std::result::Result<Option<String>, Denied> {
+        let Need::Scope(scope) = need else { return Ok(None) };
+        let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if tokens.is_empty() {
+            return Ok(None);
+        }
+        let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+        else {
+            return Err(Denied::Unauthenticated(
+                "this needs a bearer token: send the header authorization: Bearer <token> (modeld token create)".into(),
+            ));
+        };
+        match tokens.check(token, Utc::now()) {
+            Ok(e) if e.allows(scope) => Ok(Some(e.name.clone())),
+            Ok(e) => Err(Denied::PermissionDenied(format!(
+                "the token {:?} may {}; this needs the {} scope",
+                e.name,
+                e.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+                scope.name()
+            ))),
+            Err(Refusal::Expired(t)) => Err(Denied::Unauthenticated(format!(
+                "the token expired at {}",
+                t.to_rfc3339()
+            ))),
+            Err(Refusal::Unknown) => Err(Denied::Unauthenticated(
+                "the bearer token is not one this server knows (revoked, or mistyped)".into(),
+            )),
+        }
+    }
+}

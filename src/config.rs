@@ -57,7 +57,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Create or upgrade the registry schema, then exit.
     Migrate(RegistryArgs),
     /// Register a model file (and optionally activate it).
@@ -395,6 +395,14 @@ pub struct ServeConfig {
     /// The longest a signed download URL may live, in seconds.
     #[arg(long, env = "MODELD_DOWNLOAD_URL_MAX_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub download_url_max_secs: u64,
+    /// The bearer tokens requests must carry (`modeld token create`); without tokens the
+    /// server only listens on loopback addresses (or with --allow-unauthenticated).
+    #[arg(long, env = "MODELD_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without tokens: anyone who reaches the port may
+    /// register, activate and delete models.
+    #[arg(long, env = "MODELD_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
     /// The old name of `--http-listen` (metrics moved to the HTTP port): when set, the HTTP
     /// port listens here.
     #[arg(long, env = "MODELD_METRICS_LISTEN", hide = true)]
@@ -678,6 +686,8 @@ impl ServeConfig {
             http_listen: Listen(None),
             model_config_max_age_secs: 21_600,
             signing_key_file: None,
+            tokens_file: None,
+            allow_unauthenticated: false,
             public_url: String::new(),
             download_url_max_secs: 86_400,
             metrics_listen: None,
@@ -927,7 +937,7 @@ mod tests {
         let mut argv = vec!["modeld", "serve"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(c) => c,
+            Command::Serve(c) => *c,
             _ => unreachable!("serve parses as serve"),
         }
     }

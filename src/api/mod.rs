@@ -1,6 +1,7 @@
 //! gRPC services. One file per service, each a thin layer over [`crate::control`] and
 //! [`crate::serving`]; proto <-> domain conversions live in [`convert`].
 
+pub mod access;
 pub mod convert;
 pub mod inference;
 pub mod kserve;

@@ -100,7 +100,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             let listener = TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
-            app::serve(config, listener, shutdown_signal()).await
+            app::serve(*config, listener, shutdown_signal()).await
         }
         Command::Migrate(args) => {
             app::control(&args, cli_origin()).await?;

@@ -64,6 +64,7 @@ pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
         .merge(model_config::routes())
         .merge(download::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access_check))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
 }
@@ -81,6 +82,35 @@ pub async fn serve(
     axum::serve(listener, router(control, config))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The access check on HTTP ([`crate::auth::http_need`]): 401 (with `WWW-Authenticate:
+/// Bearer`) without a good token, 403 with the wrong scope, as JSON in the route's own error
+/// form.
+async fn access_check(
+    axum::extract::State(state): axum::extract::State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let need = crate::auth::http_need(req.method().as_str(), req.uri().path());
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let status = match state.control.access().check(header, need) {
+        Ok(_) => return next.run(req).await,
+        Err(crate::auth::Denied::Unauthenticated(m)) => tonic::Status::unauthenticated(m),
+        Err(crate::auth::Denied::PermissionDenied(m)) => tonic::Status::permission_denied(m),
+    };
+    let mut r = if req.uri().path().starts_with("/api/") {
+        rest::status_rest_error(&status)
+    } else {
+        status_error(&status)
+    };
+    if status.code() == tonic::Code::Unauthenticated {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"modeld\""),
+        );
+    }
+    r
 }
 
 async fn metrics(axum::extract::State(state): axum::extract::State<HttpState>) -> Response {

@@ -85,6 +85,8 @@ pub struct Control {
     guard: guard::Guard,
     /// Signing keys of download URLs, and their bounds.
     downloads: crate::http::download::DownloadConfig,
+    /// The bearer tokens requests must carry (none: no check).
+    access: Arc<crate::auth::Access>,
 }
 
 /// Counts a request as in flight until dropped.
@@ -115,7 +117,19 @@ impl Control {
             shadows: None,
             guard: guard::Guard::new(Duration::from_secs(600)),
             downloads: crate::http::download::DownloadConfig::default(),
+            access: Arc::default(),
         }
+    }
+
+    /// Checks requests against `access`' tokens.
+    pub fn with_access(mut self, access: Arc<crate::auth::Access>) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// The access check.
+    pub fn access(&self) -> &Arc<crate::auth::Access> {
+        &self.access
     }
 
     /// Signs download URLs with `downloads`' keys.
