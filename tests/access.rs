@@ -280,3 +280,46 @@ async fn a_non_loopback_bind_without_tokens_is_refused() {
     .await;
     assert_ne!(refused.code, 0, "the HTTP port counts too");
 }
+
+/// The token's name is who did it: created_by, changed_by (over what the request says).
+#[tokio::test]
+async fn the_tokens_name_is_recorded_as_who_did_it() {
+    let (server, k) = guarded().await;
+    server
+        .wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    std::fs::copy(
+        server.root.path().join("digits_v1.onnx"),
+        server.root.path().join("copy.onnx"),
+    )
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(server.http_url("/api/v1/models"))
+        .bearer_auth(&k.admin)
+        .json(&serde_json::json!({"model_name": "copy", "file_path": "copy.onnx", "created_by": "someone else"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let m: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(m["created_by"], "ops");
+    let mut reg = server.registry().await;
+    reg.set_canary(with(
+        pb::SetRolloutRequest {
+            model: by_name("copy"),
+            percentage: 5,
+            changed_by: "claimed".into(),
+            ..Default::default()
+        },
+        Some(&k.admin),
+    ))
+    .await
+    .unwrap();
+    let history = reg
+        .get_rollout(with(pb::GetRolloutRequest { history_limit: 1 }, Some(&k.read)))
+        .await
+        .unwrap()
+        .into_inner()
+        .history;
+    assert_eq!(history[0].changed_by, "ops");
+}

@@ -105,6 +105,12 @@ impl RegistryService {
     }
 }
 
+/// The name of the token the request came with (recorded as who did it, over what the
+/// request itself says).
+fn caller_of<T>(request: &Request<T>) -> Option<String> {
+    request.extensions().get::<super::access::Caller>().map(|c| c.0.clone())
+}
+
 fn who(name: String) -> String {
     if name.is_empty() { "api".into() } else { name }
 }
@@ -118,6 +124,7 @@ const REGISTRY_ANSWER_WITHIN: Duration = Duration::from_secs(2);
 impl pb::model_registry_server::ModelRegistry for RegistryService {
     #[tracing::instrument(skip_all, fields(model = %request.get_ref().name))]
     async fn register_model(&self, request: Request<pb::RegisterModelRequest>) -> Reply<pb::RegisterModelResponse> {
+        let caller = caller_of(&request);
         let pb::RegisterModelRequest {
             name,
             file_path,
@@ -129,6 +136,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             created_by,
             allow_signature_change,
         } = request.into_inner();
+        let created_by = caller.unwrap_or(created_by);
         let reg = Registration {
             name,
             file_path,
@@ -267,6 +275,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     #[tracing::instrument(skip_all)]
     async fn activate_model(&self, request: Request<pb::ActivateModelRequest>) -> Reply<pb::ActivateModelResponse> {
+        let caller = caller_of(&request);
         let pb::ActivateModelRequest {
             model,
             reason,
@@ -275,6 +284,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             require_better,
             evaluate,
         } = request.into_inner();
+        let activated_by = caller.unwrap_or(activated_by);
         let meta = ActivationMeta {
             activated_by: who(activated_by),
             reason,
@@ -303,11 +313,13 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     #[tracing::instrument(skip_all)]
     async fn rollback_model(&self, request: Request<pb::RollbackModelRequest>) -> Reply<pb::ActivateModelResponse> {
+        let caller = caller_of(&request);
         let pb::RollbackModelRequest {
             reason,
             activated_by,
             from,
         } = request.into_inner();
+        let activated_by = caller.unwrap_or(activated_by);
         let from = from.map(|f| convert::model_ref(Some(f))).transpose()?;
         let done = self
             .control
@@ -318,27 +330,49 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     #[tracing::instrument(skip_all)]
     async fn set_canary(&self, request: Request<pb::SetRolloutRequest>) -> Reply<pb::Rollout> {
-        self.set_rollout(RolloutRole::Canary, request.into_inner()).await
+        let caller = caller_of(&request);
+        let mut msg = request.into_inner();
+        if let Some(c) = caller {
+            msg.changed_by = c;
+        }
+        self.set_rollout(RolloutRole::Canary, msg).await
     }
 
     #[tracing::instrument(skip_all)]
     async fn clear_canary(&self, request: Request<pb::ClearRolloutRequest>) -> Reply<pb::Rollout> {
-        self.clear_rollout(RolloutRole::Canary, request.into_inner()).await
+        let caller = caller_of(&request);
+        let mut msg = request.into_inner();
+        if let Some(c) = caller {
+            msg.changed_by = c;
+        }
+        self.clear_rollout(RolloutRole::Canary, msg).await
     }
 
     #[tracing::instrument(skip_all)]
     async fn set_shadow(&self, request: Request<pb::SetRolloutRequest>) -> Reply<pb::Rollout> {
-        self.set_rollout(RolloutRole::Shadow, request.into_inner()).await
+        let caller = caller_of(&request);
+        let mut msg = request.into_inner();
+        if let Some(c) = caller {
+            msg.changed_by = c;
+        }
+        self.set_rollout(RolloutRole::Shadow, msg).await
     }
 
     #[tracing::instrument(skip_all)]
     async fn clear_shadow(&self, request: Request<pb::ClearRolloutRequest>) -> Reply<pb::Rollout> {
-        self.clear_rollout(RolloutRole::Shadow, request.into_inner()).await
+        let caller = caller_of(&request);
+        let mut msg = request.into_inner();
+        if let Some(c) = caller {
+            msg.changed_by = c;
+        }
+        self.clear_rollout(RolloutRole::Shadow, msg).await
     }
 
     #[tracing::instrument(skip_all)]
     async fn promote(&self, request: Request<pb::PromoteRequest>) -> Reply<pb::ActivateModelResponse> {
+        let caller = caller_of(&request);
         let pb::PromoteRequest { activated_by, reason } = request.into_inner();
+        let activated_by = caller.unwrap_or(activated_by);
         let done = self.control.promote(&who(activated_by), &reason).await?;
         Ok(Response::new(convert::activation(&done)))
     }

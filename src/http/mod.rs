@@ -89,13 +89,18 @@ pub async fn serve(
 /// form.
 async fn access_check(
     axum::extract::State(state): axum::extract::State<HttpState>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let need = crate::auth::http_need(req.method().as_str(), req.uri().path());
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let status = match state.control.access().check(header, need) {
-        Ok(_) => return next.run(req).await,
+        Ok(caller) => {
+            if let Some(name) = caller {
+                req.extensions_mut().insert(crate::api::access::Caller(name));
+            }
+            return next.run(req).await;
+        }
         Err(crate::auth::Denied::Unauthenticated(m)) => tonic::Status::unauthenticated(m),
         Err(crate::auth::Denied::PermissionDenied(m)) => tonic::Status::permission_denied(m),
     };

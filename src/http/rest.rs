@@ -443,7 +443,7 @@ pub struct RegisterBody {
 /// Register a model (201 with the record).
 #[utoipa::path(post, path = "/api/v1/models", tag = "registry", request_body = RegisterBody,
     responses((status = 201, body = ModelJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn register_model(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn register_model(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
     let b: RegisterBody = or_reply!(body(b));
     let reg = Registration {
         name: b.model_name,
@@ -452,7 +452,7 @@ async fn register_model(State(s): State<HttpState>, b: Result<Bytes, BytesReject
         description: b.description,
         model_type: b.model_type,
         accuracy: b.accuracy,
-        created_by: who(b.created_by),
+        created_by: by(&caller, b.created_by),
         activate: b.activate,
         allow_signature_change: b.allow_signature_change,
     };
@@ -567,6 +567,14 @@ fn who(by: String) -> String {
     if by.is_empty() { "http".into() } else { by }
 }
 
+/// Who did it: the request's token's name when it came with one, else what the body says
+/// (default "http").
+type Caller = Option<axum::Extension<crate::api::access::Caller>>;
+
+fn by(caller: &Caller, given: String) -> String {
+    caller.as_ref().map_or_else(|| who(given), |c| c.0.0.clone())
+}
+
 /// Activate a model: it is loaded, verified and warmed before the switch; every server of the
 /// registry follows.
 #[utoipa::path(post, path = "/api/v1/models/{model_id}/activate", tag = "registry", request_body = Option<ActivateBody>,
@@ -574,13 +582,14 @@ fn who(by: String) -> String {
     responses((status = 200, body = ActivationJson), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn activate_model(
     State(s): State<HttpState>,
+    caller: Caller,
     Path(id): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
     let id = or_reply!(model_id(&id));
     let b: ActivateBody = or_reply!(body(b));
     let meta = ActivationMeta {
-        activated_by: who(b.activated_by),
+        activated_by: by(&caller, b.activated_by),
         reason: b.reason,
         is_rollback: false,
     };
@@ -613,10 +622,14 @@ pub struct RollbackBody {
 /// Re-activate the model that was active before the current one.
 #[utoipa::path(post, path = "/api/v1/models/rollback", tag = "registry", request_body = Option<RollbackBody>,
     responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
-async fn rollback(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn rollback(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
     let b: RollbackBody = or_reply!(body(b));
     let from = b.from_model_id.map(ModelRef::Id);
-    match s.control.rollback(&who(b.activated_by), &b.reason, from.as_ref()).await {
+    match s
+        .control
+        .rollback(&by(&caller, b.activated_by), &b.reason, from.as_ref())
+        .await
+    {
         Ok(done) => ok(&activation(&done)),
         Err(e) => rest_error(&e),
     }
@@ -683,7 +696,7 @@ pub struct ReasonBody {
     pub reason: String,
 }
 
-async fn set_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
+async fn set_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
     let b: RolloutBody = or_reply!(body(b));
     let model = match (b.model_id, b.model_name) {
         (Some(id), None) => ModelRef::Id(id),
@@ -708,7 +721,7 @@ async fn set_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesReject
             &model,
             percentage,
             b.allow_signature_change,
-            &who(b.changed_by),
+            &by(caller, b.changed_by),
             &b.reason,
         )
         .await
@@ -718,9 +731,13 @@ async fn set_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesReject
     }
 }
 
-async fn clear_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
+async fn clear_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
     let b: ReasonBody = or_reply!(body(b));
-    match s.control.clear_rollout(role, &who(b.changed_by), &b.reason).await {
+    match s
+        .control
+        .clear_rollout(role, &by(caller, b.changed_by), &b.reason)
+        .await
+    {
         Ok(_) => rollout_now(s).await,
         Err(e) => rest_error(&e),
     }
@@ -729,37 +746,37 @@ async fn clear_role(s: &HttpState, role: RolloutRole, b: Result<Bytes, BytesReje
 /// Make a model the canary with a percentage (or change the canary's percentage).
 #[utoipa::path(put, path = "/api/v1/rollout/canary", tag = "rollout", request_body = RolloutBody,
     responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn set_canary(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    set_role(&s, RolloutRole::Canary, b).await
+async fn set_canary(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
+    set_role(&s, &caller, RolloutRole::Canary, b).await
 }
 
 /// End the canary.
 #[utoipa::path(delete, path = "/api/v1/rollout/canary", tag = "rollout", request_body = Option<ReasonBody>,
     responses((status = 200, body = RolloutJson)))]
-async fn clear_canary(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    clear_role(&s, RolloutRole::Canary, b).await
+async fn clear_canary(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
+    clear_role(&s, &caller, RolloutRole::Canary, b).await
 }
 
 /// Make a model the shadow with a percentage.
 #[utoipa::path(put, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = RolloutBody,
     responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn set_shadow(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    set_role(&s, RolloutRole::Shadow, b).await
+async fn set_shadow(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
+    set_role(&s, &caller, RolloutRole::Shadow, b).await
 }
 
 /// End the shadow.
 #[utoipa::path(delete, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = Option<ReasonBody>,
     responses((status = 200, body = RolloutJson)))]
-async fn clear_shadow(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    clear_role(&s, RolloutRole::Shadow, b).await
+async fn clear_shadow(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
+    clear_role(&s, &caller, RolloutRole::Shadow, b).await
 }
 
 /// Make the canary the active model.
 #[utoipa::path(post, path = "/api/v1/rollout/promote", tag = "rollout", request_body = Option<ActivateBody>,
     responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
-async fn promote(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
+async fn promote(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
     let b: ActivateBody = or_reply!(body(b));
-    match s.control.promote(&who(b.activated_by), &b.reason).await {
+    match s.control.promote(&by(&caller, b.activated_by), &b.reason).await {
         Ok(done) => ok(&activation(&done)),
         Err(e) => rest_error(&e),
     }
