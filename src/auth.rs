@@ -401,6 +401,8 @@ pub enum Denied {
 /// allows only on loopback or with `--allow-unauthenticated`).
 #[derive(Debug, Default)]
 pub struct Access {
+    /// Whether there are tokens: read on every request without taking the lock.
+    on: std::sync::atomic::AtomicBool,
     tokens: std::sync::RwLock<Tokens>,
 }
 
@@ -408,22 +410,21 @@ impl Access {
     /// A check over `tokens`.
     pub fn new(tokens: Tokens) -> Self {
         Self {
+            on: std::sync::atomic::AtomicBool::new(!tokens.is_empty()),
             tokens: std::sync::RwLock::new(tokens),
         }
     }
 
     /// Whether tokens are required at all.
     pub fn enabled(&self) -> bool {
-        !self
-            .tokens
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_empty()
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Replaces the tokens (the file changed).
     pub fn replace(&self, tokens: Tokens) {
-        *self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner) = tokens;
+        let mut held = self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.on.store(!tokens.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        *held = tokens;
     }
 
     /// Checks an `authorization` header value against `need`; the name of the token that
@@ -433,6 +434,9 @@ impl Access {
     /// [`Denied`], with words for the client (never the token).
     pub fn check(&self, authorization: Option<&str>, need: Need) -> std::result::Result<Option<String>, Denied> {
         let Need::Scope(scope) = need else { return Ok(None) };
+        if !self.enabled() {
+            return Ok(None);
+        }
         let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         if tokens.is_empty() {
             return Ok(None);

@@ -115,6 +115,21 @@ async fn the_rest_binding_infers_with_json_tensors_as_grpc_does() {
     assert_eq!(r["outputs"][0]["data"], json!(labels));
 }
 
+/// A 200 answer of the binary tensor extension: its JSON header and the bytes after it.
+async fn binary_answer(r: reqwest::Response) -> (Value, Vec<u8>) {
+    assert_eq!(r.status(), StatusCode::OK);
+    let length: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap();
+    (
+        serde_json::from_slice(&bytes[..length]).unwrap(),
+        bytes[length..].to_vec(),
+    )
+}
+
 #[tokio::test]
 async fn the_binary_tensor_extension_carries_inputs_and_outputs_as_bytes() {
     let server = TestServer::start(Backend::Sqlite).await;
@@ -136,14 +151,7 @@ async fn the_binary_tensor_extension_carries_inputs_and_outputs_as_bytes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let length: usize = r.headers()["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = r.bytes().await.unwrap();
-    let header: Value = serde_json::from_slice(&bytes[..length]).unwrap();
+    let (header, tail) = binary_answer(r).await;
     assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 120, "{header}");
     assert!(header["outputs"][0].get("data").is_none());
     assert_eq!(
@@ -151,8 +159,8 @@ async fn the_binary_tensor_extension_carries_inputs_and_outputs_as_bytes() {
         3,
         "label as JSON"
     );
-    assert_eq!(bytes.len() - length, 120);
-    assert_close(&raw_f32(&bytes[length..]), &expected_probs("digits_v2", 3), 1e-5);
+    assert_eq!(tail.len(), 120);
+    assert_close(&raw_f32(&tail), &expected_probs("digits_v2", 3), 1e-5);
 
     // binary_data_output: every output as bytes.
     let head = json!({
@@ -166,18 +174,8 @@ async fn the_binary_tensor_extension_carries_inputs_and_outputs_as_bytes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let length: usize = r.headers()["inference-header-content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let bytes = r.bytes().await.unwrap();
-    assert_eq!(
-        bytes.len() - length,
-        40 + 8,
-        "ten FP32 probabilities and one INT64 label"
-    );
+    let (_, tail) = binary_answer(r).await;
+    assert_eq!(tail.len(), 40 + 8, "ten FP32 probabilities and one INT64 label");
 
     // Header lengths and sizes that do not add up are refused.
     let head = json!({

@@ -530,23 +530,30 @@ fn policy(error_rate: f64, min_samples: u32) -> pb::UpdateModelRequest {
     }
 }
 
+/// Copies `models/<file>` into the server's model root as `<name>.onnx` and registers it
+/// (not active).
+async fn register_bundled(server: &TestServer, file: &str, name: &str, version: &str) {
+    let path = format!("{name}.onnx");
+    std::fs::copy(bundled_models().join(file), server.root.path().join(&path)).unwrap();
+    server
+        .registry()
+        .await
+        .register_model(pb::RegisterModelRequest {
+            name: name.into(),
+            file_path: path,
+            version: version.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 /// Two lookup models: lookup_a active, lookup_b registered with a rollback policy of 20 %
 /// over 20 requests.
 async fn lookup_pair(server: &TestServer) {
     server.register_active_testdata("lookup.onnx", "lookup_a").await;
-    std::fs::copy(
-        bundled_models().join("testdata/lookup.onnx"),
-        server.root.path().join("lookup_b.onnx"),
-    )
-    .unwrap();
+    register_bundled(server, "testdata/lookup.onnx", "lookup_b", "").await;
     let mut reg = server.registry().await;
-    reg.register_model(pb::RegisterModelRequest {
-        name: "lookup_b".into(),
-        file_path: "lookup_b.onnx".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     let m = reg.update_model(policy(0.2, 20)).await.unwrap().into_inner();
     assert_eq!(m.rollback.unwrap().error_rate, Some(0.2));
 }
@@ -814,20 +821,8 @@ async fn a_canary_slower_than_its_p99_threshold_goes_to_zero() {
 #[tokio::test]
 async fn the_bundled_faulty_canary_rolls_itself_back() {
     let server = TestServer::start(Backend::Sqlite).await;
-    std::fs::copy(
-        bundled_models().join("digits_faulty.onnx"),
-        server.root.path().join("digits_faulty.onnx"),
-    )
-    .unwrap();
+    register_bundled(&server, "digits_faulty.onnx", "digits_faulty", "1-faulty").await;
     let mut reg = server.registry().await;
-    reg.register_model(pb::RegisterModelRequest {
-        name: "digits_faulty".into(),
-        file_path: "digits_faulty.onnx".into(),
-        version: "1-faulty".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     let mut infer = server.inference().await;
     let r = infer
         .predict(digits_request("digits_faulty", &eval_rows(8)))
