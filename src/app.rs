@@ -137,20 +137,54 @@ pub async fn serve_with(
         .server_name
         .clone()
         .unwrap_or_else(|| format!("modeld-{}-{}", hostname(), std::process::id()));
-    let tokens = match &config.tokens_file {
-        Some(f) => crate::auth::Tokens::read(f).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => crate::auth::Tokens::default(),
+    let (access, _tokens_watch) = match &config.tokens_file {
+        Some(f) => {
+            if !f.is_file() {
+                anyhow::bail!(
+                    "the tokens file {} does not exist; make a token with modeld token create --tokens-file {} \
+                     --name NAME --scope admin",
+                    f.display(),
+                    f.display()
+                );
+            }
+            let tokens = crate::auth::Tokens::read(f).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let access = Arc::new(crate::auth::Access::required(tokens, &config.protect));
+            let watch = access.follow(f);
+            (access, Some(watch))
+        }
+        None => (Arc::new(crate::auth::Access::default()), None),
     };
-    let access = Arc::new(crate::auth::Access::new(tokens));
     let exposed: Vec<std::net::SocketAddr> = std::iter::once(listener.local_addr()?)
         .chain(http.as_ref().and_then(|l| l.local_addr().ok()))
         .filter(|a| !a.ip().is_loopback())
         .collect();
-    if !access.enabled() && !exposed.is_empty() {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::Tls::load(crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: config.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
+    let _tls_watch = tls.as_ref().map(crate::tls::Tls::follow);
+    let mutual = tls.as_ref().is_some_and(|t| t.mutual());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    if let Some(t) = &tls {
+        tracing::info!(
+            "TLS on gRPC and HTTP{}; the files are re-read when they change",
+            if t.mutual() {
+                ", client certificates required (mutual TLS)"
+            } else {
+                ""
+            }
+        );
+    }
+    if !access.enabled() && !mutual && !exposed.is_empty() {
         if !config.allow_unauthenticated {
             anyhow::bail!(
                 "refusing to listen on {} without tokens: anyone reaching it could change the registry. Give \
-                 --tokens-file (modeld token create), listen on 127.0.0.1, or pass --allow-unauthenticated",
+                 --tokens-file (modeld token create) or --tls-client-ca, listen on 127.0.0.1, or pass \
+                 --allow-unauthenticated",
                 exposed
                     .iter()
                     .map(ToString::to_string)
@@ -161,11 +195,27 @@ pub async fn serve_with(
         tracing::warn!("listening on a non-loopback address without tokens (--allow-unauthenticated)");
     }
     if access.enabled() {
-        tracing::info!("bearer tokens required (scopes admin, predict, read); health stays open");
+        tracing::info!(
+            tokens = access.count(),
+            "bearer tokens required (scopes admin, predict, read); health stays open{}",
+            if config.protect.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; read needed for {}",
+                    config
+                        .protect
+                        .iter()
+                        .map(|p| format!("{p:?}").to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
     }
     let mut downloads = config.download_config()?;
     if let Some(l) = &http {
-        downloads.default_base = format!("http://{}", l.local_addr()?);
+        downloads.default_base = format!("{scheme}://{}", l.local_addr()?);
     }
     if downloads.keys.is_empty() {
         tracing::info!("no signing key (--signing-key-file, MODELD_SIGNING_KEYS): signed download URLs are off");
@@ -256,17 +306,22 @@ pub async fn serve_with(
     let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
     if let Some(l) = http {
         let at = l.local_addr()?;
-        tracing::info!(addr = %at, "HTTP on http://{at}: Open Inference Protocol REST (/v2), metrics (/metrics)");
+        tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), metrics (/metrics)");
         let control = Arc::clone(&control);
         let http_config = crate::http::HttpConfig {
             max_body_bytes: config.max_message_bytes,
             model_config_max_age_secs: config.model_config_max_age_secs,
         };
+        let tls = tls.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = metrics_stopped.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::http::serve(l, control, http_config, stop).await {
+            let done = match tls {
+                Some(t) => crate::http::serve(t.incoming(l, crate::tls::Port::Http), control, http_config, stop).await,
+                None => crate::http::serve(l, control, http_config, stop).await,
+            };
+            if let Err(e) = done {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
@@ -307,16 +362,19 @@ pub async fn serve_with(
         .add_service(reflection_v1alpha)
         .add_service(inference)
         .add_service(registry)
-        .add_service(kserve)
-        .serve_with_incoming_shutdown(
-            // The builder's tcp_nodelay applies only to sockets tonic binds itself: set it on the
-            // injected listener too (without it, Nagle + delayed ACK add ~40 ms to mid-sized replies).
+        .add_service(kserve);
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let mut server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &tls {
+        Some(t) => Box::pin(server.serve_with_incoming_shutdown(t.incoming(listener, crate::tls::Port::Grpc), stopped)),
+        // The builder's tcp_nodelay applies only to sockets tonic binds itself: set it on the
+        // injected listener too (without it, Nagle + delayed ACK add ~40 ms to mid-sized replies).
+        None => Box::pin(server.serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stop_rx.await;
-            },
-        );
-    let mut server = std::pin::pin!(server);
+            stopped,
+        )),
+    };
     tokio::select! {
         res = &mut server => res.context("gRPC server failed")?,
         () = shutdown => {

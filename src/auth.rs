@@ -333,12 +333,26 @@ mod tests {
     }
 }
 
+/// What is open by default and may be made to need the `read` scope (`--protect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Protectable {
+    /// The model config devices poll (`GetModelConfig`, `/api/v1/model-config`).
+    ModelConfig,
+    /// Signed downloads (`/api/v1/models/{id}/download`): then the signature and a token.
+    Downloads,
+    /// `/metrics`.
+    Metrics,
+    /// gRPC server reflection.
+    Reflection,
+}
+
 /// What a method or route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// Nothing: health, the model config devices poll, signed downloads (the signature is the
-    /// credential), metrics, reflection, CORS preflights.
+    /// Nothing: health, the OpenAPI document, CORS preflights.
     Open,
+    /// Nothing, unless the server protects it: then `read`.
+    OpenUnless(Protectable),
     /// A token with this scope.
     Scope(Scope),
 }
@@ -348,7 +362,7 @@ pub fn grpc_need(path: &str) -> Need {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
     match service {
         "grpc.health.v1.Health" => Need::Open,
-        s if s.starts_with("grpc.reflection.") => Need::Open,
+        s if s.starts_with("grpc.reflection.") => Need::OpenUnless(Protectable::Reflection),
         "modeld.v1.Inference" => Need::Scope(Scope::Predict),
         "inference.GRPCInferenceService" => match method {
             "ModelInfer" | "ModelStreamInfer" => Need::Scope(Scope::Predict),
@@ -356,7 +370,7 @@ pub fn grpc_need(path: &str) -> Need {
             _ => Need::Scope(Scope::Read),
         },
         "modeld.v1.ModelRegistry" => match method {
-            "GetModelConfig" => Need::Open,
+            "GetModelConfig" => Need::OpenUnless(Protectable::ModelConfig),
             "ListModels" | "GetModel" | "GetActiveModel" | "GetServerStatus" | "WatchEvents" | "GetRollout"
             | "CreateDownloadUrl" | "DownloadModel" => Need::Scope(Scope::Read),
             _ => Need::Scope(Scope::Admin),
@@ -367,14 +381,17 @@ pub fn grpc_need(path: &str) -> Need {
 
 /// What an HTTP request needs.
 pub fn http_need(method: &str, path: &str) -> Need {
-    if method == "OPTIONS" || path == "/metrics" || path.starts_with("/v2/health/") {
+    if method == "OPTIONS" || path.starts_with("/v2/health/") || path == "/api/v1/openapi.json" {
         return Need::Open;
     }
-    if path == "/api/v1/model-config"
-        || path == "/api/v1/openapi.json"
-        || (path.starts_with("/api/v1/models/") && path.ends_with("/download"))
-    {
-        return Need::Open;
+    if path == "/metrics" {
+        return Need::OpenUnless(Protectable::Metrics);
+    }
+    if path == "/api/v1/model-config" {
+        return Need::OpenUnless(Protectable::ModelConfig);
+    }
+    if path.starts_with("/api/v1/models/") && path.ends_with("/download") {
+        return Need::OpenUnless(Protectable::Downloads);
     }
     if path.starts_with("/v2/repository/models/") {
         return Need::Scope(Scope::Admin);
@@ -397,34 +414,95 @@ pub enum Denied {
     PermissionDenied(String),
 }
 
-/// The server's access check: its tokens (none: every request passes, which the server
-/// allows only on loopback or with `--allow-unauthenticated`).
+impl Denied {
+    /// The words for the client.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Unauthenticated(m) | Self::PermissionDenied(m) => m,
+        }
+    }
+}
+
+/// The server's access check. Off (every request passes, which the server allows only on
+/// loopback or with `--allow-unauthenticated`) unless it was given a tokens file; then on for
+/// the server's life: a file whose last token was revoked locks everything but what is open,
+/// it never opens the server.
 #[derive(Debug, Default)]
 pub struct Access {
-    /// Whether there are tokens: read on every request without taking the lock.
-    on: std::sync::atomic::AtomicBool,
+    /// Whether tokens are required: read on every request without taking the lock.
+    on: bool,
+    protected: Vec<Protectable>,
     tokens: std::sync::RwLock<Tokens>,
 }
 
 impl Access {
-    /// A check over `tokens`.
-    pub fn new(tokens: Tokens) -> Self {
+    /// A check that requires one of `tokens`, and `read` for what `protected` names.
+    pub fn required(tokens: Tokens, protected: &[Protectable]) -> Self {
         Self {
-            on: std::sync::atomic::AtomicBool::new(!tokens.is_empty()),
+            on: true,
+            protected: protected.to_vec(),
             tokens: std::sync::RwLock::new(tokens),
         }
     }
 
     /// Whether tokens are required at all.
     pub fn enabled(&self) -> bool {
-        self.on.load(std::sync::atomic::Ordering::Relaxed)
+        self.on
+    }
+
+    /// How many tokens there are.
+    pub fn count(&self) -> usize {
+        self.tokens
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entries()
+            .len()
     }
 
     /// Replaces the tokens (the file changed).
     pub fn replace(&self, tokens: Tokens) {
         let mut held = self.tokens.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.on.store(!tokens.is_empty(), std::sync::atomic::Ordering::Relaxed);
         *held = tokens;
+    }
+
+    /// Re-reads `path` whenever it changes; a file that cannot be read or parsed leaves the
+    /// tokens as they were (and says so in the log).
+    pub fn follow(self: &std::sync::Arc<Self>, path: &Path) -> crate::filewatch::FileWatch {
+        let access = std::sync::Arc::clone(self);
+        let file = path.to_path_buf();
+        crate::filewatch::follow(vec![file.clone()], move || match std::fs::metadata(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::error!(
+                file = %file.display(),
+                "the tokens file is gone; the tokens read before stay in force until it is back"
+            ),
+            _ => match Tokens::read(&file) {
+                Ok(tokens) => {
+                    let names = tokens
+                        .entries()
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    tracing::info!(file = %file.display(), tokens = tokens.entries().len(), "tokens file re-read: {names}");
+                    access.replace(tokens);
+                }
+                Err(e) => tracing::error!(
+                    file = %file.display(),
+                    error = %e,
+                    "the tokens file changed and cannot be used; the tokens read before stay in force"
+                ),
+            },
+        })
+    }
+
+    /// What `need` comes to on this server.
+    fn resolve(&self, need: Need) -> Option<Scope> {
+        match need {
+            Need::Open => None,
+            Need::OpenUnless(p) if self.protected.contains(&p) => Some(Scope::Read),
+            Need::OpenUnless(_) => None,
+            Need::Scope(s) => Some(s),
+        }
     }
 
     /// Checks an `authorization` header value against `need`; the name of the token that
@@ -433,20 +511,19 @@ impl Access {
     /// # Errors
     /// [`Denied`], with words for the client (never the token).
     pub fn check(&self, authorization: Option<&str>, need: Need) -> std::result::Result<Option<String>, Denied> {
-        let Need::Scope(scope) = need else { return Ok(None) };
-        if !self.enabled() {
+        if !self.on {
             return Ok(None);
         }
-        let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if tokens.is_empty() {
+        let Some(scope) = self.resolve(need) else {
             return Ok(None);
-        }
+        };
         let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
         else {
             return Err(Denied::Unauthenticated(
                 "this needs a bearer token: send the header authorization: Bearer <token> (modeld token create)".into(),
             ));
         };
+        let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         match tokens.check(token, Utc::now()) {
             Ok(e) if e.allows(scope) => Ok(Some(e.name.clone())),
             Ok(e) => Err(Denied::PermissionDenied(format!(

@@ -138,12 +138,36 @@ pub enum TokenAction {
     List,
 }
 
+/// How a command reaches a running server: its address, a token, TLS.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Server address; `https://` for a server with --tls-cert.
+    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// Bearer token for a server with tokens (modeld token create); MODELD_TOKEN keeps it out
+    /// of the process list.
+    #[arg(long, env = "MODELD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to check an https:// server by; default: the system's roots.
+    #[arg(long, env = "MODELD_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires one (--tls-client-ca).
+    #[arg(long, env = "MODELD_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "MODELD_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the address's host.
+    #[arg(long, env = "MODELD_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+}
+
 /// `modeld download-url`.
 #[derive(Debug, Args)]
 pub struct DownloadUrlArgs {
-    /// Server address.
-    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    /// The server and how to reach it.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Which model.
     #[command(flatten)]
     pub model: ModelArg,
@@ -159,9 +183,9 @@ pub struct DownloadUrlArgs {
 /// `modeld download`.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// Server address.
-    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    /// The server and how to reach it.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Which model.
     #[command(flatten)]
     pub model: ModelArg,
@@ -177,9 +201,9 @@ pub struct DownloadArgs {
 /// `modeld status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// Server address.
-    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    /// The server and how to reach it.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Print JSON instead of text.
     #[arg(long, env = "MODELD_JSON")]
     pub json: bool,
@@ -403,6 +427,19 @@ pub struct ServeConfig {
     /// register, activate and delete models.
     #[arg(long, env = "MODELD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// With tokens, make these open endpoints need the read scope too (comma-separated:
+    /// model-config, downloads, metrics, reflection).
+    #[arg(long, env = "MODELD_PROTECT", value_enum, value_delimiter = ',')]
+    pub protect: Vec<crate::auth::Protectable>,
+    /// Serve gRPC and HTTP over TLS with this certificate chain (PEM); re-read when it changes.
+    #[arg(long, env = "MODELD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert; re-read when it changes.
+    #[arg(long, env = "MODELD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM): mutual TLS. Needs --tls-cert.
+    #[arg(long, env = "MODELD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// The old name of `--http-listen` (metrics moved to the HTTP port): when set, the HTTP
     /// port listens here.
     #[arg(long, env = "MODELD_METRICS_LISTEN", hide = true)]
@@ -688,6 +725,10 @@ impl ServeConfig {
             signing_key_file: None,
             tokens_file: None,
             allow_unauthenticated: false,
+            protect: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             public_url: String::new(),
             download_url_max_secs: 86_400,
             metrics_listen: None,
@@ -838,9 +879,9 @@ pub struct DeleteArgs {
 /// `modeld predict`.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Server address.
-    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    /// The server and how to reach it.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Model name; empty means the active model. The name of a registered model that is not
     /// active tries it (the server loads it into its candidate cache).
     #[arg(long, default_value = "", env = "MODELD_MODEL")]

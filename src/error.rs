@@ -43,9 +43,54 @@ pub enum Error {
     /// The request's deadline passed before it could be computed; it was not computed.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The registry database failed or refused; `detail` (the driver's words: SQL, hosts,
+    /// constraint names) goes to the log and to the CLI, never to a client.
+    #[error("{}: {detail}", fault.words())]
+    Database {
+        /// What kind of failure.
+        fault: DbFault,
+        /// The driver's words.
+        detail: String,
+    },
     /// A bug or an unexpected failure; details are logged, not sent to the client.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What kind of registry database failure ([`Error::Database`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFault {
+    /// Cannot be reached, or is shutting down, overloaded or dropped: try again.
+    Unreachable,
+    /// A unique constraint (a name or version that exists, a second active model).
+    Conflict,
+    /// A check constraint.
+    Check,
+    /// Anything else.
+    Other,
+}
+
+impl DbFault {
+    fn words(self) -> &'static str {
+        match self {
+            Self::Unreachable => "model registry database is unreachable",
+            Self::Conflict => "registry constraint violated",
+            Self::Check => "registry check violated",
+            Self::Other => "registry database error",
+        }
+    }
+
+    /// What a client is told (with the request id that finds the detail in the log).
+    fn client_words(self) -> &'static str {
+        match self {
+            Self::Unreachable => "the model registry database is unreachable; try again",
+            Self::Conflict => {
+                "the change conflicts with what the registry holds (a name or version that exists, or a second active model)"
+            }
+            Self::Check => "the registry refused a value of this change",
+            Self::Other => "the model registry database failed",
+        }
+    }
 }
 
 /// What is wrong with a model file ([`Error::ModelFile`]).
@@ -85,12 +130,12 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
-        match &e {
+        let fault = match &e {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Error::Unavailable(format!("model registry database is unreachable: {e}")),
+            | sqlx::Error::WorkerCrashed => DbFault::Unreachable,
             // PostgreSQL: connection exceptions (08…), shutdown/termination (57P…), a dropped
             // database (3D000), too many connections (53300), deadlock/serialization (40…).
             sqlx::Error::Database(db)
@@ -98,17 +143,35 @@ impl From<sqlx::Error> for Error {
                     c.starts_with("08") || c.starts_with("57P") || c.starts_with("40") || c == "3D000" || c == "53300"
                 }) =>
             {
-                Error::Unavailable(format!("model registry database is unavailable: {e}"))
+                DbFault::Unreachable
             }
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                Error::AlreadyExists(format!("registry constraint violated: {}", db.message()))
-            }
-            sqlx::Error::Database(db) if db.is_check_violation() => {
-                Error::InvalidArgument(format!("registry check violated: {}", db.message()))
-            }
-            _ => Error::Internal(format!("registry database error: {e}")),
+            sqlx::Error::Database(db) if db.is_unique_violation() => DbFault::Conflict,
+            sqlx::Error::Database(db) if db.is_check_violation() => DbFault::Check,
+            _ => DbFault::Other,
+        };
+        Error::Database {
+            fault,
+            detail: e.to_string(),
         }
     }
+}
+
+impl Error {
+    /// Whether the registry database could not be reached (try again later).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Database {
+                fault: DbFault::Unreachable,
+                ..
+            }
+        )
+    }
+}
+
+/// A message whose detail stays in the log: the words for the client and the request id.
+fn hidden(words: &str, id: &str) -> String {
+    format!("{words} (request id {id}; the server log has the detail)")
 }
 
 impl From<Error> for tonic::Status {
@@ -119,8 +182,28 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(m) => tonic::Status::already_exists(m),
             Error::FailedPrecondition(m) | Error::ModelFile { message: m, .. } => tonic::Status::failed_precondition(m),
             Error::Unavailable(m) => {
-                tracing::warn!(error = %m, "unavailable");
+                crate::client_event!(tracing::Level::WARN, "unavailable", error = %m, "unavailable");
                 tonic::Status::unavailable(m)
+            }
+            Error::Database { fault, detail } => {
+                let id = crate::trace::request_id_or_new();
+                let words = fault.client_words();
+                match fault {
+                    DbFault::Unreachable => crate::client_event!(
+                        tracing::Level::WARN, "registry_unreachable", request_id = %id, error = %detail, "{words}"
+                    ),
+                    DbFault::Conflict | DbFault::Check => crate::client_event!(
+                        tracing::Level::INFO, "registry_refused", request_id = %id, error = %detail, "{words}"
+                    ),
+                    DbFault::Other => tracing::error!(request_id = %id, error = %detail, "registry database error"),
+                }
+                let m = hidden(words, &id);
+                match fault {
+                    DbFault::Unreachable => tonic::Status::unavailable(m),
+                    DbFault::Conflict => tonic::Status::already_exists(m),
+                    DbFault::Check => tonic::Status::invalid_argument(m),
+                    DbFault::Other => tonic::Status::internal(m),
+                }
             }
             Error::ResourceExhausted { message, retry_after } => {
                 let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -139,8 +222,9 @@ impl From<Error> for tonic::Status {
             }
             Error::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
             Error::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
-                tonic::Status::internal("internal error; see the server log")
+                let id = crate::trace::request_id_or_new();
+                tracing::error!(request_id = %id, error = %m, "internal error");
+                tonic::Status::internal(hidden("internal error", &id))
             }
         }
     }
@@ -171,6 +255,20 @@ mod tests {
             ),
             (Error::DeadlineExceeded("a".into()), tonic::Code::DeadlineExceeded),
             (Error::Internal("secret".into()), tonic::Code::Internal),
+            (
+                Error::Database {
+                    fault: DbFault::Conflict,
+                    detail: "secret".into(),
+                },
+                tonic::Code::AlreadyExists,
+            ),
+            (
+                Error::Database {
+                    fault: DbFault::Other,
+                    detail: "secret".into(),
+                },
+                tonic::Code::Internal,
+            ),
         ];
         for (e, code) in cases {
             let s = tonic::Status::from(e);
@@ -184,7 +282,16 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_database_is_unavailable() {
-        assert!(matches!(Error::from(sqlx::Error::PoolTimedOut), Error::Unavailable(_)));
+    fn unreachable_database_is_unavailable_and_its_words_stay_in_the_log() {
+        let e = Error::from(sqlx::Error::PoolTimedOut);
+        assert!(e.is_unreachable());
+        assert!(e.to_string().contains("timed out"), "the CLI sees the detail: {e}");
+        let s = tonic::Status::from(e);
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(
+            !s.message().contains("timed out") && s.message().contains("request id"),
+            "{}",
+            s.message()
+        );
     }
 }

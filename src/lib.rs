@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod evaluation;
+pub mod filewatch;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -33,6 +34,8 @@ pub mod ops;
 pub mod registry;
 pub mod serving;
 pub mod status;
+pub mod tls;
+pub mod trace;
 pub mod watch;
 
 pub use error::{Error, Result};

@@ -66,6 +66,7 @@ impl Reason {
     /// The reason a failed reload gives.
     pub(crate) fn of(e: &Error) -> Self {
         match e {
+            e if e.is_unreachable() => Self::RegistryUnreachable,
             Error::Unavailable(_) => Self::RegistryUnreachable,
             Error::ModelFile { problem, .. } => match problem {
                 FileProblem::Missing => Self::ModelFileMissing,

@@ -337,7 +337,15 @@ async fn a_failing_batched_call_costs_only_the_bad_request() {
     let err = results[1].as_ref().unwrap_err();
     assert_eq!(err.code(), Code::Internal, "{err:?}");
     // tract panics on the index (caught: it costs one request); details stay in the server log.
-    assert!(err.message().contains("see the server log"), "{err:?}");
+    assert!(
+        err.message().contains("the server log has the detail") && err.message().contains("request id"),
+        "{err:?}"
+    );
+    let id = err
+        .metadata()
+        .get("x-request-id")
+        .expect("the response names its request id");
+    assert!(err.message().contains(id.to_str().unwrap()), "{err:?}");
     assert_eq!(
         results[2].as_ref().unwrap().get_ref().outputs[0].fp32_data,
         vec![0.5, 1.0]

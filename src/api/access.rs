@@ -51,7 +51,12 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        // Without tokens there is nothing to look up: the Predict path pays one atomic load.
+        let id = crate::trace::request_id_from(
+            req.headers()
+                .get(crate::trace::REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        // Without tokens there is nothing to look up: the Predict path pays one load.
         let need = if self.access.enabled() {
             grpc_need(req.uri().path())
         } else {
@@ -69,15 +74,44 @@ where
                 // The service that was polled ready answers; a fresh clone waits for the next.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(ready.call(req))
+                let answer = ready.call(req);
+                Box::pin(crate::trace::with_request_id(id.clone(), async move {
+                    let mut r = answer.await?;
+                    stamp(&mut r, &id);
+                    Ok(r)
+                }))
             }
             Err(denied) => {
+                let peer = req
+                    .extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                crate::client_event!(
+                    tracing::Level::WARN,
+                    "access_denied",
+                    request_id = %id,
+                    method = req.uri().path(),
+                    peer,
+                    "refused: {}",
+                    denied.message()
+                );
                 let status = match denied {
                     Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
                     Denied::PermissionDenied(m) => tonic::Status::permission_denied(m),
                 };
-                Box::pin(async move { Ok(status.into_http()) })
+                let mut r = status.into_http();
+                stamp(&mut r, &id);
+                Box::pin(async move { Ok(r) })
             }
         }
+    }
+}
+
+/// The request id on a response.
+pub fn stamp<B>(r: &mut http::Response<B>, id: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(id) {
+        r.headers_mut().insert(crate::trace::REQUEST_ID_HEADER, v);
     }
 }

@@ -221,7 +221,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         let asked = if status.registry_reachable() {
             match tokio::time::timeout(REGISTRY_ANSWER_WITHIN, self.control.registry().active()).await {
                 Ok(Ok(active)) => Some(active),
-                Ok(Err(Error::Unavailable(e))) => {
+                Ok(Err(e)) if e.is_unreachable() => {
                     tracing::warn!(error = %e, "GetActiveModel: the registry is unreachable; answering from memory");
                     None
                 }
@@ -564,6 +564,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     #[tracing::instrument(skip_all)]
     async fn evaluate_model(&self, request: Request<pb::EvaluateModelRequest>) -> Reply<pb::Evaluation> {
+        let caller = caller_of(&request);
         let pb::EvaluateModelRequest {
             model,
             dataset,
@@ -571,6 +572,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             notes,
             evaluated_by,
         } = request.into_inner();
+        let evaluated_by = caller.unwrap_or(evaluated_by);
         let model = convert::model_ref(model)?;
         let dataset = self.dataset(dataset)?;
         let options = options(output, notes, evaluated_by);
@@ -580,6 +582,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     #[tracing::instrument(skip_all)]
     async fn compare_models(&self, request: Request<pb::CompareModelsRequest>) -> Reply<pb::Comparison> {
+        let caller = caller_of(&request);
         let pb::CompareModelsRequest {
             a,
             b,
@@ -588,6 +591,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             notes,
             evaluated_by,
         } = request.into_inner();
+        let evaluated_by = caller.unwrap_or(evaluated_by);
         let (a, b) = (convert::model_ref(a)?, convert::model_ref(b)?);
         let dataset = self.dataset(dataset)?;
         let options = options(output, notes, evaluated_by);

@@ -43,6 +43,11 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 | crate::Error::FailedPrecondition(_)
                 | crate::Error::ModelFile { .. } => EXIT_REFUSED,
                 crate::Error::Unavailable(_) => EXIT_UNREACHABLE,
+                crate::Error::Database { fault, .. } => match fault {
+                    crate::error::DbFault::Unreachable => EXIT_UNREACHABLE,
+                    crate::error::DbFault::Conflict | crate::error::DbFault::Check => EXIT_REFUSED,
+                    crate::error::DbFault::Other => 1,
+                },
                 crate::Error::ResourceExhausted { .. }
                 | crate::Error::DeadlineExceeded(_)
                 | crate::Error::Internal(_) => 1,
@@ -427,22 +432,73 @@ fn activation_json(a: &ActivationOutcome) -> Value {
     })
 }
 
-/// A channel to the server at `address`.
-async fn connect(address: &str) -> anyhow::Result<tonic::transport::Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(address.to_string()).map_err(|e| {
+/// A connection to a running server, with the token on every call.
+type Conn = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call (when there is a token).
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// Connects to the server the arguments name.
+async fn connect(c: &crate::config::ClientArgs) -> anyhow::Result<Conn> {
+    let address = &c.server;
+    let mut endpoint = tonic::transport::Endpoint::from_shared(address.clone()).map_err(|e| {
         Usage(format!(
             "--server {address:?} is not a server address ({e}); e.g. http://127.0.0.1:50051"
         ))
     })?;
-    endpoint
+    if address.starts_with("https://") {
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &c.tls_ca {
+            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(ca).with_context(|| format!("cannot read --tls-ca {}", ca.display()))?,
+            )),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&c.tls_client_cert, &c.tls_client_key) {
+            let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+            tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(d) = &c.tls_domain {
+            tls = tls.domain_name(d.clone());
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    } else if c.tls_ca.is_some() || c.tls_client_cert.is_some() {
+        return Err(Usage(format!(
+            "--tls-ca and --tls-client-cert need an https:// server, not {address}"
+        ))
+        .into());
+    }
+    let bearer = match &c.token {
+        Some(t) => Some(
+            format!("Bearer {}", t.trim())
+                .parse()
+                .map_err(|_| Usage("the token has characters a header cannot carry".into()))?,
+        ),
+        None => None,
+    };
+    let channel = endpoint
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {address}"))
+        .with_context(|| format!("cannot connect to {address}"))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer(bearer),
+    ))
 }
 
 /// `modeld status`: GetServerStatus, for people (or as JSON).
 async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
-    let channel = connect(&a.server).await?;
+    let channel = connect(&a.client).await?;
     let s = pb::model_registry_client::ModelRegistryClient::new(channel)
         .get_server_status(pb::GetServerStatusRequest {})
         .await?
@@ -591,7 +647,7 @@ fn window_json(w: &pb::RollbackWindow) -> Value {
 }
 
 async fn predict(a: PredictArgs) -> anyhow::Result<()> {
-    let channel = connect(&a.server).await?;
+    let channel = connect(&a.client).await?;
     // The signature of what the server serves comes from its memory (ModelMetadata answers
     // while the registry is unreachable); other models' from the registry.
     let metadata = kserve_pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel.clone())
@@ -976,7 +1032,7 @@ fn pb_model_ref(arg: &crate::config::ModelArg) -> anyhow::Result<pb::ModelRef> {
 }
 
 async fn download_url(a: crate::config::DownloadUrlArgs) -> anyhow::Result<()> {
-    let channel = connect(&a.server).await?;
+    let channel = connect(&a.client).await?;
     let u = pb::model_registry_client::ModelRegistryClient::new(channel)
         .create_download_url(pb::CreateDownloadUrlRequest {
             model: Some(pb_model_ref(&a.model)?),
@@ -1003,7 +1059,7 @@ async fn download_url(a: crate::config::DownloadUrlArgs) -> anyhow::Result<()> {
 async fn download(a: crate::config::DownloadArgs) -> anyhow::Result<()> {
     use sha2::Digest;
     use tokio::io::AsyncWriteExt;
-    let channel = connect(&a.server).await?;
+    let channel = connect(&a.client).await?;
     let mut stream = pb::model_registry_client::ModelRegistryClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .download_model(pb::DownloadModelRequest {

@@ -27,7 +27,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
 
 use crate::ops::Control;
 
@@ -73,12 +72,16 @@ pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
 ///
 /// # Errors
 /// When the listener fails.
-pub async fn serve(
-    listener: TcpListener,
+pub async fn serve<L>(
+    listener: L,
     control: Arc<Control>,
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     axum::serve(listener, router(control, config))
         .with_graceful_shutdown(shutdown)
         .await
@@ -92,17 +95,36 @@ async fn access_check(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let id = crate::trace::request_id_from(
+        req.headers()
+            .get(crate::trace::REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
     let need = crate::auth::http_need(req.method().as_str(), req.uri().path());
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let status = match state.control.access().check(header, need) {
+    let denied = match state.control.access().check(header, need) {
         Ok(caller) => {
             if let Some(name) = caller {
                 req.extensions_mut().insert(crate::api::access::Caller(name));
             }
-            return next.run(req).await;
+            let mut r = crate::trace::with_request_id(id.clone(), next.run(req)).await;
+            crate::api::access::stamp(&mut r, &id);
+            return r;
         }
-        Err(crate::auth::Denied::Unauthenticated(m)) => tonic::Status::unauthenticated(m),
-        Err(crate::auth::Denied::PermissionDenied(m)) => tonic::Status::permission_denied(m),
+        Err(d) => d,
+    };
+    crate::client_event!(
+        tracing::Level::WARN,
+        "access_denied",
+        request_id = %id,
+        method = req.method().as_str(),
+        path = req.uri().path(),
+        "refused: {}",
+        denied.message()
+    );
+    let status = match denied {
+        crate::auth::Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
+        crate::auth::Denied::PermissionDenied(m) => tonic::Status::permission_denied(m),
     };
     let mut r = if req.uri().path().starts_with("/api/") {
         rest::status_rest_error(&status)
@@ -115,6 +137,7 @@ async fn access_check(
             HeaderValue::from_static("Bearer realm=\"modeld\""),
         );
     }
+    crate::api::access::stamp(&mut r, &id);
     r
 }
 

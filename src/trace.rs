@@ -1,0 +1,165 @@
+//! What ties a client's error to the server's log: every request has an id (the client's
+//! `x-request-id` when it sends a sane one, else a new one), which the response carries in its
+//! `x-request-id` header and which every log line of the request names; an error whose detail
+//! stays in the log (a database's words, an internal failure) names it in its message too.
+//! And warnings that clients cause — bad tokens, bad requests — are rate-limited per kind, so
+//! that a misbehaving client cannot flood the log.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The header both transports read and answer with.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// A new request id: 16 hex digits, a per-process random prefix and a counter.
+pub fn new_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 4];
+        if getrandom::fill(&mut b).is_err() {
+            // No randomness: the process id and the clock still tell processes apart.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            return std::process::id() ^ t;
+        }
+        u32::from_le_bytes(b)
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:08x}{:08x}", n & 0xffff_ffff)
+}
+
+/// The client's id when it is one we can log and echo (1-64 of `A-Z a-z 0-9 - _ .`), else a
+/// new one.
+pub fn request_id_from(header: Option<&str>) -> String {
+    match header {
+        Some(h)
+            if !h.is_empty()
+                && h.len() <= 64
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+        {
+            h.to_string()
+        }
+        _ => new_request_id(),
+    }
+}
+
+/// Runs `f` with `id` as the current request id.
+pub async fn with_request_id<F: std::future::Future>(id: String, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
+}
+
+/// The current request's id, when there is a request.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// The current request's id, or a new one for work no request asked for (so that a log line
+/// and a message can still be matched).
+pub fn request_id_or_new() -> String {
+    current_request_id().unwrap_or_else(new_request_id)
+}
+
+/// Lets a few lines of a kind through each window and counts the rest; the first line after
+/// a window says how many were left out.
+#[derive(Debug)]
+pub struct RateLimit {
+    per_window: u32,
+    window: Duration,
+    state: Mutex<Vec<(&'static str, Instant, u32, u64)>>,
+}
+
+/// Client-caused warnings: 10 of a kind every 10 seconds.
+pub static CLIENT_WARNINGS: RateLimit = RateLimit::new(10, Duration::from_secs(10));
+
+impl RateLimit {
+    /// `per_window` lines of a kind every `window`.
+    pub const fn new(per_window: u32, window: Duration) -> Self {
+        Self {
+            per_window,
+            window,
+            state: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether a line of `kind` may be written now: `Some(n)` with the lines of this kind left
+    /// out since the last one written, `None` to leave this one out.
+    pub fn admit(&self, kind: &'static str) -> Option<u64> {
+        self.admit_at(kind, Instant::now())
+    }
+
+    fn admit_at(&self, kind: &'static str, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = if let Some(i) = state.iter().position(|s| s.0 == kind) {
+            i
+        } else {
+            state.push((kind, now, 0, 0));
+            state.len() - 1
+        };
+        let (_, start, written, left_out) = &mut state[i];
+        if now.duration_since(*start) >= self.window {
+            *start = now;
+            *written = 0;
+        }
+        if *written < self.per_window {
+            *written += 1;
+            Some(std::mem::take(left_out))
+        } else {
+            *left_out += 1;
+            None
+        }
+    }
+}
+
+/// A log line a client caused, rate-limited by `kind`:
+/// `client_event!(tracing::Level::WARN, "kind", fields..., "msg")`. The first line after some
+/// were left out says how many (`left_out`).
+#[macro_export]
+macro_rules! client_event {
+    ($level:expr, $kind:expr, $($rest:tt)+) => {
+        if let Some(left_out) = $crate::trace::CLIENT_WARNINGS.admit($kind) {
+            if left_out > 0 {
+                tracing::event!($level, kind = $kind, left_out, $($rest)+);
+            } else {
+                tracing::event!($level, kind = $kind, $($rest)+);
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_gets_its_lines_per_window_then_a_count() {
+        let limit = RateLimit::new(2, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(limit.admit_at("a", t0), Some(0));
+        assert_eq!(limit.admit_at("a", t0), Some(0));
+        assert_eq!(limit.admit_at("a", t0), None);
+        assert_eq!(limit.admit_at("a", t0), None);
+        assert_eq!(limit.admit_at("b", t0), Some(0), "kinds are counted apart");
+        assert_eq!(limit.admit_at("a", t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(limit.admit_at("a", t0 + Duration::from_secs(10)), Some(0));
+    }
+
+    #[test]
+    fn ids_are_new_unless_the_client_sent_a_sane_one() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 16);
+        assert_eq!(request_id_from(Some("abc-123.X_y")), "abc-123.X_y");
+        for bad in ["", "has space", "a\nb", &"x".repeat(65), "/etc/passwd"] {
+            let got = request_id_from(Some(bad));
+            assert_ne!(got, bad);
+            assert_eq!(got.len(), 16);
+        }
+    }
+}
