@@ -365,6 +365,8 @@ pub fn grpc_need(path: &str) -> Need {
         s if s.starts_with("grpc.reflection.") => Need::OpenUnless(Protectable::Reflection),
         "modeld.v1.Inference" => Need::Scope(Scope::Predict),
         "inference.GRPCInferenceService" => match method {
+            // The protocol's health checks, as /v2/health/* on HTTP.
+            "ServerLive" | "ServerReady" => Need::Open,
             "ModelInfer" | "ModelStreamInfer" => Need::Scope(Scope::Predict),
             "RepositoryModelLoad" | "RepositoryModelUnload" => Need::Scope(Scope::Admin),
             _ => Need::Scope(Scope::Read),

@@ -323,3 +323,529 @@ async fn the_tokens_name_is_recorded_as_who_did_it() {
         .history;
     assert_eq!(history[0].changed_by, "ops");
 }
+
+/// Evaluations record the token's name as evaluated_by.
+#[tokio::test]
+async fn an_evaluation_records_the_tokens_name() {
+    let (server, k) = guarded().await;
+    server
+        .wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let root = server.root.path();
+    std::fs::create_dir(root.join("eval")).unwrap();
+    for f in ["digits_x.npy", "digits_y.npy"] {
+        std::fs::copy(bundled_models().join("eval").join(f), root.join("eval").join(f)).unwrap();
+    }
+    let mut reg = server.registry().await;
+    let e = reg
+        .evaluate_model(with(
+            pb::EvaluateModelRequest {
+                model: by_name("digits_v1"),
+                dataset: Some(pb::Dataset {
+                    path: "eval/digits_x.npy".into(),
+                    ..Default::default()
+                }),
+                evaluated_by: "claimed".into(),
+                ..Default::default()
+            },
+            Some(&k.admin),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(e.evaluated_by, "ops");
+}
+
+/// The tokens file is re-read while the server runs: a token added works, a revoked one stops
+/// working, a file that cannot be parsed changes nothing, and a file with no tokens left locks
+/// the server rather than opening it.
+#[tokio::test]
+async fn the_tokens_file_is_re_read_when_it_changes() {
+    let mut tokens = Tokens::default();
+    let admin = tokens.create("ops", &[Scope::Admin], None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.jsonl");
+    tokens.write(&file).unwrap();
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.tokens_file = Some(file.clone())).await;
+    server
+        .wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let infer = server.inference().await;
+    let predict = |token: Option<&str>| {
+        let mut infer = infer.clone();
+        let req = with(digits_request("", &eval_rows(1)), token);
+        async move { infer.predict(req).await.map(|_| ()).map_err(|e| e.code()) }
+    };
+    /// Polls until `check` holds (30 s deadline).
+    async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !check().await {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    let app = tokens.create("app", &[Scope::Predict], None).unwrap();
+    assert_eq!(predict(Some(&app)).await, Err(Code::Unauthenticated), "not yet written");
+    tokens.write(&file).unwrap();
+    until("a new token works", || async { predict(Some(&app)).await.is_ok() }).await;
+    assert!(tokens.revoke("ops"));
+    tokens.write(&file).unwrap();
+    until("a revoked token stops working", || async {
+        predict(Some(&admin)).await == Err(Code::Unauthenticated)
+    })
+    .await;
+    predict(Some(&app)).await.unwrap();
+
+    // A broken file, then a good one: the broken one never takes the tokens away.
+    std::fs::write(&file, "{not a token\n").unwrap();
+    let late = tokens.create("late", &[Scope::Predict], None).unwrap();
+    let tmp = dir.path().join("next.jsonl");
+    tokens.write(&tmp).unwrap();
+    assert_eq!(predict(Some(&app)).await, Ok(()), "the tokens read before stay");
+    std::fs::rename(&tmp, &file).unwrap();
+    until("the next good file is taken", || async {
+        predict(Some(&late)).await.is_ok()
+    })
+    .await;
+
+    // Every token revoked: everything but what is open is refused, nothing opens.
+    Tokens::default().write(&file).unwrap();
+    until("the last token revoked locks", || async {
+        predict(Some(&app)).await == Err(Code::Unauthenticated)
+    })
+    .await;
+    assert_eq!(predict(None).await, Err(Code::Unauthenticated));
+    assert_eq!(
+        server.health().await,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving)
+    );
+}
+
+/// A server started with a tokens file that does not exist refuses to start (it would
+/// otherwise lock everything, or worse, look configured and not be).
+#[tokio::test]
+async fn a_missing_tokens_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = model_root();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+    let missing = dir.path().join("nope.jsonl");
+    let r = run_modeld(
+        dir.path(),
+        &[],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--database-url",
+            &url,
+            "--model-root",
+            root.path().to_str().unwrap(),
+            "--tokens-file",
+            missing.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("does not exist") && r.stderr.contains("modeld token create"),
+        "{r:?}"
+    );
+}
+
+/// What a method or route needs, as the docs' table says (written out here, not taken from the
+/// server's code, so that a change to either shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Open,
+    /// Open unless `--protect` names it.
+    Protectable,
+    Read,
+    Predict,
+    Admin,
+}
+
+const GRPC: &[(&str, Needs)] = {
+    use Needs::*;
+    &[
+        ("grpc.health.v1.Health/Check", Open),
+        ("grpc.health.v1.Health/Watch", Open),
+        ("grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Protectable),
+        (
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            Protectable,
+        ),
+        ("modeld.v1.Inference/Predict", Predict),
+        ("modeld.v1.ModelRegistry/RegisterModel", Admin),
+        ("modeld.v1.ModelRegistry/ListModels", Read),
+        ("modeld.v1.ModelRegistry/GetModel", Read),
+        ("modeld.v1.ModelRegistry/GetActiveModel", Read),
+        ("modeld.v1.ModelRegistry/UpdateModel", Admin),
+        ("modeld.v1.ModelRegistry/ActivateModel", Admin),
+        ("modeld.v1.ModelRegistry/RollbackModel", Admin),
+        ("modeld.v1.ModelRegistry/DeleteModel", Admin),
+        ("modeld.v1.ModelRegistry/GetServerStatus", Read),
+        ("modeld.v1.ModelRegistry/WatchEvents", Read),
+        ("modeld.v1.ModelRegistry/EvaluateModel", Admin),
+        ("modeld.v1.ModelRegistry/CompareModels", Admin),
+        ("modeld.v1.ModelRegistry/SetCanary", Admin),
+        ("modeld.v1.ModelRegistry/ClearCanary", Admin),
+        ("modeld.v1.ModelRegistry/SetShadow", Admin),
+        ("modeld.v1.ModelRegistry/ClearShadow", Admin),
+        ("modeld.v1.ModelRegistry/Promote", Admin),
+        ("modeld.v1.ModelRegistry/GetRollout", Read),
+        ("modeld.v1.ModelRegistry/GetModelConfig", Protectable),
+        ("modeld.v1.ModelRegistry/CreateDownloadUrl", Read),
+        ("modeld.v1.ModelRegistry/DownloadModel", Read),
+        ("inference.GRPCInferenceService/ServerLive", Open),
+        ("inference.GRPCInferenceService/ServerReady", Open),
+        ("inference.GRPCInferenceService/ModelReady", Read),
+        ("inference.GRPCInferenceService/ServerMetadata", Read),
+        ("inference.GRPCInferenceService/ModelMetadata", Read),
+        ("inference.GRPCInferenceService/ModelInfer", Predict),
+        ("inference.GRPCInferenceService/ModelStreamInfer", Predict),
+        ("inference.GRPCInferenceService/ModelConfig", Read),
+        ("inference.GRPCInferenceService/ModelStatistics", Read),
+        ("inference.GRPCInferenceService/RepositoryIndex", Read),
+        ("inference.GRPCInferenceService/RepositoryModelLoad", Admin),
+        ("inference.GRPCInferenceService/RepositoryModelUnload", Admin),
+    ]
+};
+
+const HTTP: &[(&str, &str, Needs)] = {
+    use Needs::*;
+    &[
+        ("GET", "/v2/health/live", Open),
+        ("GET", "/v2/health/ready", Open),
+        ("GET", "/api/v1/openapi.json", Open),
+        ("OPTIONS", "/api/v1/models", Open),
+        ("GET", "/metrics", Protectable),
+        ("GET", "/api/v1/model-config", Protectable),
+        ("POST", "/api/v1/model-config", Protectable),
+        ("GET", "/api/v1/models/1/download", Protectable),
+        ("GET", "/v2", Read),
+        ("GET", "/v2/models/stats", Read),
+        ("POST", "/v2/repository/index", Read),
+        ("GET", "/v2/models/digits_v2", Read),
+        ("GET", "/v2/models/digits_v2/ready", Read),
+        ("GET", "/v2/models/digits_v2/config", Read),
+        ("GET", "/v2/models/digits_v2/stats", Read),
+        ("GET", "/v2/models/digits_v2/versions/2", Read),
+        ("GET", "/v2/models/digits_v2/versions/2/ready", Read),
+        ("POST", "/v2/models/digits_v2/infer", Predict),
+        ("POST", "/v2/models/digits_v2/versions/2/infer", Predict),
+        ("POST", "/v2/repository/models/digits_v1/load", Admin),
+        ("POST", "/v2/repository/models/digits_v1/unload", Admin),
+        ("GET", "/api/v1/models", Read),
+        ("POST", "/api/v1/models", Admin),
+        ("GET", "/api/v1/models/active", Read),
+        ("POST", "/api/v1/models/rollback", Admin),
+        ("GET", "/api/v1/models/1", Read),
+        ("PUT", "/api/v1/models/1", Admin),
+        ("DELETE", "/api/v1/models/3", Admin),
+        ("POST", "/api/v1/models/1/activate", Admin),
+        ("POST", "/api/v1/models/1/download-url", Read),
+        ("GET", "/api/v1/rollout", Read),
+        ("PUT", "/api/v1/rollout/canary", Admin),
+        ("DELETE", "/api/v1/rollout/canary", Admin),
+        ("PUT", "/api/v1/rollout/shadow", Admin),
+        ("DELETE", "/api/v1/rollout/shadow", Admin),
+        ("POST", "/api/v1/rollout/promote", Admin),
+        ("POST", "/api/v1/predict", Predict),
+        ("GET", "/no/such/route", Read),
+        ("POST", "/no/such/route", Admin),
+    ]
+};
+
+/// The credentials of the matrix: none, a token the server does not know, each scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cred {
+    None,
+    Bad,
+    Read,
+    Predict,
+    Admin,
+}
+
+/// What a request with `cred` to something that `needs` gets: `None` passes the access check,
+/// `Some(401)` or `Some(403)` does not.
+fn expected(needs: Needs, protected: bool, cred: Cred) -> Option<u16> {
+    let needs = match needs {
+        Needs::Protectable if protected => Needs::Read,
+        Needs::Protectable => Needs::Open,
+        n => n,
+    };
+    match (needs, cred) {
+        (Needs::Open, _) => None,
+        (_, Cred::None | Cred::Bad) => Some(401),
+        (_, Cred::Admin) => None,
+        (Needs::Read, Cred::Read) | (Needs::Predict, Cred::Predict) => None,
+        _ => Some(403),
+    }
+}
+
+/// Runs every gRPC method and HTTP route of a real `modeld serve` binary with every credential,
+/// and returns the server's log lines.
+async fn run_matrix(protect: bool) -> (Vec<String>, Vec<String>, usize) {
+    let mut tokens = Tokens::default();
+    let keys = [
+        (Cred::Read, tokens.create("dashboard", &[Scope::Read], None).unwrap()),
+        (Cred::Predict, tokens.create("app", &[Scope::Predict], None).unwrap()),
+        (Cred::Admin, tokens.create("ops", &[Scope::Admin], None).unwrap()),
+    ];
+    let bad = format!("mdl_{}", "0".repeat(64));
+    let secrets: Vec<String> = keys.iter().map(|(_, t)| t.clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.jsonl");
+    tokens.write(&file).unwrap();
+    let signing = dir.path().join("signing.key");
+    std::fs::write(&signing, "k1:0123456789abcdef0123456789abcdef\n").unwrap();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    let mut extra = vec![
+        "--tokens-file".to_string(),
+        file.to_str().unwrap().to_string(),
+        "--signing-key-file".into(),
+        signing.to_str().unwrap().into(),
+    ];
+    if protect {
+        extra.extend(["--protect".into(), "model-config,downloads,metrics,reflection".into()]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    // Debug logs from every crate: the test looks for tokens in all of it.
+    let mut cmd_env = std::collections::HashMap::new();
+    cmd_env.insert("MODELD_LOG", "debug");
+    let (mut child, mut lines) = spawn_serve_env(&db.url, root.path(), &extra, &cmd_env);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut addrs = Vec::new();
+    while addrs.len() < 2 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the server logs its addresses within 30 s")
+            .unwrap()
+            .expect("a log line");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(a) = v["fields"]["addr"].as_str() {
+            addrs.push(a.to_string());
+        }
+        log.lock().unwrap().push(line);
+    }
+    let collector = {
+        let log = std::sync::Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                log.lock().unwrap().push(l);
+            }
+        })
+    };
+    let (grpc_addr, http_addr) = (addrs[0].clone(), addrs[1].clone());
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token_of = |cred: Cred| -> Option<String> {
+        match cred {
+            Cred::None => None,
+            Cred::Bad => Some(bad.clone()),
+            c => keys.iter().find(|(k, _)| *k == c).map(|(_, t)| t.clone()),
+        }
+    };
+    // The server comes up SERVING (health is open).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let h = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await;
+        if h.is_ok_and(|h| h.into_inner().status == 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Every method the server's descriptors name is in the table, and only those.
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(modeld::api::FILE_DESCRIPTOR_SET).unwrap();
+    let mut served: Vec<(String, bool, bool)> = set
+        .file
+        .iter()
+        .flat_map(|f| {
+            let package = f.package().to_string();
+            f.service.iter().flat_map(move |s| {
+                let package = package.clone();
+                s.method.iter().map(move |m| {
+                    (
+                        format!("{package}.{}/{}", s.name(), m.name()),
+                        m.client_streaming(),
+                        m.server_streaming(),
+                    )
+                })
+            })
+        })
+        .collect();
+    served.push(("grpc.health.v1.Health/Check".into(), false, false));
+    served.push(("grpc.health.v1.Health/Watch".into(), false, true));
+    for v in ["v1", "v1alpha"] {
+        served.push((
+            format!("grpc.reflection.{v}.ServerReflection/ServerReflectionInfo"),
+            true,
+            true,
+        ));
+    }
+    let mut names: Vec<&str> = served.iter().map(|s| s.0.as_str()).collect();
+    names.sort_unstable();
+    let mut table: Vec<&str> = GRPC.iter().map(|g| g.0).collect();
+    table.sort_unstable();
+    assert_eq!(names, table, "every gRPC method is in the matrix");
+
+    let creds = [Cred::None, Cred::Bad, Cred::Predict, Cred::Read, Cred::Admin];
+    let mut ids = Vec::new();
+    let mut refusals = 0;
+    for (method, client_streaming, server_streaming) in &served {
+        let needs = GRPC.iter().find(|g| g.0 == method).unwrap().1;
+        for cred in creds {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let path: http::uri::PathAndQuery = format!("/{method}").parse().unwrap();
+            let codec = tonic_prost::ProstCodec::<(), ()>::default();
+            let token = token_of(cred);
+            let got = match (client_streaming, server_streaming) {
+                (false, false) => grpc
+                    .unary(with((), token.as_deref()), path, codec)
+                    .await
+                    .map(|r| r.metadata().clone()),
+                (false, true) => grpc
+                    .server_streaming(with((), token.as_deref()), path, codec)
+                    .await
+                    .map(|r| r.metadata().clone()),
+                _ => grpc
+                    .streaming(
+                        with(tokio_stream::iter(Vec::<()>::new()), token.as_deref()),
+                        path,
+                        codec,
+                    )
+                    .await
+                    .map(|r| r.metadata().clone()),
+            };
+            let refused = match &got {
+                Err(s) if s.code() == Code::Unauthenticated => Some(401),
+                Err(s) if s.code() == Code::PermissionDenied => Some(403),
+                _ => None,
+            };
+            refusals += usize::from(refused.is_some());
+            assert_eq!(
+                refused,
+                expected(needs, protect, cred),
+                "gRPC {method} with {cred:?} (protect {protect}): {got:?}"
+            );
+            let md = match &got {
+                Ok(md) => md.clone(),
+                Err(s) => s.metadata().clone(),
+            };
+            if let Some(id) = md.get("x-request-id") {
+                ids.push(id.to_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(ids.len() > served.len() * 3, "responses carry their request id");
+
+    let client = reqwest::Client::new();
+    let infer_body =
+        serde_json::json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": eval_rows(1)}]});
+    // Every route of the REST API's own OpenAPI document is in the table.
+    let doc: serde_json::Value = client
+        .get(format!("http://{http_addr}/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path.replace("{model_id}", "1");
+            let m = method.to_uppercase();
+            assert!(
+                HTTP.iter().any(|(hm, hp, _)| *hm == m
+                    && (*hp == concrete
+                        || (m == "DELETE" && *hp == "/api/v1/models/3" && concrete == "/api/v1/models/1"))),
+                "{m} {path} is not in the matrix"
+            );
+        }
+    }
+    for (method, path, needs) in HTTP {
+        for cred in creds {
+            let mut r = client.request(method.parse().unwrap(), format!("http://{http_addr}{path}"));
+            if *method == "OPTIONS" {
+                r = r
+                    .header("origin", "https://app.example")
+                    .header("access-control-request-method", "GET");
+            } else if path.ends_with("infer") || path.ends_with("predict") {
+                r = r.json(&infer_body);
+            } else if *method != "GET" && *method != "DELETE" {
+                r = r.json(&serde_json::json!({}));
+            }
+            if let Some(t) = token_of(cred) {
+                r = r.bearer_auth(t);
+            }
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let www = resp.headers().contains_key("www-authenticate");
+            assert!(
+                resp.headers().contains_key("x-request-id"),
+                "{method} {path}: no request id"
+            );
+            let body = resp.text().await.unwrap();
+            let refused = match status {
+                401 if www => Some(401),
+                403 if body.contains("this needs the") => Some(403),
+                _ => None,
+            };
+            refusals += usize::from(refused.is_some());
+            assert_eq!(
+                refused,
+                expected(*needs, protect, cred),
+                "HTTP {method} {path} with {cred:?} (protect {protect}): {status} {body}"
+            );
+            for s in &secrets {
+                assert!(!body.contains(s.as_str()), "a response carries a token");
+            }
+        }
+    }
+    child.kill().await.unwrap();
+    let _ = child.wait().await;
+    collector.await.unwrap();
+    let mut log = std::mem::take(&mut *log.lock().unwrap());
+    log.shrink_to_fit();
+    let mut all_secrets = secrets;
+    all_secrets.push(bad);
+    (log, all_secrets, refusals)
+}
+
+/// The whole matrix — every gRPC method and HTTP route × no token, a bad one, each scope — on
+/// a real binary logging at debug, with the open endpoints open and then with `--protect`; no
+/// token appears in any line of either server's log, and refusals are logged, rate-limited.
+#[tokio::test]
+async fn every_method_and_route_by_every_credential_and_no_token_in_the_log() {
+    for protect in [false, true] {
+        let (log, secrets, refused) = run_matrix(protect).await;
+        assert!(log.len() > 50, "the server logged: {}", log.len());
+        for line in &log {
+            for s in &secrets {
+                assert!(
+                    !line.contains(s.as_str()) && !line.contains(&s[4..]),
+                    "a token in the log: {line}"
+                );
+            }
+        }
+        let logged = log.iter().filter(|l| l.contains("access_denied")).count();
+        // 10 lines of a kind every 10 s; the matrix refuses hundreds of requests in a few.
+        assert!(
+            logged >= 1 && logged * 4 < refused,
+            "refusals are logged, rate-limited: {logged} lines for {refused} refusals"
+        );
+    }
+}

@@ -147,6 +147,19 @@ pub fn spawn_serve(
     tokio::process::Child,
     tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
 ) {
+    spawn_serve_env(db_url, root, extra, &std::collections::HashMap::new())
+}
+
+/// [`spawn_serve`] with more environment variables for the child.
+pub fn spawn_serve_env(
+    db_url: &str,
+    root: &Path,
+    extra: &[&str],
+    env: &std::collections::HashMap<&str, &str>,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
         .args([
@@ -161,6 +174,7 @@ pub fn spawn_serve(
         .args(extra)
         .env("MODELD_DATABASE_URL", db_url)
         .env("MODELD_MODEL_ROOT", root)
+        .envs(env)
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
