@@ -1,6 +1,8 @@
 //! Access control end to end: bearer tokens with scopes on gRPC and HTTP (no token, a bad one,
-//! an expired one, each scope), the routes that stay open, and the refused non-loopback bind
-//! without tokens.
+//! an expired one, each scope), the whole method × credential matrix on the real binary with
+//! no token in its log, the tokens file re-read while running, the routes that stay open (and
+//! `--protect`), the refused non-loopback bind without tokens; and the bad-input battery whose
+//! messages carry no server path and no database text.
 
 mod common;
 
@@ -615,37 +617,9 @@ async fn run_matrix(protect: bool) -> (Vec<String>, Vec<String>, usize) {
     }
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     // Debug logs from every crate: the test looks for tokens in all of it.
-    let mut cmd_env = std::collections::HashMap::new();
-    cmd_env.insert("MODELD_LOG", "debug");
-    let (mut child, mut lines) = spawn_serve_env(&db.url, root.path(), &extra, &cmd_env);
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut addrs = Vec::new();
-    while addrs.len() < 2 {
-        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the server logs its addresses within 30 s")
-            .unwrap()
-            .expect("a log line");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if let Some(a) = v["fields"]["addr"].as_str() {
-            addrs.push(a.to_string());
-        }
-        log.lock().unwrap().push(line);
-    }
-    let collector = {
-        let log = std::sync::Arc::clone(&log);
-        tokio::spawn(async move {
-            while let Ok(Some(l)) = lines.next_line().await {
-                log.lock().unwrap().push(l);
-            }
-        })
-    };
-    let (grpc_addr, http_addr) = (addrs[0].clone(), addrs[1].clone());
-    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let server = LoggedServer::start(&db.url, root.path(), &extra, &[("MODELD_LOG", "debug")]).await;
+    let http_addr = server.http.clone();
+    let channel = server.channel().await;
     let token_of = |cred: Cred| -> Option<String> {
         match cred {
             Cred::None => None,
@@ -653,19 +627,6 @@ async fn run_matrix(protect: bool) -> (Vec<String>, Vec<String>, usize) {
             c => keys.iter().find(|(k, _)| *k == c).map(|(_, t)| t.clone()),
         }
     };
-    // The server comes up SERVING (health is open).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let h = tonic_health::pb::health_client::HealthClient::new(channel.clone())
-            .check(tonic_health::pb::HealthCheckRequest::default())
-            .await;
-        if h.is_ok_and(|h| h.into_inner().status == 1) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-
     // Every method the server's descriptors name is in the table, and only those.
     use prost::Message;
     let set = prost_types::FileDescriptorSet::decode(modeld::api::FILE_DESCRIPTOR_SET).unwrap();
@@ -815,11 +776,7 @@ async fn run_matrix(protect: bool) -> (Vec<String>, Vec<String>, usize) {
             }
         }
     }
-    child.kill().await.unwrap();
-    let _ = child.wait().await;
-    collector.await.unwrap();
-    let mut log = std::mem::take(&mut *log.lock().unwrap());
-    log.shrink_to_fit();
+    let log = server.stop().await;
     let mut all_secrets = secrets;
     all_secrets.push(bad);
     (log, all_secrets, refusals)
@@ -848,4 +805,248 @@ async fn every_method_and_route_by_every_credential_and_no_token_in_the_log() {
             "refusals are logged, rate-limited: {logged} lines for {refused} refusals"
         );
     }
+}
+
+/// The bad-input battery, on both transports of a real binary: every error message is free of
+/// the model root's absolute path and of database text, and one the server cannot explain
+/// without internals (a registry table gone) carries a request id that finds the detail in the
+/// server's log.
+#[tokio::test]
+async fn no_error_message_carries_a_server_path_or_database_text_sqlite() {
+    error_battery(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn no_error_message_carries_a_server_path_or_database_text_postgres() {
+    error_battery(Backend::Postgres).await;
+}
+
+async fn error_battery(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let root = model_root();
+    let abs = root.path().canonicalize().unwrap().to_str().unwrap().to_string();
+    std::fs::write(root.path().join("notes.txt"), "not a model").unwrap();
+    std::fs::create_dir(root.path().join("eval")).unwrap();
+    std::fs::write(root.path().join("eval/bad.npy"), "not an array").unwrap();
+    let server = LoggedServer::start(&db.url, root.path(), &[], &[]).await;
+    let channel = server.channel().await;
+    let mut reg = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
+    let mut infer = pb::inference_client::InferenceClient::new(channel.clone());
+    let mut kserve = modeld::api::kserve_pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel);
+    let mut said: Vec<(String, String)> = Vec::new();
+    // A message may quote what the client sent (an absolute path it gave): that is taken out
+    // before the check, the rest must not name the server's paths.
+    let mut grpc = |what: &str, r: Result<(), tonic::Status>| {
+        let e = r.expect_err(what);
+        let message = e.message().replace(&format!("{abs}/digits_v1.onnx"), "<sent>");
+        said.push((
+            what.to_string(),
+            message.replace(&format!("{abs}/eval/bad.npy"), "<sent>"),
+        ));
+    };
+    let register = |name: &str, path: &str| pb::RegisterModelRequest {
+        name: name.into(),
+        version: "9".into(),
+        file_path: path.into(),
+        ..Default::default()
+    };
+    for (what, req) in [
+        ("register an absolute path", register("x", "/etc/passwd")),
+        ("register outside the root", register("x", "../outside.onnx")),
+        (
+            "register under the root, absolute",
+            register("x", &format!("{abs}/digits_v1.onnx")),
+        ),
+        ("register a missing file", register("x", "nope.onnx")),
+        ("register a file that is not a model", register("x", "notes.txt")),
+        ("register a taken name", register("digits_v1", "digits_v1.onnx")),
+        ("register an empty name", register("", "digits_v1.onnx")),
+        (
+            "register and activate a file that is not a model",
+            pb::RegisterModelRequest {
+                activate: true,
+                ..register("y", "notes.txt")
+            },
+        ),
+    ] {
+        grpc(what, reg.register_model(req).await.map(|_| ()));
+    }
+    grpc(
+        "activate a missing model",
+        reg.activate_model(activate_req("nobody")).await.map(|_| ()),
+    );
+    grpc(
+        "delete the active model",
+        reg.delete_model(pb::DeleteModelRequest {
+            model: by_name("digits_v2"),
+        })
+        .await
+        .map(|_| ()),
+    );
+    grpc(
+        "get a missing id",
+        reg.get_model(pb::GetModelRequest {
+            model: Some(pb::ModelRef {
+                r#ref: Some(pb::model_ref::Ref::ModelId(999)),
+            }),
+        })
+        .await
+        .map(|_| ()),
+    );
+    for path in [
+        "/etc/passwd",
+        "../x.npy",
+        "eval/missing.npy",
+        "eval/bad.npy",
+        &format!("{abs}/eval/bad.npy"),
+    ] {
+        grpc(
+            &format!("evaluate on {path}"),
+            reg.evaluate_model(pb::EvaluateModelRequest {
+                model: by_name("digits_v1"),
+                dataset: Some(pb::Dataset {
+                    path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        );
+    }
+    grpc(
+        "canary at 150%",
+        reg.set_canary(pb::SetRolloutRequest {
+            model: by_name("digits_v1"),
+            percentage: 150,
+            ..Default::default()
+        })
+        .await
+        .map(|_| ()),
+    );
+    let mut wrong_shape = digits_request("", &eval_rows(1));
+    wrong_shape.inputs[0].shape = vec![1, 63];
+    grpc("predict a wrong shape", infer.predict(wrong_shape).await.map(|_| ()));
+    grpc(
+        "predict an unknown model",
+        infer.predict(digits_request("nobody", &eval_rows(1))).await.map(|_| ()),
+    );
+    let mut short = kserve_request("digits_v2", &eval_rows(1));
+    short.raw_input_contents[0].truncate(10);
+    grpc("infer short raw data", kserve.model_infer(short).await.map(|_| ()));
+    grpc(
+        "load an unknown model",
+        kserve
+            .repository_model_load(modeld::api::kserve_pb::RepositoryModelLoadRequest {
+                model_name: "nobody".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+    );
+
+    let http = reqwest::Client::new();
+    for (what, method, path, body) in [
+        (
+            "REST register an absolute path",
+            "POST",
+            "/api/v1/models",
+            serde_json::json!({"model_name": "x", "file_path": "/etc/passwd"}),
+        ),
+        (
+            "REST register a taken name",
+            "POST",
+            "/api/v1/models",
+            serde_json::json!({"model_name": "digits_v1", "file_path": "digits_v1.onnx"}),
+        ),
+        (
+            "REST register a file that is not a model",
+            "POST",
+            "/api/v1/models",
+            serde_json::json!({"model_name": "x", "file_path": "notes.txt"}),
+        ),
+        (
+            "REST update a missing id",
+            "PUT",
+            "/api/v1/models/999",
+            serde_json::json!({"version": "3"}),
+        ),
+        (
+            "REST an unknown field",
+            "POST",
+            "/api/v1/models",
+            serde_json::json!({"nope": 1}),
+        ),
+        (
+            "OIP infer a wrong shape",
+            "POST",
+            "/v2/models/digits_v2/infer",
+            serde_json::json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}),
+        ),
+        (
+            "OIP load an unknown model",
+            "POST",
+            "/v2/repository/models/nobody/load",
+            serde_json::json!({}),
+        ),
+    ] {
+        let r = http
+            .request(method.parse().unwrap(), server.http_url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_client_error(), "{what}: {}", r.status());
+        said.push((what.to_string(), r.text().await.unwrap()));
+    }
+    let r = http
+        .post(server.http_url("/v2/models/digits_v2/infer"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    said.push(("OIP malformed JSON".into(), r.text().await.unwrap()));
+
+    // A registry table gone: the server cannot explain it without internals.
+    sql(&db.url, "DROP TABLE rollout_changes").await.unwrap();
+    let e = reg
+        .get_rollout(pb::GetRolloutRequest { history_limit: 5 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    let id = e.metadata().get("x-request-id").unwrap().to_str().unwrap().to_string();
+    assert!(e.message().contains(&id), "{e:?}");
+    said.push(("a table gone".into(), e.message().to_string()));
+
+    let internals = [
+        abs.as_str(),
+        "/tmp/",
+        "SELECT",
+        "INSERT",
+        "UPDATE ml_",
+        "rollout_changes",
+        "no such table",
+        "UNIQUE constraint",
+        "violates",
+        "SQLSTATE",
+        "error returned from database",
+        "sqlite",
+        "sqlx",
+        "relation",
+        "postgres",
+        "127.0.0.1:5432",
+    ];
+    for (what, message) in &said {
+        assert!(!message.is_empty(), "{what}: an empty message");
+        for i in internals {
+            assert!(!message.contains(i), "{what}: {message:?} carries {i:?}");
+        }
+    }
+    assert!(said.len() >= 25, "{}", said.len());
+    let log = server.stop().await;
+    assert!(
+        log.iter().any(|l| l.contains(&id) && l.contains("rollout_changes")),
+        "the log has the detail under the request id"
+    );
 }

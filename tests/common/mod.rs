@@ -798,3 +798,86 @@ pub async fn spawn_server_binary(db_url: &str, root: &Path, extra: &[&str]) -> (
     }
     (child, addr)
 }
+
+/// The real binary with its whole log kept: `modeld serve` on `127.0.0.1:0` (gRPC and HTTP)
+/// plus `extra`, with JSON logs, SERVING.
+pub struct LoggedServer {
+    pub grpc: String,
+    pub http: String,
+    child: tokio::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    collector: tokio::task::JoinHandle<()>,
+}
+
+impl LoggedServer {
+    pub async fn start(db_url: &str, root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let env: std::collections::HashMap<&str, &str> = env.iter().copied().collect();
+        let (child, mut lines) = spawn_serve_env(db_url, root, extra, &env);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let mut addrs = Vec::new();
+        while addrs.len() < 2 {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("the server logs its addresses within 30 s")
+                .unwrap()
+                .expect("a log line");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(a) = v["fields"]["addr"].as_str() {
+                addrs.push(a.to_string());
+            }
+            log.lock().unwrap().push(line);
+        }
+        let collector = {
+            let log = std::sync::Arc::clone(&log);
+            tokio::spawn(async move {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    log.lock().unwrap().push(l);
+                }
+            })
+        };
+        let s = Self {
+            grpc: addrs[0].clone(),
+            http: addrs[1].clone(),
+            child,
+            log,
+            collector,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let h = HealthClient::new(s.channel().await)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await;
+            if h.is_ok_and(|h| h.into_inner().status == ServingStatus::Serving as i32) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never SERVING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        s
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Stops the server and returns every line it logged.
+    pub async fn stop(mut self) -> Vec<String> {
+        self.child.kill().await.unwrap();
+        let _ = self.child.wait().await;
+        (&mut self.collector).await.unwrap();
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
