@@ -90,6 +90,8 @@ pub enum Refusal {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tokens {
     entries: Vec<TokenEntry>,
+    /// Each entry's sha256, decoded once (a check compares bytes, it does not parse hex).
+    digests: Vec<[u8; 32]>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -133,7 +135,12 @@ impl Tokens {
             }
             entries.push(e);
         }
-        Ok(Self { entries })
+        let mut tokens = Self {
+            entries,
+            digests: Vec::new(),
+        };
+        tokens.index();
+        Ok(tokens)
     }
 
     /// Reads a tokens file; a missing file has no tokens.
@@ -174,6 +181,19 @@ impl Tokens {
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         }
         std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    fn index(&mut self) {
+        self.digests = self
+            .entries
+            .iter()
+            .map(|e| {
+                let mut d = [0u8; 32];
+                // Checked at parse and made by create: always 64 hex digits.
+                let _ = hex::decode_to_slice(&e.sha256, &mut d);
+                d
+            })
+            .collect();
     }
 
     /// The entries (names, scopes, expiry; hashes only).
@@ -222,6 +242,7 @@ impl Tokens {
             created_at: Utc::now(),
             expires_at,
         });
+        self.index();
         Ok(token)
     }
 
@@ -229,6 +250,7 @@ impl Tokens {
     pub fn revoke(&mut self, name: &str) -> bool {
         let before = self.entries.len();
         self.entries.retain(|e| e.name != name);
+        self.index();
         self.entries.len() != before
     }
 
@@ -239,9 +261,8 @@ impl Tokens {
     pub fn check(&self, presented: &str, now: DateTime<Utc>) -> std::result::Result<&TokenEntry, Refusal> {
         let d = digest(presented.trim());
         let mut found = None;
-        for e in &self.entries {
-            let mut stored = [0u8; 32];
-            if hex::decode_to_slice(&e.sha256, &mut stored).is_ok() && same(&stored, &d) {
+        for (e, stored) in self.entries.iter().zip(&self.digests) {
+            if same(stored, &d) {
                 found = Some(e);
             }
         }

@@ -426,7 +426,6 @@ async fn the_cli_reaches_a_tls_server_with_a_token_and_a_client_certificate() {
     let status = |env: Vec<(&'static str, String)>| {
         let mut args = vec!["status", "--json"];
         args.extend(tls.iter().copied());
-        let env = env;
         async move {
             let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
             run_modeld(std::env::temp_dir().as_path(), &env, &args).await
