@@ -83,6 +83,72 @@ async fn tritonclient_http_works_unchanged() {
     tritonclient_checks("tritonclient_http_check.py", &server.http_addr.to_string()).await;
 }
 
+/// TLS and a token, as Triton's clients send them: tritonclient with `ssl=True` and the
+/// token in `headers`, perf_analyzer with `--ssl-grpc-*` and `-H`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_and_perf_analyzer_work_over_tls_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::pki::Ca::new("modeld test CA");
+    let (cert, key) = ca.leaf(&["localhost", "127.0.0.1"]);
+    let p = |name: &str, text: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        f
+    };
+    let (cert, key, ca_file) = (p("server.pem", &cert), p("server.key", &key), p("ca.pem", &ca.pem));
+    let mut tokens = modeld::auth::Tokens::default();
+    // perf_analyzer reads metadata, config and statistics too: predict and read.
+    let token = tokens
+        .create(
+            "loadtest",
+            &[modeld::auth::Scope::Predict, modeld::auth::Scope::Read],
+            None,
+        )
+        .unwrap();
+    let tokens_file = dir.path().join("tokens.jsonl");
+    tokens.write(&tokens_file).unwrap();
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        c.tokens_file = Some(tokens_file);
+    })
+    .await;
+    common::pki::wait_serving_tls(server.addr, &ca.pem).await;
+    let addr = format!("127.0.0.1:{}", server.addr.port());
+    let script = bundled_models().join("../tests/clients/tritonclient_tls_check.py");
+    let (ok, out, err) = run(
+        "python",
+        &[script.to_str().unwrap(), &addr, ca_file.to_str().unwrap(), &token],
+        None,
+    )
+    .await;
+    assert!(ok && out.contains("all checks passed"), "{out}\n{err}");
+    let header = format!("authorization:Bearer {token}");
+    let args = [
+        "-m",
+        "active",
+        "-i",
+        "grpc",
+        "-u",
+        &addr,
+        "--ssl-grpc-use-ssl",
+        "--ssl-grpc-root-certifications-file",
+        ca_file.to_str().unwrap(),
+        "-H",
+        &header,
+        "--concurrency-range",
+        "2",
+        "--measurement-interval",
+        "1000",
+        "-s",
+        "1000",
+        "--max-trials",
+        "3",
+    ];
+    let (ok, out, err) = run("perf_analyzer", &args, None).await;
+    assert_clean_perf_run("over TLS with a token", ok, &format!("{out}\n{err}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perf_analyzer_runs_clean_over_http() {
     let server = TestServer::start(Backend::Sqlite).await;

@@ -3,6 +3,7 @@
 //! bundled models' expected outputs.
 #![allow(dead_code, reason = "each test binary uses a different part of the helpers")]
 
+pub mod pki;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
@@ -224,6 +225,7 @@ impl TestServer {
         config.registry_poll_ms = 20;
         config.file_debounce_ms = 50;
         tweak(&mut config);
+        let tls = config.tls_cert.is_some();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -240,7 +242,10 @@ impl TestServer {
             shutdown: Some(tx),
             handle: Some(handle),
         };
-        s.wait_for_health_response().await;
+        // A TLS server is waited for by the test's own TLS client.
+        if !tls {
+            s.wait_for_health_response().await;
+        }
         s
     }
 
