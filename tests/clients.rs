@@ -124,53 +124,23 @@ async fn tritonclient_and_perf_analyzer_work_over_tls_with_a_token() {
     .await;
     assert!(ok && out.contains("all checks passed"), "{out}\n{err}");
     let header = format!("authorization:Bearer {token}");
-    let args = [
-        "-m",
-        "active",
-        "-i",
-        "grpc",
-        "-u",
-        &addr,
+    let ca = ca_file.to_str().unwrap();
+    let extra = [
         "--ssl-grpc-use-ssl",
         "--ssl-grpc-root-certifications-file",
-        ca_file.to_str().unwrap(),
+        ca,
         "-H",
         &header,
-        "--concurrency-range",
-        "2",
-        "--measurement-interval",
-        "1000",
-        "-s",
-        "1000",
-        "--max-trials",
-        "3",
     ];
-    let (ok, out, err) = run("perf_analyzer", &args, None).await;
-    assert_clean_perf_run("over TLS with a token", ok, &format!("{out}\n{err}"));
+    let (ok, all) = perf_analyzer("grpc", &addr, &extra).await;
+    assert_clean_perf_run("over TLS with a token", ok, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perf_analyzer_runs_clean_over_http() {
     let server = TestServer::start(Backend::Sqlite).await;
-    let addr = server.http_addr.to_string();
-    let args = [
-        "-m",
-        "active",
-        "-i",
-        "http",
-        "-u",
-        &addr,
-        "--concurrency-range",
-        "2",
-        "--measurement-interval",
-        "1000",
-        "-s",
-        "1000",
-        "--max-trials",
-        "3",
-    ];
-    let (ok, out, err) = run("perf_analyzer", &args, None).await;
-    assert_clean_perf_run("-i http", ok, &format!("{out}\n{err}"));
+    let (ok, all) = perf_analyzer("http", &server.http_addr.to_string(), &[]).await;
+    assert_clean_perf_run("-i http", ok, &all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,26 +148,8 @@ async fn perf_analyzer_runs_clean_with_random_inputs_and_streaming() {
     let server = TestServer::start(Backend::Sqlite).await;
     let addr = server.addr.to_string();
     for extra in [&[][..], &["--streaming"][..]] {
-        let mut args = vec![
-            "-m",
-            "active",
-            "-i",
-            "grpc",
-            "-u",
-            &addr,
-            "--concurrency-range",
-            "2",
-            "--measurement-interval",
-            "1000",
-            // Smoke test: accept any stability, a few windows at most.
-            "-s",
-            "1000",
-            "--max-trials",
-            "3",
-        ];
-        args.extend_from_slice(extra);
-        let (ok, out, err) = run("perf_analyzer", &args, None).await;
-        assert_clean_perf_run(&format!("{extra:?}"), ok, &format!("{out}\n{err}"));
+        let (ok, all) = perf_analyzer("grpc", &addr, extra).await;
+        assert_clean_perf_run(&format!("{extra:?}"), ok, &all);
     }
     // It really went through modeld's request path (random inputs include NaN: served, not refused).
     let status = server.status().await;
@@ -245,6 +197,30 @@ async fn grpcurl_lists_and_calls_both_apis_by_reflection() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["modelName"], "digits_v2");
     assert_eq!(v["outputs"][1]["contents"]["int64Contents"][0], "2", "{out}");
+}
+
+/// perf_analyzer against the active model over `protocol` at `addr`, concurrency 2, as a smoke
+/// test (any stability, a few windows at most), with `extra` arguments.
+async fn perf_analyzer(protocol: &str, addr: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "-m",
+        "active",
+        "-i",
+        protocol,
+        "-u",
+        addr,
+        "--concurrency-range",
+        "2",
+        "--measurement-interval",
+        "1000",
+        "-s",
+        "1000",
+        "--max-trials",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = run("perf_analyzer", &args, None).await;
+    (ok, format!("{out}\n{err}"))
 }
 
 /// A perf_analyzer run that measured, reported no error, and found modeld's server-side

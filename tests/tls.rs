@@ -158,6 +158,16 @@ fn der(pem: &str) -> Vec<u8> {
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
 }
 
+/// A server CA whose certificate for localhost is written to `dir`, and a clients' CA written
+/// as `clients-ca.pem`.
+fn mutual_files(dir: &Path) -> (Ca, Ca) {
+    let ca = Ca::new("modeld test CA");
+    let clients = Ca::new("modeld clients");
+    write_server(dir, &ca.leaf(&["localhost"]));
+    put(&dir.join("clients-ca.pem"), &clients.pem);
+    (ca, clients)
+}
+
 fn write_server(dir: &Path, leaf: &(String, String)) {
     put(&dir.join("server.pem"), &leaf.0);
     put(&dir.join("server.key"), &leaf.1);
@@ -233,10 +243,7 @@ async fn grpc_and_https_on_one_certificate_and_plain_clients_are_refused() {
 #[tokio::test]
 async fn mutual_tls_wants_a_certificate_from_the_client_ca_on_both_ports() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("modeld test CA");
-    let clients = Ca::new("modeld clients");
-    write_server(dir.path(), &ca.leaf(&["localhost"]));
-    put(&dir.path().join("clients-ca.pem"), &clients.pem);
+    let (ca, clients) = mutual_files(dir.path());
     // mTLS is access control of its own: a non-loopback bind without tokens is allowed.
     let server = TlsServer::start(dir.path(), true, |_| {}).await;
     let good = clients.leaf(&["app.example"]);
@@ -354,10 +361,7 @@ async fn a_certificate_replaced_while_running_is_served_to_new_connections() {
 #[tokio::test]
 async fn the_cli_reaches_a_tls_server_with_a_token_and_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("modeld test CA");
-    let clients = Ca::new("modeld clients");
-    write_server(dir.path(), &ca.leaf(&["localhost"]));
-    put(&dir.path().join("clients-ca.pem"), &clients.pem);
+    let (ca, clients) = mutual_files(dir.path());
     let ca_file = dir.path().join("ca.pem");
     put(&ca_file, &ca.pem);
     let (cert, key) = clients.leaf(&["ops"]);
