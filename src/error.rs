@@ -169,6 +169,18 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The words a client may read (status, events): without a database's own words or an
+    /// internal failure's detail, which stay in the log and the CLI.
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::Database { fault, .. } => fault.words().to_string(),
+            Error::Internal(_) => "internal error; the server log has the detail".into(),
+            e => e.to_string(),
+        }
+    }
+}
+
 /// A message whose detail stays in the log: the words for the client and the request id.
 fn hidden(words: &str, id: &str) -> String {
     format!("{words} (request id {id}; the server log has the detail)")

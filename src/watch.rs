@@ -284,7 +284,8 @@ async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
 }
 
 async fn failed(control: &Control, status: &Status, source: &str, e: &Error) {
-    let message = e.to_string();
+    // Status and events are read by clients: the database's words stay in the log.
+    let message = e.client_message();
     let previous = status.snapshot().last_error;
     let repeated = previous.as_ref().is_some_and(|(m, _, _)| *m == message);
     let reason = Reason::of(e);
@@ -299,10 +300,10 @@ async fn failed(control: &Control, status: &Status, source: &str, e: &Error) {
         s.reload_failures += 1;
     });
     if repeated {
-        tracing::debug!(%source, error = %message, "reload still failing");
+        tracing::debug!(%source, error = %e, "reload still failing");
         return;
     }
-    tracing::error!(%source, error = %message, "reload failed; keeping the served model");
+    tracing::error!(%source, error = %e, "reload failed; keeping the served model");
     let wanted = status.snapshot().registry_active;
     if control
         .registry()
