@@ -206,7 +206,7 @@ pub async fn serve_with(
                     config
                         .protect
                         .iter()
-                        .map(|p| format!("{p:?}").to_lowercase())
+                        .filter_map(|p| clap::ValueEnum::to_possible_value(p).map(|v| v.get_name().to_string()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
