@@ -34,7 +34,14 @@ pub async fn control(registry: &crate::config::RegistryArgs, origin: Origin) -> 
     let db = Registry::connect(&registry.database_url)
         .await
         .context("opening the model registry")?;
-    Ok(Control::new(db.with_origin(origin), root, Arc::new(Slot::new())))
+    let objects = crate::model::objects::Objects::new(
+        registry
+            .object_cache
+            .clone()
+            .unwrap_or_else(crate::model::objects::default_dir),
+        registry.object_cache_bytes,
+    );
+    Ok(Control::new(db.with_origin(origin), root, Arc::new(Slot::new())).with_objects(Arc::new(objects)))
 }
 
 /// Loads the preferred engine's library (once per process) and says in the logs what will

@@ -336,6 +336,13 @@ pub struct RegistryArgs {
     /// Directory every model file must live under; registry paths are relative to it.
     #[arg(long, env = "MODELD_MODEL_ROOT", default_value = "models")]
     pub model_root: PathBuf,
+    /// Where verified copies of models in object storage (s3://, gs://, az://, https://) are
+    /// kept; default `$XDG_CACHE_HOME/modeld/objects` (or `~/.cache/modeld/objects`).
+    #[arg(long, env = "MODELD_OBJECT_CACHE")]
+    pub object_cache: Option<PathBuf>,
+    /// The object cache's size; least recently used copies go first (the one in use never).
+    #[arg(long, env = "MODELD_OBJECT_CACHE_BYTES", default_value_t = 4 << 30)]
+    pub object_cache_bytes: u64,
 }
 
 impl Cli {
@@ -354,7 +361,8 @@ impl std::fmt::Debug for RegistryArgs {
         f.debug_struct("RegistryArgs")
             .field("database_url", &redact_url(&self.database_url))
             .field("model_root", &self.model_root)
-            .finish()
+            .field("object_cache", &self.object_cache)
+            .finish_non_exhaustive()
     }
 }
 
@@ -708,6 +716,8 @@ impl ServeConfig {
             registry: RegistryArgs {
                 database_url: database_url.into(),
                 model_root: model_root.into(),
+                object_cache: None,
+                object_cache_bytes: 4 << 30,
             },
             listen: "127.0.0.1:50051".parse().expect("a valid address"),
             seed_manifest: "models.json".into(),

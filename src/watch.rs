@@ -194,7 +194,8 @@ async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool
 async fn sync_active(control: &Control, status: &Status, source: &str) -> bool {
     match control.sync_with_registry().await {
         Ok(RegistrySync::InSync(record)) => {
-            let missing = control.root().resolve(&record.file_path).is_err();
+            let missing =
+                !crate::model::objects::is_uri(&record.file_path) && control.root().resolve(&record.file_path).is_err();
             status.update(|s| {
                 s.set_reachable(true);
                 s.last_error = None;

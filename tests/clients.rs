@@ -4,28 +4,7 @@
 
 mod common;
 
-use std::process::Command;
-use std::sync::OnceLock;
-
 use common::*;
-
-/// PATH and LD_LIBRARY_PATH with the client tools, installed once per test run.
-fn client_env() -> &'static [(String, String)] {
-    static ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let setup = bundled_models().join("../tests/clients/setup.sh");
-        let out = Command::new("bash").arg(&setup).output().expect("bash runs");
-        assert!(
-            out.status.success(),
-            "client setup failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect()
-    })
-}
 
 async fn run(program: &str, args: &[&str], stdin_file: Option<&std::path::Path>) -> (bool, String, String) {
     let env = client_env();

@@ -19,6 +19,8 @@ async fn registry_control(backend: Backend) -> (TestDb, tempfile::TempDir, Regis
     let args = RegistryArgs {
         database_url: db.url.clone(),
         model_root: root.path().to_path_buf(),
+        object_cache: None,
+        object_cache_bytes: 4 << 30,
     };
     let control = modeld::app::control(&args, Default::default()).await.unwrap();
     (db, root, args, control)
@@ -550,6 +552,8 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
         &RegistryArgs {
             database_url: db.url.clone(),
             model_root: root.path().to_path_buf(),
+            object_cache: None,
+            object_cache_bytes: 4 << 30,
         },
         modeld::registry::Origin::default(),
     )

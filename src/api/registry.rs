@@ -442,7 +442,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         use tokio::io::AsyncReadExt;
         let pb::DownloadModelRequest { model } = request.into_inner();
         let record = self.control.registry().get(&convert::model_ref(model)?).await?;
-        let path = self.control.root().resolve(&record.file_path)?;
+        let path = self.control.record_file(&record).await?;
         let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
             Error::model_file(
                 crate::error::FileProblem::Unreadable,

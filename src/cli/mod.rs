@@ -117,7 +117,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             // The path as the user typed it, here on their machine: relative to the current
             // directory or absolute, as long as it lies inside the model root.
             let cwd = std::env::current_dir().context("cannot read the current directory")?;
-            let file_path = control.root().relative_to_root(&a.path, &cwd)?;
+            let file_path = if crate::model::objects::is_uri(&a.path) {
+                a.path.clone()
+            } else {
+                control.root().relative_to_root(&a.path, &cwd)?
+            };
             let reg = Registration {
                 name: a.name,
                 file_path,

@@ -438,7 +438,7 @@ pub(crate) async fn download(
 }
 
 async fn serve_file(s: &HttpState, record: &ModelRecord, headers: &HeaderMap) -> Response {
-    let path = match s.control.root().resolve(&record.file_path) {
+    let path = match s.control.record_file(record).await {
         Ok(p) => p,
         Err(e) => return rest_error(&e),
     };

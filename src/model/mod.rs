@@ -12,6 +12,7 @@ pub mod engine;
 mod lean;
 pub mod loader;
 pub mod memory;
+pub mod objects;
 #[cfg(feature = "onnxruntime")]
 mod onnxruntime;
 pub mod root;

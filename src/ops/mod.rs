@@ -61,6 +61,7 @@ pub struct ActivationOutcome {
 pub struct Control {
     registry: Registry,
     root: ModelRoot,
+    objects: Arc<crate::model::objects::Objects>,
     slot: Arc<Slot>,
     /// Held from load to publish so that two activations in this process publish in the order
     /// they committed (an older model can never be published over a newer one).
@@ -105,6 +106,7 @@ impl Control {
         Self {
             registry,
             root,
+            objects: Arc::default(),
             slot,
             activation: Mutex::new(()),
             status: Arc::new(Status::default()),
@@ -119,6 +121,17 @@ impl Control {
             downloads: crate::http::download::DownloadConfig::default(),
             access: Arc::default(),
         }
+    }
+
+    /// Keeps copies of models in object storage in `objects`.
+    pub fn with_objects(mut self, objects: Arc<crate::model::objects::Objects>) -> Self {
+        self.objects = objects;
+        self
+    }
+
+    /// The object cache.
+    pub fn objects(&self) -> &Arc<crate::model::objects::Objects> {
+        &self.objects
     }
 
     /// Checks requests against `access`' tokens.
@@ -278,7 +291,7 @@ impl Control {
     /// Loads a registered model, verifying the file against the registry's checksum. A stored
     /// path that escapes the root (a hand-edited registry) is a precondition failure here.
     async fn load_record(&self, record: &ModelRecord) -> Result<LoadedModel> {
-        let path = self.record_path(record)?;
+        let path = self.record_file(record).await?;
         load_blocking(
             path,
             &record.file_path,
@@ -286,6 +299,22 @@ impl Control {
             self.engine,
         )
         .await
+    }
+
+    /// The local file that holds `record`'s model: under the model root, or for an object URI
+    /// the verified copy in the object cache (fetched if it is not there).
+    ///
+    /// # Errors
+    /// As [`Control::record_path`] and [`crate::model::objects::Objects::fetch`].
+    pub async fn record_file(&self, record: &ModelRecord) -> Result<PathBuf> {
+        if crate::model::objects::is_uri(&record.file_path) {
+            let f = self
+                .objects
+                .fetch(&record.file_path, Some(&record.checksum_sha256))
+                .await?;
+            return Ok(f.path);
+        }
+        self.record_path(record)
     }
 
     /// Where `record`'s file is, confined to the model root.

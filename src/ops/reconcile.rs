@@ -107,6 +107,10 @@ impl Control {
             return Ok(FileSync::Unchanged);
         };
         let record = served.record.clone();
+        if crate::model::objects::is_uri(&record.file_path) {
+            // An object is its verified copy; a changed object is not followed yet.
+            return Ok(FileSync::Unchanged);
+        }
         let path = match self.root.resolve(&record.file_path) {
             Ok(p) => p,
             Err(Error::ModelFile {

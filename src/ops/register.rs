@@ -54,8 +54,15 @@ impl Control {
     pub async fn register(&self, reg: Registration) -> Result<Registered> {
         let model_name = name::normalise_name(&reg.name)?;
         validate_accuracy(reg.accuracy)?;
-        let file_path = normalise(&reg.file_path)?;
-        let path = self.root.resolve(&file_path)?;
+        let (file_path, path) = if crate::model::objects::is_uri(reg.file_path.trim()) {
+            let uri = reg.file_path.trim().to_string();
+            let fetched = self.objects.fetch(&uri, None).await?;
+            (uri, fetched.path)
+        } else {
+            let file_path = normalise(&reg.file_path)?;
+            let path = self.root.resolve(&file_path)?;
+            (file_path, path)
+        };
         let _order = if reg.activate {
             Some(self.activation.lock().await)
         } else {

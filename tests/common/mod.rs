@@ -886,3 +886,24 @@ impl LoggedServer {
         std::mem::take(&mut *self.log.lock().unwrap())
     }
 }
+
+/// PATH and LD_LIBRARY_PATH with the client tools, installed once per test run.
+pub fn client_env() -> &'static [(String, String)] {
+    static ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let setup = bundled_models().join("../tests/clients/setup.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&setup)
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "client setup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect()
+    })
+}

@@ -1,0 +1,273 @@
+//! Model files in object storage: a registry `file_path` may be an object URI — `s3://bucket/key`
+//! (AWS, and S3-compatible stores through `AWS_ENDPOINT_URL`), `gs://`, `az://`, `https://` —
+//! read through the object_store crate with the store's usual environment variables
+//! (`AWS_ACCESS_KEY_ID`, `GOOGLE_SERVICE_ACCOUNT`, `AZURE_STORAGE_ACCOUNT_NAME`, …).
+//!
+//! An object is fetched into a local content-addressed cache (`<sha256>.onnx`, bounded by bytes,
+//! least recently used first out) and verified by its sha256 before anything loads it; what is
+//! loaded, evaluated and served for download is the verified local copy. A store that cannot be
+//! reached fails the fetch and nothing else: what is served stays.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, FileProblem, Result};
+
+/// The schemes a `file_path` may name an object with.
+const SCHEMES: [&str; 6] = ["s3://", "gs://", "az://", "abfs://", "https://", "http://"];
+
+/// Whether `file_path` names an object rather than a file under the model root.
+pub fn is_uri(file_path: &str) -> bool {
+    SCHEMES.iter().any(|s| file_path.starts_with(s))
+}
+
+/// A verified local copy of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The copy in the cache.
+    pub path: PathBuf,
+    /// Its sha256 (hex).
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The cache of fetched objects.
+#[derive(Debug)]
+pub struct Objects {
+    dir: PathBuf,
+    max_bytes: u64,
+    /// One fetch at a time: two loads of one object share the download.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl Default for Objects {
+    fn default() -> Self {
+        Self::new(default_dir(), 4 << 30)
+    }
+}
+
+/// `$XDG_CACHE_HOME/modeld/objects`, `~/.cache/modeld/objects`, or under the temp dir.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("modeld")
+        .join("objects")
+}
+
+/// The store and the object's path in it, with the store's settings from the environment.
+fn store_for(uri: &str) -> Result<(Box<dyn ObjectStore>, object_store::path::Path)> {
+    let url = url::Url::parse(uri)
+        .map_err(|e| Error::InvalidArgument(format!("file_path {uri:?} is not an object URI: {e}")))?;
+    // The builders take their settings as lowercase keys (aws_endpoint, google_…, azure_…).
+    let mut options: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    if url.scheme() == "http"
+        || std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT"))
+            .is_ok_and(|e| e.starts_with("http://"))
+    {
+        options.push(("allow_http".into(), "true".into()));
+    }
+    object_store::parse_url_opts(&url, options).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "file_path {uri:?} names no object store this server reads: {e}"
+        ))
+    })
+}
+
+/// A store's failure as modeld's error; the store's own words go to the log.
+fn store_error(uri: &str, e: &object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::model_file(
+            FileProblem::Missing,
+            format!("object {uri:?} does not exist in its store"),
+        ),
+        other => {
+            let id = crate::trace::request_id_or_new();
+            tracing::warn!(request_id = %id, object = uri, error = %other, "object store request failed");
+            Error::model_file(
+                FileProblem::Unreadable,
+                format!("cannot fetch {uri:?} from its store (request id {id}; the server log has the detail)"),
+            )
+        }
+    }
+}
+
+impl Objects {
+    /// A cache in `dir` (made when first needed) of at most `max_bytes`.
+    pub fn new(dir: PathBuf, max_bytes: u64) -> Self {
+        Self {
+            dir,
+            max_bytes,
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Where the copies are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn copy_of(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.onnx"))
+    }
+
+    /// A verified local copy of `uri`: from the cache when a copy with `want` (the registry's
+    /// sha256) is there, else fetched, hashed while it streams, and kept only if it is `want`.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a URI no store reads; `ModelFile` Missing, Unreadable (the store
+    /// did not answer) or ChecksumMismatch.
+    pub async fn fetch(&self, uri: &str, want: Option<&str>) -> Result<Fetched> {
+        let (store, path) = store_for(uri)?;
+        let _one = self.fetching.lock().await;
+        if let Some(sha) = want {
+            let copy = self.copy_of(sha);
+            if let Ok(meta) = std::fs::metadata(&copy) {
+                // Used now: the last to go when the cache is full.
+                let _ = std::fs::File::open(&copy).and_then(|f| f.set_modified(SystemTime::now()));
+                return Ok(Fetched {
+                    path: copy,
+                    sha256: sha.to_string(),
+                    size: meta.len(),
+                });
+            }
+        }
+        let io = |e: std::io::Error| Error::internal(format!("object cache {}: {e}", self.dir.display()));
+        tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
+        let got = store.get(&path).await.map_err(|e| store_error(uri, &e))?;
+        let total = got.meta.size;
+        let mut stream = got.into_stream();
+        let part = self.dir.join(format!(
+            ".part-{}-{}",
+            std::process::id(),
+            crate::trace::new_request_id()
+        ));
+        let mut file = tokio::fs::File::create(&part).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let (mut done, mut told) = (0u64, 0u64);
+        let started = std::time::Instant::now();
+        let copied: Result<()> = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| store_error(uri, &e))?;
+                hasher.update(&chunk);
+                file.write_all(&chunk).await.map_err(io)?;
+                done += chunk.len() as u64;
+                // Large objects say how far they are, every tenth.
+                if total >= 64 << 20 && done * 10 / total > told {
+                    told = done * 10 / total;
+                    tracing::info!(object = uri, done, total, "fetching: {}%", told * 10);
+                }
+            }
+            file.flush().await.map_err(io)?;
+            file.sync_all().await.map_err(io)
+        }
+        .await;
+        drop(file);
+        if let Err(e) = copied {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+        let sha256 = hex::encode(hasher.finalize());
+        if let Some(w) = want
+            && w != sha256
+        {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(Error::model_file(
+                FileProblem::ChecksumMismatch,
+                format!("checksum mismatch for object {uri:?}: registry has sha256 {w}, the object has {sha256}"),
+            ));
+        }
+        let copy = self.copy_of(&sha256);
+        tokio::fs::rename(&part, &copy).await.map_err(io)?;
+        tracing::info!(
+            object = uri,
+            bytes = done,
+            ms = started.elapsed().as_millis() as u64,
+            sha256 = %sha256,
+            "fetched into the object cache"
+        );
+        self.evict(&copy);
+        Ok(Fetched {
+            path: copy,
+            sha256,
+            size: done,
+        })
+    }
+
+    /// Removes the least recently used copies until the cache fits, never `keep`.
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut copies: Vec<(SystemTime, u64, PathBuf)> = entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let m = e.metadata().ok()?;
+                let name = e.file_name();
+                (m.is_file() && name.to_str()?.ends_with(".onnx")).then_some(())?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = copies.iter().map(|c| c.1).sum();
+        copies.sort();
+        for (_, len, path) in copies {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep && std::fs::remove_file(&path).is_ok() {
+                tracing::info!(copy = %path.display(), bytes = len, "object cache full: removed the least recently used copy");
+                total -= len;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_are_told_from_paths() {
+        for u in [
+            "s3://b/k.onnx",
+            "gs://b/k",
+            "az://c/k",
+            "https://h/m.onnx",
+            "http://127.0.0.1:9/m",
+        ] {
+            assert!(is_uri(u), "{u}");
+        }
+        for p in ["digits_v1.onnx", "s3/x.onnx", "models/https.onnx"] {
+            assert!(!is_uri(p), "{p}");
+        }
+        assert!(matches!(store_for("s3://"), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn the_least_recently_used_copies_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::new(dir.path().to_path_buf(), 25);
+        let t0 = SystemTime::now() - std::time::Duration::from_secs(100);
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let p = dir.path().join(format!("{name}.onnx"));
+            std::fs::write(&p, [0u8; 10]).unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(i as u64)).unwrap();
+        }
+        objects.evict(&dir.path().join("a.onnx"));
+        assert!(dir.path().join("a.onnx").exists(), "kept");
+        assert!(!dir.path().join("b.onnx").exists(), "the oldest other goes");
+        assert!(dir.path().join("c.onnx").exists());
+    }
+}

@@ -1,0 +1,266 @@
+//! Model files from object storage, against real servers on loopback: moto's standalone S3
+//! server (`s3://`, reached over HTTP by the object_store client the server itself runs) and a
+//! plain HTTP file server (`http://`, the same code path as `https://`). Register from a URI
+//! (checksum and size recorded), activate and predict, download the verified copy, and the bad
+//! cases: a missing object, an object that changed under its registered checksum, and a store
+//! that is down, each leaving the served model serving.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use modeld::api::pb;
+use tonic::Code;
+
+/// A child process killed on drop, on a free loopback port, once it answers HTTP.
+async fn start_http_server(program: &str, args: &[&str], cwd: &Path) -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = tokio::process::Command::new(program);
+    let port_s = port.to_string();
+    let args: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "PORT" { port_s.as_str() } else { a })
+        .collect();
+    cmd.args(&args).current_dir(cwd).kill_on_drop(true);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in client_env() {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let http = reqwest::Client::new();
+    while http.get(format!("http://127.0.0.1:{port}/")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "{program} never answered on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, port)
+}
+
+/// moto's S3 server with a bucket `models` holding `name` -> bytes of the bundled `file`.
+async fn s3_with(objects: &[(&str, &str)]) -> (tokio::process::Child, u16) {
+    let (child, port) = start_http_server("moto_server", &["-H", "127.0.0.1", "-p", "PORT"], Path::new("/")).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("http://127.0.0.1:{port}/models"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "create bucket: {}", r.status());
+    for (key, file) in objects {
+        put_object(port, key, &std::fs::read(bundled_models().join(file)).unwrap()).await;
+    }
+    (child, port)
+}
+
+/// Puts an object as an S3 client does (signed, through object_store).
+async fn put_object(port: u16, key: &str, bytes: &[u8]) {
+    use object_store::ObjectStoreExt;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_allow_http(true)
+        .with_bucket_name("models")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_region("us-east-1")
+        .build()
+        .unwrap();
+    store
+        .put(&object_store::path::Path::from(key), bytes.to_vec().into())
+        .await
+        .unwrap_or_else(|e| panic!("put {key}: {e}"));
+}
+
+fn s3_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
+fn register(name: &str, uri: &str, activate: bool) -> pb::RegisterModelRequest {
+    pb::RegisterModelRequest {
+        name: name.into(),
+        file_path: uri.into(),
+        version: "1".into(),
+        activate,
+        ..Default::default()
+    }
+}
+
+fn sha256_of(file: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(
+        std::fs::read(bundled_models().join(file)).unwrap(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_from_s3_register_serve_download_and_fail_safely() {
+    let (mut moto, port) = s3_with(&[("digits_v1.onnx", "digits_v1.onnx"), ("b.onnx", "digits_v2.onnx")]).await;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    let cache = tempfile::tempdir().unwrap();
+    let env = s3_env(port);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = LoggedServer::start(
+        &db.url,
+        root.path(),
+        &["--object-cache", cache.path().to_str().unwrap()],
+        &env,
+    )
+    .await;
+    let channel = server.channel().await;
+    let mut reg = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
+    let mut infer = pb::inference_client::InferenceClient::new(channel);
+
+    // Register from the URI and activate: checksum and size are the object's.
+    let r = reg
+        .register_model(register("remote", "s3://models/digits_v1.onnx", true))
+        .await
+        .unwrap()
+        .into_inner();
+    let m = r.model.unwrap();
+    assert_eq!(m.file_path, "s3://models/digits_v1.onnx");
+    assert_eq!(m.checksum_sha256, sha256_of("digits_v1.onnx"));
+    assert_eq!(
+        m.file_size_bytes as u64,
+        std::fs::metadata(bundled_models().join("digits_v1.onnx"))
+            .unwrap()
+            .len()
+    );
+    let got = infer
+        .predict(digits_request("", &eval_rows(3)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.model_name, "remote");
+    assert_close(
+        &raw_f32(&got.outputs[0].raw_data),
+        &expected_probs("digits_v1", 3),
+        1e-5,
+    );
+    assert!(
+        cache.path().join(format!("{}.onnx", m.checksum_sha256)).is_file(),
+        "the verified copy is in the cache, by content"
+    );
+
+    // DownloadModel streams the verified copy.
+    let mut stream = reg
+        .download_model(pb::DownloadModelRequest {
+            model: by_name("remote"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        if let Some(pb::download_chunk::Part::Data(d)) = chunk.part {
+            bytes.extend_from_slice(&d);
+        }
+    }
+    assert_eq!(bytes, std::fs::read(bundled_models().join("digits_v1.onnx")).unwrap());
+
+    // A missing object is refused at registration, by name, without the store's words.
+    let e = reg
+        .register_model(register("ghost", "s3://models/nope.onnx", false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("does not exist"), "{e:?}");
+
+    // An object replaced under its registered checksum is refused when it is fetched again;
+    // what is served stays.
+    reg.register_model(register("other", "s3://models/b.onnx", false))
+        .await
+        .unwrap();
+    let other_sha = sha256_of("digits_v2.onnx");
+    std::fs::remove_file(cache.path().join(format!("{other_sha}.onnx"))).unwrap();
+    put_object(
+        port,
+        "b.onnx",
+        &std::fs::read(bundled_models().join("digits_v1.onnx")).unwrap(),
+    )
+    .await;
+    let e = reg.activate_model(activate_req("other")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("checksum mismatch for object"), "{e:?}");
+    let got = infer
+        .predict(digits_request("", &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.model_name, "remote", "the served model stays");
+
+    // The store down: the fetch fails, said with a request id; the served model serves on.
+    moto.kill().await.unwrap();
+    let _ = moto.wait().await;
+    let e = reg.activate_model(activate_req("other")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(
+        e.message().contains("cannot fetch") && e.message().contains("request id"),
+        "{e:?}"
+    );
+    assert!(
+        !e.message().contains("127.0.0.1"),
+        "the store's address stays in the log: {e:?}"
+    );
+    let got = infer
+        .predict(digits_request("", &eval_rows(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.model_name, "remote");
+    // The active model's verified copy is enough to activate it again with the store down.
+    reg.activate_model(activate_req("remote")).await.unwrap();
+    let log = server.stop().await;
+    assert!(
+        log.iter().any(|l| l.contains("object store request failed")),
+        "the detail is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_from_an_http_url() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::copy(bundled_models().join("digits_v2.onnx"), files.path().join("m.onnx")).unwrap();
+    let (_web, port) = start_http_server(
+        "python",
+        &["-m", "http.server", "PORT", "--bind", "127.0.0.1"],
+        files.path(),
+    )
+    .await;
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut reg = server.registry().await;
+    let uri = format!("http://127.0.0.1:{port}/m.onnx");
+    let m = reg
+        .register_model(register("web", &uri, true))
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(m.checksum_sha256, sha256_of("digits_v2.onnx"));
+    let got = server
+        .inference()
+        .await
+        .predict(digits_request("", &eval_rows(2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.model_name, "web");
+    assert_close(
+        &raw_f32(&got.outputs[0].raw_data),
+        &expected_probs("digits_v2", 2),
+        1e-5,
+    );
+}
