@@ -291,7 +291,7 @@ impl Control {
     /// Loads a registered model, verifying the file against the registry's checksum. A stored
     /// path that escapes the root (a hand-edited registry) is a precondition failure here.
     async fn load_record(&self, record: &ModelRecord) -> Result<LoadedModel> {
-        let path = self.record_file(record).await?;
+        let path = self.model_file(record).await?;
         load_blocking(
             path,
             &record.file_path,
@@ -305,7 +305,7 @@ impl Control {
     /// the verified copy in the object cache (fetched if it is not there).
     ///
     /// # Errors
-    /// As [`Control::record_path`] and [`crate::model::objects::Objects::fetch`].
+    /// As [`ModelRoot::resolve`] and [`crate::model::objects::Objects::fetch`].
     pub async fn record_file(&self, record: &ModelRecord) -> Result<PathBuf> {
         if crate::model::objects::is_uri(&record.file_path) {
             let f = self
@@ -313,6 +313,15 @@ impl Control {
                 .fetch(&record.file_path, Some(&record.checksum_sha256))
                 .await?;
             return Ok(f.path);
+        }
+        self.root.resolve(&record.file_path)
+    }
+
+    /// [`Control::record_file`] for a load: a path the root refuses is the record's problem
+    /// (`FailedPrecondition`), not the request's.
+    async fn model_file(&self, record: &ModelRecord) -> Result<PathBuf> {
+        if crate::model::objects::is_uri(&record.file_path) {
+            return self.record_file(record).await;
         }
         self.record_path(record)
     }

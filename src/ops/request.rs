@@ -63,7 +63,7 @@ impl Control {
         if !self.serving {
             return Err(Error::Unavailable("this process does not serve inference".into()));
         }
-        let path = self.record_file(&record).await?;
+        let path = self.model_file(&record).await?;
         let expected = record.signature()?;
         let (shown, sha256, engine) = (record.file_path.clone(), record.checksum_sha256.clone(), self.engine);
         let name = record.model_name.clone();
