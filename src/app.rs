@@ -293,6 +293,7 @@ pub async fn serve_with(
             file_debounce: Duration::from_millis(config.file_debounce_ms),
             strict_checksum: config.strict_checksum,
             watch_files: !config.no_watch_files,
+            object_poll: Duration::from_millis(config.object_poll_ms),
         },
     )?;
 

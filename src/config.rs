@@ -401,6 +401,10 @@ pub struct ServeConfig {
     /// Quiet time after the last change to the active model's file before it is reloaded, in ms.
     #[arg(long, env = "MODELD_FILE_DEBOUNCE_MS", default_value_t = 200)]
     pub file_debounce_ms: u64,
+    /// How often the active model's object (an s3://, gs://, az://, https:// file_path) is
+    /// asked for its ETag, in ms; a changed object is handled like a changed file.
+    #[arg(long, env = "MODELD_OBJECT_POLL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub object_poll_ms: u64,
     /// Refuse a changed model file whose sha256 differs from the registry (update the registry
     /// first, e.g. by registering the new file).
     #[arg(long, env = "MODELD_STRICT_CHECKSUM")]
@@ -728,6 +732,7 @@ impl ServeConfig {
             registry_poll_ms: 500,
             registry_check_ms: 5000,
             file_debounce_ms: 200,
+            object_poll_ms: 30_000,
             strict_checksum: false,
             no_watch_files: false,
             http_listen: Listen(None),

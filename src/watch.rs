@@ -34,6 +34,8 @@ pub struct ReloadConfig {
     pub strict_checksum: bool,
     /// Watch the active model's file at all.
     pub watch_files: bool,
+    /// How often the active model's object is asked for its ETag.
+    pub object_poll: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,13 @@ pub fn start(control: Arc<Control>, config: ReloadConfig) -> anyhow::Result<Relo
         config.clone(),
         tx.clone(),
     )));
+    if config.watch_files {
+        tasks.push(tokio::spawn(object_poller(
+            Arc::clone(&control),
+            config.object_poll,
+            tx.clone(),
+        )));
+    }
     let watcher = if config.watch_files {
         let (raw_tx, raw_rx) = mpsc::unbounded_channel::<PathBuf>();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -115,6 +124,24 @@ pub fn start(control: Arc<Control>, config: ReloadConfig) -> anyhow::Result<Relo
         tasks,
         _watcher: watcher,
     })
+}
+
+/// Asks for a file check whenever the served model is an object, every `every`: the reload
+/// task then compares the object's ETag (and, when it moved, its bytes) with what is served.
+async fn object_poller(control: Arc<Control>, every: Duration, tx: mpsc::Sender<Trigger>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let is_object = control
+            .slot()
+            .active()
+            .is_some_and(|m| crate::model::objects::is_uri(&m.record.file_path));
+        if is_object && tx.send(Trigger::File).await.is_err() {
+            return;
+        }
+    }
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(500);

@@ -1,9 +1,10 @@
 //! Model files from object storage, against real servers on loopback: moto's standalone S3
 //! server (`s3://`, reached over HTTP by the object_store client the server itself runs) and a
 //! plain HTTP file server (`http://`, the same code path as `https://`). Register from a URI
-//! (checksum and size recorded), activate and predict, download the verified copy, and the bad
-//! cases: a missing object, an object that changed under its registered checksum, and a store
-//! that is down, each leaving the served model serving.
+//! (checksum and size recorded), activate and predict, download the verified copy, follow a
+//! new version of the object (reloaded, checksum recorded), and the bad cases: a missing
+//! object, an object that changed under its registered checksum, and a store that is down
+//! (the server degraded with the reason), each leaving the served model serving.
 
 mod common;
 
@@ -115,7 +116,12 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     let server = LoggedServer::start(
         &db.url,
         root.path(),
-        &["--object-cache", cache.path().to_str().unwrap()],
+        &[
+            "--object-cache",
+            cache.path().to_str().unwrap(),
+            "--object-poll-ms",
+            "100",
+        ],
         &env,
     )
     .await;
@@ -170,6 +176,55 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     }
     assert_eq!(bytes, std::fs::read(bundled_models().join("digits_v1.onnx")).unwrap());
 
+    // The object replaced by a new version: the server sees its new ETag, verifies and
+    // reloads it, and records the new checksum, as for a changed local file.
+    put_object(
+        port,
+        "digits_v1.onnx",
+        &std::fs::read(bundled_models().join("digits_v2.onnx")).unwrap(),
+    )
+    .await;
+    let v2 = sha256_of("digits_v2.onnx");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reg
+            .get_model(pb::GetModelRequest {
+                model: by_name("remote"),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if m.checksum_sha256 == v2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the changed object was never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = infer
+            .predict(digits_request("", &eval_rows(3)))
+            .await
+            .unwrap()
+            .into_inner();
+        let probs = raw_f32(&got.outputs[0].raw_data);
+        if probs
+            .iter()
+            .zip(expected_probs("digits_v2", 3))
+            .all(|(a, b)| (a - b).abs() < 1e-5)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new version was never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    put_object(
+        port,
+        "digits_v1.onnx",
+        &std::fs::read(bundled_models().join("digits_v1.onnx")).unwrap(),
+    )
+    .await;
+
     // A missing object is refused at registration, by name, without the store's words.
     let e = reg
         .register_model(register("ghost", "s3://models/nope.onnx", false))
@@ -220,6 +275,26 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
         .unwrap()
         .into_inner();
     assert_eq!(got.model_name, "remote");
+    // The poll cannot reach the store: the server says it is degraded, and why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = reg
+            .get_server_status(pb::GetServerStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(d) = s
+            .degradations
+            .iter()
+            .find(|d| d.reason == pb::DegradedReason::ModelFileUnreadable as i32)
+        {
+            assert!(d.message.contains("cannot fetch"), "{d:?}");
+            assert_eq!(s.serving.unwrap().model_name, "remote");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store being down never showed: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The active model's verified copy is enough to activate it again with the store down.
     reg.activate_model(activate_req("remote")).await.unwrap();
     let log = server.stop().await;

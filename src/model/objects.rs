@@ -44,6 +44,8 @@ pub struct Objects {
     max_bytes: u64,
     /// One fetch at a time: two loads of one object share the download.
     fetching: tokio::sync::Mutex<()>,
+    /// What each URI was when last fetched: its ETag (or version) and the sha256 of its bytes.
+    seen: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
 impl Default for Objects {
@@ -110,6 +112,7 @@ impl Objects {
             dir,
             max_bytes,
             fetching: tokio::sync::Mutex::new(()),
+            seen: std::sync::Mutex::default(),
         }
     }
 
@@ -147,6 +150,7 @@ impl Objects {
         tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
         let got = store.get(&path).await.map_err(|e| store_error(uri, &e))?;
         let total = got.meta.size;
+        let tag = got.meta.e_tag.clone().or_else(|| got.meta.version.clone());
         let mut stream = got.into_stream();
         let part = self.dir.join(format!(
             ".part-{}-{}",
@@ -198,11 +202,44 @@ impl Objects {
             "fetched into the object cache"
         );
         self.evict(&copy);
+        if let Some(tag) = tag {
+            self.seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(uri.to_string(), (tag, sha256.clone()));
+        }
         Ok(Fetched {
             path: copy,
             sha256,
             size: done,
         })
+    }
+
+    /// Whether the object at `uri` still holds `sha256`: asks the store for its ETag (a HEAD,
+    /// not a download) and fetches it only when that is not the ETag last seen with known
+    /// bytes. `None`: unchanged; `Some`: the verified copy of what it holds now.
+    ///
+    /// # Errors
+    /// As [`Objects::fetch`]: the object gone, or the store not answering.
+    pub async fn changed(&self, uri: &str, sha256: &str) -> Result<Option<Fetched>> {
+        let (store, path) = store_for(uri)?;
+        let meta = store.head(&path).await.map_err(|e| store_error(uri, &e))?;
+        let tag = meta.e_tag.or(meta.version);
+        let known = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(uri)
+            .cloned();
+        let held = match (tag, known) {
+            (Some(t), Some((k, held))) if t == k => held,
+            _ => self.fetch(uri, None).await?.sha256,
+        };
+        if held == sha256 {
+            return Ok(None);
+        }
+        // The copy of what it holds now (fetched above, or still in the cache).
+        self.fetch(uri, Some(&held)).await.map(Some)
     }
 
     /// Removes the least recently used copies until the cache fits, never `keep`.

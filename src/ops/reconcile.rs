@@ -107,29 +107,34 @@ impl Control {
             return Ok(FileSync::Unchanged);
         };
         let record = served.record.clone();
-        if crate::model::objects::is_uri(&record.file_path) {
-            // An object is its verified copy; a changed object is not followed yet.
-            return Ok(FileSync::Unchanged);
-        }
-        let path = match self.root.resolve(&record.file_path) {
-            Ok(p) => p,
-            Err(Error::ModelFile {
-                problem: FileProblem::Missing,
-                ..
-            }) => return Ok(FileSync::Missing(record)),
-            Err(e) => return Err(e),
-        };
-        let bytes_sha = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || std::fs::read(&path).map(|b| crate::model::loader::sha256_hex(&b)))
-                .await
-                .map_err(Error::internal)?
-                .map_err(|e| {
-                    Error::model_file(
-                        FileProblem::Unreadable,
-                        format!("cannot read model file {:?}: {e}", record.file_path),
-                    )
-                })?
+        let (path, bytes_sha) = if crate::model::objects::is_uri(&record.file_path) {
+            // An object: its ETag says whether to look at its bytes.
+            match self.objects.changed(&record.file_path, &record.checksum_sha256).await? {
+                None => return Ok(FileSync::Unchanged),
+                Some(f) => (f.path, f.sha256),
+            }
+        } else {
+            let path = match self.root.resolve(&record.file_path) {
+                Ok(p) => p,
+                Err(Error::ModelFile {
+                    problem: FileProblem::Missing,
+                    ..
+                }) => return Ok(FileSync::Missing(record)),
+                Err(e) => return Err(e),
+            };
+            let sha = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || std::fs::read(&path).map(|b| crate::model::loader::sha256_hex(&b)))
+                    .await
+                    .map_err(Error::internal)?
+                    .map_err(|e| {
+                        Error::model_file(
+                            FileProblem::Unreadable,
+                            format!("cannot read model file {:?}: {e}", record.file_path),
+                        )
+                    })?
+            };
+            (path, sha)
         };
         if bytes_sha == record.checksum_sha256 {
             return Ok(FileSync::Unchanged);
