@@ -113,6 +113,12 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     let cache = tempfile::tempdir().unwrap();
     let env = s3_env(port);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    std::fs::create_dir(root.path().join("eval")).unwrap();
+    for f in ["digits_x.npy", "digits_y.npy"] {
+        std::fs::copy(bundled_models().join("eval").join(f), root.path().join("eval").join(f)).unwrap();
+    }
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "objects-test-signing-key-0123456789abcdef\n").unwrap();
     let server = LoggedServer::start(
         &db.url,
         root.path(),
@@ -121,6 +127,8 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
             cache.path().to_str().unwrap(),
             "--object-poll-ms",
             "100",
+            "--signing-key-file",
+            key.path().to_str().unwrap(),
         ],
         &env,
     )
@@ -233,20 +241,90 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("does not exist"), "{e:?}");
 
-    // An object replaced under its registered checksum is refused when it is fetched again;
-    // what is served stays.
-    reg.register_model(register("other", "s3://models/b.onnx", false))
+    // The CLI registers from a URI too (its own fetch, into the same cache).
+    let cli = run_modeld(
+        root.path(),
+        &env,
+        &[
+            "register",
+            "--name",
+            "other",
+            "--version",
+            "2",
+            "--path",
+            "s3://models/b.onnx",
+            "--database-url",
+            &db.url,
+            "--model-root",
+            root.path().to_str().unwrap(),
+            "--object-cache",
+            cache.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(cli.code, 0, "{cli:?}");
+    // Everything that works on a local file works on an object: a candidate by name, an
+    // evaluation, a signed download of the verified copy.
+    let got = infer
+        .predict(digits_request("other", &eval_rows(2)))
         .await
-        .unwrap();
-    let other_sha = sha256_of("digits_v2.onnx");
-    std::fs::remove_file(cache.path().join(format!("{other_sha}.onnx"))).unwrap();
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.model_name, "other");
+    assert_close(
+        &raw_f32(&got.outputs[0].raw_data),
+        &expected_probs("digits_v2", 2),
+        1e-5,
+    );
+    let e = reg
+        .evaluate_model(pb::EvaluateModelRequest {
+            model: by_name("other"),
+            dataset: Some(pb::Dataset {
+                path: "eval/digits_x.npy".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(e.accuracy > 0.9, "{e:?}");
+    let url = reg
+        .create_download_url(pb::CreateDownloadUrlRequest {
+            model: by_name("other"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let body = reqwest::get(&url).await.unwrap();
+    assert_eq!(body.status(), 200, "{url}");
+    assert_eq!(
+        body.bytes().await.unwrap().to_vec(),
+        std::fs::read(bundled_models().join("digits_v2.onnx")).unwrap()
+    );
+
+    // An object replaced under its registered checksum is refused when it is fetched again;
+    // what is served stays. (A model never loaded here, whose copy has left the cache.)
     put_object(
         port,
-        "b.onnx",
+        "c.onnx",
+        &std::fs::read(bundled_models().join("digits_v2.onnx")).unwrap(),
+    )
+    .await;
+    reg.register_model(register("third", "s3://models/c.onnx", false))
+        .await
+        .unwrap();
+    let third_sha = sha256_of("digits_v2.onnx");
+    std::fs::remove_file(cache.path().join(format!("{third_sha}.onnx"))).unwrap();
+    put_object(
+        port,
+        "c.onnx",
         &std::fs::read(bundled_models().join("digits_v1.onnx")).unwrap(),
     )
     .await;
-    let e = reg.activate_model(activate_req("other")).await.unwrap_err();
+    let e = reg.activate_model(activate_req("third")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().contains("checksum mismatch for object"), "{e:?}");
     let got = infer
@@ -259,7 +337,7 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     // The store down: the fetch fails, said with a request id; the served model serves on.
     moto.kill().await.unwrap();
     let _ = moto.wait().await;
-    let e = reg.activate_model(activate_req("other")).await.unwrap_err();
+    let e = reg.activate_model(activate_req("third")).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(
         e.message().contains("cannot fetch") && e.message().contains("request id"),
