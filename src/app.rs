@@ -78,6 +78,72 @@ fn engine_settings(args: &crate::config::EngineArgs, executor: &Executor) -> Eng
     }
 }
 
+/// The embedded registry of `--model-dir DIR`: a SQLite file in the temp dir named for DIR (the
+/// directory itself may be read-only, as KServe mounts it).
+fn model_dir_database(dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let full = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let tag = hex::encode(&sha2::Sha256::digest(full.to_string_lossy().as_bytes())[..8]);
+    let file = std::env::temp_dir().join(format!("modeld-model-dir-{tag}.db"));
+    format!("sqlite://{}?mode=rwc", file.display())
+}
+
+/// Registers every `.onnx` file under `dir` that the registry does not have yet (a single one
+/// under `name` when given, others by their path without `.onnx`, `/` as `-`), and activates
+/// the first when nothing is active.
+async fn register_model_dir(control: &Control, dir: &std::path::Path, name: Option<&str>) -> anyhow::Result<()> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "onnx") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("--model-dir {}: no .onnx file under it", dir.display());
+    }
+    let known = control
+        .registry()
+        .list(crate::registry::Order::default(), false, i64::MAX, 0)
+        .await?;
+    let mut active = control.registry().active().await?.is_some();
+    for file in &files {
+        let rel = file
+            .strip_prefix(dir)
+            .map_err(|_| anyhow::anyhow!("{} is outside {}", file.display(), dir.display()))?
+            .to_string_lossy()
+            .into_owned();
+        if known.iter().any(|m| m.file_path == rel) {
+            continue;
+        }
+        let model_name = match name {
+            Some(n) if files.len() == 1 => n.to_string(),
+            _ => rel.trim_end_matches(".onnx").replace('/', "-"),
+        };
+        let done = control
+            .register(crate::ops::Registration {
+                name: model_name.clone(),
+                file_path: rel.clone(),
+                version: "1".into(),
+                created_by: "model-dir".into(),
+                activate: !active,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("--model-dir: registering {rel}"))?;
+        tracing::info!(model = %model_name, file = %rel, active = !active, "registered from --model-dir");
+        active = active || done.activation.is_some();
+    }
+    Ok(())
+}
+
 /// This host's name, for server names and event origins.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -121,11 +187,18 @@ pub async fn serve(
 /// # Errors
 /// As [`serve`].
 pub async fn serve_with(
-    config: ServeConfig,
+    mut config: ServeConfig,
     listener: TcpListener,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if let Some(dir) = config.model_dir.clone() {
+        config.registry.model_root.clone_from(&dir);
+        if config.registry.database_url == crate::config::DEFAULT_DATABASE_URL {
+            config.registry.database_url = model_dir_database(&dir);
+        }
+        config.no_seed = true;
+    }
     let addr = listener.local_addr()?;
     // A few readable lines: where it listens, which registry, which root, which engine (below),
     // then what it serves (on publish).
@@ -253,6 +326,9 @@ pub async fn serve_with(
         crate::model::root::ROOT_FLAG
     );
 
+    if let Some(dir) = &config.model_dir {
+        register_model_dir(&control, dir, config.model_name.as_deref()).await?;
+    }
     if !config.no_seed {
         let manifest = control.root().path().join(&config.seed_manifest);
         if manifest.is_file() {

@@ -138,6 +138,9 @@ pub enum TokenAction {
     List,
 }
 
+/// The registry when none is given: a SQLite file in the current directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://modeld.db";
+
 /// How a command reaches a running server: its address, a token, TLS.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -331,7 +334,7 @@ pub struct PromoteArgs {
 pub struct RegistryArgs {
     /// Registry database: a SQLite file (`sqlite://modeld.db`, created if missing) or a
     /// PostgreSQL URL (`postgres://user:pass@host/db`).
-    #[arg(long, env = "MODELD_DATABASE_URL", default_value = "sqlite://modeld.db")]
+    #[arg(long, env = "MODELD_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
     /// Directory every model file must live under; registry paths are relative to it.
     #[arg(long, env = "MODELD_MODEL_ROOT", default_value = "models")]
@@ -382,6 +385,15 @@ pub struct ServeConfig {
     /// Do not seed an empty registry.
     #[arg(long, env = "MODELD_NO_SEED")]
     pub no_seed: bool,
+    /// Serve the models in DIR with no registry to set up (KServe's /mnt/models): DIR becomes
+    /// the model root, every .onnx file under it is registered (into an embedded registry in
+    /// the temp dir unless --database-url is given) and the first is activated. DIR is only read.
+    #[arg(long, env = "MODELD_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// With --model-dir: the name to serve a single model under (KServe passes the
+    /// InferenceService's name); several files are named by their paths.
+    #[arg(long, env = "MODELD_MODEL_NAME", requires = "model_dir")]
+    pub model_name: Option<String>,
     /// Largest gRPC message accepted or sent, in bytes (a batch of 32 CNN images is ~19 MB).
     #[arg(long, env = "MODELD_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
@@ -726,6 +738,8 @@ impl ServeConfig {
             listen: "127.0.0.1:50051".parse().expect("a valid address"),
             seed_manifest: "models.json".into(),
             no_seed: false,
+            model_dir: None,
+            model_name: None,
             max_message_bytes: 64 * 1024 * 1024,
             drain_timeout_secs: 30,
             server_name: None,

@@ -814,3 +814,102 @@ async fn tokens_are_created_once_listed_without_secrets_and_revoked() {
     assert_ne!(gone.code, 0);
     assert!(gone.stderr.contains("no token named \"ci\""), "{}", gone.stderr);
 }
+
+/// `modeld serve --model-dir DIR` (KServe's /mnt/models): the files under DIR are registered
+/// into an embedded registry in the temp dir and the first is served, under `--model-name`
+/// for a single file; DIR is only read, and a restart registers nothing twice.
+#[tokio::test]
+async fn serve_model_dir_registers_what_it_finds_and_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(bundled_models().join("digits_v2.onnx"), dir.path().join("model.onnx")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let tmp_s = tmp.path().to_str().unwrap().to_string();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let args = ["--model-dir", dir_s.as_str(), "--model-name", "digits"];
+    for round in 0..2 {
+        let server = LoggedServer::start(
+            modeld::config::DEFAULT_DATABASE_URL,
+            dir.path(),
+            &args,
+            &[("TMPDIR", tmp_s.as_str())],
+        )
+        .await;
+        let r = reqwest::get(server.http_url("/v2/models/digits/ready")).await.unwrap();
+        assert_eq!(r.status(), 200, "round {round}");
+        let mut reg = pb::model_registry_client::ModelRegistryClient::new(server.channel().await);
+        let list = reg
+            .list_models(pb::ListModelsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .models;
+        assert_eq!(list.len(), 1, "round {round}: registered once: {list:?}");
+        assert_eq!((list[0].model_name.as_str(), list[0].is_active), ("digits", true));
+        let got = pb::inference_client::InferenceClient::new(server.channel().await)
+            .predict(digits_request("digits", &eval_rows(2)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_close(
+            &raw_f32(&got.outputs[0].raw_data),
+            &expected_probs("digits_v2", 2),
+            1e-5,
+        );
+        server.stop().await;
+    }
+    let in_dir: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(in_dir, vec![std::ffi::OsString::from("model.onnx")], "DIR is only read");
+    assert!(
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("modeld-model-dir-")),
+        "the embedded registry is in the temp dir"
+    );
+
+    // Several files: named by their paths, the first served; an empty directory is refused.
+    let many = tempfile::tempdir().unwrap();
+    std::fs::create_dir(many.path().join("a")).unwrap();
+    std::fs::copy(bundled_models().join("digits_v1.onnx"), many.path().join("a/x.onnx")).unwrap();
+    std::fs::copy(bundled_models().join("digits_v2.onnx"), many.path().join("b.onnx")).unwrap();
+    let many_s = many.path().to_str().unwrap().to_string();
+    let server = LoggedServer::start(
+        modeld::config::DEFAULT_DATABASE_URL,
+        many.path(),
+        &["--model-dir", many_s.as_str()],
+        &[("TMPDIR", tmp_s.as_str())],
+    )
+    .await;
+    let mut reg = pb::model_registry_client::ModelRegistryClient::new(server.channel().await);
+    let active = reg
+        .get_active_model(pb::GetActiveModelRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(active.model.unwrap().model_name, "a-x");
+    reg.get_model(pb::GetModelRequest { model: by_name("b") })
+        .await
+        .unwrap();
+    server.stop().await;
+    let empty = tempfile::tempdir().unwrap();
+    let r = run_modeld(
+        tmp.path(),
+        &[("TMPDIR", tmp_s.as_str())],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--model-dir",
+            empty.path().to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no .onnx file"), "{r:?}");
+}
