@@ -7,6 +7,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 dest="${MODELD_CLIENTS_DIR:-$repo/target/clients}"
 stamp="$dest/.installed-$(sha256sum "$here/requirements.txt" | cut -c1-16)"
+# One install at a time: test processes (nextest runs each test in its own) may start together.
+mkdir -p "$(dirname "$dest")"
+exec 9>"$dest.lock"
+flock 9
 if [ ! -f "$stamp" ]; then
   rm -rf "$dest"
   mkdir -p "$dest"
