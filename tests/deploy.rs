@@ -211,3 +211,134 @@ async fn the_kserve_runtime_has_what_kserve_reads_and_its_arguments_serve() {
     }
     server.stop().await;
 }
+
+/// The metric names an expression reads.
+fn metrics_in(e: &promql_parser::parser::Expr, out: &mut Vec<String>) {
+    use promql_parser::parser::Expr;
+    let vs = |v: &promql_parser::parser::VectorSelector, out: &mut Vec<String>| {
+        if let Some(n) = &v.name {
+            out.push(n.clone());
+        }
+    };
+    match e {
+        Expr::Aggregate(a) => {
+            metrics_in(&a.expr, out);
+            if let Some(p) = &a.param {
+                metrics_in(p, out);
+            }
+        }
+        Expr::Unary(u) => metrics_in(&u.expr, out),
+        Expr::Binary(b) => {
+            metrics_in(&b.lhs, out);
+            metrics_in(&b.rhs, out);
+        }
+        Expr::Paren(p) => metrics_in(&p.expr, out),
+        Expr::Subquery(s) => metrics_in(&s.expr, out),
+        Expr::VectorSelector(v) => vs(v, out),
+        Expr::MatrixSelector(m) => vs(&m.vs, out),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                metrics_in(a, out);
+            }
+        }
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+    }
+}
+
+/// Every metric a running server declares (`# TYPE` lines; a histogram's series too), with a
+/// shadow set and requests served so that every family is there.
+async fn exported_metrics() -> Vec<String> {
+    use modeld::api::pb;
+    let server = TestServer::start(Backend::Sqlite).await;
+    let mut reg = server.registry().await;
+    reg.set_shadow(pb::SetRolloutRequest {
+        model: by_name("digits_v1"),
+        percentage: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut infer = server.inference().await;
+    for _ in 0..3 {
+        infer.predict(digits_request("", &eval_rows(2))).await.unwrap();
+    }
+    let text = server.metrics().await;
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            names.push(name.to_string());
+            if kind == "histogram" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    names.push(format!("{name}{s}"));
+                }
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_and_the_dashboard_parse_and_name_metrics_that_exist() {
+    let exported = exported_metrics().await;
+    assert!(exported.iter().any(|n| n == "modeld_requests_total"), "{exported:?}");
+    let check = |what: &str, expr: &str| {
+        let parsed = promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{what}: {e}\n{expr}"));
+        let mut names = Vec::new();
+        metrics_in(&parsed, &mut names);
+        assert!(!names.is_empty(), "{what} reads no metric");
+        for n in names {
+            assert!(exported.contains(&n), "{what} reads {n}, which modeld does not export");
+        }
+    };
+
+    let rules = documents("monitoring/alerts.yaml").await;
+    let groups = rules[0]["groups"].as_array().unwrap();
+    let mut alerts = Vec::new();
+    for rule in groups.iter().flat_map(|g| g["rules"].as_array().unwrap()) {
+        let name = rule["alert"].as_str().expect("every rule is an alert");
+        assert!(
+            name.starts_with("Modeld") && name.chars().all(char::is_alphanumeric),
+            "{name}"
+        );
+        assert!(
+            ["critical", "warning", "info"].contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+            "{name}: severity"
+        );
+        assert!(rule["annotations"]["summary"].is_string(), "{name}: summary");
+        if let Some(f) = rule.get("for") {
+            let f = f.as_str().unwrap();
+            assert!(
+                f.len() > 1 && f[..f.len() - 1].parse::<u32>().is_ok() && "smh".contains(&f[f.len() - 1..]),
+                "{name}: for {f}"
+            );
+        }
+        check(name, rule["expr"].as_str().unwrap());
+        alerts.push(name.to_string());
+    }
+    for want in [
+        "ModeldHighErrorRate",
+        "ModeldRolloutErrorRate",
+        "ModeldDegraded",
+        "ModeldReloadFailures",
+        "ModeldRegistryUnreachable",
+        "ModeldShadowDisagrees",
+    ] {
+        assert!(alerts.iter().any(|a| a == want), "{want} missing");
+    }
+
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("monitoring/grafana-dashboard.json")).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    for p in panels {
+        let title = p["title"].as_str().unwrap();
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}");
+        for t in targets {
+            check(title, t["expr"].as_str().unwrap());
+        }
+    }
+}
