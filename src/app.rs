@@ -44,6 +44,40 @@ pub async fn control(registry: &crate::config::RegistryArgs, origin: Origin) -> 
     Ok(Control::new(db.with_origin(origin), root, Arc::new(Slot::new())).with_objects(Arc::new(objects)))
 }
 
+/// [`control`], waiting for a PostgreSQL registry that cannot be reached yet (a fleet whose
+/// database starts after it, or restarts): retried with a growing pause up to 5 s, said in the
+/// log once and then every minute. Anything else (a bad URL, a missing model root) fails at once.
+async fn control_when_reachable(registry: &crate::config::RegistryArgs, origin: Origin) -> anyhow::Result<Control> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    let mut said: Option<std::time::Instant> = None;
+    loop {
+        match control(registry, origin.clone()).await {
+            Ok(c) => {
+                if said.is_some() {
+                    tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "the registry answers");
+                }
+                return Ok(c);
+            }
+            Err(e)
+                if Backend::of_url(&registry.database_url) == Backend::Postgres
+                    && e.chain().any(|c| {
+                        c.downcast_ref::<crate::Error>()
+                            .is_some_and(|e| matches!(e, crate::Error::Unavailable(_)) || e.is_unreachable())
+                    }) =>
+            {
+                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(error = %format!("{e:#}"), "the registry cannot be reached yet; waiting for it");
+                    said = Some(std::time::Instant::now());
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Loads the preferred engine's library (once per process) and says in the logs what will
 /// compute models; the settings size ONNX Runtime's sessions to the threads that may run a
 /// model at once: the compute threads, or the runtime threads for a cheap model that runs
@@ -303,7 +337,7 @@ pub async fn serve_with(
     let executor = Executor::start(config.engine.executor_config())?;
     let engine = engine_settings(&config.engine, &executor);
     let control = Arc::new(
-        control(
+        control_when_reachable(
             &config.registry,
             Origin {
                 source: "api".into(),

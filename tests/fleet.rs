@@ -1,7 +1,8 @@
 //! A fleet: three servers on one PostgreSQL registry. An activation, a canary change and a
 //! rollback made through one server, and an activation made in plain SQL, reach all three;
 //! the time each change takes to be served everywhere is measured (median and max over
-//! rounds, printed; docs/operations.md quotes a run), idle and under light load.
+//! rounds, printed; docs/operations.md quotes a run), idle and under light load. A server
+//! started while the database is down serves once it is up.
 
 mod common;
 
@@ -181,4 +182,29 @@ async fn changes_made_anywhere_reach_all_three_servers() {
     for s in servers {
         s.stop().await.unwrap();
     }
+}
+
+/// A server started while its PostgreSQL cannot be reached waits for it, and serves once it
+/// answers (a fleet whose database comes up after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_while_the_database_is_down_serves_once_it_is_up() {
+    let db = TestDb::new(Backend::Postgres).await;
+    // Seed the registry first (as the rest of the fleet would have).
+    let seeded = TestServer::start_on(TestDb::shared(&db), model_root(), |_| {}).await;
+    seeded.wait_serving("digits_v2").await;
+    seeded.stop().await.unwrap();
+
+    let mut proxy = TcpProxy::start(db.server_addr()).await;
+    proxy.close().await;
+    let proxied = db.through(proxy.port);
+    let starting = tokio::spawn(TestServer::start_on(proxied, model_root(), |_| {}));
+    // Without the wait, start-up would fail on the refused connection and never serve.
+    assert!(!starting.is_finished(), "start-up waits for the registry");
+    proxy.open().await;
+    let server = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("the server starts once the database answers")
+        .unwrap();
+    server.wait_serving("digits_v2").await;
+    server.stop().await.unwrap();
 }
