@@ -845,16 +845,8 @@ async fn serve_model_dir_registers_what_it_finds_and_serves_it() {
             .models;
         assert_eq!(list.len(), 1, "round {round}: registered once: {list:?}");
         assert_eq!((list[0].model_name.as_str(), list[0].is_active), ("digits", true));
-        let got = pb::inference_client::InferenceClient::new(server.channel().await)
-            .predict(digits_request("digits", &eval_rows(2)))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_close(
-            &raw_f32(&got.outputs[0].raw_data),
-            &expected_probs("digits_v2", 2),
-            1e-5,
-        );
+        let mut infer = pb::inference_client::InferenceClient::new(server.channel().await);
+        assert_eq!(predict_as(&mut infer, "digits", 2, "digits_v2").await, "digits");
         server.stop().await;
     }
     let in_dir: Vec<_> = std::fs::read_dir(dir.path())

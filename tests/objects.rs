@@ -152,17 +152,7 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
             .unwrap()
             .len()
     );
-    let got = infer
-        .predict(digits_request("", &eval_rows(3)))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.model_name, "remote");
-    assert_close(
-        &raw_f32(&got.outputs[0].raw_data),
-        &expected_probs("digits_v1", 3),
-        1e-5,
-    );
+    assert_eq!(predict_as(&mut infer, "", 3, "digits_v1").await, "remote");
     assert!(
         cache.path().join(format!("{}.onnx", m.checksum_sha256)).is_file(),
         "the verified copy is in the cache, by content"
@@ -265,17 +255,7 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     assert_eq!(cli.code, 0, "{cli:?}");
     // Everything that works on a local file works on an object: a candidate by name, an
     // evaluation, a signed download of the verified copy.
-    let got = infer
-        .predict(digits_request("other", &eval_rows(2)))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.model_name, "other");
-    assert_close(
-        &raw_f32(&got.outputs[0].raw_data),
-        &expected_probs("digits_v2", 2),
-        1e-5,
-    );
+    assert_eq!(predict_as(&mut infer, "other", 2, "digits_v2").await, "other");
     let e = reg
         .evaluate_model(pb::EvaluateModelRequest {
             model: by_name("other"),
@@ -403,17 +383,8 @@ async fn a_model_from_an_http_url() {
         .model
         .unwrap();
     assert_eq!(m.checksum_sha256, sha256_of("digits_v2.onnx"));
-    let got = server
-        .inference()
-        .await
-        .predict(digits_request("", &eval_rows(2)))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.model_name, "web");
-    assert_close(
-        &raw_f32(&got.outputs[0].raw_data),
-        &expected_probs("digits_v2", 2),
-        1e-5,
+    assert_eq!(
+        predict_as(&mut server.inference().await, "", 2, "digits_v2").await,
+        "web"
     );
 }

@@ -186,16 +186,7 @@ async fn grpc_and_https_on_one_certificate_and_plain_clients_are_refused() {
     wait_serving(&client, server.addr).await;
 
     let mut infer = pb::inference_client::InferenceClient::new(client.channel(server.addr).await.unwrap());
-    let got = infer
-        .predict(digits_request("", &eval_rows(2)))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_close(
-        &raw_f32(&got.outputs[0].raw_data),
-        &expected_probs("digits_v2", 2),
-        1e-5,
-    );
+    predict_as(&mut infer, "", 2, "digits_v2").await;
     assert_eq!(client.https_live(server.http_addr).await, Ok(200));
     let r = client
         .http(server.http_addr)

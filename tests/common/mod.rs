@@ -907,3 +907,25 @@ pub fn client_env() -> &'static [(String, String)] {
             .collect()
     })
 }
+
+/// Predicts `rows` evaluation rows through `infer` asking for `model` ("" for the active one),
+/// checks the probabilities are those of the bundled `computes` (e.g. "digits_v2"), and returns
+/// the name of the model that answered.
+pub async fn predict_as(
+    infer: &mut pb::inference_client::InferenceClient<Channel>,
+    model: &str,
+    rows: usize,
+    computes: &str,
+) -> String {
+    let got = infer
+        .predict(digits_request(model, &eval_rows(rows)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_close(
+        &raw_f32(&got.outputs[0].raw_data),
+        &expected_probs(computes, rows),
+        1e-5,
+    );
+    got.model_name
+}
