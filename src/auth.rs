@@ -407,6 +407,11 @@ pub fn http_need(method: &str, path: &str) -> Need {
     if method == "OPTIONS" || path.starts_with("/v2/health/") || path == "/api/v1/openapi.json" {
         return Need::Open;
     }
+    // The admin page checks its own session cookie (http/admin.rs): a browser's event stream
+    // cannot send an authorization header.
+    if path == "/admin" || path.starts_with("/admin/") {
+        return Need::Open;
+    }
     if path == "/metrics" {
         return Need::OpenUnless(Protectable::Metrics);
     }
@@ -426,6 +431,17 @@ pub fn http_need(method: &str, path: &str) -> Need {
         return Need::Scope(Scope::Read);
     }
     Need::Scope(Scope::Admin)
+}
+
+/// Who an admin session belongs to: a token's name and the first 16 hex digits of its
+/// stored hash (so a token revoked and created again under the same name does not carry its
+/// old sessions). Empty when tokens are off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holder {
+    /// The token's name (recorded as who made each change).
+    pub name: String,
+    /// The start of the token's stored sha256.
+    pub fingerprint: String,
 }
 
 /// Why a request is refused.
@@ -526,6 +542,59 @@ impl Access {
             Need::OpenUnless(_) => None,
             Need::Scope(s) => Some(s),
         }
+    }
+
+    /// Admits a presented token (not a header: the admin page's sign-in sends the token
+    /// itself) that may act with `scope`: the holder a session is then bound to.
+    ///
+    /// # Errors
+    /// [`Denied`], as [`Access::check`] words it.
+    pub fn admit(&self, token: &str, scope: Scope) -> std::result::Result<Holder, Denied> {
+        if !self.on {
+            return Ok(Holder::default());
+        }
+        self.check(Some(&format!("Bearer {}", token.trim())), Need::Scope(scope))?;
+        let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = tokens.check(token, Utc::now()).map_err(|_| {
+            Denied::Unauthenticated("the token changed while signing in; sign in again".into())
+        })?;
+        Ok(Holder {
+            name: e.name.clone(),
+            fingerprint: e.sha256[..16].to_string(),
+        })
+    }
+
+    /// Whether `holder`'s token is still one this server knows, unexpired and allowed `scope`:
+    /// a session ends when its token is revoked, replaced or expires.
+    ///
+    /// # Errors
+    /// [`Denied::Unauthenticated`] (the token is gone or expired) or
+    /// [`Denied::PermissionDenied`] (it lost the scope).
+    pub fn holds(&self, holder: &Holder, scope: Scope) -> std::result::Result<(), Denied> {
+        if !self.on {
+            return Ok(());
+        }
+        let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(e) = tokens
+            .entries()
+            .iter()
+            .find(|e| e.name == holder.name && e.sha256.get(..16) == Some(holder.fingerprint.as_str()))
+        else {
+            return Err(Denied::Unauthenticated(
+                "the session's token was revoked or replaced; sign in again".into(),
+            ));
+        };
+        if e.expires_at.is_some_and(|t| t <= Utc::now()) {
+            return Err(Denied::Unauthenticated("the session's token expired; sign in again".into()));
+        }
+        if !e.allows(scope) {
+            return Err(Denied::PermissionDenied(format!(
+                "the token {:?} no longer has the {} scope",
+                e.name,
+                scope.name()
+            )));
+        }
+        Ok(())
     }
 
     /// Checks an `authorization` header value against `need`; the name of the token that

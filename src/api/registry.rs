@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::convert;
@@ -36,37 +36,13 @@ fn options(output: String, notes: String, evaluated_by: String) -> EvaluateOptio
 }
 
 impl RegistryService {
-    /// A dataset named by paths under the model root (its messages name the paths as given).
     fn dataset(&self, d: Option<pb::Dataset>) -> Result<Arc<Dataset>> {
         let pb::Dataset {
             path,
             labels,
             label_column,
         } = d.ok_or_else(|| Error::InvalidArgument("name the dataset (dataset.path, under the model root)".into()))?;
-        let root = self.control.root();
-        let resolve = |p: &str| {
-            root.resolve(p).map_err(|e| {
-                Error::InvalidArgument(format!("dataset: {}", e.to_string().replacen("model file", "file", 1)))
-            })
-        };
-        let features = resolve(&path)?;
-        // The labels file goes through the root's checks too, also the <name>_y.npy found
-        // beside a <name>_x.npy.
-        let labels = match (labels.is_empty(), path.strip_suffix("_x.npy")) {
-            (false, _) => Some(resolve(&labels)?),
-            (true, Some(stem)) => Some(resolve(&format!("{stem}_y.npy"))?),
-            (true, None) => None,
-        };
-        let column = if label_column.is_empty() {
-            "label"
-        } else {
-            label_column.as_str()
-        };
-        let mut dataset = Dataset::load(&features, labels.as_deref(), column)?;
-        dataset.name = std::path::Path::new(&path)
-            .file_name()
-            .map_or(path.clone(), |n| n.to_string_lossy().into_owned());
-        Ok(Arc::new(dataset))
+        self.control.dataset(&path, &labels, &label_column)
     }
 }
 
@@ -525,41 +501,13 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Reply<Self::WatchEventsStream> {
         let pb::WatchEventsRequest { after_event_id } = request.into_inner();
-        let control = Arc::clone(&self.control);
-        let mut after = if after_event_id > 0 {
-            after_event_id
-        } else {
-            control.registry().last_event_id().await?
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        // Follows the event table: woken by local writes, LISTEN/NOTIFY and generation changes,
-        // with a short poll as the floor (events from other servers on SQLite).
-        tokio::spawn(async move {
-            let mut wake = control.status().subscribe_events();
-            loop {
-                match control.registry().events_after(after, 500).await {
-                    Ok(batch) => {
-                        for e in &batch {
-                            after = e.event_id;
-                            if tx.send(Ok(convert::event(e))).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        if tx.send(Err(Status::from(e))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = wake.changed() => {}
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    () = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let events = self
+            .control
+            .follow_events(Some(after_event_id).filter(|a| *a > 0))
+            .await?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(events)
+            .map(|e| e.map(|e| convert::event(&e)).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
     }
 
     #[tracing::instrument(skip_all)]

@@ -63,6 +63,41 @@ impl Subject {
 }
 
 impl Control {
+    /// A dataset named by paths under the model root: features (`.npy` or `.csv`), and labels
+    /// (`labels`, or the `<name>_y.npy` beside a `<name>_x.npy`, or the CSV's `label_column`,
+    /// default `label`). Its messages name the paths as given.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a path outside the root, a missing file, or one that is not a
+    /// dataset.
+    pub fn dataset(&self, path: &str, labels: &str, label_column: &str) -> Result<Arc<Dataset>> {
+        if path.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "name the dataset: a path under the model root, e.g. eval/digits_x.npy".into(),
+            ));
+        }
+        let root = self.root();
+        let resolve = |p: &str| {
+            root.resolve(p).map_err(|e| {
+                Error::InvalidArgument(format!("dataset: {}", e.to_string().replacen("model file", "file", 1)))
+            })
+        };
+        let features = resolve(path)?;
+        // The labels file goes through the root's checks too, also the <name>_y.npy found
+        // beside a <name>_x.npy.
+        let labels = match (labels.is_empty(), path.strip_suffix("_x.npy")) {
+            (false, _) => Some(resolve(labels)?),
+            (true, Some(stem)) => Some(resolve(&format!("{stem}_y.npy"))?),
+            (true, None) => None,
+        };
+        let column = if label_column.is_empty() { "label" } else { label_column };
+        let mut dataset = Dataset::load(&features, labels.as_deref(), column)?;
+        dataset.name = std::path::Path::new(path)
+            .file_name()
+            .map_or(path.to_string(), |n| n.to_string_lossy().into_owned());
+        Ok(Arc::new(dataset))
+    }
+
     /// Evaluates `model` on `dataset` and stores the figures (`model_performance_logs`, with an
     /// `evaluated` event). `progress(done, total)` is called as rows are done.
     ///

@@ -13,6 +13,7 @@
 mod activate;
 mod client_config;
 mod evaluate;
+mod events;
 mod guard;
 mod reconcile;
 mod register;
