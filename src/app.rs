@@ -424,11 +424,12 @@ pub async fn serve_with(
     let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
     if let Some(l) = http {
         let at = l.local_addr()?;
-        tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), metrics (/metrics)");
+        tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), admin page (/admin), metrics (/metrics)");
         let control = Arc::clone(&control);
         let http_config = crate::http::HttpConfig {
             max_body_bytes: config.max_message_bytes,
             model_config_max_age_secs: config.model_config_max_age_secs,
+            tls: tls.is_some(),
         };
         let tls = tls.clone();
         tokio::spawn(async move {

@@ -555,9 +555,9 @@ impl Access {
         }
         self.check(Some(&format!("Bearer {}", token.trim())), Need::Scope(scope))?;
         let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = tokens.check(token, Utc::now()).map_err(|_| {
-            Denied::Unauthenticated("the token changed while signing in; sign in again".into())
-        })?;
+        let e = tokens
+            .check(token, Utc::now())
+            .map_err(|_| Denied::Unauthenticated("the token changed while signing in; sign in again".into()))?;
         Ok(Holder {
             name: e.name.clone(),
             fingerprint: e.sha256[..16].to_string(),
@@ -585,7 +585,9 @@ impl Access {
             ));
         };
         if e.expires_at.is_some_and(|t| t <= Utc::now()) {
-            return Err(Denied::Unauthenticated("the session's token expired; sign in again".into()));
+            return Err(Denied::Unauthenticated(
+                "the session's token expired; sign in again".into(),
+            ));
         }
         if !e.allows(scope) {
             return Err(Denied::PermissionDenied(format!(

@@ -253,21 +253,22 @@ pub fn render(control: &Control) -> String {
     let stats = control.stats().snapshot();
     let _ = writeln!(
         out,
-        "# HELP modeld_requests_total Inference requests by model and outcome.\n# TYPE modeld_requests_total counter"
+        "# HELP modeld_requests_total Inference requests by model, role (active, canary, candidate) and outcome.\n# TYPE modeld_requests_total counter"
     );
     for s in &stats {
         let (m, v) = (label(&s.name), label(&s.version));
-        let _ = writeln!(
-            out,
-            "modeld_requests_total{{model=\"{m}\",version=\"{v}\",outcome=\"success\"}} {}",
-            s.success.count
-        );
-        let failed = s.fail.count.saturating_sub(s.rejected + s.expired);
-        for (outcome, n) in [("failure", failed), ("rejected", s.rejected), ("expired", s.expired)] {
-            let _ = writeln!(
-                out,
-                "modeld_requests_total{{model=\"{m}\",version=\"{v}\",outcome=\"{outcome}\"}} {n}"
-            );
+        for (role, o) in &s.outcomes {
+            for (outcome, n) in [
+                ("success", o.success),
+                ("failure", o.failure),
+                ("rejected", o.rejected),
+                ("expired", o.expired),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "modeld_requests_total{{model=\"{m}\",version=\"{v}\",role=\"{role}\",outcome=\"{outcome}\"}} {n}"
+                );
+            }
         }
     }
     let _ = writeln!(

@@ -250,7 +250,7 @@ async fn a_full_queue_is_refused_at_once_with_a_retry_hint() {
     let metrics = server.metrics().await;
     assert!(
         metrics.contains(&format!(
-            "modeld_requests_total{{model=\"cnn\",version=\"1\",outcome=\"rejected\"}} {refused}"
+            "modeld_requests_total{{model=\"cnn\",version=\"1\",role=\"active\",outcome=\"rejected\"}} {refused}"
         )),
         "{metrics}"
     );

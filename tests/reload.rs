@@ -723,7 +723,7 @@ async fn prometheus_metrics_follow_serving_and_degradation() {
         "modeld_degraded 0",
         "modeld_registry_reachable 1",
         "modeld_reload_failures_total 0",
-        "modeld_requests_total{model=\"digits_v2\",version=\"2\",outcome=\"success\"} 2",
+        "modeld_requests_total{model=\"digits_v2\",version=\"2\",role=\"active\",outcome=\"success\"} 2",
         "modeld_inferences_total{model=\"digits_v2\",version=\"2\"} 8",
     ] {
         assert!(m.lines().any(|l| l == line), "{line:?} missing from:\n{m}");

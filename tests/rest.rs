@@ -482,6 +482,13 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
         ("GET", "/api/v1/model-config"),
         ("POST", "/api/v1/models/{model_id}/download-url"),
         ("GET", "/api/v1/models/{model_id}/download"),
+        ("GET", "/api/v1/events"),
+        ("GET", "/api/v1/status"),
+        ("GET", "/api/v1/stats"),
+        ("GET", "/api/v1/evaluations"),
+        ("GET", "/api/v1/models/{model_id}/activations"),
+        ("GET", "/api/v1/models/{model_id}/evaluations"),
+        ("POST", "/api/v1/models/{model_id}/evaluate"),
     ]
     .into_iter()
     .map(|(m, p)| (m.to_string(), p.to_string()))
@@ -502,6 +509,11 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
             .await
             .unwrap();
         assert_ne!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        if path == "/api/v1/events" {
+            // A stream that does not end: its head is the answer.
+            assert_eq!(r.headers()["content-type"], "text/event-stream");
+            continue;
+        }
         let body: Value = r.json().await.unwrap();
         assert!(
             !body["error"].as_str().unwrap_or_default().starts_with("no route"),
@@ -1066,4 +1078,256 @@ async fn the_cli_downloads_and_checks_a_model_and_signs_urls_over_grpc() {
     .await;
     assert!(!ok && err.contains("not the registered one"), "{err}");
     assert!(!bad.exists() && !dir.path().join("v1.onnx.part").exists());
+}
+
+/// Reads server-sent events from `r` until `want` of them have arrived (each as its `id`,
+/// `event` and parsed `data`), within 10 s.
+async fn sse_events(r: &mut reqwest::Response, want: usize) -> Vec<(i64, String, Value)> {
+    let mut buf = String::new();
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.len() < want {
+        let chunk = tokio::time::timeout_at(deadline, r.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{want} events within 10 s; got {got:?}, pending {buf:?}"))
+            .unwrap()
+            .expect("the stream stays open");
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_string()))
+            };
+            // Keep-alive comments carry no fields.
+            if let (Some(id), Some(kind), Some(data)) = (field("id:"), field("event:"), field("data:")) {
+                got.push((id.parse().unwrap(), kind, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    got
+}
+
+/// The routes a dashboard reads: live events (resumable by Last-Event-ID), status, stats per
+/// model and role, a model's activations and evaluations, and evaluating over HTTP, with
+/// their bad cases.
+#[tokio::test]
+async fn events_status_stats_history_and_evaluate_over_rest() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    std::fs::create_dir_all(server.root.path().join("eval")).unwrap();
+    for f in ["digits_x.npy", "digits_y.npy"] {
+        std::fs::copy(
+            bundled_models().join("eval").join(f),
+            server.root.path().join("eval").join(f),
+        )
+        .unwrap();
+    }
+    let client = reqwest::Client::new();
+    let mut stream = client.get(server.http_url("/api/v1/events")).send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    // A change made after the stream opened arrives on it, with its kind and id.
+    let done = call(
+        &server,
+        Method::POST,
+        "/api/v1/models/1/activate",
+        Some(json!({"reason": "events test"})),
+    )
+    .await;
+    assert_eq!(done.0, StatusCode::OK, "{}", done.1);
+    let events = sse_events(&mut stream, 1).await;
+    let (id, kind, data) = &events[0];
+    assert_eq!(kind, "activated");
+    assert_eq!(data["event_id"], *id);
+    assert_eq!(data["model_name"], "digits_v1");
+    assert_eq!(data["detail"], "events test");
+    drop(stream);
+    // Reconnecting with Last-Event-ID (what EventSource sends) resumes after that event: the
+    // one before it is sent again.
+    let mut resumed = client
+        .get(server.http_url("/api/v1/events"))
+        .header("Last-Event-ID", (id - 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    let again = sse_events(&mut resumed, 1).await;
+    assert_eq!(again[0].0, *id, "{again:?}");
+    let mut from = client
+        .get(server.http_url(&format!("/api/v1/events?after={}", id - 1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse_events(&mut from, 1).await[0].0, *id);
+    assert_error(
+        &call(&server, Method::GET, "/api/v1/events?after=soon", None).await,
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        "event id",
+    );
+
+    // Status: what this server serves, once the activation reached it.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        let (code, s) = call(&server, Method::GET, "/api/v1/status", None).await;
+        assert_eq!(code, StatusCode::OK, "{s}");
+        if s["serving"]["model_name"] == "digits_v1" {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never serving digits_v1: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["degraded"], false, "{status}");
+    assert_eq!(status["registry_reachable"], true);
+    assert!(status["server"].as_str().is_some_and(|s| !s.is_empty()));
+
+    // Stats: cumulative per model and role, latency buckets and all.
+    let mut infer = server.inference().await;
+    for _ in 0..3 {
+        infer.predict(digits_request("", &eval_rows(2))).await.unwrap();
+    }
+    infer.predict(digits_request("digits_v2", &eval_rows(1))).await.unwrap();
+    let e = infer.predict(digits_request("digits_v2", &[1.0; 3])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let (code, stats) = call(&server, Method::GET, "/api/v1/stats", None).await;
+    assert_eq!(code, StatusCode::OK, "{stats}");
+    let buckets = stats["latency_buckets_seconds"].as_array().unwrap().len();
+    let role = |name: &str, role: &str| -> Value {
+        stats["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["model_name"] == name)
+            .and_then(|m| m["roles"].as_array().unwrap().iter().find(|r| r["role"] == role))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} {role} in {stats}"))
+    };
+    let active = role("digits_v1", "active");
+    assert_eq!(active["success"], 3, "{active}");
+    assert_eq!(active["failure"], 0);
+    let cumulative = active["latency_cumulative"].as_array().unwrap();
+    assert_eq!(cumulative.len(), buckets + 1);
+    assert_eq!(cumulative[buckets], 3, "the last bucket holds every request");
+    assert!(active["latency_sum_seconds"].as_f64().unwrap() > 0.0);
+    let candidate = role("digits_v2", "candidate");
+    assert_eq!(
+        (candidate["success"].as_u64(), candidate["failure"].as_u64()),
+        (Some(1), Some(1)),
+        "{candidate}"
+    );
+
+    // Activation history: digits_v1's activation, and digits_v2's record of being replaced.
+    let (code, history) = call(&server, Method::GET, "/api/v1/models/1/activations", None).await;
+    assert_eq!(code, StatusCode::OK, "{history}");
+    let first = &history["activations"][0];
+    assert_eq!(first["model_name"], "digits_v1");
+    assert_eq!(first["previous_name"], "digits_v2");
+    assert_eq!(first["reason"], "events test");
+    let (_, replaced) = call(&server, Method::GET, "/api/v1/models/2/activations", None).await;
+    assert_eq!(replaced["activations"][0]["activation_id"], first["activation_id"]);
+
+    // Evaluate over HTTP; it shows in the model's evaluations and the latest of all.
+    let (code, ev) = call(
+        &server,
+        Method::POST,
+        "/api/v1/models/2/evaluate",
+        Some(json!({"dataset": {"path": "eval/digits_x.npy"}, "notes": "from REST"})),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{ev}");
+    assert_eq!(ev["model_name"], "digits_v2");
+    assert_eq!(ev["dataset_name"], "digits_x.npy");
+    assert!(ev["accuracy"].as_f64().unwrap() > 0.9, "{ev}");
+    assert_eq!(ev["evaluated_by"], "http");
+    let (_, list) = call(&server, Method::GET, "/api/v1/models/2/evaluations", None).await;
+    assert_eq!(list["evaluations"][0]["log_id"], ev["log_id"]);
+    assert_eq!(list["evaluations"][0]["notes"], "from REST");
+    let (_, latest) = call(&server, Method::GET, "/api/v1/evaluations", None).await;
+    assert!(
+        latest["evaluations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["log_id"] == ev["log_id"]),
+        "{latest}"
+    );
+    let (_, none) = call(&server, Method::GET, "/api/v1/models/3/evaluations", None).await;
+    assert_eq!(none["evaluations"], json!([]));
+
+    // Bad cases: each a JSON error with its status, nothing stored.
+    for (method, path, body, status, code, says) in [
+        (
+            Method::GET,
+            "/api/v1/models/99/activations",
+            None,
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "99",
+        ),
+        (
+            Method::GET,
+            "/api/v1/models/abc/evaluations",
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "positive integer",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/2/evaluate",
+            Some(json!({})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "name the dataset",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/2/evaluate",
+            Some(json!({"dataset": {"path": ""}})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "name the dataset",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/2/evaluate",
+            Some(json!({"dataset": {"path": "../../etc/passwd"}})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "dataset",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/2/evaluate",
+            Some(json!({"dataset": {"path": "eval/missing_x.npy"}})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "dataset",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/99/evaluate",
+            Some(json!({"dataset": {"path": "eval/digits_x.npy"}})),
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "99",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/2/evaluate",
+            Some(json!({"dataset": {"path": "eval/digits_x.npy"}, "unknown": 1})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "unknown",
+        ),
+    ] {
+        let got = call(&server, method.clone(), path, body).await;
+        assert_error(&got, status, code, says);
+    }
+    let (_, after) = call(&server, Method::GET, "/api/v1/models/2/evaluations", None).await;
+    assert_eq!(
+        after["evaluations"].as_array().unwrap().len(),
+        1,
+        "a refused evaluation stores nothing"
+    );
 }

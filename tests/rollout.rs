@@ -864,4 +864,20 @@ async fn the_bundled_faulty_canary_rolls_itself_back() {
         .await;
     // The same image on the active model: answered.
     infer.predict(digits_request("", &faulty[0])).await.unwrap();
+    // Every request counted under the role it ran in: the error rate per model and role.
+    let m = server.metrics().await;
+    let count = |labels: &str| -> u64 {
+        let prefix = format!("modeld_requests_total{{{labels}}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{m}"))
+            .parse()
+            .unwrap()
+    };
+    let faulty = "model=\"digits_faulty\",version=\"1-faulty\"";
+    assert_eq!(count(&format!("{faulty},role=\"candidate\",outcome=\"success\"")), 1);
+    assert_eq!(count(&format!("{faulty},role=\"candidate\",outcome=\"failure\"")), 1);
+    assert_eq!(count(&format!("{faulty},role=\"canary\",outcome=\"success\"")), 0);
+    assert_eq!(count(&format!("{faulty},role=\"canary\",outcome=\"failure\"")), 30);
+    assert!(count("model=\"digits_v2\",version=\"2\",role=\"active\",outcome=\"success\"") >= 1);
 }

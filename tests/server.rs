@@ -850,7 +850,7 @@ async fn names_round_trip(backend: Backend) {
     );
     let m = server.metrics().await;
     assert!(
-        m.contains("modeld_requests_total{model=\"quote \\\" and back\\\\slash\",version=\"\",outcome=\"success\"}"),
+        m.contains("modeld_requests_total{model=\"quote \\\" and back\\\\slash\",version=\"\",role=\"active\",outcome=\"success\"}"),
         "escaped label:\n{m}"
     );
     assert!(m.contains("model=\"音声検出モデル 第2版\""), "{m}");

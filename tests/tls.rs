@@ -202,6 +202,19 @@ async fn grpc_and_https_on_one_certificate_and_plain_clients_are_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    // Over TLS the admin page's session cookie is Secure (here with tokens off, it is issued
+    // on the first look).
+    let r = client
+        .http(server.http_addr)
+        .get(format!("https://localhost:{}/admin/session", server.http_addr.port()))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("; HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
 
     // Plain gRPC and plain HTTP to the TLS ports get no answer.
     let plain = Channel::from_shared(format!("http://{}", server.addr))

@@ -94,6 +94,15 @@ impl SigningKeys {
         mac
     }
 
+    /// A key for another purpose (`purpose` names it), derived from the signing key, so every
+    /// server given the same key file derives the same one; `None` without a key.
+    pub fn derive(&self, purpose: &str) -> Option<Vec<u8>> {
+        let key = self.keys.first()?;
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes a key of any length");
+        mac.update(format!("modeld-derive\n{purpose}").as_bytes());
+        Some(mac.finalize().into_bytes().to_vec())
+    }
+
     /// The signature of a download of `model_id` with file `sha256` until `expires` (Unix
     /// seconds), in hex; `None` without a key.
     pub fn sign(&self, model_id: i64, sha256: &str, expires: i64) -> Option<String> {

@@ -13,7 +13,9 @@ macro_rules! or_reply {
     };
 }
 
+pub mod admin;
 pub mod download;
+pub mod lifecycle;
 pub mod model_config;
 pub mod oip;
 pub mod rest;
@@ -37,6 +39,7 @@ pub struct HttpState {
     pub(crate) kserve: crate::api::kserve::KServeService,
     pub(crate) config: HttpConfig,
     pub(crate) verified: Arc<download::Verified>,
+    pub(crate) admin: Arc<admin::Sessions>,
 }
 
 /// The HTTP server's settings.
@@ -46,13 +49,17 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// `Cache-Control: max-age` of the model-config endpoint, in seconds.
     pub model_config_max_age_secs: u64,
+    /// Whether the port speaks TLS (the admin session cookie is then `Secure`).
+    pub tls: bool,
 }
 
 /// Every route of the HTTP port.
 pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
+    let admin = Arc::new(admin::Sessions::new(control.downloads().keys.derive("admin-session")));
     let state = HttpState {
         kserve: crate::api::kserve::KServeService::new(Arc::clone(&control)),
         control,
+        admin,
         config,
         verified: Arc::default(),
     };
@@ -60,6 +67,8 @@ pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
         .route("/metrics", get(metrics))
         .merge(oip::routes())
         .merge(rest::routes())
+        .merge(lifecycle::routes())
+        .merge(admin::routes(&state))
         .merge(model_config::routes())
         .merge(download::routes())
         .fallback(not_found)

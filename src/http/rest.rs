@@ -70,7 +70,14 @@ pub fn routes() -> Router<HttpState> {
         predict,
         super::model_config::model_config,
         super::download::download_url,
-        super::download::download
+        super::download::download,
+        super::lifecycle::events,
+        super::lifecycle::status,
+        super::lifecycle::stats,
+        super::lifecycle::latest_evaluations,
+        super::lifecycle::activations,
+        super::lifecycle::evaluations,
+        super::lifecycle::evaluate
     ),
     components(schemas(
         ModelJson,
@@ -89,7 +96,21 @@ pub fn routes() -> Router<HttpState> {
         ErrorBody,
         ErrorDetail,
         RollbackPolicyJson,
-        crate::ops::ClientConfig
+        crate::ops::ClientConfig,
+        super::lifecycle::EventJson,
+        super::lifecycle::StatusJson,
+        super::lifecycle::DegradationJson,
+        super::lifecycle::ServedShare,
+        super::lifecycle::CandidateJson,
+        super::lifecycle::StatsJson,
+        super::lifecycle::ModelStatsJson,
+        super::lifecycle::RoleStatsJson,
+        super::lifecycle::ActivationList,
+        super::lifecycle::ActivationRecordJson,
+        super::lifecycle::EvaluationList,
+        super::lifecycle::EvaluationJson,
+        super::lifecycle::EvaluateBody,
+        super::lifecycle::DatasetJson
     ))
 )]
 pub struct ApiDoc;

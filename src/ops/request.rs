@@ -127,7 +127,8 @@ impl Control {
                 Ok(done)
             }
             Err(e) => {
-                self.stats.failure(&model.record, &e, started.elapsed());
+                self.stats
+                    .failure(&model.record, route.role.name(), &e, started.elapsed());
                 Err(e)
             }
         }

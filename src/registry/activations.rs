@@ -209,6 +209,17 @@ impl Registry {
         Ok(with_pool!(self, p => sqlx::query_as(sql).bind(model_id).fetch_optional(p).await?))
     }
 
+    /// The most recent activations that made `model_id` active or replaced it, newest first.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn activations_of(&self, model_id: i64, limit: i64) -> Result<Vec<ActivationRecord>> {
+        let sql = "SELECT activation_id, model_id, model_name, previous_model_id, previous_name, activated_at, \
+                   activated_by, reason, is_rollback FROM model_activations \
+                   WHERE model_id = $1 OR previous_model_id = $1 ORDER BY activation_id DESC LIMIT $2";
+        Ok(with_pool!(self, p => sqlx::query_as(sql).bind(model_id).bind(limit).fetch_all(p).await?))
+    }
+
     /// The most recent activations, newest first.
     ///
     /// # Errors

@@ -148,6 +148,19 @@ impl Registry {
         Ok(with_pool!(self, p => sqlx::query_as(sql).bind(model_id).bind(dataset_sha256).fetch_optional(p).await?))
     }
 
+    /// The evaluations of `model_id`, newest first, at most `limit`.
+    ///
+    /// # Errors
+    /// `Unavailable` when the database is unreachable.
+    pub async fn evaluations_of(&self, model_id: i64, limit: i64) -> Result<Vec<EvaluationRecord>> {
+        let sql = concat!(
+            "SELECT ",
+            evaluation_columns!(),
+            " FROM model_performance_logs WHERE model_id = $1 ORDER BY log_id DESC LIMIT $2"
+        );
+        Ok(with_pool!(self, p => sqlx::query_as(sql).bind(model_id).bind(limit).fetch_all(p).await?))
+    }
+
     /// The latest evaluation of each of `model_ids` that has one.
     ///
     /// # Errors

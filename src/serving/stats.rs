@@ -90,6 +90,33 @@ impl Histogram {
     }
 }
 
+/// A model's requests in one role, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Answered.
+    pub success: u64,
+    /// Failed in validation or the engine (not counting the two below).
+    pub failure: u64,
+    /// Refused because the queue was full.
+    pub rejected: u64,
+    /// Not computed because their deadline passed first.
+    pub expired: u64,
+}
+
+impl Outcomes {
+    fn merge(&mut self, o: Outcomes) {
+        self.success += o.success;
+        self.failure += o.failure;
+        self.rejected += o.rejected;
+        self.expired += o.expired;
+    }
+
+    /// Every request.
+    pub fn total(&self) -> u64 {
+        self.success + self.failure + self.rejected + self.expired
+    }
+}
+
 /// The latency histograms of a model's successful requests in one role.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoleLatency {
@@ -147,6 +174,8 @@ pub struct ModelStats {
     pub engine: &'static str,
     /// Latency histograms of successful requests, by role (`active`, `canary`, `candidate`).
     pub latency: BTreeMap<&'static str, RoleLatency>,
+    /// Every request by role and outcome (what the error rate per model and role is read from).
+    pub outcomes: BTreeMap<&'static str, Outcomes>,
     /// Rows per engine call.
     pub batch_sizes: Histogram,
 }
@@ -170,6 +199,7 @@ impl Default for ModelStats {
             expired: 0,
             engine: "",
             latency: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
             batch_sizes: Histogram::new(BATCH_BUCKETS.len()),
         }
     }
@@ -229,6 +259,7 @@ impl Stats {
             l.queue.observe(&LATENCY_BUCKETS, t.queue.as_secs_f64());
             l.compute.observe(&LATENCY_BUCKETS, t.compute.as_secs_f64());
             l.total.observe(&LATENCY_BUCKETS, total.as_secs_f64());
+            s.outcomes.entry(role).or_default().success += 1;
             s.engine = engine.name();
             s.success.add(total);
             s.queue.add(t.queue);
@@ -248,14 +279,21 @@ impl Stats {
         });
     }
 
-    /// Records a failed request and why it failed.
-    pub fn failure(&self, model: &ModelRecord, error: &Error, total: Duration) {
+    /// Records a failed request for `role` and why it failed.
+    pub fn failure(&self, model: &ModelRecord, role: &'static str, error: &Error, total: Duration) {
         self.with(model, |s| {
             s.fail.add(total);
+            let o = s.outcomes.entry(role).or_default();
             match error {
-                Error::ResourceExhausted { .. } => s.rejected += 1,
-                Error::DeadlineExceeded(_) => s.expired += 1,
-                _ => {}
+                Error::ResourceExhausted { .. } => {
+                    s.rejected += 1;
+                    o.rejected += 1;
+                }
+                Error::DeadlineExceeded(_) => {
+                    s.expired += 1;
+                    o.expired += 1;
+                }
+                _ => o.failure += 1,
             }
             s.last_inference_ms = now_ms();
         });
@@ -298,6 +336,9 @@ impl Stats {
                         into.queue.merge(&l.queue);
                         into.compute.merge(&l.compute);
                         into.total.merge(&l.total);
+                    }
+                    for (role, o) in &s.outcomes {
+                        m.outcomes.entry(role).or_default().merge(*o);
                     }
                     m.batch_sizes.merge(&s.batch_sizes);
                 }

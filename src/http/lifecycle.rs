@@ -1,0 +1,588 @@
+//! What the admin page (and any dashboard) reads besides the registry routes of `rest.rs`:
+//! the registry's events as server-sent events, this server's status and request figures, a
+//! model's activation history and evaluations, and evaluating a model on a dataset.
+//!
+//! - `GET /api/v1/events` streams every registry change and reload of the fleet (the table
+//!   WatchEvents follows), one SSE `event: <kind>` per row with `id:` its event id, so a
+//!   reconnecting `EventSource` resumes after the last one it saw (`Last-Event-ID`, or
+//!   `?after=`).
+//! - `GET /api/v1/status` and `GET /api/v1/stats` are GetServerStatus and the request
+//!   counters behind `/metrics`, as JSON; `stats` holds cumulative counts, so a chart takes the
+//!   difference of two reads.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt;
+use utoipa::ToSchema;
+
+use super::HttpState;
+use super::rest::{ErrorBody, ModelJson, body, model_id, ok, rest_error};
+use crate::error::Error;
+use crate::ops::EvaluateOptions;
+use crate::registry::{ActivationRecord, EvaluationRecord, EventRecord, ModelRef};
+use crate::serving::stats::LATENCY_BUCKETS;
+
+/// The routes.
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/evaluations", get(latest_evaluations))
+        .route("/api/v1/models/{model_id}/activations", get(activations))
+        .route("/api/v1/models/{model_id}/evaluations", get(evaluations))
+        .route("/api/v1/models/{model_id}/evaluate", post(evaluate))
+}
+
+/// A registry event, as the event stream sends it (the `data:` of each SSE event).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventJson {
+    /// Increasing id (the SSE `id:`).
+    pub event_id: i64,
+    /// `registered`, `updated`, `activated`, `rolled_back`, `deleted`, `reloaded`,
+    /// `reload_failed`, `evaluated` or `rollout_changed` (the SSE `event:`).
+    pub kind: String,
+    /// The model concerned, if any.
+    pub model_id: Option<i64>,
+    /// Its name at the time.
+    pub model_name: String,
+    /// api, cli, http, registry, file, startup, guard, ...
+    pub source: String,
+    /// Which server (or CLI process) wrote it.
+    pub server: String,
+    /// Reason, error, percentages.
+    pub detail: String,
+    /// When.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&EventRecord> for EventJson {
+    fn from(e: &EventRecord) -> Self {
+        Self {
+            event_id: e.event_id,
+            kind: e.kind.clone(),
+            model_id: e.model_id,
+            model_name: e.model_name.clone(),
+            source: e.source.clone(),
+            server: e.server.clone(),
+            detail: e.detail.clone(),
+            created_at: e.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: Option<i64>,
+}
+
+/// Follow the registry's events as server-sent events (`text/event-stream`): every change made
+/// on any server of the registry or by the CLI. Each event's `id:` is its event id; a client
+/// that reconnects with `Last-Event-ID` (as `EventSource` does) or `?after=` gets what it
+/// missed. Without either, it starts with the next event. A registry that stops answering is
+/// sent as an `event: error` and the stream resumes when it answers again.
+#[utoipa::path(get, path = "/api/v1/events", tag = "lifecycle",
+    params(("after" = Option<i64>, Query, description = "start after this event id (default: from now on)")),
+    responses((status = 200, description = "text/event-stream of EventJson", content_type = "text/event-stream", body = EventJson),
+        (status = 503, body = ErrorBody)))]
+async fn events(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return rest_error(&Error::InvalidArgument("after is an event id (an integer)".into()));
+    };
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let after = last_seen.or(q.after).filter(|a| *a >= 0);
+    let rx = match s.control.follow_events(after).await {
+        Ok(rx) => rx,
+        Err(e) => return rest_error(&e),
+    };
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|e| {
+        Ok::<_, Infallible>(match e {
+            Ok(e) => Event::default()
+                .id(e.event_id.to_string())
+                .event(e.kind.clone())
+                .data(serde_json::to_string(&EventJson::from(&e)).unwrap_or_else(|_| "{}".into())),
+            Err(e) => Event::default()
+                .event("error")
+                .data(tonic::Status::from(e).message().replace(['\r', '\n'], " ")),
+        })
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// One reason why the server is degraded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DegradationJson {
+    /// `registry_unreachable`, `model_file_missing`, `not_serving_registry_model`, ...
+    pub reason: String,
+    /// For people.
+    pub message: String,
+    /// Since when.
+    pub since: DateTime<Utc>,
+}
+
+/// A model this server serves beside the active one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServedShare {
+    /// The model.
+    pub model_id: i64,
+    /// Its name.
+    pub model_name: String,
+    /// Its share of requests (canary) or of mirrored requests (shadow), 0-100.
+    pub percentage: u8,
+}
+
+/// A candidate model held in memory for requests that name it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CandidateJson {
+    /// The model.
+    pub model_id: i64,
+    /// Its name.
+    pub model_name: String,
+    /// Still loading.
+    pub loading: bool,
+    /// Measured resident bytes (reserved while it loads).
+    pub bytes: u64,
+}
+
+/// This server's state, as GetServerStatus reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusJson {
+    /// Which server answered (`--server-name`, else host and pid).
+    pub server: String,
+    /// The model it serves; null before the first load.
+    pub serving: Option<ModelJson>,
+    /// The canary it serves, as it serves it.
+    pub canary: Option<ServedShare>,
+    /// The shadow it mirrors to.
+    pub shadow: Option<ServedShare>,
+    /// The candidates held in memory.
+    pub candidates: Vec<CandidateJson>,
+    /// Whether anything below is wrong.
+    pub degraded: bool,
+    /// What is wrong, and since when.
+    pub degradations: Vec<DegradationJson>,
+    /// Whether the registry answered the last check.
+    pub registry_reachable: bool,
+    /// The registry generation this server has caught up with.
+    pub registry_generation: i64,
+    /// Requests being computed.
+    pub in_flight_requests: u64,
+    /// Failed reloads since start.
+    pub reload_failures: u64,
+    /// The last reload error ("" after a success).
+    pub last_error: String,
+    /// The last successful (re)load.
+    pub last_reload_at: Option<DateTime<Utc>>,
+    /// What caused it: api, registry, file, startup.
+    pub last_reload_source: String,
+}
+
+/// This server's state: what it serves, whether it is degraded and why.
+#[utoipa::path(get, path = "/api/v1/status", tag = "lifecycle", responses((status = 200, body = StatusJson)))]
+async fn status(State(s): State<HttpState>) -> Response {
+    let c = &s.control;
+    let snapshot = c.status().snapshot();
+    let set = c.slot().load();
+    let serving = set.as_ref().map(|set| &set.active.record);
+    let share = |w: &Option<crate::model::slot::Weighted>| {
+        w.as_ref().map(|w| ServedShare {
+            model_id: w.model.record.model_id,
+            model_name: w.model.record.model_name.clone(),
+            percentage: w.percentage,
+        })
+    };
+    let degradations: Vec<DegradationJson> = snapshot
+        .degradations(serving)
+        .into_iter()
+        .map(|d| DegradationJson {
+            reason: d.reason.code().into(),
+            message: d.message,
+            since: d.since,
+        })
+        .collect();
+    ok(&StatusJson {
+        server: c.registry().origin().server.clone(),
+        serving: serving.map(ModelJson::from),
+        canary: set.as_ref().and_then(|set| share(&set.canary)),
+        shadow: set.as_ref().and_then(|set| share(&set.shadow)),
+        candidates: c
+            .candidates()
+            .cached()
+            .into_iter()
+            .map(|k| CandidateJson {
+                model_id: k.model_id,
+                model_name: k.name,
+                loading: k.bytes.is_none(),
+                bytes: k.bytes.or(k.reserved).unwrap_or(0),
+            })
+            .collect(),
+        degraded: !degradations.is_empty(),
+        degradations,
+        registry_reachable: snapshot.registry_reachable(),
+        registry_generation: snapshot.generation,
+        in_flight_requests: c.in_flight(),
+        reload_failures: snapshot.reload_failures,
+        last_error: snapshot.last_error.as_ref().map(|e| e.0.clone()).unwrap_or_default(),
+        last_reload_at: snapshot.last_reload.as_ref().map(|r| r.1),
+        last_reload_source: snapshot.last_reload.map(|r| r.0).unwrap_or_default(),
+    })
+}
+
+/// A model's requests in one role since the server started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoleStatsJson {
+    /// `active`, `canary` or `candidate`.
+    pub role: String,
+    /// Answered.
+    pub success: u64,
+    /// Failed (validation or the engine).
+    pub failure: u64,
+    /// Refused: the queue was full.
+    pub rejected: u64,
+    /// Not computed: the deadline passed first.
+    pub expired: u64,
+    /// Successful requests' time in the server: the cumulative count at or below each of
+    /// `latency_buckets_seconds` (and a last one for all of them).
+    pub latency_cumulative: Vec<u64>,
+    /// Their summed time, in seconds.
+    pub latency_sum_seconds: f64,
+}
+
+/// One model's figures (by name and version).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelStatsJson {
+    /// The model's name.
+    pub model_name: String,
+    /// Its version.
+    pub version: String,
+    /// By role.
+    pub roles: Vec<RoleStatsJson>,
+}
+
+/// This server's request figures since it started (the counters behind `/metrics`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsJson {
+    /// Which server.
+    pub server: String,
+    /// When these were read, so two reads give a rate.
+    pub taken_at: DateTime<Utc>,
+    /// The upper bounds of the latency buckets, in seconds.
+    pub latency_buckets_seconds: Vec<f64>,
+    /// Per model.
+    pub models: Vec<ModelStatsJson>,
+}
+
+/// Request counts and latency histograms per model and role since this server started:
+/// cumulative, so a chart takes the difference of two reads.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "lifecycle", responses((status = 200, body = StatsJson)))]
+async fn stats(State(s): State<HttpState>) -> Response {
+    let models = s
+        .control
+        .stats()
+        .snapshot()
+        .into_iter()
+        .map(|m| {
+            let mut roles: Vec<&'static str> = m.outcomes.keys().copied().collect();
+            roles.extend(m.latency.keys().copied().filter(|r| !m.outcomes.contains_key(r)));
+            ModelStatsJson {
+                roles: roles
+                    .into_iter()
+                    .map(|role| {
+                        let o = m.outcomes.get(role).copied().unwrap_or_default();
+                        let l = m.latency.get(role);
+                        RoleStatsJson {
+                            role: role.into(),
+                            success: o.success,
+                            failure: o.failure,
+                            rejected: o.rejected,
+                            expired: o.expired,
+                            latency_cumulative: l
+                                .map_or_else(|| vec![0; LATENCY_BUCKETS.len() + 1], |l| l.total.cumulative()),
+                            latency_sum_seconds: l.map_or(0.0, |l| l.total.sum),
+                        }
+                    })
+                    .collect(),
+                model_name: m.name,
+                version: m.version,
+            }
+        })
+        .collect();
+    ok(&StatsJson {
+        server: s.control.registry().origin().server.clone(),
+        taken_at: Utc::now(),
+        latency_buckets_seconds: LATENCY_BUCKETS.to_vec(),
+        models,
+    })
+}
+
+/// An activation: who made which model active, replacing which, and why.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivationRecordJson {
+    /// Increasing id.
+    pub activation_id: i64,
+    /// The model made active (null once deleted).
+    pub model_id: Option<i64>,
+    /// Its name at the time.
+    pub model_name: String,
+    /// The model it replaced.
+    pub previous_model_id: Option<i64>,
+    /// Its name at the time.
+    pub previous_name: Option<String>,
+    /// When.
+    pub activated_at: DateTime<Utc>,
+    /// Who.
+    pub activated_by: String,
+    /// Why.
+    pub reason: String,
+    /// Whether it was a rollback.
+    pub is_rollback: bool,
+}
+
+impl From<ActivationRecord> for ActivationRecordJson {
+    fn from(a: ActivationRecord) -> Self {
+        Self {
+            activation_id: a.activation_id,
+            model_id: a.model_id,
+            model_name: a.model_name,
+            previous_model_id: a.previous_model_id,
+            previous_name: a.previous_name,
+            activated_at: a.activated_at,
+            activated_by: a.activated_by,
+            reason: a.reason,
+            is_rollback: a.is_rollback,
+        }
+    }
+}
+
+/// A model's activation history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActivationList {
+    /// Newest first: the activations that made the model active or replaced it.
+    pub activations: Vec<ActivationRecordJson>,
+}
+
+/// A stored evaluation (`model_performance_logs`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvaluationJson {
+    /// Increasing id.
+    pub log_id: i64,
+    /// The model (null once deleted).
+    pub model_id: Option<i64>,
+    /// Its name at the time.
+    pub model_name: String,
+    /// The sha256 of the file evaluated.
+    pub model_sha256: String,
+    /// The dataset's file name.
+    pub dataset_name: String,
+    /// The dataset's sha256.
+    pub dataset_sha256: String,
+    /// When.
+    pub evaluated_at: DateTime<Utc>,
+    /// Share of rows predicted right, 0-1.
+    pub accuracy: f64,
+    /// Share of rows whose label is among the 3 best scores.
+    pub top3_accuracy: Option<f64>,
+    /// Rows.
+    pub sample_size: i64,
+    /// Time per row: mean, in µs.
+    pub latency_mean_us: f64,
+    /// Median, in µs.
+    pub latency_p50_us: f64,
+    /// 99th percentile, in µs.
+    pub latency_p99_us: f64,
+    /// Free text.
+    pub notes: String,
+    /// Who ran it.
+    pub evaluated_by: String,
+}
+
+impl From<EvaluationRecord> for EvaluationJson {
+    fn from(e: EvaluationRecord) -> Self {
+        Self {
+            log_id: e.log_id,
+            model_id: e.model_id,
+            model_name: e.model_name,
+            model_sha256: e.model_sha256,
+            dataset_name: e.dataset_name,
+            dataset_sha256: e.dataset_sha256,
+            evaluated_at: e.evaluated_at,
+            accuracy: e.accuracy,
+            top3_accuracy: e.top3_accuracy,
+            sample_size: e.sample_size,
+            latency_mean_us: e.latency_mean_us,
+            latency_p50_us: e.latency_p50_us,
+            latency_p99_us: e.latency_p99_us,
+            notes: e.notes,
+            evaluated_by: e.evaluated_by,
+        }
+    }
+}
+
+/// Evaluations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvaluationList {
+    /// Newest first.
+    pub evaluations: Vec<EvaluationJson>,
+}
+
+/// How many rows a history route answers.
+const HISTORY: i64 = 100;
+
+/// Finds the model first, so an unknown id is a 404 and not an empty list.
+async fn known(s: &HttpState, raw: &str) -> Result<i64, Box<Response>> {
+    let id = model_id(raw)?;
+    s.control
+        .registry()
+        .get(&ModelRef::Id(id))
+        .await
+        .map_err(|e| Box::new(rest_error(&e)))?;
+    Ok(id)
+}
+
+/// A model's activation history (the last 100), newest first.
+#[utoipa::path(get, path = "/api/v1/models/{model_id}/activations", tag = "lifecycle",
+    params(("model_id" = i64, Path, description = "the model's id")),
+    responses((status = 200, body = ActivationList), (status = 404, body = ErrorBody)))]
+async fn activations(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let id = or_reply!(known(&s, &id).await);
+    match s.control.registry().activations_of(id, HISTORY).await {
+        Ok(list) => ok(&ActivationList {
+            activations: list.into_iter().map(ActivationRecordJson::from).collect(),
+        }),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// A model's evaluations (the last 100), newest first.
+#[utoipa::path(get, path = "/api/v1/models/{model_id}/evaluations", tag = "lifecycle",
+    params(("model_id" = i64, Path, description = "the model's id")),
+    responses((status = 200, body = EvaluationList), (status = 404, body = ErrorBody)))]
+async fn evaluations(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let id = or_reply!(known(&s, &id).await);
+    match s.control.registry().evaluations_of(id, HISTORY).await {
+        Ok(list) => ok(&EvaluationList {
+            evaluations: list.into_iter().map(EvaluationJson::from).collect(),
+        }),
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// The latest evaluation of every model that has one.
+#[utoipa::path(get, path = "/api/v1/evaluations", tag = "lifecycle",
+    responses((status = 200, body = EvaluationList), (status = 503, body = ErrorBody)))]
+async fn latest_evaluations(State(s): State<HttpState>) -> Response {
+    let registry = s.control.registry();
+    let ids = match registry.list(crate::registry::Order::Id, false, 1000, 0).await {
+        Ok(models) => models.into_iter().map(|m| m.model_id).collect::<Vec<_>>(),
+        Err(e) => return rest_error(&e),
+    };
+    match registry.latest_evaluations(&ids).await {
+        Ok(mut list) => {
+            list.sort_by_key(|e| std::cmp::Reverse(e.log_id));
+            ok(&EvaluationList {
+                evaluations: list.into_iter().map(EvaluationJson::from).collect(),
+            })
+        }
+        Err(e) => rest_error(&e),
+    }
+}
+
+/// A labelled dataset under the model root.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetJson {
+    /// Features: `.npy` (with its labels beside it as `<name>_y.npy`) or `.csv`, under the
+    /// model root, e.g. `eval/digits_x.npy`.
+    pub path: String,
+    /// Labels file, when not beside the features.
+    #[serde(default)]
+    pub labels: String,
+    /// A CSV's label column (default `label`).
+    #[serde(default)]
+    pub label_column: String,
+}
+
+/// Evaluating a model.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateBody {
+    /// The dataset.
+    #[serde(default)]
+    pub dataset: Option<DatasetJson>,
+    /// The output to read classes from (default: the first scores output).
+    #[serde(default)]
+    pub output: String,
+    /// Stored with the figures.
+    #[serde(default)]
+    pub notes: String,
+    /// Who; defaults to "http" (the token's name when tokens are on).
+    #[serde(default)]
+    pub evaluated_by: String,
+}
+
+/// Evaluate a model on a labelled dataset: accuracy, top-3, per-class figures and latency,
+/// stored in the model's history (and as its `accuracy` when it has none).
+#[utoipa::path(post, path = "/api/v1/models/{model_id}/evaluate", tag = "lifecycle", request_body = EvaluateBody,
+    params(("model_id" = i64, Path, description = "the model's id")),
+    responses((status = 200, body = EvaluationJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn evaluate(
+    State(s): State<HttpState>,
+    caller: Option<axum::Extension<crate::api::access::Caller>>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let id = or_reply!(model_id(&id));
+    let b: EvaluateBody = or_reply!(body(b));
+    let Some(d) = b.dataset else {
+        return rest_error(&Error::InvalidArgument(
+            "name the dataset: {\"dataset\": {\"path\": \"eval/digits_x.npy\"}} (a path under the model root)".into(),
+        ));
+    };
+    let dataset = match s.control.dataset(&d.path, &d.labels, &d.label_column) {
+        Ok(d) => d,
+        Err(e) => return rest_error(&e),
+    };
+    let options = EvaluateOptions {
+        output: Some(b.output).filter(|o| !o.is_empty()),
+        notes: b.notes,
+        evaluated_by: caller.map_or_else(
+            || {
+                if b.evaluated_by.is_empty() {
+                    "http".into()
+                } else {
+                    b.evaluated_by
+                }
+            },
+            |c| c.0.0.clone(),
+        ),
+    };
+    match s
+        .control
+        .evaluate(&ModelRef::Id(id), dataset, &options, |_, _| {})
+        .await
+    {
+        Ok(done) => ok(&EvaluationJson::from(done.record)),
+        Err(e) => rest_error(&e),
+    }
+}
