@@ -45,43 +45,6 @@ pub fn routes() -> Router<HttpState> {
         .route("/api/v1/models/{model_id}/evaluate", post(evaluate))
 }
 
-/// A registry event, as the event stream sends it (the `data:` of each SSE event).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventJson {
-    /// Increasing id (the SSE `id:`).
-    pub event_id: i64,
-    /// `registered`, `updated`, `activated`, `rolled_back`, `deleted`, `reloaded`,
-    /// `reload_failed`, `evaluated` or `rollout_changed` (the SSE `event:`).
-    pub kind: String,
-    /// The model concerned, if any.
-    pub model_id: Option<i64>,
-    /// Its name at the time.
-    pub model_name: String,
-    /// api, cli, http, registry, file, startup, guard, ...
-    pub source: String,
-    /// Which server (or CLI process) wrote it.
-    pub server: String,
-    /// Reason, error, percentages.
-    pub detail: String,
-    /// When.
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<&EventRecord> for EventJson {
-    fn from(e: &EventRecord) -> Self {
-        Self {
-            event_id: e.event_id,
-            kind: e.kind.clone(),
-            model_id: e.model_id,
-            model_name: e.model_name.clone(),
-            source: e.source.clone(),
-            server: e.server.clone(),
-            detail: e.detail.clone(),
-            created_at: e.created_at,
-        }
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 struct EventsQuery {
     #[serde(default)]
@@ -95,7 +58,7 @@ struct EventsQuery {
 /// sent as an `event: error` and the stream resumes when it answers again.
 #[utoipa::path(get, path = "/api/v1/events", tag = "lifecycle",
     params(("after" = Option<i64>, Query, description = "start after this event id (default: from now on)")),
-    responses((status = 200, description = "text/event-stream of EventJson", content_type = "text/event-stream", body = EventJson),
+    responses((status = 200, description = "text/event-stream of EventRecord", content_type = "text/event-stream", body = EventRecord),
         (status = 503, body = ErrorBody)))]
 async fn events(
     State(s): State<HttpState>,
@@ -119,7 +82,7 @@ async fn events(
             Ok(e) => Event::default()
                 .id(e.event_id.to_string())
                 .event(e.kind.clone())
-                .data(serde_json::to_string(&EventJson::from(&e)).unwrap_or_else(|_| "{}".into())),
+                .data(serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())),
             Err(e) => Event::default()
                 .event("error")
                 .data(tonic::Status::from(e).message().replace(['\r', '\n'], " ")),
@@ -336,114 +299,18 @@ async fn stats(State(s): State<HttpState>) -> Response {
     })
 }
 
-/// An activation: who made which model active, replacing which, and why.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ActivationRecordJson {
-    /// Increasing id.
-    pub activation_id: i64,
-    /// The model made active (null once deleted).
-    pub model_id: Option<i64>,
-    /// Its name at the time.
-    pub model_name: String,
-    /// The model it replaced.
-    pub previous_model_id: Option<i64>,
-    /// Its name at the time.
-    pub previous_name: Option<String>,
-    /// When.
-    pub activated_at: DateTime<Utc>,
-    /// Who.
-    pub activated_by: String,
-    /// Why.
-    pub reason: String,
-    /// Whether it was a rollback.
-    pub is_rollback: bool,
-}
-
-impl From<ActivationRecord> for ActivationRecordJson {
-    fn from(a: ActivationRecord) -> Self {
-        Self {
-            activation_id: a.activation_id,
-            model_id: a.model_id,
-            model_name: a.model_name,
-            previous_model_id: a.previous_model_id,
-            previous_name: a.previous_name,
-            activated_at: a.activated_at,
-            activated_by: a.activated_by,
-            reason: a.reason,
-            is_rollback: a.is_rollback,
-        }
-    }
-}
-
 /// A model's activation history.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActivationList {
     /// Newest first: the activations that made the model active or replaced it.
-    pub activations: Vec<ActivationRecordJson>,
-}
-
-/// A stored evaluation (`model_performance_logs`).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EvaluationJson {
-    /// Increasing id.
-    pub log_id: i64,
-    /// The model (null once deleted).
-    pub model_id: Option<i64>,
-    /// Its name at the time.
-    pub model_name: String,
-    /// The sha256 of the file evaluated.
-    pub model_sha256: String,
-    /// The dataset's file name.
-    pub dataset_name: String,
-    /// The dataset's sha256.
-    pub dataset_sha256: String,
-    /// When.
-    pub evaluated_at: DateTime<Utc>,
-    /// Share of rows predicted right, 0-1.
-    pub accuracy: f64,
-    /// Share of rows whose label is among the 3 best scores.
-    pub top3_accuracy: Option<f64>,
-    /// Rows.
-    pub sample_size: i64,
-    /// Time per row: mean, in µs.
-    pub latency_mean_us: f64,
-    /// Median, in µs.
-    pub latency_p50_us: f64,
-    /// 99th percentile, in µs.
-    pub latency_p99_us: f64,
-    /// Free text.
-    pub notes: String,
-    /// Who ran it.
-    pub evaluated_by: String,
-}
-
-impl From<EvaluationRecord> for EvaluationJson {
-    fn from(e: EvaluationRecord) -> Self {
-        Self {
-            log_id: e.log_id,
-            model_id: e.model_id,
-            model_name: e.model_name,
-            model_sha256: e.model_sha256,
-            dataset_name: e.dataset_name,
-            dataset_sha256: e.dataset_sha256,
-            evaluated_at: e.evaluated_at,
-            accuracy: e.accuracy,
-            top3_accuracy: e.top3_accuracy,
-            sample_size: e.sample_size,
-            latency_mean_us: e.latency_mean_us,
-            latency_p50_us: e.latency_p50_us,
-            latency_p99_us: e.latency_p99_us,
-            notes: e.notes,
-            evaluated_by: e.evaluated_by,
-        }
-    }
+    pub activations: Vec<ActivationRecord>,
 }
 
 /// Evaluations.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EvaluationList {
     /// Newest first.
-    pub evaluations: Vec<EvaluationJson>,
+    pub evaluations: Vec<EvaluationRecord>,
 }
 
 /// How many rows a history route answers.
@@ -467,9 +334,7 @@ async fn known(s: &HttpState, raw: &str) -> Result<i64, Box<Response>> {
 async fn activations(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let id = or_reply!(known(&s, &id).await);
     match s.control.registry().activations_of(id, HISTORY).await {
-        Ok(list) => ok(&ActivationList {
-            activations: list.into_iter().map(ActivationRecordJson::from).collect(),
-        }),
+        Ok(list) => ok(&ActivationList { activations: list }),
         Err(e) => rest_error(&e),
     }
 }
@@ -481,9 +346,7 @@ async fn activations(State(s): State<HttpState>, Path(id): Path<String>) -> Resp
 async fn evaluations(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let id = or_reply!(known(&s, &id).await);
     match s.control.registry().evaluations_of(id, HISTORY).await {
-        Ok(list) => ok(&EvaluationList {
-            evaluations: list.into_iter().map(EvaluationJson::from).collect(),
-        }),
+        Ok(list) => ok(&EvaluationList { evaluations: list }),
         Err(e) => rest_error(&e),
     }
 }
@@ -500,9 +363,7 @@ async fn latest_evaluations(State(s): State<HttpState>) -> Response {
     match registry.latest_evaluations(&ids).await {
         Ok(mut list) => {
             list.sort_by_key(|e| std::cmp::Reverse(e.log_id));
-            ok(&EvaluationList {
-                evaluations: list.into_iter().map(EvaluationJson::from).collect(),
-            })
+            ok(&EvaluationList { evaluations: list })
         }
         Err(e) => rest_error(&e),
     }
@@ -545,7 +406,7 @@ pub struct EvaluateBody {
 /// stored in the model's history (and as its `accuracy` when it has none).
 #[utoipa::path(post, path = "/api/v1/models/{model_id}/evaluate", tag = "lifecycle", request_body = EvaluateBody,
     params(("model_id" = i64, Path, description = "the model's id")),
-    responses((status = 200, body = EvaluationJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = EvaluationRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn evaluate(
     State(s): State<HttpState>,
     caller: Option<axum::Extension<crate::api::access::Caller>>,
@@ -582,7 +443,7 @@ async fn evaluate(
         .evaluate(&ModelRef::Id(id), dataset, &options, |_, _| {})
         .await
     {
-        Ok(done) => ok(&EvaluationJson::from(done.record)),
+        Ok(done) => ok(&done.record),
         Err(e) => rest_error(&e),
     }
 }

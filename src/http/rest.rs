@@ -97,7 +97,7 @@ pub fn routes() -> Router<HttpState> {
         ErrorDetail,
         RollbackPolicyJson,
         crate::ops::ClientConfig,
-        super::lifecycle::EventJson,
+        crate::registry::EventRecord,
         super::lifecycle::StatusJson,
         super::lifecycle::DegradationJson,
         super::lifecycle::ServedShare,
@@ -106,9 +106,9 @@ pub fn routes() -> Router<HttpState> {
         super::lifecycle::ModelStatsJson,
         super::lifecycle::RoleStatsJson,
         super::lifecycle::ActivationList,
-        super::lifecycle::ActivationRecordJson,
+        crate::registry::ActivationRecord,
         super::lifecycle::EvaluationList,
-        super::lifecycle::EvaluationJson,
+        crate::registry::EvaluationRecord,
         super::lifecycle::EvaluateBody,
         super::lifecycle::DatasetJson
     ))

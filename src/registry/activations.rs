@@ -90,7 +90,7 @@ pub struct Activation {
 }
 
 /// A `model_activations` row.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct ActivationRecord {
     /// Primary key, increasing.
     pub activation_id: i64,

@@ -64,7 +64,7 @@ impl EventKind {
 }
 
 /// A `model_events` row.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct EventRecord {
     /// Increasing id.
     pub event_id: i64,

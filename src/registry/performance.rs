@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::evaluation::{Dataset, Figures};
 
 /// A `model_performance_logs` row.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
 pub struct EvaluationRecord {
     /// Increasing id.
     pub log_id: i64,
@@ -35,7 +35,9 @@ pub struct EvaluationRecord {
     pub latency_p50_us: f64,
     /// 99th percentile.
     pub latency_p99_us: f64,
-    /// JSON of the whole [`Figures`] (per-class figures, confusion matrix, output read).
+    /// JSON of the whole [`Figures`] (per-class figures, confusion matrix, output read); not
+    /// in the REST answers, which carry the summary figures.
+    #[serde(skip)]
     pub details: String,
     /// Free text.
     pub notes: String,
