@@ -44,34 +44,36 @@ pub async fn control(registry: &crate::config::RegistryArgs, origin: Origin) -> 
     Ok(Control::new(db.with_origin(origin), root, Arc::new(Slot::new())).with_objects(Arc::new(objects)))
 }
 
-/// [`control`], waiting for a PostgreSQL registry that cannot be reached yet (a fleet whose
-/// database starts after it, or restarts): retried with a growing pause up to 5 s, said in the
-/// log once and then every minute. Anything else (a bad URL, a missing model root) fails at once.
+/// Whether start-up waits out `e` (rather than failing): a PostgreSQL registry that cannot be
+/// reached yet (a fleet whose database starts after it, or restarts). Anything else (a bad
+/// URL, a missing model root, a SQLite file that cannot be opened) fails at once.
+fn waits_for(registry: &crate::config::RegistryArgs, e: &anyhow::Error) -> bool {
+    Backend::of_url(&registry.database_url) == Backend::Postgres
+        && e.chain().any(|c| {
+            c.downcast_ref::<crate::Error>()
+                .is_some_and(|e| matches!(e, crate::Error::Unavailable(_)) || e.is_unreachable())
+        })
+}
+
+/// [`control`], retried while [`waits_for`] holds with a growing pause up to 5 s, said in the
+/// log every minute (the first failure is said by the caller).
 async fn control_when_reachable(registry: &crate::config::RegistryArgs, origin: Origin) -> anyhow::Result<Control> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(200);
-    let mut said: Option<std::time::Instant> = None;
+    let mut said = std::time::Instant::now();
     loop {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
         match control(registry, origin.clone()).await {
             Ok(c) => {
-                if said.is_some() {
-                    tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "the registry answers");
-                }
+                tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "the registry answers");
                 return Ok(c);
             }
-            Err(e)
-                if Backend::of_url(&registry.database_url) == Backend::Postgres
-                    && e.chain().any(|c| {
-                        c.downcast_ref::<crate::Error>()
-                            .is_some_and(|e| matches!(e, crate::Error::Unavailable(_)) || e.is_unreachable())
-                    }) =>
-            {
-                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                    tracing::warn!(error = %format!("{e:#}"), "the registry cannot be reached yet; waiting for it");
-                    said = Some(std::time::Instant::now());
+            Err(e) if waits_for(registry, &e) => {
+                if said.elapsed() >= Duration::from_secs(60) {
+                    tracing::warn!(error = %format!("{e:#}"), "the registry cannot be reached yet; still waiting for it");
+                    said = std::time::Instant::now();
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e),
         }
@@ -336,23 +338,127 @@ pub async fn serve_with(
     }
     let executor = Executor::start(config.engine.executor_config())?;
     let engine = engine_settings(&config.engine, &executor);
+    let origin = Origin {
+        source: "api".into(),
+        server,
+    };
+    // One attempt first: a registry that answers is the usual start, and the ports answer
+    // only once everything is ready. A PostgreSQL that cannot be reached yet is waited for
+    // with both ports answering: health NOT_SERVING, /v2/health/live alive, every other call
+    // UNAVAILABLE saying why (a probe gets an answer, not a hung connection).
+    let first = match control(&config.registry, origin.clone()).await {
+        Ok(c) => Some(c),
+        Err(e) if waits_for(&config.registry, &e) => {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "the registry cannot be reached yet; waiting for it (health NOT_SERVING until then)"
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in HEALTH_SERVICES {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+    let inference = crate::api::later::Later::default();
+    let kserve = crate::api::later::Later::default();
+    let registry = crate::api::later::Later::default();
+    let routes: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
+
+    // The HTTP port stops with the server.
+    let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
+    let http_at = match http {
+        Some(l) => {
+            let at = l.local_addr()?;
+            let routes = Arc::clone(&routes);
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = metrics_stopped.wait_for(|s| *s).await;
+                };
+                let done = match tls {
+                    Some(t) => crate::http::serve(t.incoming(l, crate::tls::Port::Http), routes, stop).await,
+                    None => crate::http::serve(l, routes, stop).await,
+                };
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+            Some(at)
+        }
+        None => None,
+    };
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    // The transport stops accepting on `shutdown`, then waits for in-flight requests; the drain
+    // timeout bounds that wait.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let drain = Duration::from_secs(config.drain_timeout_secs);
+    let grpc = tonic::transport::Server::builder()
+        .layer(crate::api::access::AccessLayer(Arc::clone(&access)))
+        .tcp_nodelay(true)
+        .max_frame_size(1u32 << 20)
+        .initial_stream_window_size(4u32 << 20)
+        .initial_connection_window_size(8u32 << 20)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(inference.clone())
+        .add_service(registry.clone())
+        .add_service(kserve.clone());
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let mut server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &tls {
+        Some(t) => Box::pin(grpc.serve_with_incoming_shutdown(t.incoming(listener, crate::tls::Port::Grpc), stopped)),
+        // The builder's tcp_nodelay applies only to sockets tonic binds itself: set it on the
+        // injected listener too (without it, Nagle + delayed ACK add ~40 ms to mid-sized replies).
+        None => Box::pin(grpc.serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped,
+        )),
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let control = match first {
+        Some(c) => c,
+        // The gRPC port answers while this waits (the server future is polled).
+        None => tokio::select! {
+            c = control_when_reachable(&config.registry, origin) => c?,
+            res = &mut server => {
+                metrics_stop.send_replace(true);
+                res.context("gRPC server failed")?;
+                anyhow::bail!("the gRPC server stopped while waiting for the registry");
+            }
+            () = &mut shutdown => {
+                tracing::info!("shutting down while waiting for the registry");
+                let _ = stop_tx.send(());
+                let _ = tokio::time::timeout(drain, &mut server).await;
+                metrics_stop.send_replace(true);
+                return Ok(());
+            }
+        },
+    };
     let control = Arc::new(
-        control_when_reachable(
-            &config.registry,
-            Origin {
-                source: "api".into(),
-                server,
-            },
-        )
-        .await?
-        .serving(executor, engine)
-        .with_candidates(config.candidates.limits())
-        .with_rollback_watch(Duration::from_secs(config.rollback_watch_secs))
-        .with_downloads(downloads)
-        .with_access(Arc::clone(&access))
-        .with_shadows(
-            crate::serving::shadow::Shadows::start(config.shadow.config()).context("starting the shadow threads")?,
-        ),
+        control
+            .serving(executor, engine)
+            .with_candidates(config.candidates.limits())
+            .with_rollback_watch(Duration::from_secs(config.rollback_watch_secs))
+            .with_downloads(downloads)
+            .with_access(Arc::clone(&access))
+            .with_shadows(
+                crate::serving::shadow::Shadows::start(config.shadow.config())
+                    .context("starting the shadow threads")?,
+            ),
     );
     tracing::info!(
         "model root: {} ({})",
@@ -372,10 +478,6 @@ pub async fn serve_with(
                 Err(e) => tracing::error!(error = %e, "seeding the registry failed"),
             }
         }
-    }
-    let (reporter, health) = tonic_health::server::health_reporter();
-    for name in HEALTH_SERVICES {
-        reporter.set_service_status(name, ServingStatus::NotServing).await;
     }
     // Health follows the slot: SERVING from the first published model on.
     let mut published = control.slot().subscribe();
@@ -420,83 +522,36 @@ pub async fn serve_with(
         })
     };
 
-    // The HTTP port stops with the server.
-    let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
-    if let Some(l) = http {
-        let at = l.local_addr()?;
-        tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), admin page (/admin), metrics (/metrics)");
-        let control = Arc::clone(&control);
+    // Everything is ready: the services answer from here on.
+    let max = config.max_message_bytes;
+    inference.set(
+        InferenceServer::new(InferenceService::new(Arc::clone(&control)))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    kserve.set(
+        GrpcInferenceServiceServer::new(KServeService::new(Arc::clone(&control)))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    registry.set(
+        ModelRegistryServer::new(RegistryService::new(Arc::clone(&control)))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    if let Some(at) = http_at {
         let http_config = crate::http::HttpConfig {
             max_body_bytes: config.max_message_bytes,
             model_config_max_age_secs: config.model_config_max_age_secs,
             tls: tls.is_some(),
         };
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = metrics_stopped.wait_for(|s| *s).await;
-            };
-            let done = match tls {
-                Some(t) => crate::http::serve(t.incoming(l, crate::tls::Port::Http), control, http_config, stop).await,
-                None => crate::http::serve(l, control, http_config, stop).await,
-            };
-            if let Err(e) = done {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let _ = routes.set(crate::http::router(Arc::clone(&control), http_config));
+        tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), admin page (/admin), metrics (/metrics)");
     }
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-
-    let max = config.max_message_bytes;
-    let inference = InferenceServer::new(InferenceService::new(Arc::clone(&control)))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let kserve = GrpcInferenceServiceServer::new(KServeService::new(Arc::clone(&control)))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let registry = ModelRegistryServer::new(RegistryService::new(Arc::clone(&control)))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-
-    // The transport stops accepting on `shutdown`, then waits for in-flight requests; the drain
-    // timeout bounds that wait.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain = Duration::from_secs(config.drain_timeout_secs);
-    let server = tonic::transport::Server::builder()
-        .layer(crate::api::access::AccessLayer(Arc::clone(&access)))
-        .tcp_nodelay(true)
-        .max_frame_size(1u32 << 20)
-        .initial_stream_window_size(4u32 << 20)
-        .initial_connection_window_size(8u32 << 20)
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(inference)
-        .add_service(registry)
-        .add_service(kserve);
-    let stopped = async move {
-        let _ = stop_rx.await;
-    };
-    let mut server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &tls {
-        Some(t) => Box::pin(server.serve_with_incoming_shutdown(t.incoming(listener, crate::tls::Port::Grpc), stopped)),
-        // The builder's tcp_nodelay applies only to sockets tonic binds itself: set it on the
-        // injected listener too (without it, Nagle + delayed ACK add ~40 ms to mid-sized replies).
-        None => Box::pin(server.serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stopped,
-        )),
-    };
     tokio::select! {
         res = &mut server => res.context("gRPC server failed")?,
-        () = shutdown => {
+        () = &mut shutdown => {
             tracing::info!(drain_timeout_secs = drain.as_secs(), "shutting down: draining in-flight requests");
             let _ = stop_tx.send(());
             match tokio::time::timeout(drain, &mut server).await {

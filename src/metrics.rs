@@ -87,6 +87,35 @@ pub fn render(control: &Control) -> String {
          # TYPE modeld_reload_failures_total counter\nmodeld_reload_failures_total {}",
         status.reload_failures
     );
+    let objects = control.objects().counts();
+    for (name, help, value) in [
+        (
+            "modeld_object_checks_total",
+            "Metadata requests (HEAD) to object stores, following the active model's object.",
+            &objects.checks,
+        ),
+        (
+            "modeld_object_downloads_total",
+            "Objects downloaded whole from object stores into the verified cache.",
+            &objects.downloads,
+        ),
+        (
+            "modeld_object_downloaded_bytes_total",
+            "Bytes downloaded from object stores.",
+            &objects.downloaded_bytes,
+        ),
+        (
+            "modeld_object_failures_total",
+            "Object store requests that failed (the store down or refusing, the object gone).",
+            &objects.failures,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP modeld_serving_info The served model.\n# TYPE modeld_serving_info gauge"

@@ -99,10 +99,9 @@ async fn the_kubernetes_manifests_validate_and_their_probes_answer() {
     for p in of_kind(&docs, "Service")["spec"]["ports"].as_array().unwrap() {
         named(p["targetPort"].as_str().unwrap());
     }
-    assert_eq!(
-        container["startupProbe"]["grpc"]["port"].as_u64().unwrap(),
-        named("grpc")
-    );
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "http", "{probe}");
+    }
     // Every secret key the pod reads exists.
     let secret = &of_kind(&docs, "Secret")["stringData"];
     for e in container["env"].as_array().unwrap() {
@@ -132,7 +131,7 @@ async fn the_kubernetes_manifests_validate_and_their_probes_answer() {
     let db = TestDb::new(Backend::Sqlite).await;
     let root = model_root();
     let server = LoggedServer::start(&db.url, root.path(), &run, &[]).await;
-    for probe in ["readinessProbe", "livenessProbe"] {
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
         let path = container[probe]["httpGet"]["path"].as_str().unwrap();
         let r = reqwest::get(server.http_url(path)).await.unwrap();
         assert_eq!(r.status(), 200, "{probe} {path}");

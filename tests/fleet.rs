@@ -1,151 +1,42 @@
 //! A fleet: three servers on one PostgreSQL registry. An activation, a canary change and a
-//! rollback made through one server, and an activation made in plain SQL, reach all three;
-//! the time each change takes to be served everywhere is measured (median and max over
-//! rounds, printed; docs/operations.md quotes a run), idle and under light load. A server
-//! started while the database is down serves once it is up.
+//! rollback made through one server, and an activation made in plain SQL, reach all three,
+//! idle and under light load (benches/fleet.rs measures how fast). A server
+//! started while the database is down answers health (NOT_SERVING) at once and serves once
+//! the database is up. PostgreSQL restarted under load loses no request on the data path, and
+//! every server reconnects (pool and LISTEN) and catches up with a change made after it.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::fleet::*;
 use common::*;
 use modeld::api::pb;
-
-/// Polls every server until `done` holds on all of them; the time that took.
-async fn everywhere<F, Fut>(servers: &[TestServer], what: &str, mut done: F) -> Duration
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    let mut pending: Vec<usize> = (0..servers.len()).collect();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for i in pending {
-            if !done(i).await {
-                still.push(i);
-            }
-        }
-        pending = still;
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{what} never reached every server"
-        );
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-    started.elapsed()
-}
-
-async fn serving(s: &TestServer) -> String {
-    s.status().await.serving.map(|m| m.model_name).unwrap_or_default()
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_anywhere_reach_all_three_servers() {
-    let first = TestServer::start(Backend::Postgres).await;
-    let url = first.db.url.clone();
-    let mut servers = vec![first];
-    for _ in 0..2 {
-        let s = TestServer::start_on(TestDb::shared(&servers[0].db), model_root(), |_| {}).await;
-        s.wait_serving("digits_v2").await;
-        servers.push(s);
-    }
+    let db = TestDb::new(Backend::Postgres).await;
+    let servers = fleet_of(3, &db, |_| {}).await;
 
-    // Light load on every server while half the rounds run: a request every 5 ms each.
-    let load = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut loaders = Vec::new();
-    for s in &servers {
-        let mut infer = s.inference().await;
-        let load = std::sync::Arc::clone(&load);
-        loaders.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0u64, 0u64);
-            loop {
-                if load.load(std::sync::atomic::Ordering::Relaxed) {
-                    match infer.predict(digits_request("", &eval_rows(1))).await {
-                        Ok(_) => ok += 1,
-                        Err(_) => failed += 1,
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                if ok + failed > 0 && !load.load(std::sync::atomic::Ordering::Relaxed) {
-                    return (ok, failed);
-                }
-            }
-        }));
-    }
-
-    const ROUNDS: usize = 10;
-    let (mut idle, mut loaded) = (Vec::new(), Vec::new());
-    for round in 0..2 * ROUNDS {
-        let under_load = round >= ROUNDS;
-        load.store(under_load, std::sync::atomic::Ordering::Relaxed);
-        let target = if round % 2 == 0 { "digits_v1" } else { "digits_v2" };
-        // Through each server in turn.
-        servers[round % 3]
-            .registry()
-            .await
-            .activate_model(activate_req(target))
-            .await
-            .unwrap();
-        let took = everywhere(&servers, &format!("activating {target}"), |i| {
-            let s = &servers[i];
-            async move { serving(s).await == target }
-        })
-        .await;
-        if under_load { loaded.push(took) } else { idle.push(took) }
-    }
-    load.store(false, std::sync::atomic::Ordering::Relaxed);
-    let mut served = 0;
-    for l in loaders {
-        let (ok, failed) = l.await.unwrap();
-        assert_eq!(failed, 0, "no request failed during the swaps");
-        served += ok;
-    }
+    // Activations through each server in turn, idle and then with every server taking a
+    // request every 5 ms (benches/fleet.rs measures more rounds).
+    let load = Load::start(&servers, Duration::from_millis(5), false).await;
+    let idle = activation_rounds(&servers, 4).await;
+    load.run(true);
+    let loaded = activation_rounds(&servers, 4).await;
+    let (served, failed) = load.stop().await;
+    assert_eq!(failed, Vec::<String>::new(), "no request failed during the swaps");
     assert!(served > 0);
-    let (mi, xi) = (median(&mut idle), *idle.iter().max().unwrap());
-    let (ml, xl) = (median(&mut loaded), *loaded.iter().max().unwrap());
     println!(
-        "fleet propagation of an activation to all 3 servers: idle median {:.1} ms max {:.1} ms; \
-         under light load median {:.1} ms max {:.1} ms ({served} requests served, none failed)",
-        mi.as_secs_f64() * 1e3,
-        xi.as_secs_f64() * 1e3,
-        ml.as_secs_f64() * 1e3,
-        xl.as_secs_f64() * 1e3,
+        "activation on all 3 servers: idle {:.1?} ms, under light load {:.1?} ms ({served} requests, none failed)",
+        idle.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        loaded.iter().map(|d| ms(*d)).collect::<Vec<_>>()
     );
+    assert_eq!(serving(&servers[0]).await, "digits_v2");
 
     // A canary set through the second server shows on all three.
-    servers[1]
-        .registry()
-        .await
-        .set_canary(pb::SetRolloutRequest {
-            model: by_name("digits_v1"),
-            percentage: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let took = everywhere(&servers, "the canary", |i| {
-        let s = &servers[i];
-        async move {
-            s.metrics().await.lines().any(|l| {
-                l.starts_with("modeld_rollout_percentage{role=\"canary\"")
-                    && l.contains("digits_v1")
-                    && l.ends_with(" 10")
-            })
-        }
-    })
-    .await;
-    println!(
-        "canary at 10% on all 3 servers after {:.1} ms",
-        took.as_secs_f64() * 1e3
-    );
+    canary_everywhere(&servers, 1, "digits_v1", 10).await;
 
     // A rollback through the third server (digits_v2 is active: back to digits_v1).
     servers[2]
@@ -161,31 +52,15 @@ async fn changes_made_anywhere_reach_all_three_servers() {
     .await;
 
     // Plain SQL, as a DBA or a migration script would: the triggers tell every server.
-    sql(&url, "UPDATE ml_models SET is_active = FALSE WHERE is_active")
-        .await
-        .unwrap();
-    sql(
-        &url,
-        "UPDATE ml_models SET is_active = TRUE WHERE model_name = 'digits_v2'",
-    )
-    .await
-    .unwrap();
-    let took = everywhere(&servers, "the SQL activation", |i| {
-        let s = &servers[i];
-        async move { serving(s).await == "digits_v2" }
-    })
-    .await;
-    println!(
-        "a plain SQL activation on all 3 servers after {:.1} ms",
-        took.as_secs_f64() * 1e3
-    );
+    sql_activation_everywhere(&servers, &db.url, "digits_v2").await;
     for s in servers {
         s.stop().await.unwrap();
     }
 }
 
-/// A server started while its PostgreSQL cannot be reached waits for it, and serves once it
-/// answers (a fleet whose database comes up after it).
+/// A server started while its PostgreSQL cannot be reached answers at once — health
+/// NOT_SERVING, alive but not ready on HTTP, every other call UNAVAILABLE saying why — and
+/// serves once the database answers (a fleet whose database comes up after it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_while_the_database_is_down_serves_once_it_is_up() {
     let db = TestDb::new(Backend::Postgres).await;
@@ -196,15 +71,131 @@ async fn a_server_started_while_the_database_is_down_serves_once_it_is_up() {
 
     let mut proxy = TcpProxy::start(db.server_addr()).await;
     proxy.close().await;
-    let proxied = db.through(proxy.port);
-    let starting = tokio::spawn(TestServer::start_on(proxied, model_root(), |_| {}));
-    // Without the wait, start-up would fail on the refused connection and never serve.
-    assert!(!starting.is_finished(), "start-up waits for the registry");
-    proxy.open().await;
-    let server = tokio::time::timeout(Duration::from_secs(60), starting)
+    // Returns once health answers: it does while the server waits.
+    let server = TestServer::start_on(db.through(proxy.port), model_root(), |_| {}).await;
+    assert_eq!(server.health().await, Some(ServingStatus::NotServing));
+    let waiting = "waiting for its model registry";
+    let e = server
+        .inference()
         .await
-        .expect("the server starts once the database answers")
-        .unwrap();
+        .predict(digits_request("", &eval_rows(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(e.message().contains(waiting), "{e:?}");
+    let e = server
+        .registry()
+        .await
+        .get_server_status(pb::GetServerStatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    // The probes the manifests use: alive (no restart while the database is away), not ready.
+    let http = |path: &str| reqwest::get(server.http_url(path));
+    assert_eq!(http("/v2/health/live").await.unwrap().status(), 200);
+    assert_eq!(http("/v2/health/ready").await.unwrap().status(), 400);
+    let r = http("/api/v1/models").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body = r.text().await.unwrap();
+    assert!(body.contains(waiting), "{body}");
+    let r = http("/v2/models/digits/infer").await.unwrap();
+    assert_eq!(r.status(), 503);
+
+    proxy.open().await;
+    server.wait_for_health(ServingStatus::Serving).await;
     server.wait_serving("digits_v2").await;
+    assert_eq!(http("/v2/health/ready").await.unwrap().status(), 200);
+    assert_eq!(http("/api/v1/models").await.unwrap().status(), 200);
     server.stop().await.unwrap();
+}
+
+/// A server waiting for its database stops at once on a shutdown signal (a pod deleted while
+/// the database is away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_waiting_for_the_database_stops_when_told() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut proxy = TcpProxy::start(db.server_addr()).await;
+    proxy.close().await;
+    let server = TestServer::start_on(db.through(proxy.port), model_root(), |_| {}).await;
+    assert_eq!(server.health().await, Some(ServingStatus::NotServing));
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("stops without waiting for the database")
+        .unwrap();
+}
+
+/// PostgreSQL restarted (as `systemctl restart` does) under three servers under load: no
+/// request on the data path fails, and every server reconnects and catches up with a change
+/// made after the restart. The generation check is set to a minute, so the change can only
+/// arrive through a re-established LISTEN connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_under_load_loses_no_request_and_every_server_catches_up() {
+    let pg = postgres::PrivatePostgres::start().await;
+    let servers = fleet_of(3, &pg.database(), |c| c.registry_check_ms = 60_000).await;
+    let load = Load::start(&servers, Duration::from_millis(2), true).await;
+
+    pg.down().await;
+    // While it is down, every server goes on serving and says the registry is unreachable
+    // (each notices through its LISTEN connection, cut by the shutdown).
+    everywhere(&servers, "the outage", |i| {
+        let s = &servers[i];
+        async move { !s.status().await.registry_reachable }
+    })
+    .await;
+    let refused = servers[0]
+        .registry()
+        .await
+        .activate_model(activate_req("digits_v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    pg.up().await;
+
+    // Every server reconnects on its own.
+    let reachable = everywhere(&servers, "reconnecting", |i| {
+        let s = &servers[i];
+        async move { s.status().await.registry_reachable }
+    })
+    .await;
+    // A change made through one server after the restart reaches all three.
+    servers[1]
+        .registry()
+        .await
+        .activate_model(activate_req("digits_v1"))
+        .await
+        .unwrap();
+    let caught_up = everywhere(&servers, "the activation after the restart", |i| {
+        let s = &servers[i];
+        async move { serving(s).await == "digits_v1" }
+    })
+    .await;
+    // And every server's own registry calls work again.
+    for s in &servers {
+        let listed = s
+            .registry()
+            .await
+            .list_models(pb::ListModelsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.models.len(), 3);
+    }
+    let (served, failed) = load.stop().await;
+    assert_eq!(
+        failed,
+        Vec::<String>::new(),
+        "no request on the data path failed; PostgreSQL log:\n{}",
+        pg.log()
+    );
+    assert!(served > 0);
+    println!(
+        "PostgreSQL restarted under load: {served} requests served, none failed; all 3 servers reachable \
+         {:.0} ms after it was back, a change made then served everywhere {:.0} ms later",
+        ms(reachable),
+        ms(caught_up)
+    );
+    for s in servers {
+        s.stop().await.unwrap();
+    }
 }

@@ -98,6 +98,20 @@ fn register(name: &str, uri: &str, activate: bool) -> pb::RegisterModelRequest {
     }
 }
 
+/// A counter from `/metrics` text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+async fn metrics_of(url: String) -> String {
+    let r = reqwest::get(url).await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
 fn sha256_of(file: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(
@@ -173,6 +187,26 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
         }
     }
     assert_eq!(bytes, std::fs::read(bundled_models().join("digits_v1.onnx")).unwrap());
+
+    // Following the active object is a HEAD per poll, not a download.
+    let before = counter(
+        &metrics_of(server.http_url("/metrics")).await,
+        "modeld_object_downloads_total",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let start_checks = counter(
+        &metrics_of(server.http_url("/metrics")).await,
+        "modeld_object_checks_total",
+    );
+    loop {
+        let m = metrics_of(server.http_url("/metrics")).await;
+        if counter(&m, "modeld_object_checks_total") >= start_checks + 3 {
+            assert_eq!(counter(&m, "modeld_object_downloads_total"), before, "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the active object was never checked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The object replaced by a new version: the server sees its new ETag, verifies and
     // reloads it, and records the new checksum, as for a changed local file.
@@ -317,7 +351,15 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     // The store down: the fetch fails, said with a request id; the served model serves on.
     moto.kill().await.unwrap();
     let _ = moto.wait().await;
+    let asked = Instant::now();
     let e = reg.activate_model(activate_req("third")).await.unwrap_err();
+    // Within the retry budget (3 retries in 10 s), not object_store's default of minutes.
+    println!("activation refused with the store down after {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "refused after {:?}",
+        asked.elapsed()
+    );
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(
         e.message().contains("cannot fetch") && e.message().contains("request id"),
@@ -365,14 +407,28 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_from_an_http_url() {
     let files = tempfile::tempdir().unwrap();
-    std::fs::copy(bundled_models().join("digits_v2.onnx"), files.path().join("m.onnx")).unwrap();
+    let file = files.path().join("m.onnx");
+    std::fs::copy(bundled_models().join("digits_v2.onnx"), &file).unwrap();
+    // An hour old: the replacement below has another Last-Modified even within one second.
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
     let (_web, port) = start_http_server(
         "python",
         &["-m", "http.server", "PORT", "--bind", "127.0.0.1"],
         files.path(),
     )
     .await;
-    let server = TestServer::start(Backend::Sqlite).await;
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().to_path_buf();
+    let server = TestServer::start_with(Backend::Sqlite, move |c| {
+        c.object_poll_ms = 100;
+        c.registry.object_cache = Some(cache_dir);
+    })
+    .await;
     let mut reg = server.registry().await;
     let uri = format!("http://127.0.0.1:{port}/m.onnx");
     let m = reg
@@ -387,4 +443,41 @@ async fn a_model_from_an_http_url() {
         predict_as(&mut server.inference().await, "", 2, "digits_v2").await,
         "web"
     );
+
+    // This server sends no ETag: Last-Modified and the size tell a changed object, so the
+    // polls do not download it again.
+    let downloads = |m: &str| counter(m, "modeld_object_downloads_total");
+    let checks = |m: &str| counter(m, "modeld_object_checks_total");
+    let first = server.metrics().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = server.metrics().await;
+        if checks(&m) >= checks(&first) + 3 {
+            assert_eq!(downloads(&m), downloads(&first), "polls without a download: {m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the active object was never checked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Replaced: a new Last-Modified, downloaded, verified, reloaded and recorded.
+    replace_by_rename(&bundled_models().join("digits_v1.onnx"), &file);
+    let v1 = sha256_of("digits_v1.onnx");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reg
+            .get_model(pb::GetModelRequest { model: by_name("web") })
+            .await
+            .unwrap()
+            .into_inner();
+        if m.checksum_sha256 == v1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replaced object was never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        predict_as(&mut server.inference().await, "", 2, "digits_v1").await,
+        "web"
+    );
+    assert!(downloads(&server.metrics().await) > downloads(&first));
 }

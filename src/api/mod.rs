@@ -5,6 +5,7 @@ pub mod access;
 pub mod convert;
 pub mod inference;
 pub mod kserve;
+pub mod later;
 pub mod registry;
 
 use std::time::{Duration, Instant};

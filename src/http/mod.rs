@@ -77,23 +77,47 @@ pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
         .with_state(state)
 }
 
-/// Serves [`router`] on `listener` until `shutdown`.
+/// Serves on `listener` until `shutdown`: the router set in `ready` once there is one (see
+/// [`router`]); until then, while the server waits for its registry, `/v2/health/live` says
+/// alive, `/v2/health/ready` not ready, and every other route 503 with
+/// [`crate::api::later::WAITING`].
 ///
 /// # Errors
 /// When the listener fails.
 pub async fn serve<L>(
     listener: L,
-    control: Arc<Control>,
-    config: HttpConfig,
+    ready: Arc<std::sync::OnceLock<Router>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    axum::serve(listener, router(control, config))
-        .with_graceful_shutdown(shutdown)
-        .await
+    use tower::ServiceExt;
+    let waiting = Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route(
+            "/v2/health/ready",
+            get(|| async { json_error(StatusCode::BAD_REQUEST, crate::api::later::WAITING) }),
+        )
+        .fallback(waiting);
+    let app = Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
+        let to = ready.get().unwrap_or(&waiting).clone();
+        to.oneshot(req)
+    }));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn waiting(uri: axum::http::Uri) -> Response {
+    let status = tonic::Status::unavailable(crate::api::later::WAITING);
+    let mut r = if uri.path().starts_with("/api/") {
+        rest::status_rest_error(&status)
+    } else {
+        status_error(&status)
+    };
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// The access check on HTTP ([`crate::auth::http_need`]): 401 (with `WWW-Authenticate:

@@ -7,9 +7,20 @@
 //! least recently used first out) and verified by its sha256 before anything loads it; what is
 //! loaded, evaluated and served for download is the verified local copy. A store that cannot be
 //! reached fails the fetch and nothing else: what is served stays.
+//!
+//! Requests to a store are retried within a small budget ([`RETRY`]: 3 retries within 10 s,
+//! connections given up after 5 s) rather than object_store's default of 10 retries over up to
+//! 3 minutes: an activation of a model whose store is down fails in seconds, with the reason,
+//! and the poll that follows the active object says the server is degraded as quickly.
+//!
+//! Change detection asks the store for the object's metadata (a HEAD) and downloads only when
+//! its tag moved: the ETag, else the store's version id, else the Last-Modified time with the
+//! size. A store that sends none of them (rare: a bare file server) is downloaded on every
+//! poll and told apart by hashing.
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -44,8 +55,61 @@ pub struct Objects {
     max_bytes: u64,
     /// One fetch at a time: two loads of one object share the download.
     fetching: tokio::sync::Mutex<()>,
-    /// What each URI was when last fetched: its ETag (or version) and the sha256 of its bytes.
+    /// What each URI was when last fetched: its tag ([`tag_of`]) and the sha256 of its bytes.
     seen: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+    counts: Counts,
+}
+
+/// What the cache asked of stores, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Metadata requests (HEAD) of change detection.
+    pub checks: AtomicU64,
+    /// Objects downloaded (whole), and their bytes.
+    pub downloads: AtomicU64,
+    pub downloaded_bytes: AtomicU64,
+    /// Requests that failed (the store down, refusing, or the object gone).
+    pub failures: AtomicU64,
+}
+
+/// How requests to a store are retried: 3 times within 10 s, from 100 ms up to 1 s apart.
+pub const RETRY: RetryBudget = RetryBudget {
+    retries: 3,
+    within: Duration::from_secs(10),
+    first_pause: Duration::from_millis(100),
+    longest_pause: Duration::from_secs(1),
+};
+
+/// See [`RETRY`].
+#[derive(Debug, Clone, Copy)]
+pub struct RetryBudget {
+    pub retries: usize,
+    pub within: Duration,
+    pub first_pause: Duration,
+    pub longest_pause: Duration,
+}
+
+impl RetryBudget {
+    fn config(self) -> object_store::RetryConfig {
+        object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: self.first_pause,
+                max_backoff: self.longest_pause,
+                base: 2.0,
+            },
+            max_retries: self.retries,
+            retry_timeout: self.within,
+        }
+    }
+}
+
+/// What tells one state of an object from another without its bytes: the ETag, the version id,
+/// or the Last-Modified time with the size (a store that sends no Last-Modified has it as the
+/// epoch: then nothing does).
+fn tag_of(meta: &object_store::ObjectMeta) -> Option<String> {
+    meta.e_tag.clone().or_else(|| meta.version.clone()).or_else(|| {
+        (meta.last_modified.timestamp() != 0).then(|| format!("{}/{}", meta.last_modified.to_rfc3339(), meta.size))
+    })
 }
 
 impl Default for Objects {
@@ -80,11 +144,37 @@ fn store_for(uri: &str) -> Result<(Box<dyn ObjectStore>, object_store::path::Pat
     {
         options.push(("allow_http".into(), "true".into()));
     }
-    object_store::parse_url_opts(&url, options).map_err(|e| {
+    let unreadable = |e: &dyn std::fmt::Display| {
         Error::InvalidArgument(format!(
             "file_path {uri:?} names no object store this server reads: {e}"
         ))
-    })
+    };
+    let (scheme, key) = object_store::ObjectStoreScheme::parse(&url).map_err(|e| unreadable(&e))?;
+    let key = object_store::path::Path::parse(key).map_err(|e| unreadable(&e))?;
+    // As object_store::parse_url_opts builds them, with this server's retry budget.
+    macro_rules! build {
+        ($builder:ty, $url:expr) => {{
+            let builder = options
+                .iter()
+                .fold(<$builder>::new().with_url($url), |b, (k, v)| match k.parse() {
+                    Ok(k) => b.with_config(k, v.clone()),
+                    Err(_) => b,
+                });
+            Box::new(builder.with_retry(RETRY.config()).build().map_err(|e| unreadable(&e))?) as Box<dyn ObjectStore>
+        }};
+    }
+    use object_store::ObjectStoreScheme as S;
+    let store = match scheme {
+        S::AmazonS3 => build!(object_store::aws::AmazonS3Builder, url.to_string()),
+        S::GoogleCloudStorage => build!(object_store::gcp::GoogleCloudStorageBuilder, url.to_string()),
+        S::MicrosoftAzure => build!(object_store::azure::MicrosoftAzureBuilder, url.to_string()),
+        S::Http => build!(
+            object_store::http::HttpBuilder,
+            url[..url::Position::BeforePath].to_string()
+        ),
+        other => return Err(unreadable(&format!("{other:?} is not an object store"))),
+    };
+    Ok((store, key))
 }
 
 /// A store's failure as modeld's error; the store's own words go to the log.
@@ -113,7 +203,18 @@ impl Objects {
             max_bytes,
             fetching: tokio::sync::Mutex::new(()),
             seen: std::sync::Mutex::default(),
+            counts: Counts::default(),
         }
+    }
+
+    /// What the cache asked of stores.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    fn failed(&self, uri: &str, e: &object_store::Error) -> Error {
+        self.counts.failures.fetch_add(1, Ordering::Relaxed);
+        store_error(uri, e)
     }
 
     /// Where the copies are.
@@ -148,9 +249,9 @@ impl Objects {
         }
         let io = |e: std::io::Error| Error::internal(format!("object cache {}: {e}", self.dir.display()));
         tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
-        let got = store.get(&path).await.map_err(|e| store_error(uri, &e))?;
+        let got = store.get(&path).await.map_err(|e| self.failed(uri, &e))?;
         let total = got.meta.size;
-        let tag = got.meta.e_tag.clone().or_else(|| got.meta.version.clone());
+        let tag = tag_of(&got.meta);
         let mut stream = got.into_stream();
         let part = self.dir.join(format!(
             ".part-{}-{}",
@@ -163,7 +264,7 @@ impl Objects {
         let started = std::time::Instant::now();
         let copied: Result<()> = async {
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| store_error(uri, &e))?;
+                let chunk = chunk.map_err(|e| self.failed(uri, &e))?;
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(io)?;
                 done += chunk.len() as u64;
@@ -182,6 +283,8 @@ impl Objects {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(e);
         }
+        self.counts.downloads.fetch_add(1, Ordering::Relaxed);
+        self.counts.downloaded_bytes.fetch_add(done, Ordering::Relaxed);
         let sha256 = hex::encode(hasher.finalize());
         if let Some(w) = want
             && w != sha256
@@ -215,16 +318,17 @@ impl Objects {
         })
     }
 
-    /// Whether the object at `uri` still holds `sha256`: asks the store for its ETag (a HEAD,
-    /// not a download) and fetches it only when that is not the ETag last seen with known
-    /// bytes. `None`: unchanged; `Some`: the verified copy of what it holds now.
+    /// Whether the object at `uri` still holds `sha256`: asks the store for its tag ([`tag_of`];
+    /// a HEAD, not a download) and fetches it only when that is not the tag last seen with
+    /// known bytes. `None`: unchanged; `Some`: the verified copy of what it holds now.
     ///
     /// # Errors
     /// As [`Objects::fetch`]: the object gone, or the store not answering.
     pub async fn changed(&self, uri: &str, sha256: &str) -> Result<Option<Fetched>> {
         let (store, path) = store_for(uri)?;
-        let meta = store.head(&path).await.map_err(|e| store_error(uri, &e))?;
-        let tag = meta.e_tag.or(meta.version);
+        self.counts.checks.fetch_add(1, Ordering::Relaxed);
+        let meta = store.head(&path).await.map_err(|e| self.failed(uri, &e))?;
+        let tag = tag_of(&meta);
         let known = self
             .seen
             .lock()

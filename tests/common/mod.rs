@@ -3,7 +3,9 @@
 //! bundled models' expected outputs.
 #![allow(dead_code, reason = "each test binary uses a different part of the helpers")]
 
+pub mod fleet;
 pub mod pki;
+pub mod postgres;
 pub mod synth;
 
 use std::path::{Path, PathBuf};
@@ -86,6 +88,15 @@ impl TestDb {
     pub fn shared(other: &TestDb) -> Self {
         Self {
             url: other.url.clone(),
+            pg_name: None,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A database at `url` that the test does not own (nothing is dropped with it).
+    pub fn at(url: String) -> Self {
+        Self {
+            url,
             pg_name: None,
             _dir: tempfile::tempdir().unwrap(),
         }
