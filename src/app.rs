@@ -342,10 +342,11 @@ pub async fn serve_with(
         source: "api".into(),
         server,
     };
-    // One attempt first: a registry that answers is the usual start, and the ports answer
-    // only once everything is ready. A PostgreSQL that cannot be reached yet is waited for
-    // with both ports answering: health NOT_SERVING, /v2/health/live alive, every other call
-    // UNAVAILABLE saying why (a probe gets an answer, not a hung connection).
+    // One attempt first: a registry that answers is the usual start, and the gRPC port
+    // answers once everything is ready (HTTP says it is starting for those milliseconds). A
+    // PostgreSQL that cannot be reached yet is waited for with both ports answering: health
+    // NOT_SERVING, /v2/health/live alive, every other call UNAVAILABLE saying why (a probe
+    // gets an answer, not a hung connection).
     let first = match control(&config.registry, origin.clone()).await {
         Ok(c) => Some(c),
         Err(e) if waits_for(&config.registry, &e) => {

@@ -112,6 +112,54 @@ async fn metrics_of(url: String) -> String {
     r.text().await.unwrap()
 }
 
+/// Polls GetModel until `name` records `sha256` (the changed object reloaded and recorded).
+async fn wait_recorded(
+    reg: &mut pb::model_registry_client::ModelRegistryClient<tonic::transport::Channel>,
+    name: &str,
+    sha256: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = reg
+            .get_model(pb::GetModelRequest { model: by_name(name) })
+            .await
+            .unwrap()
+            .into_inner();
+        if m.checksum_sha256 == sha256 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changed object of {name} was never reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for three polls of the active object (`modeld_object_checks_total`, from what
+/// `metrics` reads) and checks that none downloaded it.
+async fn polls_without_a_download<F, Fut>(metrics: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let first = metrics().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics().await;
+        if counter(&m, "modeld_object_checks_total") >= counter(&first, "modeld_object_checks_total") + 3 {
+            assert_eq!(
+                counter(&m, "modeld_object_downloads_total"),
+                counter(&first, "modeld_object_downloads_total"),
+                "polls without a download: {m}"
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "the active object was never checked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn sha256_of(file: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(
@@ -189,24 +237,7 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     assert_eq!(bytes, std::fs::read(bundled_models().join("digits_v1.onnx")).unwrap());
 
     // Following the active object is a HEAD per poll, not a download.
-    let before = counter(
-        &metrics_of(server.http_url("/metrics")).await,
-        "modeld_object_downloads_total",
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let start_checks = counter(
-        &metrics_of(server.http_url("/metrics")).await,
-        "modeld_object_checks_total",
-    );
-    loop {
-        let m = metrics_of(server.http_url("/metrics")).await;
-        if counter(&m, "modeld_object_checks_total") >= start_checks + 3 {
-            assert_eq!(counter(&m, "modeld_object_downloads_total"), before, "{m}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the active object was never checked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    polls_without_a_download(|| metrics_of(server.http_url("/metrics"))).await;
 
     // The object replaced by a new version: the server sees its new ETag, verifies and
     // reloads it, and records the new checksum, as for a changed local file.
@@ -216,22 +247,7 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
         &std::fs::read(bundled_models().join("digits_v2.onnx")).unwrap(),
     )
     .await;
-    let v2 = sha256_of("digits_v2.onnx");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = reg
-            .get_model(pb::GetModelRequest {
-                model: by_name("remote"),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if m.checksum_sha256 == v2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the changed object was never reloaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_recorded(&mut reg, "remote", &sha256_of("digits_v2.onnx")).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got = infer
@@ -447,34 +463,11 @@ async fn a_model_from_an_http_url() {
     // This server sends no ETag: Last-Modified and the size tell a changed object, so the
     // polls do not download it again.
     let downloads = |m: &str| counter(m, "modeld_object_downloads_total");
-    let checks = |m: &str| counter(m, "modeld_object_checks_total");
     let first = server.metrics().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = server.metrics().await;
-        if checks(&m) >= checks(&first) + 3 {
-            assert_eq!(downloads(&m), downloads(&first), "polls without a download: {m}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the active object was never checked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    polls_without_a_download(|| server.metrics()).await;
     // Replaced: a new Last-Modified, downloaded, verified, reloaded and recorded.
     replace_by_rename(&bundled_models().join("digits_v1.onnx"), &file);
-    let v1 = sha256_of("digits_v1.onnx");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = reg
-            .get_model(pb::GetModelRequest { model: by_name("web") })
-            .await
-            .unwrap()
-            .into_inner();
-        if m.checksum_sha256 == v1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the replaced object was never reloaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_recorded(&mut reg, "web", &sha256_of("digits_v1.onnx")).await;
     assert_eq!(
         predict_as(&mut server.inference().await, "", 2, "digits_v1").await,
         "web"
