@@ -368,29 +368,31 @@ pub async fn serve_with(
     let registry = crate::api::later::Later::default();
     let routes: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
 
-    // The HTTP port stops with the server.
-    let (metrics_stop, mut metrics_stopped) = tokio::sync::watch::channel(false);
-    let http_at = match http {
-        Some(l) => {
-            let at = l.local_addr()?;
-            let routes = Arc::clone(&routes);
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let stop = async move {
-                    let _ = metrics_stopped.wait_for(|s| *s).await;
-                };
-                let done = match tls {
-                    Some(t) => crate::http::serve(t.incoming(l, crate::tls::Port::Http), routes, stop).await,
-                    None => crate::http::serve(l, routes, stop).await,
-                };
-                if let Err(e) = done {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
-            });
-            Some(at)
-        }
-        None => None,
+    // The HTTP port stops with the server. It starts now when the server waits for its
+    // registry (to answer probes), else once its routes are ready.
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let http_at = http.as_ref().map(TcpListener::local_addr).transpose()?;
+    let spawn_http = |l: TcpListener| {
+        let (routes, tls, mut stopped) = (Arc::clone(&routes), tls.clone(), metrics_stopped.clone());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let done = match tls {
+                Some(t) => crate::http::serve(t.incoming(l, crate::tls::Port::Http), routes, stop).await,
+                None => crate::http::serve(l, routes, stop).await,
+            };
+            if let Err(e) = done {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
     };
+    let mut http = http;
+    if first.is_none()
+        && let Some(l) = http.take()
+    {
+        spawn_http(l);
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::api::FILE_DESCRIPTOR_SET)
@@ -547,6 +549,9 @@ pub async fn serve_with(
             tls: tls.is_some(),
         };
         let _ = routes.set(crate::http::router(Arc::clone(&control), http_config));
+        if let Some(l) = http.take() {
+            spawn_http(l);
+        }
         tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), admin page (/admin), metrics (/metrics)");
     }
 

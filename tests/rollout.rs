@@ -558,6 +558,22 @@ async fn lookup_pair(server: &TestServer) {
     assert_eq!(m.rollback.unwrap().error_rate, Some(0.2));
 }
 
+/// `N of M` in "… N of M requests failed in the model …".
+fn failed_of(detail: &str) -> (u64, u64) {
+    let head = detail
+        .split(" requests failed in the model")
+        .next()
+        .unwrap_or_else(|| panic!("no count in {detail:?}"));
+    let mut words = head.rsplit(' ');
+    let of = words.next().and_then(|w| w.parse().ok());
+    let _ = words.next(); // "of"
+    let failed = words.next().and_then(|w| w.trim_start_matches('(').parse().ok());
+    match (failed, of) {
+        (Some(f), Some(o)) => (f, o),
+        _ => panic!("no count in {detail:?}"),
+    }
+}
+
 /// A canary that fails inside the engine goes to 0 % on its own, with an event that says why;
 /// the caller's bad inputs are not the model's failures and are never counted.
 #[tokio::test]
@@ -624,8 +640,11 @@ async fn a_failing_canary_goes_to_zero_and_bad_inputs_do_not_count() {
         .iter()
         .find(|e| e.kind == "rollout_changed" && e.detail.contains("automatic rollback"))
         .unwrap_or_else(|| panic!("an event says why: {events:?}"));
+    // The guard looks twice a second: it may act before the last failures (under a loaded
+    // machine), at any window of 20 requests or more above 20 %, and says which.
+    let (failed, of) = failed_of(&why.detail);
     assert!(
-        why.detail.contains("30 of 60 requests failed in the model"),
+        (20..=60).contains(&of) && failed <= 30 && failed * 5 > of,
         "{}",
         why.detail
     );
@@ -657,7 +676,8 @@ async fn a_failing_canary_goes_to_zero_and_bad_inputs_do_not_count() {
     );
     assert_eq!(history[0].changed_by, "guard");
     assert!(
-        history[0].reason.contains("automatic rollback") && history[0].reason.contains("30 of 60"),
+        history[0].reason.contains("automatic rollback")
+            && history[0].reason.contains(&format!("{failed} of {of} requests failed")),
         "{}",
         history[0].reason
     );

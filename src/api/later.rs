@@ -4,31 +4,39 @@
 //! UNAVAILABLE with [`WAITING`] until the registry answers and the service is [`Later::set`].
 
 use std::convert::Infallible;
+use std::future::Ready;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use futures_util::future::BoxFuture;
+use futures_util::future::Either;
 
 /// What a call made while the server waits for its registry is told.
 pub const WAITING: &str = "the server is starting: it is waiting for its model registry to answer; try again shortly";
 
-/// A service that is set once; UNAVAILABLE ([`WAITING`]) until then.
+/// A service that is set once; UNAVAILABLE ([`WAITING`]) until then. Once set, a call costs a
+/// clone of the inner service in `poll_ready` and nothing boxed.
 #[derive(Debug)]
 pub struct Later<S> {
     cell: Arc<OnceLock<S>>,
+    /// The inner service, taken from the cell and polled ready, for the next call.
+    ready: Option<S>,
 }
 
 impl<S> Clone for Later<S> {
     fn clone(&self) -> Self {
         Self {
             cell: Arc::clone(&self.cell),
+            ready: None,
         }
     }
 }
 
 impl<S> Default for Later<S> {
     fn default() -> Self {
-        Self { cell: Arc::default() }
+        Self {
+            cell: Arc::default(),
+            ready: None,
+        }
     }
 }
 
@@ -45,35 +53,26 @@ impl<S: tonic::server::NamedService> tonic::server::NamedService for Later<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for Later<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible> + Clone,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+    type Future = Either<S::Future, Ready<Result<Self::Response, Infallible>>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Readiness is asked of the inner service per call (generated servers are always ready).
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.ready.is_none() {
+            self.ready = self.cell.get().cloned();
+        }
+        match &mut self.ready {
+            Some(service) => service.poll_ready(cx),
+            None => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match self.cell.get() {
-            Some(service) => {
-                let mut service = service.clone();
-                Box::pin(async move {
-                    std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
-                    service.call(req).await
-                })
-            }
-            None => {
-                let reply = tonic::Status::unavailable(WAITING).into_http();
-                Box::pin(std::future::ready(Ok(reply)))
-            }
+        match self.ready.take() {
+            Some(mut service) => Either::Left(service.call(req)),
+            None => Either::Right(std::future::ready(Ok(tonic::Status::unavailable(WAITING).into_http()))),
         }
     }
 }

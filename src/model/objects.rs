@@ -8,10 +8,11 @@
 //! loaded, evaluated and served for download is the verified local copy. A store that cannot be
 //! reached fails the fetch and nothing else: what is served stays.
 //!
-//! Requests to a store are retried within a small budget ([`RETRY`]: 3 retries within 10 s,
-//! connections given up after 5 s) rather than object_store's default of 10 retries over up to
-//! 3 minutes: an activation of a model whose store is down fails in seconds, with the reason,
-//! and the poll that follows the active object says the server is degraded as quickly.
+//! Requests to a store are retried within a small budget ([`RETRY`]: 3 retries within 10 s)
+//! rather than object_store's default of 10 retries over up to 3 minutes, with the timeouts of
+//! [`TIMEOUTS`]: an activation of a model whose store is down fails in about a second (one
+//! that accepts connections and then stalls, within about 30 s), with the reason, and the poll
+//! that follows the active object says the server is degraded as quickly.
 //!
 //! Change detection asks the store for the object's metadata (a HEAD) and downloads only when
 //! its tag moved: the ETag, else the store's version id, else the Last-Modified time with the
@@ -80,6 +81,11 @@ pub const RETRY: RetryBudget = RetryBudget {
     longest_pause: Duration::from_secs(1),
 };
 
+/// The client's timeouts: a connection in 5 s, no read waiting more than 15 s (a store that
+/// stalls), a whole request within an hour (object_store's default, 30 s, would cut the
+/// download of a large model).
+const TIMEOUTS: [(&str, &str); 3] = [("connect_timeout", "5s"), ("read_timeout", "15s"), ("timeout", "1h")];
+
 /// See [`RETRY`].
 #[derive(Debug, Clone, Copy)]
 pub struct RetryBudget {
@@ -104,11 +110,14 @@ impl RetryBudget {
 }
 
 /// What tells one state of an object from another without its bytes: the ETag, the version id,
-/// or the Last-Modified time with the size (a store that sends no Last-Modified has it as the
-/// epoch: then nothing does).
+/// or the Last-Modified time with the size. A store that sends no Last-Modified has it as the
+/// epoch: then nothing does. Nor does a Last-Modified of the last 2 s: it has a resolution of a
+/// second, so a replacement of the same size within that second would not move it.
 fn tag_of(meta: &object_store::ObjectMeta) -> Option<String> {
     meta.e_tag.clone().or_else(|| meta.version.clone()).or_else(|| {
-        (meta.last_modified.timestamp() != 0).then(|| format!("{}/{}", meta.last_modified.to_rfc3339(), meta.size))
+        let settled = chrono::Utc::now() - chrono::TimeDelta::seconds(2);
+        (meta.last_modified.timestamp() != 0 && meta.last_modified < settled)
+            .then(|| format!("{}/{}", meta.last_modified.to_rfc3339(), meta.size))
     })
 }
 
@@ -133,9 +142,15 @@ fn store_for(uri: &str) -> Result<(Box<dyn ObjectStore>, object_store::path::Pat
     let url = url::Url::parse(uri)
         .map_err(|e| Error::InvalidArgument(format!("file_path {uri:?} is not an object URI: {e}")))?;
     // The builders take their settings as lowercase keys (aws_endpoint, google_…, azure_…).
-    let mut options: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+    // First this server's timeouts, which the environment may override (AWS_TIMEOUT, …).
+    let mut options: Vec<(String, String)> = TIMEOUTS
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .chain(
+            std::env::vars()
+                .filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_"))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v)),
+        )
         .collect();
     if url.scheme() == "http"
         || std::env::var("AWS_ENDPOINT_URL")
