@@ -54,16 +54,23 @@ fn main() {
                 "| activation, a Predict every 5 ms on each ({served} served, none failed) | {rounds} | {} |",
                 quantiles(loaded)
             );
-            let mut canary = Vec::new();
-            let mut by_sql = Vec::new();
-            for round in 0..rounds.min(10) {
-                canary.push(canary_everywhere(&servers, round % 3, "digits_v1", 10 + round as u32).await);
-                let target = if serving(&servers[0]).await == "digits_v2" {
+            let other = |served: String| {
+                if served == "digits_v2" {
                     "digits_v1"
                 } else {
                     "digits_v2"
-                };
+                }
+            };
+            let mut by_sql = Vec::new();
+            for _ in 0..rounds.min(10) {
+                let target = other(serving(&servers[0]).await);
                 by_sql.push(sql_activation_everywhere(&servers, &db.url, target).await);
+            }
+            // The canary is the model not served, its percentage set through each server in turn.
+            let candidate = other(serving(&servers[0]).await);
+            let mut canary = Vec::new();
+            for round in 0..rounds.min(10) {
+                canary.push(canary_everywhere(&servers, round % 3, candidate, 10 + round as u32).await);
             }
             println!("| canary percentage | {} | {} |", canary.len(), quantiles(canary));
             println!("| activation in plain SQL | {} | {} |", by_sql.len(), quantiles(by_sql));
