@@ -304,7 +304,7 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     .await;
     assert_eq!(cli.code, 0, "{cli:?}");
     // Everything that works on a local file works on an object: a candidate by name, an
-    // evaluation, a signed download of the verified copy.
+    // evaluation, a comparison, a signed download of the verified copy.
     assert_eq!(predict_as(&mut infer, "other", 2, "digits_v2").await, "other");
     let e = reg
         .evaluate_model(pb::EvaluateModelRequest {
@@ -319,6 +319,23 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
         .unwrap()
         .into_inner();
     assert!(e.accuracy > 0.9, "{e:?}");
+    // Two models from the store compared on one dataset (digits_v1 against digits_v2's bytes).
+    let c = reg
+        .compare_models(pb::CompareModelsRequest {
+            a: by_name("remote"),
+            b: by_name("other"),
+            dataset: Some(pb::Dataset {
+                path: "eval/digits_x.npy".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (a, b) = (c.a.unwrap(), c.b.unwrap());
+    assert_eq!((a.model_name.as_str(), b.model_name.as_str()), ("remote", "other"));
+    assert!(a.accuracy > 0.5 && b.accuracy > 0.9, "{a:?} {b:?}");
     let url = reg
         .create_download_url(pb::CreateDownloadUrlRequest {
             model: by_name("other"),
