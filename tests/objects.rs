@@ -306,13 +306,14 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     // Everything that works on a local file works on an object: a candidate by name, an
     // evaluation, a comparison, a signed download of the verified copy.
     assert_eq!(predict_as(&mut infer, "other", 2, "digits_v2").await, "other");
+    let dataset = Some(pb::Dataset {
+        path: "eval/digits_x.npy".into(),
+        ..Default::default()
+    });
     let e = reg
         .evaluate_model(pb::EvaluateModelRequest {
             model: by_name("other"),
-            dataset: Some(pb::Dataset {
-                path: "eval/digits_x.npy".into(),
-                ..Default::default()
-            }),
+            dataset: dataset.clone(),
             ..Default::default()
         })
         .await
@@ -324,10 +325,7 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
         .compare_models(pb::CompareModelsRequest {
             a: by_name("remote"),
             b: by_name("other"),
-            dataset: Some(pb::Dataset {
-                path: "eval/digits_x.npy".into(),
-                ..Default::default()
-            }),
+            dataset,
             ..Default::default()
         })
         .await
