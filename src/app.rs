@@ -22,6 +22,22 @@ use crate::registry::{Backend, Origin, Registry, redact_url};
 use crate::serving::Executor;
 use crate::watch::{self, ReloadConfig};
 
+/// The gRPC server's task, aborted when dropped (an error return during set-up, or the drain
+/// timeout).
+struct Running(tokio::task::JoinHandle<Result<(), tonic::transport::Error>>);
+
+impl Running {
+    fn spawn(server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>) -> Self {
+        Self(tokio::spawn(server))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Service names whose health follows the model state.
 const HEALTH_SERVICES: [&str; 3] = ["", "modeld.v1.Inference", "inference.GRPCInferenceService"];
 
@@ -432,6 +448,7 @@ pub async fn serve_with(
         )),
     };
     let mut shutdown = std::pin::pin!(shutdown);
+    let waited = first.is_none();
     let control = match first {
         Some(c) => c,
         // The gRPC port answers while this waits (the server future is polled).
@@ -450,6 +467,14 @@ pub async fn serve_with(
                 return Ok(());
             }
         },
+    };
+    // A server that waited keeps answering while it sets up (its services say it is starting
+    // until they are set); else the port answers once everything is ready, below.
+    let mut server = Some(server);
+    let mut grpc = if waited {
+        server.take().map(Running::spawn)
+    } else {
+        None
     };
     let control = Arc::new(
         control
@@ -555,13 +580,17 @@ pub async fn serve_with(
         tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), admin page (/admin), metrics (/metrics)");
     }
 
+    let mut grpc = match grpc.take() {
+        Some(running) => running,
+        None => Running::spawn(server.take().context("the gRPC server is set up once")?),
+    };
     tokio::select! {
-        res = &mut server => res.context("gRPC server failed")?,
+        res = &mut grpc.0 => res.context("the gRPC server task")?.context("gRPC server failed")?,
         () = &mut shutdown => {
             tracing::info!(drain_timeout_secs = drain.as_secs(), "shutting down: draining in-flight requests");
             let _ = stop_tx.send(());
-            match tokio::time::timeout(drain, &mut server).await {
-                Ok(res) => res.context("gRPC server failed")?,
+            match tokio::time::timeout(drain, &mut grpc.0).await {
+                Ok(res) => res.context("the gRPC server task")?.context("gRPC server failed")?,
                 Err(_) => tracing::warn!("drain timeout reached; dropping remaining requests"),
             }
         }
