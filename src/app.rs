@@ -470,9 +470,9 @@ pub async fn serve_with(
     };
     // A server that waited keeps answering while it sets up (its services say it is starting
     // until they are set); else the port answers once everything is ready, below.
-    let mut server = Some(server);
-    let mut grpc = if waited {
-        server.take().map(Running::spawn)
+    let mut pending = Some(server);
+    let early = if waited {
+        pending.take().map(Running::spawn)
     } else {
         None
     };
@@ -580,10 +580,9 @@ pub async fn serve_with(
         tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), admin page (/admin), metrics (/metrics)");
     }
 
-    let mut grpc = match grpc.take() {
-        Some(running) => running,
-        None => Running::spawn(server.take().context("the gRPC server is set up once")?),
-    };
+    let mut grpc = early
+        .or_else(|| pending.take().map(Running::spawn))
+        .context("the gRPC server is set up once")?;
     tokio::select! {
         res = &mut grpc.0 => res.context("the gRPC server task")?.context("gRPC server failed")?,
         () = &mut shutdown => {

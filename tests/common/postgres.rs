@@ -7,7 +7,7 @@
 //! `postgres` user and every command runs through `runuser -u postgres`.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::TestDb;
 
@@ -100,46 +100,46 @@ impl PrivatePostgres {
             .await;
     }
 
-    async fn run(&self, tool: &str, args: &[&str]) {
+    /// `tool` of the server's binaries, as the user that may run it, from the temp dir (the
+    /// postgres user may not read the test's working directory).
+    fn command(&self, tool: &str) -> std::process::Command {
         let exe = self.bin.join(tool);
-        let mut cmd = match &self.run_as {
+        let mut c = match &self.run_as {
             Some(user) => {
-                let mut c = tokio::process::Command::new("runuser");
+                let mut c = std::process::Command::new("runuser");
                 c.args(["-u", user, "--"]).arg(&exe);
                 c
             }
-            None => tokio::process::Command::new(&exe),
+            None => std::process::Command::new(&exe),
         };
-        // Commands run from the data directory's parent: the postgres user may not read the cwd.
-        let out = cmd.args(args).current_dir(self.dir.path()).output().await.unwrap();
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    async fn run(&self, tool: &str, args: &[&str]) {
+        let mut cmd = tokio::process::Command::from(self.command(tool));
+        let out = cmd.args(args).output().await.unwrap();
         assert!(
             out.status.success(),
             "{tool} {args:?}: {}{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+            self.log()
         );
     }
 
     /// The server's own log, for a failure message.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(Path::new(self.dir.path()).join("postgres.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 }
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let exe = self.bin.join("pg_ctl");
         let data = self.data();
-        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
-        let _ = match &self.run_as {
-            Some(user) => std::process::Command::new("runuser")
-                .args(["-u", user, "--"])
-                .arg(&exe)
-                .args(args)
-                .current_dir(self.dir.path())
-                .output(),
-            None => std::process::Command::new(&exe).args(args).output(),
-        };
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", data.as_str(), "-m", "immediate", "stop"])
+            .output();
     }
 }
