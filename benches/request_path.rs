@@ -123,7 +123,7 @@ fn bench_batch(
         payload: Payload::Raw(&raw),
     }];
     // The pool variant only where it differs from the default (a model that runs inline).
-    let compared = |name: &str| !name.ends_with("_pool") || executors[0].1.runs_inline(model);
+    let compared = |name: &str| !name.ends_with("_pool") || executors[0].1.runs_inline(model, 1);
     for (name, executor) in executors.iter().filter(|(name, _)| compared(name)) {
         group.bench_function(BenchmarkId::new(format!("{engine}_{name}"), batch), |b| {
             b.to_async(rt).iter(|| {

@@ -56,7 +56,8 @@ pub async fn control(registry: &crate::config::RegistryArgs, origin: Origin) -> 
             .clone()
             .unwrap_or_else(crate::model::objects::default_dir),
         registry.object_cache_bytes,
-    );
+    )
+    .with_hosts(registry.object_hosts.clone());
     Ok(Control::new(db.with_origin(origin), root, Arc::new(Slot::new())).with_objects(Arc::new(objects)))
 }
 
@@ -196,6 +197,35 @@ async fn register_model_dir(control: &Control, dir: &std::path::Path, name: Opti
     Ok(())
 }
 
+/// Marks a SQLite registry file as in use (`.<name>.in-use` beside it, which `rm modeld.db*`
+/// leaves), and says loudly when a registry file had to be created where one was in use: its
+/// models and history are gone unless a backup is restored, and a new registry (seeded from
+/// the manifest) starts in their place.
+fn in_use_marker(file: &std::path::Path, fresh: bool) {
+    let Some(name) = file.file_name() else { return };
+    let marker = file.with_file_name(format!(".{}.in-use", name.to_string_lossy()));
+    if fresh && let Ok(was) = std::fs::read_to_string(&marker) {
+        tracing::error!(
+            file = %file.display(),
+            marker = %marker.display(),
+            "the registry database {} did not exist and was created empty, but a registry was in use at this path \
+             ({}): its models and activation history are gone unless you restore it from a backup (stop the server, \
+             put the file back, start again). Delete {} to start afresh without this message",
+            file.display(),
+            was.trim(),
+            marker.display()
+        );
+    }
+    let note = format!(
+        "used by modeld {} since {}",
+        env!("CARGO_PKG_VERSION"),
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    if fresh || !marker.exists() {
+        let _ = std::fs::write(&marker, note);
+    }
+}
+
 /// This host's name, for server names and event origins.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -299,6 +329,32 @@ pub async fn serve_with(
         _ => None,
     };
     let _tls_watch = tls.as_ref().map(crate::tls::Tls::follow);
+    let net = &config.net;
+    if net.request_bytes_in_flight < config.max_message_bytes as u64 {
+        anyhow::bail!(
+            "--request-bytes-in-flight ({}) is smaller than --max-message-bytes ({}): the largest request could never be taken",
+            net.request_bytes_in_flight,
+            config.max_message_bytes
+        );
+    }
+    let ports = if http.is_some() { 2 } else { 1 };
+    let cap = crate::net::connection_cap(net.max_connections, ports);
+    if cap < net.max_connections {
+        tracing::warn!(
+            wanted = net.max_connections,
+            cap,
+            "--max-connections lowered to fit the process's file limit with {} descriptors kept free",
+            crate::net::RESERVED_FDS
+        );
+    }
+    let header_timeout = Duration::from_secs(net.header_timeout_secs);
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let grpc_conns = crate::net::Conns::new(cap, header_timeout);
+    let http_conns = crate::net::Conns::new(cap, header_timeout);
+    let body_limits = crate::net::BodyLimits::new(
+        usize::try_from(net.request_bytes_in_flight).unwrap_or(usize::MAX),
+        Duration::from_secs(net.body_timeout_secs),
+    );
     let mutual = tls.as_ref().is_some_and(|t| t.mutual());
     let scheme = if tls.is_some() { "https" } else { "http" };
     if let Some(t) = &tls {
@@ -358,6 +414,8 @@ pub async fn serve_with(
         source: "api".into(),
         server,
     };
+    let sqlite_file = Registry::sqlite_path(&config.registry.database_url);
+    let fresh_file = sqlite_file.as_ref().is_some_and(|f| !f.exists());
     // One attempt first: a registry that answers is the usual start, and the gRPC port
     // answers once everything is ready (HTTP says it is starting for those milliseconds). A
     // PostgreSQL that cannot be reached yet is waited for with both ports answering: health
@@ -390,13 +448,20 @@ pub async fn serve_with(
     let http_at = http.as_ref().map(TcpListener::local_addr).transpose()?;
     let spawn_http = |l: TcpListener| {
         let (routes, tls, mut stopped) = (Arc::clone(&routes), tls.clone(), metrics_stopped.clone());
+        let conns = http_conns.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
             let done = match tls {
-                Some(t) => crate::http::serve(t.incoming(l, crate::tls::Port::Http), routes, stop).await,
-                None => crate::http::serve(l, routes, stop).await,
+                Some(t) => {
+                    let incoming = t.incoming(l, crate::tls::Port::Http, conns);
+                    crate::http::serve(incoming, routes, header_timeout, stop).await
+                }
+                None => {
+                    let incoming = crate::net::Incoming::new(l, conns);
+                    crate::http::serve(incoming, routes, header_timeout, stop).await
+                }
             };
             if let Err(e) = done {
                 tracing::error!(error = %e, "HTTP server failed");
@@ -425,6 +490,11 @@ pub async fn serve_with(
     let drain = Duration::from_secs(config.drain_timeout_secs);
     let grpc = tonic::transport::Server::builder()
         .layer(crate::api::access::AccessLayer(Arc::clone(&access)))
+        .layer(crate::api::limits::BodyLimitLayer(body_limits.clone()))
+        .max_concurrent_streams(net.max_streams_per_connection)
+        // A client that stops answering pings (a dead peer, a half-open connection) is closed.
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
         .max_frame_size(1u32 << 20)
         .initial_stream_window_size(4u32 << 20)
@@ -439,13 +509,14 @@ pub async fn serve_with(
         let _ = stop_rx.await;
     };
     let mut server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match &tls {
-        Some(t) => Box::pin(grpc.serve_with_incoming_shutdown(t.incoming(listener, crate::tls::Port::Grpc), stopped)),
-        // The builder's tcp_nodelay applies only to sockets tonic binds itself: set it on the
-        // injected listener too (without it, Nagle + delayed ACK add ~40 ms to mid-sized replies).
-        None => Box::pin(grpc.serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        Some(t) => Box::pin(grpc.serve_with_incoming_shutdown(
+            t.incoming(listener, crate::tls::Port::Grpc, grpc_conns.clone()),
             stopped,
         )),
+        // The builder's tcp_nodelay applies only to sockets tonic binds itself: Incoming sets it.
+        None => Box::pin(
+            grpc.serve_with_incoming_shutdown(crate::net::Incoming::new(listener, grpc_conns.clone()), stopped),
+        ),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let waited = first.is_none();
@@ -494,6 +565,9 @@ pub async fn serve_with(
         crate::model::root::ROOT_FLAG
     );
 
+    if let Some(file) = &sqlite_file {
+        in_use_marker(file, fresh_file);
+    }
     if let Some(dir) = &config.model_dir {
         register_model_dir(&control, dir, config.model_name.as_deref()).await?;
     }
@@ -573,7 +647,25 @@ pub async fn serve_with(
             model_config_max_age_secs: config.model_config_max_age_secs,
             tls: tls.is_some(),
         };
-        let _ = routes.set(crate::http::router(Arc::clone(&control), http_config));
+        let browser = crate::http::browser::Policy::new(
+            &config.net.allowed_hosts,
+            &config.net.allowed_origins,
+            &config.public_url,
+            !access.enabled(),
+            tls.is_some(),
+        );
+        if browser.checks_hosts() {
+            tracing::info!(
+                "HTTP answers only to IP addresses, localhost and this machine's name (DNS rebinding); more with \
+                 --allowed-hosts"
+            );
+        }
+        let _ = routes.set(crate::http::router(
+            Arc::clone(&control),
+            http_config,
+            browser,
+            body_limits.clone(),
+        ));
         if let Some(l) = http.take() {
             spawn_http(l);
         }

@@ -611,8 +611,12 @@ impl Access {
         let Some(scope) = self.resolve(need) else {
             return Ok(None);
         };
-        let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-        else {
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
+        let Some(token) = authorization.and_then(|h| {
+            h.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &h[7..])
+        }) else {
             return Err(Denied::Unauthenticated(
                 "this needs a bearer token: send the header authorization: Bearer <token> (modeld token create)".into(),
             ));

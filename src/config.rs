@@ -346,6 +346,11 @@ pub struct RegistryArgs {
     /// The object cache's size; least recently used copies go first (the one in use never).
     #[arg(long, env = "MODELD_OBJECT_CACHE_BYTES", default_value_t = 4 << 30)]
     pub object_cache_bytes: u64,
+    /// Hosts an `http(s)://` file_path may name although they are loopback, private or
+    /// link-local addresses (comma-separated names or addresses; `*` for any). Without it such
+    /// URLs are refused: a client could otherwise make the server probe internal services.
+    #[arg(long, env = "MODELD_OBJECT_HOSTS", value_delimiter = ',')]
+    pub object_hosts: Vec<String>,
 }
 
 impl Cli {
@@ -482,6 +487,64 @@ pub struct ServeConfig {
     /// past it the model is marked stable.
     #[arg(long, env = "MODELD_ROLLBACK_WATCH_SECS", default_value_t = 600)]
     pub rollback_watch_secs: u64,
+    /// What one client, or a web page in an operator's browser, may hold of the server.
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Bounds on what clients may hold and who may call from a browser (docs/operations.md,
+/// "Limits against hostile clients").
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Host names the HTTP port answers to besides IP addresses, names public DNS cannot serve
+    /// (one label, `localhost`, `.local`, `.internal`), this machine's name and --public-url's
+    /// host (comma-separated; `*` answers any). Without tokens the
+    /// check is always on (a web page that rebinds its DNS name to this server gets 403);
+    /// with tokens only when this is given.
+    #[arg(long, env = "MODELD_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://app.example.com`) whose web pages may send requests that predict or
+    /// change something, besides the server's own origin (comma-separated). A request with any
+    /// other `Origin` gets 403.
+    #[arg(long, env = "MODELD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Connections each port holds open at most; more wait in the kernel's queue until one
+    /// closes. Kept below the process's file limit with room for the database, the watchers
+    /// and model files.
+    #[arg(long, env = "MODELD_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+    /// Concurrent gRPC streams (calls) one connection may have open.
+    #[arg(long, env = "MODELD_MAX_STREAMS_PER_CONNECTION", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Bytes of request bodies all clients together may have in flight (received, not yet
+    /// answered), e.g. 512MiB; past it a request gets RESOURCE_EXHAUSTED (HTTP 503) with a
+    /// retry hint.
+    #[arg(long, env = "MODELD_REQUEST_BYTES_IN_FLIGHT", default_value = "512MiB", value_parser = parse_bytes)]
+    pub request_bytes_in_flight: u64,
+    /// Seconds a request's body may take to arrive in full (a body that trickles in longer
+    /// gets DEADLINE_EXCEEDED, HTTP 408).
+    #[arg(long, env = "MODELD_BODY_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+    /// Seconds a new connection may stay silent before its first bytes (gRPC's connection
+    /// preface, TLS's handshake), and an HTTP request's head may take to arrive: an idle HTTP
+    /// connection is closed after it too. A gRPC connection whose client stops answering the
+    /// server's pings (every 60 s) is closed after 20 s more.
+    #[arg(long, env = "MODELD_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+}
+
+impl Default for NetArgs {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_connections: 4096,
+            max_streams_per_connection: 128,
+            request_bytes_in_flight: 512 << 20,
+            body_timeout_secs: 60,
+            header_timeout_secs: 10,
+        }
+    }
 }
 
 /// The shadow's own capacity (docs/rollout.md, "Shadow traffic").
@@ -734,6 +797,7 @@ impl ServeConfig {
                 model_root: model_root.into(),
                 object_cache: None,
                 object_cache_bytes: 4 << 30,
+                object_hosts: Vec::new(),
             },
             listen: "127.0.0.1:50051".parse().expect("a valid address"),
             seed_manifest: "models.json".into(),
@@ -765,6 +829,7 @@ impl ServeConfig {
             candidates: CandidateArgs::default(),
             shadow: ShadowArgs::default(),
             rollback_watch_secs: 600,
+            net: NetArgs::default(),
         }
     }
 }

@@ -147,6 +147,8 @@ impl From<sqlx::Error> for Error {
             }
             sqlx::Error::Database(db) if db.is_unique_violation() => DbFault::Conflict,
             sqlx::Error::Database(db) if db.is_check_violation() => DbFault::Check,
+            // PostgreSQL: a value its text cannot hold (a NUL byte) that no check above caught.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "22021" || c == "22P05") => DbFault::Check,
             _ => DbFault::Other,
         };
         Error::Database {
@@ -181,6 +183,25 @@ impl Error {
     }
 }
 
+/// The longest message a client gets back, in characters: an error that echoes a huge input
+/// (a 10,000-character name) would otherwise not fit a client's header limit, and the client
+/// would see RESOURCE_EXHAUSTED instead of the error.
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// `text` cut to at most `max` characters, with `…` where it was cut.
+pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((at, _)) => {
+            let keep = text[..at]
+                .char_indices()
+                .nth(max.saturating_sub(1))
+                .map_or(at, |(i, _)| i);
+            std::borrow::Cow::Owned(format!("{}…", &text[..keep]))
+        }
+    }
+}
+
 /// A message whose detail stays in the log: the words for the client and the request id.
 fn hidden(words: &str, id: &str) -> String {
     format!("{words} (request id {id}; the server log has the detail)")
@@ -188,56 +209,71 @@ fn hidden(words: &str, id: &str) -> String {
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        match e {
-            Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-            Error::NotFound(m) => tonic::Status::not_found(m),
-            Error::AlreadyExists(m) => tonic::Status::already_exists(m),
-            Error::FailedPrecondition(m) | Error::ModelFile { message: m, .. } => tonic::Status::failed_precondition(m),
-            Error::Unavailable(m) => {
-                crate::client_event!(tracing::Level::WARN, "unavailable", error = %m, "unavailable");
-                tonic::Status::unavailable(m)
+        let mut status = status_of(e);
+        if status.message().chars().count() > MAX_MESSAGE_CHARS {
+            status = tonic::Status::with_details_and_metadata(
+                status.code(),
+                cut(status.message(), MAX_MESSAGE_CHARS).into_owned(),
+                tonic::codegen::Bytes::copy_from_slice(status.details()),
+                status.metadata().clone(),
+            );
+        }
+        status
+    }
+}
+
+fn status_of(e: Error) -> tonic::Status {
+    match e {
+        Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
+        Error::NotFound(m) => tonic::Status::not_found(m),
+        Error::AlreadyExists(m) => tonic::Status::already_exists(m),
+        Error::FailedPrecondition(m) | Error::ModelFile { message: m, .. } => tonic::Status::failed_precondition(m),
+        Error::Unavailable(m) => {
+            crate::client_event!(tracing::Level::WARN, "unavailable", error = %m, "unavailable");
+            tonic::Status::unavailable(m)
+        }
+        Error::Database { fault, detail } => {
+            let id = crate::trace::request_id_or_new();
+            let words = fault.client_words();
+            match fault {
+                DbFault::Unreachable => crate::client_event!(
+                    tracing::Level::WARN, "registry_unreachable", request_id = %id, error = %detail, "{words}"
+                ),
+                DbFault::Conflict | DbFault::Check => crate::client_event!(
+                    tracing::Level::INFO, "registry_refused", request_id = %id, error = %detail, "{words}"
+                ),
+                DbFault::Other => crate::client_event!(
+                    tracing::Level::ERROR, "registry_error", request_id = %id, error = %detail, "registry database error"
+                ),
             }
-            Error::Database { fault, detail } => {
-                let id = crate::trace::request_id_or_new();
-                let words = fault.client_words();
-                match fault {
-                    DbFault::Unreachable => crate::client_event!(
-                        tracing::Level::WARN, "registry_unreachable", request_id = %id, error = %detail, "{words}"
-                    ),
-                    DbFault::Conflict | DbFault::Check => crate::client_event!(
-                        tracing::Level::INFO, "registry_refused", request_id = %id, error = %detail, "{words}"
-                    ),
-                    DbFault::Other => tracing::error!(request_id = %id, error = %detail, "registry database error"),
-                }
-                let m = hidden(words, &id);
-                match fault {
-                    DbFault::Unreachable => tonic::Status::unavailable(m),
-                    DbFault::Conflict => tonic::Status::already_exists(m),
-                    DbFault::Check => tonic::Status::invalid_argument(m),
-                    DbFault::Other => tonic::Status::internal(m),
-                }
+            let m = hidden(words, &id);
+            match fault {
+                DbFault::Unreachable => tonic::Status::unavailable(m),
+                DbFault::Conflict => tonic::Status::already_exists(m),
+                DbFault::Check => tonic::Status::invalid_argument(m),
+                DbFault::Other => tonic::Status::internal(m),
             }
-            Error::ResourceExhausted { message, retry_after } => {
-                let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
-                // Two forms of the same hint: RetryInfo in the status details (google.rpc, what
-                // typed clients read) and gRPC's retry pushback trailer (what channels read).
-                let details = tonic_types::ErrorDetails::with_retry_info(Some(retry_after));
-                let mut status = <tonic::Status as tonic_types::StatusExt>::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    message,
-                    details,
-                );
-                if let Ok(v) = ms.to_string().parse() {
-                    status.metadata_mut().insert("grpc-retry-pushback-ms", v);
-                }
-                status
+        }
+        Error::ResourceExhausted { message, retry_after } => {
+            let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+            // Two forms of the same hint: RetryInfo in the status details (google.rpc, what
+            // typed clients read) and gRPC's retry pushback trailer (what channels read).
+            let details = tonic_types::ErrorDetails::with_retry_info(Some(retry_after));
+            let mut status = <tonic::Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::ResourceExhausted,
+                message,
+                details,
+            );
+            if let Ok(v) = ms.to_string().parse() {
+                status.metadata_mut().insert("grpc-retry-pushback-ms", v);
             }
-            Error::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
-            Error::Internal(m) => {
-                let id = crate::trace::request_id_or_new();
-                tracing::error!(request_id = %id, error = %m, "internal error");
-                tonic::Status::internal(hidden("internal error", &id))
-            }
+            status
+        }
+        Error::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
+        Error::Internal(m) => {
+            let id = crate::trace::request_id_or_new();
+            crate::client_event!(tracing::Level::ERROR, "internal", request_id = %id, error = %m, "internal error");
+            tonic::Status::internal(hidden("internal error", &id))
         }
     }
 }
@@ -291,6 +327,22 @@ mod tests {
                 s.message()
             );
         }
+    }
+
+    #[test]
+    fn long_messages_are_cut_short() {
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcd", 3), "ab…");
+        assert_eq!(cut("ｄｉｇｉｔｓ", 4), "ｄｉｇ…");
+        let name = "x".repeat(10_000);
+        let s = tonic::Status::from(Error::NotFound(format!("model {name:?} is not registered")));
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert_eq!(s.message().chars().count(), MAX_MESSAGE_CHARS);
+        let s = tonic::Status::from(Error::ResourceExhausted {
+            message: name,
+            retry_after: std::time::Duration::from_millis(5),
+        });
+        assert!(s.metadata().get("grpc-retry-pushback-ms").is_some(), "the hint stays");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`model`]: path confinement, loading + sha256 + warm-up, the signature, the ArcSwap slot.
 //! - [`serving`]: the request path: validate, run off the reactor, encode.
 //! - [`api`]: the tonic services.
+//! - [`net`]: what one client may hold: connections per port, silent connections, request bytes in flight.
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - [`status`]: what this server knows about its own state, and why it is degraded.
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
@@ -30,6 +31,7 @@ pub mod filewatch;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod ops;
 pub mod registry;
 pub mod serving;

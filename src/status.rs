@@ -106,6 +106,8 @@ pub struct StatusSnapshot {
     pub file_missing_since: Option<DateTime<Utc>>,
     /// Since when the registry has not answered (`None`: it answered the last check).
     pub registry_unreachable_since: Option<DateTime<Utc>>,
+    /// Why it does not answer, in a client's words (a removed database file).
+    pub registry_unreachable_why: Option<String>,
     /// The registry generation this server has caught up with.
     pub generation: i64,
     /// Failed reloads since start.
@@ -159,8 +161,11 @@ impl StatusSnapshot {
             out.push(Degradation {
                 reason: Reason::RegistryUnreachable,
                 message: format!(
-                    "the model registry database has been unreachable since {}; {what}",
-                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    "the model registry database has been unreachable since {}{}; {what}",
+                    since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    self.registry_unreachable_why
+                        .as_ref()
+                        .map_or_else(String::new, |w| format!(" ({w})"))
                 ),
                 since,
             });
@@ -207,10 +212,17 @@ impl StatusSnapshot {
         out
     }
 
+    /// The registry does not answer because of `error` (its client words are kept as the why).
+    pub(crate) fn set_unreachable(&mut self, error: &Error) {
+        self.set_reachable(false);
+        self.registry_unreachable_why = Some(error.client_message());
+    }
+
     pub(crate) fn set_reachable(&mut self, reachable: bool) {
         match (reachable, self.registry_unreachable_since) {
             (true, _) => {
                 self.registry_unreachable_since = None;
+                self.registry_unreachable_why = None;
                 // The registry answers again: its outage is no reason any more.
                 if self
                     .last_error

@@ -159,12 +159,17 @@ impl Tls {
 
     /// Accepts on `listener` and hands on connections whose handshake succeeded; stops when
     /// the receiver is dropped.
-    pub fn incoming(self: &Arc<Self>, listener: TcpListener, port: Port) -> Incoming {
+    pub fn incoming(self: &Arc<Self>, listener: TcpListener, port: Port, conns: crate::net::Conns) -> Incoming {
         let local = listener.local_addr().ok();
         let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
         let tls = Arc::clone(self);
         tokio::spawn(async move {
             loop {
+                // A connection is admitted (a descriptor taken) only while the port has room.
+                let permit = tokio::select! {
+                    () = tx.closed() => return,
+                    p = conns.admit() => p,
+                };
                 let accepted = tokio::select! {
                     () = tx.closed() => return,
                     a = listener.accept() => a,
@@ -179,6 +184,7 @@ impl Tls {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
+                let tcp = conns.guard(tcp, permit);
                 let acceptor = tls.acceptor(port);
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -204,14 +210,14 @@ impl Tls {
                 });
             }
         });
-        Incoming { rx, local }
+        Incoming { rx }
     }
 }
 
 /// A connection whose handshake succeeded.
 #[derive(Debug)]
 pub struct TlsConn {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    stream: tokio_rustls::server::TlsStream<crate::net::Guarded<TcpStream>>,
     remote: SocketAddr,
     local: Option<SocketAddr>,
 }
@@ -263,7 +269,6 @@ impl tonic::transport::server::Connected for TlsConn {
 #[derive(Debug)]
 pub struct Incoming {
     rx: tokio::sync::mpsc::Receiver<TlsConn>,
-    local: Option<SocketAddr>,
 }
 
 impl futures_util::Stream for Incoming {
@@ -271,25 +276,5 @@ impl futures_util::Stream for Incoming {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx).map(|c| c.map(Ok))
-    }
-}
-
-impl axum::serve::Listener for Incoming {
-    type Io = TlsConn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => {
-                let a = c.remote;
-                (c, a)
-            }
-            // The accept task is gone (the server is stopping): nothing more comes.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.local.ok_or_else(|| io::Error::other("no local address"))
     }
 }

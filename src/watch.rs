@@ -412,7 +412,7 @@ async fn registry_watcher(control: Arc<Control>, status: Arc<Status>, config: Re
         }
         Err(e) => {
             let was = status.snapshot().registry_reachable();
-            status.update(|s| s.set_reachable(false));
+            status.update(|s| s.set_unreachable(&e));
             if was {
                 tracing::warn!(error = %e, "registry unreachable; serving from memory");
             }

@@ -458,6 +458,8 @@ async fn a_model_from_an_http_url() {
     let server = TestServer::start_with(Backend::Sqlite, move |c| {
         c.object_poll_ms = 100;
         c.registry.object_cache = Some(cache_dir);
+        // The test's file server is on loopback, which a client may not name otherwise.
+        c.registry.object_hosts = vec!["127.0.0.1".into()];
     })
     .await;
     let mut reg = server.registry().await;

@@ -21,6 +21,7 @@ async fn registry_control(backend: Backend) -> (TestDb, tempfile::TempDir, Regis
         model_root: root.path().to_path_buf(),
         object_cache: None,
         object_cache_bytes: 4 << 30,
+        object_hosts: Vec::new(),
     };
     let control = modeld::app::control(&args, Default::default()).await.unwrap();
     (db, root, args, control)
@@ -554,6 +555,7 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
             model_root: root.path().to_path_buf(),
             object_cache: None,
             object_cache_bytes: 4 << 30,
+            object_hosts: Vec::new(),
         },
         modeld::registry::Origin::default(),
     )

@@ -295,6 +295,7 @@ pub fn server_status(
         last_reload,
         file_missing_since,
         registry_unreachable_since,
+        registry_unreachable_why: _,
         generation,
         reload_failures,
     } = s;
@@ -485,7 +486,7 @@ fn engine_status(e: &Executor, settings: EngineSettings, serving: Option<&Served
         max_batch_size: n(c.max_batch_size),
         max_queue_delay_us: c.max_queue_delay.as_micros() as u64,
         serving_cost_us: serving.map_or(0, |m| m.model.cost.as_micros() as u64),
-        serving_inline: serving.is_some_and(|m| e.runs_inline(m)),
+        serving_inline: serving.is_some_and(|m| e.runs_inline(m, 1)),
         serving_batchable: serving.is_some_and(|m| m.model.batchable),
         preferred_engine: settings.preferred.name().into(),
         onnxruntime: match crate::model::engine::onnxruntime_status() {

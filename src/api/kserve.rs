@@ -87,6 +87,22 @@ impl KServeService {
                 ));
             }
         };
+        // Triton's request timeout, in microseconds, on both transports: the earlier of it and
+        // the call's own deadline.
+        let timeout = match parameters.get("timeout").and_then(|p| p.parameter_choice.as_ref()) {
+            None => None,
+            Some(pb::infer_parameter::ParameterChoice::Int64Param(us)) if *us >= 0 => Some(us.unsigned_abs()),
+            Some(pb::infer_parameter::ParameterChoice::Uint64Param(us)) => Some(*us),
+            Some(_) => {
+                return Err(Error::InvalidArgument(
+                    "parameter \"timeout\" is a whole number of microseconds, 0 or more".into(),
+                ));
+            }
+        };
+        let deadline = match timeout.map(|us| Instant::now() + std::time::Duration::from_micros(us)) {
+            Some(t) => Some(deadline.map_or(t, |d| d.min(t))),
+            None => deadline,
+        };
         let raw = !raw_input_contents.is_empty();
         if raw && raw_input_contents.len() != inputs.len() {
             return Err(Error::InvalidArgument(format!(

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod inference;
 pub mod kserve;
 pub mod later;
+pub mod limits;
 pub mod registry;
 
 use std::time::{Duration, Instant};

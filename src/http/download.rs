@@ -210,13 +210,32 @@ pub fn signed_url(
     })
 }
 
-/// The base URL a client reached this server by: `http://` and its `Host` header.
-fn request_base(headers: &HeaderMap) -> String {
-    let host = headers
+/// The base URL a client reached this server by: `http://` and its `Host` header when that is
+/// a bare `host[:port]`; else (a Host that carries a path, a query or credentials, which would
+/// point the signed URL elsewhere) `fallback`, the server's own address.
+fn request_base(headers: &HeaderMap, fallback: &str) -> String {
+    let clean = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}")
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .and_then(|h| {
+            let u = url::Url::parse(&format!("http://{h}/")).ok()?;
+            let authority = match (u.host_str(), u.port()) {
+                (Some(host), Some(p)) => format!("{host}:{p}"),
+                (Some(host), None) => host.to_string(),
+                _ => return None,
+            };
+            (u.path() == "/" && u.query().is_none() && u.username().is_empty() && authority.eq_ignore_ascii_case(h))
+                .then(|| format!("http://{h}"))
+        });
+    clean.unwrap_or_else(|| {
+        if fallback.is_empty() {
+            "http://localhost".into()
+        } else {
+            fallback.to_string()
+        }
+    })
 }
 
 /// The download routes, with CORS (browsers and web views fetch models too).
@@ -250,7 +269,7 @@ pub(crate) async fn download_url(
     };
     match signed_url(
         s.control.downloads(),
-        &request_base(&headers),
+        &request_base(&headers, &s.control.downloads().default_base),
         &record,
         b.expires_in_secs,
         Utc::now(),
@@ -327,7 +346,11 @@ fn range(headers: &HeaderMap, len: u64) -> std::result::Result<Option<(u64, u64)
         return Ok(None);
     };
     let v = v.to_str().map_err(|_| ())?.trim();
-    let spec = v.strip_prefix("bytes=").ok_or(())?;
+    // The unit is case-insensitive, and a unit this server does not know is ignored: the
+    // whole file is served (RFC 9110 §14.2).
+    let Some(spec) = v.get(..6).filter(|u| u.eq_ignore_ascii_case("bytes=")).map(|_| &v[6..]) else {
+        return Ok(None);
+    };
     if spec.contains(',') {
         // Several ranges (multipart/byteranges) are not served; the whole file is.
         return Ok(None);
@@ -578,16 +601,30 @@ mod tests {
         assert_eq!(range(&h("bytes=-4"), 10), Ok(Some((6, 9))));
         assert_eq!(range(&h("bytes=8-100"), 10), Ok(Some((8, 9))));
         assert_eq!(range(&h("bytes=0-1,4-5"), 10), Ok(None));
-        for bad in [
-            "bytes=10-",
-            "bytes=5-2",
-            "bytes=-0",
-            "items=0-1",
-            "bytes=-",
-            "bytes=a-b",
-        ] {
+        assert_eq!(range(&h("Bytes=0-3"), 10), Ok(Some((0, 3))));
+        assert_eq!(range(&h("items=0-1"), 10), Ok(None), "an unknown unit is ignored");
+        for bad in ["bytes=10-", "bytes=5-2", "bytes=-0", "bytes=-", "bytes=a-b"] {
             assert_eq!(range(&h(bad), 10), Err(()), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_host_that_is_not_a_bare_authority_does_not_make_the_url() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        let own = "http://127.0.0.1:8000";
+        assert_eq!(
+            request_base(&h("models.example:8000"), own),
+            "http://models.example:8000"
+        );
+        assert_eq!(request_base(&h("[::1]:8000"), own), "http://[::1]:8000");
+        for bad in ["evil.example.com/x?y=", "user@evil.example", "a b", "evil.example#"] {
+            assert_eq!(request_base(&h(bad), own), own, "{bad}");
+        }
+        assert_eq!(request_base(&HeaderMap::new(), own), own);
     }
 
     #[test]

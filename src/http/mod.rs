@@ -14,6 +14,7 @@ macro_rules! or_reply {
 }
 
 pub mod admin;
+pub mod browser;
 pub mod download;
 pub mod lifecycle;
 pub mod model_config;
@@ -40,6 +41,8 @@ pub struct HttpState {
     pub(crate) config: HttpConfig,
     pub(crate) verified: Arc<download::Verified>,
     pub(crate) admin: Arc<admin::Sessions>,
+    pub(crate) browser: Arc<browser::Policy>,
+    pub(crate) limits: crate::net::BodyLimits,
 }
 
 /// The HTTP server's settings.
@@ -54,7 +57,12 @@ pub struct HttpConfig {
 }
 
 /// Every route of the HTTP port.
-pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
+pub fn router(
+    control: Arc<Control>,
+    config: HttpConfig,
+    browser: browser::Policy,
+    limits: crate::net::BodyLimits,
+) -> Router {
     let admin = Arc::new(admin::Sessions::new(control.downloads().keys.derive("admin-session")));
     let state = HttpState {
         kserve: crate::api::kserve::KServeService::new(Arc::clone(&control)),
@@ -62,6 +70,8 @@ pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
         admin,
         config,
         verified: Arc::default(),
+        browser: Arc::new(browser),
+        limits,
     };
     Router::new()
         .route("/metrics", get(metrics))
@@ -72,27 +82,32 @@ pub fn router(control: Arc<Control>, config: HttpConfig) -> Router {
         .merge(model_config::routes())
         .merge(download::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limit_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access_check))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), browser_check))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown`: the router set in `ready` once there is one (see
-/// [`router`]); until then, while the server waits for its registry, `/v2/health/live` says
-/// alive, `/v2/health/ready` not ready, and every other route 503 with
-/// [`crate::api::later::WAITING`].
+/// Serves the connections of `incoming` until `shutdown`, then waits for open requests: the
+/// router set in `ready` once there is one (see [`router`]); until then, while the server
+/// waits for its registry, `/v2/health/live` says alive, `/v2/health/ready` not ready, and
+/// every other route 503 with [`crate::api::later::WAITING`]. A request head must arrive
+/// within `header_timeout` (an idle keep-alive connection is closed after it too).
 ///
 /// # Errors
-/// When the listener fails.
-pub async fn serve<L>(
-    listener: L,
+/// Never yet; the signature leaves room for a listener that fails.
+pub async fn serve<I, S>(
+    incoming: I,
     ready: Arc<std::sync::OnceLock<Router>>,
+    header_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    I: futures_util::Stream<Item = std::io::Result<S>>,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    use futures_util::StreamExt as _;
     use tower::ServiceExt;
     let waiting = Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -105,7 +120,110 @@ where
         let to = ready.get().unwrap_or(&waiting).clone();
         to.oneshot(req)
     }));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut incoming = std::pin::pin!(incoming);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let io = tokio::select! {
+            io = incoming.next() => match io {
+                Some(Ok(io)) => io,
+                Some(Err(_)) => continue,
+                None => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Reads a request's body within the limits ([`crate::net`]) before the route runs: 413 past
+/// the largest body, 503 with `Retry-After` when the server's budget of request bytes in
+/// flight cannot hold it (a declared `Content-Length` is charged before anything is read),
+/// 408 when it trickles in longer than the body timeout. The charge is held until the route
+/// answers. The body is read into one buffer of its declared size (no second copy).
+async fn limit_body(
+    axum::extract::State(state): axum::extract::State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let max = state.config.max_body_bytes;
+    let path = req.uri().path().to_string();
+    let refuse = |code: StatusCode, e: crate::Error| {
+        let mut r = error_for(&path, &tonic::Status::from(e));
+        *r.status_mut() = code;
+        if code == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    };
+    let too_large = || {
+        crate::Error::InvalidArgument(format!(
+            "the request body is larger than the {max} bytes allowed (--max-message-bytes)"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let charge = crate::net::Charge::new(&state.limits.budget);
+    if let Some(n) = declared {
+        if n > max {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large());
+        }
+        if !charge.add(n) {
+            let full = crate::net::BodyError::Full {
+                max: state.limits.budget.max(),
+            };
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, full.into());
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let mut body = std::pin::pin!(
+        crate::net::Metered::new(body, std::sync::Arc::clone(&charge), state.limits.timeout)
+            .prepaid(declared.unwrap_or(0))
+    );
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                let code = match e {
+                    crate::net::BodyError::Full { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                    crate::net::BodyError::Slow { .. } => StatusCode::REQUEST_TIMEOUT,
+                    crate::net::BodyError::Read(_) => StatusCode::BAD_REQUEST,
+                };
+                crate::client_event!(tracing::Level::INFO, "request_body", path = %crate::error::cut(&path, 200), "refused: {e}");
+                return refuse(code, e.into());
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return refuse(StatusCode::PAYLOAD_TOO_LARGE, too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    let r = next
+        .run(axum::extract::Request::from_parts(parts, Body::from(buf.freeze())))
+        .await;
+    drop(charge);
+    r
 }
 
 async fn waiting(uri: axum::http::Uri) -> Response {
@@ -117,6 +235,45 @@ async fn waiting(uri: axum::http::Uri) -> Response {
     };
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// An error in the route's own form: the REST API's for `/api/...` (and the admin page's),
+/// the Open Inference Protocol's elsewhere.
+fn error_for(path: &str, status: &tonic::Status) -> Response {
+    if path.starts_with("/api/") || path.starts_with("/admin/api/") {
+        rest::status_rest_error(status)
+    } else {
+        status_error(status)
+    }
+}
+
+/// [`browser::Policy`]'s checks: a Host this server does not answer to, a cross-site change
+/// or prediction, a change sent as a form are refused before anything else runs.
+async fn browser_check(
+    axum::extract::State(state): axum::extract::State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Err((code, words)) = state.browser.check(req.method(), req.uri().path(), req.headers()) else {
+        return next.run(req).await;
+    };
+    crate::client_event!(
+        tracing::Level::WARN,
+        "browser_refused",
+        method = req.method().as_str(),
+        path = %crate::error::cut(req.uri().path(), 200),
+        host = ?req.headers().get(header::HOST),
+        origin = ?req.headers().get(header::ORIGIN),
+        "refused: {words}"
+    );
+    let grpc = if code == StatusCode::FORBIDDEN {
+        tonic::Code::PermissionDenied
+    } else {
+        tonic::Code::InvalidArgument
+    };
+    let mut r = error_for(req.uri().path(), &tonic::Status::new(grpc, words));
+    *r.status_mut() = code;
     r
 }
 
@@ -159,11 +316,7 @@ async fn access_check(
         crate::auth::Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
         crate::auth::Denied::PermissionDenied(m) => tonic::Status::permission_denied(m),
     };
-    let mut r = if req.uri().path().starts_with("/api/") {
-        rest::status_rest_error(&status)
-    } else {
-        status_error(&status)
-    };
+    let mut r = error_for(req.uri().path(), &status);
     if status.code() == tonic::Code::Unauthenticated {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -30,6 +30,9 @@ use crate::model::DataType;
 /// The binary tensor data extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// Bodies larger than this are parsed off the runtime's threads.
+const BIG_BODY: usize = 64 << 10;
+
 /// The `/v2` routes.
 pub fn routes() -> Router<HttpState> {
     let mut r = Router::new()
@@ -308,25 +311,28 @@ async fn unload(State(s): State<HttpState>, Path(params): Params) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
-struct InferRequest {
+struct InferRequest<'a> {
     #[serde(default)]
     id: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    inputs: Vec<InputTensor>,
+    #[serde(borrow)]
+    inputs: Vec<InputTensor<'a>>,
     #[serde(default)]
     outputs: Vec<RequestedOutput>,
 }
 
+/// An input as sent: its `data` is kept as the request's own text and read into tensor bytes
+/// once the datatype and shape are known (they may come after it).
 #[derive(Debug, Deserialize)]
-struct InputTensor {
+struct InputTensor<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    #[serde(default)]
-    data: Option<Value>,
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -371,49 +377,149 @@ fn flag(parameters: &Map<String, Value>, name: &str) -> Result<Option<bool>, Err
     }
 }
 
-/// Appends the JSON values of `data` (nested arrays flattened, row-major) to `out` as
-/// little-endian `datatype` elements.
-fn encode_json(name: &str, datatype: DataType, data: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
-    match data {
-        Value::Array(items) => {
-            for item in items {
-                encode_json(name, datatype, item, out)?;
-            }
-            Ok(())
-        }
-        v => encode_value(name, datatype, v, out),
+/// Flattens a tensor's JSON `data` (nested arrays, row-major) into little-endian `datatype`
+/// elements as it is parsed: no JSON tree is built, and parsing stops at the first value past
+/// the `limit` the tensor's shape holds (a 60 MB body for a [1,64] input costs 64 values).
+struct Flatten<'a> {
+    name: &'a str,
+    datatype: DataType,
+    limit: usize,
+    out: &'a mut Vec<u8>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut Flatten<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-fn encode_value(name: &str, datatype: DataType, v: &Value, out: &mut Vec<u8>) -> Result<(), Error> {
-    let wrong = || bad(format!("input {name:?}: {v} is not a {} value", datatype.name()));
-    macro_rules! int {
-        ($t:ty) => {{
-            let n = v
-                .as_i64()
-                .map(<$t>::try_from)
-                .and_then(Result::ok)
-                .or_else(|| v.as_u64().map(<$t>::try_from).and_then(Result::ok));
-            out.extend_from_slice(&n.ok_or_else(wrong)?.to_le_bytes());
-        }};
+impl<'de> serde::de::Visitor<'de> for &mut Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} values, in arrays nested as the shape", self.datatype.name())
     }
-    match datatype {
-        DataType::Bool => match v {
-            Value::Bool(b) => out.push(u8::from(*b)),
-            _ => return Err(wrong()),
-        },
-        DataType::Fp32 => out.extend_from_slice(&(v.as_f64().ok_or_else(wrong)? as f32).to_le_bytes()),
-        DataType::Fp64 => out.extend_from_slice(&v.as_f64().ok_or_else(wrong)?.to_le_bytes()),
-        DataType::Int8 => int!(i8),
-        DataType::Int16 => int!(i16),
-        DataType::Int32 => int!(i32),
-        DataType::Int64 => int!(i64),
-        DataType::Uint8 => int!(u8),
-        DataType::Uint16 => int!(u16),
-        DataType::Uint32 => int!(u32),
-        DataType::Uint64 => int!(u64),
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        Ok(())
     }
-    Ok(())
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.push(Number::Bool(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.push(Number::Int(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.push(Number::Uint(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.push(Number::Float(v))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        Err(E::custom(format!(
+            "input {:?}: {:?} is not a {} value",
+            self.name,
+            crate::error::cut(v, 40),
+            self.datatype.name()
+        )))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Err(E::custom(format!(
+            "input {:?}: null is not a {} value",
+            self.name,
+            self.datatype.name()
+        )))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(serde::de::Error::custom(format!(
+            "input {:?}: an object is not a {} value",
+            self.name,
+            self.datatype.name()
+        )))
+    }
+}
+
+/// One JSON scalar.
+#[derive(Debug, Clone, Copy)]
+enum Number {
+    Bool(bool),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+}
+
+impl std::fmt::Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::Int(i) => write!(f, "{i}"),
+            Self::Uint(u) => write!(f, "{u}"),
+            Self::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+impl Flatten<'_> {
+    fn push<E: serde::de::Error>(&mut self, v: Number) -> Result<(), E> {
+        if self.out.len() / self.datatype.size() >= self.limit {
+            return Err(E::custom(format!(
+                "input {:?}: data has more values than its shape holds ({})",
+                self.name, self.limit
+            )));
+        }
+        let wrong = || {
+            E::custom(format!(
+                "input {:?}: {v} is not a {} value",
+                self.name,
+                self.datatype.name()
+            ))
+        };
+        macro_rules! int {
+            ($t:ty) => {{
+                let n = match v {
+                    Number::Int(i) => <$t>::try_from(i).ok(),
+                    Number::Uint(u) => <$t>::try_from(u).ok(),
+                    _ => None,
+                };
+                self.out.extend_from_slice(&n.ok_or_else(wrong)?.to_le_bytes());
+            }};
+        }
+        let float = match v {
+            Number::Int(i) => Some(i as f64),
+            Number::Uint(u) => Some(u as f64),
+            Number::Float(x) => Some(x),
+            Number::Bool(_) => None,
+        };
+        match self.datatype {
+            DataType::Bool => match v {
+                Number::Bool(b) => self.out.push(u8::from(b)),
+                _ => return Err(wrong()),
+            },
+            DataType::Fp32 => self
+                .out
+                .extend_from_slice(&(float.ok_or_else(wrong)? as f32).to_le_bytes()),
+            DataType::Fp64 => self.out.extend_from_slice(&float.ok_or_else(wrong)?.to_le_bytes()),
+            DataType::Int8 => int!(i8),
+            DataType::Int16 => int!(i16),
+            DataType::Int32 => int!(i32),
+            DataType::Int64 => int!(i64),
+            DataType::Uint8 => int!(u8),
+            DataType::Uint16 => int!(u16),
+            DataType::Uint32 => int!(u32),
+            DataType::Uint64 => int!(u64),
+        }
+        Ok(())
+    }
 }
 
 /// Writes little-endian `datatype` elements as a flat JSON array (floats in their shortest
@@ -459,20 +565,40 @@ fn decode_json(datatype: DataType, bytes: &[u8], out: &mut String) {
     out.push(']');
 }
 
-/// The little-endian bytes of a JSON tensor's `data`, checked against its shape.
+/// The little-endian bytes of a JSON tensor's `data` (any serde deserializer of it: the raw
+/// text of a request, or a parsed value), checked against its shape as it is read.
 ///
 /// # Errors
 /// `InvalidArgument` for an unknown datatype, a value of the wrong type or range, or a count
 /// of values the shape does not hold.
-pub(crate) fn json_tensor_bytes(name: &str, datatype: &str, shape: &[i64], data: &Value) -> Result<Vec<u8>, Error> {
+pub(crate) fn json_tensor_bytes<'de, D>(name: &str, datatype: &str, shape: &[i64], data: D) -> Result<Vec<u8>, Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::DeserializeSeed as _;
     let datatype = DataType::parse(datatype).map_err(|e| bad(format!("input {name:?}: {e}")))?;
-    let mut out = Vec::new();
-    encode_json(name, datatype, data, &mut out)?;
-    let got = out.len() / datatype.size();
-    if elements(shape) != Some(got) {
+    let Some(want) = elements(shape) else {
         return Err(bad(format!(
-            "input {name:?}: data has {got} values, shape {shape:?} holds {}",
-            elements(shape).map_or_else(|| "a negative or huge count".to_string(), |n| n.to_string())
+            "input {name:?}: shape {shape:?} holds a negative or huge count"
+        )));
+    };
+    // The shape's bytes, unless that is a claim the data cannot back (then grown as read).
+    let mut out = Vec::with_capacity(want.saturating_mul(datatype.size()).min(1 << 20));
+    let mut flatten = Flatten {
+        name,
+        datatype,
+        limit: want,
+        out: &mut out,
+    };
+    (&mut flatten).deserialize(data).map_err(|e| {
+        let text = e.to_string();
+        // serde_json appends where it stopped; the message names the input already.
+        bad(text.split(" at line ").next().unwrap_or(&text).to_string())
+    })?;
+    let got = out.len() / datatype.size();
+    if got != want {
+        return Err(bad(format!(
+            "input {name:?}: data has {got} values, shape {shape:?} holds {want}"
         )));
     }
     Ok(out)
@@ -564,7 +690,10 @@ fn parse_infer(
                 binary = rest;
                 mine.to_vec()
             }
-            (None, Some(data)) => json_tensor_bytes(&t.name, &t.datatype, &t.shape, data)?,
+            (None, Some(data)) => {
+                let mut text = serde_json::Deserializer::from_str(data.get());
+                json_tensor_bytes(&t.name, &t.datatype, &t.shape, &mut text)?
+            }
             (None, None) => return Err(bad(format!("input {:?} has no data", t.name))),
         };
         raw.push(bytes);
@@ -638,11 +767,20 @@ async fn infer(
         Err(e) => return json_error(e.status(), &e.body_text()),
     };
     let (name, version) = name_version(&params);
-    let (request, binary, deadline) = match parse_infer(name, version, &headers, &body) {
+    // A big body is parsed on the blocking pool: parsing tens of megabytes of JSON on the
+    // runtime's thread would stall every other client's requests meanwhile.
+    let parsed = if body.len() > BIG_BODY {
+        match tokio::task::spawn_blocking(move || parse_infer(name, version, &headers, &body)).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::internal(format!("parsing an infer request: {e}"))),
+        }
+    } else {
+        parse_infer(name, version, &headers, &body)
+    };
+    let (request, binary, deadline) = match parsed {
         Ok(r) => r,
         Err(e) => return status_error(&tonic::Status::from(e)),
     };
-    drop(body);
     match s.kserve.infer(request, deadline).await {
         Ok(response) => infer_response(response, &binary),
         Err(e) => status_error(&tonic::Status::from(e)),
@@ -725,32 +863,43 @@ mod tests {
 
     #[test]
     fn json_values_encode_and_decode_by_datatype() {
-        let mut out = Vec::new();
-        encode_json("x", DataType::Fp32, &json!([[1.5, -2], [0.1, 3]]), &mut out).unwrap();
+        let out = json_tensor_bytes("x", "FP32", &[2, 2], json!([[1.5, -2], [0.1, 3]])).unwrap();
         let mut text = String::new();
         decode_json(DataType::Fp32, &out, &mut text);
         assert_eq!(text, "[1.5,-2,0.1,3]");
-        let mut out = Vec::new();
-        encode_json("x", DataType::Bool, &json!([true, false]), &mut out).unwrap();
+        let out = json_tensor_bytes("x", "BOOL", &[2], json!([true, false])).unwrap();
         assert_eq!(out, vec![1, 0]);
-        let mut out = Vec::new();
-        encode_json("x", DataType::Int64, &json!([-5, 7]), &mut out).unwrap();
+        let mut raw = serde_json::Deserializer::from_str("[-5, 7]");
+        let out = json_tensor_bytes("x", "INT64", &[2], &mut raw).unwrap();
         let mut text = String::new();
         decode_json(DataType::Int64, &out, &mut text);
         assert_eq!(text, "[-5,7]");
         for (d, v) in [
-            (DataType::Int8, json!(300)),
-            (DataType::Uint8, json!(-1)),
-            (DataType::Int32, json!(1.5)),
-            (DataType::Bool, json!(1)),
-            (DataType::Fp32, json!("1")),
+            ("INT8", json!(300)),
+            ("UINT8", json!(-1)),
+            ("INT32", json!(1.5)),
+            ("BOOL", json!(1)),
+            ("FP32", json!("1")),
+            ("FP32", json!(null)),
         ] {
-            let e = encode_json("x", d, &json!([v]), &mut Vec::new()).unwrap_err();
+            let e = json_tensor_bytes("x", d, &[1], json!([v])).unwrap_err();
             assert!(e.to_string().contains("is not a"), "{e}");
         }
         let mut text = String::new();
         decode_json(DataType::Fp32, &f32::NAN.to_le_bytes(), &mut text);
         assert_eq!(text, "[null]");
+    }
+
+    #[test]
+    fn json_data_stops_at_the_first_value_its_shape_does_not_hold() {
+        let long = format!("[{}0]", "0,".repeat(1_000_000));
+        let mut raw = serde_json::Deserializer::from_str(&long);
+        let e = json_tensor_bytes("x", "FP32", &[1, 64], &mut raw).unwrap_err();
+        assert!(e.to_string().contains("more values than its shape holds (64)"), "{e}");
+        let e = json_tensor_bytes("x", "FP32", &[1, 3], json!([1, 2])).unwrap_err();
+        assert!(e.to_string().contains("data has 2 values, shape [1, 3] holds 3"), "{e}");
+        let e = json_tensor_bytes("x", "FP32", &[-1, 3], json!([1, 2])).unwrap_err();
+        assert!(e.to_string().contains("negative or huge"), "{e}");
     }
 
     #[test]

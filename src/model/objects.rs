@@ -54,6 +54,8 @@ pub struct Fetched {
 pub struct Objects {
     dir: PathBuf,
     max_bytes: u64,
+    /// `--object-hosts`: internal hosts `http(s)://` URLs may name.
+    hosts: Vec<String>,
     /// One fetch at a time: two loads of one object share the download.
     fetching: tokio::sync::Mutex<()>,
     /// What each URI was when last fetched: its tag ([`tag_of`]) and the sha256 of its bytes.
@@ -137,6 +139,94 @@ pub fn default_dir() -> PathBuf {
         .join("objects")
 }
 
+/// Whether `ip` is an address a server should not be sent to fetch from by a client: loopback,
+/// private, link-local (cloud metadata services), carrier-grade NAT, unspecified, multicast.
+fn internal(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (a == 100 && (64..128).contains(&b))
+                || a == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return internal(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Refuses what a client must not make the server fetch: a URL carrying credentials (they
+/// would be stored, shown and logged; stores take theirs from the environment), and an
+/// `http(s)://` host that is or resolves to an internal address ([`internal`]) unless
+/// `allowed` names it (`--object-hosts`, `*` for any). The refusal comes before any
+/// connection, the same for an open port as for a closed one. The stores of `s3://`, `gs://`,
+/// `az://` are the operator's (their endpoints come from the environment) and are not checked.
+///
+/// # Errors
+/// `InvalidArgument` saying which of the two it is, without echoing the URL.
+pub async fn check_uri(uri: &str, allowed: &[String]) -> Result<()> {
+    let url = url::Url::parse(uri).map_err(|_| Error::InvalidArgument("file_path is not an object URI".into()))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::InvalidArgument(
+            "file_path carries credentials in its URL (user:password@); give them to the server in the store's \
+             environment variables (AWS_ACCESS_KEY_ID, GOOGLE_SERVICE_ACCOUNT, AZURE_STORAGE_ACCOUNT_KEY, ...), \
+             never in a URL"
+                .into(),
+        ));
+    }
+    if !matches!(url.scheme(), "http" | "https") || allowed.iter().any(|h| h == "*") {
+        return Ok(());
+    }
+    let Some(host) = url.host_str() else {
+        return Err(Error::InvalidArgument("file_path names no host".into()));
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    if allowed.iter().any(|h| h.trim().eq_ignore_ascii_case(&bare)) {
+        return Ok(());
+    }
+    let refused = || {
+        Error::InvalidArgument(format!(
+            "file_path names a host this server does not fetch from: {} is or resolves to a loopback, private or \
+             link-local address; the operator can allow it with --object-hosts (MODELD_OBJECT_HOSTS)",
+            crate::error::cut(&bare, 100)
+        ))
+    };
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<std::net::IpAddr> = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::net::lookup_host((bare.as_str(), port))
+            .await
+            .map(|a| a.map(|s| s.ip()).collect())
+            .map_err(|_| {
+                Error::model_file(
+                    FileProblem::Unreadable,
+                    format!(
+                        "cannot fetch from {}: the name does not resolve",
+                        crate::error::cut(&bare, 100)
+                    ),
+                )
+            })?,
+    };
+    if addrs.iter().any(|ip| internal(*ip)) {
+        return Err(refused());
+    }
+    Ok(())
+}
+
 /// The store and the object's path in it, with the store's settings from the environment.
 fn store_for(uri: &str) -> Result<(Box<dyn ObjectStore>, object_store::path::Path)> {
     let url = url::Url::parse(uri)
@@ -201,7 +291,8 @@ fn store_error(uri: &str, e: &object_store::Error) -> Error {
         ),
         other => {
             let id = crate::trace::request_id_or_new();
-            tracing::warn!(request_id = %id, object = uri, error = %other, "object store request failed");
+            let uri = crate::registry::redact_url(uri);
+            crate::client_event!(tracing::Level::WARN, "object_store", request_id = %id, object = %uri, error = %other, "object store request failed");
             Error::model_file(
                 FileProblem::Unreadable,
                 format!("cannot fetch {uri:?} from its store (request id {id}; the server log has the detail)"),
@@ -216,10 +307,18 @@ impl Objects {
         Self {
             dir,
             max_bytes,
+            hosts: Vec::new(),
             fetching: tokio::sync::Mutex::new(()),
             seen: std::sync::Mutex::default(),
             counts: Counts::default(),
         }
+    }
+
+    /// Also fetches from these hosts when they are internal addresses ([`check_uri`]).
+    #[must_use]
+    pub fn with_hosts(mut self, hosts: Vec<String>) -> Self {
+        self.hosts = hosts;
+        self
     }
 
     /// What the cache asked of stores.
@@ -248,6 +347,7 @@ impl Objects {
     /// `InvalidArgument` for a URI no store reads; `ModelFile` Missing, Unreadable (the store
     /// did not answer) or ChecksumMismatch.
     pub async fn fetch(&self, uri: &str, want: Option<&str>) -> Result<Fetched> {
+        check_uri(uri, &self.hosts).await?;
         let (store, path) = store_for(uri)?;
         let _one = self.fetching.lock().await;
         if let Some(sha) = want {
@@ -340,6 +440,7 @@ impl Objects {
     /// # Errors
     /// As [`Objects::fetch`]: the object gone, or the store not answering.
     pub async fn changed(&self, uri: &str, sha256: &str) -> Result<Option<Fetched>> {
+        check_uri(uri, &self.hosts).await?;
         let (store, path) = store_for(uri)?;
         self.counts.checks.fetch_add(1, Ordering::Relaxed);
         let meta = store.head(&path).await.map_err(|e| self.failed(uri, &e))?;
@@ -392,6 +493,42 @@ impl Objects {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn credentials_and_internal_hosts_are_refused_before_any_connection() {
+        let creds = check_uri("https://user:s3cret@models.example/m.onnx", &[])
+            .await
+            .unwrap_err();
+        assert!(
+            creds.to_string().contains("credentials") && !creds.to_string().contains("s3cret"),
+            "{creds}"
+        );
+        assert!(check_uri("s3://user:pass@bucket/m.onnx", &[]).await.is_err());
+        for internal in [
+            "http://127.0.0.1:9999/secret",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.1.2.3/m.onnx",
+            "http://[::1]:8000/m.onnx",
+            "http://[::ffff:127.0.0.1]/m.onnx",
+            "http://localhost:8000/m.onnx",
+            "http://100.64.0.1/m.onnx",
+        ] {
+            let e = check_uri(internal, &[]).await.unwrap_err();
+            assert!(e.to_string().contains("--object-hosts"), "{internal}: {e}");
+        }
+        assert!(
+            check_uri("http://127.0.0.1:9999/m.onnx", &["127.0.0.1".into()])
+                .await
+                .is_ok()
+        );
+        assert!(check_uri("http://[::1]/m.onnx", &["::1".into()]).await.is_ok());
+        assert!(check_uri("http://10.0.0.1/m.onnx", &["*".into()]).await.is_ok());
+        assert!(check_uri("https://93.184.215.14/m.onnx", &[]).await.is_ok());
+        assert!(
+            check_uri("s3://bucket/m.onnx", &[]).await.is_ok(),
+            "the operator's stores"
+        );
+    }
 
     #[test]
     fn uris_are_told_from_paths() {

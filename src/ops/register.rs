@@ -44,6 +44,31 @@ pub struct Registered {
 }
 
 impl Control {
+    /// Refuses a new name that looks the same as a registered one (NFKC: a full-width
+    /// `ｄｉｇｉｔｓ_v2` beside `digits_v2`), so that a name means one model to a reader too.
+    ///
+    /// # Errors
+    /// `AlreadyExists` naming the registered model.
+    async fn refuse_look_alike(&self, model_name: &str) -> Result<()> {
+        let look = name::look(model_name);
+        let known = self
+            .registry()
+            .list(crate::registry::Order::Id, false, i64::MAX, 0)
+            .await?;
+        if let Some(m) = known
+            .iter()
+            .find(|m| m.model_name != model_name && name::look(&m.model_name) == look)
+        {
+            return Err(Error::AlreadyExists(format!(
+                "model name {} looks the same as the registered {} (model id {}); choose a name that reads differently",
+                name::quoted(model_name),
+                name::quoted(&m.model_name),
+                m.model_id
+            )));
+        }
+        Ok(())
+    }
+
     /// Registers a model: the file must exist under the root, is hashed and loaded once (a
     /// broken file is refused), and with `activate` becomes the active model in the same
     /// transaction, then is published.
@@ -54,6 +79,7 @@ impl Control {
     pub async fn register(&self, reg: Registration) -> Result<Registered> {
         let model_name = name::normalise_name(&reg.name)?;
         validate_accuracy(reg.accuracy)?;
+        self.refuse_look_alike(&model_name).await?;
         let (file_path, path) = if crate::model::objects::is_uri(reg.file_path.trim()) {
             let uri = reg.file_path.trim().to_string();
             let fetched = self.objects.fetch(&uri, None).await?;

@@ -38,6 +38,17 @@ pub struct ActivationMeta {
     pub is_rollback: bool,
 }
 
+impl ActivationMeta {
+    /// Refuses a `by` or `reason` the registry does not store (a NUL byte, too long).
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the field.
+    pub fn check(&self) -> crate::error::Result<()> {
+        super::text::WHO.check(&self.activated_by)?;
+        super::text::REASON.check(&self.reason)
+    }
+}
+
 /// What an activation commits under, checked inside its transaction (under the write lock), so
 /// another writer changing the active model between a check and the commit cannot slip past it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -127,6 +138,7 @@ impl Registry {
         meta: &ActivationMeta,
         conditions: Conditions,
     ) -> Result<Activation> {
+        meta.check()?;
         let only_if_active = conditions.only_if_active;
         let select_active = concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1");
         let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");

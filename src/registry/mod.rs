@@ -11,6 +11,7 @@
 //! and the macros that run one SQL text on either pool.
 
 pub mod name;
+pub mod text;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -41,7 +42,10 @@ enum Pool {
 macro_rules! with_pool {
     ($self:expr, $p:ident => $body:expr) => {
         match &$self.pool {
-            Pool::Sqlite($p) => $body,
+            Pool::Sqlite($p) => {
+                $self.check_file()?;
+                $body
+            }
             Pool::Postgres($p) => $body,
         }
     };
@@ -119,6 +123,32 @@ pub use rollout::{Rollout, RolloutChange, RolloutChangeRecord, RolloutMeta, Roll
 pub struct Registry {
     pool: Pool,
     origin: Origin,
+    /// A SQLite registry's file as opened: its path and identity.
+    file: Option<DbFile>,
+}
+
+/// The file a SQLite pool opened. Its connections keep the file they opened even after it is
+/// removed or replaced on disk: writes would then go where nobody will read them, and new
+/// connections would open an empty file. So the path's identity is checked before every
+/// query (one `stat`), and a file that is gone or another makes the registry unavailable.
+#[derive(Debug, Clone)]
+struct DbFile {
+    path: std::path::PathBuf,
+    identity: (u64, u64),
+}
+
+/// A file's device and inode (where they exist; elsewhere nothing is compared).
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (0, 0)
+    }
 }
 
 /// Who writes: recorded with every event this registry handle stores.
@@ -187,12 +217,60 @@ impl Registry {
                 )
             }
         };
+        let file = match Backend::of_url(url) {
+            Backend::Sqlite => sqlite_options(url)?
+                .get_filename()
+                .canonicalize()
+                .ok()
+                .and_then(|path| {
+                    std::fs::metadata(&path).ok().map(|m| DbFile {
+                        identity: identity(&m),
+                        path,
+                    })
+                }),
+            Backend::Postgres => None,
+        };
         let registry = Self {
             pool,
             origin: Origin::default(),
+            file,
         };
         registry.migrate().await?;
         Ok(registry)
+    }
+
+    /// The file of a SQLite registry URL (`None` for PostgreSQL and in-memory databases).
+    pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+        if Backend::of_url(url) != Backend::Sqlite || url.contains(":memory:") || url.contains("mode=memory") {
+            return None;
+        }
+        sqlite_options(url).ok().map(|o| o.get_filename().to_path_buf())
+    }
+
+    /// A SQLite registry's file is still the one opened.
+    ///
+    /// # Errors
+    /// `Unavailable` saying that the file was removed or replaced while in use.
+    fn check_file(&self) -> Result<()> {
+        let Some(f) = &self.file else { return Ok(()) };
+        let now = std::fs::metadata(&f.path).map(|m| identity(&m));
+        let what = match now {
+            Ok(id) if id == f.identity => return Ok(()),
+            Ok(_) => "was replaced by another file",
+            Err(_) => "was removed",
+        };
+        Err(Error::Unavailable(format!(
+            "the registry's database file {what} while this server used it; nothing is written until the \
+             server is restarted on the file it should use (the server log names it)"
+        )))
+        .inspect_err(|_| {
+            crate::client_event!(
+                tracing::Level::ERROR,
+                "registry_file",
+                file = %f.path.display(),
+                "the registry's database file {what} while in use: changes are refused; restore the file and restart"
+            );
+        })
     }
 
     /// The same pool, recording events as coming from `origin`.
@@ -228,7 +306,10 @@ impl Registry {
 
     /// Closes the pool.
     pub async fn close(&self) {
-        with_pool!(self, p => p.close().await)
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
     }
 
     /// The registry generation, bumped by every change.

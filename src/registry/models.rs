@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::activations::{DEACTIVATE, activate_sql};
-use super::{Activation, ActivationMeta, EventKind, Origin, Pool, Registry, name};
+use super::{Activation, ActivationMeta, EventKind, Origin, Pool, Registry, name, text};
 use crate::error::{Error, Result};
 use crate::model::Signature;
 
@@ -222,6 +222,11 @@ impl Registry {
                 with_pool!(self, p => sqlx::query_as(sql).bind(*id).fetch_optional(p).await?)
             }
             ModelRef::Name(name) => {
+                if name.contains('\0') {
+                    return Err(Error::InvalidArgument(
+                        "the model name holds a NUL byte (U+0000); no model has one".into(),
+                    ));
+                }
                 // Names are stored NFC: a name typed in another normal form finds its model.
                 let name = name::nfc(name);
                 let sql = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_name = $1");
@@ -276,6 +281,15 @@ impl Registry {
     /// # Errors
     /// `AlreadyExists` for a duplicate name; `InvalidArgument` for values the schema refuses.
     pub async fn insert(&self, new: &NewModel, activate: Option<&ActivationMeta>) -> Result<Activation> {
+        text::check_field("model_name", &new.model_name, name::MAX_NAME_CHARS)?;
+        text::VERSION.check(&new.version)?;
+        text::FILE_PATH.check(&new.file_path)?;
+        text::DESCRIPTION.check(&new.description)?;
+        text::MODEL_TYPE.check(&new.model_type)?;
+        text::check_field("created_by", &new.created_by, text::WHO.1)?;
+        if let Some(meta) = activate {
+            meta.check()?;
+        }
         let insert = concat!(
             "INSERT INTO ml_models (model_name, version, file_path, description, model_type, accuracy, \
              checksum_sha256, file_size_bytes, signature, created_by, created_at, updated_at) \
@@ -330,6 +344,20 @@ impl Registry {
     /// # Errors
     /// `NotFound` when there is no such model; `InvalidArgument` for values the schema refuses.
     pub async fn update(&self, model: &ModelRef, changes: &ModelChanges) -> Result<ModelRecord> {
+        for (limit, value) in [
+            (text::VERSION, &changes.version),
+            (text::DESCRIPTION, &changes.description),
+            (text::MODEL_TYPE, &changes.model_type),
+            (text::APP_VERSION, &changes.min_app_version),
+        ] {
+            if let Some(v) = value {
+                limit.check(v)?;
+            }
+        }
+        for (platform, v) in changes.min_app_versions.iter().flatten() {
+            text::check_field("min_app_versions", platform, text::APP_VERSION.1)?;
+            text::check_field(&format!("min_app_versions[{platform:?}]"), v, text::APP_VERSION.1)?;
+        }
         if let Some(v) = changes.min_app_version.as_deref().filter(|v| !v.trim().is_empty()) {
             check_app_version("min_app_version", v)?;
         }

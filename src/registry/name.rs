@@ -49,6 +49,12 @@ pub fn quoted(text: &str) -> String {
     out
 }
 
+/// What a name looks like, for telling confusable names apart: its NFKC form, where a
+/// full-width `ｄｉｇｉｔｓ` and a ligature `ﬁ` become the letters they show.
+pub fn look(name: &str) -> String {
+    name.nfkc().collect()
+}
+
 /// Whether `name` asks for the active model: empty or the alias `active` (exactly; a name in
 /// another case is simply not registrable).
 pub fn is_active_alias(name: &str) -> bool {

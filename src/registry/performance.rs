@@ -87,6 +87,8 @@ impl Registry {
         notes: &str,
         evaluated_by: &str,
     ) -> Result<EvaluationRecord> {
+        super::text::NOTES.check(notes)?;
+        super::text::WHO.check(evaluated_by)?;
         let sql = concat!(
             "INSERT INTO model_performance_logs (model_id, model_name, model_sha256, dataset_name, dataset_sha256, \
              evaluated_at, accuracy, top3_accuracy, sample_size, latency_mean_us, latency_p50_us, latency_p99_us, \

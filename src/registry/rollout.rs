@@ -84,6 +84,15 @@ impl RolloutMeta {
         }
     }
 
+    /// Refuses a `by` or `reason` the registry does not store (a NUL byte, too long).
+    ///
+    /// # Errors
+    /// `InvalidArgument` naming the field.
+    pub fn check(&self) -> crate::error::Result<()> {
+        super::text::WHO.check(&self.changed_by)?;
+        super::text::REASON.check(&self.reason)
+    }
+
     /// What the event adds after its own words: ` (by NAME): REASON`.
     fn suffix(&self) -> String {
         match (self.changed_by.is_empty(), self.reason.is_empty()) {
@@ -204,6 +213,7 @@ impl Registry {
         percentage: u8,
         meta: &RolloutMeta,
     ) -> Result<RolloutChange> {
+        meta.check()?;
         if percentage > 100 {
             return Err(Error::InvalidArgument(format!(
                 "a {} percentage is 0 to 100, got {percentage}",
@@ -291,6 +301,7 @@ impl Registry {
         only_if: Option<i64>,
         meta: &RolloutMeta,
     ) -> Result<RolloutChange> {
+        meta.check()?;
         let select_role = concat!("SELECT ", columns!(), " FROM ml_models WHERE status = $1");
         let demote = "UPDATE ml_models SET status = 'testing', rollout_percentage = 0, shadow_percentage = 0, \
                       updated_at = $1 WHERE model_id = $2";

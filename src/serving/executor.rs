@@ -210,9 +210,12 @@ impl Executor {
         self.shared.failed_batches.load(Ordering::Relaxed)
     }
 
-    /// Whether `model` runs inline rather than on the pool.
-    pub fn runs_inline(&self, model: &ServedModel) -> bool {
-        model.model.cost <= self.shared.config.inline_max
+    /// Whether a request of `rows` samples on `model` runs inline rather than on the pool:
+    /// when the model's one-row cost times the rows is within `inline_max` (a big batch of a
+    /// cheap model would otherwise hold the runtime's thread for as long as it computes).
+    pub fn runs_inline(&self, model: &ServedModel, rows: usize) -> bool {
+        let rows = u32::try_from(rows.max(1)).unwrap_or(u32::MAX);
+        model.model.cost.saturating_mul(rows) <= self.shared.config.inline_max
     }
 
     /// Runs `inputs` (`rows` samples) on `model`: inline when the model is cheap, otherwise
@@ -233,7 +236,7 @@ impl Executor {
                 "deadline passed before compute; not computed".into(),
             ));
         }
-        if self.runs_inline(&model) {
+        if self.runs_inline(&model, rows) {
             let t = Instant::now();
             let outputs = run_engine(&model, inputs)?;
             return Ok((outputs, Execution::alone(Duration::ZERO, t.elapsed(), rows)));
@@ -532,7 +535,10 @@ mod tests {
         // Already past: refused before it is queued, inline models too.
         let mlp = served("digits_v2.onnx");
         let inline = Executor::start(ExecutorConfig::default()).unwrap();
-        assert!(inline.runs_inline(&mlp));
+        assert!(inline.runs_inline(&mlp, 1));
+        // A big batch of a cheap model costs its rows: it goes to the pool, off the runtime.
+        assert!(!inline.runs_inline(&mlp, 250_000));
+        assert!(!inline.runs_inline(&mlp, usize::MAX));
         let input = tvec![Tensor::zero::<f32>(&[1, 64]).unwrap().into()];
         let past = inline.run(mlp, input, 1, Some(Instant::now())).await.unwrap_err();
         assert!(matches!(past, Error::DeadlineExceeded(_)), "{past:?}");

@@ -884,6 +884,11 @@ impl LoggedServer {
         format!("http://{}{path}", self.http)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// The lines so far.
     pub fn lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
