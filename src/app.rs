@@ -274,6 +274,7 @@ pub async fn serve_with(
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    crate::model::engine::install_panic_hook();
     if let Some(dir) = config.model_dir.clone() {
         config.registry.model_root.clone_from(&dir);
         if config.registry.database_url == crate::config::DEFAULT_DATABASE_URL {

@@ -48,6 +48,8 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    // An engine's panic on a request's inputs becomes that request's error, not a backtrace.
+    modeld::model::engine::install_panic_hook();
     // The server's runtime is a setting (measured: one current_thread runtime plus the compute
     // threads beat a multi-thread runtime on small machines); every other command is one
     // short conversation with the database.

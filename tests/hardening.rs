@@ -31,14 +31,7 @@ async fn active(server: &TestServer) -> String {
 }
 
 async fn model_id(server: &TestServer, name: &str) -> i64 {
-    let listed: Value = client()
-        .get(server.http_url("/api/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = server.models_json().await;
     listed["models"]
         .as_array()
         .unwrap()
@@ -99,14 +92,7 @@ async fn cross_site_pages_and_rebound_names_cannot_change_the_registry() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(active(&server).await, "digits_v2", "nothing was activated");
-    let listed: Value = c
-        .get(server.http_url("/api/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = server.models_json().await;
     assert!(!listed.to_string().contains("planted"), "nothing was registered");
 
     // A page whose name was rebound to this address reads nothing.
@@ -640,14 +626,84 @@ async fn object_urls_cannot_probe_internal_addresses_or_carry_credentials() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(!e.message().contains("s3cret"), "{}", e.message());
-    let listed: Value = client()
-        .get(server.http_url("/api/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = server.models_json().await;
     assert!(!listed.to_string().contains("s3cret"));
     server.stop().await.unwrap();
+}
+
+/// A model that panics inside the engine on some inputs (the bundled `digits_faulty`), served
+/// by the real binary with `RUST_BACKTRACE=1` as many machines set it: each failure is one
+/// rate-limited line in the log's format, no raw panic text or backtrace, and memory stays
+/// flat; the server keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_panic_is_one_log_line_and_costs_no_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = model_root();
+    std::fs::copy(
+        bundled_models().join("digits_faulty.onnx"),
+        root.path().join("digits_faulty.onnx"),
+    )
+    .unwrap();
+    let url = format!("sqlite://{}", dir.path().join("modeld.db").display());
+    let server = LoggedServer::start(&url, root.path(), &[], &[("RUST_BACKTRACE", "1")]).await;
+    let channel = server.channel().await;
+    let mut reg = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
+    reg.register_model(pb::RegisterModelRequest {
+        name: "digits_faulty".into(),
+        file_path: "digits_faulty.onnx".into(),
+        activate: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut infer = pb::inference_client::InferenceClient::new(channel);
+    let faulty: Vec<Vec<f32>> =
+        serde_json::from_str(&std::fs::read_to_string(bundled_models().join("examples/digit_faulty.json")).unwrap())
+            .unwrap();
+    let fail = |n: usize| {
+        let mut infer = infer.clone();
+        let row = faulty[0].clone();
+        async move {
+            for _ in 0..n {
+                let e = infer.predict(digits_request("digits_faulty", &row)).await.unwrap_err();
+                assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+                assert!(!e.message().contains("panicked"), "internals stay in the log: {e:?}");
+            }
+        }
+    };
+    fail(10).await;
+    let before = rss(server.pid());
+    fail(60).await;
+    let grown = rss(server.pid()).saturating_sub(before);
+    assert!(grown < 16 << 20, "memory grew by {} MiB over 60 panics", grown >> 20);
+    // Still serving: a good request right after.
+    let ok = infer
+        .predict(digits_request("digits_faulty", &eval_rows(1)))
+        .await
+        .unwrap();
+    assert!(!ok.into_inner().outputs.is_empty());
+
+    let lines = server.stop().await;
+    let raw: Vec<_> = lines.iter().filter(|l| !l.starts_with('{')).collect();
+    assert!(
+        raw.is_empty(),
+        "lines outside the log format: {:#?}",
+        &raw[..raw.len().min(5)]
+    );
+    let panics: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.to_string().contains("the engine panicked"))
+        .collect();
+    assert!(
+        (1..=20).contains(&panics.len()),
+        "{} lines for 70 panics (rate-limited, each once)",
+        panics.len()
+    );
+    let first = panics[0].to_string();
+    assert!(
+        first.contains("gather.rs") && first.contains("index out of bounds"),
+        "{first}"
+    );
+    assert_eq!(panics[0]["level"], "ERROR");
 }

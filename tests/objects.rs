@@ -491,3 +491,90 @@ async fn a_model_from_an_http_url() {
     );
     assert!(downloads(&server.metrics().await) > downloads(&first));
 }
+
+/// A tmpfs of `bytes` mounted on a fresh directory, unmounted on drop (the test runs as root,
+/// as CI does).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        Self(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// The object cache's disk is full: registering a model from the store is refused as
+/// UNAVAILABLE (503 over REST) saying what is full, without the cache's path; nothing is
+/// recorded, the served model keeps serving, and once there is room the same call works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_object_cache_says_what_is_full() {
+    let files = tempfile::tempdir().unwrap();
+    std::fs::copy(bundled_models().join("cnn.onnx"), files.path().join("cnn.onnx")).unwrap();
+    let (_web, port) = start_http_server(
+        "python",
+        &["-m", "http.server", "PORT", "--bind", "127.0.0.1"],
+        files.path(),
+    )
+    .await;
+    // cnn.onnx is 96 KiB: it does not fit in 64 KiB.
+    let disk = SmallDisk::mount(64 << 10);
+    let cache_dir = disk.0.path().join("objects");
+    let cache = cache_dir.clone();
+    let server = TestServer::start_with(Backend::Sqlite, move |c| {
+        c.registry.object_cache = Some(cache);
+        c.registry.object_hosts = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let mut reg = server.registry().await;
+    let uri = format!("http://127.0.0.1:{port}/cnn.onnx");
+    let e = reg.register_model(register("big", &uri, true)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("object cache is full"), "{}", e.message());
+    assert!(
+        !e.message().contains(&disk.0.path().display().to_string()),
+        "{}",
+        e.message()
+    );
+    let r = reqwest::Client::new()
+        .post(server.http_url("/api/v1/models"))
+        .json(&serde_json::json!({"model_name": "big", "file_path": uri}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("object cache is full"));
+    // Nothing recorded, nothing half-written left behind, the served model unchanged.
+    assert!(!server.models_json().await.to_string().contains("\"big\""));
+    let left: Vec<_> = std::fs::read_dir(&cache_dir).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        predict_as(&mut server.inference().await, "", 2, "digits_v2").await,
+        "digits_v2"
+    );
+    // Room again (the operator grew the disk): the same registration goes through.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=1m"])
+        .arg(disk.0.path())
+        .status()
+        .unwrap();
+    assert!(grown.success());
+    let m = reg
+        .register_model(register("big", &uri, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(m.model.unwrap().checksum_sha256, sha256_of("cnn.onnx"));
+    server.stop().await.unwrap();
+}

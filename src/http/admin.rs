@@ -10,7 +10,8 @@
 //! changes something must carry the session's CSRF token in `x-csrf-token`.
 //!
 //! Sessions are stateless: the cookie holds the token's name, the start of its stored hash,
-//! an expiry and a nonce, signed with HMAC-SHA256 under a key derived from the first
+//! an expiry and a nonce, encrypted and authenticated with ChaCha20-Poly1305 (so it is opaque:
+//! nothing in it names the token) under a key derived from the first
 //! `--signing-key-file` key (so every server of a fleet honours the others' sessions), or a
 //! random key per process without one. Each request checks that the token still exists,
 //! unexpired, with the scope the route needs: revoking or replacing the token ends its
@@ -27,6 +28,7 @@ use axum::response::Response;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -38,6 +40,9 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "modeld_admin";
+
+/// The cookie format's version, also bound into its encryption.
+const COOKIE_VERSION: &str = "v2";
 
 /// The header that carries the CSRF token on changes.
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -91,35 +96,56 @@ impl Sessions {
         mac
     }
 
-    /// A cookie value for `holder`, valid until `expires`.
+    /// The AEAD key of cookies, derived from the signing key.
+    fn sealing_key(&self) -> LessSafeKey {
+        let bytes = self.mac("cookie-key", "").finalize().into_bytes();
+        LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &bytes).expect("a 32-byte ChaCha20 key"))
+    }
+
+    /// A cookie value for `holder`, valid until `expires`: the session's fields encrypted and
+    /// authenticated (ChaCha20-Poly1305), so the cookie shows nothing of the token it stands for.
     pub fn issue(&self, holder: &Holder, expires: DateTime<Utc>) -> String {
         let mut nonce = [0u8; 16];
+        let mut seal_nonce = [0u8; NONCE_LEN];
         let _ = getrandom::fill(&mut nonce);
+        let _ = getrandom::fill(&mut seal_nonce);
         let payload = format!(
-            "v1.{}.{}.{}.{}",
+            "{}.{}.{}.{}",
             hex::encode(holder.name.as_bytes()),
             holder.fingerprint,
             expires.timestamp(),
             hex::encode(nonce)
         );
-        let sig = hex::encode(self.mac("session", &payload).finalize().into_bytes());
-        format!("{payload}.{sig}")
+        let mut sealed = payload.into_bytes();
+        self.sealing_key()
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(seal_nonce),
+                Aad::from(COOKIE_VERSION),
+                &mut sealed,
+            )
+            .expect("a cookie is far below ChaCha20-Poly1305's length limit");
+        format!("{COOKIE_VERSION}.{}{}", hex::encode(seal_nonce), hex::encode(sealed))
     }
 
-    /// The session of a cookie value, if its signature holds and it has not expired.
+    /// The session of a cookie value, if it opens under this key and has not expired.
     pub fn open(&self, value: &str, now: DateTime<Utc>) -> Option<Session> {
-        let (payload, sig) = value.rsplit_once('.')?;
-        let sig = hex::decode(sig).ok()?;
-        self.mac("session", payload).verify_slice(&sig).ok()?;
+        let sealed = value.strip_prefix(COOKIE_VERSION)?.strip_prefix('.')?;
+        if sealed.len() > 4096 {
+            return None;
+        }
+        let mut sealed = hex::decode(sealed).ok()?;
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
+        let payload = self
+            .sealing_key()
+            .open_in_place(nonce, Aad::from(COOKIE_VERSION), &mut sealed[NONCE_LEN..])
+            .ok()?;
+        let payload = std::str::from_utf8(payload).ok()?;
         let mut parts = payload.split('.');
-        let (version, name, fingerprint, expires, nonce) = (
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-        );
-        if version != "v1" || parts.next().is_some() {
+        let (name, fingerprint, expires, nonce) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
             return None;
         }
         let expires = DateTime::from_timestamp(expires.parse().ok()?, 0)?;
@@ -434,12 +460,23 @@ mod tests {
             sessions.open(&value, now + chrono::Duration::hours(2)).is_none(),
             "expired"
         );
-        // Any change to the payload breaks the signature: another name, a later expiry.
-        let forged = value.replacen(&hex::encode("ops.admin"), &hex::encode("root"), 1);
-        assert!(sessions.open(&forged, now).is_none());
-        let (payload, sig) = value.rsplit_once('.').unwrap();
-        let later = payload.replacen(&s.expires.timestamp().to_string(), "99999999999", 1);
-        assert!(sessions.open(&format!("{later}.{sig}"), now).is_none());
+        // Opaque: nothing of the token shows, and two sessions of one token look unrelated.
+        assert!(!value.contains(&hex::encode("ops.admin")) && !value.contains("ops.admin"));
+        assert!(!value.contains("0123456789abcdef"));
+        let again = sessions.issue(&holder(), now + chrono::Duration::hours(1));
+        assert_ne!(value[3..40], again[3..40]);
+        // Any change to the sealed bytes breaks it.
+        for at in [3, value.len() / 2, value.len() - 1] {
+            let mut forged = value.clone().into_bytes();
+            forged[at] = if forged[at] == b'0' { b'1' } else { b'0' };
+            assert!(
+                sessions.open(std::str::from_utf8(&forged).unwrap(), now).is_none(),
+                "changed at {at}"
+            );
+        }
+        assert!(sessions.open(&value.replacen("v2", "v1", 1), now).is_none());
+        assert!(sessions.open(&value[..value.len() - 2], now).is_none());
+        assert!(sessions.open("v2.", now).is_none());
         assert!(sessions.open("v1.x.y.z", now).is_none());
         assert!(sessions.open("", now).is_none());
         // Another key (another fleet) does not accept it.

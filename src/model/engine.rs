@@ -165,17 +165,112 @@ impl Engine {
     ///
     /// # Errors
     /// The engine's error text.
+    /// A panic inside the engine (a faulty model on some inputs) costs this one call: it is
+    /// caught and returned as an error naming its place, with nothing printed and no backtrace
+    /// taken (see [`install_panic_hook`]); the caller logs it like any other engine error.
     pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>, String> {
-        match self {
+        contained(|| match self {
             Self::Tract(plan) => plan.run(inputs).map_err(|e| format!("{e:#}")),
             #[cfg(feature = "onnxruntime")]
             Self::Onnxruntime(m) => m.run(&inputs),
-        }
+        })
     }
+}
+
+thread_local! {
+    /// Set while this thread runs an engine; the panic hook then keeps quiet and leaves the
+    /// panic's place for [`contained`] to report.
+    static IN_ENGINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static PANIC_PLACE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs the process's panic hook (once): a panic inside an engine is left to the engine
+/// call that caught it, which turns it into an error; every other panic goes to the previous hook
+/// (Rust's own, with its backtrace when `RUST_BACKTRACE` asks for one), as a bug should.
+pub fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if IN_ENGINE.with(std::cell::Cell::get) {
+                let place = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+                PANIC_PLACE.with(|p| *p.borrow_mut() = place);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f` (an engine call), turning a panic into an error.
+fn contained<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let was = IN_ENGINE.with(|e| e.replace(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_ENGINE.with(|e| e.set(was));
+    outcome.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let place = PANIC_PLACE.with(|p| p.borrow_mut().take()).unwrap_or_default();
+        // The caller reports it as it reports any engine error (the request path: one
+        // rate-limited line with the request id; the client hears "internal error").
+        Err(format!(
+            "the engine panicked at {}: {}",
+            short_place(&place),
+            crate::error::cut(&message, 300)
+        ))
+    })
+}
+
+/// A panic's place without the machine's directories: `tract-core-0.21.13/src/ops/x.rs:55`
+/// for a dependency's source, the last three parts of any other path.
+fn short_place(place: &str) -> String {
+    if let Some((_, rest)) = place.split_once("/registry/src/") {
+        return rest.split_once('/').map_or(rest, |(_, r)| r).to_string();
+    }
+    let parts: Vec<&str> = place.split('/').collect();
+    parts[parts.len().saturating_sub(3)..].join("/")
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.kind().name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_and_the_thread_goes_on() {
+        install_panic_hook();
+        let got: Result<(), String> = contained(|| panic!("index out of bounds: the len is 1 but the index is 2"));
+        let e = got.unwrap_err();
+        assert!(e.starts_with("the engine panicked at "), "{e}");
+        assert!(
+            e.ends_with("index out of bounds: the len is 1 but the index is 2"),
+            "{e}"
+        );
+        assert!(e.contains("engine.rs:"), "names the place: {e}");
+        assert!(!e.contains("/work/") && !e.starts_with('/'), "no machine paths: {e}");
+        assert!(!IN_ENGINE.with(std::cell::Cell::get), "the flag is cleared");
+        assert_eq!(contained(|| Ok::<_, String>(7)), Ok(7));
+        assert_eq!(contained(|| Err::<(), _>("plain".to_string())), Err("plain".into()));
+    }
+
+    #[test]
+    fn places_lose_the_machine_directories() {
+        assert_eq!(
+            short_place(
+                "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tract-core-0.21.13/src/ops/a.rs:55"
+            ),
+            "tract-core-0.21.13/src/ops/a.rs:55"
+        );
+        assert_eq!(short_place("/work/main/src/model/engine.rs:9"), "src/model/engine.rs:9");
+        assert_eq!(short_place("src/lib.rs:1"), "src/lib.rs:1");
+        assert_eq!(short_place(""), "");
     }
 }

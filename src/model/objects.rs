@@ -283,6 +283,28 @@ fn store_for(uri: &str) -> Result<(Box<dyn ObjectStore>, object_store::path::Pat
 }
 
 /// A store's failure as modeld's error; the store's own words go to the log.
+/// What a failed write to the object cache tells the client: a full disk (or quota) by name,
+/// as UNAVAILABLE (503) — it passes once space is freed — and anything else as internal. The
+/// cache's directory goes to the log only.
+fn cache_error(dir: &Path, e: &std::io::Error) -> Error {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, StorageFull};
+    if matches!(e.kind(), StorageFull | QuotaExceeded | FileTooLarge) {
+        crate::client_event!(
+            tracing::Level::ERROR,
+            "object_cache_full",
+            dir = %dir.display(),
+            error = %e,
+            "the object cache's disk is full: free space there or lower --object-cache-bytes"
+        );
+        return Error::Unavailable(
+            "the server's object cache is full (no space left on its disk), so the model could not be \
+             copied from the store; retry once the operator has freed space"
+                .into(),
+        );
+    }
+    Error::internal(format!("object cache {}: {e}", dir.display()))
+}
+
 fn store_error(uri: &str, e: &object_store::Error) -> Error {
     match e {
         object_store::Error::NotFound { .. } => Error::model_file(
@@ -362,7 +384,7 @@ impl Objects {
                 });
             }
         }
-        let io = |e: std::io::Error| Error::internal(format!("object cache {}: {e}", self.dir.display()));
+        let io = |e: std::io::Error| cache_error(&self.dir, &e);
         tokio::fs::create_dir_all(&self.dir).await.map_err(io)?;
         let got = store.get(&path).await.map_err(|e| self.failed(uri, &e))?;
         let total = got.meta.size;

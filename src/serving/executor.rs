@@ -308,15 +308,13 @@ impl Drop for Executor {
 }
 
 fn run_engine(model: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
-    let name = &model.record.model_name;
-    // A panic inside an engine must cost one request, not a compute thread or the reactor.
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.model.engine.run(inputs))) {
-        Ok(Ok(outputs)) => Ok(outputs),
-        Ok(Err(e)) => Err(Error::internal(format!(
-            "model {name:?} failed on validated inputs: {e}"
-        ))),
-        Err(_) => Err(Error::internal(format!("model {name:?} panicked on validated inputs"))),
-    }
+    // The engine contains its own panics (engine.rs): one request fails, not a thread.
+    model.model.engine.run(inputs).map_err(|e| {
+        Error::internal(format!(
+            "model {:?} failed on validated inputs: {e}",
+            model.record.model_name
+        ))
+    })
 }
 
 fn worker(shared: &Shared) {

@@ -274,6 +274,13 @@ impl TestServer {
     }
 
     /// GetServerStatus.
+    /// `GET /api/v1/models` as JSON (tokens off).
+    pub async fn models_json(&self) -> serde_json::Value {
+        let r = reqwest::get(self.http_url("/api/v1/models")).await.unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+        r.json().await.unwrap()
+    }
+
     pub async fn status(&self) -> pb::ServerStatus {
         self.registry()
             .await
