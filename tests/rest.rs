@@ -336,7 +336,49 @@ async fn every_route_refuses_bad_input_with_a_json_error_and_changes_nothing() {
             Some(json!([1, 2])),
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
-            "not what this route takes",
+            "must be a JSON object",
+        ),
+        // serde reads a struct from an array: `[]` and `[null]` must not pass as empty bodies.
+        (
+            Method::PUT,
+            "/api/v1/models/1",
+            Some(json!([])),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "must be a JSON object",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/1/activate",
+            Some(json!([null])),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "must be a JSON object",
+        ),
+        (
+            Method::POST,
+            "/api/v1/models/rollback",
+            Some(json!(null)),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "must be a JSON object",
+        ),
+        // A required body may not be left out.
+        (
+            Method::PUT,
+            "/api/v1/models/1",
+            None,
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "takes a JSON object",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/rollout/canary",
+            Some(json!({"model_id": 1, "percentage": 10, "changed_by": "a\u{0}b"})),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "NUL",
         ),
     ] {
         let got = call(&server, method.clone(), path, body).await;
@@ -480,6 +522,7 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
         ("POST", "/api/v1/rollout/promote"),
         ("POST", "/api/v1/predict"),
         ("GET", "/api/v1/model-config"),
+        ("POST", "/api/v1/model-config"),
         ("POST", "/api/v1/models/{model_id}/download-url"),
         ("GET", "/api/v1/models/{model_id}/download"),
         ("GET", "/api/v1/events"),

@@ -158,6 +158,7 @@ pub struct DownloadUrl {
 #[serde(deny_unknown_fields)]
 pub struct DownloadUrlBody {
     /// Seconds until it expires (default 3600, at most the server's maximum).
+    #[schema(minimum = 1)]
     pub expires_in_secs: Option<u64>,
 }
 

@@ -27,10 +27,10 @@ use tokio_stream::StreamExt;
 use utoipa::ToSchema;
 
 use super::HttpState;
-use super::rest::{ErrorBody, ModelJson, body, model_id, ok, rest_error};
+use super::rest::{ErrorBody, ModelJson, model_id, ok, required_body, rest_error};
 use crate::error::Error;
 use crate::ops::EvaluateOptions;
-use crate::registry::{ActivationRecord, EvaluationRecord, EventRecord, ModelRef};
+use crate::registry::{ActivationRecord, EvaluationRecord, ModelRef};
 use crate::serving::stats::LATENCY_BUCKETS;
 
 /// The routes.
@@ -58,7 +58,9 @@ struct EventsQuery {
 /// sent as an `event: error` and the stream resumes when it answers again.
 #[utoipa::path(get, path = "/api/v1/events", tag = "lifecycle",
     params(("after" = Option<i64>, Query, description = "start after this event id (default: from now on)")),
-    responses((status = 200, description = "text/event-stream of EventRecord", content_type = "text/event-stream", body = EventRecord),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "server-sent events: each is `id: <event_id>`, `event: <kind>` and `data: <an EventRecord as JSON>`; \
+            `event: error` carries a message while the registry does not answer; a `:` comment line keeps the connection alive"),
         (status = 503, body = ErrorBody)))]
 async fn events(
     State(s): State<HttpState>,
@@ -375,6 +377,7 @@ async fn latest_evaluations(State(s): State<HttpState>) -> Response {
 pub struct DatasetJson {
     /// Features: `.npy` (with its labels beside it as `<name>_y.npy`) or `.csv`, under the
     /// model root, e.g. `eval/digits_x.npy`.
+    #[schema(min_length = 1, max_length = 1024)]
     pub path: String,
     /// Labels file, when not beside the features.
     #[serde(default)]
@@ -396,9 +399,11 @@ pub struct EvaluateBody {
     pub output: String,
     /// Stored with the figures.
     #[serde(default)]
+    #[schema(max_length = 10000)]
     pub notes: String,
     /// Who; defaults to "http" (the token's name when tokens are on).
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub evaluated_by: String,
 }
 
@@ -414,7 +419,7 @@ async fn evaluate(
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
     let id = or_reply!(model_id(&id));
-    let b: EvaluateBody = or_reply!(body(b));
+    let b: EvaluateBody = or_reply!(required_body(b));
     let Some(d) = b.dataset else {
         return rest_error(&Error::InvalidArgument(
             "name the dataset: {\"dataset\": {\"path\": \"eval/digits_x.npy\"}} (a path under the model root)".into(),
@@ -427,16 +432,7 @@ async fn evaluate(
     let options = EvaluateOptions {
         output: Some(b.output).filter(|o| !o.is_empty()),
         notes: b.notes,
-        evaluated_by: caller.map_or_else(
-            || {
-                if b.evaluated_by.is_empty() {
-                    "http".into()
-                } else {
-                    b.evaluated_by
-                }
-            },
-            |c| c.0.0.clone(),
-        ),
+        evaluated_by: or_reply!(super::rest::by(&caller, b.evaluated_by)),
     };
     match s
         .control

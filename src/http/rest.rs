@@ -115,11 +115,170 @@ pub fn routes() -> Router<HttpState> {
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> Response {
-    match ApiDoc::openapi().to_json() {
-        Ok(doc) => super::json_ok(doc),
-        Err(e) => rest_error(&Error::Internal(format!("cannot render the OpenAPI document: {e}"))),
+async fn openapi(State(s): State<HttpState>) -> Response {
+    // This server's own limit on signed URLs.
+    let mut doc = document().clone();
+    doc["components"]["schemas"]["DownloadUrlBody"]["properties"]["expires_in_secs"]["maximum"] =
+        s.control.downloads().max_expiry_secs.into();
+    super::json_ok(doc.to_string())
+}
+
+/// The OpenAPI document as served: what the derive says, plus what it cannot say.
+pub fn document() -> &'static Value {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        tighten(&mut doc);
+        doc
+    })
+}
+
+/// The rules the derive cannot state, so that the document says exactly what the server
+/// takes (schemathesis checks both ways, docs/http.md): every route may answer 400; ids are
+/// positive and every integer parameter fits in 64 bits; an optional body is absent, never
+/// `null`; no string holds a NUL byte; a rollout names its model once (by id or by name) and
+/// a prediction at most once; an evaluation needs its dataset; the model config answers POST
+/// as it answers GET.
+fn tighten(doc: &mut Value) {
+    let bad_request = serde_json::json!({
+        "description": "the request cannot be used; the message says why",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            for op in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+                // (Indexing a JSON object for writing adds the key: read with get_mut.)
+                if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                    responses.entry("400").or_insert_with(|| bad_request.clone());
+                }
+                for p in op
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    let name = p["name"].as_str().unwrap_or_default().to_string();
+                    let schema = &mut p["schema"];
+                    if name == "order_by" {
+                        schema["enum"] = serde_json::json!(["created_at", "name", "accuracy", "id"]);
+                    } else if schema["type"] == "string" && schema.get("pattern").is_none() {
+                        schema["pattern"] = NO_NUL.into();
+                    }
+                    if !is_type(schema, "integer") {
+                        continue;
+                    }
+                    let (min, max) = match name.as_str() {
+                        "model_id" => (1, i64::MAX),
+                        "limit" => (1, 1000),
+                        "offset" => (0, i64::MAX),
+                        _ => (i64::MIN, i64::MAX),
+                    };
+                    schema["minimum"] = min.into();
+                    schema["maximum"] = max.into();
+                }
+                if let Some(body) = op.pointer_mut("/requestBody/content/application~1json/schema") {
+                    let inner = body["oneOf"]
+                        .as_array()
+                        .filter(|o| o.len() == 2 && o[0]["type"] == "null")
+                        .map(|o| o[1].clone());
+                    if let Some(inner) = inner {
+                        *body = inner;
+                    }
+                }
+            }
+        }
+        // Server-sent events as schemathesis and OpenAPI 3.2 (`itemSchema`) read them: each
+        // event an object of its fields; `data` is an EventRecord (or, for `event: error`, a message).
+        if let Some(events) = paths
+            .get_mut("/api/v1/events")
+            .and_then(|e| e.pointer_mut("/get/responses/200/content/text~1event-stream"))
+        {
+            events["schema"] = serde_json::json!({
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "id": {"type": "string", "description": "the event id"},
+                    "event": {"type": "string", "description": "the event's kind, or `error`"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/EventRecord"}
+                    },
+                    "retry": {"type": "integer"}
+                }
+            });
+        }
+        let config = "/api/v1/model-config";
+        if let Some(get) = paths.get(config).and_then(|c| c.get("get")).cloned() {
+            let mut post = get;
+            post["operationId"] = "model_config_post".into();
+            post["summary"] = "The same as GET (the guide's client calls it with POST).".into();
+            paths[config]["post"] = post;
+        }
     }
+    let schemas = &mut doc["components"]["schemas"];
+    if let Some(all) = schemas.as_object_mut() {
+        let requests = all
+            .iter_mut()
+            .filter(|(name, _)| REQUEST_BODIES.contains(&name.as_str()));
+        for (_, schema) in requests {
+            let properties = schema.get_mut("properties").and_then(Value::as_object_mut);
+            for property in properties.into_iter().flat_map(|p| p.values_mut()) {
+                if is_type(property, "string") && property.get("pattern").is_none() {
+                    property["pattern"] = NO_NUL.into();
+                }
+            }
+        }
+    }
+    for body in ["RegisterBody", "RolloutBody", "PredictBody"] {
+        schemas[body]["properties"]["model_name"]["pattern"] = NAME.into();
+    }
+    // A path relative to the model root, or an object URI; never absolute.
+    schemas["RegisterBody"]["properties"]["file_path"]["pattern"] = "^[^/\\u0000][^\\u0000]*$".into();
+    // Platforms as X-App-Platform names them; app versions as `2.3.0` ("" clears the one for all).
+    let update = &mut schemas["UpdateBody"]["properties"];
+    update["min_app_versions"]["propertyNames"] = serde_json::json!({"pattern": "^[a-z0-9_-]{1,32}$"});
+    update["min_app_versions"]["additionalProperties"] =
+        serde_json::json!({"type": "string", "pattern": "^[A-Za-z0-9.+_-]{1,50}$"});
+    update["min_app_version"]["pattern"] = "^[A-Za-z0-9.+_-]{0,50}$".into();
+    let named = |field: &str, ty: &str| serde_json::json!({"required": [field], "properties": {field: {"type": ty}}});
+    schemas["RolloutBody"]["oneOf"] = serde_json::json!([named("model_id", "integer"), named("model_name", "string")]);
+    schemas["PredictBody"]["not"] = serde_json::json!({
+        "required": ["model_id", "model_name"],
+        "properties": {"model_id": {"type": "integer"}, "model_name": {"type": "string"}}
+    });
+    schemas["EvaluateBody"]["required"] = serde_json::json!(["dataset"]);
+    schemas["EvaluateBody"]["properties"]["dataset"] = serde_json::json!({"$ref": "#/components/schemas/DatasetJson"});
+}
+
+/// A model name (registry/name.rs): no control, line or paragraph separator, or common
+/// invisible characters, and no space at either end. (The server also refuses private-use and
+/// unassigned characters, which a pattern cannot list.)
+const NAME: &str = "^[^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]\
+     ([^\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]*\
+     [^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff])?$";
+
+/// The schemas of request bodies (their strings may not hold NUL; answers are not checked).
+const REQUEST_BODIES: [&str; 11] = [
+    "RegisterBody",
+    "UpdateBody",
+    "ActivateBody",
+    "RollbackBody",
+    "RolloutBody",
+    "ReasonBody",
+    "PredictBody",
+    "EvaluateBody",
+    "DatasetJson",
+    "DownloadUrlBody",
+    "RollbackPolicyJson",
+];
+
+/// No NUL byte: the registry stores none, and the server refuses them by field.
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// Whether a schema's `type` is `ty` or a list holding it.
+fn is_type(schema: &Value, ty: &str) -> bool {
+    schema["type"] == ty || schema["type"].as_array().is_some_and(|t| t.iter().any(|x| x == ty))
 }
 
 /// An error: `{"error": {"code": "NOT_FOUND", "message": "..."}}`.
@@ -201,6 +360,20 @@ pub(crate) fn ok<T: Serialize>(body: &T) -> Response {
 pub(crate) fn body<T: for<'de> Deserialize<'de> + Default>(
     b: Result<Bytes, BytesRejection>,
 ) -> Result<T, Box<Response>> {
+    parse_body(b, false)
+}
+
+/// [`body`] for a route whose body is required: an empty body is refused too.
+pub(crate) fn required_body<T: for<'de> Deserialize<'de> + Default>(
+    b: Result<Bytes, BytesRejection>,
+) -> Result<T, Box<Response>> {
+    parse_body(b, true)
+}
+
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(
+    b: Result<Bytes, BytesRejection>,
+    required: bool,
+) -> Result<T, Box<Response>> {
     let b = b.map_err(|e| {
         let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             tonic::Code::ResourceExhausted
@@ -211,14 +384,44 @@ pub(crate) fn body<T: for<'de> Deserialize<'de> + Default>(
         *r.status_mut() = e.status();
         Box::new(r)
     })?;
-    if b.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
+    let refuse = |m: String| Box::new(rest_error(&Error::InvalidArgument(m)));
+    // JSON's own whitespace only (not a form feed).
+    match b.iter().find(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+        None if required => Err(refuse("this route takes a JSON object in the request body".into())),
+        None => Ok(T::default()),
+        // serde reads a struct from an array too (`[]`, `[null]`): only an object is a body.
+        Some(b'{') => serde_json::from_slice::<Value>(&b)
+            .and_then(|mut v| {
+                whole_numbers(&mut v);
+                serde_json::from_value(v)
+            })
+            .map_err(|e| refuse(format!("the request body is not what this route takes: {e}"))),
+        Some(_) => Err(refuse("the request body must be a JSON object ({...})".into())),
     }
-    serde_json::from_slice(&b).map_err(|e| {
-        Box::new(rest_error(&Error::InvalidArgument(format!(
-            "the request body is not what this route takes: {e}"
-        ))))
-    })
+}
+
+/// JSON (and JSON Schema) count `42.0` as the integer 42, serde's integer fields do not:
+/// whole floats become integers before the body is read, except inside tensor `data` (read
+/// by its datatype).
+fn whole_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9_007_199_254_740_992.0
+            {
+                #[allow(clippy::cast_possible_truncation)]
+                let i = f as i64;
+                *v = Value::from(i);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(whole_numbers),
+        Value::Object(o) => o
+            .iter_mut()
+            .filter(|(k, _)| k.as_str() != "data")
+            .for_each(|(_, x)| whole_numbers(x)),
+        _ => {}
+    }
 }
 
 pub(crate) fn model_id(raw: &str) -> Result<i64, Box<Response>> {
@@ -233,12 +436,16 @@ pub(crate) fn model_id(raw: &str) -> Result<i64, Box<Response>> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RollbackPolicyJson {
     /// Error rate 0-1 over the window above which it is rolled back; null: never automatically.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub rollback_threshold: Option<f64>,
     /// Requests the window must hold before the threshold counts.
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub rollback_min_samples: u32,
     /// The sliding window, in seconds.
+    #[schema(minimum = 1, maximum = 3600)]
     pub rollback_window_secs: u32,
     /// Optional p99 latency threshold over the same window, in ms.
+    #[schema(exclusive_minimum = 0.0)]
     pub rollback_p99_ms: Option<f64>,
 }
 
@@ -435,20 +642,26 @@ async fn get_model(State(s): State<HttpState>, Path(id): Path<String>) -> Respon
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// Unique name.
+    #[schema(min_length = 1, max_length = 255)]
     pub model_name: String,
     /// Path of the file, relative to the model root.
+    #[schema(min_length = 1, max_length = 1024)]
     pub file_path: String,
     /// Version label.
     #[serde(default)]
+    #[schema(max_length = 50)]
     pub version: String,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 10000)]
     pub description: String,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub model_type: String,
     /// 0-1.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub accuracy: Option<f64>,
     /// Activate it right away.
     #[serde(default)]
@@ -458,6 +671,7 @@ pub struct RegisterBody {
     pub allow_signature_change: bool,
     /// Recorded as `created_by`; defaults to "http".
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub created_by: String,
 }
 
@@ -465,7 +679,7 @@ pub struct RegisterBody {
 #[utoipa::path(post, path = "/api/v1/models", tag = "registry", request_body = RegisterBody,
     responses((status = 201, body = ModelJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn register_model(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: RegisterBody = or_reply!(body(b));
+    let b: RegisterBody = or_reply!(required_body(b));
     let reg = Registration {
         name: b.model_name,
         file_path: b.file_path,
@@ -473,7 +687,7 @@ async fn register_model(State(s): State<HttpState>, caller: Caller, b: Result<By
         description: b.description,
         model_type: b.model_type,
         accuracy: b.accuracy,
-        created_by: by(&caller, b.created_by),
+        created_by: or_reply!(by(&caller, b.created_by)),
         activate: b.activate,
         allow_signature_change: b.allow_signature_change,
     };
@@ -491,16 +705,21 @@ async fn register_model(State(s): State<HttpState>, caller: Caller, b: Result<By
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
     /// New version label.
+    #[schema(max_length = 50)]
     pub version: Option<String>,
     /// New description.
+    #[schema(max_length = 10000)]
     pub description: Option<String>,
     /// New type.
+    #[schema(max_length = 100)]
     pub model_type: Option<String>,
     /// New accuracy, 0-1.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub accuracy: Option<f64>,
     /// A new rollback policy (the whole policy).
     pub rollback: Option<RollbackPolicyJson>,
     /// The oldest app version that may use it (every platform); "" clears it.
+    #[schema(max_length = 50)]
     pub min_app_version: Option<String>,
     /// Per platform, e.g. `{"ios": "2.3.0"}` (replaces them all).
     pub min_app_versions: Option<std::collections::BTreeMap<String, String>>,
@@ -516,7 +735,7 @@ async fn update_model(
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
     let id = or_reply!(model_id(&id));
-    let b: UpdateBody = or_reply!(body(b));
+    let b: UpdateBody = or_reply!(required_body(b));
     let changes = ModelChanges {
         version: b.version,
         description: b.description,
@@ -556,9 +775,11 @@ async fn delete_model(State(s): State<HttpState>, Path(id): Path<String>) -> Res
 pub struct ActivateBody {
     /// Why; kept in the activation history.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub reason: String,
     /// Recorded in the history; defaults to "http".
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub activated_by: String,
     /// Even if its inputs or outputs would break the active model's clients.
     #[serde(default)]
@@ -592,8 +813,13 @@ fn who(by: String) -> String {
 /// (default "http").
 type Caller = Option<axum::Extension<crate::api::access::Caller>>;
 
-fn by(caller: &Caller, given: String) -> String {
-    caller.as_ref().map_or_else(|| who(given), |c| c.0.0.clone())
+/// The given name is checked even when the token's name replaces it: the same body is refused
+/// alike with tokens on and off.
+pub(crate) fn by(caller: &Caller, given: String) -> Result<String, Box<Response>> {
+    crate::registry::text::WHO
+        .check(&given)
+        .map_err(|e| Box::new(rest_error(&e)))?;
+    Ok(caller.as_ref().map_or_else(|| who(given), |c| c.0.0.clone()))
 }
 
 /// Activate a model: it is loaded, verified and warmed before the switch; every server of the
@@ -610,7 +836,7 @@ async fn activate_model(
     let id = or_reply!(model_id(&id));
     let b: ActivateBody = or_reply!(body(b));
     let meta = ActivationMeta {
-        activated_by: by(&caller, b.activated_by),
+        activated_by: or_reply!(by(&caller, b.activated_by)),
         reason: b.reason,
         is_rollback: false,
     };
@@ -630,25 +856,28 @@ async fn activate_model(
 pub struct RollbackBody {
     /// Why.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub reason: String,
     /// Who; defaults to "http".
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub activated_by: String,
     /// Roll back only while this model is still the active one (so two people rolling back
     /// from it at once roll back once).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub from_model_id: Option<i64>,
 }
 
 /// Re-activate the model that was active before the current one.
 #[utoipa::path(post, path = "/api/v1/models/rollback", tag = "registry", request_body = Option<RollbackBody>,
-    responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = ActivationJson), (status = 404, body = ErrorBody, description = "from_model_id names no model"), (status = 409, body = ErrorBody)))]
 async fn rollback(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
     let b: RollbackBody = or_reply!(body(b));
     let from = b.from_model_id.map(ModelRef::Id);
     match s
         .control
-        .rollback(&by(&caller, b.activated_by), &b.reason, from.as_ref())
+        .rollback(&or_reply!(by(&caller, b.activated_by)), &b.reason, from.as_ref())
         .await
     {
         Ok(done) => ok(&activation(&done)),
@@ -688,20 +917,25 @@ async fn get_rollout(State(s): State<HttpState>) -> Response {
 pub struct RolloutBody {
     /// The model, by id (or give `model_name`).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub model_id: Option<i64>,
     /// The model, by name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
     pub model_name: Option<String>,
     /// Its share of requests, 0-100.
+    #[schema(maximum = 100)]
     pub percentage: u32,
     /// Even if its signature would break the active model's clients.
     #[serde(default)]
     pub allow_signature_change: bool,
     /// Who; defaults to "http".
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub changed_by: String,
     /// Why.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub reason: String,
 }
 
@@ -711,14 +945,16 @@ pub struct RolloutBody {
 pub struct ReasonBody {
     /// Who; defaults to "http".
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub changed_by: String,
     /// Why.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub reason: String,
 }
 
 async fn set_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: RolloutBody = or_reply!(body(b));
+    let b: RolloutBody = or_reply!(required_body(b));
     let model = match (b.model_id, b.model_name) {
         (Some(id), None) => ModelRef::Id(id),
         (None, Some(name)) => ModelRef::Name(name),
@@ -742,7 +978,7 @@ async fn set_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result<B
             &model,
             percentage,
             b.allow_signature_change,
-            &by(caller, b.changed_by),
+            &or_reply!(by(caller, b.changed_by)),
             &b.reason,
         )
         .await
@@ -756,7 +992,7 @@ async fn clear_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result
     let b: ReasonBody = or_reply!(body(b));
     match s
         .control
-        .clear_rollout(role, &by(caller, b.changed_by), &b.reason)
+        .clear_rollout(role, &or_reply!(by(caller, b.changed_by)), &b.reason)
         .await
     {
         Ok(_) => rollout_now(s).await,
@@ -766,7 +1002,7 @@ async fn clear_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result
 
 /// Make a model the canary with a percentage (or change the canary's percentage).
 #[utoipa::path(put, path = "/api/v1/rollout/canary", tag = "rollout", request_body = RolloutBody,
-    responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn set_canary(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
     set_role(&s, &caller, RolloutRole::Canary, b).await
 }
@@ -780,7 +1016,7 @@ async fn clear_canary(State(s): State<HttpState>, caller: Caller, b: Result<Byte
 
 /// Make a model the shadow with a percentage.
 #[utoipa::path(put, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = RolloutBody,
-    responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn set_shadow(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
     set_role(&s, &caller, RolloutRole::Shadow, b).await
 }
@@ -797,7 +1033,11 @@ async fn clear_shadow(State(s): State<HttpState>, caller: Caller, b: Result<Byte
     responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
 async fn promote(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
     let b: ActivateBody = or_reply!(body(b));
-    match s.control.promote(&by(&caller, b.activated_by), &b.reason).await {
+    match s
+        .control
+        .promote(&or_reply!(by(&caller, b.activated_by)), &b.reason)
+        .await
+    {
         Ok(done) => ok(&activation(&done)),
         Err(e) => rest_error(&e),
     }
@@ -825,9 +1065,11 @@ pub struct PredictBody {
     /// A registered model by id; absent (and no `model_name`): the active model (or the canary,
     /// by routing key).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub model_id: Option<i64>,
     /// A registered model by name.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255)]
     pub model_name: Option<String>,
     /// Routes a canary as over gRPC.
     #[serde(default)]
@@ -855,7 +1097,7 @@ pub struct PredictJson {
 #[utoipa::path(post, path = "/api/v1/predict", tag = "predict", request_body = PredictBody,
     responses((status = 200, body = PredictJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn predict(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: PredictBody = or_reply!(body(b));
+    let b: PredictBody = or_reply!(required_body(b));
     let name = match (b.model_id, b.model_name) {
         (Some(_), Some(_)) => {
             return rest_error(&Error::InvalidArgument(

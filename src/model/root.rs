@@ -81,7 +81,15 @@ impl ModelRoot {
         let joined = self.canonical.join(p);
         let canonical = match joined.canonicalize() {
             Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A name too long or a path through a file names no file either.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::InvalidFilename
+                        | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
                 return Err(Error::model_file(
                     FileProblem::Missing,
                     format!(

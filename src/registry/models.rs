@@ -151,8 +151,11 @@ pub struct RollbackPolicy {
     pub p99_ms: Option<f64>,
 }
 
+/// The largest `min_samples` of a rollback policy.
+pub const MAX_MIN_SAMPLES: u32 = 1_000_000;
+
 impl RollbackPolicy {
-    /// Refuses values the schema would.
+    /// Refuses values the schema would (the column is a 32-bit integer).
     ///
     /// # Errors
     /// `InvalidArgument` naming the value.
@@ -164,10 +167,11 @@ impl RollbackPolicy {
                 "the rollback threshold is an error rate from 0 to 1, got {t}"
             )));
         }
-        if self.min_samples == 0 {
-            return Err(Error::InvalidArgument(
-                "the rollback's minimum sample count is at least 1".into(),
-            ));
+        if !(1..=MAX_MIN_SAMPLES).contains(&self.min_samples) {
+            return Err(Error::InvalidArgument(format!(
+                "the rollback's minimum sample count is 1 to {MAX_MIN_SAMPLES}, got {}",
+                self.min_samples
+            )));
         }
         if !(1..=3600).contains(&self.window_secs) {
             return Err(Error::InvalidArgument(format!(
