@@ -548,14 +548,7 @@ async fn a_registry_file_removed_under_the_server_refuses_changes_and_is_reporte
     // The status says so, with the reason; the model in memory keeps serving.
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let s: Value = c
-            .get(server.http_url("/api/v1/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s = get_json(server.http_url("/api/v1/status")).await;
         if s["registry_reachable"] == false {
             break s;
         }

@@ -77,16 +77,14 @@ for name in A B; do
   stop_all
 done
 
-"$clients_py" - "$dir" "$concurrency" "$rounds" "$(stat -c %s "$body")" >"$dir/summary.md" <<'PY'
-import csv, os, statistics, sys
-d, conc, rounds, size = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), int(sys.argv[4])
+"$clients_py" - "$load_dir" "$dir" "$concurrency" "$rounds" "$(stat -c %s "$body")" >"$dir/summary.md" <<'PY'
+import os, statistics, sys
+sys.path.insert(0, sys.argv[1])
+from report import read_csv
+d, conc, rounds, size = sys.argv[2], sys.argv[3].split(), int(sys.argv[4]), int(sys.argv[5])
 def read(name):
-    try:
-        with open(os.path.join(d, name)) as f:
-            row = list(csv.DictReader(f))[-1]
-        return float(row["Inferences/Second"]), float(row["p50 latency"])
-    except (OSError, IndexError, KeyError, ValueError):
-        return None
+    r = read_csv(os.path.join(d, name))
+    return (r["tput"], r["p50"]) if r else None
 print(f"Medians over {rounds} rounds (each round: A, then B). perf_analyzer, sync client, gRPC, the MLP.")
 print()
 print("| concurrency | build | infer/s | p50 | B / A throughput | runs |")

@@ -910,6 +910,11 @@ impl LoggedServer {
     }
 }
 
+/// `GET url` as JSON (no token), whatever its status.
+pub async fn get_json(url: String) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// PATH and LD_LIBRARY_PATH with the client tools, installed once per test run.
 pub fn client_env() -> &'static [(String, String)] {
     static ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
