@@ -494,6 +494,21 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
     let (status, doc) = call(&server, Method::GET, "/api/v1/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    // The schemas state the registry's own limits.
+    let schemas = &doc["components"]["schemas"];
+    for (schema, field, max) in [
+        ("RegisterBody", "version", 50),
+        ("RegisterBody", "model_name", 255),
+        ("UpdateBody", "description", 10_000),
+        ("RolloutBody", "reason", 1000),
+        ("EvaluateBody", "evaluated_by", 255),
+    ] {
+        assert_eq!(schemas[schema]["properties"][field]["maxLength"], max, "{schema}.{field}");
+    }
+    assert_eq!(
+        schemas["RollbackPolicyJson"]["properties"]["rollback_window_secs"]["maximum"],
+        3600
+    );
     let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
         .as_object()
         .unwrap()

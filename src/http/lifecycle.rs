@@ -399,11 +399,9 @@ pub struct EvaluateBody {
     pub output: String,
     /// Stored with the figures.
     #[serde(default)]
-    #[schema(max_length = 10000)]
     pub notes: String,
     /// Who; defaults to "http" (the token's name when tokens are on).
     #[serde(default)]
-    #[schema(max_length = 255)]
     pub evaluated_by: String,
 }
 

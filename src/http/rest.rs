@@ -223,9 +223,15 @@ fn tighten(doc: &mut Value) {
             .filter(|(name, _)| REQUEST_BODIES.contains(&name.as_str()));
         for (_, schema) in requests {
             let properties = schema.get_mut("properties").and_then(Value::as_object_mut);
-            for property in properties.into_iter().flat_map(|p| p.values_mut()) {
-                if is_type(property, "string") && property.get("pattern").is_none() {
+            for (name, property) in properties.into_iter().flat_map(|p| p.iter_mut()) {
+                if !is_type(property, "string") {
+                    continue;
+                }
+                if property.get("pattern").is_none() {
                     property["pattern"] = NO_NUL.into();
+                }
+                if let Some(max) = crate::registry::text::max_chars(name) {
+                    property["maxLength"] = max.into();
                 }
             }
         }
@@ -233,6 +239,10 @@ fn tighten(doc: &mut Value) {
     for body in ["RegisterBody", "RolloutBody", "PredictBody"] {
         schemas[body]["properties"]["model_name"]["pattern"] = NAME.into();
     }
+    // The registry's own bounds on a rollback policy.
+    let policy = &mut schemas["RollbackPolicyJson"]["properties"];
+    policy["rollback_min_samples"]["maximum"] = crate::registry::MAX_MIN_SAMPLES.into();
+    policy["rollback_window_secs"]["maximum"] = crate::registry::MAX_WINDOW_SECS.into();
     // A path relative to the model root, or an object URI; never absolute.
     schemas["RegisterBody"]["properties"]["file_path"]["pattern"] = "^[^/\\u0000][^\\u0000]*$".into();
     // Platforms as X-App-Platform names them; app versions as `2.3.0` ("" clears the one for all).
@@ -390,10 +400,13 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(
         None if required => Err(refuse("this route takes a JSON object in the request body".into())),
         None => Ok(T::default()),
         // serde reads a struct from an array too (`[]`, `[null]`): only an object is a body.
-        Some(b'{') => serde_json::from_slice::<Value>(&b)
-            .and_then(|mut v| {
-                whole_numbers(&mut v);
-                serde_json::from_value(v)
+        // One parse; only a body serde refused is read again with whole floats made integers.
+        Some(b'{') => serde_json::from_slice(&b)
+            .or_else(|_| {
+                serde_json::from_slice::<Value>(&b).and_then(|mut v| {
+                    whole_numbers(&mut v);
+                    serde_json::from_value(v)
+                })
             })
             .map_err(|e| refuse(format!("the request body is not what this route takes: {e}"))),
         Some(_) => Err(refuse("the request body must be a JSON object ({...})".into())),
@@ -439,10 +452,10 @@ pub struct RollbackPolicyJson {
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub rollback_threshold: Option<f64>,
     /// Requests the window must hold before the threshold counts.
-    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[schema(minimum = 1)]
     pub rollback_min_samples: u32,
     /// The sliding window, in seconds.
-    #[schema(minimum = 1, maximum = 3600)]
+    #[schema(minimum = 1)]
     pub rollback_window_secs: u32,
     /// Optional p99 latency threshold over the same window, in ms.
     #[schema(exclusive_minimum = 0.0)]
@@ -642,22 +655,19 @@ async fn get_model(State(s): State<HttpState>, Path(id): Path<String>) -> Respon
 #[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     /// Unique name.
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(min_length = 1)]
     pub model_name: String,
     /// Path of the file, relative to the model root.
-    #[schema(min_length = 1, max_length = 1024)]
+    #[schema(min_length = 1)]
     pub file_path: String,
     /// Version label.
     #[serde(default)]
-    #[schema(max_length = 50)]
     pub version: String,
     /// Free text.
     #[serde(default)]
-    #[schema(max_length = 10000)]
     pub description: String,
     /// Free text.
     #[serde(default)]
-    #[schema(max_length = 100)]
     pub model_type: String,
     /// 0-1.
     #[serde(default)]
@@ -671,7 +681,6 @@ pub struct RegisterBody {
     pub allow_signature_change: bool,
     /// Recorded as `created_by`; defaults to "http".
     #[serde(default)]
-    #[schema(max_length = 255)]
     pub created_by: String,
 }
 
@@ -705,13 +714,10 @@ async fn register_model(State(s): State<HttpState>, caller: Caller, b: Result<By
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
     /// New version label.
-    #[schema(max_length = 50)]
     pub version: Option<String>,
     /// New description.
-    #[schema(max_length = 10000)]
     pub description: Option<String>,
     /// New type.
-    #[schema(max_length = 100)]
     pub model_type: Option<String>,
     /// New accuracy, 0-1.
     #[schema(minimum = 0.0, maximum = 1.0)]
@@ -719,7 +725,6 @@ pub struct UpdateBody {
     /// A new rollback policy (the whole policy).
     pub rollback: Option<RollbackPolicyJson>,
     /// The oldest app version that may use it (every platform); "" clears it.
-    #[schema(max_length = 50)]
     pub min_app_version: Option<String>,
     /// Per platform, e.g. `{"ios": "2.3.0"}` (replaces them all).
     pub min_app_versions: Option<std::collections::BTreeMap<String, String>>,
@@ -775,11 +780,9 @@ async fn delete_model(State(s): State<HttpState>, Path(id): Path<String>) -> Res
 pub struct ActivateBody {
     /// Why; kept in the activation history.
     #[serde(default)]
-    #[schema(max_length = 1000)]
     pub reason: String,
     /// Recorded in the history; defaults to "http".
     #[serde(default)]
-    #[schema(max_length = 255)]
     pub activated_by: String,
     /// Even if its inputs or outputs would break the active model's clients.
     #[serde(default)]
@@ -856,11 +859,9 @@ async fn activate_model(
 pub struct RollbackBody {
     /// Why.
     #[serde(default)]
-    #[schema(max_length = 1000)]
     pub reason: String,
     /// Who; defaults to "http".
     #[serde(default)]
-    #[schema(max_length = 255)]
     pub activated_by: String,
     /// Roll back only while this model is still the active one (so two people rolling back
     /// from it at once roll back once).
@@ -921,7 +922,7 @@ pub struct RolloutBody {
     pub model_id: Option<i64>,
     /// The model, by name.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(min_length = 1)]
     pub model_name: Option<String>,
     /// Its share of requests, 0-100.
     #[schema(maximum = 100)]
@@ -931,11 +932,9 @@ pub struct RolloutBody {
     pub allow_signature_change: bool,
     /// Who; defaults to "http".
     #[serde(default)]
-    #[schema(max_length = 255)]
     pub changed_by: String,
     /// Why.
     #[serde(default)]
-    #[schema(max_length = 1000)]
     pub reason: String,
 }
 
@@ -945,11 +944,9 @@ pub struct RolloutBody {
 pub struct ReasonBody {
     /// Who; defaults to "http".
     #[serde(default)]
-    #[schema(max_length = 255)]
     pub changed_by: String,
     /// Why.
     #[serde(default)]
-    #[schema(max_length = 1000)]
     pub reason: String,
 }
 
@@ -1069,7 +1066,7 @@ pub struct PredictBody {
     pub model_id: Option<i64>,
     /// A registered model by name.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(min_length = 1)]
     pub model_name: Option<String>,
     /// Routes a canary as over gRPC.
     #[serde(default)]

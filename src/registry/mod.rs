@@ -114,7 +114,9 @@ pub mod rollout;
 
 pub use activations::{Activation, ActivationMeta, ActivationRecord, Conditions};
 pub use events::{EventKind, EventRecord};
-pub use models::{ModelChanges, ModelRecord, ModelRef, NewModel, Order, RollbackPolicy};
+pub use models::{
+    MAX_MIN_SAMPLES, MAX_WINDOW_SECS, ModelChanges, ModelRecord, ModelRef, NewModel, Order, RollbackPolicy,
+};
 pub use performance::EvaluationRecord;
 pub use rollout::{Rollout, RolloutChange, RolloutChangeRecord, RolloutMeta, RolloutRole};
 

@@ -154,6 +154,9 @@ pub struct RollbackPolicy {
 /// The largest `min_samples` of a rollback policy.
 pub const MAX_MIN_SAMPLES: u32 = 1_000_000;
 
+/// The longest window of a rollback policy, in seconds.
+pub const MAX_WINDOW_SECS: u32 = 3600;
+
 impl RollbackPolicy {
     /// Refuses values the schema would (the column is a 32-bit integer).
     ///
@@ -173,9 +176,9 @@ impl RollbackPolicy {
                 self.min_samples
             )));
         }
-        if !(1..=3600).contains(&self.window_secs) {
+        if !(1..=MAX_WINDOW_SECS).contains(&self.window_secs) {
             return Err(Error::InvalidArgument(format!(
-                "the rollback window is 1 to 3600 seconds, got {}",
+                "the rollback window is 1 to {MAX_WINDOW_SECS} seconds, got {}",
                 self.window_secs
             )));
         }

@@ -21,6 +21,23 @@ pub const NOTES: Limit = Limit("notes", 10_000);
 /// `min_app_version` and the per-platform versions.
 pub const APP_VERSION: Limit = Limit("min_app_version", 50);
 
+/// The most characters of a request field, by the field's name (the REST API's schemas state
+/// them from here).
+pub fn max_chars(field: &str) -> Option<usize> {
+    Some(match field {
+        "version" => VERSION.1,
+        "file_path" => FILE_PATH.1,
+        "description" => DESCRIPTION.1,
+        "model_type" => MODEL_TYPE.1,
+        "created_by" | "activated_by" | "changed_by" | "evaluated_by" => WHO.1,
+        "reason" => REASON.1,
+        "notes" => NOTES.1,
+        "min_app_version" => APP_VERSION.1,
+        "model_name" => crate::registry::name::MAX_NAME_CHARS,
+        _ => return None,
+    })
+}
+
 /// A field's name and its most characters.
 #[derive(Debug, Clone, Copy)]
 pub struct Limit(pub &'static str, pub usize);
