@@ -503,7 +503,10 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
         ("RolloutBody", "reason", 1000),
         ("EvaluateBody", "evaluated_by", 255),
     ] {
-        assert_eq!(schemas[schema]["properties"][field]["maxLength"], max, "{schema}.{field}");
+        assert_eq!(
+            schemas[schema]["properties"][field]["maxLength"], max,
+            "{schema}.{field}"
+        );
     }
     assert_eq!(
         schemas["RollbackPolicyJson"]["properties"]["rollback_window_secs"]["maximum"],
