@@ -516,12 +516,36 @@ async fn a_registry_file_removed_under_the_server_refuses_changes_and_is_reporte
     let c = client();
     let ok = c.get(server.http_url("/api/v1/models")).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
+    let mut events = c.get(server.http_url("/api/v1/events")).send().await.unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
     // The operator removes the database (and its WAL files) while the server runs.
     for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
         if entry.file_name().to_string_lossy().starts_with("modeld.db") {
             std::fs::remove_file(entry.path()).unwrap();
         }
     }
+    // A follower of the event stream hears why, as a REST error.
+    let mut seen = String::new();
+    let error = loop {
+        if let Some(data) = seen
+            .split("\n\n")
+            .find(|e| e.contains("event: error"))
+            .and_then(|e| e.lines().find_map(|l| l.strip_prefix("data:")))
+        {
+            break serde_json::from_str::<Value>(data.trim()).unwrap();
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+            .await
+            .expect("an error event within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    };
+    assert_eq!(error["error"]["code"], "UNAVAILABLE", "{error}");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("removed"),
+        "{error}"
+    );
     // Every change is refused, never acknowledged into the removed file; reads say why too.
     let r = c
         .post(server.http_url("/api/v1/models"))

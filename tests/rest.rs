@@ -494,6 +494,14 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
     let (status, doc) = call(&server, Method::GET, "/api/v1/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{}", doc["openapi"]);
+    // Every route documents 400 and 503 (e.g. the registry unreachable).
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for code in ["400", "503"] {
+                assert!(op["responses"].get(code).is_some(), "{method} {path} lacks {code}");
+            }
+        }
+    }
     // The schemas state the registry's own limits.
     let schemas = &doc["components"]["schemas"];
     for (schema, field, max) in [

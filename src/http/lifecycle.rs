@@ -60,7 +60,7 @@ struct EventsQuery {
     params(("after" = Option<i64>, Query, description = "start after this event id (default: from now on)")),
     responses((status = 200, content_type = "text/event-stream", body = String,
         description = "server-sent events: each is `id: <event_id>`, `event: <kind>` and `data: <an EventRecord as JSON>`; \
-            `event: error` carries a message while the registry does not answer; a `:` comment line keeps the connection alive"),
+            `event: error` carries an ErrorBody while the registry does not answer; a `:` comment line keeps the connection alive"),
         (status = 503, body = ErrorBody)))]
 async fn events(
     State(s): State<HttpState>,
@@ -87,7 +87,8 @@ async fn events(
                 .data(serde_json::to_string(&e).unwrap_or_else(|_| "{}".into())),
             Err(e) => Event::default()
                 .event("error")
-                .data(tonic::Status::from(e).message().replace(['\r', '\n'], " ")),
+                // As a REST error: {"error": {"code", "message"}} (JSON has no raw newline).
+                .data(serde_json::to_string(&ErrorBody::of(&tonic::Status::from(e))).unwrap_or_else(|_| "{}".into())),
         })
     });
     Sse::new(stream)

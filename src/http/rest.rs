@@ -134,7 +134,7 @@ pub fn document() -> &'static Value {
 }
 
 /// The rules the derive cannot state, so that the document says exactly what the server
-/// takes (schemathesis checks both ways, docs/http.md): every route may answer 400; ids are
+/// takes (schemathesis checks both ways, docs/http.md): every route may answer 400 and 503; ids are
 /// positive and every integer parameter fits in 64 bits; an optional body is absent, never
 /// `null`; no string holds a NUL byte; a rollout names its model once (by id or by name) and
 /// a prediction at most once; an evaluation needs its dataset; the model config answers POST
@@ -144,12 +144,19 @@ fn tighten(doc: &mut Value) {
         "description": "the request cannot be used; the message says why",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     });
+    // The registry unreachable (or its file removed), the request bytes' budget full, the
+    // server shutting down: any route.
+    let unavailable = serde_json::json!({
+        "description": "the server cannot answer now (the message says why); retry later",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    });
     if let Some(paths) = doc["paths"].as_object_mut() {
         for item in paths.values_mut() {
             for op in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
                 // (Indexing a JSON object for writing adds the key: read with get_mut.)
                 if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
                     responses.entry("400").or_insert_with(|| bad_request.clone());
+                    responses.entry("503").or_insert_with(|| unavailable.clone());
                 }
                 for p in op
                     .get_mut("parameters")
@@ -188,7 +195,8 @@ fn tighten(doc: &mut Value) {
             }
         }
         // Server-sent events as schemathesis and OpenAPI 3.2 (`itemSchema`) read them: each
-        // event an object of its fields; `data` is an EventRecord (or, for `event: error`, a message).
+        // event an object of its fields; `data` is an EventRecord as JSON (for `event: error`,
+        // an ErrorBody, as a REST error).
         if let Some(events) = paths
             .get_mut("/api/v1/events")
             .and_then(|e| e.pointer_mut("/get/responses/200/content/text~1event-stream"))
@@ -202,7 +210,10 @@ fn tighten(doc: &mut Value) {
                     "data": {
                         "type": "string",
                         "contentMediaType": "application/json",
-                        "contentSchema": {"$ref": "#/components/schemas/EventRecord"}
+                        "contentSchema": {"oneOf": [
+                            {"$ref": "#/components/schemas/EventRecord"},
+                            {"$ref": "#/components/schemas/ErrorBody"}
+                        ]}
                     },
                     "retry": {"type": "integer"}
                 }
@@ -333,14 +344,20 @@ fn code_name(code: tonic::Code) -> &'static str {
 
 /// A gRPC status as the REST API's error (its status code, code name and message; an
 /// overload's retry hint as `Retry-After`).
+impl ErrorBody {
+    /// The error body of a status: its code's name and its message.
+    pub fn of(s: &tonic::Status) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code_name(s.code()).into(),
+                message: s.message().into(),
+            },
+        }
+    }
+}
+
 pub fn status_rest_error(s: &tonic::Status) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            code: code_name(s.code()).into(),
-            message: s.message().into(),
-        },
-    };
-    let mut r = json_response(super::http_status(s.code()), &body);
+    let mut r = json_response(super::http_status(s.code()), &ErrorBody::of(s));
     if let Some(v) = super::status_error(s).headers().get(header::RETRY_AFTER) {
         r.headers_mut().insert(header::RETRY_AFTER, v.clone());
     }

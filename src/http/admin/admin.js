@@ -469,7 +469,12 @@ function startLive() {
     }
   };
   for (const kind of EVENT_KINDS) es.addEventListener(kind, onEvent);
-  es.addEventListener('error', (ev) => { if (ev.data) notice(`event stream: ${ev.data}`); });
+  es.addEventListener('error', (ev) => {
+    if (!ev.data) return;
+    let said = ev.data;
+    try { said = JSON.parse(ev.data).error.message || said; } catch (_) { /* not JSON: show it as sent */ }
+    notice(`event stream: ${said}`);
+  });
   pollStats();
   state.statsTimer = setInterval(pollStats, STATS_EVERY_MS);
 }
