@@ -490,9 +490,10 @@ fn browser_env() -> Option<Vec<(String, String)>> {
     )
 }
 
-/// The click path in headless Chromium against the real binary: sign in, activate
-/// another version and see the active marker move, set canary 10 %, see an event made by the
-/// CLI arrive, roll back; screenshots in target/tmp/admin-screenshots (and, with
+/// The click path in headless Chromium against the real binary (tests/admin/click_path.js
+/// says each step): sign in, the recent events and each model's state, activate another
+/// version, downloads, register, sort, search and paging, canary, an event made by the CLI,
+/// roll back; screenshots in target/tmp/admin-screenshots (and, with
 /// MODELD_UPDATE_DOCS=1, the last one as docs/admin.png).
 #[tokio::test]
 async fn the_click_path_in_headless_chromium() {
@@ -503,12 +504,18 @@ async fn the_click_path_in_headless_chromium() {
     let admin = tokens.create("ops", &[Scope::Admin], None).unwrap();
     let tokens_file = root.path().join("tokens.jsonl");
     tokens.write(&tokens_file).unwrap();
+    // A signing key, for the signed URL the page asks for.
+    let keys = tempfile::tempdir().unwrap();
+    let signing = keys.path().join("signing.key");
+    std::fs::write(&signing, "k1:0123456789abcdef0123456789abcdef\n").unwrap();
     let server = LoggedServer::start(
         &db.url,
         root.path(),
         &[
             "--tokens-file",
             tokens_file.to_str().unwrap(),
+            "--signing-key-file",
+            signing.to_str().unwrap(),
             "--registry-poll-ms",
             "50",
         ],
@@ -545,14 +552,14 @@ async fn the_click_path_in_headless_chromium() {
     );
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let taken = summary["screenshots"].as_array().unwrap();
-    assert_eq!(taken.len(), 6, "{summary}");
+    assert_eq!(taken.len(), 8, "{summary}");
     for f in taken {
         let bytes = std::fs::read(f.as_str().unwrap()).unwrap();
         assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{f}");
     }
     if std::env::var("MODELD_UPDATE_DOCS").is_ok() {
         std::fs::copy(
-            shots.join("05-cli-event.png"),
+            shots.join("07-cli-event.png"),
             bundled_models().join("../docs/admin.png"),
         )
         .unwrap();

@@ -177,6 +177,7 @@ impl Sessions {
 pub fn routes(state: &HttpState) -> Router<HttpState> {
     let api = super::rest::routes()
         .merge(super::lifecycle::routes())
+        .merge(super::download::admin_routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), session_check));
     Router::new()
         .route("/admin", get(page))
@@ -405,7 +406,7 @@ async fn session_check(
     let path = req.uri().path().to_string();
     let scope = match crate::auth::http_need(req.method().as_str(), &path) {
         Need::Scope(scope) => scope,
-        Need::Open | Need::OpenUnless(_) => Scope::Read,
+        Need::Open | Need::OpenUnless(_) | Need::Describe => Scope::Read,
     };
     let session = match session_of(&s, req.headers(), scope) {
         Ok(session) => session,

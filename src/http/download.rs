@@ -250,6 +250,26 @@ pub fn routes() -> axum::Router<HttpState> {
         .layer(super::model_config::cors())
 }
 
+/// The admin page's downloads, behind its session (`/admin/api/v1/...`): a signed URL to
+/// hand to a device, and the file itself for the signed-in operator (no URL to sign).
+pub fn admin_routes() -> axum::Router<HttpState> {
+    axum::Router::new()
+        .route(
+            "/api/v1/models/{model_id}/download-url",
+            axum::routing::post(download_url),
+        )
+        .route("/api/v1/models/{model_id}/file", axum::routing::get(session_download))
+}
+
+/// A model's file for the admin page's signed-in operator (the session was checked).
+async fn session_download(State(s): State<HttpState>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
+    let id = or_reply!(super::rest::model_id(&id));
+    match s.control.registry().get(&ModelRef::Id(id)).await {
+        Ok(record) => serve_file(&s, &record, &headers).await,
+        Err(e) => rest_error(&e),
+    }
+}
+
 /// Get a signed download URL for a model's file.
 #[utoipa::path(post, path = "/api/v1/models/{model_id}/download-url", tag = "download",
     request_body = Option<DownloadUrlBody>,

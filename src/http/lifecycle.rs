@@ -49,7 +49,12 @@ pub fn routes() -> Router<HttpState> {
 struct EventsQuery {
     #[serde(default)]
     after: Option<i64>,
+    #[serde(default)]
+    recent: Option<i64>,
 }
+
+/// The most recent events `?recent=` may ask for.
+const MAX_RECENT: i64 = 1000;
 
 /// Follow the registry's events as server-sent events (`text/event-stream`): every change made
 /// on any server of the registry or by the CLI. Each event's `id:` is its event id; a client
@@ -57,7 +62,9 @@ struct EventsQuery {
 /// missed. Without either, it starts with the next event. A registry that stops answering is
 /// sent as an `event: error` and the stream resumes when it answers again.
 #[utoipa::path(get, path = "/api/v1/events", tag = "lifecycle",
-    params(("after" = Option<i64>, Query, description = "start after this event id (default: from now on)")),
+    params(("after" = Option<i64>, Query, description = "start after this event id (default: from now on)"),
+        ("recent" = Option<i64>, Query, minimum = 0, maximum = 1000,
+            description = "without after: start with (up to) this many of the most recent events, then live")),
     responses((status = 200, content_type = "text/event-stream", body = String,
         description = "server-sent events: each is `id: <event_id>`, `event: <kind>` and `data: <an EventRecord as JSON>`; \
             `event: error` carries an ErrorBody while the registry does not answer; a `:` comment line keeps the connection alive"),
@@ -68,13 +75,25 @@ async fn events(
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
-        return rest_error(&Error::InvalidArgument("after is an event id (an integer)".into()));
+        return rest_error(&Error::InvalidArgument(
+            "after is an event id and recent a count of events (integers)".into(),
+        ));
     };
+    if q.recent.is_some_and(|r| !(0..=MAX_RECENT).contains(&r)) {
+        return rest_error(&Error::InvalidArgument(format!("recent is 0 to {MAX_RECENT} events")));
+    }
     let last_seen = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok());
-    let after = last_seen.or(q.after).filter(|a| *a >= 0);
+    let mut after = last_seen.or(q.after).filter(|a| *a >= 0);
+    // The recent ones first (the admin page opens with them), unless resuming.
+    if let (None, Some(recent)) = (after, q.recent) {
+        match s.control.registry().last_event_id().await {
+            Ok(last) => after = Some((last - recent).max(0)),
+            Err(e) => return rest_error(&e),
+        }
+    }
     let rx = match s.control.follow_events(after).await {
         Ok(rx) => rx,
         Err(e) => return rest_error(&e),

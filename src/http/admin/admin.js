@@ -8,6 +8,8 @@ const EVENT_KINDS = ['registered', 'updated', 'activated', 'rolled_back', 'delet
   'reload_failed', 'evaluated', 'rollout_changed'];
 const STATS_EVERY_MS = 2000;
 const POINTS = 60;
+const PAGE_SIZE = 25;
+const RECENT_EVENTS = 50;
 
 const state = {
   csrf: '',
@@ -20,6 +22,9 @@ const state = {
   buckets: [],
   events: null,
   statsTimer: null,
+  sort: { key: 'id', dir: 1 },
+  filter: '',
+  page: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -174,20 +179,89 @@ async function refresh() {
   if (again) { again = false; await refresh(); }
 }
 
-function roleOf(m) {
+// Whether a model can take the active model's requests as they are sent: every input the
+// active model takes, with its datatype and rank, and every output it gives (the server's
+// signature guard checks more; this is what the page shows).
+function compatible(m, active) {
+  const a = active && active.signature;
+  const c = m.signature;
+  if (!a || !a.inputs || !c || !c.inputs) return true;
+  const same = (x, y) => x && x.datatype === y.datatype && (x.shape || []).length === (y.shape || []).length;
+  const find = (list, name) => (list || []).find((t) => t.name === name);
+  return a.inputs.every((t) => same(find(c.inputs, t.name), t))
+    && c.inputs.every((t) => find(a.inputs, t.name))
+    && (a.outputs || []).every((t) => same(find(c.outputs, t.name), t));
+}
+
+// What a model does now: active, canary, shadow; and for the others whether it can take the
+// active model's clients, is in this server's memory, or was once active.
+function stateOf(m) {
   if (m.is_active) return 'active';
   if (m.status === 'canary') return 'canary';
   if (m.status === 'shadow') return 'shadow';
-  return 'candidate';
+  const active = state.models.find((x) => x.is_active);
+  if (!compatible(m, active)) return 'incompatible';
+  const loaded = state.status && state.status.candidates.some((c) => c.model_id === m.model_id && !c.loading);
+  if (loaded) return 'loaded';
+  if (m.status === 'deprecated') return 'deprecated';
+  return 'registered';
 }
 
-function traffic(m, role) {
+function traffic(m, st) {
   const canary = state.models.find((x) => x.status === 'canary');
-  if (role === 'active') return `${100 - (canary ? canary.rollout_percentage : 0)}%`;
-  if (role === 'canary') return `${m.rollout_percentage}%`;
-  if (role === 'shadow') return `${m.shadow_percentage}% mirrored`;
-  const cached = state.status && state.status.candidates.some((c) => c.model_id === m.model_id);
-  return cached ? 'by name (in memory)' : 'by name';
+  if (st === 'active') return `${100 - (canary ? canary.rollout_percentage : 0)}%`;
+  if (st === 'canary') return `${m.rollout_percentage}%`;
+  if (st === 'shadow') return `${m.shadow_percentage}% mirrored`;
+  if (st === 'incompatible') return 'by name, with its own inputs';
+  if (st === 'loaded') return 'by name';
+  return 'by name (loads on the first request)';
+}
+
+// 1-5 stars from the latest evaluation's accuracy, else the registered accuracy.
+function rating(m) {
+  const ev = state.latest.get(m.model_id);
+  const acc = ev ? ev.accuracy : m.accuracy;
+  if (acc === null || acc === undefined) return 0;
+  if (acc >= 0.95) return 5;
+  if (acc >= 0.9) return 4;
+  if (acc >= 0.8) return 3;
+  if (acc >= 0.6) return 2;
+  return 1;
+}
+
+function stars(n) {
+  return n ? el('span', { class: 'stars', title: `${n} of 5`, 'data-rating': n, text: '★'.repeat(n) + '☆'.repeat(5 - n) })
+    : el('span', { 'data-rating': 0, text: '—' });
+}
+
+const STATE_ORDER = ['active', 'canary', 'shadow', 'loaded', 'registered', 'deprecated', 'incompatible'];
+
+function sortKey(m, key) {
+  switch (key) {
+    case 'name': return m.model_name.toLowerCase();
+    case 'version': return m.version.toLowerCase();
+    case 'type': return m.model_type.toLowerCase();
+    case 'state': return STATE_ORDER.indexOf(stateOf(m));
+    case 'accuracy': return m.accuracy === null ? -1 : m.accuracy;
+    case 'rating': return rating(m);
+    default: return m.model_id;
+  }
+}
+
+// The models shown: filtered by the search, sorted by the chosen column, one page of them.
+function shownModels() {
+  const q = state.filter.trim().toLowerCase();
+  const matching = state.models.filter((m) => !q
+    || [m.model_name, m.version, m.model_type, m.description, String(m.model_id)].some((f) => (f || '').toLowerCase().includes(q)));
+  const { key, dir } = state.sort;
+  matching.sort((a, b) => {
+    const x = sortKey(a, key);
+    const y = sortKey(b, key);
+    return (x < y ? -1 : x > y ? 1 : a.model_id - b.model_id) * dir;
+  });
+  const pages = Math.max(1, Math.ceil(matching.length / PAGE_SIZE));
+  state.page = Math.min(state.page, pages - 1);
+  return { rows: matching.slice(state.page * PAGE_SIZE, (state.page + 1) * PAGE_SIZE), total: matching.length, pages };
 }
 
 const pct = (x) => (x === null || x === undefined ? '—' : `${(x * 100).toFixed(1)}%`);
@@ -207,21 +281,35 @@ function render() {
     d.textContent = s.degradations.map((x) => `${x.reason}: ${x.message}`).join('\n');
   }
   const body = $('models').tBodies[0];
-  body.replaceChildren(...state.models.map((m) => {
-    const role = roleOf(m);
+  const { rows, total, pages } = shownModels();
+  for (const th of document.querySelectorAll('#models th[data-sort]')) {
+    if (th.dataset.sort === state.sort.key) th.setAttribute('aria-sort', state.sort.dir > 0 ? 'ascending' : 'descending');
+    else th.removeAttribute('aria-sort');
+  }
+  $('page-info').textContent = `${total === 0 ? 0 : state.page * PAGE_SIZE + 1}–${state.page * PAGE_SIZE + rows.length} of ${total}`;
+  $('page-prev').disabled = state.page === 0;
+  $('page-next').disabled = state.page >= pages - 1;
+  if (!rows.length) {
+    body.replaceChildren(el('tr', {}, el('td', {
+      colspan: 13, class: 'empty',
+      text: state.models.length ? `No model matches "${state.filter}".` : 'No model is registered yet: Register… adds one.',
+    })));
+  } else body.replaceChildren(...rows.map((m) => {
+    const st = stateOf(m);
     const ev = state.latest.get(m.model_id);
     const key = `${m.model_name}\u0000${m.version}`;
     return el('tr', {
-      'data-model-id': m.model_id, 'data-model-name': m.model_name, 'data-role': role,
+      'data-model-id': m.model_id, 'data-model-name': m.model_name, 'data-role': st,
       class: state.selected === m.model_id ? 'selected' : undefined,
     },
     el('td', { class: 'num', text: m.model_id }),
     el('td', { text: m.model_name }),
     el('td', { text: m.version }),
-    el('td', {}, el('span', { class: `badge role-${role}`, 'data-role-badge': role, text: role })),
-    el('td', { text: m.status }),
-    el('td', { text: traffic(m, role) }),
+    el('td', { text: m.model_type || '—' }),
+    el('td', {}, el('span', { class: `badge role-${st}`, 'data-role-badge': st, text: st })),
+    el('td', { text: traffic(m, st) }),
     el('td', { class: 'num', text: pct(m.accuracy) }),
+    el('td', {}, stars(rating(m))),
     el('td', { text: ev ? `${pct(ev.accuracy)} on ${ev.dataset_name}, ${when(ev.evaluated_at)}` : '—' }),
     chartCell(key, 'rate'),
     chartCell(key, 'err'),
@@ -254,8 +342,9 @@ async function renderDetails() {
   if (!m) { panel.hidden = true; state.selected = null; return; }
   panel.hidden = false;
   panel.dataset.modelId = String(id);
-  $('details-title').textContent = `${m.model_name} v${m.version} (#${m.model_id}, ${roleOf(m)})`;
+  $('details-title').textContent = `${m.model_name} v${m.version} (#${m.model_id}, ${stateOf(m)})`;
   $('act-activate').disabled = m.is_active;
+  $('act-download').href = `${API}/models/${m.model_id}/file`;
   const dl = $('details-facts');
   dl.replaceChildren();
   fact(dl, 'File', m.file_path);
@@ -264,6 +353,9 @@ async function renderDetails() {
   fact(dl, 'Signature', signatureText(m.signature));
   fact(dl, 'Type', m.model_type);
   fact(dl, 'Description', m.description);
+  fact(dl, 'Rating', rating(m) ? `${'★'.repeat(rating(m))}${'☆'.repeat(5 - rating(m))} (${pct((state.latest.get(m.model_id) || m).accuracy)})` : '—');
+  const perPlatform = Object.entries(m.min_app_versions || {}).map(([p, v]) => `${p} ${v}`).join(', ');
+  fact(dl, 'Min app version', [m.min_app_version, perPlatform].filter(Boolean).join('; '));
   fact(dl, 'Registered', `${when(m.created_at)} by ${m.created_by || '—'}`);
   fact(dl, 'Rollback policy', m.rollback_threshold === null ? 'none'
     : `error rate > ${m.rollback_threshold} over ${m.rollback_window_secs}s (at least ${m.rollback_min_samples} requests)`);
@@ -273,14 +365,15 @@ async function renderDetails() {
       api('GET', `/models/${id}/evaluations`),
     ]);
     if (state.selected !== id) return;
-    $('history').tBodies[0].replaceChildren(...acts.activations.map((a) => el('tr', {},
+    const none = (cols, text) => el('tr', {}, el('td', { colspan: cols, class: 'empty', text }));
+    $('history').tBodies[0].replaceChildren(...(acts.activations.length ? [] : [none(6, 'Never activated.')]), ...acts.activations.map((a) => el('tr', {},
       el('td', { class: 'num', text: a.activation_id }),
       el('td', { text: when(a.activated_at) }),
       el('td', { text: `${a.model_name}${a.is_rollback ? ' (rollback)' : ''}` }),
       el('td', { text: a.previous_name || '—' }),
       el('td', { text: a.activated_by }),
       el('td', { text: a.reason || '' }))));
-    $('evaluations').tBodies[0].replaceChildren(...evals.evaluations.map((e) => el('tr', {},
+    $('evaluations').tBodies[0].replaceChildren(...(evals.evaluations.length ? [] : [none(9, 'Not evaluated yet: Evaluate runs it on a labelled dataset.')]), ...evals.evaluations.map((e) => el('tr', {},
       el('td', { class: 'num', text: e.log_id }),
       el('td', { text: when(e.evaluated_at) }),
       el('td', { text: e.dataset_name }),
@@ -299,7 +392,7 @@ async function renderDetails() {
 
 // Opens the confirmation; `run(fields)` does the change. The dialog stays open with the
 // server's error until it succeeds or is cancelled.
-function confirmAction({ title, text, fields = [], run }) {
+function confirmAction({ title, text, fields = [], run, keepOpen = false }) {
   const dialog = $('confirm');
   $('confirm-title').textContent = title;
   $('confirm-text').textContent = text;
@@ -310,7 +403,7 @@ function confirmAction({ title, text, fields = [], run }) {
   for (const f of fields) {
     const input = el('input', {
       id: `field-${f.name}`, name: f.name, type: f.type || 'text', value: f.value ?? '',
-      min: f.min, max: f.max, placeholder: f.placeholder, required: f.required,
+      min: f.min, max: f.max, step: f.step, placeholder: f.placeholder, required: f.required,
     });
     if (f.type === 'checkbox') {
       input.checked = Boolean(f.value);
@@ -322,6 +415,8 @@ function confirmAction({ title, text, fields = [], run }) {
   }
   const ok = $('confirm-ok');
   ok.disabled = false;
+  ok.hidden = false;
+  $('confirm-cancel').textContent = 'Cancel';
   dialog.onsubmit = async (ev) => {
     ev.preventDefault();
     ok.disabled = true;
@@ -330,7 +425,7 @@ function confirmAction({ title, text, fields = [], run }) {
     for (const [k, input] of Object.entries(inputs)) values[k] = input.type === 'checkbox' ? input.checked : input.value;
     try {
       await run(values);
-      dialog.close();
+      if (!keepOpen) dialog.close();
       notice('');
       await refresh();
     } catch (e) {
@@ -369,9 +464,67 @@ function wireActions() {
       title: `Activate ${m.model_name} v${m.version}?`,
       text: `Every server of the registry loads, verifies and warms it, then serves it${active ? ` instead of ${active.model_name} v${active.version}` : ''}.`,
       fields: [reasonField, { name: 'allow', label: 'Even if its inputs or outputs differ from the active model\'s', type: 'checkbox' }],
-      run: (v) => api('POST', `/models/${m.model_id}/activate`, { reason: v.reason, activated_by: BY, allow_signature_change: v.allow }),
+      run: async (v) => {
+        try {
+          await api('POST', `/models/${m.model_id}/activate`, { reason: v.reason, activated_by: BY, allow_signature_change: v.allow });
+        } catch (e) {
+          // The server words it for the CLI and the API; here it is the box below.
+          e.message = e.message.replace(/Pass --allow-signature-change \(allow_signature_change\) to do it anyway/,
+            'Tick "Even if its inputs or outputs differ" below to do it anyway');
+          throw e;
+        }
+      },
     });
   });
+  $('act-register').addEventListener('click', () => confirmAction({
+    title: 'Register a model',
+    text: 'The file must be in the server\'s model root (or a path from the server\'s working directory that lands in it). It is checked, loaded and verified before it is recorded.',
+    fields: [
+      { name: 'model_name', label: 'Name', required: true, placeholder: 'digits_v3' },
+      { name: 'file_path', label: 'File (under the model root)', required: true, placeholder: 'digits_v3.onnx' },
+      { name: 'version', label: 'Version', placeholder: '3.0.0' },
+      { name: 'model_type', label: 'Type', placeholder: 'classifier' },
+      { name: 'accuracy', label: 'Accuracy (0-1, optional)', type: 'number', step: 'any', min: 0, max: 1 },
+      { name: 'description', label: 'Description' },
+      { name: 'activate', label: 'Activate it now', type: 'checkbox' },
+    ],
+    run: async (v) => {
+      const body = { model_name: v.model_name, file_path: v.file_path, version: v.version, model_type: v.model_type,
+        description: v.description, activate: v.activate, created_by: BY };
+      if (String(v.accuracy).trim() !== '') body.accuracy = Number(v.accuracy);
+      const m = await api('POST', '/models', body);
+      state.selected = m.model_id;
+    },
+  }));
+  $('act-signed-url').addEventListener('click', () => {
+    const m = selectedModel();
+    if (!m) return;
+    confirmAction({
+      title: `A download URL for ${m.model_name} v${m.version}`,
+      text: 'A signed URL anyone holding it can fetch the file with, until it expires (a device, a colleague); the server needs --signing-key-file.',
+      fields: [{ name: 'expires', label: 'Valid for (seconds)', type: 'number', min: 1, value: 3600, required: true }],
+      keepOpen: true,
+      run: async (v) => {
+        const u = await api('POST', `/models/${m.model_id}/download-url`, { expires_in_secs: Number(v.expires) });
+        $('confirm-fields').replaceChildren(
+          el('label', { for: 'signed-url', text: `Expires ${when(u.expires_at)}; sha256 ${u.sha256}` }),
+          el('input', { id: 'signed-url', type: 'url', readonly: true, value: u.url }));
+        $('confirm-ok').hidden = true;
+        $('confirm-cancel').textContent = 'Close';
+      },
+    });
+  });
+  const table = $('models');
+  for (const th of table.querySelectorAll('th[data-sort]')) {
+    th.querySelector('button').addEventListener('click', () => {
+      const key = th.dataset.sort;
+      state.sort = { key, dir: state.sort.key === key ? -state.sort.dir : 1 };
+      render();
+    });
+  }
+  $('search').addEventListener('input', (ev) => { state.filter = ev.target.value; state.page = 0; render(); });
+  $('page-prev').addEventListener('click', () => { state.page = Math.max(0, state.page - 1); render(); });
+  $('page-next').addEventListener('click', () => { state.page += 1; render(); });
   const role = (which) => () => {
     const m = selectedModel();
     if (!m) return;
@@ -451,7 +604,8 @@ function live(on, text) {
 
 function startLive() {
   stopLive();
-  const es = new EventSource(`${API}/events`, { withCredentials: true });
+  // The most recent events first, then live (a reconnect resumes after the last one seen).
+  const es = new EventSource(`${API}/events?recent=${RECENT_EVENTS}`, { withCredentials: true });
   state.events = es;
   live(false, 'connecting');
   es.onopen = () => { live(true, 'live'); refresh(); };
