@@ -109,8 +109,21 @@ fn engine_settings(args: &crate::config::EngineArgs, executor: &Executor) -> Eng
     );
     match crate::model::engine::prepare(args.engine, args.onnxruntime_lib.as_deref()) {
         Ok(what) => tracing::info!(engine = %args.engine, "engine: {what}; {pool}"),
-        // Asked for by default, not by the operator: say once how to get it, not a warning.
-        Err(why) if args.engine == EngineChoice::Auto => tracing::info!(
+        // Asked for by default, not by the operator (no library named): one short line that says
+        // where to read how to add it; the loader's own words go to the debug log.
+        Err(why)
+            if args.engine == EngineChoice::Auto
+                && args.onnxruntime_lib.is_none()
+                && std::env::var_os("ORT_DYLIB_PATH").is_none() =>
+        {
+            tracing::debug!(engine = %args.engine, "ONNX Runtime is not available: {why}");
+            tracing::info!(
+                engine = %args.engine,
+                "engine: tract ({pool}); ONNX Runtime, faster on heavy models, is not installed \
+                 (docs/operations.md, \"Engines\", says how to add it)"
+            );
+        }
+        Err(why) if args.engine == EngineChoice::Auto => tracing::warn!(
             engine = %args.engine,
             "engine: tract ({pool}); ONNX Runtime, faster on heavy models, is not available: {why}. {}",
             crate::model::engine::HOW_TO_GET_ONNXRUNTIME

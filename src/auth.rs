@@ -376,6 +376,10 @@ pub enum Need {
     OpenUnless(Protectable),
     /// A token with this scope.
     Scope(Scope),
+    /// A model's signature and readiness, which a client reads before it calls the model:
+    /// `read` or `predict` (perf_analyzer, tritonclient and `modeld predict` ask for the
+    /// metadata first, so a token that may predict may also ask what to send).
+    Describe,
 }
 
 /// What a gRPC method (`/package.Service/Method`) needs. Unknown methods need `admin`.
@@ -389,6 +393,7 @@ pub fn grpc_need(path: &str) -> Need {
             // The protocol's health checks, as /v2/health/* on HTTP.
             "ServerLive" | "ServerReady" => Need::Open,
             "ModelInfer" | "ModelStreamInfer" => Need::Scope(Scope::Predict),
+            "ServerMetadata" | "ModelMetadata" | "ModelReady" | "ModelConfig" => Need::Describe,
             "RepositoryModelLoad" | "RepositoryModelUnload" => Need::Scope(Scope::Admin),
             _ => Need::Scope(Scope::Read),
         },
@@ -427,10 +432,33 @@ pub fn http_need(method: &str, path: &str) -> Need {
     if path.starts_with("/v2/") && path.ends_with("/infer") || path == "/api/v1/predict" {
         return Need::Scope(Scope::Predict);
     }
+    if (method == "GET" || method == "HEAD") && describes(path) {
+        return Need::Describe;
+    }
     if path.starts_with("/v2") || method == "GET" || method == "HEAD" || path.ends_with("/download-url") {
         return Need::Scope(Scope::Read);
     }
     Need::Scope(Scope::Admin)
+}
+
+/// Whether `path` is the Open Inference Protocol's server or model metadata, readiness or
+/// config (`/v2`, `/v2/models/{name}[/versions/{v}][/ready|/config]`), not its statistics.
+fn describes(path: &str) -> bool {
+    if path == "/v2" || path == "/v2/" {
+        return true;
+    }
+    let Some(rest) = path.strip_prefix("/v2/models/") else {
+        return false;
+    };
+    let mut parts: Vec<&str> = rest.split('/').collect();
+    if matches!(parts.last(), Some(&("ready" | "config"))) {
+        parts.pop();
+    }
+    match parts.as_slice() {
+        [name] => *name != "stats" && !name.is_empty(),
+        [name, "versions", v] => !name.is_empty() && !v.is_empty(),
+        _ => false,
+    }
 }
 
 /// Who an admin session belongs to: a token's name and the first 16 hex digits of its
@@ -534,13 +562,16 @@ impl Access {
         })
     }
 
-    /// What `need` comes to on this server.
-    fn resolve(&self, need: Need) -> Option<Scope> {
+    /// What `need` comes to on this server: the scopes any one of which will do.
+    fn resolve(&self, need: Need) -> Option<&'static [Scope]> {
         match need {
             Need::Open => None,
-            Need::OpenUnless(p) if self.protected.contains(&p) => Some(Scope::Read),
+            Need::OpenUnless(p) if self.protected.contains(&p) => Some(&[Scope::Read]),
             Need::OpenUnless(_) => None,
-            Need::Scope(s) => Some(s),
+            Need::Scope(Scope::Read) => Some(&[Scope::Read]),
+            Need::Scope(Scope::Predict) => Some(&[Scope::Predict]),
+            Need::Scope(Scope::Admin) => Some(&[Scope::Admin]),
+            Need::Describe => Some(&[Scope::Read, Scope::Predict]),
         }
     }
 
@@ -608,7 +639,7 @@ impl Access {
         if !self.on {
             return Ok(None);
         }
-        let Some(scope) = self.resolve(need) else {
+        let Some(scopes) = self.resolve(need) else {
             return Ok(None);
         };
         // The scheme's name is case-insensitive (RFC 9110 §11.1).
@@ -623,12 +654,12 @@ impl Access {
         };
         let tokens = self.tokens.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         match tokens.check(token, Utc::now()) {
-            Ok(e) if e.allows(scope) => Ok(Some(e.name.clone())),
+            Ok(e) if scopes.iter().any(|s| e.allows(*s)) => Ok(Some(e.name.clone())),
             Ok(e) => Err(Denied::PermissionDenied(format!(
                 "the token {:?} may {}; this needs the {} scope",
                 e.name,
                 e.scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
-                scope.name()
+                scopes.iter().map(|s| s.name()).collect::<Vec<_>>().join(" or ")
             ))),
             Err(Refusal::Expired(t)) => Err(Denied::Unauthenticated(format!(
                 "the token expired at {}",

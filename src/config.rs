@@ -56,7 +56,8 @@ pub enum LogFormat {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gRPC server.
+    /// Run the server: gRPC (modeld.v1, the Open Inference Protocol, health, reflection) on
+    /// --listen, HTTP (REST, OIP REST, metrics, the admin page) on --http-listen.
     Serve(Box<ServeConfig>),
     /// Create or upgrade the registry schema, then exit.
     Migrate(RegistryArgs),
@@ -429,7 +430,8 @@ pub struct ServeConfig {
     /// Do not watch the active model's file for changes.
     #[arg(long, env = "MODELD_NO_WATCH_FILES")]
     pub no_watch_files: bool,
-    /// Address of the HTTP port: the Open Inference Protocol's REST binding (`/v2`) and
+    /// Address of the HTTP port: the Open Inference Protocol's REST binding (`/v2`), the
+    /// registry's REST API and model config (`/api/v1`), the admin page (`/admin`) and
     /// Prometheus metrics (`/metrics`); `off` for none.
     #[arg(long, env = "MODELD_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
     pub http_listen: Listen,

@@ -51,8 +51,13 @@ impl Dataset {
             .file_name()
             .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
         let bad = |what: String| Error::InvalidArgument(format!("dataset {name:?}: {what}"));
-        // Files are named by their file name: over the API these are the server's paths.
+        // A relative path is named as it was typed (`models/eval/digit_x.npy`, so a typo in
+        // the directory shows); an absolute one by its file name: over the API these are the
+        // server's paths.
         let file = |p: &Path| {
+            if p.is_relative() {
+                return p.display().to_string();
+            }
             p.file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
         };

@@ -133,6 +133,12 @@ macro_rules! client_event {
     };
 }
 
+/// A duration in milliseconds for a log line, to a tenth: `load_ms=1.3`, not
+/// `load_ms=1.2552329999999998`.
+pub fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

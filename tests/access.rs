@@ -114,7 +114,8 @@ async fn grpc_methods_need_their_scope() {
     reg.get_model_config(with(pb::GetModelConfigRequest::default(), None))
         .await
         .unwrap();
-    // The Open Inference Protocol: infer needs predict, metadata read, load admin.
+    // The Open Inference Protocol: infer needs predict, metadata read or predict (a client
+    // reads the signature before it calls), load admin.
     let mut kserve = server.kserve().await;
     let req = || kserve_request("active", &eval_rows(1));
     assert_eq!(
@@ -127,6 +128,7 @@ async fn grpc_methods_need_their_scope() {
         version: String::new(),
     };
     kserve.model_metadata(with(meta(), Some(&k.read))).await.unwrap();
+    kserve.model_metadata(with(meta(), Some(&k.predict))).await.unwrap();
     let load = || modeld::api::kserve_pb::RepositoryModelLoadRequest {
         model_name: "digits_v2".into(),
         ..Default::default()
@@ -178,13 +180,22 @@ async fn http_routes_need_their_scope() {
             Some(k.predict.as_str()),
             StatusCode::OK,
         ),
+        // Describing the model is part of predicting (tritonclient and `modeld predict` read
+        // the metadata first): read or predict.
         (
             Method::GET,
             "/v2/models/active",
             Some(k.predict.as_str()),
-            StatusCode::FORBIDDEN,
+            StatusCode::OK,
         ),
         (Method::GET, "/v2/models/active", Some(k.read.as_str()), StatusCode::OK),
+        (Method::GET, "/v2/models/active", None, StatusCode::UNAUTHORIZED),
+        (
+            Method::GET,
+            "/api/v1/models",
+            Some(k.predict.as_str()),
+            StatusCode::FORBIDDEN,
+        ),
         (Method::GET, "/api/v1/models", None, StatusCode::UNAUTHORIZED),
         (
             Method::GET,
@@ -466,6 +477,8 @@ enum Needs {
     Protectable,
     Read,
     Predict,
+    /// A model's metadata: read or predict.
+    Describe,
     Admin,
 }
 
@@ -503,12 +516,12 @@ const GRPC: &[(&str, Needs)] = {
         ("modeld.v1.ModelRegistry/DownloadModel", Read),
         ("inference.GRPCInferenceService/ServerLive", Open),
         ("inference.GRPCInferenceService/ServerReady", Open),
-        ("inference.GRPCInferenceService/ModelReady", Read),
-        ("inference.GRPCInferenceService/ServerMetadata", Read),
-        ("inference.GRPCInferenceService/ModelMetadata", Read),
+        ("inference.GRPCInferenceService/ModelReady", Describe),
+        ("inference.GRPCInferenceService/ServerMetadata", Describe),
+        ("inference.GRPCInferenceService/ModelMetadata", Describe),
         ("inference.GRPCInferenceService/ModelInfer", Predict),
         ("inference.GRPCInferenceService/ModelStreamInfer", Predict),
-        ("inference.GRPCInferenceService/ModelConfig", Read),
+        ("inference.GRPCInferenceService/ModelConfig", Describe),
         ("inference.GRPCInferenceService/ModelStatistics", Read),
         ("inference.GRPCInferenceService/RepositoryIndex", Read),
         ("inference.GRPCInferenceService/RepositoryModelLoad", Admin),
@@ -527,15 +540,15 @@ const HTTP: &[(&str, &str, Needs)] = {
         ("GET", "/api/v1/model-config", Protectable),
         ("POST", "/api/v1/model-config", Protectable),
         ("GET", "/api/v1/models/1/download", Protectable),
-        ("GET", "/v2", Read),
+        ("GET", "/v2", Describe),
         ("GET", "/v2/models/stats", Read),
         ("POST", "/v2/repository/index", Read),
-        ("GET", "/v2/models/digits_v2", Read),
-        ("GET", "/v2/models/digits_v2/ready", Read),
-        ("GET", "/v2/models/digits_v2/config", Read),
+        ("GET", "/v2/models/digits_v2", Describe),
+        ("GET", "/v2/models/digits_v2/ready", Describe),
+        ("GET", "/v2/models/digits_v2/config", Describe),
         ("GET", "/v2/models/digits_v2/stats", Read),
-        ("GET", "/v2/models/digits_v2/versions/2", Read),
-        ("GET", "/v2/models/digits_v2/versions/2/ready", Read),
+        ("GET", "/v2/models/digits_v2/versions/2", Describe),
+        ("GET", "/v2/models/digits_v2/versions/2/ready", Describe),
         ("POST", "/v2/models/digits_v2/infer", Predict),
         ("POST", "/v2/models/digits_v2/versions/2/infer", Predict),
         ("POST", "/v2/repository/models/digits_v1/load", Admin),
@@ -593,6 +606,7 @@ fn expected(needs: Needs, protected: bool, cred: Cred) -> Option<u16> {
         (_, Cred::None | Cred::Bad) => Some(401),
         (_, Cred::Admin) => None,
         (Needs::Read, Cred::Read) | (Needs::Predict, Cred::Predict) => None,
+        (Needs::Describe, Cred::Read | Cred::Predict) => None,
         _ => Some(403),
     }
 }

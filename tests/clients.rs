@@ -175,7 +175,10 @@ async fn grpcurl_lists_and_calls_both_apis_by_reflection() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["modelName"], "digits_v2");
-    assert_eq!(v["outputs"][1]["contents"]["int64Contents"][0], "2", "{out}");
+    // As Triton: outputs as raw little-endian bytes (base64 in grpcurl's JSON); the label
+    // int64 2 is 02 00 00 00 00 00 00 00.
+    assert!(v["outputs"][1].get("contents").is_none(), "{out}");
+    assert_eq!(v["rawOutputContents"][1], "AgAAAAAAAAA=", "{out}");
 }
 
 /// perf_analyzer against the active model over `protocol` at `addr`, concurrency 2, as a smoke

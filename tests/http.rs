@@ -214,7 +214,7 @@ async fn every_bad_request_gets_its_status_and_a_json_error() {
             "/v2/models/nope/infer",
             digits_json(1),
             StatusCode::NOT_FOUND,
-            "not registered",
+            "Request for unknown model: model \"nope\" is not registered",
         ),
         (
             "/v2/models/digits_v2/versions/9/infer",
@@ -297,9 +297,20 @@ async fn every_bad_request_gets_its_status_and_a_json_error() {
         .unwrap();
     let status = r.status();
     assert_error(&(status, r.json().await.unwrap()), StatusCode::PAYLOAD_TOO_LARGE, "");
-    // No such route: 404, JSON.
-    let got = get_json(&server, "/v3/anything").await;
-    assert_error(&got, StatusCode::NOT_FOUND, "no route /v3/anything");
+    // No such route: 404, JSON; the protocol's shape under /v2, the REST API's elsewhere.
+    let got = get_json(&server, "/v2/anything/else").await;
+    assert_error(&got, StatusCode::NOT_FOUND, "no route GET /v2/anything/else");
+    let (status, body) = get_json(&server, "/v3/anything").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("NOT_FOUND"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no route GET /v3/anything")),
+        "{body}"
+    );
     // The old model keeps serving.
     let (status, _) = post_json(&server, "/v2/models/active/infer", &digits_json(1)).await;
     assert_eq!(status, StatusCode::OK);

@@ -157,7 +157,8 @@ async fn model_infer_raw_typed_requested_outputs_and_errors() {
     assert_eq!(r.outputs[0].name, "label");
     assert_eq!(raw_i64(&r.raw_output_contents[0]), labels[..2]);
 
-    // Typed contents in, typed contents out; NaN passes through untouched.
+    // Typed contents in, raw contents out (as Triton answers: its clients read
+    // raw_output_contents); NaN passes through untouched.
     let mut rows = eval_rows(1);
     rows[0] = f32::NAN;
     let typed = kv::ModelInferRequest {
@@ -175,8 +176,9 @@ async fn model_infer_raw_typed_requested_outputs_and_errors() {
         ..Default::default()
     };
     let r = c.model_infer(typed).await.unwrap().into_inner();
-    assert!(r.raw_output_contents.is_empty());
-    let p = &r.outputs[0].contents.as_ref().unwrap().fp32_contents;
+    assert_eq!(r.raw_output_contents.len(), 2);
+    assert!(r.outputs.iter().all(|o| o.contents.is_none()), "{:?}", r.outputs);
+    let p = raw_f32(&r.raw_output_contents[0]);
     assert_eq!(p.len(), 10);
     assert!(p.iter().all(|v| v.is_nan()), "NaN in, NaN out: {p:?}");
 
@@ -206,16 +208,35 @@ async fn model_infer_raw_typed_requested_outputs_and_errors() {
         .unwrap()
         .into_inner();
     assert_eq!(tried.model_name, "digits_v1");
-    assert_eq!(
-        c.model_infer(kserve_request("nope", &eval_rows(1)))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::NotFound
+    // An unknown model or version in Triton's opening words (its clients look for them).
+    let unknown = c.model_infer(kserve_request("nope", &eval_rows(1))).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(
+        unknown
+            .message()
+            .starts_with("Request for unknown model: model \"nope\" is not registered"),
+        "{unknown:?}"
     );
     let mut v = kserve_request("digits_v2", &eval_rows(1));
     v.model_version = "9".into();
-    assert_eq!(c.model_infer(v).await.unwrap_err().code(), Code::NotFound);
+    let version = c.model_infer(v).await.unwrap_err();
+    assert_eq!(version.code(), Code::NotFound);
+    assert!(
+        version.message().starts_with("Request for unknown model: version"),
+        "{version:?}"
+    );
+    let meta = c
+        .model_metadata(modeld::api::kserve_pb::ModelMetadataRequest {
+            name: "digts_v2".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        meta.message().starts_with("Request for unknown model: ")
+            && meta.message().contains("did you mean \"digits_v2\"?"),
+        "{meta:?}"
+    );
 
     // Statistics count what happened, per model and version.
     let st = c

@@ -151,9 +151,9 @@ async fn every_route_refuses_bad_input_with_a_json_error_and_changes_nothing() {
     let register = |body: Value| call(&server, Method::POST, "/api/v1/models", Some(body));
     assert_error(
         &register(json!({"model_name": "x", "file_path": "nope.onnx"})).await,
-        StatusCode::CONFLICT,
-        "FAILED_PRECONDITION",
-        "nope.onnx",
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "\"nope.onnx\" does not exist under the server's model root",
     );
     assert_error(
         &register(json!({"model_name": "digits_v1", "file_path": "digits_v1.onnx"})).await,
@@ -272,7 +272,7 @@ async fn every_route_refuses_bad_input_with_a_json_error_and_changes_nothing() {
             Some(json!({"from_model_id": 1})),
             StatusCode::CONFLICT,
             "FAILED_PRECONDITION",
-            "nothing to roll back",
+            "is not the active model (the active model is \"digits_v2\"); nothing was rolled back",
         ),
         (
             Method::PUT,
@@ -585,7 +585,10 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
         }
         let body: Value = r.json().await.unwrap();
         assert!(
-            !body["error"].as_str().unwrap_or_default().starts_with("no route"),
+            !body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("no route"),
             "{method} {path}: {body}"
         );
     }

@@ -293,7 +293,8 @@ async fn registry_lifecycle(backend: Backend) {
         .into_inner();
     assert_eq!(again.active.unwrap().model_name, "digits_v3");
 
-    // Rollback goes back to digits_v2; a second rollback returns to digits_v3.
+    // Rollback goes back to digits_v2; a second one has nowhere further back to go (it never
+    // flips back to digits_v3, the model the rollback left).
     let rb = reg
         .rollback_model(pb::RollbackModelRequest {
             reason: "bad canary".into(),
@@ -311,12 +312,23 @@ async fn registry_lifecycle(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(resp.model_name, "digits_v2");
-    let rb = reg
+    let err = reg
         .rollback_model(pb::RollbackModelRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message()
+            .contains("nothing to roll back to: \"digits_v2\" is the first model activated"),
+        "{err:?}"
+    );
+    // Named, the model a rollback left comes back.
+    let back = reg
+        .activate_model(activate_req("digits_v3"))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(rb.active.unwrap().model_name, "digits_v3");
+    assert_eq!(back.active.unwrap().model_name, "digits_v3");
 
     // Delete: refused for the active model, allowed otherwise; the file stays.
     let err = reg
@@ -481,14 +493,20 @@ async fn bad_registrations_and_activations_change_nothing() {
         ),
         (
             "missing.onnx",
-            Code::FailedPrecondition,
+            Code::NotFound,
             "does not exist under the server's model root (--model-root",
         ),
-        // The API takes paths relative to the root, and says so.
+        // The API takes paths relative to the root (or to the server's working directory when
+        // that lands inside the root: here it does not), and says so with what would work.
         (
             "models/digits_v1.onnx",
-            Code::FailedPrecondition,
+            Code::NotFound,
             "file_path is relative to that root",
+        ),
+        (
+            "models/digits_v1.onnx",
+            Code::NotFound,
+            "the root holds \"cnn.onnx\", \"digits_v1.onnx\"",
         ),
     ] {
         let s = status_of(reg.register_model(register("x", path)).await);
@@ -935,6 +953,7 @@ async fn evaluation_over_grpc(backend: Backend) {
     let want = truth.iter().zip(&v1).filter(|(a, b)| a == b).count() as f64 / 360.0;
     assert!((e.accuracy - want).abs() < 1e-12, "{e:?}");
     assert_eq!((e.sample_size, e.classes.len(), e.confusion.len()), (360, 10, 10));
+    assert_eq!(e.classes[0].class, Some(0), "class 0 is stated, not left out");
     assert_eq!(
         (e.dataset_name.as_str(), e.notes.as_str(), e.evaluated_by.as_str()),
         ("digits_x.npy", "baseline", "api")

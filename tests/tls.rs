@@ -418,7 +418,10 @@ async fn the_cli_reaches_a_tls_server_with_a_token_and_a_client_certificate() {
 
     let no_token = status(vec![]).await;
     assert_ne!(no_token.code, 0);
-    assert!(no_token.stderr.contains("bearer token"), "{no_token:?}");
+    assert!(
+        no_token.stderr.contains("--token") && no_token.stderr.contains("MODELD_TOKEN"),
+        "{no_token:?}"
+    );
     // Without the client certificate the server does not answer.
     let mut bare = vec![
         "status",

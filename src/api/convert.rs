@@ -145,7 +145,7 @@ pub fn evaluation(e: &EvaluationRecord) -> pb::Evaluation {
                 f.classes
                     .iter()
                     .map(|c| pb::ClassFigures {
-                        class: c.class,
+                        class: Some(c.class),
                         precision: c.precision,
                         recall: c.recall,
                         support: c.support,
@@ -174,11 +174,13 @@ pub fn activation(a: &ActivationOutcome) -> pb::ActivateModelResponse {
         active,
         previous,
         load_time,
+        already_active,
     } = a;
     pb::ActivateModelResponse {
         active: Some(model(active)),
         previous: previous.as_ref().map(model),
         load_time_ms: load_time.as_secs_f64() * 1e3,
+        already_active: *already_active,
     }
 }
 

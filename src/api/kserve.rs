@@ -58,6 +58,7 @@ impl KServeService {
             .reachable_registry()?
             .get(&ModelRef::Name(name.to_string()))
             .await
+            .map_err(unknown_model)
     }
 
     /// One inference, for gRPC and the REST binding alike.
@@ -131,14 +132,18 @@ impl KServeService {
         // The model is resolved once: the version and output checks and the computation all
         // see the same one, whatever swaps meanwhile. They are checked before computing, so a
         // bad request is a failure, not a wasted inference.
-        let route = self.control.route(&model_name, &routing_key).await?;
+        let route = self
+            .control
+            .route(&model_name, &routing_key)
+            .await
+            .map_err(unknown_model)?;
         let role = route.role;
         {
             let model = &route.model;
             let record = &model.record;
             if !model_version.is_empty() && model_version != record.version {
                 return Err(Error::NotFound(format!(
-                    "version {} of model {} is not served; the served version is {}",
+                    "{UNKNOWN_MODEL}version {} of model {} is not served; the served version is {}",
                     quoted(&model_version),
                     quoted(&record.model_name),
                     quoted(&record.version)
@@ -156,7 +161,10 @@ impl KServeService {
                 }
             }
         }
-        let done = self.control.infer(route, &refs, raw, deadline).await?;
+        // Outputs are always raw_output_contents, as Triton answers, whatever form the inputs
+        // came in: Triton's clients read `raw_output_contents[i]` (and the REST binding
+        // writes its JSON from the same bytes).
+        let done = self.control.infer(route, &refs, true, deadline).await?;
         let record = &done.model.record;
         let mut produced = done.outputs;
         if !outputs.is_empty() {
@@ -199,7 +207,7 @@ impl KServeService {
                 shape,
                 data,
             } = o;
-            let mut tensor = pb::model_infer_response::InferOutputTensor {
+            let tensor = pb::model_infer_response::InferOutputTensor {
                 name,
                 datatype: datatype.name().into(),
                 shape,
@@ -207,7 +215,12 @@ impl KServeService {
             };
             match data {
                 OutputData::Raw(bytes) => response.raw_output_contents.push(bytes),
-                typed => tensor.contents = Some(typed_contents(typed)),
+                _ => {
+                    return Err(Error::internal(format!(
+                        "output {:?} came back as typed values, not the raw bytes asked for",
+                        tensor.name
+                    )));
+                }
             }
             response.outputs.push(tensor);
         }
@@ -245,21 +258,6 @@ fn contents<'a>(name: &str, c: Option<&'a pb::InferTensorContents>) -> Result<Pa
             Payload::Fp64(fp64_contents),
         ],
     )
-}
-
-fn typed_contents(data: OutputData) -> pb::InferTensorContents {
-    let mut c = pb::InferTensorContents::default();
-    match data {
-        OutputData::Raw(_) => {}
-        OutputData::Fp32(v) => c.fp32_contents = v,
-        OutputData::Fp64(v) => c.fp64_contents = v,
-        OutputData::Int32(v) => c.int_contents = v,
-        OutputData::Int64(v) => c.int64_contents = v,
-        OutputData::Uint32(v) => c.uint_contents = v,
-        OutputData::Uint64(v) => c.uint64_contents = v,
-        OutputData::Bool(v) => c.bool_contents = v,
-    }
-    c
 }
 
 fn config_type(d: DataType) -> pb::DataType {
@@ -334,6 +332,19 @@ fn model_config(
         }),
         ..Default::default()
     })
+}
+
+/// How Triton begins the answer for a model (or version) it does not have; Triton's own
+/// clients and examples look for these words, so both OIP transports begin with them and
+/// go on with modeld's explanation.
+const UNKNOWN_MODEL: &str = "Request for unknown model: ";
+
+/// A model that is not registered, in Triton's words first.
+fn unknown_model(e: Error) -> Error {
+    match e {
+        Error::NotFound(m) if !m.starts_with(UNKNOWN_MODEL) => Error::NotFound(format!("{UNKNOWN_MODEL}{m}")),
+        e => e,
+    }
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;

@@ -490,7 +490,15 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         status.rollout = c.slot().load().map(|set| {
             let mut rollout = convert::serving_rollout(&set);
             if let Some(shadows) = c.shadows() {
-                rollout.shadows = shadows.figures().iter().map(convert::shadow_figures).collect();
+                // Only the shadow serving now (a job queued before a clear may still count
+                // for the one cleared).
+                let now = set.shadow.as_ref().map(|w| w.model.record.model_id);
+                rollout.shadows = shadows
+                    .figures()
+                    .iter()
+                    .filter(|f| Some(f.model_id) == now)
+                    .map(convert::shadow_figures)
+                    .collect();
             }
             rollout
         });

@@ -64,7 +64,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => 1,
             };
         }
-        if cause.downcast_ref::<tonic::transport::Error>().is_some() {
+        if cause.downcast_ref::<tonic::transport::Error>().is_some() || cause.downcast_ref::<NoServer>().is_some() {
             return EXIT_UNREACHABLE;
         }
     }
@@ -89,8 +89,47 @@ struct ServerSaid(tonic::Status);
 
 impl std::fmt::Display for ServerSaid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({:?})", self.0.message(), self.0.code())
+        let (code, message) = (self.0.code(), self.0.message());
+        // The server words a missing token for any client ("send the header ..."); a CLI
+        // user passes it with a flag or a variable.
+        if code == tonic::Code::Unauthenticated && message.starts_with("this needs a bearer token") {
+            return write!(
+                f,
+                "this server requires a token: pass --token TOKEN or set MODELD_TOKEN \
+                 (whoever runs the server makes one with modeld token create --name NAME --scope read) ({code:?})"
+            );
+        }
+        write!(f, "{message} ({code:?})")
     }
+}
+
+/// No server answers at the address: said once, with what to check.
+#[derive(Debug)]
+struct NoServer {
+    address: String,
+    why: String,
+}
+
+impl std::fmt::Display for NoServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot connect to {} ({}): is `modeld serve` running there? (--server or MODELD_SERVER name another address)",
+            self.address, self.why
+        )
+    }
+}
+
+impl std::error::Error for NoServer {}
+
+/// The innermost cause of a connection error (`Connection refused (os error 111)`), which is
+/// the part a person can act on; tonic and hyper each wrap it in their own words.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 impl std::error::Error for ServerSaid {}
@@ -102,6 +141,10 @@ impl std::error::Error for ServerSaid {}
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(config) => {
+            // The model root is checked before anything listens: a server that says
+            // `listening on` and then stops is worse than one that does not start.
+            let root = config.model_dir.as_ref().unwrap_or(&config.registry.model_root);
+            crate::model::root::ModelRoot::new(root)?;
             let listener = TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -160,21 +203,28 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                     .unwrap_or(0)
                     .clamp(4, 40);
                 println!(
-                    "{:>4}  {:1} {} {:<10} {:>8}  {:<28} TYPE",
+                    "{:>4}  {} {:<10} {:<11} {:>8}  {:<28} TYPE",
                     "ID",
-                    " ",
                     pad("NAME", width),
                     "VERSION",
+                    "ROLE",
                     "ACCURACY",
                     "FILE"
                 );
                 for m in &models {
+                    // What it does for the traffic: the active model, the canary and the
+                    // shadow with their share; nothing for the others.
+                    let role = match crate::registry::rollout::held_role(m) {
+                        _ if m.is_active => "active".to_string(),
+                        Some((role, p)) => format!("{} {p}%", role.name()),
+                        None => String::new(),
+                    };
                     println!(
-                        "{:>4}  {:<1} {} {:<10} {:>8}  {:<28} {}",
+                        "{:>4}  {} {:<10} {:<11} {:>8}  {:<28} {}",
                         m.model_id,
-                        if m.is_active { "*" } else { "" },
                         pad(&m.model_name, width),
                         m.version,
+                        role,
                         m.accuracy.map_or_else(|| "-".into(), |a| format!("{a:.4}")),
                         m.file_path,
                         m.model_type
@@ -392,6 +442,10 @@ pub(crate) fn describe(m: &ModelRecord) -> String {
 }
 
 fn print_activation(a: &ActivationOutcome) {
+    if a.already_active {
+        println!("{} is already the active model: nothing changed", describe(&a.active));
+        return;
+    }
     println!(
         "active: {} (previous: {}; loaded and verified in {:.1} ms)",
         describe(&a.active),
@@ -433,6 +487,7 @@ fn activation_json(a: &ActivationOutcome) -> Value {
         "active": record_json(&a.active),
         "previous": a.previous.as_ref().map(record_json),
         "load_time_ms": a.load_time.as_secs_f64() * 1e3,
+        "already_active": a.already_active,
     })
 }
 
@@ -490,10 +545,10 @@ async fn connect(c: &crate::config::ClientArgs) -> anyhow::Result<Conn> {
         ),
         None => None,
     };
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {address}"))?;
+    let channel = endpoint.connect().await.map_err(|e| NoServer {
+        address: address.clone(),
+        why: root_cause(&e),
+    })?;
     Ok(tonic::service::interceptor::InterceptedService::new(
         channel,
         Bearer(bearer),
@@ -505,7 +560,8 @@ async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
     let channel = connect(&a.client).await?;
     let s = pb::model_registry_client::ModelRegistryClient::new(channel)
         .get_server_status(pb::GetServerStatusRequest {})
-        .await?
+        .await
+        .map_err(ServerSaid)?
         .into_inner();
     let name = |m: &Option<pb::Model>| {
         m.as_ref().map_or_else(

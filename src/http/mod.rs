@@ -17,6 +17,7 @@ pub mod admin;
 pub mod browser;
 pub mod download;
 pub mod lifecycle;
+pub mod malformed;
 pub mod model_config;
 pub mod oip;
 pub mod rest;
@@ -136,10 +137,12 @@ where
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            .serve_connection(hyper_util::rt::TokioIo::new(malformed::Explained::new(io)), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let _ = connection.await;
+            if let Err(e) = connection.await {
+                malformed::log_parse_error(&e);
+            }
         });
     }
     graceful.shutdown().await;
@@ -335,11 +338,41 @@ async fn metrics(axum::extract::State(state): axum::extract::State<HttpState>) -
         .into_response()
 }
 
-async fn not_found(uri: axum::http::Uri) -> Response {
-    json_error(
-        StatusCode::NOT_FOUND,
-        &format!("no route {}; see docs/http.md", uri.path()),
-    )
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    let message = format!("no route {method} {path}{}", route_hint(path));
+    // The Open Inference Protocol's shape under /v2 (Triton's clients read a string), the REST
+    // API's everywhere else.
+    if path.starts_with("/v2") {
+        json_error(StatusCode::NOT_FOUND, &message)
+    } else {
+        rest::status_rest_error(&tonic::Status::not_found(message))
+    }
+}
+
+/// Where what a path asks for is, for the paths people bring from the guides (Supabase's
+/// Edge Function and storage routes) and for the bare port.
+fn route_hint(path: &str) -> &'static str {
+    if path == "/" {
+        "; this port serves /api/v1 (the registry's REST API and the model config; its OpenAPI \
+         document is /api/v1/openapi.json), /v2 (the Open Inference Protocol), /admin and /metrics; see \
+         docs/http.md"
+    } else if path.ends_with("model-config") || path.starts_with("/functions/") {
+        "; modeld serves the model config at /api/v1/model-config (GET or POST, with the same \
+         X-App-Platform and If-None-Match headers); see docs/http.md, \"Coming from the guides\""
+    } else if path.starts_with("/storage/v1/object/sign/") {
+        "; modeld signs a download URL with POST /api/v1/models/{id}/download-url and the body \
+         {\"expires_in_secs\": 3600}; the answer's \"url\" is the signed URL; see docs/http.md, \"Coming from \
+         the guides\""
+    } else if path.starts_with("/storage/") {
+        "; model files download from GET /api/v1/models/{id}/download (a signed URL from POST \
+         /api/v1/models/{id}/download-url); see docs/http.md, \"Coming from the guides\""
+    } else if path.starts_with("/rest/v1/") {
+        "; the registry's REST API is /api/v1/models (list, get, register, update, activate); see \
+         docs/http.md, \"Coming from the guides\""
+    } else {
+        "; see /api/v1/openapi.json and docs/http.md"
+    }
 }
 
 /// The HTTP status for a gRPC status code, as Triton's HTTP endpoint and the KServe v2 REST

@@ -425,9 +425,40 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(
                     serde_json::from_value(v)
                 })
             })
-            .map_err(|e| refuse(format!("the request body is not what this route takes: {e}"))),
+            .map_err(|e| {
+                let e = e.to_string();
+                refuse(format!(
+                    "the request body is not what this route takes: {e}{}",
+                    guide_name_hint(&e)
+                ))
+            }),
         Some(_) => Err(refuse("the request body must be a JSON object ({...})".into())),
     }
+}
+
+/// The guides' field names (camelCase, the Supabase storage API's) that modeld spells its own
+/// way, for the error that refuses one.
+const GUIDE_FIELDS: [(&str, &str); 9] = [
+    ("expiresIn", "expires_in_secs"),
+    ("signedURL", "url (in the answer)"),
+    ("signedUrl", "url (in the answer)"),
+    ("modelName", "model_name"),
+    ("filePath", "file_path"),
+    ("modelType", "model_type"),
+    ("isActive", "is_active (POST /api/v1/models/{id}/activate activates)"),
+    ("minAppVersion", "min_app_version"),
+    ("rolloutPercentage", "percentage (PUT /api/v1/rollout/canary)"),
+];
+
+/// `; modeld's name for "expiresIn" is "expires_in_secs"` when serde's message names a field
+/// of [`GUIDE_FIELDS`].
+fn guide_name_hint(serde_message: &str) -> String {
+    GUIDE_FIELDS
+        .iter()
+        .find(|(theirs, _)| serde_message.contains(&format!("`{theirs}`")))
+        .map_or_else(String::new, |(theirs, ours)| {
+            format!("; modeld's name for {theirs:?} is {ours} (docs/http.md, \"Coming from the guides\")")
+        })
 }
 
 /// JSON (and JSON Schema) count `42.0` as the integer 42, serde's integer fields do not:
@@ -701,9 +732,10 @@ pub struct RegisterBody {
     pub created_by: String,
 }
 
-/// Register a model (201 with the record).
+/// Register a model (201 with the record; 404 when `file_path` names no file).
 #[utoipa::path(post, path = "/api/v1/models", tag = "registry", request_body = RegisterBody,
-    responses((status = 201, body = ModelJson), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = ModelJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn register_model(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
     let b: RegisterBody = or_reply!(required_body(b));
     let reg = Registration {
@@ -815,6 +847,8 @@ pub struct ActivationJson {
     pub previous: Option<ModelJson>,
     /// Time to read, verify, load and warm the model (0 when it was already loaded).
     pub load_time_ms: f64,
+    /// The model was already the active one: nothing changed, and `previous` is null.
+    pub already_active: bool,
 }
 
 fn activation(done: &ActivationOutcome) -> ActivationJson {
@@ -822,6 +856,7 @@ fn activation(done: &ActivationOutcome) -> ActivationJson {
         active: ModelJson::from(&done.active),
         previous: done.previous.as_ref().map(ModelJson::from),
         load_time_ms: done.load_time.as_secs_f64() * 1e3,
+        already_active: done.already_active,
     }
 }
 

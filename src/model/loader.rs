@@ -219,10 +219,47 @@ fn check_sha256(expected: Option<&str>, actual: &str, shown: &str) -> Result<()>
 
 /// Parses and optimises; the error text continues "model file X ...".
 fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature), String> {
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .map_err(|e| format!("is not a loadable ONNX model: {e:#}"))?;
+    let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(|e| {
+        let e = format!("{e:#}");
+        match sniff(bytes) {
+            Some(what) => format!("is {what}, not an ONNX model; {CONVERT}"),
+            // An ONNX file opens with its ir_version (field 1, a varint: byte 0x08): one that
+            // does not decode after that is cut short or damaged, not another format.
+            None if bytes.first() == Some(&0x08) => {
+                format!("is not a loadable ONNX model (truncated or damaged? copy it again): {e}")
+            }
+            None if e.contains("Protobuf") || e.contains("protobuf") => {
+                format!("is not an ONNX model (it does not decode as ONNX protobuf: {e}); {CONVERT}")
+            }
+            None => format!("is not a loadable ONNX model: {e}"),
+        }
+    })?;
     optimise(model)
+}
+
+/// What to do with a model that is not ONNX.
+const CONVERT: &str = "modeld serves ONNX: convert a Keras or TensorFlow model with tf2onnx \
+                       (python -m tf2onnx.convert), a PyTorch one with torch.onnx.export, a scikit-learn one \
+                       with skl2onnx, and register the .onnx file";
+
+/// What a file that is not ONNX probably is, from its first bytes (the formats people try).
+fn sniff(bytes: &[u8]) -> Option<&'static str> {
+    let text = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if bytes.starts_with(b"PK\x03\x04") {
+        Some("a zip archive (a .keras model, or a PyTorch .pt/.pth file)")
+    } else if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
+        Some("an HDF5 file (a Keras .h5 model)")
+    } else if bytes.get(4..8) == Some(b"TFL3") {
+        Some("a TensorFlow Lite model")
+    } else if bytes.starts_with(b"GGUF") {
+        Some("a GGUF file (llama.cpp weights)")
+    } else if bytes.first() == Some(&0x80) && bytes.get(1).is_some_and(|v| (2..=5).contains(v)) {
+        Some("a Python pickle (joblib, pickle or an old PyTorch file)")
+    } else if matches!(text, Some(b'{' | b'[' | b'<')) {
+        Some("a text file (JSON, HTML or XML)")
+    } else {
+        None
+    }
 }
 
 /// [`build_plan`] from a lean read: tract parses the skeleton, then the tensors read from the
@@ -538,6 +575,36 @@ mod tests {
 
     fn bundled(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(name)
+    }
+
+    #[test]
+    fn a_file_that_is_not_onnx_says_what_it_is_and_how_to_convert() {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, bytes, says) in [
+            (
+                "m.keras",
+                &b"PK\x03\x04\x14\x00\x00\x00config.json"[..],
+                "a zip archive (a .keras model",
+            ),
+            ("m.h5", &b"\x89HDF\r\n\x1a\n\x00\x00"[..], "an HDF5 file"),
+            ("m.pkl", &b"\x80\x04\x95\x10\x00"[..], "a Python pickle"),
+            ("m.onnx", &b"<html>not found</html>"[..], "a text file"),
+            ("m.bin", &[0u8, 0, 0, 0, 1, 2, 3][..], "not an ONNX model"),
+        ] {
+            let path = dir.path().join(file);
+            std::fs::write(&path, bytes).unwrap();
+            let e = load_model(&path, None, EngineSettings::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{file}: {e}");
+            assert!(
+                e.contains("modeld serves ONNX")
+                    && e.contains("tf2onnx")
+                    && e.contains("torch.onnx")
+                    && e.contains("skl2onnx"),
+                "{file}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -25,12 +25,21 @@ impl ModelRoot {
     /// `FailedPrecondition` when the directory does not exist or cannot be read.
     pub fn new(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let canonical = dir
-            .canonicalize()
-            .map_err(|e| Error::FailedPrecondition(format!("model root {} is not usable: {e}", dir.display())))?;
+        let canonical = dir.canonicalize().map_err(|e| {
+            let here = std::env::current_dir().map_or_else(|_| "here".to_string(), |d| d.display().to_string());
+            let why = if e.kind() == std::io::ErrorKind::NotFound {
+                format!("does not exist (looked in {here})")
+            } else {
+                format!("is not usable: {e}")
+            };
+            Error::FailedPrecondition(format!(
+                "the model root {} {why}: run modeld from the directory that holds it, or name it with {ROOT_FLAG}",
+                dir.display()
+            ))
+        })?;
         if !canonical.is_dir() {
             return Err(Error::FailedPrecondition(format!(
-                "model root {} is not a directory",
+                "the model root {} is not a directory: name the directory of model files with {ROOT_FLAG}",
                 dir.display()
             )));
         }
@@ -118,6 +127,78 @@ impl ModelRoot {
             ));
         }
         Ok(canonical)
+    }
+
+    /// A `file_path` sent over an API (already a clean relative path): relative to the root,
+    /// or else relative to the server's working directory `cwd` when that lands inside the
+    /// root, as the CLI takes it (the guides' `models/m.onnx`, sent to a server started from
+    /// the directory holding `models/`). Returns the path as the registry stores it (relative
+    /// to the root) and the file. Messages never show the server's own paths.
+    ///
+    /// # Errors
+    /// As [`ModelRoot::resolve`]; a path that names no file in either place is
+    /// `NotFound`, with what would work.
+    pub fn resolve_sent(&self, sent: &str, cwd: Option<&Path>) -> Result<(String, PathBuf)> {
+        match self.resolve(sent) {
+            Err(Error::ModelFile {
+                problem: FileProblem::Missing,
+                ..
+            }) => {}
+            done => return done.map(|p| (sent.to_string(), p)),
+        }
+        if let Some(cwd) = cwd {
+            let candidate = cwd.join(sent);
+            let dir = candidate.parent().and_then(|d| d.canonicalize().ok());
+            let stored = dir
+                .as_deref()
+                .and_then(|d| d.strip_prefix(&self.canonical).ok())
+                .and_then(|rel| {
+                    let name = candidate.file_name()?;
+                    rel.join(name).to_str().map(str::to_owned)
+                });
+            if let Some(stored) = stored.filter(|_| candidate.is_file()) {
+                let path = self.resolve(&stored)?;
+                return Ok((stored, path));
+            }
+        }
+        let held = self.some_model_files(3);
+        let hint = if held.is_empty() {
+            "; the root holds no .onnx file yet: copy the model there first".to_string()
+        } else {
+            format!(
+                "; the root holds {}",
+                held.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")
+            )
+        };
+        Err(Error::NotFound(format!(
+            "model file {sent:?} does not exist under the server's model root ({ROOT_FLAG}): file_path is relative \
+             to that root (\"m.onnx\" for a file directly in it), or to the server's working directory when it \
+             lands inside the root{hint}"
+        )))
+    }
+
+    /// Up to `n` `.onnx` files in the root and its first level of directories, as relative
+    /// paths, sorted: what a client that sent a wrong path can send instead.
+    fn some_model_files(&self, n: usize) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut dirs = vec![(self.canonical.clone(), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten().take(10_000) {
+                let path = e.path();
+                if path.is_dir() && depth == 0 {
+                    dirs.push((path, 1));
+                } else if path.extension().is_some_and(|x| x == "onnx")
+                    && let Ok(rel) = path.strip_prefix(&self.canonical)
+                    && let Some(rel) = rel.to_str()
+                {
+                    found.push(rel.to_string());
+                }
+            }
+        }
+        found.sort();
+        found.truncate(n);
+        found
     }
 
     /// Whether the directory holding `file` is (under) the root.

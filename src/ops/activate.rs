@@ -8,7 +8,7 @@ use super::{ActivationOutcome, Control, EvaluateOptions};
 use crate::error::{Error, Result};
 use crate::evaluation::{self, Dataset};
 use crate::registry::EvaluationRecord;
-use crate::registry::activations::ACTIVE_CHANGED;
+use crate::registry::activations::{ACTIVE_CHANGED, ActivationRecord};
 use crate::registry::name::quoted;
 use crate::registry::{ActivationMeta, Conditions, ModelRecord, ModelRef, RolloutRole};
 
@@ -83,17 +83,16 @@ impl Control {
         Ok(active)
     }
 
-    /// Rolls back from a model: activates the model that was active before it (from the
-    /// activation history), only while it is still the active model — checked again inside the
-    /// activating transaction, so concurrent rollbacks from one model (two servers, a person
-    /// and the automatic guard) roll back once and never flip it back in. `from` names the
-    /// model to roll back from; without it, the model of the latest activation. Rolling back
-    /// twice, one after the other, returns to where you started.
+    /// Rolls back from the active model to the model that served before it, walking back
+    /// through the activation history ([`rollback_target`]): v3 → v2 → v1, never to a model
+    /// a rollback left (name it to activate it). Only while that model is still the active one
+    /// — checked again inside the activating transaction, so concurrent rollbacks from one
+    /// model (two servers, a person and the automatic guard) roll back once. `from` names the
+    /// model to roll back from: refused unless it is the active model.
     ///
     /// # Errors
-    /// `FailedPrecondition` when `from` (or the latest activation's model) is not the active
-    /// model, when there is no earlier model or it was deleted; otherwise as
-    /// [`Control::activate`].
+    /// `FailedPrecondition` when no model is active, `from` is not the active model, or there
+    /// is no earlier model to go back to; otherwise as [`Control::activate`].
     pub async fn rollback(
         &self,
         activated_by: &str,
@@ -101,50 +100,25 @@ impl Control {
         from: Option<&ModelRef>,
     ) -> Result<ActivationOutcome> {
         let _order = self.activation.lock().await;
-        let nothing = || Error::FailedPrecondition("nothing to roll back to: no model has been activated yet".into());
-        let last = match from {
-            None => self.registry.last_activation().await?.ok_or_else(nothing)?,
-            Some(from) => {
-                let model = self.registry.get(from).await?;
-                self.registry.last_activation_of(model.model_id).await?.ok_or_else(|| {
-                    Error::FailedPrecondition(format!(
-                        "nothing to roll back: {} has never been activated",
-                        quoted(&model.model_name)
-                    ))
-                })?
+        let active = self
+            .registry
+            .active()
+            .await?
+            .ok_or_else(|| Error::FailedPrecondition("nothing to roll back: no model is active".into()))?;
+        if let Some(from) = from {
+            let model = self.registry.get(from).await?;
+            if model.model_id != active.model_id {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} is not the active model (the active model is {}); nothing was rolled back",
+                    quoted(&model.model_name),
+                    quoted(&active.model_name)
+                )));
             }
-        };
-        let from_id = last.model_id.ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "cannot roll back from {}: its record was deleted",
-                quoted(&last.model_name)
-            ))
-        })?;
-        let active = self.registry.active().await?;
-        if active.as_ref().is_none_or(|a| a.model_id != from_id) {
-            return Err(Error::FailedPrecondition(format!(
-                "{} is not the active model (the active model is {}); nothing was rolled back",
-                quoted(&last.model_name),
-                active
-                    .as_ref()
-                    .map_or_else(|| "none".to_string(), |a| quoted(&a.model_name))
-            )));
         }
-        let target = match (last.previous_model_id, last.previous_name) {
-            (Some(id), _) => id,
-            (None, Some(name)) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "cannot roll back to model {}: its record was deleted",
-                    quoted(&name)
-                )));
-            }
-            (None, None) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "nothing to roll back to: {} was the first model ever activated",
-                    quoted(&last.model_name)
-                )));
-            }
-        };
+        let history = self.registry.activations(ROLLBACK_HISTORY).await?;
+        let target = rollback_target(&history, (active.model_id, &active.model_name))?;
+        let last = active;
+        let from_id = last.model_id;
         let record = self.registry.get(&ModelRef::Id(target)).await?;
         let meta = ActivationMeta {
             activated_by: activated_by.to_string(),
@@ -258,9 +232,10 @@ impl Control {
         if record.is_active && self.serves(&record) && conditions.only_if_active.is_none_or(|id| id == record.model_id)
         {
             return Ok(ActivationOutcome {
-                active: record.clone(),
-                previous: Some(record),
+                active: record,
+                previous: None,
                 load_time: Duration::ZERO,
+                already_active: true,
             });
         }
         // A model this server already holds in another role (the canary being promoted, the
@@ -286,7 +261,7 @@ impl Control {
             model = %committed.active.model_name,
             version = %committed.active.version,
             previous = committed.previous.as_ref().map(|p| p.model_name.as_str()).unwrap_or("none"),
-            load_ms = load_time.as_secs_f64() * 1e3,
+            load_ms = crate::trace::ms(load_time),
             by = %meta.activated_by,
             reason = %meta.reason,
             "model activated"
@@ -297,6 +272,157 @@ impl Control {
             active: committed.active,
             previous: committed.previous,
             load_time,
+            already_active: committed.unchanged,
         })
+    }
+}
+
+/// How many activations a rollback reads to find where to go back to.
+const ROLLBACK_HISTORY: i64 = 1000;
+
+/// Where a rollback from the `active` model goes: the activation history (newest first) is
+/// replayed as a stack, each activation pushing its model and each rollback popping back to
+/// the model it went to, so repeated rollbacks walk back through the models that served
+/// before (v3 → v2 → v1). A model a rollback left since the last forward activation is never
+/// gone back to (name it to activate it), nor a deleted one.
+///
+/// # Errors
+/// `FailedPrecondition` when there is nothing to go back to, saying why.
+fn rollback_target(history: &[ActivationRecord], active: (i64, &str)) -> Result<i64> {
+    let (active_id, active_name) = active;
+    let mut stack: Vec<(Option<i64>, &str)> = Vec::new();
+    let mut left: Vec<i64> = Vec::new();
+    for row in history.iter().rev() {
+        if row.is_rollback {
+            left.extend(row.previous_model_id);
+            match stack.iter().rposition(|(id, _)| id.is_some() && *id == row.model_id) {
+                Some(at) => stack.truncate(at + 1),
+                None => stack = vec![(row.model_id, row.model_name.as_str())],
+            }
+        } else {
+            left.clear();
+            if stack.is_empty()
+                && let Some(name) = &row.previous_name
+            {
+                stack.push((row.previous_model_id, name));
+            }
+            stack.push((row.model_id, row.model_name.as_str()));
+        }
+    }
+    // Made active without a history row (an SQL console): it is on top all the same.
+    if stack.last().is_none_or(|(id, _)| *id != Some(active_id)) {
+        stack.push((Some(active_id), active_name));
+    }
+    let below = &stack[..stack.len() - 1];
+    if below.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "nothing to roll back to: {} is the first model activated",
+            quoted(active_name)
+        )));
+    }
+    let found = below
+        .iter()
+        .rev()
+        .find(|(id, _)| id.is_some_and(|id| id != active_id && !left.contains(&id)));
+    match found {
+        Some((Some(id), _)) => Ok(*id),
+        _ => {
+            let mut skipped: Vec<String> = Vec::new();
+            for (id, name) in below.iter().rev() {
+                let why = if id.is_none() { "deleted" } else { "rolled back from" };
+                let shown = format!("{} ({why})", quoted(name));
+                if !skipped.contains(&shown) {
+                    skipped.push(shown);
+                }
+            }
+            Err(Error::FailedPrecondition(format!(
+                "nothing to roll back to from {}: the models before it are {}; activate one by name to go \
+                 back to it (modeld activate NAME)",
+                quoted(active_name),
+                skipped.join(", ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, model: i64, previous: Option<i64>, rollback: bool) -> ActivationRecord {
+        ActivationRecord {
+            activation_id: id,
+            model_id: Some(model),
+            model_name: format!("m{model}"),
+            previous_model_id: previous,
+            previous_name: previous.map(|p| format!("m{p}")),
+            activated_at: chrono::Utc::now(),
+            activated_by: "t".into(),
+            reason: String::new(),
+            is_rollback: rollback,
+        }
+    }
+
+    /// Oldest first, as people read a history; the registry gives it newest first.
+    fn target(rows: &[ActivationRecord], now: i64) -> Result<i64> {
+        let newest_first: Vec<ActivationRecord> = rows.iter().rev().cloned().collect();
+        rollback_target(&newest_first, (now, &format!("m{now}")))
+    }
+
+    #[test]
+    fn repeated_rollbacks_walk_back_through_the_history() {
+        let mut h = vec![
+            row(1, 1, None, false),
+            row(2, 2, Some(1), false),
+            row(3, 3, Some(2), false),
+        ];
+        assert_eq!(target(&h, 3).unwrap(), 2);
+        h.push(row(4, 2, Some(3), true));
+        assert_eq!(target(&h, 2).unwrap(), 1, "not back to m3, which the rollback left");
+        h.push(row(5, 1, Some(2), true));
+        let e = target(&h, 1).unwrap_err().to_string();
+        assert!(e.contains("\"m1\" is the first model activated"), "{e}");
+        // A forward activation starts a new walk.
+        h.push(row(6, 3, Some(1), false));
+        assert_eq!(target(&h, 3).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_model_a_rollback_left_is_not_gone_back_to() {
+        // m1, m2, m1 again; back to m2, then m1 is the model that rollback left.
+        let h = vec![
+            row(1, 1, None, false),
+            row(2, 2, Some(1), false),
+            row(3, 1, Some(2), false),
+            row(4, 2, Some(1), true),
+        ];
+        let e = target(&h, 2).unwrap_err().to_string();
+        assert!(
+            e.contains("\"m1\" (rolled back from)") && e.contains("modeld activate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_model_is_passed_over() {
+        let mut h = vec![
+            row(1, 1, None, false),
+            row(2, 2, Some(1), false),
+            row(3, 3, Some(2), false),
+        ];
+        h[1].model_id = None;
+        h[2].previous_model_id = None;
+        assert_eq!(target(&h, 3).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_history_cut_short_starts_from_the_first_rows_previous_model() {
+        let h = vec![row(7, 5, Some(4), false)];
+        assert_eq!(target(&h, 5).unwrap(), 4);
+        assert_eq!(
+            target(&h, 9).unwrap(),
+            5,
+            "made active outside the history: back to the last one"
+        );
     }
 }

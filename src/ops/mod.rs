@@ -55,6 +55,8 @@ pub struct ActivationOutcome {
     pub previous: Option<ModelRecord>,
     /// Time to read, verify, load and warm up the model (zero when it was already served).
     pub load_time: Duration,
+    /// It was already the active model: nothing changed (`previous` is `None`).
+    pub already_active: bool,
 }
 
 /// Registry + model root + served slot, and the lock that orders activations in this process.

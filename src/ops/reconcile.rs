@@ -82,7 +82,7 @@ impl Control {
                 .as_ref()
                 .is_some_and(|n| n.model_id == record.model_id && n.checksum_sha256 == record.checksum_sha256)
             {
-                tracing::info!(model = %record.model_name, version = %record.version, load_ms = loaded.load_time.as_secs_f64() * 1e3, "model reloaded from the registry");
+                tracing::info!(model = %record.model_name, version = %record.version, load_ms = crate::trace::ms(loaded.load_time), "model reloaded from the registry");
                 self.publish(record.clone(), loaded);
                 return Ok(RegistrySync::Reloaded(record));
             }
@@ -181,7 +181,7 @@ impl Control {
         if !updated.is_active {
             return Ok(FileSync::RegistryMoved);
         }
-        tracing::info!(model = %updated.model_name, sha256 = %updated.checksum_sha256, load_ms = loaded.load_time.as_secs_f64() * 1e3, "model file changed: reloaded");
+        tracing::info!(model = %updated.model_name, sha256 = %updated.checksum_sha256, load_ms = crate::trace::ms(loaded.load_time), "model file changed: reloaded");
         self.publish(updated.clone(), loaded);
         Ok(FileSync::Reloaded(updated))
     }

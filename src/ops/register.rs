@@ -85,9 +85,10 @@ impl Control {
             let fetched = self.objects.fetch(&uri, None).await?;
             (uri, fetched.path)
         } else {
-            let file_path = normalise(&reg.file_path)?;
-            let path = self.root.resolve(&file_path)?;
-            (file_path, path)
+            // As the CLI takes it: relative to the root, or to this server's working directory
+            // when that lands inside the root.
+            let cwd = std::env::current_dir().ok();
+            self.root.resolve_sent(&normalise(&reg.file_path)?, cwd.as_deref())?
         };
         let _order = if reg.activate {
             Some(self.activation.lock().await)
@@ -136,6 +137,7 @@ impl Control {
                 active: committed.active,
                 previous: committed.previous,
                 load_time,
+                already_active: false,
             }),
         })
     }

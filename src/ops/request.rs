@@ -47,7 +47,7 @@ impl Control {
             )));
         }
         match self.registry.find(&ModelRef::Name(name.to_string())).await? {
-            None => Err(Error::NotFound(format!("model {} is not registered", quoted(name)))),
+            None => Err(self.registry.not_registered(&ModelRef::Name(name.to_string())).await),
             Some(r) if r.is_active => Err(Error::Unavailable(format!(
                 "model {} is active in the registry but not loaded on this server yet (serving {})",
                 quoted(name),

@@ -210,6 +210,11 @@ impl Control {
         }
         let shadow = weighted.pop().flatten();
         let canary = weighted.pop().flatten();
+        // A shadow's figures are of its time as the shadow: a cleared or replaced one's are
+        // forgotten (a shadow set again starts counting afresh).
+        if let Some(runner) = &self.shadows {
+            runner.forget_all_but(shadow.as_ref().map(|w| w.model.record.model_id));
+        }
         self.slot.publish_rollout(canary, shadow);
         Ok(())
     }

@@ -96,8 +96,21 @@ pub(crate) fn signature_refusal_as(
 pub struct Activation {
     /// The model now active.
     pub active: ModelRecord,
-    /// The model active before, if any.
+    /// The model active before, if any, as the activation left it (no longer active).
     pub previous: Option<ModelRecord>,
+    /// The model was already the active one: nothing changed (and `previous` is `None`).
+    pub unchanged: bool,
+}
+
+/// `previous` as [`DEACTIVATE`] left it (it was read before the statement ran).
+pub(super) fn deactivated(previous: Option<ModelRecord>, now: DateTime<Utc>) -> Option<ModelRecord> {
+    previous.map(|mut p| {
+        p.is_active = false;
+        p.status = "deprecated".into();
+        p.deprecated_at = Some(now);
+        p.updated_at = now;
+        p
+    })
 }
 
 /// A `model_activations` row.
@@ -181,7 +194,7 @@ impl Registry {
             if previous.as_ref().is_some_and(|p| p.model_id == model_id) {
                 // Already active: nothing to change, no history row.
                 tx.rollback().await?;
-                return Ok(Activation { active: target, previous });
+                return Ok(Activation { active: target, previous: None, unchanged: true });
             }
             sqlx::query(DEACTIVATE).bind(false).bind(now).bind(true).execute(&mut *tx).await?;
             // A canary (promoted) or a shadow leaves its rollout role as it becomes active.
@@ -198,7 +211,7 @@ impl Registry {
             let kind = if meta.is_rollback { EventKind::RolledBack } else { EventKind::Activated };
             record_event!(&mut *tx, self.origin, kind, Some(active.model_id), &active.model_name, &meta.reason, now);
             tx.commit().await?;
-            Ok(Activation { active, previous })
+            Ok(Activation { active, previous: deactivated(previous, now), unchanged: false })
         })
     }
 

@@ -213,9 +213,34 @@ impl Registry {
     /// # Errors
     /// `NotFound` when there is no such model.
     pub async fn get(&self, model: &ModelRef) -> Result<ModelRecord> {
-        self.find(model)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("{model} is not registered")))
+        match self.find(model).await? {
+            Some(found) => Ok(found),
+            None => Err(self.not_registered(model).await),
+        }
+    }
+
+    /// The answer for a model that is not registered: for a name, with the registered names
+    /// it is closest to (a typo: `digts_v2` → did you mean "digits_v2"?).
+    pub async fn not_registered(&self, model: &ModelRef) -> Error {
+        let ModelRef::Name(typed) = model else {
+            return Error::NotFound(format!("{model} is not registered (modeld list shows what is)"));
+        };
+        // The names of a registry of any size: the most recent thousand are enough to
+        // suggest from, and one indexed scan of a column.
+        let sql = "SELECT model_name FROM ml_models ORDER BY model_id DESC LIMIT 1000";
+        let names: Vec<String> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap_or_default(),
+            Pool::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap_or_default(),
+        };
+        let close = name::closest(typed, names.iter().map(String::as_str));
+        if close.is_empty() {
+            return Error::NotFound(format!("{model} is not registered (modeld list shows what is)"));
+        }
+        let close: Vec<String> = close.iter().map(|n| name::quoted(n)).collect();
+        Error::NotFound(format!(
+            "{model} is not registered; did you mean {}? (modeld list shows every model)",
+            close.join(" or ")
+        ))
     }
 
     /// One model by id or name, or `None`.
@@ -329,7 +354,7 @@ impl Registry {
             };
             record_event!(&mut *tx, self.origin, EventKind::Registered, Some(record.model_id), &record.model_name, &record.file_path, now);
             let result = match activate {
-                None => Activation { active: record, previous: None },
+                None => Activation { active: record, previous: None, unchanged: false },
                 Some(meta) => {
                     let previous: Option<ModelRecord> = sqlx::query_as(concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1"))
                         .bind(true).fetch_optional(&mut *tx).await?;
@@ -338,7 +363,7 @@ impl Registry {
                         .bind(true).bind(now).bind(record.model_id).fetch_one(&mut *tx).await?;
                     record_activation!(tx, active, previous.as_ref(), meta, now);
                     record_event!(&mut *tx, self.origin, EventKind::Activated, Some(active.model_id), &active.model_name, &meta.reason, now);
-                    Activation { active, previous }
+                    Activation { active, previous: super::activations::deactivated(previous, now), unchanged: false }
                 }
             };
             tx.commit().await?;

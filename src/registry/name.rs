@@ -55,6 +55,29 @@ pub fn look(name: &str) -> String {
     name.nfkc().collect()
 }
 
+/// The names among `names` that `typed` is probably a typo of, the closest ones (at most three):
+/// compared case-insensitively, by edit distance scaled to the name's length.
+pub fn closest<'a>(typed: &str, names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let want = typed.to_lowercase();
+    // One edit in a short name, about one in four in a long one.
+    let allowed = (want.chars().count() / 4).clamp(1, 4);
+    let mut scored: Vec<(usize, &str)> = names
+        .filter_map(|n| {
+            let d = strsim::damerau_levenshtein(&want, &n.to_lowercase());
+            (d <= allowed && n != typed).then_some((d, n))
+        })
+        .collect();
+    scored.sort_by_key(|(d, n)| (*d, n.len()));
+    // Only the closest: "digts_v2" is one edit from digits_v2, two from digits_v1.
+    let best = scored.first().map_or(0, |(d, _)| *d);
+    scored
+        .into_iter()
+        .take_while(|(d, _)| *d == best)
+        .take(3)
+        .map(|(_, n)| n)
+        .collect()
+}
+
 /// Whether `name` asks for the active model: empty or the alias `active` (exactly; a name in
 /// another case is simply not registrable).
 pub fn is_active_alias(name: &str) -> bool {
@@ -151,6 +174,19 @@ mod tests {
     fn quoting_keeps_the_characters_people_wrote() {
         assert_eq!(quoted("नमस्ते"), "\"नमस्ते\"");
         assert_eq!(quoted("a \"b\" \\c"), "\"a \\\"b\\\" \\\\c\"");
+    }
+
+    #[test]
+    fn a_typo_finds_the_names_it_is_close_to() {
+        let names = ["digits_v1", "digits_v2", "cnn", "YAMNet Human Detection v1"];
+        assert_eq!(closest("digts_v2", names.into_iter()), ["digits_v2"]);
+        assert_eq!(closest("digits_v3", names.into_iter()), ["digits_v1", "digits_v2"]);
+        assert_eq!(
+            closest("yamnet human detection v1", names.into_iter()),
+            ["YAMNet Human Detection v1"]
+        );
+        assert!(closest("resnet50", names.into_iter()).is_empty());
+        assert!(closest("cn", names.into_iter()) == ["cnn"]);
     }
 
     #[test]

@@ -161,6 +161,12 @@ impl Shadows {
         })
     }
 
+    /// Drops the figures of every model but `shadow` (the one now shadowing, if any).
+    pub fn forget_all_but(&self, shadow: Option<i64>) {
+        let mut tallies = self.tallies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tallies.retain(|id, _| Some(*id) == shadow);
+    }
+
     /// The runner's size.
     pub fn config(&self) -> ShadowConfig {
         self.config

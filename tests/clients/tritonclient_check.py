@@ -67,12 +67,38 @@ assert c.is_model_ready("digits_v2"), "a loaded candidate is ready"
 index = {(m.name, m.state) for m in c.get_model_repository_index().models}
 assert ("digits_v1", "READY") in index and ("digits_v2", "READY") in index, index
 
-# Errors come back as InferenceServerException with the server's message.
+# Errors come back as InferenceServerException with the server's message; an unknown model in
+# Triton's opening words (simple_grpc_infer_client.py checks them), then modeld's explanation.
 try:
     infer("no_such_model", 1)
     raise AssertionError("an unknown model must be refused")
 except InferenceServerException as e:
+    assert e.message().startswith("Request for unknown model"), e.message()
     assert "not registered" in e.message(), e.message()
+try:
+    infer("digts_v2", 1)
+    raise AssertionError("a mistyped model must be refused")
+except InferenceServerException as e:
+    assert 'did you mean "digits_v2"' in e.message(), e.message()
+
+# grpc_explicit_int_content_client.py's way: the generated stubs, typed input contents, and
+# the outputs read from raw_output_contents, which Triton always answers with.
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(url))
+req = service_pb2.ModelInferRequest(model_name="digits_v2", model_version="")
+tensor = service_pb2.ModelInferRequest().InferInputTensor(name="input", datatype="FP32", shape=[2, 64])
+tensor.contents.fp32_contents[:] = x[:2].flatten().tolist()
+req.inputs.extend([tensor])
+resp = stub.ModelInfer(req)
+assert [o.name for o in resp.outputs] == ["probabilities", "label"], resp.outputs
+assert len(resp.raw_output_contents) == 2, "one raw output per output, as Triton answers"
+assert not resp.outputs[0].HasField("contents"), "no typed contents beside the raw bytes"
+probs = np.frombuffer(resp.raw_output_contents[0], dtype=np.float32).reshape(2, 10)
+np.testing.assert_allclose(probs, want["digits_v2"][:2], atol=1e-5)
+labels = np.frombuffer(resp.raw_output_contents[1], dtype=np.int64)
+assert labels.tolist() == probs.argmax(axis=1).tolist(), labels
 try:
     c.unload_model("digits_v1")
     raise AssertionError("unloading the active model must be refused")
@@ -80,8 +106,8 @@ except InferenceServerException as e:
     assert "active" in e.message(), e.message()
 
 stats = c.get_inference_statistics("digits_v2").model_stats
-assert stats[0].name == "digits_v2" and stats[0].inference_stats.success.count == 3, stats
-assert stats[0].inference_count == 10, stats
+assert stats[0].name == "digits_v2" and stats[0].inference_stats.success.count == 4, stats
+assert stats[0].inference_count == 12, stats
 stats = c.get_inference_statistics("digits_v1").model_stats
 assert stats[0].inference_stats.success.count == 1 and stats[0].inference_stats.compute_infer.ns > 0, stats
 

@@ -75,6 +75,8 @@ try:
     infer("no_such_model", 1, True)
     raise AssertionError("an unknown model must be refused")
 except InferenceServerException as e:
+    # Triton's opening words (simple_http_infer_client.py checks them), then modeld's.
+    assert e.message().startswith("Request for unknown model"), e.message()
     assert "not registered" in e.message(), e.message()
 try:
     c.unload_model("digits_v1")

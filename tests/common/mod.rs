@@ -835,7 +835,43 @@ pub struct LoggedServer {
 impl LoggedServer {
     pub async fn start(db_url: &str, root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let env: std::collections::HashMap<&str, &str> = env.iter().copied().collect();
-        let (child, mut lines) = spawn_serve_env(db_url, root, extra, &env);
+        let (child, lines) = spawn_serve_env(db_url, root, extra, &env);
+        Self::started(child, lines).await
+    }
+
+    /// `modeld serve` as a user runs it from `cwd`: the defaults (`sqlite://modeld.db` and
+    /// `./models` there), none of the environment's MODELD_* variables, plus `extra`.
+    pub async fn start_in(cwd: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(extra)
+        .current_dir(cwd)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("MODELD_") && k != "MODELD_ONNXRUNTIME_DIR" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied());
+        let mut child = cmd.spawn().unwrap();
+        let lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        Self::started(child, lines).await
+    }
+
+    async fn started(
+        child: tokio::process::Child,
+        mut lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    ) -> Self {
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let mut addrs = Vec::new();
         while addrs.len() < 2 {
