@@ -6,7 +6,13 @@
 //!   taking a Predict every 5 ms: all that 2 cores carry next to three servers);
 //! - a canary percentage, and an activation made in plain SQL;
 //! - PostgreSQL restarted under that load (its own cluster, `initdb` in a temp dir): how long
-//!   until every server is reachable again, and a change made then is served everywhere.
+//!   until every server is reachable again, and a change made then is served everywhere;
+//! - `modeld activate` run as a user runs it (the binary, its own process), which returns once
+//!   every live server serves the change: the command's own time, the wait it reports ("served
+//!   by N of N servers in X ms": from its commit until all have applied it), and how long after
+//!   the last server applied the change the command returned (the database's clock). On SQLite
+//!   (one file, two servers) and PostgreSQL (three servers), idle and under light load; after
+//!   each return every server is asked at once, and must serve the change.
 //!
 //! ```sh
 //! cargo bench --bench fleet            # FLEET_ROUNDS=20 activations idle and 20 loaded
@@ -26,6 +32,92 @@ fn quantiles(mut v: Vec<Duration>) -> String {
     v.sort();
     let at = |q: f64| ms(v[((v.len() - 1) as f64 * q).round() as usize]);
     format!("{:.1} | {:.1} | {:.1}", at(0.5), at(0.9), at(1.0))
+}
+
+/// What `rounds` CLI activations took: the command's own time, the wait it reported, and
+/// the time from the last server's apply to the command's return.
+struct CliRounds {
+    command: Vec<Duration>,
+    waited: Vec<Duration>,
+    after_last_apply: Vec<Duration>,
+}
+
+/// The database's clock and the latest apply of any server, in ms since the epoch.
+async fn clock_and_last_apply(url: &str) -> (i64, i64) {
+    let sql = if url.starts_with("postgres") {
+        "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT), MAX(applied_at_ms) FROM model_servers"
+    } else {
+        "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER), MAX(applied_at_ms) FROM model_servers"
+    };
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let row: (i64, Option<i64>) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        (row.0, row.1.unwrap_or(0))
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let row: (i64, Option<i64>) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        (row.0, row.1.unwrap_or(0))
+    }
+}
+
+async fn cli_rounds(servers: &[TestServer], url: &str, rounds: usize) -> CliRounds {
+    let root = servers[0].root.path().to_str().unwrap().to_string();
+    let env = [("MODELD_DATABASE_URL", url), ("MODELD_MODEL_ROOT", root.as_str())];
+    let n = servers.len();
+    let mut out = CliRounds {
+        command: Vec::new(),
+        waited: Vec::new(),
+        after_last_apply: Vec::new(),
+    };
+    for _ in 0..rounds {
+        let target = if serving(&servers[0]).await == "digits_v2" {
+            "digits_v1"
+        } else {
+            "digits_v2"
+        };
+        let started = std::time::Instant::now();
+        let run = run_modeld(servers[0].root.path(), &env, &["activate", target]).await;
+        let command = started.elapsed();
+        let (now, last_apply) = clock_and_last_apply(url).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let said = format!("served by {n} of {n} servers in ");
+        let waited_ms: u64 = run
+            .stdout
+            .split(&said)
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("{said:?} in {run:?}"));
+        // Served everywhere the moment the command returned.
+        for s in servers {
+            assert_eq!(serving(s).await, target, "served when the command returned");
+        }
+        out.command.push(command);
+        out.waited.push(Duration::from_millis(waited_ms));
+        // The query ran just after the return: `now` is at most that much later.
+        out.after_last_apply
+            .push(Duration::from_millis(u64::try_from(now - last_apply).unwrap_or(0)));
+    }
+    out
+}
+
+/// Prints the CLI rows for `what`.
+fn print_cli(what: &str, r: CliRounds) {
+    let n = r.command.len();
+    println!(
+        "| `modeld activate`, {what}: the command | {n} | {} |",
+        quantiles(r.command)
+    );
+    println!(
+        "| … its reported wait, commit to served by all | {n} | {} |",
+        quantiles(r.waited)
+    );
+    println!(
+        "| … last server's apply to the command's return (+ one query) | {n} | {} |",
+        quantiles(r.after_last_apply)
+    );
 }
 
 fn main() {
@@ -74,6 +166,31 @@ fn main() {
             }
             println!("| canary percentage | {} | {} |", canary.len(), quantiles(canary));
             println!("| activation in plain SQL | {} | {} |", by_sql.len(), quantiles(by_sql));
+            let load = Load::start(&servers, Duration::from_millis(5), false).await;
+            print_cli(
+                "PostgreSQL, 3 servers, idle",
+                cli_rounds(&servers, &db.url, rounds).await,
+            );
+            load.run(true);
+            let loaded = cli_rounds(&servers, &db.url, rounds).await;
+            let (served, failed) = load.stop().await;
+            assert!(failed.is_empty(), "{failed:?}");
+            print_cli(&format!("PostgreSQL, 3 servers, loaded ({served} served)"), loaded);
+            for s in servers {
+                s.stop().await.unwrap();
+            }
+        }
+        {
+            // One machine, the embedded default: two servers on one SQLite file.
+            let db = TestDb::new(Backend::Sqlite).await;
+            let servers = fleet_of(2, &db, |_| {}).await;
+            let load = Load::start(&servers, Duration::from_millis(5), false).await;
+            print_cli("SQLite, 2 servers, idle", cli_rounds(&servers, &db.url, rounds).await);
+            load.run(true);
+            let loaded = cli_rounds(&servers, &db.url, rounds).await;
+            let (served, failed) = load.stop().await;
+            assert!(failed.is_empty(), "{failed:?}");
+            print_cli(&format!("SQLite, 2 servers, loaded ({served} served)"), loaded);
             for s in servers {
                 s.stop().await.unwrap();
             }

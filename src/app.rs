@@ -613,6 +613,28 @@ pub async fn serve_with(
     // The reload task loads the registry's active model (source "startup"), then follows the
     // registry and the active file. A model that cannot be loaded leaves the server up and
     // NOT_SERVING until one can.
+    // This server's row in the fleet table: changes wait until every live server serves them.
+    let member = crate::fleet::Member::join(
+        control.registry().clone(),
+        crate::registry::servers::Joining {
+            server_id: String::new(),
+            server_name: control.registry().origin().server.clone(),
+            host: hostname(),
+            grpc_address: addr.to_string(),
+            http_address: http_at.map(|a| a.to_string()).unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            beat_ms: 0,
+        },
+        Duration::from_millis(config.heartbeat_ms),
+    )
+    .await;
+    let heartbeats = {
+        let control = Arc::clone(&control);
+        member.heartbeats(move || {
+            let serving = control.slot().active();
+            watch::degraded_text(&control.status().snapshot(), serving.as_ref().map(|s| &s.record))
+        })
+    };
     let reloader = watch::start(
         Arc::clone(&control),
         ReloadConfig {
@@ -623,16 +645,21 @@ pub async fn serve_with(
             watch_files: !config.no_watch_files,
             object_poll: Duration::from_millis(config.object_poll_ms),
         },
+        Some(Arc::clone(&member)),
     )?;
 
-    // The automatic rollback looks at its windows twice a second.
+    // The automatic rollback looks at its windows twice a second, and at once after a request
+    // fails in a model.
     let guard = {
         let control = Arc::clone(&control);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = control.guard_due() => {}
+                }
                 control.guard_tick().await;
             }
         })
@@ -693,6 +720,9 @@ pub async fn serve_with(
         res = &mut grpc.0 => res.context("the gRPC server task")?.context("gRPC server failed")?,
         () = &mut shutdown => {
             tracing::info!(drain_timeout_secs = drain.as_secs(), "shutting down: draining in-flight requests");
+            // Changes stop waiting for this server at once.
+            heartbeats.abort();
+            member.leave().await;
             let _ = stop_tx.send(());
             match tokio::time::timeout(drain, &mut grpc.0).await {
                 Ok(res) => res.context("the gRPC server task")?.context("gRPC server failed")?,
@@ -702,7 +732,9 @@ pub async fn serve_with(
     }
     metrics_stop.send_replace(true);
     guard.abort();
+    heartbeats.abort();
     drop(reloader);
+    member.leave().await;
     control.registry().close().await;
     tracing::info!("modeld stopped");
     Ok(())

@@ -399,8 +399,8 @@ pub fn grpc_need(path: &str) -> Need {
         },
         "modeld.v1.ModelRegistry" => match method {
             "GetModelConfig" => Need::OpenUnless(Protectable::ModelConfig),
-            "ListModels" | "GetModel" | "GetActiveModel" | "GetServerStatus" | "WatchEvents" | "GetRollout"
-            | "CreateDownloadUrl" | "DownloadModel" => Need::Scope(Scope::Read),
+            "ListModels" | "GetModel" | "GetActiveModel" | "GetServerStatus" | "ListServers" | "WatchEvents"
+            | "GetRollout" | "CreateDownloadUrl" | "DownloadModel" => Need::Scope(Scope::Read),
             _ => Need::Scope(Scope::Admin),
         },
         _ => Need::Scope(Scope::Admin),

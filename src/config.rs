@@ -24,6 +24,8 @@ Exit codes:
      missing or broken, the model is active, the name is taken)
   5  unreachable: the registry database or the server cannot be reached, or the server
      answered UNAVAILABLE (nothing loaded yet; try again)
+  6  not served: a change is committed, but a live server said it cannot serve it (a load
+     failure) or had not applied it when --wait ran out; the message names each one
 
 Results go to stdout, problems to stderr. Commands other than `serve` log at warn unless --log
 says otherwise.";
@@ -90,6 +92,9 @@ pub enum Command {
     /// Ask a running server what it serves: the active model, the canary and the shadow with
     /// their percentages and the shadow's agreement, candidates, why it is degraded.
     Status(StatusArgs),
+    /// List the servers on the registry: what each serves, the registry generation it has
+    /// applied and its lag, its heartbeat, whether it is gone, and its problems.
+    Fleet(FleetArgs),
     /// Ask a running server for a signed URL that downloads a model's file over HTTP (no
     /// other credential needed).
     DownloadUrl(DownloadUrlArgs),
@@ -142,11 +147,14 @@ pub enum TokenAction {
 /// The registry when none is given: a SQLite file in the current directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://modeld.db";
 
+/// The server address when none is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
 /// How a command reaches a running server: its address, a token, TLS.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Server address; `https://` for a server with --tls-cert.
-    #[arg(long, env = "MODELD_SERVER", default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "MODELD_SERVER", default_value = DEFAULT_SERVER)]
     pub server: String,
     /// Bearer token for a server with tokens (modeld token create); MODELD_TOKEN keeps it out
     /// of the process list.
@@ -202,12 +210,27 @@ pub struct DownloadArgs {
     pub quiet: bool,
 }
 
+/// `modeld fleet`.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON instead of text.
+    #[arg(long, env = "MODELD_JSON")]
+    pub json: bool,
+}
+
 /// `modeld status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    /// The server and how to reach it.
+    /// The server and how to reach it. When no server answers at the default address and
+    /// none is named, a live server of the registry (--database-url) is asked instead.
     #[command(flatten)]
     pub client: ClientArgs,
+    /// The registry to find a live server in (as `modeld fleet`).
+    #[arg(long, env = "MODELD_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
     /// Print JSON instead of text.
     #[arg(long, env = "MODELD_JSON")]
     pub json: bool,
@@ -239,6 +262,9 @@ pub struct RolloutSetArgs {
     /// Registry and model root.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// How long to wait for the servers to serve the change.
+    #[command(flatten)]
+    pub wait: WaitArgs,
     /// Which model.
     #[command(flatten)]
     pub model: ModelArg,
@@ -284,12 +310,43 @@ fn parse_threshold(text: &str) -> Result<Threshold, String> {
         .map_err(|_| format!("{text:?} is not a number (or none)"))
 }
 
+/// How a change waits for the servers (`register --activate`, `activate`, `rollback`,
+/// `promote`, `canary`/`shadow` `set` and `clear`).
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Return once every live server serves the change, waiting at most this many seconds
+    /// (then exit 6 naming the servers that do not). 0 does not wait.
+    #[arg(long, env = "MODELD_WAIT", default_value_t = 30.0, value_name = "SECS", value_parser = parse_wait)]
+    pub wait: f64,
+    /// Return as soon as the change is committed; servers apply it as they notice it.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+impl WaitArgs {
+    /// The wait, or `None` for none.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        (!self.no_wait && self.wait > 0.0).then(|| std::time::Duration::from_secs_f64(self.wait))
+    }
+}
+
+/// 0 to 600 seconds.
+fn parse_wait(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{text:?} is not a number of seconds from 0 to 600")),
+    }
+}
+
 /// `modeld canary clear` / `modeld shadow clear`.
 #[derive(Debug, Args)]
 pub struct RolloutClearArgs {
     /// Registry and model root.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// How long to wait for the servers to serve the change.
+    #[command(flatten)]
+    pub wait: WaitArgs,
     /// Why (kept in the event).
     #[arg(long, default_value = "", env = "MODELD_REASON")]
     pub reason: String,
@@ -319,6 +376,9 @@ pub struct PromoteArgs {
     /// Registry and model root.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// How long to wait for the servers to serve the change.
+    #[command(flatten)]
+    pub wait: WaitArgs,
     /// Why (kept in the activation history).
     #[arg(long, default_value = "", env = "MODELD_REASON")]
     pub reason: String,
@@ -409,13 +469,18 @@ pub struct ServeConfig {
     /// This server's name in events and GetServerStatus (default: modeld-<host>-<pid>).
     #[arg(long, env = "MODELD_SERVER_NAME")]
     pub server_name: Option<String>,
-    /// SQLite: how often to poll the registry generation for changes made elsewhere, in ms.
-    #[arg(long, env = "MODELD_REGISTRY_POLL_MS", default_value_t = 500)]
+    /// SQLite: how often to read the registry generation besides watching the database's files
+    /// (a safety net for file systems that send no events), in ms.
+    #[arg(long, env = "MODELD_REGISTRY_POLL_MS", default_value_t = 2000)]
     pub registry_poll_ms: u64,
     /// PostgreSQL: how often to check the generation besides LISTEN/NOTIFY, in ms (safety net
     /// for missed notifications and reconnects).
     #[arg(long, env = "MODELD_REGISTRY_CHECK_MS", default_value_t = 5000)]
     pub registry_check_ms: u64,
+    /// How often this server tells the registry it is alive, in ms; after 3 missed heartbeats
+    /// it is shown as gone and changes stop waiting for it (docs/operations.md, "Fleet").
+    #[arg(long, env = "MODELD_HEARTBEAT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub heartbeat_ms: u64,
     /// Quiet time after the last change to the active model's file before it is reloaded, in ms.
     #[arg(long, env = "MODELD_FILE_DEBOUNCE_MS", default_value_t = 200)]
     pub file_debounce_ms: u64,
@@ -809,8 +874,9 @@ impl ServeConfig {
             max_message_bytes: 64 * 1024 * 1024,
             drain_timeout_secs: 30,
             server_name: None,
-            registry_poll_ms: 500,
+            registry_poll_ms: 2000,
             registry_check_ms: 5000,
+            heartbeat_ms: 2000,
             file_debounce_ms: 200,
             object_poll_ms: 30_000,
             strict_checksum: false,
@@ -842,6 +908,9 @@ pub struct RegisterArgs {
     /// Registry and model root.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// How long to wait for the servers to serve the change.
+    #[command(flatten)]
+    pub wait: WaitArgs,
     /// Unique model name: printable Unicode, spaces inside, up to 255 characters, e.g.
     /// "YAMNet Human Detection v1"; not `active` (in any letter case).
     #[arg(long, env = "MODELD_NAME")]
@@ -913,6 +982,9 @@ pub struct ActivateArgs {
     /// Registry and model root.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// How long to wait for the servers to serve the change.
+    #[command(flatten)]
+    pub wait: WaitArgs,
     /// Which model.
     #[command(flatten)]
     pub model: ModelArg,
@@ -946,6 +1018,9 @@ pub struct RollbackArgs {
     /// Registry and model root.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// How long to wait for the servers to serve the change.
+    #[command(flatten)]
+    pub wait: WaitArgs,
     /// Why (kept in the activation history).
     #[arg(long, default_value = "", env = "MODELD_REASON")]
     pub reason: String,

@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - [`status`]: what this server knows about its own state, and why it is degraded.
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
+//! - [`fleet`]: every server's row in the registry, and a change's wait until the fleet serves it.
 //! - [`evaluation`]: datasets, evaluating a model on one, and comparing two.
 //! - [`error`]: the one error type and its one mapping to gRPC codes.
 
@@ -28,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod evaluation;
 pub mod filewatch;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod model;

@@ -121,6 +121,21 @@ pub struct Status {
     /// Bumped when events may have been added (local writes, notifications, generation changes);
     /// WatchEvents streams wait on it.
     events: watch::Sender<u64>,
+    /// The registry generation whose state this server serves (set after each reload from the
+    /// registry, failed or not: a request that waits for it learns either way).
+    applied: watch::Sender<Applied>,
+    /// Asks the reload task to read the registry now.
+    kick: tokio::sync::Notify,
+}
+
+/// What the reload task last did with the registry: the generation it read, and whether it
+/// serves that generation's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The generation read before the reload.
+    pub generation: i64,
+    /// The reload succeeded.
+    pub ok: bool,
 }
 
 impl Default for Status {
@@ -128,6 +143,8 @@ impl Default for Status {
         Self {
             inner: Mutex::new(StatusSnapshot::default()),
             events: watch::Sender::new(0),
+            applied: watch::Sender::new(Applied::default()),
+            kick: tokio::sync::Notify::new(),
         }
     }
 }
@@ -282,6 +299,27 @@ impl Status {
     /// Wakes WatchEvents streams.
     pub fn wake_events(&self) {
         self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records what a reload from the registry did.
+    pub fn set_applied(&self, applied: Applied) {
+        self.applied.send_replace(applied);
+    }
+
+    /// Follows [`Status::set_applied`].
+    pub fn subscribe_applied(&self) -> watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+
+    /// Asks the reload task to read the registry now (a change was just made, or a request
+    /// names a model the registry serves and this server does not yet).
+    pub fn kick_reload(&self) {
+        self.kick.notify_one();
+    }
+
+    /// Waits for [`Status::kick_reload`].
+    pub async fn kicked(&self) {
+        self.kick.notified().await;
     }
 
     /// Follows [`Status::wake_events`].

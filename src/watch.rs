@@ -1,6 +1,6 @@
 //! Keeps the served model in step with the registry and with the active model's file, from
 //! every source: a registry watcher (PostgreSQL LISTEN/NOTIFY plus a periodic generation check;
-//! SQLite a cheap generation poll) and a file watcher (notify, debounced) feed **one reload
+//! SQLite a watch on the database's files plus a slow poll) and a file watcher (notify, debounced) feed **one reload
 //! task**, so two triggers can never race each other into publishing an older model after a
 //! newer one. A model that cannot be loaded never replaces the served one: the server keeps its
 //! last good model, reports itself degraded, logs, records an event and retries with backoff.
@@ -73,7 +73,11 @@ impl Drop for Reloader {
 ///
 /// # Errors
 /// When the file watcher cannot be created.
-pub fn start(control: Arc<Control>, config: ReloadConfig) -> anyhow::Result<Reloader> {
+pub fn start(
+    control: Arc<Control>,
+    config: ReloadConfig,
+    member: Option<Arc<crate::fleet::Member>>,
+) -> anyhow::Result<Reloader> {
     let status = Arc::clone(control.status());
     let (tx, rx) = mpsc::channel::<Trigger>(64);
     let mut tasks = vec![tokio::spawn(reload_loop(
@@ -81,6 +85,7 @@ pub fn start(control: Arc<Control>, config: ReloadConfig) -> anyhow::Result<Relo
         Arc::clone(&status),
         config.clone(),
         rx,
+        member,
     ))];
     tasks.push(tokio::spawn(registry_watcher(
         Arc::clone(&control),
@@ -152,20 +157,37 @@ async fn reload_loop(
     status: Arc<Status>,
     config: ReloadConfig,
     mut rx: mpsc::Receiver<Trigger>,
+    member: Option<Arc<crate::fleet::Member>>,
 ) {
     let mut source = "startup";
     let (mut registry_due, mut file_due) = (true, false);
     let mut retry_at: Option<Instant> = None;
     let mut backoff = RETRY_MIN;
+    // The last generation this server serves, for reports after a failure.
+    let mut served_generation = 0;
     loop {
         if registry_due {
             registry_due = false;
-            if sync_registry(&control, &status, source).await {
+            // Read before the reload: serving what the registry named after reading it means
+            // serving this generation's state (or a later one's).
+            let generation = control.registry().generation().await.ok();
+            let ok = sync_registry(&control, &status, source).await;
+            if ok {
                 retry_at = None;
                 backoff = RETRY_MIN;
             } else {
                 retry_at = Some(Instant::now() + backoff);
                 backoff = (backoff * 2).min(RETRY_MAX);
+            }
+            if let Some(g) = generation {
+                if ok {
+                    served_generation = served_generation.max(g);
+                }
+                status.set_applied(crate::status::Applied { generation: g, ok });
+                if let Some(m) = &member {
+                    m.report(applied(&control, &status, served_generation, (!ok).then_some(g)))
+                        .await;
+                }
             }
         }
         if file_due {
@@ -187,6 +209,7 @@ async fn reload_loop(
                 None => return,
                 Some(t) => mark(t, &mut registry_due, &mut file_due),
             },
+            () = status.kicked() => registry_due = true,
             () = retry => registry_due = true,
         }
         // Coalesce whatever else is queued: one reload serves them all.
@@ -195,6 +218,39 @@ async fn reload_loop(
         }
         source = "registry";
     }
+}
+
+/// What this server reports to the fleet table: the generation it serves, what it serves,
+/// and, when the reload of generation `failed` did not succeed, why.
+fn applied(control: &Control, status: &Status, served: i64, failed: Option<i64>) -> crate::registry::servers::Applied {
+    let snapshot = status.snapshot();
+    let serving = control.slot().active();
+    let degraded = degraded_text(&snapshot, serving.as_ref().map(|s| &s.record));
+    let problem = match (failed, &snapshot.last_error) {
+        (Some(_), Some((message, _, _))) => message.clone(),
+        (Some(_), None) => "the reload failed (see the server's log)".into(),
+        (None, _) => String::new(),
+    };
+    crate::registry::servers::Applied {
+        generation: served,
+        serving: crate::fleet::serving_of(control.slot()),
+        problem,
+        problem_generation: failed.unwrap_or(0),
+        degraded,
+    }
+}
+
+/// A server's degradations in one line for the fleet table ('' when none).
+pub fn degraded_text(
+    snapshot: &crate::status::StatusSnapshot,
+    serving: Option<&crate::registry::ModelRecord>,
+) -> String {
+    snapshot
+        .degradations(serving)
+        .iter()
+        .map(|d| d.message.clone())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn mark(t: Trigger, registry_due: &mut bool, file_due: &mut bool) {
@@ -419,10 +475,21 @@ async fn registry_watcher(control: Arc<Control>, status: Arc<Status>, config: Re
         }
     };
     let Some(pg) = control.registry().pg_pool().cloned() else {
+        // SQLite: every write changes the database's files, so a watch on them notices a
+        // change within milliseconds; the poll stays as a safety net (a file system that
+        // sends no events).
+        let mut changes = crate::fleet::Changes::open(control.registry()).await.ok();
         let mut tick = tokio::time::interval(config.registry_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            match &mut changes {
+                Some(c) => {
+                    c.next(config.registry_poll).await;
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
             check(&mut last).await;
         }
     };

@@ -263,9 +263,10 @@ async fn answers_say_what_is_so() {
     let run = paste(cwd, &env, "modeld activate digits_v2").await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
-        run.stdout.trim(),
+        run.stdout.lines().next().unwrap(),
         "\"digits_v2\" (id 2, version \"2\") is already the active model: nothing changed"
     );
+    assert!(run.stdout.contains("served by 1 of 1 server in "), "{run:?}");
     let run = paste(cwd, &env, "modeld activate digits_v2 --json").await;
     let v: Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(

@@ -922,6 +922,7 @@ async fn concurrent_rollbacks_from_one_model_roll_back_once() {
             reason: format!("round {round}"),
             activated_by: by.into(),
             from: from.clone(),
+            wait_ms: None,
         };
         let (ra, rb) = tokio::join!(reg_a.rollback_model(request("a")), reg_b.rollback_model(request("b")));
         let outcomes = [ra, rb];

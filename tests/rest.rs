@@ -553,6 +553,7 @@ async fn the_openapi_document_describes_every_route_the_server_answers() {
         ("GET", "/api/v1/models/{model_id}/download"),
         ("GET", "/api/v1/events"),
         ("GET", "/api/v1/status"),
+        ("GET", "/api/v1/servers"),
         ("GET", "/api/v1/stats"),
         ("GET", "/api/v1/evaluations"),
         ("GET", "/api/v1/models/{model_id}/activations"),

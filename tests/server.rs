@@ -138,6 +138,7 @@ async fn registry_lifecycle(backend: Backend) {
         activate: false,
         created_by: "alice".into(),
         allow_signature_change: false,
+        wait_ms: None,
     };
     let made = reg.register_model(reg_req.clone()).await.unwrap().into_inner();
     let m = made.model.unwrap();
@@ -300,6 +301,7 @@ async fn registry_lifecycle(backend: Backend) {
             reason: "bad canary".into(),
             activated_by: "bob".into(),
             from: None,
+            wait_ms: None,
         })
         .await
         .unwrap()

@@ -181,6 +181,61 @@ pub fn activation(a: &ActivationOutcome) -> pb::ActivateModelResponse {
         previous: previous.as_ref().map(model),
         load_time_ms: load_time.as_secs_f64() * 1e3,
         already_active: *already_active,
+        served: None,
+    }
+}
+
+/// How a change is served across the fleet.
+pub fn served(s: &crate::fleet::Served) -> pb::Served {
+    let lagging = |l: &crate::fleet::Lagging| pb::LaggingServer {
+        server_id: l.server_id.clone(),
+        server_name: l.server_name.clone(),
+        host: l.host.clone(),
+        reason: l.reason.clone(),
+    };
+    pb::Served {
+        generation: s.generation,
+        servers: u32::try_from(s.servers).unwrap_or(u32::MAX),
+        applied: u32::try_from(s.applied).unwrap_or(u32::MAX),
+        waited_ms: s.waited_ms,
+        skipped: s.skipped,
+        complete: s.complete(),
+        failed: s.failed.iter().map(lagging).collect(),
+        pending: s.pending.iter().map(lagging).collect(),
+        summary: s.summary(),
+    }
+}
+
+/// A server of the fleet table, `generation` being the registry's now.
+pub fn fleet_server(s: &crate::registry::servers::ServerEntry, generation: i64) -> pb::FleetServer {
+    let at = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(timestamp);
+    let held = |h: &crate::registry::servers::Held| pb::FleetModel {
+        model_id: h.model_id,
+        model_name: h.model_name.clone(),
+        version: h.version.clone(),
+        sha256: h.sha256.clone(),
+        percentage: h.percentage.map(u32::from),
+    };
+    pb::FleetServer {
+        server_id: s.server_id.clone(),
+        server_name: s.server_name.clone(),
+        host: s.host.clone(),
+        grpc_address: s.grpc_address.clone(),
+        http_address: s.http_address.clone(),
+        version: s.version.clone(),
+        started_at: at(s.started_at_ms),
+        heartbeat_age_ms: u64::try_from(s.heartbeat_age_ms).unwrap_or(0),
+        heartbeat_interval_ms: u64::try_from(s.beat_ms).unwrap_or(0),
+        gone: s.gone,
+        applied_generation: s.applied_generation,
+        lag: (generation - s.applied_generation).max(0),
+        applied_at: s.applied_at_ms.and_then(at),
+        active: s.serving.active.as_ref().map(held),
+        canary: s.serving.canary.as_ref().map(held),
+        shadow: s.serving.shadow.as_ref().map(held),
+        problem: s.problem.clone(),
+        problem_generation: s.problem_generation,
+        degraded: s.degraded.clone(),
     }
 }
 
@@ -397,6 +452,7 @@ pub fn rollout(r: &crate::registry::Rollout, replaced: Option<&ModelRecord>) -> 
         shadow: r.shadow.as_ref().map(model),
         replaced: replaced.map(model),
         history: Vec::new(),
+        served: None,
     }
 }
 

@@ -42,7 +42,7 @@ impl InferenceService {
             .collect::<Result<Vec<_>>>()?;
         // Answer in the encoding the request used.
         let raw = refs.first().is_none_or(|r| matches!(r.payload, Payload::Raw(_)));
-        let route = self.control.route(&model_name, &routing_key).await?;
+        let route = self.control.route(&model_name, &routing_key, deadline).await?;
         let role = route.role;
         let done = self.control.infer(route, &refs, raw, deadline).await?;
         let record = &done.model.record;

@@ -134,7 +134,7 @@ impl KServeService {
         // bad request is a failure, not a wasted inference.
         let route = self
             .control
-            .route(&model_name, &routing_key)
+            .route(&model_name, &routing_key, deadline)
             .await
             .map_err(unknown_model)?;
         let role = route.role;

@@ -46,14 +46,38 @@ impl RegistryService {
     }
 }
 
+/// The wait a change asked for: `wait_ms` (absent: the default), bounded by the call's
+/// deadline (less a margin to answer in).
+fn wait_of(wait_ms: Option<u32>, deadline: Option<std::time::Instant>) -> Option<Duration> {
+    let asked = wait_ms.map_or(crate::ops::DEFAULT_WAIT, |ms| Duration::from_millis(u64::from(ms)));
+    let asked = asked.min(crate::ops::MAX_WAIT);
+    let bound = deadline.map(|d| {
+        d.saturating_duration_since(std::time::Instant::now())
+            .saturating_sub(Duration::from_millis(50))
+    });
+    let wait = bound.map_or(asked, |b| asked.min(b));
+    (!wait.is_zero()).then_some(wait)
+}
+
 impl RegistryService {
-    async fn set_rollout(&self, role: RolloutRole, request: pb::SetRolloutRequest) -> Reply<pb::Rollout> {
+    /// Waits for the fleet after a change (the change is committed whatever happens here).
+    async fn served(&self, wait: Option<Duration>) -> Result<pb::Served, Status> {
+        Ok(convert::served(&self.control.await_served(wait).await?))
+    }
+
+    async fn set_rollout(
+        &self,
+        role: RolloutRole,
+        request: pb::SetRolloutRequest,
+        deadline: Option<std::time::Instant>,
+    ) -> Reply<pb::Rollout> {
         let pb::SetRolloutRequest {
             model,
             percentage,
             allow_signature_change,
             changed_by,
             reason,
+            wait_ms,
         } = request;
         let percentage = u8::try_from(percentage).ok().filter(|p| *p <= 100).ok_or_else(|| {
             Error::InvalidArgument(format!("the {} percentage is 0 to 100, got {percentage}", role.name()))
@@ -69,15 +93,30 @@ impl RegistryService {
                 &reason,
             )
             .await?;
+        let served = self.served(wait_of(wait_ms, deadline)).await?;
         let rollout = self.control.registry().rollout().await?;
-        Ok(Response::new(convert::rollout(&rollout, change.replaced.as_ref())))
+        let mut answer = convert::rollout(&rollout, change.replaced.as_ref());
+        answer.served = Some(served);
+        Ok(Response::new(answer))
     }
 
-    async fn clear_rollout(&self, role: RolloutRole, request: pb::ClearRolloutRequest) -> Reply<pb::Rollout> {
-        let pb::ClearRolloutRequest { changed_by, reason } = request;
+    async fn clear_rollout(
+        &self,
+        role: RolloutRole,
+        request: pb::ClearRolloutRequest,
+        deadline: Option<std::time::Instant>,
+    ) -> Reply<pb::Rollout> {
+        let pb::ClearRolloutRequest {
+            changed_by,
+            reason,
+            wait_ms,
+        } = request;
         let change = self.control.clear_rollout(role, &who(changed_by), &reason).await?;
+        let served = self.served(wait_of(wait_ms, deadline)).await?;
         let rollout = self.control.registry().rollout().await?;
-        Ok(Response::new(convert::rollout(&rollout, change.replaced.as_ref())))
+        let mut answer = convert::rollout(&rollout, change.replaced.as_ref());
+        answer.served = Some(served);
+        Ok(Response::new(answer))
     }
 }
 
@@ -101,6 +140,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
     #[tracing::instrument(skip_all, fields(model = %request.get_ref().name))]
     async fn register_model(&self, request: Request<pb::RegisterModelRequest>) -> Reply<pb::RegisterModelResponse> {
         let caller = caller_of(&request);
+        let deadline = super::deadline(request.metadata());
         let pb::RegisterModelRequest {
             name,
             file_path,
@@ -111,6 +151,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             activate,
             created_by,
             allow_signature_change,
+            wait_ms,
         } = request.into_inner();
         let created_by = caller.unwrap_or(created_by);
         let reg = Registration {
@@ -125,9 +166,17 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             allow_signature_change,
         };
         let done = self.control.register(reg).await?;
+        let activation = match &done.activation {
+            Some(a) => {
+                let mut answer = convert::activation(a);
+                answer.served = Some(self.served(wait_of(wait_ms, deadline)).await?);
+                Some(answer)
+            }
+            None => None,
+        };
         Ok(Response::new(pb::RegisterModelResponse {
             model: Some(convert::model(&done.model)),
-            activation: done.activation.as_ref().map(convert::activation),
+            activation,
         }))
     }
 
@@ -220,6 +269,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
     }
 
     async fn update_model(&self, request: Request<pb::UpdateModelRequest>) -> Reply<pb::Model> {
+        let deadline = super::deadline(request.metadata());
         let pb::UpdateModelRequest {
             model,
             version,
@@ -230,7 +280,9 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             min_app_version,
             min_app_versions,
             set_min_app_versions,
+            wait_ms,
         } = request.into_inner();
+        let guards_follow = rollback.is_some();
         let changes = ModelChanges {
             min_app_version,
             min_app_versions: set_min_app_versions.then(|| min_app_versions.into_iter().collect()),
@@ -246,12 +298,22 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             }),
         };
         let record = self.control.update(&convert::model_ref(model)?, &changes).await?;
-        Ok(Response::new(convert::model(&record)))
+        let mut answer = Response::new(convert::model(&record));
+        // A new rollback policy changes what the servers' guards do: wait for them, and say
+        // how it went in a header (the answer is the model).
+        if guards_follow {
+            let served = self.served(wait_of(wait_ms, deadline)).await?;
+            if let Ok(v) = served.summary.parse() {
+                answer.metadata_mut().insert("x-modeld-served", v);
+            }
+        }
+        Ok(answer)
     }
 
     #[tracing::instrument(skip_all)]
     async fn activate_model(&self, request: Request<pb::ActivateModelRequest>) -> Reply<pb::ActivateModelResponse> {
         let caller = caller_of(&request);
+        let deadline = super::deadline(request.metadata());
         let pb::ActivateModelRequest {
             model,
             reason,
@@ -259,6 +321,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             allow_signature_change,
             require_better,
             evaluate,
+            wait_ms,
         } = request.into_inner();
         let activated_by = caller.unwrap_or(activated_by);
         let meta = ActivationMeta {
@@ -284,16 +347,20 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             .control
             .activate(&convert::model_ref(model)?, &meta, &gates)
             .await?;
-        Ok(Response::new(convert::activation(&done)))
+        let mut answer = convert::activation(&done);
+        answer.served = Some(self.served(wait_of(wait_ms, deadline)).await?);
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all)]
     async fn rollback_model(&self, request: Request<pb::RollbackModelRequest>) -> Reply<pb::ActivateModelResponse> {
         let caller = caller_of(&request);
+        let deadline = super::deadline(request.metadata());
         let pb::RollbackModelRequest {
             reason,
             activated_by,
             from,
+            wait_ms,
         } = request.into_inner();
         let activated_by = caller.unwrap_or(activated_by);
         let from = from.map(|f| convert::model_ref(Some(f))).transpose()?;
@@ -301,56 +368,69 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             .control
             .rollback(&who(activated_by), &reason, from.as_ref())
             .await?;
-        Ok(Response::new(convert::activation(&done)))
+        let mut answer = convert::activation(&done);
+        answer.served = Some(self.served(wait_of(wait_ms, deadline)).await?);
+        Ok(Response::new(answer))
     }
 
     #[tracing::instrument(skip_all)]
     async fn set_canary(&self, request: Request<pb::SetRolloutRequest>) -> Reply<pb::Rollout> {
         let caller = caller_of(&request);
+        let deadline = super::deadline(request.metadata());
         let mut msg = request.into_inner();
         if let Some(c) = caller {
             msg.changed_by = c;
         }
-        self.set_rollout(RolloutRole::Canary, msg).await
+        self.set_rollout(RolloutRole::Canary, msg, deadline).await
     }
 
     #[tracing::instrument(skip_all)]
     async fn clear_canary(&self, request: Request<pb::ClearRolloutRequest>) -> Reply<pb::Rollout> {
         let caller = caller_of(&request);
+        let deadline = super::deadline(request.metadata());
         let mut msg = request.into_inner();
         if let Some(c) = caller {
             msg.changed_by = c;
         }
-        self.clear_rollout(RolloutRole::Canary, msg).await
+        self.clear_rollout(RolloutRole::Canary, msg, deadline).await
     }
 
     #[tracing::instrument(skip_all)]
     async fn set_shadow(&self, request: Request<pb::SetRolloutRequest>) -> Reply<pb::Rollout> {
         let caller = caller_of(&request);
+        let deadline = super::deadline(request.metadata());
         let mut msg = request.into_inner();
         if let Some(c) = caller {
             msg.changed_by = c;
         }
-        self.set_rollout(RolloutRole::Shadow, msg).await
+        self.set_rollout(RolloutRole::Shadow, msg, deadline).await
     }
 
     #[tracing::instrument(skip_all)]
     async fn clear_shadow(&self, request: Request<pb::ClearRolloutRequest>) -> Reply<pb::Rollout> {
         let caller = caller_of(&request);
+        let deadline = super::deadline(request.metadata());
         let mut msg = request.into_inner();
         if let Some(c) = caller {
             msg.changed_by = c;
         }
-        self.clear_rollout(RolloutRole::Shadow, msg).await
+        self.clear_rollout(RolloutRole::Shadow, msg, deadline).await
     }
 
     #[tracing::instrument(skip_all)]
     async fn promote(&self, request: Request<pb::PromoteRequest>) -> Reply<pb::ActivateModelResponse> {
         let caller = caller_of(&request);
-        let pb::PromoteRequest { activated_by, reason } = request.into_inner();
+        let deadline = super::deadline(request.metadata());
+        let pb::PromoteRequest {
+            activated_by,
+            reason,
+            wait_ms,
+        } = request.into_inner();
         let activated_by = caller.unwrap_or(activated_by);
         let done = self.control.promote(&who(activated_by), &reason).await?;
-        Ok(Response::new(convert::activation(&done)))
+        let mut answer = convert::activation(&done);
+        answer.served = Some(self.served(wait_of(wait_ms, deadline)).await?);
+        Ok(Response::new(answer))
     }
 
     async fn get_rollout(&self, request: Request<pb::GetRolloutRequest>) -> Reply<pb::Rollout> {
@@ -473,6 +553,16 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             let _ = tx.send(Ok(last)).await;
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list_servers(&self, _request: Request<pb::ListServersRequest>) -> Reply<pb::ListServersResponse> {
+        let registry = self.control.reachable_registry()?;
+        let generation = registry.generation().await?;
+        let servers = registry.servers().await?;
+        Ok(Response::new(pb::ListServersResponse {
+            generation,
+            servers: servers.iter().map(|s| convert::fleet_server(s, generation)).collect(),
+        }))
     }
 
     async fn get_server_status(&self, _request: Request<pb::GetServerStatusRequest>) -> Reply<pb::ServerStatus> {

@@ -26,6 +26,48 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 pub const EXIT_REFUSED: u8 = 4;
 /// Exit code: the registry database or the server cannot be reached.
 pub const EXIT_UNREACHABLE: u8 = 5;
+/// Exit code: a change is committed but not every live server serves it.
+pub const EXIT_NOT_SERVED: u8 = 6;
+
+/// A committed change that not every live server serves (a load failure, or the wait ran out).
+#[derive(Debug)]
+struct NotServed(crate::fleet::Served);
+
+impl std::fmt::Display for NotServed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the change is committed, but not every server serves it: {} (modeld fleet shows each server)",
+            self.0.summary()
+        )
+    }
+}
+
+impl std::error::Error for NotServed {}
+
+/// Waits for the servers as `wait` says and prints the outcome (text mode); fails with exit
+/// code 6 when a live server does not serve the change.
+async fn await_served(
+    control: &crate::ops::Control,
+    wait: &crate::config::WaitArgs,
+    json: bool,
+) -> anyhow::Result<crate::fleet::Served> {
+    let served = control.await_served(wait.timeout()).await?;
+    // An incomplete wait is said once, by the error (stderr).
+    if !json && (served.complete() || served.skipped) {
+        println!("{}", served.summary());
+    }
+    Ok(served)
+}
+
+/// Exit code 6 for a change not every live server serves (after its answer is printed).
+fn check_served(served: crate::fleet::Served) -> anyhow::Result<()> {
+    if served.complete() || served.skipped {
+        Ok(())
+    } else {
+        Err(NotServed(served).into())
+    }
+}
 
 /// The exit code for a failed command ([`crate::config::EXIT_CODES`]), from the first error in
 /// its cause chain that says what kind of failure it is: modeld's own, a gRPC status from the
@@ -34,6 +76,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<Usage>().is_some() {
             return EXIT_USAGE;
+        }
+        if cause.downcast_ref::<NotServed>().is_some() {
+            return EXIT_NOT_SERVED;
         }
         if let Some(e) = cause.downcast_ref::<crate::Error>() {
             return match e {
@@ -177,18 +222,25 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 allow_signature_change: a.allow_signature_change,
             };
             let done = control.register(reg).await?;
-            if a.json {
-                println!(
-                    "{}",
-                    json!({"model": record_json(&done.model), "activation": done.activation.as_ref().map(activation_json)})
-                );
-            } else {
+            if !a.json {
                 println!("registered {}", describe(&done.model));
                 if let Some(act) = &done.activation {
                     print_activation(act);
                 }
             }
-            Ok(())
+            // Only an activation changes what servers serve.
+            let served = match &done.activation {
+                Some(_) => Some(await_served(&control, &a.wait, a.json).await?),
+                None => None,
+            };
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"model": record_json(&done.model), "activation": done.activation.as_ref().map(activation_json),
+                           "served": served})
+                );
+            }
+            served.map_or(Ok(()), check_served)
         }
         Command::List(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
@@ -269,12 +321,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 evaluate_on,
             };
             let done = control.activate(&model_ref(&a.model)?, &meta, &gates).await?;
-            if a.json {
-                println!("{}", activation_json(&done))
-            } else {
-                print_activation(&done)
-            }
-            Ok(())
+            print_changed(&control, &done, &a.wait, a.json).await
         }
         Command::Rollback(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
@@ -283,12 +330,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .map(|model| model_ref(&crate::config::ModelArg { model }))
                 .transpose()?;
             let done = control.rollback(&a.by, &a.reason, from.as_ref()).await?;
-            if a.json {
-                println!("{}", activation_json(&done))
-            } else {
-                print_activation(&done)
-            }
-            Ok(())
+            print_changed(&control, &done, &a.wait, a.json).await
         }
         Command::Delete(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
@@ -305,15 +347,11 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Promote(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
             let done = control.promote(&a.by, &a.reason).await?;
-            if a.json {
-                println!("{}", activation_json(&done))
-            } else {
-                print_activation(&done)
-            }
-            Ok(())
+            print_changed(&control, &done, &a.wait, a.json).await
         }
         Command::Predict(a) => predict(a).await,
         Command::Status(a) => status(a).await,
+        Command::Fleet(a) => fleet(a).await,
         Command::DownloadUrl(a) => download_url(a).await,
         Command::Download(a) => download(a).await,
         Command::Token(a) => token(a),
@@ -321,6 +359,114 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Evaluate(a) => evaluate::evaluate(a).await,
         Command::Compare(a) => evaluate::compare(a).await,
     }
+}
+
+/// An activation's answer (text or JSON), then its wait for the servers.
+async fn print_changed(
+    control: &crate::ops::Control,
+    done: &ActivationOutcome,
+    wait: &crate::config::WaitArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !json {
+        print_activation(done);
+    }
+    let served = await_served(control, wait, json).await?;
+    if json {
+        let mut v = activation_json(done);
+        v["served"] = serde_json::to_value(&served)?;
+        println!("{v}");
+    }
+    check_served(served)
+}
+
+/// `modeld fleet`: the servers on the registry, what each serves and how far behind it is.
+async fn fleet(a: crate::config::FleetArgs) -> anyhow::Result<()> {
+    let control = app::control(&a.registry, cli_origin()).await?;
+    let registry = control.registry();
+    let generation = registry.generation().await?;
+    let servers = registry.servers().await?;
+    if a.json {
+        let list: Vec<Value> = servers
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                v["lag"] = json!((generation - s.applied_generation).max(0));
+                v
+            })
+            .collect();
+        println!("{}", json!({"generation": generation, "servers": list}));
+        return Ok(());
+    }
+    if servers.is_empty() {
+        println!("no server has joined this registry (modeld serve on it joins)");
+        return Ok(());
+    }
+    let live = servers.iter().filter(|s| !s.gone).count();
+    println!(
+        "registry generation {generation}; {live} live server{}",
+        if live == 1 { "" } else { "s" }
+    );
+    let width = servers
+        .iter()
+        .map(|s| s.server_name.width())
+        .max()
+        .unwrap_or(0)
+        .clamp(6, 40);
+    println!(
+        "{}  {:<7} {:<22} {:>10} {:>4}  {:<10} SERVES",
+        pad("SERVER", width),
+        "STATE",
+        "GRPC",
+        "GENERATION",
+        "LAG",
+        "HEARTBEAT"
+    );
+    for s in &servers {
+        let state = if s.gone {
+            "gone"
+        } else if !s.problem.is_empty() || !s.degraded.is_empty() {
+            "degraded"
+        } else {
+            "live"
+        };
+        let held = |h: &crate::registry::servers::Held| {
+            format!(
+                "{} (id {}, {})",
+                quoted(&h.model_name),
+                h.model_id,
+                &h.sha256[..h.sha256.len().min(12)]
+            )
+        };
+        let mut serves = s.serving.active.as_ref().map_or_else(|| "nothing".to_string(), held);
+        if let Some(c) = &s.serving.canary {
+            serves.push_str(&format!("; canary {} {}%", held(c), c.percentage.unwrap_or(0)));
+        }
+        if let Some(sh) = &s.serving.shadow {
+            serves.push_str(&format!("; shadow {} {}%", held(sh), sh.percentage.unwrap_or(0)));
+        }
+        println!(
+            "{}  {:<7} {:<22} {:>10} {:>4}  {:<10} {serves}",
+            pad(&s.server_name, width),
+            state,
+            s.grpc_address,
+            s.applied_generation,
+            (generation - s.applied_generation).max(0),
+            format!("{:.1} s ago", s.heartbeat_age_ms as f64 / 1000.0),
+        );
+        if !s.problem.is_empty() {
+            println!(
+                "{}  cannot apply generation {}: {}",
+                pad("", width),
+                s.problem_generation,
+                s.problem
+            );
+        }
+        if !s.degraded.is_empty() {
+            println!("{}  degraded: {}", pad("", width), s.degraded);
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn cli_origin() -> Origin {
@@ -556,8 +702,51 @@ async fn connect(c: &crate::config::ClientArgs) -> anyhow::Result<Conn> {
 }
 
 /// `modeld status`: GetServerStatus, for people (or as JSON).
+/// A live server of the registry at `url` that this machine can reach, as `http://host:port`;
+/// `None` when the registry does not exist here or names none.
+async fn live_server(url: &str) -> Option<(String, String)> {
+    // Never create a SQLite file just to look in it.
+    if let Some(file) = crate::registry::Registry::sqlite_path(url)
+        && !file.exists()
+    {
+        return None;
+    }
+    let registry = crate::registry::Registry::connect(url).await.ok()?;
+    let servers = registry.servers().await.ok()?;
+    registry.close().await;
+    let me = app::hostname();
+    servers.into_iter().filter(|s| !s.gone).find_map(|s| {
+        let addr: std::net::SocketAddr = s.grpc_address.parse().ok()?;
+        let host = match addr.ip() {
+            ip if ip.is_unspecified() && s.host == me => "127.0.0.1".to_string(),
+            ip if ip.is_unspecified() => s.host.clone(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        Some((format!("http://{host}:{}", addr.port()), s.server_name))
+    })
+}
+
 async fn status(a: crate::config::StatusArgs) -> anyhow::Result<()> {
-    let channel = connect(&a.client).await?;
+    let named = a.client.server != crate::config::DEFAULT_SERVER || std::env::var_os("MODELD_SERVER").is_some();
+    let channel = match connect(&a.client).await {
+        Ok(c) => c,
+        // No server at the default address and none named: ask one the registry knows.
+        Err(e) if !named && e.downcast_ref::<NoServer>().is_some() => match live_server(&a.database_url).await {
+            Some((address, name)) => {
+                eprintln!(
+                    "no server at {}; asking {} at {address}, a live server of the registry (modeld fleet lists them)",
+                    a.client.server,
+                    quoted(&name)
+                );
+                let mut client = a.client.clone();
+                client.server = address;
+                connect(&client).await?
+            }
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
     let s = pb::model_registry_client::ModelRegistryClient::new(channel)
         .get_server_status(pb::GetServerStatusRequest {})
         .await
@@ -995,6 +1184,7 @@ async fn rollout(role: RolloutRole, action: crate::config::RolloutAction) -> any
             if let Some(old) = &change.replaced {
                 println!("replaced {} (now testing)", describe(old));
             }
+            check_served(await_served(&control, &a.wait, false).await?)?;
         }
         RolloutAction::Clear(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;
@@ -1002,6 +1192,7 @@ async fn rollout(role: RolloutRole, action: crate::config::RolloutAction) -> any
                 Some(old) => println!("{what} cleared: {} is testing again", describe(&old)),
                 None => println!("{what}: none (nothing to clear)"),
             }
+            check_served(await_served(&control, &a.wait, false).await?)?;
         }
         RolloutAction::Show(a) => {
             let control = app::control(&a.registry, cli_origin()).await?;

@@ -38,6 +38,7 @@ pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/api/v1/events", get(events))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/servers", get(servers))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/evaluations", get(latest_evaluations))
         .route("/api/v1/models/{model_id}/activations", get(activations))
@@ -181,6 +182,50 @@ pub struct StatusJson {
     pub last_reload_at: Option<DateTime<Utc>>,
     /// What caused it: api, registry, file, startup.
     pub last_reload_source: String,
+}
+
+/// The servers on this registry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerList {
+    /// The registry's generation now.
+    pub generation: i64,
+    /// Live servers first (oldest first), then the gone.
+    pub servers: Vec<ServerJson>,
+}
+
+/// One server: who it is, what it serves, how far behind the registry it is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerJson {
+    /// Its row, with liveness on the database's clock.
+    #[serde(flatten)]
+    pub server: crate::registry::servers::ServerEntry,
+    /// How many generations behind the registry it is (0: it serves the registry's state).
+    pub lag: i64,
+}
+
+/// Every server on this registry: what each serves, the generation it has applied, its lag,
+/// its heartbeat, whether it is gone (silent for 3 heartbeats) and its degradations.
+#[utoipa::path(get, path = "/api/v1/servers", tag = "lifecycle",
+    responses((status = 200, body = ServerList), (status = 503, body = ErrorBody)))]
+async fn servers(State(s): State<HttpState>) -> Response {
+    let registry = match s.control.reachable_registry() {
+        Ok(r) => r,
+        Err(e) => return rest_error(&e),
+    };
+    let (generation, servers) = match tokio::try_join!(registry.generation(), registry.servers()) {
+        Ok(both) => both,
+        Err(e) => return rest_error(&e),
+    };
+    ok(&ServerList {
+        generation,
+        servers: servers
+            .into_iter()
+            .map(|server| ServerJson {
+                lag: (generation - server.applied_generation).max(0),
+                server,
+            })
+            .collect(),
+    })
 }
 
 /// This server's state: what it serves, whether it is degraded and why.

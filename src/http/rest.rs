@@ -23,6 +23,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::HttpState;
 use crate::api::kserve_pb as kpb;
 use crate::error::Error;
+use crate::fleet::Served;
 use crate::ops::{ActivationOutcome, Gates, Registration};
 use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, Order, RollbackPolicy, RolloutRole};
 
@@ -73,6 +74,7 @@ pub fn routes() -> Router<HttpState> {
         super::download::download,
         super::lifecycle::events,
         super::lifecycle::status,
+        super::lifecycle::servers,
         super::lifecycle::stats,
         super::lifecycle::latest_evaluations,
         super::lifecycle::activations,
@@ -99,6 +101,13 @@ pub fn routes() -> Router<HttpState> {
         crate::ops::ClientConfig,
         crate::registry::EventRecord,
         super::lifecycle::StatusJson,
+        super::lifecycle::ServerList,
+        super::lifecycle::ServerJson,
+        crate::registry::servers::ServerEntry,
+        crate::registry::servers::Serving,
+        crate::registry::servers::Held,
+        crate::fleet::Served,
+        crate::fleet::Lagging,
         super::lifecycle::DegradationJson,
         super::lifecycle::ServedShare,
         super::lifecycle::CandidateJson,
@@ -177,7 +186,8 @@ fn tighten(doc: &mut Value) {
                     let (min, max) = match name.as_str() {
                         "model_id" => (1, i64::MAX),
                         "limit" => (1, 1000),
-                        "offset" => (0, i64::MAX),
+                        "offset" | "wait_ms" => (0, i64::MAX),
+                        "recent" => (0, 1000),
                         _ => (i64::MIN, i64::MAX),
                     };
                     schema["minimum"] = min.into();
@@ -734,9 +744,16 @@ pub struct RegisterBody {
 
 /// Register a model (201 with the record; 404 when `file_path` names no file).
 #[utoipa::path(post, path = "/api/v1/models", tag = "registry", request_body = RegisterBody,
+    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 201, body = ModelJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
-async fn register_model(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
+async fn register_model(
+    State(s): State<HttpState>,
+    caller: Caller,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let wait = or_reply!(wait_of(wait));
     let b: RegisterBody = or_reply!(required_body(b));
     let reg = Registration {
         name: b.model_name,
@@ -752,7 +769,11 @@ async fn register_model(State(s): State<HttpState>, caller: Caller, b: Result<By
     match s.control.register(reg).await {
         Ok(done) => {
             let model = done.activation.as_ref().map_or(&done.model, |a| &a.active);
-            json_response(StatusCode::CREATED, &ModelJson::from(model))
+            let answer = json_response(StatusCode::CREATED, &ModelJson::from(model));
+            match done.activation {
+                Some(_) => served_header(answer, &served(&s, wait).await),
+                None => answer,
+            }
         }
         Err(e) => rest_error(&e),
     }
@@ -781,13 +802,16 @@ pub struct UpdateBody {
 
 /// Update a model's metadata.
 #[utoipa::path(put, path = "/api/v1/models/{model_id}", tag = "registry", request_body = UpdateBody,
-    params(("model_id" = i64, Path, description = "the model's id")),
+    params(("model_id" = i64, Path, description = "the model's id"),
+        ("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 200, body = ModelJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_model(
     State(s): State<HttpState>,
     Path(id): Path<String>,
+    wait: WaitParam,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let wait = or_reply!(wait_of(wait));
     let id = or_reply!(model_id(&id));
     let b: UpdateBody = or_reply!(required_body(b));
     let changes = ModelChanges {
@@ -804,7 +828,10 @@ async fn update_model(
         min_app_version: b.min_app_version,
         min_app_versions: b.min_app_versions,
     };
+    // A new rollback policy changes what the servers' guards do: wait for them.
+    let guards_follow = changes.rollback.is_some();
     match s.control.update(&ModelRef::Id(id), &changes).await {
+        Ok(m) if guards_follow => served_header(ok(&ModelJson::from(&m)), &served(&s, wait).await),
         Ok(m) => ok(&ModelJson::from(&m)),
         Err(e) => rest_error(&e),
     }
@@ -849,20 +876,82 @@ pub struct ActivationJson {
     pub load_time_ms: f64,
     /// The model was already the active one: nothing changed, and `previous` is null.
     pub already_active: bool,
+    /// How the servers serve the change (`?wait_ms=`).
+    pub served: Served,
 }
 
-fn activation(done: &ActivationOutcome) -> ActivationJson {
-    ActivationJson {
+fn activation(done: &ActivationOutcome, served: Served) -> Response {
+    let body = ActivationJson {
         active: ModelJson::from(&done.active),
         previous: done.previous.as_ref().map(ModelJson::from),
         load_time_ms: done.load_time.as_secs_f64() * 1e3,
         already_active: done.already_active,
-    }
+        served,
+    };
+    served_header(ok(&body), &body.served)
 }
 
 fn who(by: String) -> String {
     if by.is_empty() { "http".into() } else { by }
 }
+
+/// `?wait_ms=` of a change: how long to wait for every live server to serve it.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct WaitQuery {
+    #[serde(default)]
+    wait_ms: Option<i64>,
+}
+
+/// The query of a change's route.
+pub(crate) type WaitParam = Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>;
+
+/// The wait `?wait_ms=` asks for (absent: the default; 0: none; at most [`crate::ops::MAX_WAIT`]).
+pub(crate) fn wait_of(q: WaitParam) -> Result<Option<std::time::Duration>, Box<Response>> {
+    let refuse = || {
+        Box::new(rest_error(&Error::InvalidArgument(
+            "wait_ms is a number of milliseconds from 0 (0: do not wait)".into(),
+        )))
+    };
+    let Ok(Query(q)) = q else { return Err(refuse()) };
+    match q.wait_ms.map(u64::try_from) {
+        None => Ok(Some(crate::ops::DEFAULT_WAIT)),
+        Some(Err(_)) => Err(refuse()),
+        Some(Ok(0)) => Ok(None),
+        Some(Ok(ms)) => Ok(Some(std::time::Duration::from_millis(ms).min(crate::ops::MAX_WAIT))),
+    }
+}
+
+/// Waits for the fleet after a committed change; a registry that stops answering meanwhile
+/// is said in the summary, not as a failure of the change.
+pub(crate) async fn served(s: &HttpState, wait: Option<std::time::Duration>) -> Served {
+    match s.control.await_served(wait).await {
+        Ok(served) => served,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot wait for the servers after a change");
+            let mut unknown = Served::skipped(0);
+            unknown.pending.push(crate::fleet::Lagging {
+                server_id: String::new(),
+                server_name: String::new(),
+                host: String::new(),
+                reason: e.client_message(),
+            });
+            unknown.skipped = false;
+            unknown
+        }
+    }
+}
+
+/// The `X-Modeld-Served` header: how the fleet serves the change, in one line.
+pub(crate) fn served_header(mut r: Response, served: &Served) -> Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(&served.summary()) {
+        r.headers_mut().insert("x-modeld-served", v);
+    }
+    r
+}
+
+/// The wait parameter every change route documents.
+const WAIT_DOC: &str = "return once every live server serves the change, waiting at most this many ms \
+     (default 30000, at most 600000; 0: do not wait); `served` in the answer (or the X-Modeld-Served header) says how it went";
 
 /// Who did it: the request's token's name when it came with one, else what the body says
 /// (default "http").
@@ -880,14 +969,17 @@ pub(crate) fn by(caller: &Caller, given: String) -> Result<String, Box<Response>
 /// Activate a model: it is loaded, verified and warmed before the switch; every server of the
 /// registry follows.
 #[utoipa::path(post, path = "/api/v1/models/{model_id}/activate", tag = "registry", request_body = Option<ActivateBody>,
-    params(("model_id" = i64, Path, description = "the model's id")),
+    params(("model_id" = i64, Path, description = "the model's id"),
+        ("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 200, body = ActivationJson), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn activate_model(
     State(s): State<HttpState>,
     caller: Caller,
     Path(id): Path<String>,
+    wait: WaitParam,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let wait = or_reply!(wait_of(wait));
     let id = or_reply!(model_id(&id));
     let b: ActivateBody = or_reply!(body(b));
     let meta = ActivationMeta {
@@ -900,7 +992,7 @@ async fn activate_model(
         ..Gates::default()
     };
     match s.control.activate(&ModelRef::Id(id), &meta, &gates).await {
-        Ok(done) => ok(&activation(&done)),
+        Ok(done) => activation(&done, served(&s, wait).await),
         Err(e) => rest_error(&e),
     }
 }
@@ -924,8 +1016,15 @@ pub struct RollbackBody {
 
 /// Re-activate the model that was active before the current one.
 #[utoipa::path(post, path = "/api/v1/models/rollback", tag = "registry", request_body = Option<RollbackBody>,
+    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 200, body = ActivationJson), (status = 404, body = ErrorBody, description = "from_model_id names no model"), (status = 409, body = ErrorBody)))]
-async fn rollback(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
+async fn rollback(
+    State(s): State<HttpState>,
+    caller: Caller,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let wait = or_reply!(wait_of(wait));
     let b: RollbackBody = or_reply!(body(b));
     let from = b.from_model_id.map(ModelRef::Id);
     match s
@@ -933,7 +1032,7 @@ async fn rollback(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, B
         .rollback(&or_reply!(by(&caller, b.activated_by)), &b.reason, from.as_ref())
         .await
     {
-        Ok(done) => ok(&activation(&done)),
+        Ok(done) => activation(&done, served(&s, wait).await),
         Err(e) => rest_error(&e),
     }
 }
@@ -945,14 +1044,24 @@ pub struct RolloutJson {
     pub canary: Option<ModelJson>,
     /// The shadow (with `shadow_percentage`); null when none.
     pub shadow: Option<ModelJson>,
+    /// After a change: how the servers serve it (`?wait_ms=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served: Option<Served>,
 }
 
-async fn rollout_now(s: &HttpState) -> Response {
+async fn rollout_now(s: &HttpState, served: Option<Served>) -> Response {
     match s.control.registry().rollout().await {
-        Ok(r) => ok(&RolloutJson {
-            canary: r.canary.as_ref().map(ModelJson::from),
-            shadow: r.shadow.as_ref().map(ModelJson::from),
-        }),
+        Ok(r) => {
+            let answer = ok(&RolloutJson {
+                canary: r.canary.as_ref().map(ModelJson::from),
+                shadow: r.shadow.as_ref().map(ModelJson::from),
+                served: served.clone(),
+            });
+            match &served {
+                Some(done) => served_header(answer, done),
+                None => answer,
+            }
+        }
         Err(e) => rest_error(&e),
     }
 }
@@ -961,7 +1070,7 @@ async fn rollout_now(s: &HttpState) -> Response {
 #[utoipa::path(get, path = "/api/v1/rollout", tag = "rollout",
     responses((status = 200, body = RolloutJson), (status = 503, body = ErrorBody)))]
 async fn get_rollout(State(s): State<HttpState>) -> Response {
-    rollout_now(&s).await
+    rollout_now(&s, None).await
 }
 
 /// Putting a model in a rollout role.
@@ -1002,7 +1111,14 @@ pub struct ReasonBody {
     pub reason: String,
 }
 
-async fn set_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
+async fn set_role(
+    s: &HttpState,
+    caller: &Caller,
+    role: RolloutRole,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let wait = or_reply!(wait_of(wait));
     let b: RolloutBody = or_reply!(required_body(b));
     let model = match (b.model_id, b.model_name) {
         (Some(id), None) => ModelRef::Id(id),
@@ -1032,62 +1148,100 @@ async fn set_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result<B
         )
         .await
     {
-        Ok(_) => rollout_now(s).await,
+        Ok(_) => rollout_now(s, Some(served(s, wait).await)).await,
         Err(e) => rest_error(&e),
     }
 }
 
-async fn clear_role(s: &HttpState, caller: &Caller, role: RolloutRole, b: Result<Bytes, BytesRejection>) -> Response {
+async fn clear_role(
+    s: &HttpState,
+    caller: &Caller,
+    role: RolloutRole,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let wait = or_reply!(wait_of(wait));
     let b: ReasonBody = or_reply!(body(b));
     match s
         .control
         .clear_rollout(role, &or_reply!(by(caller, b.changed_by)), &b.reason)
         .await
     {
-        Ok(_) => rollout_now(s).await,
+        Ok(_) => rollout_now(s, Some(served(s, wait).await)).await,
         Err(e) => rest_error(&e),
     }
 }
 
 /// Make a model the canary with a percentage (or change the canary's percentage).
 #[utoipa::path(put, path = "/api/v1/rollout/canary", tag = "rollout", request_body = RolloutBody,
+    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn set_canary(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
-    set_role(&s, &caller, RolloutRole::Canary, b).await
+async fn set_canary(
+    State(s): State<HttpState>,
+    caller: Caller,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    set_role(&s, &caller, RolloutRole::Canary, wait, b).await
 }
 
 /// End the canary.
 #[utoipa::path(delete, path = "/api/v1/rollout/canary", tag = "rollout", request_body = Option<ReasonBody>,
+    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 200, body = RolloutJson)))]
-async fn clear_canary(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
-    clear_role(&s, &caller, RolloutRole::Canary, b).await
+async fn clear_canary(
+    State(s): State<HttpState>,
+    caller: Caller,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    clear_role(&s, &caller, RolloutRole::Canary, wait, b).await
 }
 
 /// Make a model the shadow with a percentage.
 #[utoipa::path(put, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = RolloutBody,
+    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn set_shadow(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
-    set_role(&s, &caller, RolloutRole::Shadow, b).await
+async fn set_shadow(
+    State(s): State<HttpState>,
+    caller: Caller,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    set_role(&s, &caller, RolloutRole::Shadow, wait, b).await
 }
 
 /// End the shadow.
 #[utoipa::path(delete, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = Option<ReasonBody>,
+    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 200, body = RolloutJson)))]
-async fn clear_shadow(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
-    clear_role(&s, &caller, RolloutRole::Shadow, b).await
+async fn clear_shadow(
+    State(s): State<HttpState>,
+    caller: Caller,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    clear_role(&s, &caller, RolloutRole::Shadow, wait, b).await
 }
 
 /// Make the canary the active model.
 #[utoipa::path(post, path = "/api/v1/rollout/promote", tag = "rollout", request_body = Option<ActivateBody>,
+    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
     responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
-async fn promote(State(s): State<HttpState>, caller: Caller, b: Result<Bytes, BytesRejection>) -> Response {
+async fn promote(
+    State(s): State<HttpState>,
+    caller: Caller,
+    wait: WaitParam,
+    b: Result<Bytes, BytesRejection>,
+) -> Response {
+    let wait = or_reply!(wait_of(wait));
     let b: ActivateBody = or_reply!(body(b));
     match s
         .control
         .promote(&or_reply!(by(&caller, b.activated_by)), &b.reason)
         .await
     {
-        Ok(done) => ok(&activation(&done)),
+        Ok(done) => activation(&done, served(&s, wait).await),
         Err(e) => rest_error(&e),
     }
 }

@@ -22,6 +22,9 @@ pub struct Guard {
     windows: Windows,
     watch: Duration,
     seen: Mutex<Seen>,
+    /// A model just failed: the guard looks now, not at its next tick (a failing canary is
+    /// paused by the request that crosses its threshold, not up to half a second later).
+    due: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -129,10 +132,18 @@ impl Control {
             Err(_) => return,
         };
         self.guard.windows.record(record.model_id, fault, took);
+        if fault {
+            self.guard.due.notify_one();
+        }
+    }
+
+    /// Waits until a request has failed in a model (the guard should look now).
+    pub async fn guard_due(&self) {
+        self.guard.due.notified().await;
     }
 
     /// One look at the windows of the canary and the active model; acts through the registry.
-    /// The reload task runs it every half second.
+    /// The server runs it every half second, and at once after a request fails in a model.
     pub async fn guard_tick(&self) {
         let Some(set) = self.slot.load() else {
             return;

@@ -1,8 +1,9 @@
 //! The model operations every front end shares (gRPC API, CLI, start-up, the reload task), one
 //! file a job: [`register`](Control::register) and the other record changes in `register.rs`,
 //! activation and the conditional rollback in `activate.rs`, following the registry and the
-//! model file in `reconcile.rs`, evaluation and comparison in `evaluate.rs`, and a request's
-//! route to its model in `request.rs`.
+//! model file in `reconcile.rs`, evaluation and comparison in `evaluate.rs`, a request's
+//! route to its model in `request.rs`, and a change's wait until the fleet serves it in
+//! `served.rs`.
 //! [`Control`] holds what they share: the registry, the model root, the served slot, the
 //! activation lock, this server's status, statistics and executor.
 //!
@@ -19,6 +20,7 @@ mod reconcile;
 mod register;
 mod request;
 mod rollout;
+mod served;
 
 use std::path::{Component, PathBuf};
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub use self::evaluate::{Comparison, EvaluateOptions, Evaluated};
 pub use self::guard::GuardWindow;
 pub use self::reconcile::{FileSync, RegistrySync};
 pub use self::register::{Registered, Registration};
+pub use self::served::{DEFAULT_WAIT, MAX_WAIT};
 use crate::error::{Error, FileProblem, Result};
 use crate::model::cache::{CandidateLimits, Candidates};
 use crate::model::slot::ServedModel;

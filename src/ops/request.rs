@@ -13,6 +13,10 @@ use crate::registry::{ModelRecord, ModelRef};
 use crate::serving::route::{self, Role, Route};
 use crate::serving::{self, Inference, InputRef};
 
+/// How long a request that names a model the registry serves, and this server does not yet,
+/// waits for this server's reload (bounded by its own deadline too).
+pub const EARLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Control {
     /// The model a request for `name` (empty or `active`: the active model) runs on, resolved
     /// from one snapshot of the serving set, else a candidate: a registered model that is not
@@ -21,11 +25,12 @@ impl Control {
     /// on what it returns.
     ///
     /// # Errors
-    /// `Unavailable` when nothing is loaded, or when the name is not served here and the
-    /// registry is unreachable; `NotFound` for an unknown name; for a candidate,
+    /// `Unavailable` when nothing is loaded, when the name is not served here and the
+    /// registry is unreachable, or when the registry's active model cannot be loaded here
+    /// (after waiting for this server's reload, at most `deadline` and [`EARLY_WAIT`]); `NotFound` for an unknown name; for a candidate,
     /// `ResourceExhausted` when the cache has no room and its load's error when it cannot be
     /// loaded (nothing that serves changes).
-    pub async fn route(&self, name: &str, routing_key: &str) -> Result<Route> {
+    pub async fn route(&self, name: &str, routing_key: &str, deadline: Option<Instant>) -> Result<Route> {
         let set = self.slot.load();
         if let Some(route) = set.as_deref().and_then(|s| route::resolve(s, name, routing_key)) {
             return Ok(route);
@@ -48,13 +53,49 @@ impl Control {
         }
         match self.registry.find(&ModelRef::Name(name.to_string())).await? {
             None => Err(self.registry.not_registered(&ModelRef::Name(name.to_string())).await),
-            Some(r) if r.is_active => Err(Error::Unavailable(format!(
-                "model {} is active in the registry but not loaded on this server yet (serving {})",
-                quoted(name),
-                serving.map_or_else(|| "nothing".to_string(), |s| quoted(&s))
-            ))),
+            // The registry serves it (active, canary) and this server has not caught up yet:
+            // a request is never refused for being early. It waits for this server's reload.
+            Some(r)
+                if r.is_active
+                    || matches!(
+                        crate::registry::rollout::held_role(&r),
+                        Some((crate::registry::RolloutRole::Canary, _))
+                    ) =>
+            {
+                self.caught_up(deadline).await;
+                let set = self.slot.load();
+                if let Some(route) = set.as_deref().and_then(|s| route::resolve(s, name, routing_key)) {
+                    return Ok(route);
+                }
+                if !r.is_active {
+                    return Ok(Route::to(self.load_candidate(r).await?, Role::Candidate));
+                }
+                let why = self
+                    .status
+                    .snapshot()
+                    .last_error
+                    .map_or_else(String::new, |(m, _, _)| format!(": {m}"));
+                Err(Error::Unavailable(format!(
+                    "model {} is active in the registry but this server cannot serve it yet (serving {}){why}",
+                    quoted(name),
+                    serving.map_or_else(|| "nothing".to_string(), |s| quoted(&s))
+                )))
+            }
             Some(record) => Ok(Route::to(self.load_candidate(record).await?, Role::Candidate)),
         }
+    }
+
+    /// Waits until this server has applied the registry's current generation (its reload task
+    /// is asked to read the registry now), at most until `deadline` and [`EARLY_WAIT`].
+    async fn caught_up(&self, deadline: Option<Instant>) {
+        let Ok(target) = self.registry.generation().await else {
+            return;
+        };
+        let mut applied = self.status.subscribe_applied();
+        self.status.kick_reload();
+        let cap = Instant::now() + EARLY_WAIT;
+        let until = deadline.map_or(cap, |d| d.min(cap));
+        let _ = tokio::time::timeout_at(until.into(), applied.wait_for(|a| a.generation >= target)).await;
     }
 
     /// `record`'s model from the candidate cache, loaded into it (verified like any load: the

@@ -7,7 +7,8 @@
 //! index `ml_models_one_active` makes a second active row impossible whatever a writer does.
 //!
 //! One file a table: `models` (`ml_models`), `activations` (`model_activations`), `events`
-//! (`model_events`), `performance` (`model_performance_logs`); this file holds the pool, the migrations, the generation (`registry_state`)
+//! (`model_events`), `performance` (`model_performance_logs`), `servers` (`model_servers`, the
+//! fleet); this file holds the pool, the migrations, the generation (`registry_state`)
 //! and the macros that run one SQL text on either pool.
 
 pub mod name;
@@ -111,6 +112,7 @@ mod events;
 mod models;
 mod performance;
 pub mod rollout;
+pub mod servers;
 
 pub use activations::{Activation, ActivationMeta, ActivationRecord, Conditions};
 pub use events::{EventKind, EventRecord};
@@ -321,6 +323,11 @@ impl Registry {
     pub async fn generation(&self) -> Result<i64> {
         let sql = "SELECT generation FROM registry_state WHERE id = 1";
         Ok(with_pool!(self, p => sqlx::query_scalar(sql).fetch_one(p).await?))
+    }
+
+    /// A SQLite registry's file as opened (its changes are watched); `None` on PostgreSQL.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        self.file.as_ref().map(|f| f.path.as_path())
     }
 
     /// A PostgreSQL pool, for LISTEN; `None` on SQLite.

@@ -160,6 +160,9 @@ async function main() {
     await page.locator('#serving', { hasText: 'serving digits_v1' }).waitFor();
     await page.locator('#events li[data-kind="activated"]').first().waitFor();
     await page.locator('#history tbody tr', { hasText: 'from the admin page' }).waitFor();
+    // The change returned once the server served it, and says so; the servers panel lists it.
+    await page.locator('#served.ok', { hasText: 'Done: served by 1 of 1 server in' }).waitFor();
+    await page.locator('#fleet tbody tr.server-live', { hasText: 'digits_v1' }).waitFor();
 
     log('a refused change shows the server\'s error as it said it, and changes nothing');
     await page.click('#act-delete');

@@ -622,6 +622,7 @@ pub fn activate_req(name: &str) -> pb::ActivateModelRequest {
         allow_signature_change: false,
         require_better: false,
         evaluate: None,
+        wait_ms: None,
     }
 }
 
@@ -937,7 +938,25 @@ impl LoggedServer {
         self.log.lock().unwrap().clone()
     }
 
-    /// Stops the server and returns every line it logged.
+    /// Stops the server as a service manager does (SIGTERM: it drains, leaves the fleet and
+    /// exits) and returns every line it logged.
+    pub async fn terminate(mut self) -> Vec<String> {
+        let pid = self.pid().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("the server stops within 30 s of SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "{exit:?}");
+        (&mut self.collector).await.unwrap();
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+
+    /// Kills the server (SIGKILL: no drain, no goodbye) and returns every line it logged.
     pub async fn stop(mut self) -> Vec<String> {
         self.child.kill().await.unwrap();
         let _ = self.child.wait().await;

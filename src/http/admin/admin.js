@@ -16,6 +16,7 @@ const state = {
   name: '',
   models: [],
   status: null,
+  fleet: null,
   latest: new Map(),  // model_id -> latest evaluation
   selected: null,     // model_id
   history: new Map(), // "name\u0000version" -> [{t, total, fail, cumulative, sum}]
@@ -69,7 +70,18 @@ async function api(method, path, body) {
     if (r.status === 401) signedOut(e.message);
     throw e;
   }
+  // A change says how the servers serve it ("served by 3 of 3 servers in 14 ms").
+  const served = r.headers.get('x-modeld-served');
+  if (served) showServed(served, json && json.served);
   return json;
+}
+
+function showServed(summary, detail) {
+  const box = $('served');
+  const incomplete = detail && (detail.failed.length > 0 || detail.pending.length > 0);
+  box.textContent = `Done: ${summary}`;
+  box.className = incomplete ? 'warn' : 'ok';
+  box.hidden = false;
 }
 
 function errorText(e) {
@@ -160,13 +172,15 @@ async function refresh() {
   if (refreshing) { again = true; return refreshing; }
   refreshing = (async () => {
     try {
-      const [list, status, evals] = await Promise.all([
+      const [list, status, evals, fleet] = await Promise.all([
         api('GET', '/models?order_by=id'),
         api('GET', '/status'),
         api('GET', '/evaluations'),
+        api('GET', '/servers'),
       ]);
       state.models = list.models;
       state.status = status;
+      state.fleet = fleet;
       state.latest = new Map(evals.evaluations.map((e) => [e.model_id, e]));
       render();
       if (state.selected !== null) await renderDetails();
@@ -267,7 +281,32 @@ function shownModels() {
 const pct = (x) => (x === null || x === undefined ? '—' : `${(x * 100).toFixed(1)}%`);
 const when = (t) => (t ? new Date(t).toLocaleString() : '—');
 
+function renderFleet() {
+  const f = state.fleet;
+  const body = $('fleet').querySelector('tbody');
+  if (!f) return;
+  const held = (h, role) => (h ? `${role}${h.model_name} v${h.version}${h.percentage !== undefined ? ` ${h.percentage}%` : ''}` : null);
+  const rows = f.servers.map((s) => {
+    const state = s.gone ? 'gone' : (s.problem || s.degraded ? 'degraded' : 'live');
+    const serves = [held(s.serving.active, ''), held(s.serving.canary, 'canary '), held(s.serving.shadow, 'shadow ')]
+      .filter(Boolean).join('; ') || 'nothing';
+    const problems = [s.problem ? `cannot apply generation ${s.problem_generation}: ${s.problem}` : '', s.degraded]
+      .filter(Boolean).join('; ');
+    return el('tr', { class: `server-${state}` },
+      el('td', { text: s.server_name, title: s.server_id }),
+      el('td', { text: s.host, title: [s.grpc_address, s.http_address].filter(Boolean).join(', ') }),
+      el('td', {}, el('span', { class: `badge ${state === 'live' ? 'on' : 'bad'}`, text: state })),
+      el('td', { text: `${s.applied_generation} / ${s.lag}` }),
+      el('td', { text: `${(s.heartbeat_age_ms / 1000).toFixed(1)} s ago` }),
+      el('td', { text: serves }),
+      el('td', { text: problems || '—' }));
+  });
+  body.replaceChildren(...(rows.length ? rows
+    : [el('tr', {}, el('td', { colspan: 7, class: 'empty', text: 'No server has joined this registry.' }))]));
+}
+
 function render() {
+  renderFleet();
   const s = state.status;
   $('server').textContent = s ? s.server : '';
   $('serving').textContent = s && s.serving ? `serving ${s.serving.model_name} v${s.serving.version}` : 'serving nothing yet';
