@@ -34,6 +34,24 @@ fn copy_dir(from: &Path, to: &Path) {
 fn doc_block(file: &str, heading: &str) -> Vec<String> {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
     let section = &text[text.find(heading).unwrap_or_else(|| panic!("{heading} in {file}"))..];
+    doc_block_of(section)
+}
+
+/// The commands of every ```sh block of `file`, block by block, as [`doc_block`] reads one.
+fn doc_blocks(file: &str) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file)).unwrap();
+    let mut blocks = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("```sh\n") {
+        let section = &rest[at..];
+        blocks.push(doc_block_of(section));
+        rest = &section[6..];
+    }
+    blocks
+}
+
+/// The commands of the ```sh block `section` starts with.
+fn doc_block_of(section: &str) -> Vec<String> {
     let start = section.find("```sh\n").unwrap() + 6;
     let block = &section[start..start + section[start..].find("```").unwrap()];
     let mut commands = Vec::new();
@@ -452,4 +470,132 @@ async fn the_guides_requests_as_written() {
             .any(|l| l.contains("malformed_request") && l.contains("carriage return")),
         "the server logs it"
     );
+}
+
+/// docs/rollout.md, every block pasted in order against a server started as it says, with no
+/// pause added: each step gives the documented outcome, §8's automatic rollback included
+/// (the canary set returns once the server serves it, and the guard acts on the failure that
+/// crosses the threshold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_rollout_runs_as_pasted() {
+    let dir = checkout();
+    let cwd = dir.path();
+    let server = LoggedServer::start_in(cwd, &[], &[]).await;
+    let address = format!("http://{}", server.grpc);
+    // grpcurl from the client tools, and modeld first on the PATH.
+    let bin = Path::new(env!("CARGO_BIN_EXE_modeld"))
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let mut env: Vec<(String, String)> = client_env()
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            "PATH" => (k.clone(), format!("{bin}:{v}")),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect();
+    env.push(("MODELD_SERVER".into(), address.clone()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut said: Vec<(String, CliRun)> = Vec::new();
+    for block in doc_blocks("docs/rollout.md") {
+        for line in block {
+            // The server is the one started above.
+            if line.starts_with("cargo run") || line.starts_with("alias ") {
+                continue;
+            }
+            let line = line
+                .replace("127.0.0.1:50051", &server.grpc)
+                .replace("localhost:8000", &server.http);
+            let run = paste(cwd, &env, &line).await;
+            // The two refusals the document shows (exit 4), everything else succeeds.
+            let refused = line.contains("--require-better") || line == "modeld activate cnn";
+            if refused {
+                assert_eq!(run.code, 4, "{line}: {run:?}");
+            } else {
+                assert_eq!(run.code, 0, "{line}: {run:?}");
+            }
+            said.push((line, run));
+        }
+    }
+    let out = |prefix: &str, nth: usize| -> &CliRun {
+        said.iter()
+            .filter(|(l, _)| l.starts_with(prefix))
+            .nth(nth)
+            .map(|(_, r)| r)
+            .unwrap_or_else(|| panic!("no {prefix:?} #{nth}"))
+    };
+    assert!(
+        out("modeld evaluate digits_v2", 0).stdout.contains("accuracy 0.9722"),
+        "§1"
+    );
+    assert!(out("grpcurl", 0).stdout.contains("\"accuracy\""), "§1 over gRPC");
+    assert!(out("modeld compare", 0).stdout.contains("digits_v2"), "§2");
+    assert!(
+        out("modeld predict --model digits_v1", 0)
+            .stdout
+            .contains("\"role\": \"candidate\""),
+        "§3"
+    );
+    assert!(
+        out("modeld activate digits_v1 --require-better", 0)
+            .stderr
+            .contains("is worse than the active model"),
+        "§4"
+    );
+    assert!(out("modeld activate cnn", 0).stderr.contains("would break"), "§5");
+    assert!(
+        out("modeld rollback --from digits_v1", 0)
+            .stdout
+            .contains("active: \"digits_v2\""),
+        "§5"
+    );
+    // §6: the shadow is in the status the moment `shadow set` returned.
+    let status = &out("modeld status", 0).stdout;
+    assert!(
+        status.contains("shadow    \"digits_v1\" (id 1, version \"1\") at 20%"),
+        "§6:\n{status}"
+    );
+    assert!(out("modeld promote", 0).stdout.contains("active: \"digits_v1\""), "§7");
+    // §8: the failing canary went to 0 % during the loop, as the document shows.
+    let status = &out("modeld status", 1).stdout;
+    assert!(
+        status.contains("canary    \"digits_faulty\" (id 4, version \"1-faulty\") at 0%"),
+        "§8:\n{status}"
+    );
+    let show = &out("modeld canary show", 0).stdout;
+    assert!(
+        show.contains("guard (automatic)") && show.contains("50% -> 0%: automatic rollback"),
+        "§8:\n{show}"
+    );
+    drop(server);
+}
+
+/// README "Call it": the grpcurl block pasted in order (the address made this server's); a
+/// switch answers once the server serves it, so the next call sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_call_it_runs_as_pasted() {
+    let dir = checkout();
+    let cwd = dir.path();
+    let server = LoggedServer::start_in(cwd, &[], &[]).await;
+    let env: Vec<(&str, &str)> = client_env().iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut said = Vec::new();
+    for line in doc_block("README.md", "## Call it") {
+        let run = paste(cwd, &env, &line.replace("127.0.0.1:50051", &server.grpc)).await;
+        assert_eq!(run.code, 0, "{line}: {run:?}");
+        said.push((line, run.stdout));
+    }
+    let answer = |method: &str| -> Value {
+        let (_, out) = said.iter().find(|(l, _)| l.contains(method)).unwrap();
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("{method}: {e}: {out}"))
+    };
+    assert_eq!(answer("GetActiveModel")["model"]["modelName"], "digits_v2");
+    assert_eq!(answer("Inference/Predict")["outputs"][1]["int64Data"], json!(["2"]));
+    let switched = answer("ActivateModel");
+    assert_eq!(switched["active"]["modelName"], "digits_v1", "{switched}");
+    assert_eq!(switched["served"]["applied"], 1, "served by this server: {switched}");
+    assert_eq!(switched["served"]["complete"], true, "{switched}");
+    let back = answer("RollbackModel");
+    assert_eq!(back["active"]["modelName"], "digits_v2", "{back}");
+    assert_eq!(answer("Health/Check")["status"], "SERVING");
 }
