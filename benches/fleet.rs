@@ -42,22 +42,39 @@ struct CliRounds {
     after_last_apply: Vec<Duration>,
 }
 
-/// The database's clock and the latest apply of any server, in ms since the epoch.
-async fn clock_and_last_apply(url: &str) -> (i64, i64) {
-    let sql = if url.starts_with("postgres") {
-        "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT), MAX(applied_at_ms) FROM model_servers"
-    } else {
-        "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER), MAX(applied_at_ms) FROM model_servers"
-    };
-    if url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(url).await.unwrap();
-        let row: (i64, Option<i64>) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
-        pool.close().await;
-        (row.0, row.1.unwrap_or(0))
-    } else {
-        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-        let row: (i64, Option<i64>) = sqlx::query_as(sql).fetch_one(&pool).await.unwrap();
-        pool.close().await;
+/// A connection to the registry for the bench's own reads, opened once.
+enum Db {
+    Pg(sqlx::PgPool),
+    Lite(sqlx::SqlitePool),
+}
+
+impl Db {
+    async fn open(url: &str) -> Self {
+        if url.starts_with("postgres") {
+            Self::Pg(sqlx::PgPool::connect(url).await.unwrap())
+        } else {
+            Self::Lite(sqlx::SqlitePool::connect(url).await.unwrap())
+        }
+    }
+
+    /// The database's clock and the latest apply of any server, in ms since the epoch.
+    async fn clock_and_last_apply(&self) -> (i64, i64) {
+        let row: (i64, Option<i64>) = match self {
+            Self::Pg(p) => sqlx::query_as(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT), MAX(applied_at_ms) \
+                 FROM model_servers",
+            )
+            .fetch_one(p)
+            .await
+            .unwrap(),
+            Self::Lite(p) => sqlx::query_as(
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER), MAX(applied_at_ms) \
+                 FROM model_servers",
+            )
+            .fetch_one(p)
+            .await
+            .unwrap(),
+        };
         (row.0, row.1.unwrap_or(0))
     }
 }
@@ -71,6 +88,7 @@ async fn cli_rounds(servers: &[TestServer], url: &str, rounds: usize) -> CliRoun
         waited: Vec::new(),
         after_last_apply: Vec::new(),
     };
+    let db = Db::open(url).await;
     for _ in 0..rounds {
         let target = if serving(&servers[0]).await == "digits_v2" {
             "digits_v1"
@@ -80,7 +98,7 @@ async fn cli_rounds(servers: &[TestServer], url: &str, rounds: usize) -> CliRoun
         let started = std::time::Instant::now();
         let run = run_modeld(servers[0].root.path(), &env, &["activate", target]).await;
         let command = started.elapsed();
-        let (now, last_apply) = clock_and_last_apply(url).await;
+        let (now, last_apply) = db.clock_and_last_apply().await;
         assert_eq!(run.code, 0, "{run:?}");
         let said = format!("served by {n} of {n} servers in ");
         let waited_ms: u64 = run

@@ -28,7 +28,16 @@ pub struct Changes {
     rx: mpsc::UnboundedReceiver<()>,
     _watcher: Option<notify::RecommendedWatcher>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// SQLite: wake again this long after the last file event. A writer appends to the WAL
+    /// (the event) a moment before it marks the commit visible in the shared index (no
+    /// event): a read at the first wake may still see the old state.
+    echoes: &'static [Duration],
+    /// The echo wakes still due, soonest first.
+    due: Vec<Instant>,
 }
+
+/// When to look again after a SQLite file event (see [`Changes::echoes`]).
+const SQLITE_ECHOES: [Duration; 2] = [Duration::from_millis(5), Duration::from_millis(50)];
 
 impl std::fmt::Debug for Changes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +84,8 @@ impl Changes {
                 rx,
                 _watcher: None,
                 task: Some(task),
+                echoes: &[],
+                due: Vec::new(),
             });
         }
         let watcher = registry.sqlite_file().and_then(|file| watch_sqlite(file, tx));
@@ -82,15 +93,31 @@ impl Changes {
             rx,
             _watcher: watcher,
             task: None,
+            echoes: &SQLITE_ECHOES,
+            due: Vec::new(),
         })
     }
 
-    /// Waits for the next change, at most `within`; `true` when one came. A burst of
-    /// changes wakes once.
+    /// Waits for the next change (or a change's echo), at most `within`; `true` when one
+    /// came. A burst of changes wakes once, then once per echo.
     pub async fn next(&mut self, within: Duration) -> bool {
-        let woke = matches!(tokio::time::timeout(within, self.rx.recv()).await, Ok(Some(())));
-        while self.rx.try_recv().is_ok() {}
-        woke
+        let until = Instant::now() + within;
+        let echo = self.due.first().copied().filter(|e| *e < until);
+        let wait = echo.unwrap_or(until).saturating_duration_since(Instant::now());
+        match tokio::time::timeout(wait, self.rx.recv()).await {
+            Ok(Some(())) => {
+                while self.rx.try_recv().is_ok() {}
+                let now = Instant::now();
+                self.due = self.echoes.iter().map(|d| now + *d).collect();
+                true
+            }
+            Ok(None) => false,
+            Err(_) if echo.is_some() => {
+                self.due.remove(0);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -461,6 +488,35 @@ mod tests {
             tally(&[], 7, Duration::ZERO).complete(),
             "no live server: nothing to wait for"
         );
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_write_wakes_a_waiter_and_its_echoes_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("r.db").display());
+        let registry = Registry::connect(&url).await.unwrap();
+        let mut changes = Changes::open(&registry).await.unwrap();
+        assert!(!changes.next(Duration::from_millis(20)).await, "nothing written yet");
+        let joining = Joining {
+            server_id: "a".into(),
+            server_name: "a".into(),
+            host: "h".into(),
+            grpc_address: String::new(),
+            http_address: String::new(),
+            version: String::new(),
+            beat_ms: 1000,
+        };
+        registry.join_fleet(&joining).await.unwrap();
+        assert!(changes.next(Duration::from_secs(10)).await, "the write wakes it");
+        // Then its echoes (the commit may become visible a moment after the file event),
+        // and then it is quiet.
+        let started = Instant::now();
+        let mut wakes = 0;
+        while changes.next(Duration::from_millis(200)).await {
+            wakes += 1;
+            assert!(started.elapsed() < Duration::from_secs(5), "it settles");
+        }
+        assert!(wakes >= SQLITE_ECHOES.len(), "{wakes} wakes after the first");
     }
 
     #[test]

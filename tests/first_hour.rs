@@ -477,10 +477,22 @@ async fn the_guides_requests_as_written() {
 /// (the canary set returns once the server serves it, and the guard acts on the failure that
 /// crosses the threshold).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docs_rollout_runs_as_pasted() {
+async fn docs_rollout_runs_as_pasted_on_sqlite() {
+    rollout_walkthrough(None).await;
+}
+
+/// The same on a PostgreSQL registry (server and CLI given `MODELD_DATABASE_URL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docs_rollout_runs_as_pasted_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    rollout_walkthrough(Some(&db.url)).await;
+}
+
+async fn rollout_walkthrough(database: Option<&str>) {
     let dir = checkout();
     let cwd = dir.path();
-    let server = LoggedServer::start_in(cwd, &[], &[]).await;
+    let on_db: Vec<(&str, &str)> = database.map(|url| ("MODELD_DATABASE_URL", url)).into_iter().collect();
+    let server = LoggedServer::start_in(cwd, &[], &on_db).await;
     let address = format!("http://{}", server.grpc);
     // grpcurl from the client tools, and modeld first on the PATH.
     let bin = Path::new(env!("CARGO_BIN_EXE_modeld"))
@@ -496,6 +508,9 @@ async fn docs_rollout_runs_as_pasted() {
         })
         .collect();
     env.push(("MODELD_SERVER".into(), address.clone()));
+    if let Some(url) = database {
+        env.push(("MODELD_DATABASE_URL".into(), url.to_string()));
+    }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut said: Vec<(String, CliRun)> = Vec::new();
     for block in doc_blocks("docs/rollout.md") {

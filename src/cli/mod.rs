@@ -414,7 +414,7 @@ async fn fleet(a: crate::config::FleetArgs) -> anyhow::Result<()> {
         .unwrap_or(0)
         .clamp(6, 40);
     println!(
-        "{}  {:<7} {:<22} {:>10} {:>4}  {:<10} SERVES",
+        "{}  {:<8} {:<22} {:>10} {:>4}  {:<10} SERVES",
         pad("SERVER", width),
         "STATE",
         "GRPC",
@@ -446,7 +446,7 @@ async fn fleet(a: crate::config::FleetArgs) -> anyhow::Result<()> {
             serves.push_str(&format!("; shadow {} {}%", held(sh), sh.percentage.unwrap_or(0)));
         }
         println!(
-            "{}  {:<7} {:<22} {:>10} {:>4}  {:<10} {serves}",
+            "{}  {:<8} {:<22} {:>10} {:>4}  {:<10} {serves}",
             pad(&s.server_name, width),
             state,
             s.grpc_address,
