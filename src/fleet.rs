@@ -365,12 +365,7 @@ pub async fn wait_served(registry: &Registry, generation: i64, timeout: Duration
         }
     };
     loop {
-        let servers = registry.servers().await.map_err(|e| match e {
-            Error::Unavailable(m) => Error::Unavailable(format!(
-                "the change is committed, but the registry stopped answering while waiting for the servers: {m}"
-            )),
-            other => other,
-        })?;
+        let servers = registry.servers().await.map_err(committed_but)?;
         let elapsed = started.elapsed();
         let served = tally(&servers, generation, elapsed);
         let waiting: Vec<&ServerEntry> = servers
@@ -399,6 +394,26 @@ pub async fn wait_served(registry: &Registry, generation: i64, timeout: Duration
             }
             None => tokio::time::sleep(within.min(Duration::from_millis(20))).await,
         }
+    }
+}
+
+/// An error while waiting for the servers, after the change committed: said so.
+pub fn committed_but(e: Error) -> Error {
+    let unreachable = matches!(&e, Error::Unavailable(_))
+        || matches!(
+            &e,
+            Error::Database {
+                fault: crate::error::DbFault::Unreachable,
+                ..
+            }
+        );
+    if unreachable {
+        Error::Unavailable(format!(
+            "the change is committed, but the registry stopped answering while waiting for the servers: {}",
+            e.client_message()
+        ))
+    } else {
+        e
     }
 }
 

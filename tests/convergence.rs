@@ -306,3 +306,52 @@ async fn a_change_waits_for_every_live_server_and_says_who_does_not_serve_it() {
     assert!(!gone.is_empty(), "{v}");
     let _ = a.stop().await;
 }
+
+/// The registry stops answering while a change waits for a server: the command says the
+/// change is committed and why it cannot tell more (exit 5); nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_unreachable_mid_wait_is_a_clear_error_and_the_change_stays() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let root = model_root();
+    // A server that will never apply the change but stays "live" for a while: killed with -9,
+    // with a 10 s heartbeat (gone only after 30 s of silence).
+    let ghost = LoggedServer::start(&db.url, root.path(), &["--heartbeat-ms", "10000"], &[]).await;
+    let _ = ghost.stop().await;
+    let mut proxy = TcpProxy::start(db.server_addr()).await;
+    let via = db.through(proxy.port);
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MODELD_") {
+            cmd.env_remove(k);
+        }
+    }
+    let cli = cmd
+        .args(["activate", "digits_v1", "--wait", "60"])
+        .env("MODELD_DATABASE_URL", &via.url)
+        .env("MODELD_MODEL_ROOT", root.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The change commits, then the command waits for the silent server.
+    let registry = modeld::registry::Registry::connect(&db.url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while registry.active().await.unwrap().map(|m| m.model_name).as_deref() != Some("digits_v1") {
+        assert!(Instant::now() < deadline, "the activation commits");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.close().await;
+    let out = tokio::time::timeout(Duration::from_secs(30), cli.wait_with_output())
+        .await
+        .expect("the command ends once the registry stops answering")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("the change is committed, but the registry stopped answering"),
+        "{stderr}"
+    );
+    let active = registry.active().await.unwrap().unwrap();
+    assert_eq!(active.model_name, "digits_v1", "the change stays");
+}

@@ -357,13 +357,18 @@ impl Candidates {
     }
 
     /// Drops the candidates that no longer match `current` (their record was deleted, renamed,
-    /// or its file changed; `current` answers with the record as the registry has it now), and
-    /// the ones that became the active model (they serve from the serving set).
-    pub fn retain(&self, mut current: impl FnMut(i64) -> Option<ModelRecord>) {
+    /// or its file changed; `current` answers with the record as the registry has it now,
+    /// `Some(None)` for a deleted one), and the ones that became the active model (they serve
+    /// from the serving set). A candidate `current` did not look at (`None`: cached after the
+    /// caller read the registry) stays.
+    pub fn retain(&self, mut current: impl FnMut(i64) -> Option<Option<ModelRecord>>) {
         let mut entries = lock(&self.entries);
         entries.list.retain(|e| {
-            let keep = current(e.model_id)
-                .is_some_and(|r| !r.is_active && r.checksum_sha256 == e.checksum && r.model_name == e.name);
+            let Some(now) = current(e.model_id) else {
+                return true;
+            };
+            let keep =
+                now.is_some_and(|r| !r.is_active && r.checksum_sha256 == e.checksum && r.model_name == e.name);
             if !keep {
                 tracing::info!(model = %e.name, "candidate dropped from the cache: its registry record changed");
             }

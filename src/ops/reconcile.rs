@@ -41,13 +41,14 @@ impl Control {
         if cached.is_empty() {
             return;
         }
+        // Only the candidates looked at here are judged: one cached meanwhile (a request
+        // loaded it while this read the registry) was loaded from the newer record.
         let mut current = std::collections::HashMap::new();
         for c in cached {
             match self.registry.find(&ModelRef::Id(c.model_id)).await {
-                Ok(Some(record)) => {
+                Ok(record) => {
                     current.insert(c.model_id, record);
                 }
-                Ok(None) => {}
                 Err(_) => return,
             }
         }

@@ -22,7 +22,7 @@ impl Control {
     /// # Errors
     /// `Unavailable` when the registry cannot be read (the change stays committed).
     pub async fn await_served(&self, wait: Option<Duration>) -> Result<Served> {
-        let generation = self.registry.generation().await?;
+        let generation = self.registry.generation().await.map_err(crate::fleet::committed_but)?;
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
             return Ok(Served::skipped(generation));
         };
