@@ -6,32 +6,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use modeld::api::pb;
 use serde_json::Value;
-
-/// A fresh "checkout": the bundled `models/` directory.
-fn checkout() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&bundled_models(), &dir.path().join("models"));
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
 
 async fn predict(server: &LoggedServer, name: &str, key: &str) -> Result<pb::PredictResponse, tonic::Status> {
     let mut req = digits_request(name, &eval_rows(1));

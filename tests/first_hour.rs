@@ -9,26 +9,6 @@ use std::path::Path;
 use common::*;
 use serde_json::{Value, json};
 
-/// A fresh "checkout": the bundled `models/` directory (files, examples, evaluation set).
-fn checkout() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&bundled_models(), &dir.path().join("models"));
-    dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 /// The commands of the first ```sh block after `heading` in `file` (README.md, docs/…):
 /// continuation lines joined, comments dropped, as a shell reads them.
 fn doc_block(file: &str, heading: &str) -> Vec<String> {

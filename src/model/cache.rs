@@ -367,8 +367,7 @@ impl Candidates {
             let Some(now) = current(e.model_id) else {
                 return true;
             };
-            let keep =
-                now.is_some_and(|r| !r.is_active && r.checksum_sha256 == e.checksum && r.model_name == e.name);
+            let keep = now.is_some_and(|r| !r.is_active && r.checksum_sha256 == e.checksum && r.model_name == e.name);
             if !keep {
                 tracing::info!(model = %e.name, "candidate dropped from the cache: its registry record changed");
             }

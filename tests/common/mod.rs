@@ -139,6 +139,27 @@ pub fn bundled_models() -> PathBuf {
 }
 
 /// A temp model root holding copies of the bundled .onnx files and the seed manifest.
+/// A fresh "checkout", as a user's: the bundled `models/` directory (files, examples, evaluation
+/// set) under a temp dir.
+pub fn checkout() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&bundled_models(), &dir.path().join("models"));
+    dir
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
 pub fn model_root() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in ["digits_v1.onnx", "digits_v2.onnx", "cnn.onnx", "models.json"] {
