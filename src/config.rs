@@ -829,21 +829,21 @@ impl ServeConfig {
     ///
     /// # Errors
     /// When the file cannot be read or a key breaks the rules.
-    pub fn download_config(&self) -> anyhow::Result<crate::http::download::DownloadConfig> {
+    pub fn download_config(&self) -> anyhow::Result<crate::signing::DownloadConfig> {
         use anyhow::Context as _;
         let keys = match (std::env::var("MODELD_SIGNING_KEYS"), &self.signing_key_file) {
             (Ok(k), _) if !k.trim().is_empty() => {
-                crate::http::download::SigningKeys::parse(&k).context("MODELD_SIGNING_KEYS")?
+                crate::signing::SigningKeys::parse(&k).context("MODELD_SIGNING_KEYS")?
             }
             (_, Some(f)) => {
                 let text = std::fs::read_to_string(f)
                     .with_context(|| format!("cannot read the signing key file {}", f.display()))?;
-                crate::http::download::SigningKeys::parse(&text)
+                crate::signing::SigningKeys::parse(&text)
                     .with_context(|| format!("the signing key file {}", f.display()))?
             }
-            _ => crate::http::download::SigningKeys::default(),
+            _ => crate::signing::SigningKeys::default(),
         };
-        Ok(crate::http::download::DownloadConfig {
+        Ok(crate::signing::DownloadConfig {
             keys,
             public_url: self.public_url.trim_end_matches('/').to_string(),
             max_expiry_secs: self.download_url_max_secs,

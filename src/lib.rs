@@ -13,6 +13,7 @@
 //! - [`net`]: what one client may hold: connections per port, silent connections, request bytes in flight.
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - [`status`]: what this server knows about its own state, and why it is degraded.
+//! - [`signing`]: the keys that sign download URLs, and the URLs (shared by HTTP, gRPC and the config).
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
 //! - [`fleet`]: every server's row in the registry, and a change's wait until the fleet serves it.
 //! - [`evaluation`]: datasets, evaluating a model on one, and comparing two.
@@ -37,6 +38,7 @@ pub mod net;
 pub mod ops;
 pub mod registry;
 pub mod serving;
+pub mod signing;
 pub mod status;
 pub mod tls;
 pub mod trace;

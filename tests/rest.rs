@@ -954,7 +954,7 @@ async fn expired_tampered_and_outdated_urls_are_refused() {
     let file = std::fs::read(server.root.path().join("digits_v2.onnx")).unwrap();
     let sha = sha256_hex(&file);
     let base = server.http_url("/api/v1/models");
-    let keys = modeld::http::download::SigningKeys::parse(KEY).unwrap();
+    let keys = modeld::signing::SigningKeys::parse(KEY).unwrap();
     let now = chrono::Utc::now().timestamp();
     let get = |url: String| async move {
         let r = reqwest::get(url).await.unwrap();
@@ -970,13 +970,13 @@ async fn expired_tampered_and_outdated_urls_are_refused() {
         "expired",
     );
     // The old key still verifies (rotation); an unknown key does not.
-    let old = modeld::http::download::SigningKeys::parse(OLD_KEY).unwrap();
+    let old = modeld::signing::SigningKeys::parse(OLD_KEY).unwrap();
     let by_old = old.sign(2, &sha, now + 60).unwrap();
     let r = reqwest::get(format!("{base}/2/download?expires={}&sig={by_old}", now + 60))
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let other = modeld::http::download::SigningKeys::parse("another-key-nobody-configured-0123456789").unwrap();
+    let other = modeld::signing::SigningKeys::parse("another-key-nobody-configured-0123456789").unwrap();
     let by_other = other.sign(2, &sha, now + 60).unwrap();
     // Tampered: the signature, the expiry, the model; missing parts.
     let good = keys.sign(2, &sha, now + 60).unwrap();

@@ -479,7 +479,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             .into());
         }
         let expires_in = (expires_in_secs > 0).then_some(u64::from(expires_in_secs));
-        let u = crate::http::download::signed_url(downloads, &base, &record, expires_in, chrono::Utc::now())?;
+        let u = crate::signing::signed_url(downloads, &base, &record, expires_in, chrono::Utc::now())?;
         Ok(Response::new(pb::DownloadUrl {
             url: u.url,
             expires_at: Some(prost_types::Timestamp {

@@ -91,7 +91,7 @@ pub struct Control {
     /// The automatic rollback's windows.
     guard: guard::Guard,
     /// Signing keys of download URLs, and their bounds.
-    downloads: crate::http::download::DownloadConfig,
+    downloads: crate::signing::DownloadConfig,
     /// The bearer tokens requests must carry (none: no check).
     access: Arc<crate::auth::Access>,
 }
@@ -124,7 +124,7 @@ impl Control {
             candidates: Candidates::new(CandidateLimits::default()),
             shadows: None,
             guard: guard::Guard::new(Duration::from_secs(600)),
-            downloads: crate::http::download::DownloadConfig::default(),
+            downloads: crate::signing::DownloadConfig::default(),
             access: Arc::default(),
         }
     }
@@ -152,13 +152,13 @@ impl Control {
     }
 
     /// Signs download URLs with `downloads`' keys.
-    pub fn with_downloads(mut self, downloads: crate::http::download::DownloadConfig) -> Self {
+    pub fn with_downloads(mut self, downloads: crate::signing::DownloadConfig) -> Self {
         self.downloads = downloads;
         self
     }
 
     /// The signing keys and bounds of download URLs.
-    pub fn downloads(&self) -> &crate::http::download::DownloadConfig {
+    pub fn downloads(&self) -> &crate::signing::DownloadConfig {
         &self.downloads
     }
 
