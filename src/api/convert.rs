@@ -228,7 +228,7 @@ pub fn fleet_server(s: &crate::registry::servers::ServerEntry, generation: i64) 
         heartbeat_interval_ms: u64::try_from(s.beat_ms).unwrap_or(0),
         gone: s.gone,
         applied_generation: s.applied_generation,
-        lag: (generation - s.applied_generation).max(0),
+        lag: s.lag(generation),
         applied_at: s.applied_at_ms.and_then(at),
         active: s.serving.active.as_ref().map(held),
         canary: s.serving.canary.as_ref().map(held),

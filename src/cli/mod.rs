@@ -391,7 +391,7 @@ async fn fleet(a: crate::config::FleetArgs) -> anyhow::Result<()> {
             .iter()
             .map(|s| {
                 let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-                v["lag"] = json!((generation - s.applied_generation).max(0));
+                v["lag"] = json!(s.lag(generation));
                 v
             })
             .collect();
@@ -451,7 +451,7 @@ async fn fleet(a: crate::config::FleetArgs) -> anyhow::Result<()> {
             state,
             s.grpc_address,
             s.applied_generation,
-            (generation - s.applied_generation).max(0),
+            s.lag(generation),
             format!("{:.1} s ago", s.heartbeat_age_ms as f64 / 1000.0),
         );
         if !s.problem.is_empty() {

@@ -221,7 +221,7 @@ async fn servers(State(s): State<HttpState>) -> Response {
         servers: servers
             .into_iter()
             .map(|server| ServerJson {
-                lag: (generation - server.applied_generation).max(0),
+                lag: server.lag(generation),
                 server,
             })
             .collect(),

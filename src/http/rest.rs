@@ -771,7 +771,7 @@ async fn register_model(
             let model = done.activation.as_ref().map_or(&done.model, |a| &a.active);
             let answer = json_response(StatusCode::CREATED, &ModelJson::from(model));
             match done.activation {
-                Some(_) => served_header(answer, &served(&s, wait).await),
+                Some(_) => served_header(answer, &or_reply!(served(&s, wait).await)),
                 None => answer,
             }
         }
@@ -831,7 +831,7 @@ async fn update_model(
     // A new rollback policy changes what the servers' guards do: wait for them.
     let guards_follow = changes.rollback.is_some();
     match s.control.update(&ModelRef::Id(id), &changes).await {
-        Ok(m) if guards_follow => served_header(ok(&ModelJson::from(&m)), &served(&s, wait).await),
+        Ok(m) if guards_follow => served_header(ok(&ModelJson::from(&m)), &or_reply!(served(&s, wait).await)),
         Ok(m) => ok(&ModelJson::from(&m)),
         Err(e) => rest_error(&e),
     }
@@ -921,24 +921,10 @@ pub(crate) fn wait_of(q: WaitParam) -> Result<Option<std::time::Duration>, Box<R
     }
 }
 
-/// Waits for the fleet after a committed change; a registry that stops answering meanwhile
-/// is said in the summary, not as a failure of the change.
-pub(crate) async fn served(s: &HttpState, wait: Option<std::time::Duration>) -> Served {
-    match s.control.await_served(wait).await {
-        Ok(served) => served,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot wait for the servers after a change");
-            let mut unknown = Served::skipped(0);
-            unknown.pending.push(crate::fleet::Lagging {
-                server_id: String::new(),
-                server_name: String::new(),
-                host: String::new(),
-                reason: e.client_message(),
-            });
-            unknown.skipped = false;
-            unknown
-        }
-    }
+/// Waits for the fleet after a committed change. A registry that stops answering meanwhile
+/// is a 503 that says the change is committed, as over gRPC.
+pub(crate) async fn served(s: &HttpState, wait: Option<std::time::Duration>) -> Result<Served, Box<Response>> {
+    s.control.await_served(wait).await.map_err(|e| Box::new(rest_error(&e)))
 }
 
 /// The `X-Modeld-Served` header: how the fleet serves the change, in one line.
@@ -992,7 +978,7 @@ async fn activate_model(
         ..Gates::default()
     };
     match s.control.activate(&ModelRef::Id(id), &meta, &gates).await {
-        Ok(done) => activation(&done, served(&s, wait).await),
+        Ok(done) => activation(&done, or_reply!(served(&s, wait).await)),
         Err(e) => rest_error(&e),
     }
 }
@@ -1032,7 +1018,7 @@ async fn rollback(
         .rollback(&or_reply!(by(&caller, b.activated_by)), &b.reason, from.as_ref())
         .await
     {
-        Ok(done) => activation(&done, served(&s, wait).await),
+        Ok(done) => activation(&done, or_reply!(served(&s, wait).await)),
         Err(e) => rest_error(&e),
     }
 }
@@ -1148,7 +1134,7 @@ async fn set_role(
         )
         .await
     {
-        Ok(_) => rollout_now(s, Some(served(s, wait).await)).await,
+        Ok(_) => rollout_now(s, Some(or_reply!(served(s, wait).await))).await,
         Err(e) => rest_error(&e),
     }
 }
@@ -1167,7 +1153,7 @@ async fn clear_role(
         .clear_rollout(role, &or_reply!(by(caller, b.changed_by)), &b.reason)
         .await
     {
-        Ok(_) => rollout_now(s, Some(served(s, wait).await)).await,
+        Ok(_) => rollout_now(s, Some(or_reply!(served(s, wait).await))).await,
         Err(e) => rest_error(&e),
     }
 }
@@ -1241,7 +1227,7 @@ async fn promote(
         .promote(&or_reply!(by(&caller, b.activated_by)), &b.reason)
         .await
     {
-        Ok(done) => activation(&done, served(&s, wait).await),
+        Ok(done) => activation(&done, or_reply!(served(&s, wait).await)),
         Err(e) => rest_error(&e),
     }
 }

@@ -140,6 +140,14 @@ struct Row {
     now_ms: i64,
 }
 
+impl ServerEntry {
+    /// How many generations behind `generation` (the registry's now) it is; 0 when it serves
+    /// the registry's state.
+    pub fn lag(&self, generation: i64) -> i64 {
+        (generation - self.applied_generation).max(0)
+    }
+}
+
 impl From<Row> for ServerEntry {
     fn from(r: Row) -> Self {
         let age = (r.now_ms - r.heartbeat_ms).max(0);

@@ -183,6 +183,25 @@ pub fn spawn_serve(
     spawn_serve_env(db_url, root, extra, &std::collections::HashMap::new())
 }
 
+/// `modeld serve` on `127.0.0.1:0` (gRPC and HTTP) with JSON logs on a piped stderr, plus
+/// `extra`; killed when dropped.
+fn serve_command(extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ])
+    .args(extra)
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    cmd
+}
+
 /// [`spawn_serve`] with more environment variables for the child.
 pub fn spawn_serve_env(
     db_url: &str,
@@ -194,22 +213,10 @@ pub fn spawn_serve_env(
     tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
 ) {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(extra)
+    let mut child = serve_command(extra)
         .env("MODELD_DATABASE_URL", db_url)
         .env("MODELD_MODEL_ROOT", root)
         .envs(env)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
@@ -865,20 +872,8 @@ impl LoggedServer {
     /// `./models` there), none of the environment's MODELD_* variables, plus `extra`.
     pub async fn start_in(cwd: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         use tokio::io::AsyncBufReadExt;
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .args(extra)
-        .current_dir(cwd)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+        let mut cmd = serve_command(extra);
+        cmd.current_dir(cwd);
         for (k, _) in std::env::vars() {
             if k.starts_with("MODELD_") && k != "MODELD_ONNXRUNTIME_DIR" {
                 cmd.env_remove(k);
