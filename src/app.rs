@@ -422,7 +422,7 @@ pub async fn serve_with(
     if downloads.keys.is_empty() {
         tracing::info!("no signing key (--signing-key-file, MODELD_SIGNING_KEYS): signed download URLs are off");
     }
-    let executor = Executor::start(config.engine.executor_config())?;
+    let executor = Executor::start(crate::serving::ExecutorConfig::from(&config.engine))?;
     let engine = engine_settings(&config.engine, &executor);
     let origin = Origin {
         source: "api".into(),
@@ -564,12 +564,12 @@ pub async fn serve_with(
     let control = Arc::new(
         control
             .serving(executor, engine)
-            .with_candidates(config.candidates.limits())
+            .with_candidates(crate::model::cache::CandidateLimits::from(&config.candidates))
             .with_rollback_watch(Duration::from_secs(config.rollback_watch_secs))
             .with_downloads(downloads)
             .with_access(Arc::clone(&access))
             .with_shadows(
-                crate::serving::shadow::Shadows::start(config.shadow.config())
+                crate::serving::shadow::Shadows::start(crate::serving::shadow::ShadowConfig::from(&config.shadow))
                     .context("starting the shadow threads")?,
             ),
     );

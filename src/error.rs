@@ -1,5 +1,9 @@
 //! The one error type of modeld and its one exhaustive mapping to gRPC status codes.
 
+// Every variant is mapped on purpose: a new variant must be placed in each map, never fall
+// into a catch-all arm.
+#![deny(clippy::wildcard_enum_match_arm)]
+
 /// What went wrong, named for what the caller can do about it.
 ///
 /// Every fallible path in the server ends in one of these; [`From<Error> for tonic::Status`]
@@ -19,6 +23,11 @@ pub enum Error {
     /// changed, deleting the active model).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The registry's active model changed between an activation's checks and its commit:
+    /// nothing was changed, and the activation may run its checks again (a precondition
+    /// failure to clients).
+    #[error("{0}")]
+    ActiveChanged(String),
     /// A model file cannot be used: missing, unreadable, not what the registry's checksum says,
     /// or not a model this server can load. The caller can fix the file or pick another model;
     /// the kind is kept so that the status can say why a server is degraded.
@@ -28,6 +37,9 @@ pub enum Error {
         problem: FileProblem,
         /// For people; names the file by its path relative to the model root.
         message: String,
+        /// What failed underneath (the file system, the engine), for the log.
+        #[source]
+        source: Option<Source>,
     },
     /// Try again later: no model is loaded yet, or the registry database is unreachable.
     #[error("{0}")]
@@ -43,19 +55,30 @@ pub enum Error {
     /// The request's deadline passed before it could be computed; it was not computed.
     #[error("{0}")]
     DeadlineExceeded(String),
-    /// The registry database failed or refused; `detail` (the driver's words: SQL, hosts,
+    /// The registry database failed or refused; its `source` (the driver's words: SQL, hosts,
     /// constraint names) goes to the log and to the CLI, never to a client.
-    #[error("{}: {detail}", fault.words())]
+    #[error("{}: {source}", fault.words())]
     Database {
         /// What kind of failure.
         fault: DbFault,
-        /// The driver's words.
-        detail: String,
+        /// The driver's error (its words: SQL, hosts, constraint names).
+        #[source]
+        source: std::sync::Arc<sqlx::Error>,
     },
     /// A bug or an unexpected failure; details are logged, not sent to the client.
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error("internal error: {message}")]
+    Internal {
+        /// What was being done.
+        message: String,
+        /// What failed underneath, if anything did.
+        #[source]
+        source: Option<Source>,
+    },
 }
+
+/// An error underneath one of ours, kept for the log (shared: [`Error`] is cloned into
+/// statuses and events).
+pub type Source = std::sync::Arc<dyn std::error::Error + Send + Sync>;
 
 /// What kind of registry database failure ([`Error::Database`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +137,20 @@ impl Error {
         Self::ModelFile {
             problem,
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`Error::ModelFile`] caused by `source`.
+    pub fn model_file_from(
+        problem: FileProblem,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::ModelFile {
+            problem,
+            message: message.into(),
+            source: Some(std::sync::Arc::new(source)),
         }
     }
 }
@@ -122,13 +159,29 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Wraps an unexpected failure.
+    /// An unexpected failure, in words.
     pub fn internal(e: impl std::fmt::Display) -> Self {
-        Self::Internal(e.to_string())
+        Self::Internal {
+            message: e.to_string(),
+            source: None,
+        }
+    }
+
+    /// An unexpected failure while doing `what`, caused by `source` (whose words end the
+    /// message, for the log).
+    pub fn internal_from(what: impl std::fmt::Display, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal {
+            message: format!("{what}: {source}"),
+            source: Some(std::sync::Arc::new(source)),
+        }
     }
 }
 
 impl From<sqlx::Error> for Error {
+    #[expect(
+        clippy::wildcard_enum_match_arm,
+        reason = "sqlx's error is non-exhaustive: whatever it adds is Other"
+    )]
     fn from(e: sqlx::Error) -> Self {
         let fault = match &e {
             sqlx::Error::PoolTimedOut
@@ -153,7 +206,7 @@ impl From<sqlx::Error> for Error {
         };
         Error::Database {
             fault,
-            detail: e.to_string(),
+            source: std::sync::Arc::new(e),
         }
     }
 }
@@ -177,8 +230,16 @@ impl Error {
     pub fn client_message(&self) -> String {
         match self {
             Error::Database { fault, .. } => fault.words().to_string(),
-            Error::Internal(_) => "internal error; the server log has the detail".into(),
-            e => e.to_string(),
+            Error::Internal { .. } => "internal error; the server log has the detail".into(),
+            Error::InvalidArgument(m)
+            | Error::NotFound(m)
+            | Error::AlreadyExists(m)
+            | Error::FailedPrecondition(m)
+            | Error::ActiveChanged(m)
+            | Error::ModelFile { message: m, .. }
+            | Error::Unavailable(m)
+            | Error::ResourceExhausted { message: m, .. }
+            | Error::DeadlineExceeded(m) => m.clone(),
         }
     }
 }
@@ -227,12 +288,15 @@ fn status_of(e: Error) -> tonic::Status {
         Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
         Error::NotFound(m) => tonic::Status::not_found(m),
         Error::AlreadyExists(m) => tonic::Status::already_exists(m),
-        Error::FailedPrecondition(m) | Error::ModelFile { message: m, .. } => tonic::Status::failed_precondition(m),
+        Error::FailedPrecondition(m) | Error::ActiveChanged(m) | Error::ModelFile { message: m, .. } => {
+            tonic::Status::failed_precondition(m)
+        }
         Error::Unavailable(m) => {
             crate::client_event!(tracing::Level::WARN, "unavailable", error = %m, "unavailable");
             tonic::Status::unavailable(m)
         }
-        Error::Database { fault, detail } => {
+        Error::Database { fault, source } => {
+            let detail = source.to_string();
             let id = crate::trace::request_id_or_new();
             let words = fault.client_words();
             match fault {
@@ -270,7 +334,7 @@ fn status_of(e: Error) -> tonic::Status {
             status
         }
         Error::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
-        Error::Internal(m) => {
+        Error::Internal { message: m, .. } => {
             let id = crate::trace::request_id_or_new();
             crate::client_event!(tracing::Level::ERROR, "internal", request_id = %id, error = %m, "internal error");
             tonic::Status::internal(hidden("internal error", &id))
@@ -302,18 +366,18 @@ mod tests {
                 tonic::Code::ResourceExhausted,
             ),
             (Error::DeadlineExceeded("a".into()), tonic::Code::DeadlineExceeded),
-            (Error::Internal("secret".into()), tonic::Code::Internal),
+            (Error::internal("secret"), tonic::Code::Internal),
             (
                 Error::Database {
                     fault: DbFault::Conflict,
-                    detail: "secret".into(),
+                    source: std::sync::Arc::new(sqlx::Error::Protocol("secret".into())),
                 },
                 tonic::Code::AlreadyExists,
             ),
             (
                 Error::Database {
                     fault: DbFault::Other,
-                    detail: "secret".into(),
+                    source: std::sync::Arc::new(sqlx::Error::Protocol("secret".into())),
                 },
                 tonic::Code::Internal,
             ),

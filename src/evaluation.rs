@@ -75,7 +75,7 @@ impl Dataset {
                     })?,
                 };
                 let yb = read(&labels_path)?;
-                let (shape, features) = npy_features(&xb).map_err(&bad)?;
+                let (shape, features) = npy_features(&xb).map_err(|e| bad(e.to_string()))?;
                 let labels = npy_labels(&yb).map_err(|e| bad(format!("labels {:?}: {e}", file(&labels_path))))?;
                 if labels.is_empty() {
                     return Err(bad("no rows".into()));
@@ -100,7 +100,7 @@ impl Dataset {
             Some("csv") => {
                 let bytes = read(path)?;
                 let text = String::from_utf8(bytes.clone()).map_err(|_| bad("is not UTF-8 text".into()))?;
-                let (features, labels, width) = csv_rows(&text, label_column).map_err(&bad)?;
+                let (features, labels, width) = csv_rows(&text, label_column).map_err(|e| bad(e.to_string()))?;
                 Ok(Self {
                     name,
                     sha256: sha256_hex(&bytes),
@@ -114,6 +114,37 @@ impl Dataset {
     }
 }
 
+/// What is wrong with a dataset file's contents.
+#[derive(Debug, thiserror::Error)]
+enum Problem {
+    #[error("not an .npy file: {0}")]
+    NotNpy(#[source] std::io::Error),
+    #[error("{0}")]
+    Values(#[source] std::io::Error),
+    #[error("Fortran-ordered arrays are not supported; save with np.ascontiguousarray")]
+    Fortran,
+    #[error("features must be [rows, ...], got shape {0:?}")]
+    FeatureShape(Vec<usize>),
+    #[error("features must be float32 or float64, got {0:?}")]
+    FeatureType(String),
+    #[error("labels must be integers, got {0:?}")]
+    LabelType(String),
+    #[error("labels are class indices from 0; found {0}")]
+    NegativeLabel(i64),
+    #[error("the file is empty")]
+    Empty,
+    #[error("no column {column:?} (columns: {columns}); name it with --label-column")]
+    NoColumn { column: String, columns: String },
+    #[error("row {row} has {got} values, the header {want}")]
+    Width { row: usize, got: usize, want: usize },
+    #[error("row {row}: label {cell:?} is not a class index (0, 1, 2, ...)")]
+    Label { row: usize, cell: String },
+    #[error("row {row}, column {column:?}: {cell:?} is not a number")]
+    Number { row: usize, column: String, cell: String },
+    #[error("no rows")]
+    NoRows,
+}
+
 /// `a/b_x.npy` → `a/b_y.npy`, when it exists.
 fn paired_labels(features: &Path) -> Option<PathBuf> {
     let stem = features.file_stem()?.to_str()?;
@@ -122,111 +153,111 @@ fn paired_labels(features: &Path) -> Option<PathBuf> {
     candidate.exists().then_some(candidate)
 }
 
-fn npy_features(bytes: &[u8]) -> std::result::Result<(Vec<usize>, Vec<f32>), String> {
-    let npy = npyz::NpyFile::new(bytes).map_err(|e| format!("not an .npy file: {e}"))?;
+fn npy_features(bytes: &[u8]) -> std::result::Result<(Vec<usize>, Vec<f32>), Problem> {
+    let npy = npyz::NpyFile::new(bytes).map_err(Problem::NotNpy)?;
     if npy.order() != npyz::Order::C {
-        return Err("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into());
+        return Err(Problem::Fortran);
     }
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     if shape.len() < 2 {
-        return Err(format!("features must be [rows, ...], got shape {shape:?}"));
+        return Err(Problem::FeatureShape(shape));
     }
     let descr = npy.dtype().descr();
     let values = match descr.trim_matches('\'').trim_start_matches(['<', '=']) {
-        "f4" => npy.into_vec::<f32>().map_err(|e| e.to_string())?,
+        "f4" => npy.into_vec::<f32>().map_err(Problem::Values)?,
         "f8" => npy
             .into_vec::<f64>()
-            .map_err(|e| e.to_string())?
+            .map_err(Problem::Values)?
             .into_iter()
             .map(|v| v as f32)
             .collect(),
-        other => return Err(format!("features must be float32 or float64, got {other:?}")),
+        other => return Err(Problem::FeatureType(other.to_string())),
     };
     Ok((shape, values))
 }
 
-fn npy_labels(bytes: &[u8]) -> std::result::Result<Vec<i64>, String> {
-    let npy = npyz::NpyFile::new(bytes).map_err(|e| format!("not an .npy file: {e}"))?;
+fn npy_labels(bytes: &[u8]) -> std::result::Result<Vec<i64>, Problem> {
+    let npy = npyz::NpyFile::new(bytes).map_err(Problem::NotNpy)?;
     let descr = npy.dtype().descr();
     let labels: Vec<i64> = match descr.trim_matches('\'').trim_start_matches(['<', '|', '=']) {
-        "i8" => npy.into_vec::<i64>().map_err(|e| e.to_string())?,
+        "i8" => npy.into_vec::<i64>().map_err(Problem::Values)?,
         "i4" => npy
             .into_vec::<i32>()
-            .map_err(|e| e.to_string())?
+            .map_err(Problem::Values)?
             .into_iter()
             .map(i64::from)
             .collect(),
         "i2" => npy
             .into_vec::<i16>()
-            .map_err(|e| e.to_string())?
+            .map_err(Problem::Values)?
             .into_iter()
             .map(i64::from)
             .collect(),
         "i1" => npy
             .into_vec::<i8>()
-            .map_err(|e| e.to_string())?
+            .map_err(Problem::Values)?
             .into_iter()
             .map(i64::from)
             .collect(),
         "u1" => npy
             .into_vec::<u8>()
-            .map_err(|e| e.to_string())?
+            .map_err(Problem::Values)?
             .into_iter()
             .map(i64::from)
             .collect(),
-        other => return Err(format!("labels must be integers, got {other:?}")),
+        other => return Err(Problem::LabelType(other.to_string())),
     };
-    if let Some(bad) = labels.iter().find(|&&l| l < 0) {
-        return Err(format!("labels are class indices from 0; found {bad}"));
+    if let Some(&bad) = labels.iter().find(|&&l| l < 0) {
+        return Err(Problem::NegativeLabel(bad));
     }
     Ok(labels)
 }
 
 /// A CSV of numbers with a header row: every column but `label_column` is a feature.
-fn csv_rows(text: &str, label_column: &str) -> std::result::Result<(Vec<f32>, Vec<i64>, usize), String> {
+fn csv_rows(text: &str, label_column: &str) -> std::result::Result<(Vec<f32>, Vec<i64>, usize), Problem> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<String> = lines
         .next()
-        .ok_or("the file is empty")?
+        .ok_or(Problem::Empty)?
         .split(',')
         .map(|h| h.trim().trim_matches('"').to_string())
         .collect();
-    let label_at = header.iter().position(|h| h == label_column).ok_or_else(|| {
-        format!(
-            "no column {label_column:?} (columns: {}); name it with --label-column",
-            header.join(", ")
-        )
-    })?;
+    let label_at = header
+        .iter()
+        .position(|h| h == label_column)
+        .ok_or_else(|| Problem::NoColumn {
+            column: label_column.to_string(),
+            columns: header.join(", "),
+        })?;
     let width = header.len() - 1;
     let (mut features, mut labels) = (Vec::new(), Vec::new());
     for (i, line) in lines.enumerate() {
         let cells: Vec<&str> = line.split(',').map(str::trim).collect();
         if cells.len() != header.len() {
-            return Err(format!(
-                "row {} has {} values, the header {}",
-                i + 1,
-                cells.len(),
-                header.len()
-            ));
+            return Err(Problem::Width {
+                row: i + 1,
+                got: cells.len(),
+                want: header.len(),
+            });
         }
         for (j, cell) in cells.iter().enumerate() {
             if j == label_at {
-                let label: i64 = cell
-                    .parse()
-                    .ok()
-                    .filter(|l| *l >= 0)
-                    .ok_or_else(|| format!("row {}: label {cell:?} is not a class index (0, 1, 2, ...)", i + 1))?;
+                let label: i64 = cell.parse().ok().filter(|l| *l >= 0).ok_or_else(|| Problem::Label {
+                    row: i + 1,
+                    cell: (*cell).to_string(),
+                })?;
                 labels.push(label);
             } else {
-                features.push(
-                    cell.parse::<f32>()
-                        .map_err(|_| format!("row {}, column {:?}: {cell:?} is not a number", i + 1, header[j]))?,
-                );
+                features.push(cell.parse::<f32>().map_err(|_| Problem::Number {
+                    row: i + 1,
+                    column: header[j].clone(),
+                    cell: (*cell).to_string(),
+                })?);
             }
         }
     }
     if labels.is_empty() {
-        return Err("no rows".into());
+        return Err(Problem::NoRows);
     }
     Ok((features, labels, width))
 }
@@ -333,7 +364,7 @@ pub fn evaluate(
         let outputs = model
             .engine
             .run(inputs)
-            .map_err(|e| Error::internal(format!("model {model_name:?} failed on dataset row {i}: {e}")))?;
+            .map_err(|e| Error::internal_from(format_args!("model {model_name:?} failed on dataset row {i}"), e))?;
         let mut encoded = encode_outputs(sig, outputs, false)?;
         latencies.push(started.elapsed());
         let data = std::mem::replace(&mut encoded[out_index].data, OutputData::Raw(Vec::new()));
@@ -559,18 +590,26 @@ mod tests {
         assert!(
             csv_rows("a,b\n1,2\n", "label")
                 .unwrap_err()
+                .to_string()
                 .contains("no column \"label\"")
         );
         assert!(
             csv_rows("a,label\nx,1\n", "label")
                 .unwrap_err()
+                .to_string()
                 .contains("not a number")
         );
         assert!(
             csv_rows("a,label\n1,-1\n", "label")
                 .unwrap_err()
+                .to_string()
                 .contains("class index")
         );
-        assert!(csv_rows("a,label\n1\n", "label").unwrap_err().contains("has 1 values"));
+        assert!(
+            csv_rows("a,label\n1\n", "label")
+                .unwrap_err()
+                .to_string()
+                .contains("has 1 values")
+        );
     }
 }

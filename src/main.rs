@@ -1,7 +1,7 @@
 //! The `modeld` binary: parse the command line, start logging, dispatch.
 
 use clap::Parser;
-use modeld::config::{Cli, Command, LogFormat};
+use modeld::cli::args::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 use std::io::IsTerminal;

@@ -50,9 +50,13 @@ pub fn request_id_from(header: Option<&str>) -> String {
     }
 }
 
-/// Runs `f` with `id` as the current request id.
+/// Runs `f` with `id` as the current request id, inside the request's span (`request`, with
+/// the field `request_id`): every line logged for the request names it, on the request's task
+/// and on the compute and shadow threads its jobs carry the span to.
 pub async fn with_request_id<F: std::future::Future>(id: String, f: F) -> F::Output {
-    REQUEST_ID.scope(id, f).await
+    use tracing::Instrument;
+    let span = tracing::info_span!("request", request_id = %id);
+    REQUEST_ID.scope(id, f.instrument(span)).await
 }
 
 /// The current request's id, when there is a request.

@@ -724,3 +724,93 @@ async fn an_engine_panic_is_one_log_line_and_costs_no_memory() {
     );
     assert_eq!(panics[0]["level"], "ERROR");
 }
+
+/// The request's span travels with its compute job and its mirrored copy: a line logged on a
+/// compute thread (every model runs there with `--inline-max-us 0`) or on a shadow thread
+/// names the request id the client sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn lines_from_compute_and_shadow_threads_name_their_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = model_root();
+    std::fs::copy(
+        bundled_models().join("digits_faulty.onnx"),
+        root.path().join("digits_faulty.onnx"),
+    )
+    .unwrap();
+    let url = format!("sqlite://{}", dir.path().join("modeld.db").display());
+    let server = LoggedServer::start(
+        &url,
+        root.path(),
+        &["--inline-max-us", "0"],
+        &[("MODELD_LOG", "modeld=debug")],
+    )
+    .await;
+    let channel = server.channel().await;
+    let mut reg = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
+    // The seed manifest made digits_v2 active.
+    reg.register_model(pb::RegisterModelRequest {
+        name: "digits_faulty".into(),
+        file_path: "digits_faulty.onnx".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    reg.set_shadow(pb::SetRolloutRequest {
+        model: by_name("digits_faulty"),
+        percentage: 100,
+        changed_by: "test".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let faulty: Vec<Vec<f32>> =
+        serde_json::from_str(&std::fs::read_to_string(bundled_models().join("examples/digit_faulty.json")).unwrap())
+            .unwrap();
+    let mut infer = pb::inference_client::InferenceClient::new(channel);
+    let with_id = |name: &str, id: &str| {
+        let mut r = tonic::Request::new(digits_request(name, &faulty[0]));
+        r.metadata_mut().insert("x-request-id", id.parse().unwrap());
+        r
+    };
+    // The active model answers; its shadow fails on the shadow's thread.
+    infer.predict(with_id("", "mirrored-0001")).await.unwrap();
+    // The faulty model, by name, fails on a compute thread.
+    let e = infer
+        .predict(with_id("digits_faulty", "computed-0002"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+
+    let named = |message: &str, id: &str| {
+        let (message, id) = (message.to_string(), id.to_string());
+        move |lines: &[String]| {
+            lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| {
+                    v["fields"]["message"].as_str().is_some_and(|m| m.contains(&message))
+                        && v["spans"]
+                            .as_array()
+                            .is_some_and(|spans| spans.iter().any(|s| s["request_id"] == id.as_str()))
+                })
+        }
+    };
+    let shadow = named("a mirrored request failed on the shadow", "mirrored-0001");
+    let compute = named("the engine failed on a request", "computed-0002");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let lines = server.lines();
+        if shadow(&lines) && compute(&lines) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line names its request (shadow {}, compute {}): {:#?}",
+            shadow(&lines),
+            compute(&lines),
+            lines.iter().filter(|l| l.contains("failed")).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}

@@ -549,7 +549,8 @@ fn engine_status(e: &Executor, settings: EngineSettings, serving: Option<&Served
         preferred_engine: settings.preferred.name().into(),
         onnxruntime: match crate::model::engine::onnxruntime_status() {
             _ if !settings.preferred.wants_onnxruntime() => String::new(),
-            Some(Ok(what) | Err(what)) => what,
+            Some(Ok(what)) => what,
+            Some(Err(why)) => why.to_string(),
             None => String::new(),
         },
         serving_engine: serving.map(|m| m.model.engine.kind().name().into()).unwrap_or_default(),

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{cli_origin, describe, model_ref, record_json};
+use super::args::{CompareArgs, DatasetArgs, EvaluateArgs, ModelArg};
+use super::output::{describe, record_json};
+use super::{cli_origin, model_ref};
 use crate::app;
-use crate::config::{CompareArgs, DatasetArgs, EvaluateArgs, ModelArg};
 use crate::evaluation::{Dataset, decided_by};
 use crate::ops::{EvaluateOptions, Evaluated};
 use crate::registry::name::quoted;

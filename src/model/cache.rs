@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use super::LoadedModel;
 use super::memory;
 use super::slot::ServedModel;
+use crate::config::CandidateArgs;
 use crate::error::{Error, Result};
 use crate::registry::ModelRecord;
 use crate::registry::name::quoted;
@@ -259,10 +260,8 @@ impl Candidates {
         let outcome = done
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| Error::Internal("a candidate load ended without an answer".into()))?;
-        outcome
-            .clone()
-            .unwrap_or_else(|| Err(Error::Internal("no answer".into())))
+            .map_err(|_| Error::internal("a candidate load ended without an answer"))?;
+        outcome.clone().unwrap_or_else(|| Err(Error::internal("no answer")))
     }
 
     /// Reserves room for `record` and starts its load; the caller holds the lock.
@@ -336,7 +335,7 @@ impl Candidates {
                 let _permit = loads
                     .acquire_owned()
                     .await
-                    .map_err(|_| Error::Internal("the candidate loads were closed".into()))?;
+                    .map_err(|_| Error::internal("the candidate loads were closed"))?;
                 let before = tokio::task::spawn_blocking(memory::settled_resident_bytes)
                     .await
                     .ok()
@@ -453,6 +452,28 @@ fn finish(
         "candidate loaded into the cache"
     );
     Ok(model)
+}
+
+impl Default for CandidateArgs {
+    fn default() -> Self {
+        let d = CandidateLimits::default();
+        Self {
+            candidate_models: d.models,
+            candidate_memory: d.bytes,
+            candidate_loads: d.loads as u64,
+        }
+    }
+}
+
+impl From<&CandidateArgs> for CandidateLimits {
+    /// The cache's bounds, as `modeld serve` was told.
+    fn from(a: &CandidateArgs) -> Self {
+        Self {
+            models: a.candidate_models,
+            bytes: a.candidate_memory,
+            loads: usize::try_from(a.candidate_loads).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -95,13 +95,64 @@ impl Default for EngineSettings {
     }
 }
 
+/// Why ONNX Runtime cannot compute models in this process (decided once, at start-up).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// This binary was built without it.
+    #[error("this modeld was built without the cargo feature `onnxruntime`")]
+    NotBuilt,
+    /// Nothing asked for it.
+    #[error("ONNX Runtime was not loaded")]
+    NotLoaded,
+    /// Its library could not be loaded (not found, not ONNX Runtime, too old).
+    #[cfg(feature = "onnxruntime")]
+    #[error("cannot load ONNX Runtime from {}: {source}{}", path.display(), super::onnxruntime::dlerror(source))]
+    Load {
+        /// The library, resolved.
+        path: std::path::PathBuf,
+        /// ort's error (dlopen's own words are its source).
+        #[source]
+        source: std::sync::Arc<ort::LoadDynamicError>,
+    },
+    /// The library loaded but would not start.
+    #[cfg(feature = "onnxruntime")]
+    #[error("cannot start ONNX Runtime from {}: {source}", path.display())]
+    Start {
+        /// The library, resolved.
+        path: std::path::PathBuf,
+        /// ort's error.
+        #[source]
+        source: std::sync::Arc<ort::Error>,
+    },
+}
+
+/// Why an engine did not compute a model on some inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// tract refused or failed.
+    #[error("{0:#}")]
+    Tract(#[source] tract_onnx::prelude::TractError),
+    /// ONNX Runtime refused or failed.
+    #[cfg(feature = "onnxruntime")]
+    #[error(transparent)]
+    Onnxruntime(#[from] super::onnxruntime::OrtError),
+    /// The engine panicked (a faulty model on some inputs); the panic was contained.
+    #[error("the engine panicked at {place}: {message}")]
+    Panicked {
+        /// The panic's place, without the machine's directories.
+        place: String,
+        /// The panic's message, cut short.
+        message: String,
+    },
+}
+
 /// Loads the library a preferred engine needs, once per process, and says what happened: `Ok`
 /// with a description of what will compute models, or `Err` with why models will be computed
 /// by tract instead.
 ///
 /// # Errors
-/// The preferred engine cannot be used here; the text says why.
-pub fn prepare(preferred: EngineChoice, library: Option<&std::path::Path>) -> Result<String, String> {
+/// The preferred engine cannot be used here.
+pub fn prepare(preferred: EngineChoice, library: Option<&std::path::Path>) -> Result<String, Unavailable> {
     if !preferred.wants_onnxruntime() {
         return Ok("tract".into());
     }
@@ -110,7 +161,7 @@ pub fn prepare(preferred: EngineChoice, library: Option<&std::path::Path>) -> Re
     #[cfg(not(feature = "onnxruntime"))]
     let loaded = {
         let _ = library;
-        Err(unavailable_here())
+        Err(Unavailable::NotBuilt)
     };
     match preferred {
         EngineChoice::Auto => loaded.map(|what| format!("tract or {what}, whichever computes each model faster")),
@@ -129,16 +180,11 @@ pub const HOW_TO_GET_ONNXRUNTIME: &str =
     "To use it: build modeld with its default features (cargo feature `onnxruntime`); --engine tract silences this";
 
 /// What [`prepare`] decided for ONNX Runtime, if it was asked.
-pub fn onnxruntime_status() -> Option<Result<String, String>> {
+pub fn onnxruntime_status() -> Option<Result<String, Unavailable>> {
     #[cfg(feature = "onnxruntime")]
     return super::onnxruntime::status();
     #[cfg(not(feature = "onnxruntime"))]
-    return Some(Err(unavailable_here()));
-}
-
-#[cfg(not(feature = "onnxruntime"))]
-fn unavailable_here() -> String {
-    "this modeld was built without the cargo feature `onnxruntime`".into()
+    return Some(Err(Unavailable::NotBuilt));
 }
 
 /// A model ready to compute; cloning shares it.
@@ -164,15 +210,16 @@ impl Engine {
     /// Computes the outputs (in signature order) of inputs given in signature order.
     ///
     /// # Errors
-    /// The engine's error text.
+    /// The engine's error.
     /// A panic inside the engine (a faulty model on some inputs) costs this one call: it is
-    /// caught and returned as an error naming its place, with nothing printed and no backtrace
-    /// taken (see [`install_panic_hook`]); the caller logs it like any other engine error.
-    pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>, String> {
+    /// caught and returned as [`EngineError::Panicked`] naming its place, with nothing printed
+    /// and no backtrace taken (see [`install_panic_hook`]); the caller logs it like any other
+    /// engine error.
+    pub fn run(&self, inputs: TVec<TValue>) -> Result<TVec<TValue>, EngineError> {
         contained(|| match self {
-            Self::Tract(plan) => plan.run(inputs).map_err(|e| format!("{e:#}")),
+            Self::Tract(plan) => plan.run(inputs).map_err(EngineError::Tract),
             #[cfg(feature = "onnxruntime")]
-            Self::Onnxruntime(m) => m.run(&inputs),
+            Self::Onnxruntime(m) => m.run(&inputs).map_err(EngineError::Onnxruntime),
         })
     }
 }
@@ -203,7 +250,7 @@ pub fn install_panic_hook() {
 }
 
 /// Runs `f` (an engine call), turning a panic into an error.
-fn contained<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+fn contained<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
     let was = IN_ENGINE.with(|e| e.replace(true));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     IN_ENGINE.with(|e| e.set(was));
@@ -216,11 +263,10 @@ fn contained<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
         let place = PANIC_PLACE.with(|p| p.borrow_mut().take()).unwrap_or_default();
         // The caller reports it as it reports any engine error (the request path: one
         // rate-limited line with the request id; the client hears "internal error").
-        Err(format!(
-            "the engine panicked at {}: {}",
-            short_place(&place),
-            crate::error::cut(&message, 300)
-        ))
+        Err(EngineError::Panicked {
+            place: short_place(&place),
+            message: crate::error::cut(&message, 300).into_owned(),
+        })
     })
 }
 
@@ -247,8 +293,8 @@ mod tests {
     #[test]
     fn a_panic_becomes_an_error_and_the_thread_goes_on() {
         install_panic_hook();
-        let got: Result<(), String> = contained(|| panic!("index out of bounds: the len is 1 but the index is 2"));
-        let e = got.unwrap_err();
+        let got: Result<(), EngineError> = contained(|| panic!("index out of bounds: the len is 1 but the index is 2"));
+        let e = got.unwrap_err().to_string();
         assert!(e.starts_with("the engine panicked at "), "{e}");
         assert!(
             e.ends_with("index out of bounds: the len is 1 but the index is 2"),
@@ -257,8 +303,9 @@ mod tests {
         assert!(e.contains("engine.rs:"), "names the place: {e}");
         assert!(!e.contains("/work/") && !e.starts_with('/'), "no machine paths: {e}");
         assert!(!IN_ENGINE.with(std::cell::Cell::get), "the flag is cleared");
-        assert_eq!(contained(|| Ok::<_, String>(7)), Ok(7));
-        assert_eq!(contained(|| Err::<(), _>("plain".to_string())), Err("plain".into()));
+        assert_eq!(contained(|| Ok::<_, EngineError>(7)).unwrap(), 7);
+        let plain = contained(|| Err::<(), _>(EngineError::Tract(tract_onnx::prelude::TractError::msg("plain"))));
+        assert_eq!(plain.unwrap_err().to_string(), "plain");
     }
 
     #[test]

@@ -9,9 +9,143 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use super::Plan;
-use super::engine::{Engine, EngineChoice, EngineSettings};
+use super::engine::{Engine, EngineChoice, EngineError, EngineSettings};
 use super::signature::{DataType, Signature, TensorSpec};
 use crate::error::{Error, FileProblem, Result};
+
+/// Why a model file cannot be served by an engine; the words continue "model file X ...".
+#[derive(Debug, thiserror::Error)]
+pub enum Unloadable {
+    /// Another format that people try (a Keras, PyTorch or pickle file).
+    #[error("is {0}, not an ONNX model; {CONVERT}")]
+    OtherFormat(&'static str),
+    /// An ONNX file cut short or damaged.
+    #[error("is not a loadable ONNX model (truncated or damaged? copy it again): {0:#}")]
+    Damaged(#[source] TractError),
+    /// Not ONNX protobuf at all.
+    #[error("is not an ONNX model (it does not decode as ONNX protobuf: {0:#}); {CONVERT}")]
+    NotProtobuf(#[source] TractError),
+    /// ONNX that tract cannot load.
+    #[error("is not a loadable ONNX model: {0:#}")]
+    NotLoadable(#[source] TractError),
+    /// The lean read's tensors did not fit the skeleton.
+    #[error("{0:#}")]
+    Tensors(#[source] TractError),
+    /// tract cannot infer its types and shapes.
+    #[error("cannot be typed by tract: {0:#}")]
+    Untyped(#[source] TractError),
+    /// tract cannot optimise it.
+    #[error("cannot be optimised by tract: {0:#}")]
+    Unoptimised(#[source] TractError),
+    /// Its inputs and outputs cannot be read.
+    #[error("{0:#}")]
+    Facts(#[source] TractError),
+    /// A datatype modeld does not serve.
+    #[error("uses datatype {datum:?} for {name:?}, which modeld does not serve")]
+    Datatype {
+        /// tract's datatype.
+        datum: DatumType,
+        /// The input or output.
+        name: String,
+    },
+    /// Nothing in or nothing out.
+    #[error("has no inputs or no outputs")]
+    Empty,
+    /// Test inputs for its signature cannot be built.
+    #[error("cannot build test inputs: {0:#}")]
+    TestInputs(#[source] TractError),
+    /// A warm-up run failed.
+    #[error("fails its warm-up run: {0}")]
+    WarmUp(#[source] EngineError),
+    /// A warm-up run returned the wrong number of outputs.
+    #[error("returned {got} outputs in its warm-up run, its signature has {want}")]
+    WarmUpOutputs {
+        /// Outputs returned.
+        got: usize,
+        /// Outputs in the signature.
+        want: usize,
+    },
+    /// ONNX Runtime cannot compile it.
+    #[cfg(feature = "onnxruntime")]
+    #[error(transparent)]
+    Onnxruntime(#[from] super::onnxruntime::OrtError),
+    /// ONNX Runtime cannot be used in this process.
+    #[error(transparent)]
+    Unavailable(#[from] super::engine::Unavailable),
+    /// The other engine's warm-up failed.
+    #[error("the model {0}")]
+    OtherWarmUp(#[source] Box<Unloadable>),
+    /// tract failed on the cross-check input.
+    #[error("tract failed on the cross-check input: {0:#}")]
+    CrossCheckTract(#[source] TractError),
+    /// The other engine failed on the cross-check input.
+    #[error("{engine} failed on the cross-check input: {source}")]
+    CrossCheckOther {
+        /// The other engine.
+        engine: super::EngineKind,
+        /// Its error.
+        #[source]
+        source: EngineError,
+    },
+    /// The other engine's outputs are not tract's.
+    #[error("{0}")]
+    Disagrees(Disagreement),
+}
+
+/// How another engine's outputs differ from tract's on the cross-check input.
+#[derive(Debug)]
+pub enum Disagreement {
+    /// Not as many outputs.
+    Count {
+        /// Outputs the other engine returned.
+        got: usize,
+        /// Outputs tract returned.
+        want: usize,
+    },
+    /// An output of another type or shape.
+    Shape {
+        /// The output.
+        name: String,
+        /// The other engine's type and shape.
+        got: String,
+        /// tract's type and shape.
+        want: String,
+    },
+    /// Integer or boolean values differ.
+    Integers(String),
+    /// An output whose values cannot be compared.
+    Incomparable(String),
+    /// A float differs by more than the tolerance.
+    Element {
+        /// The output.
+        name: String,
+        /// Where.
+        index: usize,
+        /// The other engine's value.
+        got: f64,
+        /// tract's value.
+        want: f64,
+    },
+}
+
+impl std::fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Count { got, want } => write!(f, "returned {got} outputs, tract {want}"),
+            Self::Shape { name, got, want } => {
+                write!(f, "output {name:?} differs from tract's: {got} vs tract's {want}")
+            }
+            Self::Integers(name) => write!(f, "output {name:?} differs from tract's (integer values)"),
+            Self::Incomparable(name) => write!(f, "output {name:?} cannot be compared"),
+            Self::Element { name, index, got, want } => {
+                write!(
+                    f,
+                    "output {name:?} differs from tract's at element {index}: {got} vs tract's {want}"
+                )
+            }
+        }
+    }
+}
 
 /// A model that loaded, optimised and ran a warm-up successfully.
 pub struct LoadedModel {
@@ -107,7 +241,7 @@ pub fn load_model_named(
     settings: EngineSettings,
 ) -> Result<LoadedModel> {
     let started = Instant::now();
-    let fail = |e: String| Error::model_file(FileProblem::NotLoadable, format!("model file {shown:?} {e}"));
+    let fail = |e: Unloadable| Error::model_file_from(FileProblem::NotLoadable, format!("model file {shown:?} {e}"), e);
     let read = read_model(path, shown, expected_sha256)?;
     let (plan, signature) = (read.plan, read.signature);
     let tract_warm = warm_up(&Engine::Tract(Arc::clone(&plan)), &signature).map_err(fail)?;
@@ -117,7 +251,7 @@ pub fn load_model_named(
     let ort_usable =
         settings.preferred.wants_onnxruntime() && !matches!(super::engine::onnxruntime_status(), Some(Err(_)));
     let bytes = if ort_usable {
-        let bytes = std::fs::read(path).map_err(|e| io_error(&e, shown))?;
+        let bytes = std::fs::read(path).map_err(|e| io_error(e, shown))?;
         if sha256_hex(&bytes) != read.sha256 {
             return Err(Error::model_file(
                 FileProblem::ChecksumMismatch,
@@ -157,7 +291,7 @@ struct Read {
 /// never holds the whole file, else (a file it does not understand, or a parse that went
 /// otherwise than it expects) the plain way, whose errors are tract's own.
 fn read_model(path: &Path, shown: &str, expected_sha256: Option<&str>) -> Result<Read> {
-    let fail = |e: String| Error::model_file(FileProblem::NotLoadable, format!("model file {shown:?} {e}"));
+    let fail = |e: Unloadable| Error::model_file_from(FileProblem::NotLoadable, format!("model file {shown:?} {e}"), e);
     // MODELD_PLAIN_LOAD=1: the plain way only, to compare what loading costs in memory
     // (docs/benchmarks.md, "Memory while loading").
     let plain_only = std::env::var_os("MODELD_PLAIN_LOAD").is_some_and(|v| !v.is_empty() && v != "0");
@@ -179,15 +313,17 @@ fn read_model(path: &Path, shown: &str, expected_sha256: Option<&str>) -> Result
                         size,
                     });
                 }
-                Err(why) => tracing::debug!(file = shown, why, "the lean load did not work; loading the plain way"),
+                Err(why) => {
+                    tracing::debug!(file = shown, why = %why, "the lean load did not work; loading the plain way");
+                }
             }
         }
-        Err(super::lean::Failure::Io(e)) => return Err(io_error(&e, shown)),
+        Err(super::lean::Failure::Io(e)) => return Err(io_error(e, shown)),
         Err(super::lean::Failure::Format(why)) => {
             tracing::debug!(file = shown, why, "the lean load did not work; loading the plain way");
         }
     }
-    let bytes = std::fs::read(path).map_err(|e| io_error(&e, shown))?;
+    let bytes = std::fs::read(path).map_err(|e| io_error(e, shown))?;
     let sha256 = sha256_hex(&bytes);
     check_sha256(expected_sha256, &sha256, shown)?;
     let (plan, signature) = build_plan(&bytes).map_err(fail)?;
@@ -199,12 +335,12 @@ fn read_model(path: &Path, shown: &str, expected_sha256: Option<&str>) -> Result
     })
 }
 
-fn io_error(e: &std::io::Error, shown: &str) -> Error {
+fn io_error(e: std::io::Error, shown: &str) -> Error {
     let problem = match e.kind() {
         std::io::ErrorKind::NotFound => FileProblem::Missing,
         _ => FileProblem::Unreadable,
     };
-    Error::model_file(problem, format!("cannot read model file {shown:?}: {e}"))
+    Error::model_file_from(problem, format!("cannot read model file {shown:?}: {e}"), e)
 }
 
 fn check_sha256(expected: Option<&str>, actual: &str, shown: &str) -> Result<()> {
@@ -218,20 +354,15 @@ fn check_sha256(expected: Option<&str>, actual: &str, shown: &str) -> Result<()>
 }
 
 /// Parses and optimises; the error text continues "model file X ...".
-fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature), String> {
+fn build_plan(bytes: &[u8]) -> std::result::Result<(Plan, Signature), Unloadable> {
     let model = tract_onnx::onnx().model_for_read(&mut &bytes[..]).map_err(|e| {
-        let e = format!("{e:#}");
         match sniff(bytes) {
-            Some(what) => format!("is {what}, not an ONNX model; {CONVERT}"),
+            Some(what) => Unloadable::OtherFormat(what),
             // An ONNX file opens with its ir_version (field 1, a varint: byte 0x08): one that
             // does not decode after that is cut short or damaged, not another format.
-            None if bytes.first() == Some(&0x08) => {
-                format!("is not a loadable ONNX model (truncated or damaged? copy it again): {e}")
-            }
-            None if e.contains("Protobuf") || e.contains("protobuf") => {
-                format!("is not an ONNX model (it does not decode as ONNX protobuf: {e}); {CONVERT}")
-            }
-            None => format!("is not a loadable ONNX model: {e}"),
+            None if bytes.first() == Some(&0x08) => Unloadable::Damaged(e),
+            None if e.chain().any(|c| c.is::<prost::DecodeError>()) => Unloadable::NotProtobuf(e),
+            None => Unloadable::NotLoadable(e),
         }
     })?;
     optimise(model)
@@ -264,23 +395,21 @@ fn sniff(bytes: &[u8]) -> Option<&'static str> {
 
 /// [`build_plan`] from a lean read: tract parses the skeleton, then the tensors read from the
 /// file take their stand-ins' places.
-fn build_plan_lean(lean: super::lean::Lean) -> std::result::Result<(Plan, Signature), String> {
+fn build_plan_lean(lean: super::lean::Lean) -> std::result::Result<(Plan, Signature), Unloadable> {
     let mut model = tract_onnx::onnx()
         .model_for_proto_model(&lean.proto)
-        .map_err(|e| format!("is not a loadable ONNX model: {e:#}"))?;
-    lean.fill(&mut model).map_err(|e| format!("{e:#}"))?;
+        .map_err(Unloadable::NotLoadable)?;
+    lean.fill(&mut model).map_err(Unloadable::Tensors)?;
     optimise(model)
 }
 
-fn optimise(model: InferenceModel) -> std::result::Result<(Plan, Signature), String> {
-    let typed = model
-        .into_typed()
-        .map_err(|e| format!("cannot be typed by tract: {e:#}"))?;
+fn optimise(model: InferenceModel) -> std::result::Result<(Plan, Signature), Unloadable> {
+    let typed = model.into_typed().map_err(Unloadable::Untyped)?;
     let signature = read_signature(&typed)?;
     let plan = typed
         .into_optimized()
         .and_then(|m| m.into_runnable())
-        .map_err(|e| format!("cannot be optimised by tract: {e:#}"))?;
+        .map_err(Unloadable::Unoptimised)?;
     Ok((plan, signature))
 }
 
@@ -360,7 +489,7 @@ fn onnxruntime_engine(
     plan: &Plan,
     signature: &Signature,
     sessions: usize,
-) -> std::result::Result<(Engine, WarmUp, String), String> {
+) -> std::result::Result<(Engine, WarmUp, String), Unloadable> {
     fn names(specs: &[TensorSpec]) -> Vec<&str> {
         specs.iter().map(|s| s.name.as_str()).collect()
     }
@@ -368,7 +497,7 @@ fn onnxruntime_engine(
         super::onnxruntime::OrtModel::new(bytes, sessions, &names(&signature.inputs), &names(&signature.outputs))?;
     let engine = Engine::Onnxruntime(Arc::new(model));
     let agreement = cross_check(plan, &engine, signature)?;
-    let warm = warm_up(&engine, signature).map_err(|e| format!("the model {e}"))?;
+    let warm = warm_up(&engine, signature).map_err(|e| Unloadable::OtherWarmUp(Box::new(e)))?;
     Ok((engine, warm, agreement))
 }
 
@@ -378,10 +507,8 @@ fn onnxruntime_engine(
     _: &Plan,
     _: &Signature,
     _: usize,
-) -> std::result::Result<(Engine, WarmUp, String), String> {
-    Err(super::engine::onnxruntime_status()
-        .and_then(std::result::Result::err)
-        .unwrap_or_default())
+) -> std::result::Result<(Engine, WarmUp, String), Unloadable> {
+    Err(super::engine::Unavailable::NotBuilt.into())
 }
 
 /// Runs tract and `other` on the same deterministic test input (batch 1, values in [0, 1) for
@@ -389,15 +516,14 @@ fn onnxruntime_engine(
 /// integers and booleans equal, floats within 1e-4 + 1e-3 x |tract's value| (NaN only against
 /// NaN, infinities only against the same infinity). Returns a line for the logs.
 #[cfg_attr(not(feature = "onnxruntime"), allow(dead_code))]
-fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::result::Result<String, String> {
+fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::result::Result<String, Unloadable> {
     let inputs = || test_inputs(signature, 1, true);
-    let reference = plan
-        .run(inputs()?)
-        .map_err(|e| format!("tract failed on the cross-check input: {e:#}"))?;
-    let got = other
-        .run(inputs()?)
-        .map_err(|e| format!("{} failed on the cross-check input: {e}", other.kind()))?;
-    let worst = compare_outputs(signature, &reference, &got)?;
+    let reference = plan.run(inputs()?).map_err(Unloadable::CrossCheckTract)?;
+    let got = other.run(inputs()?).map_err(|source| Unloadable::CrossCheckOther {
+        engine: other.kind(),
+        source,
+    })?;
+    let worst = compare_outputs(signature, &reference, &got).map_err(Unloadable::Disagrees)?;
     Ok(format!(
         "outputs match tract's on the load-time cross-check (largest difference {worst:.1e})"
     ))
@@ -405,26 +531,31 @@ fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::resul
 
 /// Compares `got` with tract's `reference` output by output (see [`cross_check`]); returns the
 /// largest difference between finite floats.
-fn compare_outputs(signature: &Signature, reference: &[TValue], got: &[TValue]) -> std::result::Result<f64, String> {
+fn compare_outputs(
+    signature: &Signature,
+    reference: &[TValue],
+    got: &[TValue],
+) -> std::result::Result<f64, Disagreement> {
     if got.len() != reference.len() {
-        return Err(format!("returned {} outputs, tract {}", got.len(), reference.len()));
+        return Err(Disagreement::Count {
+            got: got.len(),
+            want: reference.len(),
+        });
     }
     let mut worst = 0f64;
     for ((spec, want), have) in signature.outputs.iter().zip(reference).zip(got) {
         let name = &spec.name;
         if want.shape() != have.shape() || want.datum_type() != have.datum_type() {
-            return Err(format!(
-                "output {name:?} differs from tract's: {:?} {:?} vs tract's {:?} {:?}",
-                have.datum_type(),
-                have.shape(),
-                want.datum_type(),
-                want.shape()
-            ));
+            return Err(Disagreement::Shape {
+                name: name.clone(),
+                got: format!("{:?} {:?}", have.datum_type(), have.shape()),
+                want: format!("{:?} {:?}", want.datum_type(), want.shape()),
+            });
         }
         if !want.datum_type().is_float() {
             // Integers and booleans: equal, element for element.
             if want != have {
-                return Err(format!("output {name:?} differs from tract's (integer values)"));
+                return Err(Disagreement::Integers(name.clone()));
             }
             continue;
         }
@@ -433,7 +564,7 @@ fn compare_outputs(signature: &Signature, reference: &[TValue], got: &[TValue]) 
                 .and_then(|c| c.try_as_plain_ram()?.as_slice::<f64>().map(<[f64]>::to_vec))
         };
         let (Ok(w), Ok(h)) = (as_f64(want), as_f64(have)) else {
-            return Err(format!("output {name:?} cannot be compared"));
+            return Err(Disagreement::Incomparable(name.clone()));
         };
         for (i, (a, b)) in w.iter().zip(&h).enumerate() {
             let agree = if a.is_nan() || b.is_nan() {
@@ -446,36 +577,37 @@ fn compare_outputs(signature: &Signature, reference: &[TValue], got: &[TValue]) 
                 diff <= 1e-4 + 1e-3 * a.abs()
             };
             if !agree {
-                return Err(format!(
-                    "output {name:?} differs from tract's at element {i}: {b} vs tract's {a}"
-                ));
+                return Err(Disagreement::Element {
+                    name: name.clone(),
+                    index: i,
+                    got: *b,
+                    want: *a,
+                });
             }
         }
     }
     Ok(worst)
 }
 
-fn read_signature(model: &TypedModel) -> std::result::Result<Signature, String> {
-    let spec = |outlet: OutletId, name: String| -> std::result::Result<TensorSpec, String> {
-        let fact = model.outlet_fact(outlet).map_err(|e| e.to_string())?;
-        let datatype = DataType::from_datum(fact.datum_type).ok_or_else(|| {
-            format!(
-                "uses datatype {:?} for {name:?}, which modeld does not serve",
-                fact.datum_type
-            )
+fn read_signature(model: &TypedModel) -> std::result::Result<Signature, Unloadable> {
+    let spec = |outlet: OutletId, name: String| -> std::result::Result<TensorSpec, Unloadable> {
+        let fact = model.outlet_fact(outlet).map_err(Unloadable::Facts)?;
+        let datatype = DataType::from_datum(fact.datum_type).ok_or_else(|| Unloadable::Datatype {
+            datum: fact.datum_type,
+            name: name.clone(),
         })?;
         let shape = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
         Ok(TensorSpec { name, datatype, shape })
     };
     let inputs = model
         .input_outlets()
-        .map_err(|e| e.to_string())?
+        .map_err(Unloadable::Facts)?
         .iter()
         .map(|&o| spec(o, model.node(o.node).name.clone()))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let outputs = model
         .output_outlets()
-        .map_err(|e| e.to_string())?
+        .map_err(Unloadable::Facts)?
         .iter()
         .map(|&o| {
             let name = model
@@ -485,7 +617,7 @@ fn read_signature(model: &TypedModel) -> std::result::Result<Signature, String> 
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     if inputs.is_empty() || outputs.is_empty() {
-        return Err("has no inputs or no outputs".into());
+        return Err(Unloadable::Empty);
     }
     Ok(Signature { inputs, outputs })
 }
@@ -501,7 +633,7 @@ const WARM_UP_RUNS: usize = 3;
 
 /// Inputs for a warm-up or a cross-check: dynamic dims are 1 (the leading one `batch`), values
 /// are zeros, or for `varied` FP32 and FP64 inputs a fixed pseudo-random sequence in [0, 1).
-fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result::Result<TVec<TValue>, String> {
+fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result::Result<TVec<TValue>, Unloadable> {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     signature
         .inputs
@@ -534,25 +666,24 @@ fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result
             Ok(TValue::from(t))
         })
         .collect::<TractResult<TVec<_>>>()
-        .map_err(|e| format!("cannot build test inputs: {e:#}"))
+        .map_err(Unloadable::TestInputs)
 }
 
 /// Runs on zeros (dynamic dims = 1) so the first real request does not pay for lazy set-up, so
 /// a model that cannot run is refused before it is published, and to learn its cost and whether
 /// requests can be batched.
-fn warm_up(engine: &Engine, signature: &Signature) -> std::result::Result<WarmUp, String> {
+fn warm_up(engine: &Engine, signature: &Signature) -> std::result::Result<WarmUp, Unloadable> {
     let mut cost = Duration::MAX;
     for _ in 0..WARM_UP_RUNS {
         let inputs = test_inputs(signature, 1, false)?;
         let t = Instant::now();
-        let outputs = engine.run(inputs).map_err(|e| format!("fails its warm-up run: {e}"))?;
+        let outputs = engine.run(inputs).map_err(Unloadable::WarmUp)?;
         cost = cost.min(t.elapsed());
         if outputs.len() != signature.outputs.len() {
-            return Err(format!(
-                "returned {} outputs in its warm-up run, its signature has {}",
-                outputs.len(),
-                signature.outputs.len()
-            ));
+            return Err(Unloadable::WarmUpOutputs {
+                got: outputs.len(),
+                want: signature.outputs.len(),
+            });
         }
     }
     let batch_dims = signature
@@ -677,7 +808,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(err, Error::ModelFile { problem: FileProblem::ChecksumMismatch, ref message } if message.contains("checksum mismatch")),
+            matches!(err, Error::ModelFile { problem: FileProblem::ChecksumMismatch, ref message, .. } if message.contains("checksum mismatch")),
             "{err}"
         );
     }

@@ -15,7 +15,58 @@ use std::sync::{Mutex, OnceLock};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, TensorRef};
-use tract_onnx::prelude::{DatumType, TValue, TVec, Tensor};
+use tract_onnx::prelude::{DatumType, TValue, TVec, Tensor, TractError};
+
+use super::engine::Unavailable;
+
+/// Why ONNX Runtime did not compile or compute a model.
+#[derive(Debug, thiserror::Error)]
+pub enum OrtError {
+    /// The library is not there to do it.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// ONNX Runtime refused the model.
+    #[error("cannot be compiled by ONNX Runtime: {0}")]
+    Compile(#[source] ort::Error),
+    /// ONNX Runtime reads other inputs or outputs than tract.
+    #[error(
+        "is read differently by ONNX Runtime: inputs {theirs_in:?}, outputs {theirs_out:?}; tract reads inputs {ours_in:?}, outputs {ours_out:?}"
+    )]
+    Names {
+        /// ONNX Runtime's inputs.
+        theirs_in: Vec<String>,
+        /// ONNX Runtime's outputs.
+        theirs_out: Vec<String>,
+        /// tract's inputs.
+        ours_in: Vec<String>,
+        /// tract's outputs.
+        ours_out: Vec<String>,
+    },
+    /// A run failed.
+    #[error("ONNX Runtime failed: {0}")]
+    Run(#[source] ort::Error),
+    /// An input could not be handed over.
+    #[error("cannot pass an input to ONNX Runtime: {0}")]
+    Input(#[source] ort::Error),
+    /// A tensor's elements could not be viewed.
+    #[error("{0:#}")]
+    View(#[source] TractError),
+    /// An input element type the two engines do not share.
+    #[error("element type {0:?} is not passed to ONNX Runtime")]
+    InputType(DatumType),
+    /// An output that is not a tensor.
+    #[error("ONNX Runtime returned a non-tensor output ({0})")]
+    NotTensor(String),
+    /// An output element type modeld does not serve.
+    #[error("ONNX Runtime returned element type {0}, which modeld does not serve")]
+    Unserved(String),
+    /// An output could not be read.
+    #[error("{0}")]
+    Extract(#[source] ort::Error),
+    /// An output element type the two engines do not share.
+    #[error("element type {0:?} is not read from ONNX Runtime")]
+    OutputType(DatumType),
+}
 
 /// The loaded library: its version and where it came from.
 struct Runtime {
@@ -24,7 +75,7 @@ struct Runtime {
     path: PathBuf,
 }
 
-static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+static RUNTIME: OnceLock<Result<Runtime, Unavailable>> = OnceLock::new();
 
 /// The library to load when none is named: `ORT_DYLIB_PATH`, else `libonnxruntime.so`.
 fn default_library() -> PathBuf {
@@ -57,24 +108,17 @@ fn resolve(path: &Path) -> PathBuf {
 ///
 /// # Errors
 /// Why the library cannot be used (not found, not ONNX Runtime, too old).
-pub fn init(library: Option<&Path>) -> Result<String, String> {
+pub fn init(library: Option<&Path>) -> Result<String, Unavailable> {
     let outcome = RUNTIME.get_or_init(|| {
         let path = resolve(&library.map_or_else(default_library, Path::to_path_buf));
-        let builder = ort::init_from(&path).map_err(|e| {
-            // dlopen's own message (dlerror) is the source of libloading's error.
-            let detail = match &e {
-                ort::LoadDynamicError::Dlopen { error, .. } => {
-                    std::error::Error::source(error).map(|s| format!(" ({s})"))
-                }
-                _ => None,
-            }
-            .unwrap_or_default();
-            format!("cannot load ONNX Runtime from {}: {e}{detail}", path.display())
+        let builder = ort::init_from(&path).map_err(|e| Unavailable::Load {
+            path: path.clone(),
+            source: std::sync::Arc::new(e),
         })?;
-        let env = builder
-            .with_name("modeld")
-            .build()
-            .map_err(|e| format!("cannot start ONNX Runtime from {}: {e}", path.display()))?;
+        let env = builder.with_name("modeld").build().map_err(|e| Unavailable::Start {
+            path: path.clone(),
+            source: std::sync::Arc::new(e),
+        })?;
         let version = library_version(&path).unwrap_or_else(|| "(version unknown)".into());
         Ok(Runtime { env, version, path })
     });
@@ -117,12 +161,22 @@ fn library_version(path: &Path) -> Option<String> {
     }
 }
 
+/// dlopen's own message (dlerror), the source of libloading's error, as ` (words)`; empty for
+/// other load errors.
+pub(super) fn dlerror(e: &ort::LoadDynamicError) -> String {
+    match e {
+        ort::LoadDynamicError::Dlopen { error, .. } => std::error::Error::source(error).map(|s| format!(" ({s})")),
+        _ => None,
+    }
+    .unwrap_or_default()
+}
+
 fn describe(rt: &Runtime) -> String {
     format!("ONNX Runtime {} ({})", rt.version, rt.path.display())
 }
 
 /// What [`init`] decided, if it was called: `Ok` with the library's description, or why not.
-pub fn status() -> Option<Result<String, String>> {
+pub fn status() -> Option<Result<String, Unavailable>> {
     RUNTIME
         .get()
         .map(|outcome| outcome.as_ref().map(describe).map_err(Clone::clone))
@@ -146,11 +200,11 @@ impl OrtModel {
     /// # Errors
     /// The library is not loaded, ONNX Runtime refuses the model, or its inputs and outputs are
     /// not the signature's.
-    pub fn new(bytes: &[u8], sessions: usize, inputs: &[&str], outputs: &[&str]) -> Result<Self, String> {
+    pub fn new(bytes: &[u8], sessions: usize, inputs: &[&str], outputs: &[&str]) -> Result<Self, OrtError> {
         let rt = match RUNTIME.get() {
             Some(Ok(rt)) => rt,
-            Some(Err(e)) => return Err(e.clone()),
-            None => return Err("ONNX Runtime was not loaded".into()),
+            Some(Err(e)) => return Err(e.clone().into()),
+            None => return Err(Unavailable::NotLoaded.into()),
         };
         let weights = ort::session::builder::PrepackedWeights::new();
         let one = || -> ort::Result<Session> {
@@ -165,7 +219,7 @@ impl OrtModel {
         let sessions = (0..sessions.max(1))
             .map(|_| one().map(Mutex::new))
             .collect::<ort::Result<Vec<_>>>()
-            .map_err(|e| format!("cannot be compiled by ONNX Runtime: {e}"))?;
+            .map_err(OrtError::Compile)?;
         let (input_order, output_positions) = {
             let first = sessions[0].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let position = |outlets: &[ort::value::Outlet], name: &str| outlets.iter().position(|o| o.name() == name);
@@ -182,11 +236,13 @@ impl OrtModel {
                     let names = |outlets: &[ort::value::Outlet]| {
                         outlets.iter().map(|o| o.name().to_string()).collect::<Vec<_>>()
                     };
-                    return Err(format!(
-                        "is read differently by ONNX Runtime: inputs {:?}, outputs {:?}; tract reads inputs {inputs:?}, outputs {outputs:?}",
-                        names(first.inputs()),
-                        names(first.outputs())
-                    ));
+                    let ours = |names: &[&str]| names.iter().map(|n| (*n).to_string()).collect();
+                    return Err(OrtError::Names {
+                        theirs_in: names(first.inputs()),
+                        theirs_out: names(first.outputs()),
+                        ours_in: ours(inputs),
+                        ours_out: ours(outputs),
+                    });
                 }
             }
         };
@@ -202,17 +258,15 @@ impl OrtModel {
     /// passed as views (no copy) by position; each output is copied once into a tract tensor.
     ///
     /// # Errors
-    /// ONNX Runtime's error text, or an element type it does not share with tract.
-    pub fn run(&self, inputs: &[TValue]) -> Result<TVec<TValue>, String> {
+    /// ONNX Runtime's error, or an element type it does not share with tract.
+    pub fn run(&self, inputs: &[TValue]) -> Result<TVec<TValue>, OrtError> {
         let values = self
             .input_order
             .iter()
             .map(|&i| tensor_ref(&inputs[i]))
-            .collect::<Result<TVec<_>, String>>()?;
+            .collect::<Result<TVec<_>, OrtError>>()?;
         let mut session = self.session();
-        let outputs = session
-            .run(&values[..])
-            .map_err(|e| format!("ONNX Runtime failed: {e}"))?;
+        let outputs = session.run(&values[..]).map_err(OrtError::Run)?;
         self.output_positions
             .iter()
             .map(|&j| to_tract(&outputs[j]).map(TValue::from))
@@ -290,7 +344,7 @@ macro_rules! with_element {
 }
 
 /// A view of tract's tensor for ONNX Runtime: no copy.
-fn tensor_ref(t: &Tensor) -> Result<ort::session::SessionInputValue<'_>, String> {
+fn tensor_ref(t: &Tensor) -> Result<ort::session::SessionInputValue<'_>, OrtError> {
     let shape = t.shape();
     with_element!(
         t.datum_type(),
@@ -298,30 +352,29 @@ fn tensor_ref(t: &Tensor) -> Result<ort::session::SessionInputValue<'_>, String>
             let data = t
                 .try_as_plain_ram()
                 .and_then(|v| v.as_slice::<T>())
-                .map_err(|e| e.to_string())?;
+                .map_err(OrtError::View)?;
             TensorRef::<T>::from_array_view((shape, data))
                 .map(Into::into)
-                .map_err(|e| format!("cannot pass an input to ONNX Runtime: {e}"))
+                .map_err(OrtError::Input)
         },
-        |other| Err(format!("element type {other:?} is not passed to ONNX Runtime"))
+        |other| Err(OrtError::InputType(other))
     )
 }
 
 /// Copies an output into a tract tensor.
-fn to_tract(value: &DynValue) -> Result<Tensor, String> {
+fn to_tract(value: &DynValue) -> Result<Tensor, OrtError> {
     let ort::value::ValueType::Tensor { ty, .. } = value.dtype() else {
-        return Err(format!("ONNX Runtime returned a non-tensor output ({})", value.dtype()));
+        return Err(OrtError::NotTensor(value.dtype().to_string()));
     };
-    let dt =
-        datum(*ty).ok_or_else(|| format!("ONNX Runtime returned element type {ty}, which modeld does not serve"))?;
+    let dt = datum(*ty).ok_or_else(|| OrtError::Unserved(ty.to_string()))?;
     with_element!(
         dt,
         T => {
-            let (shape, data) = value.try_extract_tensor::<T>().map_err(|e| e.to_string())?;
+            let (shape, data) = value.try_extract_tensor::<T>().map_err(OrtError::Extract)?;
             let dims: TVec<usize> = shape.iter().map(|&d| d as usize).collect();
-            Tensor::from_shape(&dims, data).map_err(|e| e.to_string())
+            Tensor::from_shape(&dims, data).map_err(OrtError::View)
         },
-        |other| Err(format!("element type {other:?} is not read from ONNX Runtime"))
+        |other| Err(OrtError::OutputType(other))
     )
 }
 

@@ -173,7 +173,7 @@ impl Signature {
     /// # Errors
     /// `Internal` when the stored text is not a signature (the registry was edited by hand).
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::Internal(format!("stored model signature is not valid: {e}")))
+        serde_json::from_str(text).map_err(|e| Error::internal_from("stored model signature is not valid", e))
     }
 }
 

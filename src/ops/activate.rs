@@ -8,7 +8,7 @@ use super::{ActivationOutcome, Control, EvaluateOptions};
 use crate::error::{Error, Result};
 use crate::evaluation::{self, Dataset};
 use crate::registry::EvaluationRecord;
-use crate::registry::activations::{ACTIVE_CHANGED, ActivationRecord};
+use crate::registry::activations::ActivationRecord;
 use crate::registry::name::quoted;
 use crate::registry::{ActivationMeta, Conditions, ModelRecord, ModelRef, RolloutRole};
 
@@ -45,7 +45,7 @@ impl Control {
         // the commit is refused and the gates run again against the new active model.
         for attempt in 1.. {
             match self.activate_once(model, meta, gates).await {
-                Err(Error::FailedPrecondition(m)) if m.starts_with(ACTIVE_CHANGED) && attempt < 5 => {}
+                Err(Error::ActiveChanged(_)) if attempt < 5 => {}
                 done => return done,
             }
         }

@@ -127,7 +127,7 @@ impl Control {
         }
         let fault = match outcome {
             Ok(()) => false,
-            Err(Error::Internal(_)) => true,
+            Err(Error::Internal { .. }) => true,
             // The caller's input, its deadline, overload: not the model's doing.
             Err(_) => return,
         };
@@ -189,7 +189,9 @@ impl Control {
                         quoted(&record.model_name)
                     ),
                     // Someone (another server, a person) changed it first: nothing to undo.
-                    Err(Error::FailedPrecondition(m)) => tracing::info!("automatic rollback not needed: {m}"),
+                    Err(Error::FailedPrecondition(m) | Error::ActiveChanged(m)) => {
+                        tracing::info!("automatic rollback not needed: {m}");
+                    }
                     Err(e) => tracing::warn!(error = %e, "automatic rollback failed; will retry: {why}"),
                 }
                 self.guard.windows.reset(id);

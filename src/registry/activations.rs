@@ -24,9 +24,6 @@ macro_rules! activate_sql {
 }
 pub(super) use activate_sql;
 
-/// How a conditional activation that lost its condition starts its message.
-pub(crate) const ACTIVE_CHANGED: &str = "the active model changed meanwhile";
-
 /// Who activates and why, for the history.
 #[derive(Debug, Clone)]
 pub struct ActivationMeta {
@@ -177,8 +174,8 @@ impl Registry {
             if let Some(from) = only_if_active
                 && previous.as_ref().is_none_or(|p| p.model_id != from)
             {
-                return Err(Error::FailedPrecondition(format!(
-                    "{ACTIVE_CHANGED} (it is now {}); nothing was {}",
+                return Err(Error::ActiveChanged(format!(
+                    "the active model changed meanwhile (it is now {}); nothing was {}",
                     previous.as_ref().map_or_else(|| "none".to_string(), |p| name::quoted(&p.model_name)),
                     if meta.is_rollback { "rolled back" } else { "activated: check again and retry" }
                 )));

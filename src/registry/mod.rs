@@ -305,7 +305,7 @@ impl Registry {
             Pool::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await,
             Pool::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await,
         };
-        res.map_err(|e| Error::Internal(format!("registry migration failed: {e}")))
+        res.map_err(|e| Error::internal_from("registry migration failed", e))
     }
 
     /// Closes the pool.

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tract_onnx::prelude::{TValue, TVec, Tensor};
 
+use crate::config::EngineArgs;
 use crate::error::{Error, Result};
+use crate::model::EngineChoice;
 use crate::model::slot::ServedModel;
 
 /// How the executor runs models.
@@ -91,6 +93,9 @@ struct Job {
     deadline: Option<Instant>,
     enqueued: Instant,
     reply: Reply,
+    /// The request's span, entered while the job computes: lines logged on the compute
+    /// thread name the request.
+    span: tracing::Span,
 }
 
 impl Job {
@@ -259,6 +264,7 @@ impl Executor {
                 deadline,
                 enqueued: Instant::now(),
                 reply,
+                span: tracing::Span::current(),
             });
         }
         // Every thread may be waiting to fill a batch for a different model: wake them all.
@@ -310,10 +316,13 @@ impl Drop for Executor {
 fn run_engine(model: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>> {
     // The engine contains its own panics (engine.rs): one request fails, not a thread.
     model.model.engine.run(inputs).map_err(|e| {
-        Error::internal(format!(
-            "model {:?} failed on validated inputs: {e}",
-            model.record.model_name
-        ))
+        // Here, on the thread that computed it (in the request's span); the caller logs the
+        // request's error.
+        tracing::debug!(model = %model.record.model_name, error = %e, "the engine failed on a request");
+        Error::internal_from(
+            format_args!("model {:?} failed on validated inputs", model.record.model_name),
+            e,
+        )
     })
 }
 
@@ -394,6 +403,7 @@ fn execute(shared: &Shared, batch: Vec<Job>) {
         1 => {
             let Some(job) = live.into_iter().next() else { return };
             let queue = started - job.enqueued;
+            let _in = job.span.enter();
             let t = Instant::now();
             let result = run_engine(&job.model, job.inputs)
                 .map(|outputs| (outputs, Execution::alone(queue, t.elapsed(), job.rows)));
@@ -406,6 +416,9 @@ fn execute(shared: &Shared, batch: Vec<Job>) {
 /// Stacks the jobs' inputs, runs once, splits the outputs by rows. If the batched call fails,
 /// each job is run alone so that one request's failure is not every request's.
 fn execute_batched(shared: &Shared, jobs: Vec<Job>, started: Instant) {
+    // A batch computes in its first request's span; run alone, each in its own.
+    let span = jobs[0].span.clone();
+    let _in = span.enter();
     let t = Instant::now();
     let rows: usize = jobs.iter().map(|j| j.rows).sum();
     let model = Arc::clone(&jobs[0].model);
@@ -427,7 +440,8 @@ fn execute_batched(shared: &Shared, jobs: Vec<Job>, started: Instant) {
         }
         Err(e) => {
             shared.failed_batches.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(model = %model.record.model_name, error = %e, rows, "batched call failed; running its requests one by one");
+            tracing::warn!(model = %model.record.model_name, error = %e, rows, requests = jobs.len(), "batched call failed; running its requests one by one");
+            drop(_in);
             for job in jobs {
                 execute(shared, vec![job]);
             }
@@ -459,6 +473,40 @@ fn split_outputs(outputs: &[TValue], jobs: &[Job]) -> Result<Vec<TVec<TValue>>> 
         }
     }
     Ok(per_job)
+}
+
+impl Default for EngineArgs {
+    fn default() -> Self {
+        let e = ExecutorConfig::default();
+        Self {
+            runtime_threads: 1,
+            inference_threads: e.threads,
+            queue_capacity: e.queue_capacity as u64,
+            inline_max_us: e.inline_max.as_micros() as u64,
+            max_batch_size: e.max_batch_size as u64,
+            max_queue_delay_us: e.max_queue_delay.as_micros() as u64,
+            no_batching: false,
+            engine: EngineChoice::Auto,
+            onnxruntime_lib: None,
+        }
+    }
+}
+
+impl From<&EngineArgs> for ExecutorConfig {
+    /// The executor's configuration, as `modeld serve` was told.
+    fn from(a: &EngineArgs) -> Self {
+        Self {
+            threads: a.inference_threads,
+            queue_capacity: usize::try_from(a.queue_capacity).unwrap_or(usize::MAX),
+            inline_max: Duration::from_micros(a.inline_max_us),
+            max_batch_size: if a.no_batching {
+                1
+            } else {
+                usize::try_from(a.max_batch_size).unwrap_or(usize::MAX)
+            },
+            max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
+        }
+    }
 }
 
 #[cfg(test)]

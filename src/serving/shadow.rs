@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use tract_onnx::prelude::{TValue, TVec, Tensor};
 
+use crate::config::ShadowArgs;
 use crate::model::slot::ServedModel;
 
 /// The shadow runner's size.
@@ -107,6 +108,8 @@ struct Job {
     inputs: TVec<TValue>,
     outputs: TVec<TValue>,
     tally: Arc<Tally>,
+    /// The mirrored request's span, entered while the shadow computes it.
+    span: tracing::Span,
 }
 
 /// How often the shadow's threads look at their queue when it is empty: every millisecond
@@ -200,6 +203,7 @@ impl Shadows {
             inputs,
             outputs,
             tally: Arc::clone(&tally),
+            span: tracing::Span::current(),
         };
         let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let room = queue.jobs.len() < self.config.queue.max(1)
@@ -350,9 +354,22 @@ fn ordered_inputs(job: &Job) -> Option<TVec<TValue>> {
         .collect()
 }
 
-fn run_engine(shadow: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>, String> {
+/// Why a mirrored request did not run on the shadow (logged at debug, counted as an error).
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    #[error(transparent)]
+    Engine(#[from] crate::model::engine::EngineError),
+    #[error("the shadow needs an input the request does not carry")]
+    MissingInput,
+    #[error("cannot stack a shadow batch: {0:#}")]
+    Stack(#[source] tract_onnx::prelude::TractError),
+    #[error("cannot split a shadow batch: {0:#}")]
+    Split(#[source] tract_onnx::prelude::TractError),
+}
+
+fn run_engine(shadow: &ServedModel, inputs: TVec<TValue>) -> Result<TVec<TValue>, Failed> {
     // The engine contains its own panics (engine.rs).
-    shadow.model.engine.run(inputs)
+    Ok(shadow.model.engine.run(inputs)?)
 }
 
 /// Runs a batch on the shadow in one call and compares each request's share of the answer
@@ -369,11 +386,15 @@ fn run_batch(mut batch: Vec<Job>) {
         batch.into_iter().for_each(run_one);
         return;
     };
+    // A batch computes in its first request's span; run alone, each in its own.
+    let span = batch[0].span.clone();
+    let in_span = span.enter();
     let started = Instant::now();
     let answer = stack(&ordered).and_then(|inputs| run_engine(&batch[0].shadow, inputs));
     let took = started.elapsed();
     let parts = answer.and_then(|outputs| split(&outputs, &ordered));
     let Ok(parts) = parts else {
+        drop(in_span);
         batch.into_iter().for_each(run_one);
         return;
     };
@@ -391,26 +412,24 @@ fn run_batch(mut batch: Vec<Job>) {
     }
 }
 
-fn stack(requests: &[TVec<TValue>]) -> Result<TVec<TValue>, String> {
+fn stack(requests: &[TVec<TValue>]) -> Result<TVec<TValue>, Failed> {
     (0..requests[0].len())
         .map(|k| {
             let parts: Vec<&Tensor> = requests.iter().map(|r| &*r[k]).collect();
             Tensor::stack_tensors(0, &parts)
                 .map(TValue::from)
-                .map_err(|e| format!("cannot stack a shadow batch: {e:#}"))
+                .map_err(Failed::Stack)
         })
         .collect()
 }
 
-fn split(outputs: &[TValue], requests: &[TVec<TValue>]) -> Result<Vec<TVec<TValue>>, String> {
+fn split(outputs: &[TValue], requests: &[TVec<TValue>]) -> Result<Vec<TVec<TValue>>, Failed> {
     let mut parts: Vec<TVec<TValue>> = requests.iter().map(|_| TVec::new()).collect();
     for output in outputs {
         let mut start = 0;
         for (request, part) in requests.iter().zip(parts.iter_mut()) {
             let n = rows(request);
-            let slice = output
-                .slice(0, start, start + n)
-                .map_err(|e| format!("cannot split a shadow batch: {e:#}"))?;
+            let slice = output.slice(0, start, start + n).map_err(Failed::Split)?;
             part.push(TValue::from(slice));
             start += n;
         }
@@ -419,10 +438,12 @@ fn split(outputs: &[TValue], requests: &[TVec<TValue>]) -> Result<Vec<TVec<TValu
 }
 
 fn run_one(job: Job) {
+    let span = job.span.clone();
+    let _in = span.enter();
     let started = Instant::now();
     let result = match ordered_inputs(&job) {
         Some(inputs) => run_engine(&job.shadow, inputs),
-        None => Err("the shadow needs an input the request does not carry".into()),
+        None => Err(Failed::MissingInput),
     };
     let took = started.elapsed();
     let Job {
@@ -503,6 +524,30 @@ fn argmax(row: &[f32]) -> usize {
         .0
 }
 
+impl Default for ShadowArgs {
+    fn default() -> Self {
+        let d = ShadowConfig::default();
+        Self {
+            shadow_threads: d.threads as u64,
+            shadow_queue: d.queue as u64,
+            shadow_queue_bytes: d.queue_bytes as u64,
+            shadow_max_batch: d.max_batch as u64,
+        }
+    }
+}
+
+impl From<&ShadowArgs> for ShadowConfig {
+    /// The shadow runner's size, as `modeld serve` was told.
+    fn from(a: &ShadowArgs) -> Self {
+        Self {
+            threads: usize::try_from(a.shadow_threads).unwrap_or(1),
+            queue: usize::try_from(a.shadow_queue).unwrap_or(1024),
+            queue_bytes: usize::try_from(a.shadow_queue_bytes).unwrap_or(usize::MAX),
+            max_batch: usize::try_from(a.shadow_max_batch).unwrap_or(32),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,6 +578,7 @@ mod tests {
             inputs,
             outputs,
             tally: Arc::clone(tally),
+            span: tracing::Span::none(),
         }
     }
 

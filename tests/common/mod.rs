@@ -138,7 +138,6 @@ pub fn bundled_models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
 
-/// A temp model root holding copies of the bundled .onnx files and the seed manifest.
 /// A fresh "checkout", as a user's: the bundled `models/` directory (files, examples, evaluation
 /// set) under a temp dir.
 pub fn checkout() -> tempfile::TempDir {
@@ -160,6 +159,7 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A temp model root holding copies of the bundled .onnx files and the seed manifest.
 pub fn model_root() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for f in ["digits_v1.onnx", "digits_v2.onnx", "cnn.onnx", "models.json"] {
