@@ -2,21 +2,27 @@
 //! without dropping a request.
 //!
 //! # Layout
-//! - [`config`]: the CLI flags and `MODELD_*` environment variables.
-//! - [`app`]: wires everything and runs the server (`serve(config, listener, shutdown)`).
-//! - [`cli`]: the registry commands and the `predict` client.
-//! - [`ops`]: the model operations all front ends share, a file a job (register, activate, reconcile, request).
+//! docs/architecture.md is the map: floors, the request and activation paths, the invariants.
+//! - [`config`]: the serve configuration (`modeld serve`'s flags and `MODELD_*` variables), plain data.
+//! - [`app`]: start-up a step a file (security, servers, compute, registry, tasks) and the drain.
+//! - [`cli`]: the commands by family; their clap grammar is [`cli::args`].
+//! - [`ops`]: the model operations all front ends share, a file a job (register, activate,
+//!   rollout, guard, reconcile, evaluate, request, served).
 //! - [`registry`]: the SQL registry (SQLite or PostgreSQL, sqlx migrations).
-//! - [`model`]: path confinement, loading + sha256 + warm-up, the signature, the ArcSwap slot.
-//! - [`serving`]: the request path: validate, run off the reactor, encode.
-//! - [`api`]: the tonic services.
+//! - [`model`]: path confinement, loading + sha256 + warm-up, the engines, the signature, the ArcSwap slot.
+//! - [`serving`]: the request path: validate, run off the reactor, encode; the shadow's threads.
+//! - [`api`]: the tonic services (modeld.v1 and the Open Inference Protocol).
+//! - [`http`]: REST, OIP REST, the admin page, the model config, signed downloads.
+//! - [`auth`]: bearer tokens and what each route needs.
 //! - [`net`]: what one client may hold: connections per port, silent connections, request bytes in flight.
+//! - [`tls`]: TLS on both ports, its files followed.
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - [`status`]: what this server knows about its own state, and why it is degraded.
 //! - [`signing`]: the keys that sign download URLs, and the URLs (shared by HTTP, gRPC and the config).
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
 //! - [`fleet`]: every server's row in the registry, and a change's wait until the fleet serves it.
 //! - [`evaluation`]: datasets, evaluating a model on one, and comparing two.
+//! - [`trace`]: request ids, the request's span, rate-limited client warnings.
 //! - [`error`]: the one error type and its one mapping to gRPC codes.
 
 #[cfg(target_endian = "big")]

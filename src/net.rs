@@ -215,11 +215,49 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     }
 }
 
+/// A listening socket that the server's stop can close while the server drains: tonic and
+/// hyper keep their accept stream until the last request ends, and the port must refuse new
+/// connections from the moment the stop begins, not accept them into a backlog nobody serves.
+#[derive(Debug, Clone)]
+pub struct Listener(Arc<std::sync::Mutex<Option<TcpListener>>>);
+
+impl Listener {
+    /// Wraps a bound listener.
+    pub fn new(listener: TcpListener) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(listener))))
+    }
+
+    /// Closes the socket: new connections are refused, and accepting ends.
+    pub fn close(&self) {
+        drop(self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+    }
+
+    /// The next connection; `None` once closed.
+    pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<(TcpStream, std::net::SocketAddr)>>> {
+        let slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match slot.as_ref() {
+            Some(l) => l.poll_accept(cx).map(Some),
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// [`Listener::poll_accept`] as a future.
+    pub async fn accept(&self) -> Option<io::Result<(TcpStream, std::net::SocketAddr)>> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// The bound address, while open.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        let slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref().and_then(|l| l.local_addr().ok())
+    }
+}
+
 /// Plain TCP connections of a listener, each admitted by [`Conns`] (no descriptor is taken
 /// while the port is full), with `TCP_NODELAY` (Nagle and delayed ACKs add ~40 ms to
 /// mid-sized replies).
 pub struct Incoming {
-    listener: TcpListener,
+    listener: Listener,
     conns: Conns,
     permits: PollSemaphore,
     permit: Option<OwnedSemaphorePermit>,
@@ -227,8 +265,8 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Accepts on `listener` within `conns`.
-    pub fn new(listener: TcpListener, conns: Conns) -> Self {
+    /// Accepts on `listener` within `conns`, until it is closed.
+    pub fn new(listener: Listener, conns: Conns) -> Self {
         Self {
             listener,
             permits: PollSemaphore::new(Arc::clone(&conns.permits)),
@@ -255,13 +293,14 @@ impl futures_util::Stream for Incoming {
                 }
             }
             match ready!(self.listener.poll_accept(cx)) {
-                Ok((tcp, _)) => {
+                None => return Poll::Ready(None),
+                Some(Ok((tcp, _))) => {
                     let _ = tcp.set_nodelay(true);
                     let permit = self.permit.take().expect("taken above");
                     let io = self.conns.guard(tcp, permit);
                     return Poll::Ready(Some(Ok(io)));
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     // Out of descriptors and the like: pause rather than spin.
                     crate::client_event!(tracing::Level::WARN, "accept", error = %e, "accepting a connection failed");
                     self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(50))));

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A handshake that takes longer is dropped.
 const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
@@ -158,9 +158,14 @@ impl Tls {
     }
 
     /// Accepts on `listener` and hands on connections whose handshake succeeded; stops when
-    /// the receiver is dropped.
-    pub fn incoming(self: &Arc<Self>, listener: TcpListener, port: Port, conns: crate::net::Conns) -> Incoming {
-        let local = listener.local_addr().ok();
+    /// the receiver is dropped or the listener closed.
+    pub fn incoming(
+        self: &Arc<Self>,
+        listener: crate::net::Listener,
+        port: Port,
+        conns: crate::net::Conns,
+    ) -> Incoming {
+        let local = listener.local_addr();
         let (tx, rx) = tokio::sync::mpsc::channel::<TlsConn>(64);
         let tls = Arc::clone(self);
         tokio::spawn(async move {
@@ -175,8 +180,9 @@ impl Tls {
                     a = listener.accept() => a,
                 };
                 let (tcp, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
+                    None => return,
+                    Some(Ok(a)) => a,
+                    Some(Err(e)) => {
                         // Out of descriptors and the like: pause rather than spin.
                         tracing::warn!(error = %e, "accepting a connection failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;

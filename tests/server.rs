@@ -6,6 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
 use modeld::api::pb;
@@ -780,12 +781,71 @@ async fn reflection_lists_every_service_v1_and_v1alpha() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_drains_and_returns() {
-    let server = TestServer::start(Backend::Sqlite).await;
-    let mut infer = server.inference().await;
-    infer.predict(digits_request("", &eval_rows(1))).await.unwrap();
-    server.stop().await.expect("clean shutdown");
+/// A stop while requests are in flight (one computing on the only compute thread, the rest
+/// queued behind it): the port refuses new connections at once, and every request that was in
+/// flight completes with its answer before the server returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_finishes_the_requests_in_flight_and_refuses_new_connections() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    // About 4 M multiply-adds a row: a 1,024-row request computes for a good part of a second.
+    synth::write_mlp(&root.path().join("slow.onnx"), &[64, 2000, 2000, 10], 5);
+    let server = TestServer::start_on(db, root, |c| {
+        c.engine.inference_threads = 1;
+        c.engine.inline_max_us = 0;
+        c.engine.no_batching = true;
+    })
+    .await;
+    server.wait_for_health(ServingStatus::Serving).await;
+    let mut reg = server.registry().await;
+    reg.register_model(pb::RegisterModelRequest {
+        name: "slow".into(),
+        file_path: "slow.onnx".into(),
+        activate: true,
+        allow_signature_change: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let rows = eval_rows(32).repeat(32);
+    let infer = server.inference().await;
+    let n = 8;
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let (mut infer, request) = (infer.clone(), digits_request("slow", &rows));
+            tokio::spawn(async move { infer.predict(request).await })
+        })
+        .collect();
+    server
+        .wait_status("every request in flight", |s| s.in_flight_requests >= n)
+        .await;
+    let addr = server.addr;
+    let stopping = tokio::spawn(server.stop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the port still accepts connections 10 s after the stop"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let unfinished = calls.iter().filter(|c| !c.is_finished()).count();
+    assert!(
+        unfinished > 1,
+        "the port closed only after the requests ended ({unfinished} of {n} unfinished)"
+    );
+    for call in calls {
+        let answer = call
+            .await
+            .unwrap()
+            .expect("a request in flight when the stop began completes")
+            .into_inner();
+        assert_eq!(
+            (answer.model_name.as_str(), answer.outputs[0].shape.as_slice()),
+            ("slow", &[1024, 10][..])
+        );
+    }
+    stopping.await.unwrap().expect("clean shutdown");
 }
 
 /// Names as people write them, through every front end: registered by the CLI and over gRPC,

@@ -69,8 +69,8 @@ pub struct Weighted {
 }
 
 /// Everything a server serves, swapped as one value so that a request never sees half of a
-/// rollout change: the active model, and a canary and a shadow with their percentages (the
-/// rollout features fill these; today they are empty).
+/// rollout change: the active model, and the canary and the shadow with their percentages
+/// (set by `ops/rollout.rs` and the reload task from the registry's rollout columns).
 #[derive(Debug)]
 pub struct ServingSet {
     /// The active model.

@@ -1,9 +1,10 @@
 //! The model operations every front end shares (gRPC API, CLI, start-up, the reload task), one
 //! file a job: [`register`](Control::register) and the other record changes in `register.rs`,
-//! activation and the conditional rollback in `activate.rs`, following the registry and the
-//! model file in `reconcile.rs`, evaluation and comparison in `evaluate.rs`, a request's
-//! route to its model in `request.rs`, and a change's wait until the fleet serves it in
-//! `served.rs`.
+//! activation and the conditional rollback in `activate.rs`, canary, shadow and promote in
+//! `rollout.rs`, the automatic rollback's windows in `guard.rs`, following the registry and the
+//! model file in `reconcile.rs`, evaluation and comparison in `evaluate.rs`, a request's route
+//! to its model in `request.rs`, a change's wait until the fleet serves it in `served.rs`, the
+//! event stream in `events.rs` and the model-config endpoint's answer in `client_config.rs`.
 //! [`Control`] holds what they share: the registry, the model root, the served slot, the
 //! activation lock, this server's status, statistics and executor.
 //!
