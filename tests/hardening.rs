@@ -648,12 +648,14 @@ async fn object_urls_cannot_probe_internal_addresses_or_carry_credentials() {
     server.stop().await.unwrap();
 }
 
-/// A model that panics inside the engine on some inputs (the bundled `digits_faulty`), served
-/// by the real binary with `RUST_BACKTRACE=1` as many machines set it: each failure is one
-/// rate-limited line in the log's format, no raw panic text or backtrace, and memory stays
-/// flat; the server keeps serving.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_engine_panic_is_one_log_line_and_costs_no_memory() {
+/// The real binary (plus `extra` and `env`) on a fresh SQLite registry seeded with the bundled
+/// models, with `digits_faulty` registered too (and made active when `activate`); with the
+/// temp dirs that must outlive it and the images whose first pixel trips the fault.
+async fn with_faulty_model(
+    activate: bool,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (LoggedServer, [tempfile::TempDir; 2], Vec<Vec<f32>>) {
     let dir = tempfile::tempdir().unwrap();
     let root = model_root();
     std::fs::copy(
@@ -662,21 +664,30 @@ async fn an_engine_panic_is_one_log_line_and_costs_no_memory() {
     )
     .unwrap();
     let url = format!("sqlite://{}", dir.path().join("modeld.db").display());
-    let server = LoggedServer::start(&url, root.path(), &[], &[("RUST_BACKTRACE", "1")]).await;
-    let channel = server.channel().await;
-    let mut reg = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
-    reg.register_model(pb::RegisterModelRequest {
-        name: "digits_faulty".into(),
-        file_path: "digits_faulty.onnx".into(),
-        activate: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let mut infer = pb::inference_client::InferenceClient::new(channel);
+    let server = LoggedServer::start(&url, root.path(), extra, env).await;
+    pb::model_registry_client::ModelRegistryClient::new(server.channel().await)
+        .register_model(pb::RegisterModelRequest {
+            name: "digits_faulty".into(),
+            file_path: "digits_faulty.onnx".into(),
+            activate,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let faulty: Vec<Vec<f32>> =
         serde_json::from_str(&std::fs::read_to_string(bundled_models().join("examples/digit_faulty.json")).unwrap())
             .unwrap();
+    (server, [dir, root], faulty)
+}
+
+/// A model that panics inside the engine on some inputs (the bundled `digits_faulty`), served
+/// by the real binary with `RUST_BACKTRACE=1` as many machines set it: each failure is one
+/// rate-limited line in the log's format, no raw panic text or backtrace, and memory stays
+/// flat; the server keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_panic_is_one_log_line_and_costs_no_memory() {
+    let (server, _files, faulty) = with_faulty_model(true, &[], &[("RUST_BACKTRACE", "1")]).await;
+    let mut infer = pb::inference_client::InferenceClient::new(server.channel().await);
     let fail = |n: usize| {
         let mut infer = infer.clone();
         let row = faulty[0].clone();
@@ -730,31 +741,11 @@ async fn an_engine_panic_is_one_log_line_and_costs_no_memory() {
 /// names the request id the client sent.
 #[tokio::test(flavor = "multi_thread")]
 async fn lines_from_compute_and_shadow_threads_name_their_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = model_root();
-    std::fs::copy(
-        bundled_models().join("digits_faulty.onnx"),
-        root.path().join("digits_faulty.onnx"),
-    )
-    .unwrap();
-    let url = format!("sqlite://{}", dir.path().join("modeld.db").display());
-    let server = LoggedServer::start(
-        &url,
-        root.path(),
-        &["--inline-max-us", "0"],
-        &[("MODELD_LOG", "modeld=debug")],
-    )
-    .await;
+    // The seed manifest made digits_v2 active; digits_faulty is registered beside it.
+    let (server, _files, faulty) =
+        with_faulty_model(false, &["--inline-max-us", "0"], &[("MODELD_LOG", "modeld=debug")]).await;
     let channel = server.channel().await;
     let mut reg = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
-    // The seed manifest made digits_v2 active.
-    reg.register_model(pb::RegisterModelRequest {
-        name: "digits_faulty".into(),
-        file_path: "digits_faulty.onnx".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     reg.set_shadow(pb::SetRolloutRequest {
         model: by_name("digits_faulty"),
         percentage: 100,
@@ -763,9 +754,6 @@ async fn lines_from_compute_and_shadow_threads_name_their_request() {
     })
     .await
     .unwrap();
-    let faulty: Vec<Vec<f32>> =
-        serde_json::from_str(&std::fs::read_to_string(bundled_models().join("examples/digit_faulty.json")).unwrap())
-            .unwrap();
     let mut infer = pb::inference_client::InferenceClient::new(channel);
     let with_id = |name: &str, id: &str| {
         let mut r = tonic::Request::new(digits_request(name, &faulty[0]));
