@@ -22,7 +22,7 @@
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
 //! - [`fleet`]: every server's row in the registry, and a change's wait until the fleet serves it.
 //! - [`evaluation`]: datasets, evaluating a model on one, and comparing two.
-//! - [`trace`]: request ids, the request's span, rate-limited client warnings.
+//! - [`trace`]: request ids, the span a request's job runs in on another thread, rate-limited client warnings.
 //! - [`error`]: the one error type and its one mapping to gRPC codes.
 
 #[cfg(target_endian = "big")]

@@ -232,6 +232,16 @@ impl Listener {
         drop(self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
     }
 
+    /// `stop`, then [`Listener::close`]: the shutdown signal to give the server that accepts
+    /// on this listener.
+    pub fn closing_after<F: Future<Output = ()>>(&self, stop: F) -> impl Future<Output = ()> + use<F> {
+        let listener = self.clone();
+        async move {
+            stop.await;
+            listener.close();
+        }
+    }
+
     /// The next connection; `None` once closed.
     pub fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<Option<io::Result<(TcpStream, std::net::SocketAddr)>>> {
         let slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -50,13 +50,20 @@ pub fn request_id_from(header: Option<&str>) -> String {
     }
 }
 
-/// Runs `f` with `id` as the current request id, inside the request's span (`request`, with
-/// the field `request_id`): every line logged for the request names it, on the request's task
-/// and on the compute and shadow threads its jobs carry the span to.
+/// Runs `f` with `id` as the current request id.
 pub async fn with_request_id<F: std::future::Future>(id: String, f: F) -> F::Output {
-    use tracing::Instrument;
-    let span = tracing::info_span!("request", request_id = %id);
-    REQUEST_ID.scope(id, f.instrument(span)).await
+    REQUEST_ID.scope(id, f).await
+}
+
+/// The span a request's job runs in on another thread (a compute or shadow thread), so that
+/// a line logged there names the request: `request` with the field `request_id`. Made there,
+/// from the id the job carries: the request's own task, where most requests compute inline,
+/// pays nothing for it.
+pub fn job_span(request_id: Option<&str>) -> tracing::Span {
+    match request_id {
+        Some(id) => tracing::info_span!("request", request_id = %id),
+        None => tracing::Span::none(),
+    }
 }
 
 /// The current request's id, when there is a request.

@@ -173,13 +173,7 @@ pub(super) fn grpc(
         .add_service(services.kserve.clone());
     // The port closes when the stop begins; the server then finishes what it has.
     let listener = Listener::new(listener);
-    let stop = {
-        let listener = listener.clone();
-        async move {
-            stop.await;
-            listener.close();
-        }
-    };
+    let stop = listener.closing_after(stop);
     Ok(match &security.tls {
         Some(t) => Box::pin(
             grpc.serve_with_incoming_shutdown(t.incoming(listener, crate::tls::Port::Grpc, limits.grpc.clone()), stop),
@@ -205,13 +199,9 @@ pub(super) fn spawn_http(
     // The port closes when the stop begins; the server then finishes what it has.
     let listener = Listener::new(listener);
     tokio::spawn(async move {
-        let stop = {
-            let listener = listener.clone();
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-                listener.close();
-            }
-        };
+        let stop = listener.closing_after(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
         let done = match tls {
             Some(t) => {
                 let incoming = t.incoming(listener, crate::tls::Port::Http, conns);

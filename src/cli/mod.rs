@@ -7,7 +7,6 @@
 use anyhow::Context;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use unicode_width::UnicodeWidthStr as _;
 
 pub mod args;
 mod client;
@@ -23,7 +22,7 @@ mod token;
 use self::args::{Command, ModelArg};
 pub use self::exit::{EXIT_NOT_FOUND, EXIT_NOT_SERVED, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, exit_code};
 use self::exit::{Usage, check_served};
-use self::output::{activation_json, describe, pad, print_activation, record_json};
+use self::output::{activation_json, column_width, describe, pad, print_activation, record_json};
 use crate::api::pb;
 use crate::app;
 use crate::ops::{ActivationOutcome, Registration};
@@ -113,12 +112,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             if a.json {
                 println!("{}", Value::Array(models.iter().map(record_json).collect()));
             } else {
-                let width = models
-                    .iter()
-                    .map(|m| m.model_name.width())
-                    .max()
-                    .unwrap_or(0)
-                    .clamp(4, 40);
+                let width = column_width(models.iter().map(|m| m.model_name.as_str()), 4);
                 println!(
                     "{:>4}  {} {:<10} {:<11} {:>8}  {:<28} TYPE",
                     "ID",

@@ -7,6 +7,12 @@ use crate::registry::name::quoted;
 use serde_json::{Value, json};
 use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
 
+/// The width of a table's name column: its widest name in terminal columns, at least the
+/// heading's `min`, at most 40 (longer names are cut by [`pad`]).
+pub(super) fn column_width<'a>(names: impl IntoIterator<Item = &'a str>, min: usize) -> usize {
+    names.into_iter().map(str::width).max().unwrap_or(0).clamp(min, 40)
+}
+
 /// `s` padded with spaces to `width` terminal columns (wide characters count two), cut with an
 /// ellipsis when longer (`--json` shows every name whole).
 pub(super) fn pad(s: &str, width: usize) -> String {

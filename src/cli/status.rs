@@ -4,12 +4,11 @@ use super::args::EventsArgs;
 use super::cli_origin;
 use super::client::{connect, live_server};
 use super::exit::{NoServer, ServerSaid};
-use super::output::{describe_window, pad, window_json};
+use super::output::{column_width, describe_window, pad, window_json};
 use crate::api::pb;
 use crate::app;
 use crate::registry::name::quoted;
 use serde_json::{Value, json};
-use unicode_width::UnicodeWidthStr as _;
 
 /// `modeld fleet`: the servers on the registry, what each serves and how far behind it is.
 pub(super) async fn fleet(a: super::args::FleetArgs) -> anyhow::Result<()> {
@@ -38,12 +37,7 @@ pub(super) async fn fleet(a: super::args::FleetArgs) -> anyhow::Result<()> {
         "registry generation {generation}; {live} live server{}",
         if live == 1 { "" } else { "s" }
     );
-    let width = servers
-        .iter()
-        .map(|s| s.server_name.width())
-        .max()
-        .unwrap_or(0)
-        .clamp(6, 40);
+    let width = column_width(servers.iter().map(|s| s.server_name.as_str()), 6);
     println!(
         "{}  {:<8} {:<22} {:>10} {:>4}  {:<10} SERVES",
         pad("SERVER", width),

@@ -93,9 +93,9 @@ struct Job {
     deadline: Option<Instant>,
     enqueued: Instant,
     reply: Reply,
-    /// The request's span, entered while the job computes: lines logged on the compute
-    /// thread name the request.
-    span: tracing::Span,
+    /// The request's id: the job computes in its span ([`crate::trace::job_span`]), so that
+    /// lines logged on the compute thread name the request.
+    request_id: Option<String>,
 }
 
 impl Job {
@@ -264,7 +264,7 @@ impl Executor {
                 deadline,
                 enqueued: Instant::now(),
                 reply,
-                span: tracing::Span::current(),
+                request_id: crate::trace::current_request_id(),
             });
         }
         // Every thread may be waiting to fill a batch for a different model: wake them all.
@@ -403,7 +403,7 @@ fn execute(shared: &Shared, batch: Vec<Job>) {
         1 => {
             let Some(job) = live.into_iter().next() else { return };
             let queue = started - job.enqueued;
-            let _in = job.span.enter();
+            let _in = crate::trace::job_span(job.request_id.as_deref()).entered();
             let t = Instant::now();
             let result = run_engine(&job.model, job.inputs)
                 .map(|outputs| (outputs, Execution::alone(queue, t.elapsed(), job.rows)));
@@ -417,7 +417,7 @@ fn execute(shared: &Shared, batch: Vec<Job>) {
 /// each job is run alone so that one request's failure is not every request's.
 fn execute_batched(shared: &Shared, jobs: Vec<Job>, started: Instant) {
     // A batch computes in its first request's span; run alone, each in its own.
-    let span = jobs[0].span.clone();
+    let span = crate::trace::job_span(jobs[0].request_id.as_deref());
     let _in = span.enter();
     let t = Instant::now();
     let rows: usize = jobs.iter().map(|j| j.rows).sum();

@@ -108,8 +108,9 @@ struct Job {
     inputs: TVec<TValue>,
     outputs: TVec<TValue>,
     tally: Arc<Tally>,
-    /// The mirrored request's span, entered while the shadow computes it.
-    span: tracing::Span,
+    /// The mirrored request's id: the shadow computes it in its span
+    /// ([`crate::trace::job_span`]).
+    request_id: Option<String>,
 }
 
 /// How often the shadow's threads look at their queue when it is empty: every millisecond
@@ -203,7 +204,7 @@ impl Shadows {
             inputs,
             outputs,
             tally: Arc::clone(&tally),
-            span: tracing::Span::current(),
+            request_id: crate::trace::current_request_id(),
         };
         let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let room = queue.jobs.len() < self.config.queue.max(1)
@@ -387,7 +388,7 @@ fn run_batch(mut batch: Vec<Job>) {
         return;
     };
     // A batch computes in its first request's span; run alone, each in its own.
-    let span = batch[0].span.clone();
+    let span = crate::trace::job_span(batch[0].request_id.as_deref());
     let in_span = span.enter();
     let started = Instant::now();
     let answer = stack(&ordered).and_then(|inputs| run_engine(&batch[0].shadow, inputs));
@@ -438,8 +439,7 @@ fn split(outputs: &[TValue], requests: &[TVec<TValue>]) -> Result<Vec<TVec<TValu
 }
 
 fn run_one(job: Job) {
-    let span = job.span.clone();
-    let _in = span.enter();
+    let _in = crate::trace::job_span(job.request_id.as_deref()).entered();
     let started = Instant::now();
     let result = match ordered_inputs(&job) {
         Some(inputs) => run_engine(&job.shadow, inputs),
@@ -578,7 +578,7 @@ mod tests {
             inputs,
             outputs,
             tally: Arc::clone(tally),
-            span: tracing::Span::none(),
+            request_id: None,
         }
     }
 
