@@ -488,6 +488,15 @@ impl Denied {
             Self::Unauthenticated(m) | Self::PermissionDenied(m) => m,
         }
     }
+
+    /// What the client is told, on either transport.
+    pub fn reply(&self) -> crate::error::Reply {
+        use crate::error::{Kind, Reply};
+        match self {
+            Self::Unauthenticated(m) => Reply::new(Kind::Unauthenticated, m.clone()),
+            Self::PermissionDenied(m) => Reply::new(Kind::PermissionDenied, m.clone()),
+        }
+    }
 }
 
 /// The server's access check. Off (every request passes, which the server allows only on

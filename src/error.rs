@@ -268,77 +268,145 @@ fn hidden(words: &str, id: &str) -> String {
     format!("{words} (request id {id}; the server log has the detail)")
 }
 
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
-        let mut status = status_of(e);
-        if status.message().chars().count() > MAX_MESSAGE_CHARS {
-            status = tonic::Status::with_details_and_metadata(
-                status.code(),
-                cut(status.message(), MAX_MESSAGE_CHARS).into_owned(),
-                tonic::codegen::Bytes::copy_from_slice(status.details()),
-                status.metadata().clone(),
-            );
+/// What kind of failure a client is told, whatever the transport. Each transport maps every
+/// kind on purpose: gRPC codes in [`From<Reply> for tonic::Status`], HTTP statuses in
+/// `http/error.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The request is wrong.
+    InvalidArgument,
+    /// No such model (or other record).
+    NotFound,
+    /// It exists already (or conflicts with what the registry holds).
+    AlreadyExists,
+    /// Not in a state that allows this.
+    FailedPrecondition,
+    /// Too much work queued: try again after the hint.
+    ResourceExhausted,
+    /// Try again later.
+    Unavailable,
+    /// The deadline passed first.
+    DeadlineExceeded,
+    /// Failed inside; the log has the detail.
+    Internal,
+    /// No good bearer token (the access check's, not an [`Error`]'s).
+    Unauthenticated,
+    /// A token without the scope (the access check's, not an [`Error`]'s).
+    PermissionDenied,
+}
+
+/// An error as a client reads it, on any transport: its kind, words without internals (cut to
+/// [`MAX_MESSAGE_CHARS`]) and, for an overload, when to retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// What kind of failure.
+    pub kind: Kind,
+    /// For people.
+    pub message: String,
+    /// When a retry is likely to be accepted (overloads).
+    pub retry_after: Option<std::time::Duration>,
+}
+
+impl Reply {
+    /// A reply of `kind` saying `message` (cut to [`MAX_MESSAGE_CHARS`]).
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let message = match cut(&message, MAX_MESSAGE_CHARS) {
+            std::borrow::Cow::Borrowed(_) => message,
+            std::borrow::Cow::Owned(short) => short,
+        };
+        Self {
+            kind,
+            message,
+            retry_after: None,
         }
-        status
     }
 }
 
-fn status_of(e: Error) -> tonic::Status {
-    match e {
-        Error::InvalidArgument(m) => tonic::Status::invalid_argument(m),
-        Error::NotFound(m) => tonic::Status::not_found(m),
-        Error::AlreadyExists(m) => tonic::Status::already_exists(m),
-        Error::FailedPrecondition(m) | Error::ActiveChanged(m) | Error::ModelFile { message: m, .. } => {
-            tonic::Status::failed_precondition(m)
-        }
-        Error::Unavailable(m) => {
-            crate::client_event!(tracing::Level::WARN, "unavailable", error = %m, "unavailable");
-            tonic::Status::unavailable(m)
-        }
-        Error::Database { fault, source } => {
-            let detail = source.to_string();
-            let id = crate::trace::request_id_or_new();
-            let words = fault.client_words();
-            match fault {
-                DbFault::Unreachable => crate::client_event!(
-                    tracing::Level::WARN, "registry_unreachable", request_id = %id, error = %detail, "{words}"
-                ),
-                DbFault::Conflict | DbFault::Check => crate::client_event!(
-                    tracing::Level::INFO, "registry_refused", request_id = %id, error = %detail, "{words}"
-                ),
-                DbFault::Other => crate::client_event!(
-                    tracing::Level::ERROR, "registry_error", request_id = %id, error = %detail, "registry database error"
-                ),
+impl Error {
+    /// What the client is told. Details that stay in the log (a database's words, an internal
+    /// failure) are logged here, once, with the request id the message names.
+    pub fn reply(self) -> Reply {
+        match self {
+            Error::InvalidArgument(m) => Reply::new(Kind::InvalidArgument, m),
+            Error::NotFound(m) => Reply::new(Kind::NotFound, m),
+            Error::AlreadyExists(m) => Reply::new(Kind::AlreadyExists, m),
+            Error::FailedPrecondition(m) | Error::ActiveChanged(m) | Error::ModelFile { message: m, .. } => {
+                Reply::new(Kind::FailedPrecondition, m)
             }
-            let m = hidden(words, &id);
-            match fault {
-                DbFault::Unreachable => tonic::Status::unavailable(m),
-                DbFault::Conflict => tonic::Status::already_exists(m),
-                DbFault::Check => tonic::Status::invalid_argument(m),
-                DbFault::Other => tonic::Status::internal(m),
+            Error::Unavailable(m) => {
+                crate::client_event!(tracing::Level::WARN, "unavailable", error = %m, "unavailable");
+                Reply::new(Kind::Unavailable, m)
+            }
+            Error::Database { fault, source } => {
+                let detail = source.to_string();
+                let id = crate::trace::request_id_or_new();
+                let words = fault.client_words();
+                match fault {
+                    DbFault::Unreachable => crate::client_event!(
+                        tracing::Level::WARN, "registry_unreachable", request_id = %id, error = %detail, "{words}"
+                    ),
+                    DbFault::Conflict | DbFault::Check => crate::client_event!(
+                        tracing::Level::INFO, "registry_refused", request_id = %id, error = %detail, "{words}"
+                    ),
+                    DbFault::Other => crate::client_event!(
+                        tracing::Level::ERROR, "registry_error", request_id = %id, error = %detail, "registry database error"
+                    ),
+                }
+                let kind = match fault {
+                    DbFault::Unreachable => Kind::Unavailable,
+                    DbFault::Conflict => Kind::AlreadyExists,
+                    DbFault::Check => Kind::InvalidArgument,
+                    DbFault::Other => Kind::Internal,
+                };
+                Reply::new(kind, hidden(words, &id))
+            }
+            Error::ResourceExhausted { message, retry_after } => Reply {
+                retry_after: Some(retry_after),
+                ..Reply::new(Kind::ResourceExhausted, message)
+            },
+            Error::DeadlineExceeded(m) => Reply::new(Kind::DeadlineExceeded, m),
+            Error::Internal { message, .. } => {
+                let id = crate::trace::request_id_or_new();
+                crate::client_event!(tracing::Level::ERROR, "internal", request_id = %id, error = %message, "internal error");
+                Reply::new(Kind::Internal, hidden("internal error", &id))
             }
         }
-        Error::ResourceExhausted { message, retry_after } => {
-            let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
-            // Two forms of the same hint: RetryInfo in the status details (google.rpc, what
-            // typed clients read) and gRPC's retry pushback trailer (what channels read).
-            let details = tonic_types::ErrorDetails::with_retry_info(Some(retry_after));
-            let mut status = <tonic::Status as tonic_types::StatusExt>::with_error_details(
-                tonic::Code::ResourceExhausted,
-                message,
-                details,
-            );
-            if let Ok(v) = ms.to_string().parse() {
-                status.metadata_mut().insert("grpc-retry-pushback-ms", v);
-            }
-            status
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        e.reply().into()
+    }
+}
+
+impl From<Reply> for tonic::Status {
+    fn from(r: Reply) -> Self {
+        let code = match r.kind {
+            Kind::InvalidArgument => tonic::Code::InvalidArgument,
+            Kind::NotFound => tonic::Code::NotFound,
+            Kind::AlreadyExists => tonic::Code::AlreadyExists,
+            Kind::FailedPrecondition => tonic::Code::FailedPrecondition,
+            Kind::ResourceExhausted => tonic::Code::ResourceExhausted,
+            Kind::Unavailable => tonic::Code::Unavailable,
+            Kind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            Kind::Internal => tonic::Code::Internal,
+            Kind::Unauthenticated => tonic::Code::Unauthenticated,
+            Kind::PermissionDenied => tonic::Code::PermissionDenied,
+        };
+        let Some(retry_after) = r.retry_after else {
+            return tonic::Status::new(code, r.message);
+        };
+        // Two forms of the same hint: RetryInfo in the status details (google.rpc, what typed
+        // clients read) and gRPC's retry pushback trailer (what channels read).
+        let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        let details = tonic_types::ErrorDetails::with_retry_info(Some(retry_after));
+        let mut status = <tonic::Status as tonic_types::StatusExt>::with_error_details(code, r.message, details);
+        if let Ok(v) = ms.to_string().parse() {
+            status.metadata_mut().insert("grpc-retry-pushback-ms", v);
         }
-        Error::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
-        Error::Internal { message: m, .. } => {
-            let id = crate::trace::request_id_or_new();
-            crate::client_event!(tracing::Level::ERROR, "internal", request_id = %id, error = %m, "internal error");
-            tonic::Status::internal(hidden("internal error", &id))
-        }
+        status
     }
 }
 

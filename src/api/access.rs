@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
 
-use crate::auth::{Access, Denied, grpc_need};
+use crate::auth::{Access, grpc_need};
 
 /// The name of the token a request came with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,11 +97,7 @@ where
                     "refused: {}",
                     denied.message()
                 );
-                let status = match denied {
-                    Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-                    Denied::PermissionDenied(m) => tonic::Status::permission_denied(m),
-                };
-                let mut r = status.into_http();
+                let mut r = tonic::Status::from(denied.reply()).into_http();
                 stamp(&mut r, &id);
                 Box::pin(async move { Ok(r) })
             }

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::HttpState;
-use super::rest::{body, ok, status_rest_error};
+use super::rest::{body, ok};
 use crate::auth::{Denied, Holder, Need, Scope};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -267,11 +267,7 @@ fn denied(d: &Denied, s: &HeaderMap, path: &str) -> Response {
         "admin page refused: {}",
         d.message()
     );
-    let status = match d {
-        Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
-        Denied::PermissionDenied(m) => tonic::Status::permission_denied(m.clone()),
-    };
-    let mut r = status_rest_error(&status);
+    let mut r = super::error::rest(&d.reply());
     harden(&mut r);
     r
 }
@@ -351,7 +347,8 @@ async fn sign_in(State(s): State<HttpState>, headers: HeaderMap, b: Result<Bytes
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim() == "application/json"));
     if !json {
-        let mut r = status_rest_error(&tonic::Status::invalid_argument(
+        let mut r = super::error::rest(&crate::error::Reply::new(
+            crate::error::Kind::InvalidArgument,
             "sign in with a JSON body: {\"token\": \"...\"} and content-type application/json",
         ));
         *r.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;

@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa::ToSchema;
 
 use super::HttpState;
-use super::rest::rest_error;
+use super::error::rest_error;
 use crate::error::Error;
 use crate::registry::{ModelRecord, ModelRef};
 
@@ -107,8 +107,8 @@ async fn session_download(State(s): State<HttpState>, UrlPath(id): UrlPath<Strin
 #[utoipa::path(post, path = "/api/v1/models/{model_id}/download-url", tag = "download",
     request_body = Option<DownloadUrlBody>,
     params(("model_id" = i64, Path, description = "the model's id")),
-    responses((status = 200, body = DownloadUrl), (status = 400, body = super::rest::ErrorBody),
-        (status = 404, body = super::rest::ErrorBody), (status = 409, body = super::rest::ErrorBody)))]
+    responses((status = 200, body = DownloadUrl), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
 pub(crate) async fn download_url(
     State(s): State<HttpState>,
     UrlPath(id): UrlPath<String>,
@@ -141,7 +141,7 @@ pub(crate) struct Signed {
 }
 
 fn denied(message: String) -> Response {
-    let mut r = super::rest::status_rest_error(&tonic::Status::permission_denied(message));
+    let mut r = super::error::rest(&crate::error::Reply::new(crate::error::Kind::PermissionDenied, message));
     *r.status_mut() = StatusCode::FORBIDDEN;
     r
 }
@@ -279,8 +279,8 @@ fn disposition(name: &str) -> HeaderValue {
     responses(
         (status = 200, description = "the file", content_type = "application/octet-stream"),
         (status = 206, description = "the range asked for"),
-        (status = 403, body = super::rest::ErrorBody, description = "expired, tampered with, or for another file"),
-        (status = 404, body = super::rest::ErrorBody),
+        (status = 403, body = super::error::ErrorBody, description = "expired, tampered with, or for another file"),
+        (status = 404, body = super::error::ErrorBody),
         (status = 416, description = "the range is outside the file"),
     ))]
 pub(crate) async fn download(

@@ -27,7 +27,8 @@ use tokio_stream::StreamExt;
 use utoipa::ToSchema;
 
 use super::HttpState;
-use super::rest::{ErrorBody, ModelJson, model_id, ok, required_body, rest_error};
+use super::error::{ErrorBody, rest_error};
+use super::rest::{ModelJson, model_id, ok, required_body};
 use crate::error::Error;
 use crate::ops::EvaluateOptions;
 use crate::registry::{ActivationRecord, EvaluationRecord, ModelRef};
@@ -108,7 +109,7 @@ async fn events(
             Err(e) => Event::default()
                 .event("error")
                 // As a REST error: {"error": {"code", "message"}} (JSON has no raw newline).
-                .data(serde_json::to_string(&ErrorBody::of(&tonic::Status::from(e))).unwrap_or_else(|_| "{}".into())),
+                .data(serde_json::to_string(&ErrorBody::of(&e.reply())).unwrap_or_else(|_| "{}".into())),
         })
     });
     Sse::new(stream)

@@ -16,6 +16,7 @@ macro_rules! or_reply {
 pub mod admin;
 pub mod browser;
 pub mod download;
+pub mod error;
 pub mod lifecycle;
 pub mod malformed;
 pub mod model_config;
@@ -32,6 +33,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::error::{Kind, Reply};
 use crate::ops::Control;
 
 /// What every route reads.
@@ -166,7 +168,7 @@ async fn limit_body(
     let max = state.config.max_body_bytes;
     let path = req.uri().path().to_string();
     let refuse = |code: StatusCode, e: crate::Error| {
-        let mut r = error_for(&path, &tonic::Status::from(e));
+        let mut r = error::for_path(&path, &e.reply());
         *r.status_mut() = code;
         if code == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
@@ -230,29 +232,17 @@ async fn limit_body(
 }
 
 async fn waiting(uri: axum::http::Uri) -> Response {
-    let status = tonic::Status::unavailable(crate::api::later::WAITING);
+    let waiting = Reply::new(Kind::Unavailable, crate::api::later::WAITING);
     let mut r = if uri.path().starts_with("/api/") {
-        rest::status_rest_error(&status)
+        error::rest(&waiting)
     } else {
-        status_error(&status)
+        error::oip(&waiting)
     };
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 
-/// An error in the route's own form: the REST API's for `/api/...` (and the admin page's),
-/// the Open Inference Protocol's elsewhere.
-fn error_for(path: &str, status: &tonic::Status) -> Response {
-    if path.starts_with("/api/") || path.starts_with("/admin/api/") {
-        rest::status_rest_error(status)
-    } else {
-        status_error(status)
-    }
-}
-
-/// [`browser::Policy`]'s checks: a Host this server does not answer to, a cross-site change
-/// or prediction, a change sent as a form are refused before anything else runs.
 async fn browser_check(
     axum::extract::State(state): axum::extract::State<HttpState>,
     req: axum::extract::Request,
@@ -270,12 +260,12 @@ async fn browser_check(
         origin = ?req.headers().get(header::ORIGIN),
         "refused: {words}"
     );
-    let grpc = if code == StatusCode::FORBIDDEN {
-        tonic::Code::PermissionDenied
+    let kind = if code == StatusCode::FORBIDDEN {
+        Kind::PermissionDenied
     } else {
-        tonic::Code::InvalidArgument
+        Kind::InvalidArgument
     };
-    let mut r = error_for(req.uri().path(), &tonic::Status::new(grpc, words));
+    let mut r = error::for_path(req.uri().path(), &Reply::new(kind, words));
     *r.status_mut() = code;
     r
 }
@@ -315,12 +305,9 @@ async fn access_check(
         "refused: {}",
         denied.message()
     );
-    let status = match denied {
-        crate::auth::Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-        crate::auth::Denied::PermissionDenied(m) => tonic::Status::permission_denied(m),
-    };
-    let mut r = error_for(req.uri().path(), &status);
-    if status.code() == tonic::Code::Unauthenticated {
+    let reply = denied.reply();
+    let mut r = error::for_path(req.uri().path(), &reply);
+    if reply.kind == Kind::Unauthenticated {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"modeld\""),
@@ -346,7 +333,7 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response
     if path.starts_with("/v2") {
         json_error(StatusCode::NOT_FOUND, &message)
     } else {
-        rest::status_rest_error(&tonic::Status::not_found(message))
+        error::rest(&Reply::new(Kind::NotFound, message))
     }
 }
 
@@ -375,27 +362,6 @@ fn route_hint(path: &str) -> &'static str {
     }
 }
 
-/// The HTTP status for a gRPC status code, as Triton's HTTP endpoint and the KServe v2 REST
-/// binding answer.
-pub fn http_status(code: tonic::Code) -> StatusCode {
-    use tonic::Code;
-    match code {
-        Code::Ok => StatusCode::OK,
-        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-        Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
-        Code::FailedPrecondition => StatusCode::CONFLICT,
-        Code::PermissionDenied => StatusCode::FORBIDDEN,
-        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
 /// The Open Inference Protocol's error body, `{"error": "..."}`, with `status`.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "error": message }).to_string();
@@ -406,54 +372,10 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
     r
 }
 
-/// A gRPC status as an HTTP error: its status code, its message, and for an overload the
-/// retry hint as `Retry-After` (whole seconds, at least 1).
-pub fn status_error(s: &tonic::Status) -> Response {
-    let mut r = json_error(http_status(s.code()), s.message());
-    if s.code() == tonic::Code::ResourceExhausted {
-        let ms: u64 = s
-            .metadata()
-            .get("grpc-retry-pushback-ms")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
-        if let Ok(v) = HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-    }
-    r
-}
-
 /// A JSON body with status 200.
 pub fn json_ok(body: String) -> Response {
     let mut r = Response::new(Body::from(body));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_code_has_an_error_status() {
-        use tonic::Code;
-        for code in [
-            Code::InvalidArgument,
-            Code::NotFound,
-            Code::AlreadyExists,
-            Code::FailedPrecondition,
-            Code::ResourceExhausted,
-            Code::Unavailable,
-            Code::DeadlineExceeded,
-            Code::Internal,
-            Code::Unauthenticated,
-            Code::PermissionDenied,
-        ] {
-            assert!(http_status(code).as_u16() >= 400, "{code:?}");
-        }
-        assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
-        assert_eq!(http_status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
-    }
 }

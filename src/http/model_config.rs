@@ -11,7 +11,7 @@ use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::HttpState;
-use super::rest::rest_error;
+use super::error::rest_error;
 use crate::ops::{ClientConfig, platform};
 
 /// The request headers the guide's clients send (its Edge Function's CORS list).
@@ -80,7 +80,7 @@ fn caching_headers(h: &mut HeaderMap, config: &ClientConfig, max_age: u64) {
     responses(
         (status = 200, body = crate::ops::ClientConfig, headers(("ETag" = String), ("Cache-Control" = String))),
         (status = 304, description = "the client's ETag is current: no body"),
-        (status = 404, body = super::rest::ErrorBody, description = "no model is active"),
+        (status = 404, body = super::error::ErrorBody, description = "no model is active"),
     ))]
 pub(crate) async fn model_config(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let platform = platform(headers.get(PLATFORM).and_then(|v| v.to_str().ok()));

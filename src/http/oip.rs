@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tonic::Request;
 
-use super::{HttpState, json_error, json_ok, status_error};
+use super::{HttpState, json_error, json_ok};
 use crate::api::kserve_pb as pb;
 use crate::api::kserve_pb::grpc_inference_service_server::GrpcInferenceService as _;
 use crate::error::Error;
@@ -72,7 +72,7 @@ async fn live(State(s): State<HttpState>) -> Response {
     match s.kserve.server_live(Request::new(pb::ServerLiveRequest {})).await {
         Ok(r) if r.get_ref().live => StatusCode::OK.into_response(),
         Ok(_) => StatusCode::BAD_REQUEST.into_response(),
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -81,7 +81,7 @@ async fn ready(State(s): State<HttpState>) -> Response {
         Ok(r) if r.get_ref().ready => StatusCode::OK.into_response(),
         // The protocol: 200 means ready, a 4xx status means not.
         Ok(_) => json_error(StatusCode::BAD_REQUEST, "no model is loaded yet"),
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -94,7 +94,7 @@ async fn model_ready(State(s): State<HttpState>, Path(params): Params) -> Respon
     {
         Ok(r) if r.get_ref().ready => StatusCode::OK.into_response(),
         Ok(_) => json_error(StatusCode::BAD_REQUEST, "the model is not loaded on this server"),
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -108,7 +108,7 @@ async fn server_metadata(State(s): State<HttpState>) -> Response {
             let m = r.into_inner();
             json_ok(json!({"name": m.name, "version": m.version, "extensions": m.extensions}).to_string())
         }
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -137,7 +137,7 @@ async fn metadata(State(s): State<HttpState>, Path(params): Params) -> Response 
                 .to_string(),
             )
         }
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -152,7 +152,7 @@ async fn config(State(s): State<HttpState>, Path(params): Params) -> Response {
             Some(c) => json_ok(config_json(&c).to_string()),
             None => json_error(StatusCode::NOT_FOUND, "no config"),
         },
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -229,7 +229,7 @@ async fn stats(State(s): State<HttpState>, params: Option<Params>) -> Response {
                 .collect();
             json_ok(json!({ "model_stats": models }).to_string())
         }
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -280,7 +280,7 @@ async fn repository_index(State(s): State<HttpState>, body: Result<Bytes, BytesR
                 .collect();
             json_ok(Value::Array(models).to_string())
         }
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -293,7 +293,7 @@ async fn load(State(s): State<HttpState>, Path(params): Params) -> Response {
     };
     match s.kserve.repository_model_load(Request::new(req)).await {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -306,7 +306,7 @@ async fn unload(State(s): State<HttpState>, Path(params): Params) -> Response {
     };
     match s.kserve.repository_model_unload(Request::new(req)).await {
         Ok(_) => StatusCode::OK.into_response(),
-        Err(e) => status_error(&e),
+        Err(e) => super::error::oip(&super::error::of_status(&e)),
     }
 }
 
@@ -779,11 +779,11 @@ async fn infer(
     };
     let (request, binary, deadline) = match parsed {
         Ok(r) => r,
-        Err(e) => return status_error(&tonic::Status::from(e)),
+        Err(e) => return super::error::oip_error(e),
     };
     match s.kserve.infer(request, deadline).await {
         Ok(response) => infer_response(response, &binary),
-        Err(e) => status_error(&tonic::Status::from(e)),
+        Err(e) => super::error::oip_error(e),
     }
 }
 

@@ -21,8 +21,10 @@ use serde_json::Value;
 use utoipa::{OpenApi, ToSchema};
 
 use super::HttpState;
+use super::error::{ErrorBody, ErrorDetail, rest_error};
 use crate::api::kserve_pb as kpb;
 use crate::error::Error;
+use crate::error::{Kind, Reply};
 use crate::fleet::Served;
 use crate::ops::{ActivationOutcome, Gates, Registration};
 use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, Order, RollbackPolicy, RolloutRole};
@@ -312,74 +314,6 @@ fn is_type(schema: &Value, ty: &str) -> bool {
     schema["type"] == ty || schema["type"].as_array().is_some_and(|t| t.iter().any(|x| x == ty))
 }
 
-/// An error: `{"error": {"code": "NOT_FOUND", "message": "..."}}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong.
-    pub error: ErrorDetail,
-}
-
-/// The code (the gRPC code's name) and a message for people.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// `INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`, `FAILED_PRECONDITION`,
-    /// `RESOURCE_EXHAUSTED`, `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`.
-    pub code: String,
-    /// What happened and what to do.
-    pub message: String,
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// A gRPC status as the REST API's error (its status code, code name and message; an
-/// overload's retry hint as `Retry-After`).
-impl ErrorBody {
-    /// The error body of a status: its code's name and its message.
-    pub fn of(s: &tonic::Status) -> Self {
-        Self {
-            error: ErrorDetail {
-                code: code_name(s.code()).into(),
-                message: s.message().into(),
-            },
-        }
-    }
-}
-
-pub fn status_rest_error(s: &tonic::Status) -> Response {
-    let mut r = json_response(super::http_status(s.code()), &ErrorBody::of(s));
-    if let Some(v) = super::status_error(s).headers().get(header::RETRY_AFTER) {
-        r.headers_mut().insert(header::RETRY_AFTER, v.clone());
-    }
-    r
-}
-
-/// An error of the operations as the REST API's error (an internal one is logged, and the
-/// client is told to look at the log).
-pub fn rest_error(e: &Error) -> Response {
-    status_rest_error(&tonic::Status::from(e.clone()))
-}
-
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".into());
     let mut r = Response::new(Body::from(text));
@@ -412,12 +346,12 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(
     required: bool,
 ) -> Result<T, Box<Response>> {
     let b = b.map_err(|e| {
-        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            tonic::Code::ResourceExhausted
+        let kind = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Kind::ResourceExhausted
         } else {
-            tonic::Code::InvalidArgument
+            Kind::InvalidArgument
         };
-        let mut r = status_rest_error(&tonic::Status::new(code, e.body_text()));
+        let mut r = super::error::rest(&Reply::new(kind, e.body_text()));
         *r.status_mut() = e.status();
         Box::new(r)
     })?;
