@@ -389,22 +389,18 @@ async fn the_tokens_file_is_re_read_when_it_changes() {
         let req = with(digits_request("", &eval_rows(1)), token);
         async move { infer.predict(req).await.map(|_| ()).map_err(|e| e.code()) }
     };
-    /// Polls until `check` holds (30 s deadline).
-    async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !check().await {
-            assert!(std::time::Instant::now() < deadline, "never: {what}");
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
+    let within = std::time::Duration::from_secs(30);
 
     let app = tokens.create("app", &[Scope::Predict], None).unwrap();
     assert_eq!(predict(Some(&app)).await, Err(Code::Unauthenticated), "not yet written");
     tokens.write(&file).unwrap();
-    until("a new token works", || async { predict(Some(&app)).await.is_ok() }).await;
+    until("a new token works", within, || async {
+        predict(Some(&app)).await.is_ok()
+    })
+    .await;
     assert!(tokens.revoke("ops"));
     tokens.write(&file).unwrap();
-    until("a revoked token stops working", || async {
+    until("a revoked token stops working", within, || async {
         predict(Some(&admin)).await == Err(Code::Unauthenticated)
     })
     .await;
@@ -417,14 +413,14 @@ async fn the_tokens_file_is_re_read_when_it_changes() {
     tokens.write(&tmp).unwrap();
     assert_eq!(predict(Some(&app)).await, Ok(()), "the tokens read before stay");
     std::fs::rename(&tmp, &file).unwrap();
-    until("the next good file is taken", || async {
+    until("the next good file is taken", within, || async {
         predict(Some(&late)).await.is_ok()
     })
     .await;
 
     // Every token revoked: everything but what is open is refused, nothing opens.
     Tokens::default().write(&file).unwrap();
-    until("the last token revoked locks", || async {
+    until("the last token revoked locks", within, || async {
         predict(Some(&app)).await == Err(Code::Unauthenticated)
     })
     .await;

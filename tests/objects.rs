@@ -35,12 +35,13 @@ async fn start_http_server(program: &str, args: &[&str], cwd: &Path) -> (tokio::
         cmd.env(k, v);
     }
     let child = cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
     let http = reqwest::Client::new();
-    while http.get(format!("http://127.0.0.1:{port}/")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "{program} never answered on {port}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        &format!("{program} answers on {port}"),
+        Duration::from_secs(60),
+        || async { http.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() },
+    )
+    .await;
     (child, port)
 }
 
@@ -118,22 +119,22 @@ async fn wait_recorded(
     name: &str,
     sha256: &str,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = reg
-            .get_model(pb::GetModelRequest { model: by_name(name) })
-            .await
-            .unwrap()
-            .into_inner();
-        if m.checksum_sha256 == sha256 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the changed object of {name} was never reloaded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until(
+        &format!("the changed object of {name} reloaded"),
+        Duration::from_secs(30),
+        || {
+            let mut reg = reg.clone();
+            async move {
+                let m = reg
+                    .get_model(pb::GetModelRequest { model: by_name(name) })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                m.checksum_sha256 == sha256
+            }
+        },
+    )
+    .await;
 }
 
 /// Waits for three polls of the active object (`modeld_object_checks_total`, from what
@@ -144,20 +145,25 @@ where
     Fut: std::future::Future<Output = String>,
 {
     let first = metrics().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let m = metrics().await;
-        if counter(&m, "modeld_object_checks_total") >= counter(&first, "modeld_object_checks_total") + 3 {
-            assert_eq!(
-                counter(&m, "modeld_object_downloads_total"),
-                counter(&first, "modeld_object_downloads_total"),
-                "polls without a download: {m}"
-            );
-            return;
-        }
-        assert!(Instant::now() < deadline, "the active object was never checked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let m = eventually(
+        "the active object checked",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let m = metrics().await;
+            if counter(&m, "modeld_object_checks_total") >= counter(&first, "modeld_object_checks_total") + 3 {
+                Ok(m)
+            } else {
+                Err("fewer than 3 checks")
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        counter(&m, "modeld_object_downloads_total"),
+        counter(&first, "modeld_object_downloads_total"),
+        "polls without a download: {m}"
+    );
 }
 
 fn sha256_of(file: &str) -> String {

@@ -257,20 +257,28 @@ async fn an_unloadable_library_leaves_tract_serving() {
             .connect()
             .await
             .unwrap();
-        let mut registry = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            let s = registry
-                .get_server_status(pb::GetServerStatusRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            if s.serving.is_some() {
-                break s;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "never served: {s:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let registry = pb::model_registry_client::ModelRegistryClient::new(channel.clone());
+        let status = eventually(
+            "a model served",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || {
+                let mut registry = registry.clone();
+                async move {
+                    let s = registry
+                        .get_server_status(pb::GetServerStatusRequest {})
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    if s.serving.is_some() {
+                        Ok(s)
+                    } else {
+                        Err(format!("{s:?}"))
+                    }
+                }
+            },
+        )
+        .await;
         let e = engine(&status);
         assert_eq!(e.preferred_engine, "onnxruntime");
         assert!(e.onnxruntime.starts_with(why), "{e:?}");

@@ -657,12 +657,12 @@ async fn sigterm_stops_the_real_binary_cleanly() {
         .connect()
         .await
         .unwrap();
-    let mut infer = pb::inference_client::InferenceClient::new(channel);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while infer.predict(digits_request("", &eval_rows(1))).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let infer = pb::inference_client::InferenceClient::new(channel);
+    until("the server answers a Predict", Duration::from_secs(30), || {
+        let mut infer = infer.clone();
+        async move { infer.predict(digits_request("", &eval_rows(1))).await.is_ok() }
+    })
+    .await;
     let pid = child.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")

@@ -1025,18 +1025,20 @@ async fn expired_tampered_and_outdated_urls_are_refused() {
     std::fs::write(&tmp, &v1).unwrap();
     std::fs::rename(&tmp, server.root.path().join("digits_v2.onnx")).unwrap();
     let new_sha = sha256_hex(&v1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, m) = call(&server, Method::GET, "/api/v1/models/2", None).await;
-        if m["checksum_sha256"] == new_sha.as_str() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the registry did not follow the file: {m}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the registry follows the file",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(20),
+        || async {
+            let (_, m) = call(&server, Method::GET, "/api/v1/models/2", None).await;
+            if m["checksum_sha256"] == new_sha.as_str() {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        },
+    )
+    .await;
     assert_error(
         &get(before).await,
         StatusCode::FORBIDDEN,
@@ -1240,16 +1242,21 @@ async fn events_status_stats_history_and_evaluate_over_rest() {
     );
 
     // Status: what this server serves, once the activation reached it.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        let (code, s) = call(&server, Method::GET, "/api/v1/status", None).await;
-        assert_eq!(code, StatusCode::OK, "{s}");
-        if s["serving"]["model_name"] == "digits_v1" {
-            break s;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never serving digits_v1: {s}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let status = eventually(
+        "serving digits_v1",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || async {
+            let (code, s) = call(&server, Method::GET, "/api/v1/status", None).await;
+            assert_eq!(code, StatusCode::OK, "{s}");
+            if s["serving"]["model_name"] == "digits_v1" {
+                Ok(s)
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
     assert_eq!(status["degraded"], false, "{status}");
     assert_eq!(status["registry_reachable"], true);
     assert!(status["server"].as_str().is_some_and(|s| !s.is_empty()));

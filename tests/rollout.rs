@@ -765,21 +765,25 @@ async fn a_model_that_served_its_watch_period_is_stable() {
     let server = TestServer::start_with(Backend::Sqlite, |c| c.rollback_watch_secs = 1).await;
     server.wait_serving("digits_v2").await;
     let mut reg = server.registry().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let m = reg
-            .get_model(pb::GetModelRequest {
-                model: by_name("digits_v2"),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if m.is_stable {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not marked stable: {m:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        "digits_v2 marked stable",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(20),
+        || {
+            let mut reg = reg.clone();
+            async move {
+                let m = reg
+                    .get_model(pb::GetModelRequest {
+                        model: by_name("digits_v2"),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if m.is_stable { Ok(()) } else { Err(format!("{m:?}")) }
+            }
+        },
+    )
+    .await;
     let other = reg
         .get_model(pb::GetModelRequest {
             model: by_name("digits_v1"),

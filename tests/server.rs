@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use modeld::api::pb;
@@ -821,14 +821,18 @@ async fn shutdown_finishes_the_requests_in_flight_and_refuses_new_connections() 
         .await;
     let addr = server.addr;
     let stopping = tokio::spawn(server.stop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the port still accepts connections 10 s after the stop"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        "the port refuses connections after the stop",
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        || async {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => Err("a connection was accepted"),
+                Err(_) => Ok(()),
+            }
+        },
+    )
+    .await;
     let unfinished = calls.iter().filter(|c| !c.is_finished()).count();
     assert!(
         unfinished > 1,

@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::pki::Ca;
 use common::*;
@@ -124,11 +124,10 @@ impl Client<'_> {
 
 /// Polls gRPC health over TLS until SERVING (60 s deadline).
 async fn wait_serving(client: &Client<'_>, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.grpc_health(addr).await != Ok(ServingStatus::Serving as i32) {
-        assert!(Instant::now() < deadline, "the TLS server never became SERVING");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the TLS server serves", Duration::from_secs(60), || async {
+        client.grpc_health(addr).await == Ok(ServingStatus::Serving as i32)
+    })
+    .await;
 }
 
 /// The certificate (DER) a new TLS connection to `addr` is shown, verified against `ca`.
@@ -322,18 +321,17 @@ async fn a_certificate_replaced_while_running_is_served_to_new_connections() {
     /// Polls new connections until they are shown `want`; every handshake on the way must
     /// succeed with one of `allowed`.
     async fn until_served(addr: SocketAddr, ca: &str, want: &[u8], allowed: &[Vec<u8>]) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        until("the new certificate is served", Duration::from_secs(30), || async {
             let got = presented(addr, ca)
                 .await
                 .expect("every handshake succeeds during a change");
             if got == want {
-                return;
+                return true;
             }
             assert!(allowed.contains(&got), "an unexpected certificate was shown");
-            assert!(Instant::now() < deadline, "the new certificate was never served");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            false
+        })
+        .await;
     }
 
     // The certificate first, then its key: in between they do not match, and the old pair stays.

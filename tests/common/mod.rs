@@ -138,6 +138,48 @@ pub fn bundled_models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
 }
 
+/// Polls `check` every `every` until it answers `Ok`, and returns that; panics once `within`
+/// has passed, naming `what` and the last `Err` (the state seen). The tests' one deadline
+/// loop: a condition polled with a deadline, never a sleep to synchronise.
+pub async fn eventually<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}; last seen: {last}"
+            ),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Whether the gRPC server at `url` answers health with SERVING.
+pub async fn health_serving(url: String) -> bool {
+    let Ok(channel) = Channel::from_shared(url).unwrap().connect().await else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .is_ok_and(|h| h.into_inner().status == ServingStatus::Serving as i32)
+}
+
+/// [`eventually`] for a condition that is only true or false: polled every 20 ms.
+pub async fn until<F: std::future::Future<Output = bool>>(what: &str, within: Duration, mut check: impl FnMut() -> F) {
+    eventually(what, within, Duration::from_millis(20), || {
+        let f = check();
+        async move { if f.await { Ok(()) } else { Err("false") } }
+    })
+    .await;
+}
+
 /// A fresh "checkout", as a user's: the bundled `models/` directory (files, examples, evaluation
 /// set) under a temp dir.
 pub fn checkout() -> tempfile::TempDir {
@@ -325,23 +367,22 @@ impl TestServer {
         what: &str,
         pred: impl Fn(&pb::ServerStatus) -> bool,
     ) -> (pb::ServerStatus, Duration) {
-        let mut client = self.registry().await;
+        let client = self.registry().await;
         let started = Instant::now();
-        loop {
-            let s = client
-                .get_server_status(pb::GetServerStatusRequest {})
-                .await
-                .unwrap()
-                .into_inner();
-            if pred(&s) {
-                return (s, started.elapsed());
+        let s = eventually(what, Duration::from_secs(20), Duration::from_millis(2), || {
+            let mut client = client.clone();
+            let pred = &pred;
+            async move {
+                let s = client
+                    .get_server_status(pb::GetServerStatusRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if pred(&s) { Ok(s) } else { Err(format!("{s:#?}")) }
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "timed out waiting for: {what}; last status {s:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        })
+        .await;
+        (s, started.elapsed())
     }
 
     /// Waits until this server serves `name`.
@@ -456,23 +497,18 @@ impl TestServer {
     }
 
     async fn wait_for_health_response(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.health().await.is_none() {
-            assert!(Instant::now() < deadline, "server did not answer health checks");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until("the server answers health checks", Duration::from_secs(60), || async {
+            self.health().await.is_some()
+        })
+        .await;
     }
 
     /// Polls health until it reports `want` (60 s deadline).
     pub async fn wait_for_health(&self, want: ServingStatus) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.health().await == Some(want) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "health never became {want:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until(&format!("health becomes {want:?}"), Duration::from_secs(60), || async {
+            self.health().await == Some(want)
+        })
+        .await;
     }
 
     /// Stops the server and hands back its database and model root, for a restart.
@@ -780,20 +816,14 @@ impl TcpProxy {
 
     /// Listens again on the same port.
     pub async fn open(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "cannot listen on port {} again: {e}",
-                        self.port
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        };
+        let port = self.port;
+        let listener = eventually(
+            &format!("listening on port {port} again"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || tokio::net::TcpListener::bind(("127.0.0.1", port)),
+        )
+        .await;
         self.serve(listener);
     }
 }
@@ -835,19 +865,10 @@ pub async fn spawn_server_binary(db_url: &str, root: &Path, extra: &[&str]) -> (
         }
     };
     tokio::spawn(async move { while lines.next_line().await.ok().flatten().is_some() {} });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
-            let health = HealthClient::new(channel)
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-                .await;
-            if health.is_ok_and(|h| h.into_inner().status == ServingStatus::Serving as i32) {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the server did not start serving");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the server serves", Duration::from_secs(30), || {
+        health_serving(format!("http://{addr}"))
+    })
+    .await;
     (child, addr)
 }
 
@@ -918,17 +939,10 @@ impl LoggedServer {
             log,
             collector,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let h = HealthClient::new(s.channel().await)
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await;
-            if h.is_ok_and(|h| h.into_inner().status == ServingStatus::Serving as i32) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "never SERVING");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until("the server serves", Duration::from_secs(60), || {
+            health_serving(format!("http://{}", s.grpc))
+        })
+        .await;
         s
     }
 
