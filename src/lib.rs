@@ -13,7 +13,7 @@
 //! - [`serving`]: the request path: validate, run off the reactor, encode; the shadow's threads.
 //! - [`api`]: the tonic services (modeld.v1 and the Open Inference Protocol).
 //! - [`http`]: REST, OIP REST, the admin page, the model config, signed downloads.
-//! - [`auth`]: bearer tokens and what each route needs.
+//! - [`auth`]: bearer tokens: the store, what each route needs, the live check of a request.
 //! - [`net`]: what one client may hold: connections per port, silent connections, request bytes in flight.
 //! - [`tls`]: TLS on both ports, its files followed.
 //! - [`metrics`]: Prometheus metrics over HTTP.

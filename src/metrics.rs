@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::model::slot::ServedModel;
 use crate::ops::Control;
 use crate::status::Reason;
 
@@ -20,10 +21,22 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// The metrics in Prometheus text format.
+/// The metrics in Prometheus text format, family by family.
 pub fn render(control: &Control) -> String {
     let mut out = String::new();
     let served = control.slot().active();
+    server_state(&mut out, control, served.as_deref());
+    objects(&mut out, control);
+    serving(&mut out, served.as_deref());
+    candidates(&mut out, control);
+    rollout(&mut out, control);
+    shadow(&mut out, control);
+    requests(&mut out, control);
+    out
+}
+
+/// Whether a model is loaded, whether the server is degraded and why, the registry, reloads.
+fn server_state(out: &mut String, control: &Control, served: Option<&ServedModel>) {
     let status = control.status().snapshot();
     let mut gauge = |name: &str, help: &str, value: String| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
@@ -33,7 +46,7 @@ pub fn render(control: &Control) -> String {
         "1 once a model is loaded and warmed up.",
         u8::from(served.is_some()).to_string(),
     );
-    let degradations = status.degradations(served.as_deref().map(|s| &s.record));
+    let degradations = status.degradations(served.map(|s| &s.record));
     gauge(
         "modeld_degraded",
         "1 when any modeld_degraded_reason is 1.",
@@ -87,6 +100,10 @@ pub fn render(control: &Control) -> String {
          # TYPE modeld_reload_failures_total counter\nmodeld_reload_failures_total {}",
         status.reload_failures
     );
+}
+
+/// Object storage: checks, downloads, failures.
+fn objects(out: &mut String, control: &Control) {
     let objects = control.objects().counts();
     for (name, help, value) in [
         (
@@ -116,6 +133,10 @@ pub fn render(control: &Control) -> String {
             value.load(std::sync::atomic::Ordering::Relaxed)
         );
     }
+}
+
+/// The served model.
+fn serving(out: &mut String, served: Option<&ServedModel>) {
     let _ = writeln!(
         out,
         "# HELP modeld_serving_info The served model.\n# TYPE modeld_serving_info gauge"
@@ -132,6 +153,10 @@ pub fn render(control: &Control) -> String {
             s.model.engine.kind()
         );
     }
+}
+
+/// Memory, and the candidate cache.
+fn candidates(out: &mut String, control: &Control) {
     let cache = control.candidates();
     let (cached, counts) = (cache.cached(), cache.counts());
     let _ = writeln!(
@@ -175,6 +200,10 @@ pub fn render(control: &Control) -> String {
              modeld_candidate_{name}_total {n}"
         );
     }
+}
+
+/// The canary's and the shadow's shares, and the automatic rollback's windows.
+fn rollout(out: &mut String, control: &Control) {
     let _ = writeln!(
         out,
         "# HELP modeld_rollout_percentage The canary's and the shadow's share of requests on this server.\n\
@@ -208,6 +237,10 @@ pub fn render(control: &Control) -> String {
             w.figures.error_rate()
         );
     }
+}
+
+/// The shadow's figures.
+fn shadow(out: &mut String, control: &Control) {
     if let Some(shadows) = control.shadows() {
         let figures = shadows.figures();
         let series: [Series; 9] = [
@@ -279,6 +312,10 @@ pub fn render(control: &Control) -> String {
             }
         }
     }
+}
+
+/// Requests, engine calls, where their time went, the executor.
+fn requests(out: &mut String, control: &Control) {
     let stats = control.stats().snapshot();
     let _ = writeln!(
         out,
@@ -328,7 +365,7 @@ pub fn render(control: &Control) -> String {
             s.overhead_ns() as f64 / 1e9
         );
     }
-    histograms(&mut out, control, &stats);
+    histograms(out, control, &stats);
     if let Some(executor) = control.executor() {
         let _ = writeln!(
             out,
@@ -379,7 +416,6 @@ pub fn render(control: &Control) -> String {
             );
         }
     }
-    out
 }
 
 /// One histogram's series: `_bucket` per bound (cumulative, and `+Inf`), `_sum`, `_count`.

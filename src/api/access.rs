@@ -10,9 +10,7 @@ use futures_util::future::BoxFuture;
 
 use crate::auth::{Access, grpc_need};
 
-/// The name of the token a request came with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller(pub String);
+pub use crate::auth::Caller;
 
 /// The layer.
 #[derive(Debug, Clone)]
