@@ -7,11 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
 use crate::model::loader::sha256_hex;
 use crate::model::{DataType, LoadedModel};
+pub use crate::registry::{ClassFigures, Figures};
 use crate::serving::tensor::{InputRef, OutputData, Payload, encode_outputs, prepare_inputs};
 
 /// A labelled dataset in memory: `rows` feature rows of `row_len` FP32 values, one label each.
@@ -260,43 +259,6 @@ fn csv_rows(text: &str, label_column: &str) -> std::result::Result<(Vec<f32>, Ve
         return Err(Problem::NoRows);
     }
     Ok((features, labels, width))
-}
-
-/// Precision and recall of one class.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassFigures {
-    /// The class index.
-    pub class: i64,
-    /// Of the rows predicted as this class, the share that are (0 when none were predicted).
-    pub precision: f64,
-    /// Of the rows of this class, the share predicted so (0 when there are none).
-    pub recall: f64,
-    /// Rows of this class.
-    pub support: u64,
-}
-
-/// What an evaluation measured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Figures {
-    /// Rows evaluated.
-    pub samples: u64,
-    /// Share of rows whose top prediction is the label.
-    pub accuracy: f64,
-    /// Share of rows whose label is among the 3 highest scores; `None` when the model gives
-    /// no scores (only a label output).
-    pub top3_accuracy: Option<f64>,
-    /// Per class, in class order.
-    pub classes: Vec<ClassFigures>,
-    /// `confusion[label][predicted]`: rows of that label predicted as that class.
-    pub confusion: Vec<Vec<u64>>,
-    /// Time per row through the request path's tensor code and the engine (batch 1), in µs.
-    pub latency_mean_us: f64,
-    /// Median of the same.
-    pub latency_p50_us: f64,
-    /// 99th percentile of the same.
-    pub latency_p99_us: f64,
-    /// The output the predictions were read from.
-    pub output: String,
 }
 
 /// An evaluation: its figures and each row's prediction (for comparisons; not stored).

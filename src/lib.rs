@@ -18,6 +18,7 @@
 //! - [`tls`]: TLS on both ports, its files followed.
 //! - [`metrics`]: Prometheus metrics over HTTP.
 //! - [`status`]: what this server knows about its own state, and why it is degraded.
+//! - [`signature`]: what a model takes and returns, and which changes break its clients (plain data).
 //! - [`signing`]: the keys that sign download URLs, and the URLs (shared by HTTP, gRPC and the config).
 //! - [`watch`]: the reload task fed by the registry watcher and the file watcher.
 //! - [`fleet`]: every server's row in the registry, and a change's wait until the fleet serves it.
@@ -44,6 +45,7 @@ pub mod net;
 pub mod ops;
 pub mod registry;
 pub mod serving;
+pub mod signature;
 pub mod signing;
 pub mod status;
 pub mod tls;

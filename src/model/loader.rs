@@ -10,8 +10,8 @@ use tract_onnx::prelude::*;
 
 use super::Plan;
 use super::engine::{Engine, EngineChoice, EngineError, EngineSettings};
-use super::signature::{DataType, Signature, TensorSpec};
 use crate::error::{Error, FileProblem, Result};
+use crate::signature::{DataType, Signature, TensorSpec};
 
 /// Why a model file cannot be served by an engine; the words continue "model file X ...".
 #[derive(Debug, thiserror::Error)]
@@ -592,7 +592,7 @@ fn compare_outputs(
 fn read_signature(model: &TypedModel) -> std::result::Result<Signature, Unloadable> {
     let spec = |outlet: OutletId, name: String| -> std::result::Result<TensorSpec, Unloadable> {
         let fact = model.outlet_fact(outlet).map_err(Unloadable::Facts)?;
-        let datatype = DataType::from_datum(fact.datum_type).ok_or_else(|| Unloadable::Datatype {
+        let datatype = super::served_datatype(fact.datum_type).ok_or_else(|| Unloadable::Datatype {
             datum: fact.datum_type,
             name: name.clone(),
         })?;
@@ -649,7 +649,7 @@ fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result
                     (_, d) => d as usize,
                 })
                 .collect();
-            let mut t = Tensor::zero_dt(s.datatype.datum(), &shape)?;
+            let mut t = Tensor::zero_dt(super::datum(s.datatype), &shape)?;
             let mut next = || {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;

@@ -128,7 +128,16 @@ impl Control {
         };
         let stored = self
             .registry
-            .add_evaluation(&record, &dataset, &outcome.figures, &options.notes, by)
+            .add_evaluation(
+                &record,
+                &crate::registry::DatasetRef {
+                    name: &dataset.name,
+                    sha256: &dataset.sha256,
+                },
+                &outcome.figures,
+                &options.notes,
+                by,
+            )
             .await?;
         tracing::info!(
             model = %record.model_name,

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{EventKind, ModelRecord, Pool, Registry, name};
 use crate::error::{Error, Result};
-use crate::model::Signature;
+use crate::signature::Signature;
 
 /// Ends the active model's term (bind: false, now, true): it becomes `deprecated`.
 pub(super) const DEACTIVATE: &str = "UPDATE ml_models SET is_active = $1, status = 'deprecated', deprecated_at = $2, \

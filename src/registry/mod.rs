@@ -119,7 +119,7 @@ pub use events::{EventKind, EventRecord};
 pub use models::{
     MAX_MIN_SAMPLES, MAX_WINDOW_SECS, ModelChanges, ModelRecord, ModelRef, NewModel, Order, RollbackPolicy,
 };
-pub use performance::EvaluationRecord;
+pub use performance::{ClassFigures, DatasetRef, EvaluationRecord, Figures};
 pub use rollout::{Rollout, RolloutChange, RolloutChangeRecord, RolloutMeta, RolloutRole};
 
 /// A connection pool on the registry database.

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use super::activations::{DEACTIVATE, activate_sql};
 use super::{Activation, ActivationMeta, EventKind, Origin, Pool, Registry, name, text};
 use crate::error::{Error, Result};
-use crate::model::Signature;
+use crate::signature::Signature;
 
 /// A registry record (`ml_models` row).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]

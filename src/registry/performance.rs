@@ -1,10 +1,57 @@
 //! The `model_performance_logs` table: evaluations of models on labelled datasets.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::{EventKind, ModelRecord, Pool, Registry};
 use crate::error::Result;
-use crate::evaluation::{Dataset, Figures};
+
+/// The dataset an evaluation ran on, as the registry keeps it: its name and the sha256 of its
+/// files.
+#[derive(Debug, Clone, Copy)]
+pub struct DatasetRef<'a> {
+    /// The dataset's name (its file name).
+    pub name: &'a str,
+    /// The sha256 of its files.
+    pub sha256: &'a str,
+}
+
+/// Precision and recall of one class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassFigures {
+    /// The class index.
+    pub class: i64,
+    /// Of the rows predicted as this class, the share that are (0 when none were predicted).
+    pub precision: f64,
+    /// Of the rows of this class, the share predicted so (0 when there are none).
+    pub recall: f64,
+    /// Rows of this class.
+    pub support: u64,
+}
+
+/// What an evaluation measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// Rows evaluated.
+    pub samples: u64,
+    /// Share of rows whose top prediction is the label.
+    pub accuracy: f64,
+    /// Share of rows whose label is among the 3 highest scores; `None` when the model gives
+    /// no scores (only a label output).
+    pub top3_accuracy: Option<f64>,
+    /// Per class, in class order.
+    pub classes: Vec<ClassFigures>,
+    /// `confusion[label][predicted]`: rows of that label predicted as that class.
+    pub confusion: Vec<Vec<u64>>,
+    /// Time per row through the request path's tensor code and the engine (batch 1), in µs.
+    pub latency_mean_us: f64,
+    /// Median of the same.
+    pub latency_p50_us: f64,
+    /// 99th percentile of the same.
+    pub latency_p99_us: f64,
+    /// The output the predictions were read from.
+    pub output: String,
+}
 
 /// A `model_performance_logs` row.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
@@ -82,7 +129,7 @@ impl Registry {
     pub async fn add_evaluation(
         &self,
         model: &ModelRecord,
-        dataset: &Dataset,
+        dataset: &DatasetRef<'_>,
         figures: &Figures,
         notes: &str,
         evaluated_by: &str,
@@ -108,8 +155,8 @@ impl Registry {
                 .bind(model.model_id)
                 .bind(&model.model_name)
                 .bind(&model.checksum_sha256)
-                .bind(&dataset.name)
-                .bind(&dataset.sha256)
+                .bind(dataset.name)
+                .bind(dataset.sha256)
                 .bind(now)
                 .bind(figures.accuracy)
                 .bind(figures.top3_accuracy)

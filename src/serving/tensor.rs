@@ -242,7 +242,7 @@ fn build_tensor(spec: &TensorSpec, input: &InputRef<'_>) -> Result<Tensor> {
             }
             // SAFETY: the length matches shape x element size (checked above) and, for BOOL,
             // every byte is 0 or 1, so every bit pattern is a valid value of the element type.
-            unsafe { Tensor::from_raw_dt(datatype.datum(), &shape, bytes) }
+            unsafe { Tensor::from_raw_dt(crate::model::datum(datatype), &shape, bytes) }
         }
         (Payload::Fp32(v), DataType::Fp32) => Tensor::from_shape(&shape, v),
         (Payload::Fp64(v), DataType::Fp64) => Tensor::from_shape(&shape, v),
@@ -295,7 +295,7 @@ pub fn encode_outputs(signature: &Signature, outputs: TVec<TValue>, raw: bool) -
         .zip(outputs)
         .map(|(spec, value)| {
             let t: &Tensor = &value;
-            let datatype = DataType::from_datum(t.datum_type()).ok_or_else(|| {
+            let datatype = crate::model::served_datatype(t.datum_type()).ok_or_else(|| {
                 Error::internal(format!(
                     "output {:?} has unsupported type {:?}",
                     spec.name,

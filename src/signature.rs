@@ -2,7 +2,6 @@
 //! shapes (-1 for a dynamic dimension). Stored in the registry as JSON.
 
 use serde::{Deserialize, Serialize};
-use tract_onnx::prelude::DatumType;
 
 use crate::error::{Error, Result};
 
@@ -89,28 +88,6 @@ impl DataType {
             Self::Fp32 | Self::Int32 | Self::Uint32 => 4,
             Self::Fp64 | Self::Int64 | Self::Uint64 => 8,
         }
-    }
-
-    /// tract's element type.
-    pub fn datum(self) -> DatumType {
-        match self {
-            Self::Fp32 => DatumType::F32,
-            Self::Fp64 => DatumType::F64,
-            Self::Int8 => DatumType::I8,
-            Self::Int16 => DatumType::I16,
-            Self::Int32 => DatumType::I32,
-            Self::Int64 => DatumType::I64,
-            Self::Uint8 => DatumType::U8,
-            Self::Uint16 => DatumType::U16,
-            Self::Uint32 => DatumType::U32,
-            Self::Uint64 => DatumType::U64,
-            Self::Bool => DatumType::Bool,
-        }
-    }
-
-    /// The modeld type for a tract element type, if modeld serves it.
-    pub fn from_datum(dt: DatumType) -> Option<Self> {
-        Self::ALL.into_iter().find(|d| d.datum() == dt)
     }
 }
 
@@ -306,8 +283,6 @@ mod tests {
     fn names_round_trip() {
         for d in DataType::ALL {
             assert_eq!(DataType::parse(d.name()).unwrap(), d);
-            assert_eq!(DataType::from_datum(d.datum()), Some(d));
-            assert_eq!(d.size(), d.datum().size_of());
         }
         let err = DataType::parse("FLOAT").unwrap_err();
         assert!(err.to_string().contains("FP32"), "{err}");
