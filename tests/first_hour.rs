@@ -295,42 +295,45 @@ async fn answers_say_what_is_so() {
     assert_eq!(run.code, 0, "{run:?}");
     let mut reg = modeld::api::pb::model_registry_client::ModelRegistryClient::new(server.channel().await);
     let mut infer = modeld::api::pb::inference_client::InferenceClient::new(server.channel().await);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        infer.predict(digits_request("", &eval_rows(2))).await.unwrap();
-        let s = reg
-            .get_server_status(modeld::api::pb::GetServerStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if s.rollout
-            .as_ref()
-            .is_some_and(|r| r.shadows.iter().any(|f| f.mirrored > 0))
-        {
-            break;
+    let every = std::time::Duration::from_millis(20);
+    eventually("the shadow mirrors", std::time::Duration::from_secs(30), every, || {
+        let (mut reg, mut infer) = (reg.clone(), infer.clone());
+        async move {
+            infer.predict(digits_request("", &eval_rows(2))).await.unwrap();
+            let s = reg
+                .get_server_status(modeld::api::pb::GetServerStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let mirrored = s
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.shadows.iter().any(|f| f.mirrored > 0));
+            if mirrored { Ok(()) } else { Err(format!("{s:?}")) }
         }
-        assert!(std::time::Instant::now() < deadline, "the shadow never mirrored: {s:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let run = paste(cwd, &env, "modeld list").await;
     let line = run.stdout.lines().find(|l| l.contains("digits_v2")).unwrap();
     assert!(line.contains("shadow 100%"), "{}", run.stdout);
     let run = paste(cwd, &env, "modeld shadow clear").await;
     assert_eq!(run.code, 0, "{run:?}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let run = paste(cwd, &env, "modeld status").await;
-        assert_eq!(run.code, 0, "{run:?}");
-        if !run.stdout.contains("shadow") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cleared shadow stays: {}",
-            run.stdout
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let every = std::time::Duration::from_millis(50);
+    eventually(
+        "the cleared shadow goes",
+        std::time::Duration::from_secs(30),
+        every,
+        || async {
+            let run = paste(cwd, &env, "modeld status").await;
+            assert_eq!(run.code, 0, "{run:?}");
+            if run.stdout.contains("shadow") {
+                Err(run.stdout)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
     // And it does not come back with the next change.
     let run = paste(cwd, &env, "modeld canary set digits_v2 --percentage 10").await;
     assert_eq!(run.code, 0, "{run:?}");

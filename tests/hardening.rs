@@ -570,15 +570,20 @@ async fn a_registry_file_removed_under_the_server_refuses_changes_and_is_reporte
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
     // The status says so, with the reason; the model in memory keeps serving.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let s = get_json(server.http_url("/api/v1/status")).await;
-        if s["registry_reachable"] == false {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "never reported: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = eventually(
+        "the registry reported unreachable",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            let s = get_json(server.http_url("/api/v1/status")).await;
+            if s["registry_reachable"] == false {
+                Ok(s)
+            } else {
+                Err(s)
+            }
+        },
+    )
+    .await;
     assert!(status.to_string().contains("was removed"), "{status}");
     let mut infer = pb::inference_client::InferenceClient::new(server.channel().await);
     infer.predict(digits_request("", &eval_rows(1))).await.unwrap();
@@ -785,20 +790,22 @@ async fn lines_from_compute_and_shadow_threads_name_their_request() {
     };
     let shadow = named("a mirrored request failed on the shadow", "mirrored-0001");
     let compute = named("the engine failed on a request", "computed-0002");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let lines = server.lines();
-        if shadow(&lines) && compute(&lines) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no line names its request (shadow {}, compute {}): {:#?}",
-            shadow(&lines),
-            compute(&lines),
-            lines.iter().filter(|l| l.contains("failed")).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "a line naming each request",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || {
+            let lines = server.lines();
+            let found = (shadow(&lines), compute(&lines));
+            async move {
+                if found == (true, true) {
+                    return Ok(());
+                }
+                let failed: Vec<_> = lines.iter().filter(|l| l.contains("failed")).collect();
+                Err(format!("shadow {}, compute {}: {failed:#?}", found.0, found.1))
+            }
+        },
+    )
+    .await;
     server.stop().await;
 }
