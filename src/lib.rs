@@ -6,8 +6,8 @@
 //! - [`config`]: the serve configuration (`modeld serve`'s flags and `MODELD_*` variables), plain data.
 //! - [`app`]: start-up a step a file (security, servers, compute, registry, tasks) and the drain.
 //! - [`cli`]: the commands by family; their clap grammar is [`cli::args`].
-//! - [`ops`]: the model operations all front ends share, a file a job (register, activate,
-//!   rollout, guard, reconcile, evaluate, request, served).
+//! - [`ops`]: the model operations all front ends share, as services with one job each
+//!   (catalogue, activation, rollout, reconcile, evaluation, inference) over one private core.
 //! - [`registry`]: the SQL registry (SQLite or PostgreSQL, sqlx migrations).
 //! - [`model`]: path confinement, loading + sha256 + warm-up, the engines, the signature, the ArcSwap slot.
 //! - [`serving`]: the request path: validate, run off the reactor, encode; the shadow's threads.

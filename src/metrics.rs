@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::model::slot::ServedModel;
-use crate::ops::Control;
+use crate::ops::{Catalogue, Inference, Rollout, Services};
 use crate::status::Reason;
 
 /// One shadow metric: its name, type, help, and how to read it off a shadow's figures.
@@ -22,22 +22,28 @@ fn label(v: &str) -> String {
 }
 
 /// The metrics in Prometheus text format, family by family.
-pub fn render(control: &Control) -> String {
+pub fn render(services: &Services) -> String {
+    let Services {
+        catalogue,
+        inference,
+        rollout: rollouts,
+        ..
+    } = services;
     let mut out = String::new();
-    let served = control.slot().active();
-    server_state(&mut out, control, served.as_deref());
-    objects(&mut out, control);
+    let served = catalogue.served();
+    server_state(&mut out, catalogue, inference.in_flight(), served.as_deref());
+    objects(&mut out, catalogue);
     serving(&mut out, served.as_deref());
-    candidates(&mut out, control);
-    rollout(&mut out, control);
-    shadow(&mut out, control);
-    requests(&mut out, control);
+    candidates(&mut out, inference);
+    rollout(&mut out, catalogue, rollouts);
+    shadow(&mut out, inference);
+    requests(&mut out, catalogue, inference);
     out
 }
 
 /// Whether a model is loaded, whether the server is degraded and why, the registry, reloads.
-fn server_state(out: &mut String, control: &Control, served: Option<&ServedModel>) {
-    let status = control.status().snapshot();
+fn server_state(out: &mut String, catalogue: &Catalogue, in_flight: u64, served: Option<&ServedModel>) {
+    let status = catalogue.status();
     let mut gauge = |name: &str, help: &str, value: String| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     };
@@ -78,7 +84,7 @@ fn server_state(out: &mut String, control: &Control, served: Option<&ServedModel
     gauge(
         "modeld_in_flight_requests",
         "Requests being computed.",
-        control.in_flight().to_string(),
+        in_flight.to_string(),
     );
     let _ = writeln!(
         out,
@@ -103,8 +109,8 @@ fn server_state(out: &mut String, control: &Control, served: Option<&ServedModel
 }
 
 /// Object storage: checks, downloads, failures.
-fn objects(out: &mut String, control: &Control) {
-    let objects = control.objects().counts();
+fn objects(out: &mut String, catalogue: &Catalogue) {
+    let objects = catalogue.object_counts();
     for (name, help, value) in [
         (
             "modeld_object_checks_total",
@@ -156,8 +162,8 @@ fn serving(out: &mut String, served: Option<&ServedModel>) {
 }
 
 /// Memory, and the candidate cache.
-fn candidates(out: &mut String, control: &Control) {
-    let cache = control.candidates();
+fn candidates(out: &mut String, inference: &Inference) {
+    let cache = inference.candidates();
     let (cached, counts) = (cache.cached(), cache.counts());
     let _ = writeln!(
         out,
@@ -203,13 +209,13 @@ fn candidates(out: &mut String, control: &Control) {
 }
 
 /// The canary's and the shadow's shares, and the automatic rollback's windows.
-fn rollout(out: &mut String, control: &Control) {
+fn rollout(out: &mut String, catalogue: &Catalogue, rollouts: &Rollout) {
     let _ = writeln!(
         out,
         "# HELP modeld_rollout_percentage The canary's and the shadow's share of requests on this server.\n\
          # TYPE modeld_rollout_percentage gauge"
     );
-    if let Some(set) = control.slot().load() {
+    if let Some(set) = catalogue.serving_set() {
         for (role, w) in [("canary", &set.canary), ("shadow", &set.shadow)] {
             if let Some(w) = w {
                 let _ = writeln!(
@@ -227,7 +233,7 @@ fn rollout(out: &mut String, control: &Control) {
         "# HELP modeld_rollback_window_error_rate The error rate the automatic rollback sees over each model's window.\n\
          # TYPE modeld_rollback_window_error_rate gauge"
     );
-    for w in control.guard_windows() {
+    for w in rollouts.guard_windows() {
         let _ = writeln!(
             out,
             "modeld_rollback_window_error_rate{{role=\"{}\",model_id=\"{}\",model=\"{}\"}} {}",
@@ -240,8 +246,8 @@ fn rollout(out: &mut String, control: &Control) {
 }
 
 /// The shadow's figures.
-fn shadow(out: &mut String, control: &Control) {
-    if let Some(shadows) = control.shadows() {
+fn shadow(out: &mut String, inference: &Inference) {
+    if let Some(shadows) = inference.shadows() {
         let figures = shadows.figures();
         let series: [Series; 9] = [
             (
@@ -315,8 +321,8 @@ fn shadow(out: &mut String, control: &Control) {
 }
 
 /// Requests, engine calls, where their time went, the executor.
-fn requests(out: &mut String, control: &Control) {
-    let stats = control.stats().snapshot();
+fn requests(out: &mut String, catalogue: &Catalogue, inference: &Inference) {
+    let stats = inference.stats();
     let _ = writeln!(
         out,
         "# HELP modeld_requests_total Inference requests by model, role (active, canary, candidate) and outcome.\n# TYPE modeld_requests_total counter"
@@ -365,8 +371,8 @@ fn requests(out: &mut String, control: &Control) {
             s.overhead_ns() as f64 / 1e9
         );
     }
-    histograms(out, control, &stats);
-    if let Some(executor) = control.executor() {
+    histograms(out, catalogue, &stats);
+    if let Some((executor, _)) = inference.executor() {
         let _ = writeln!(
             out,
             "# HELP modeld_queue_depth Requests waiting for a compute thread.\n# TYPE modeld_queue_depth gauge\nmodeld_queue_depth {}",
@@ -439,17 +445,17 @@ fn histogram(out: &mut String, name: &str, labels: &str, bounds: &[f64], h: &cra
 /// histogram per model and version: only for the models this server has loaded (the active
 /// model, the canary, the shadow, cached candidates), so a candidate evicted from the cache, or
 /// a model swapped out, drops its series and their number stays bounded by the cache.
-fn histograms(out: &mut String, control: &Control, stats: &[crate::serving::stats::ModelStats]) {
+fn histograms(out: &mut String, catalogue: &Catalogue, stats: &[crate::serving::stats::ModelStats]) {
     use crate::serving::stats::{BATCH_BUCKETS, LATENCY_BUCKETS};
     let mut loaded: Vec<(String, Option<String>)> = Vec::new();
-    if let Some(set) = control.slot().load() {
+    if let Some(set) = catalogue.serving_set() {
         let r = &set.active.record;
         loaded.push((r.model_name.clone(), Some(r.version.clone())));
         for w in [&set.canary, &set.shadow].into_iter().flatten() {
             loaded.push((w.model.record.model_name.clone(), Some(w.model.record.version.clone())));
         }
     }
-    for c in control.candidates().cached() {
+    for c in catalogue.cached_candidates() {
         if c.bytes.is_some() {
             loaded.push((c.name.clone(), None));
         }

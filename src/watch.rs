@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::ops::{Control, FileSync, RegistrySync};
+use crate::ops::{Changes, FileSync, Reconcile, RegistrySync};
 use crate::registry::EventKind;
 use crate::status::{Reason, Status};
 
@@ -74,28 +74,28 @@ impl Drop for Reloader {
 /// # Errors
 /// When the file watcher cannot be created.
 pub fn start(
-    control: Arc<Control>,
+    reconcile: Reconcile,
     config: ReloadConfig,
     member: Option<Arc<crate::fleet::Member>>,
 ) -> anyhow::Result<Reloader> {
-    let status = Arc::clone(control.status());
+    let status = Arc::clone(reconcile.status());
     let (tx, rx) = mpsc::channel::<Trigger>(64);
     let mut tasks = vec![tokio::spawn(reload_loop(
-        Arc::clone(&control),
+        reconcile.clone(),
         Arc::clone(&status),
         config.clone(),
         rx,
         member,
     ))];
     tasks.push(tokio::spawn(registry_watcher(
-        Arc::clone(&control),
+        reconcile.clone(),
         Arc::clone(&status),
         config.clone(),
         tx.clone(),
     )));
     if config.watch_files {
         tasks.push(tokio::spawn(object_poller(
-            Arc::clone(&control),
+            reconcile.clone(),
             config.object_poll,
             tx.clone(),
         )));
@@ -113,9 +113,9 @@ pub fn start(
                 }
             }
         })?;
-        watcher.watch(control.root().path(), RecursiveMode::Recursive)?;
+        watcher.watch(reconcile.root().path(), RecursiveMode::Recursive)?;
         tasks.push(tokio::spawn(file_debouncer(
-            control,
+            reconcile,
             status,
             config.file_debounce,
             raw_rx,
@@ -133,15 +133,14 @@ pub fn start(
 
 /// Asks for a file check whenever the served model is an object, every `every`: the reload
 /// task then compares the object's ETag (and, when it moved, its bytes) with what is served.
-async fn object_poller(control: Arc<Control>, every: Duration, tx: mpsc::Sender<Trigger>) {
+async fn object_poller(reconcile: Reconcile, every: Duration, tx: mpsc::Sender<Trigger>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let is_object = control
-            .slot()
-            .active()
+        let is_object = reconcile
+            .served()
             .is_some_and(|m| crate::model::objects::is_uri(&m.record.file_path));
         if is_object && tx.send(Trigger::File).await.is_err() {
             return;
@@ -153,7 +152,7 @@ const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 async fn reload_loop(
-    control: Arc<Control>,
+    reconcile: Reconcile,
     status: Arc<Status>,
     config: ReloadConfig,
     mut rx: mpsc::Receiver<Trigger>,
@@ -170,8 +169,8 @@ async fn reload_loop(
             registry_due = false;
             // Read before the reload: serving what the registry named after reading it means
             // serving this generation's state (or a later one's).
-            let generation = control.registry().generation().await.ok();
-            let ok = sync_registry(&control, &status, source).await;
+            let generation = reconcile.generation().await.ok();
+            let ok = sync_registry(&reconcile, &status, source).await;
             if ok {
                 retry_at = None;
                 backoff = RETRY_MIN;
@@ -185,14 +184,14 @@ async fn reload_loop(
                 }
                 status.set_applied(crate::status::Applied { generation: g, ok });
                 if let Some(m) = &member {
-                    m.report(applied(&control, &status, served_generation, (!ok).then_some(g)))
+                    m.report(applied(&reconcile, &status, served_generation, (!ok).then_some(g)))
                         .await;
                 }
             }
         }
         if file_due {
             file_due = false;
-            if sync_file(&control, &status, config.strict_checksum).await {
+            if sync_file(&reconcile, &status, config.strict_checksum).await {
                 // The registry moved underneath the file change: let the registry decide.
                 registry_due = true;
                 continue;
@@ -222,9 +221,14 @@ async fn reload_loop(
 
 /// What this server reports to the fleet table: the generation it serves, what it serves,
 /// and, when the reload of generation `failed` did not succeed, why.
-fn applied(control: &Control, status: &Status, served: i64, failed: Option<i64>) -> crate::registry::servers::Applied {
+fn applied(
+    reconcile: &Reconcile,
+    status: &Status,
+    served: i64,
+    failed: Option<i64>,
+) -> crate::registry::servers::Applied {
     let snapshot = status.snapshot();
-    let serving = control.slot().active();
+    let serving = reconcile.served();
     let degraded = degraded_text(&snapshot, serving.as_ref().map(|s| &s.record));
     let problem = match (failed, &snapshot.last_error) {
         (Some(_), Some((message, _, _))) => message.clone(),
@@ -233,7 +237,7 @@ fn applied(control: &Control, status: &Status, served: i64, failed: Option<i64>)
     };
     crate::registry::servers::Applied {
         generation: served,
-        serving: crate::fleet::serving_of(control.slot()),
+        serving: reconcile.serving_report(),
         problem,
         problem_generation: failed.unwrap_or(0),
         degraded,
@@ -261,12 +265,12 @@ fn mark(t: Trigger, registry_due: &mut bool, file_due: &mut bool) {
 }
 
 /// One registry reload; `false` when it should be retried.
-async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool {
+async fn sync_registry(reconcile: &Reconcile, status: &Status, source: &str) -> bool {
     // Cached candidates follow their records (deleted, renamed, file changed, activated).
-    control.refresh_candidates().await;
-    let synced = sync_active(control, status, source).await;
+    reconcile.refresh_candidates().await;
+    let synced = sync_active(reconcile, status, source).await;
     // Then the canary and the shadow, beside whatever is active now.
-    if let Err(e) = control.sync_rollout().await {
+    if let Err(e) = reconcile.sync_rollout().await {
         tracing::warn!(error = %e, "cannot follow the registry's canary and shadow; will retry");
         return false;
     }
@@ -274,11 +278,11 @@ async fn sync_registry(control: &Control, status: &Status, source: &str) -> bool
 }
 
 /// The active model's part of a registry reload.
-async fn sync_active(control: &Control, status: &Status, source: &str) -> bool {
-    match control.sync_with_registry().await {
+async fn sync_active(reconcile: &Reconcile, status: &Status, source: &str) -> bool {
+    match reconcile.sync_with_registry().await {
         Ok(RegistrySync::InSync(record)) => {
-            let missing =
-                !crate::model::objects::is_uri(&record.file_path) && control.root().resolve(&record.file_path).is_err();
+            let missing = !crate::model::objects::is_uri(&record.file_path)
+                && reconcile.root().resolve(&record.file_path).is_err();
             status.update(|s| {
                 s.set_reachable(true);
                 s.last_error = None;
@@ -292,11 +296,11 @@ async fn sync_active(control: &Control, status: &Status, source: &str) -> bool {
                 s.set_reachable(true);
                 s.registry_active = Some(record);
             });
-            failed(control, status, source, &e).await;
+            failed(reconcile, status, source, &e).await;
             false
         }
         Ok(RegistrySync::NoActiveModel) => {
-            let serving = control.slot().active().map(|s| s.record.model_name.clone());
+            let serving = reconcile.served().map(|s| s.record.model_name.clone());
             if let Some(name) = serving {
                 tracing::warn!(serving = %name, "the registry names no active model; keeping the served model");
             }
@@ -308,23 +312,22 @@ async fn sync_active(control: &Control, status: &Status, source: &str) -> bool {
         }
         Ok(RegistrySync::Reloaded(record)) => {
             status.record_reload(source, &record);
-            let _ = control
-                .registry()
-                .add_event(EventKind::Reloaded, Some(&record), source, "")
+            let _ = reconcile
+                .record_event(EventKind::Reloaded, Some(&record), source, "")
                 .await;
             status.wake_events();
             true
         }
         Err(e) => {
-            failed(control, status, source, &e).await;
+            failed(reconcile, status, source, &e).await;
             false
         }
     }
 }
 
 /// One file reload; `true` when the registry moved and must be reloaded instead.
-async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
-    match control.sync_with_file(strict).await {
+async fn sync_file(reconcile: &Reconcile, status: &Status, strict: bool) -> bool {
+    match reconcile.sync_with_file(strict).await {
         Ok(FileSync::Unchanged) => {
             // The file is back to what is served: a file error is over; a registry error (the
             // registry names a model this server cannot load) is not.
@@ -345,9 +348,8 @@ async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
                     "file {:?} is missing; the model in memory keeps serving",
                     record.file_path
                 );
-                let _ = control
-                    .registry()
-                    .add_event(EventKind::ReloadFailed, Some(&record), "file", &detail)
+                let _ = reconcile
+                    .record_event(EventKind::ReloadFailed, Some(&record), "file", &detail)
                     .await;
                 status.wake_events();
             }
@@ -361,13 +363,13 @@ async fn sync_file(control: &Control, status: &Status, strict: bool) -> bool {
         Ok(FileSync::RegistryMoved) => true,
         Err(e) => {
             // Half-written, corrupt or refused: keep serving; the next change is tried again.
-            failed(control, status, "file", &e).await;
+            failed(reconcile, status, "file", &e).await;
             false
         }
     }
 }
 
-async fn failed(control: &Control, status: &Status, source: &str, e: &Error) {
+async fn failed(reconcile: &Reconcile, status: &Status, source: &str, e: &Error) {
     // Status and events are read by clients: the database's words stay in the log.
     let message = e.client_message();
     let previous = status.snapshot().last_error;
@@ -389,9 +391,8 @@ async fn failed(control: &Control, status: &Status, source: &str, e: &Error) {
     }
     tracing::error!(%source, error = %e, "reload failed; keeping the served model");
     let wanted = status.snapshot().registry_active;
-    if control
-        .registry()
-        .add_event(EventKind::ReloadFailed, wanted.as_ref(), source, &message)
+    if reconcile
+        .record_event(EventKind::ReloadFailed, wanted.as_ref(), source, &message)
         .await
         .is_ok()
     {
@@ -402,7 +403,7 @@ async fn failed(control: &Control, status: &Status, source: &str, e: &Error) {
 /// Debounces file events for the served model's file (-> File) and for the file the registry
 /// names but this server could not load (-> Registry: it may be loadable now).
 async fn file_debouncer(
-    control: Arc<Control>,
+    reconcile: Reconcile,
     status: Arc<Status>,
     debounce: Duration,
     mut raw: mpsc::UnboundedReceiver<PathBuf>,
@@ -420,8 +421,8 @@ async fn file_debouncer(
         tokio::select! {
             path = raw.recv() => {
                 let Some(path) = path else { return };
-                let root = control.root().path();
-                let served = control.slot().active().map(|s| root.join(&s.record.file_path));
+                let root = reconcile.root().path();
+                let served = reconcile.served().map(|s| root.join(&s.record.file_path));
                 let wanted = status.snapshot().registry_active.map(|r| root.join(&r.file_path));
                 let hit_served = served.as_ref() == Some(&path);
                 let hit_wanted = wanted.as_ref() == Some(&path) && !hit_served;
@@ -448,9 +449,9 @@ async fn file_debouncer(
 
 /// Follows the registry generation: LISTEN/NOTIFY plus a periodic check on PostgreSQL, a poll
 /// on SQLite. Sends a reload trigger whenever the generation moves (or may have moved).
-async fn registry_watcher(control: Arc<Control>, status: Arc<Status>, config: ReloadConfig, tx: mpsc::Sender<Trigger>) {
+async fn registry_watcher(reconcile: Reconcile, status: Arc<Status>, config: ReloadConfig, tx: mpsc::Sender<Trigger>) {
     let mut last = status.snapshot().generation;
-    let check = async |last: &mut i64| match control.registry().generation().await {
+    let check = async |last: &mut i64| match reconcile.generation().await {
         Ok(g) => {
             let was_reachable = status.snapshot().registry_reachable();
             status.update(|s| s.set_reachable(true));
@@ -474,23 +475,25 @@ async fn registry_watcher(control: Arc<Control>, status: Arc<Status>, config: Re
             }
         }
     };
-    let Some(pg) = control.registry().pg_pool().cloned() else {
+    let pg = match reconcile.changes().await {
+        Changes::Notify(pg) => pg,
         // SQLite: every write changes the database's files, so a watch on them notices a
         // change within milliseconds; the poll stays as a safety net (a file system that
         // sends no events).
-        let mut changes = crate::fleet::Changes::open(control.registry()).await.ok();
-        let mut tick = tokio::time::interval(config.registry_poll);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            match &mut changes {
-                Some(c) => {
-                    c.next(config.registry_poll).await;
+        Changes::Files(mut changes) => {
+            let mut tick = tokio::time::interval(config.registry_poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                match &mut changes {
+                    Some(c) => {
+                        c.next(config.registry_poll).await;
+                    }
+                    None => {
+                        tick.tick().await;
+                    }
                 }
-                None => {
-                    tick.tick().await;
-                }
+                check(&mut last).await;
             }
-            check(&mut last).await;
         }
     };
     let mut tick = tokio::time::interval(config.registry_check);

@@ -11,9 +11,9 @@ use modeld::config::RegistryArgs;
 use modeld::ops::Registration;
 use modeld::registry::{ActivationMeta, Conditions, ModelRef};
 
-/// A fresh registry on `backend` with a model root of the bundled models, and a control
+/// A fresh registry on `backend` with a model root of the bundled models, and the services
 /// (no server) on them; the database and root live as long as the returned values.
-async fn registry_control(backend: Backend) -> (TestDb, tempfile::TempDir, RegistryArgs, modeld::ops::Control) {
+async fn registry_services(backend: Backend) -> (TestDb, tempfile::TempDir, RegistryArgs, modeld::ops::Services) {
     let db = TestDb::new(backend).await;
     let root = model_root();
     let args = RegistryArgs {
@@ -23,8 +23,8 @@ async fn registry_control(backend: Backend) -> (TestDb, tempfile::TempDir, Regis
         object_cache_bytes: 4 << 30,
         object_hosts: Vec::new(),
     };
-    let control = modeld::app::control(&args, Default::default()).await.unwrap();
-    (db, root, args, control)
+    let services = modeld::app::services(&args, Default::default()).await.unwrap();
+    (db, root, args, services)
 }
 
 async fn active_count(url: &str) -> i64 {
@@ -58,11 +58,12 @@ async fn raw_sql(url: &str, sql: &'static str) -> Result<u64, sqlx::Error> {
 }
 
 async fn one_active_under_concurrency(backend: Backend) {
-    let (db, root, args, control) = registry_control(backend).await;
+    let (db, root, args, services) = registry_services(backend).await;
     let names = ["m0", "m1", "m2", "m3"];
     for (i, name) in names.iter().enumerate() {
         let file = if i % 2 == 0 { "digits_v1.onnx" } else { "digits_v2.onnx" };
-        control
+        services
+            .activation
             .register(Registration {
                 name: (*name).into(),
                 file_path: file.into(),
@@ -93,7 +94,7 @@ async fn one_active_under_concurrency(backend: Backend) {
     for t in 0..4 {
         let args = args.clone();
         tasks.push(tokio::spawn(async move {
-            let control = modeld::app::control(&args, Default::default()).await.unwrap();
+            let services = modeld::app::services(&args, Default::default()).await.unwrap();
             for i in 0..12 {
                 let name = format!("m{}", (t + i) % 4);
                 let meta = ActivationMeta {
@@ -101,7 +102,8 @@ async fn one_active_under_concurrency(backend: Backend) {
                     reason: "race".into(),
                     is_rollback: false,
                 };
-                control
+                services
+                    .activation
                     .activate(&ModelRef::Name(name), &meta, &Default::default())
                     .await
                     .unwrap();
@@ -141,7 +143,7 @@ async fn one_active_under_concurrency(backend: Backend) {
     assert_eq!(active_count(&db.url).await, 1);
 
     // History: one row per real change, each naming the previous model.
-    let history = control.registry().activations(1000).await.unwrap();
+    let history = services.catalogue.activations(1000).await.unwrap();
     assert!(history.len() >= 30, "{} activations recorded", history.len());
     for pair in history.windows(2) {
         // Newest first: each activation's "previous" is the model the one before it activated.
@@ -210,9 +212,10 @@ async fn sqlite_file_is_created_in_wal_mode_and_migrations_are_idempotent() {
 }
 
 async fn generation_bumps_on_every_change(backend: Backend) {
-    let (_db, _root, _args, control) = registry_control(backend).await;
-    let g0 = control.registry().generation().await.unwrap();
-    control
+    let (_db, _root, _args, services) = registry_services(backend).await;
+    let g0 = services.catalogue.generation().await.unwrap();
+    services
+        .activation
         .register(Registration {
             name: "a".into(),
             file_path: "digits_v1.onnx".into(),
@@ -220,21 +223,22 @@ async fn generation_bumps_on_every_change(backend: Backend) {
         })
         .await
         .unwrap();
-    let g1 = control.registry().generation().await.unwrap();
+    let g1 = services.catalogue.generation().await.unwrap();
     let meta = ActivationMeta {
         activated_by: "t".into(),
         reason: String::new(),
         is_rollback: false,
     };
-    control
+    services
+        .activation
         .activate(&ModelRef::Name("a".into()), &meta, &Default::default())
         .await
         .unwrap();
-    let g2 = control.registry().generation().await.unwrap();
+    let g2 = services.catalogue.generation().await.unwrap();
     assert!(g0 < g1 && g1 < g2, "{g0} {g1} {g2}");
     // A failed change does not bump it.
-    assert!(control.delete(&ModelRef::Name("a".into())).await.is_err());
-    assert_eq!(control.registry().generation().await.unwrap(), g2);
+    assert!(services.activation.delete(&ModelRef::Name("a".into())).await.is_err());
+    assert_eq!(services.catalogue.generation().await.unwrap(), g2);
 }
 
 #[tokio::test]
@@ -252,9 +256,10 @@ async fn generation_bumps_on_every_change_postgres() {
 /// another writer activated a model whose clients it would break, is refused by the registry
 /// itself. Models of one signature still activate over each other under the guard.
 async fn the_signature_guard_holds_at_the_commit(backend: Backend) {
-    let (db, _root, _args, control) = registry_control(backend).await;
+    let (db, _root, _args, services) = registry_services(backend).await;
     for (name, file) in [("v1", "digits_v1.onnx"), ("v2", "digits_v2.onnx"), ("cnn", "cnn.onnx")] {
-        control
+        services
+            .activation
             .register(Registration {
                 name: name.into(),
                 file_path: file.into(),
@@ -264,7 +269,8 @@ async fn the_signature_guard_holds_at_the_commit(backend: Backend) {
             .await
             .unwrap();
     }
-    let registry = control.registry();
+    // The registry's own commit, below the services' gates.
+    let registry = modeld::registry::Registry::connect(&db.url).await.unwrap();
     let record = async |name: &str| registry.get(&ModelRef::Name(name.into())).await;
     let meta = ActivationMeta {
         activated_by: "t".into(),
@@ -339,13 +345,14 @@ async fn the_signature_guard_holds_at_the_commit_postgres() {
 /// model is `testing`, and at most one model is the canary and one the shadow, never the active
 /// one.
 async fn the_lifecycle_is_kept_by_the_database(backend: Backend) {
-    let (db, _root, _args, control) = registry_control(backend).await;
+    let (db, _root, _args, services) = registry_services(backend).await;
     for (name, file) in [
         ("a", "digits_v1.onnx"),
         ("b", "digits_v2.onnx"),
         ("c", "digits_v1.onnx"),
     ] {
-        control
+        services
+            .activation
             .register(Registration {
                 name: name.into(),
                 file_path: file.into(),
@@ -355,7 +362,7 @@ async fn the_lifecycle_is_kept_by_the_database(backend: Backend) {
             .await
             .unwrap();
     }
-    let registry = control.registry();
+    let registry = &services.catalogue;
     let status = async |name: &str| {
         let r = registry.get(&ModelRef::Name(name.into())).await.unwrap();
         (r.status, r.is_active, r.deprecated_at.is_some())
@@ -368,7 +375,8 @@ async fn the_lifecycle_is_kept_by_the_database(backend: Backend) {
         reason: String::new(),
         is_rollback: false,
     };
-    control
+    services
+        .activation
         .activate(&ModelRef::Name("b".into()), &meta, &Default::default())
         .await
         .unwrap();
@@ -431,7 +439,8 @@ async fn the_lifecycle_is_kept_by_the_database(backend: Backend) {
     let dataset = std::sync::Arc::new(
         modeld::evaluation::Dataset::load(&bundled_models().join("eval/digits_x.npy"), None, "label").unwrap(),
     );
-    control
+    services
+        .evaluation
         .evaluate(&ModelRef::Name("c".into()), dataset, &Default::default(), |_, _| {})
         .await
         .unwrap();
@@ -549,7 +558,7 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
 
     // 255 characters, here of two bytes each, register.
     let root = model_root();
-    let control = modeld::app::control(
+    let services = modeld::app::services(
         &RegistryArgs {
             database_url: db.url.clone(),
             model_root: root.path().to_path_buf(),
@@ -562,7 +571,8 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
     .await
     .unwrap();
     let name = "é".repeat(255);
-    let done = control
+    let done = services
+        .activation
         .register(Registration {
             name: name.clone(),
             file_path: "digits_v1.onnx".into(),

@@ -381,7 +381,7 @@ pub fn server_status(
             })
             .collect(),
         registry_unreachable_since: registry_unreachable_since.map(timestamp),
-        // The caller's, from the control (see the registry service).
+        // The caller's, from the services (see the registry service).
         candidates: None,
         resident_bytes: 0,
         rollout: None,

@@ -1,6 +1,5 @@
 //! `modeld.v1.Inference`: Predict on the active model.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
@@ -8,19 +7,19 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb;
 use crate::error::Result;
-use crate::ops::Control;
+use crate::ops::Inference;
 use crate::serving::{InputRef, Payload};
 
 /// The Inference service.
 #[derive(Debug, Clone)]
 pub struct InferenceService {
-    control: Arc<Control>,
+    inference: Inference,
 }
 
 impl InferenceService {
-    /// Serves from `control`'s slot.
-    pub fn new(control: Arc<Control>) -> Self {
-        Self { control }
+    /// Serves through `inference`.
+    pub fn new(inference: Inference) -> Self {
+        Self { inference }
     }
 
     async fn predict_inner(&self, req: pb::PredictRequest, deadline: Option<Instant>) -> Result<pb::PredictResponse> {
@@ -42,9 +41,9 @@ impl InferenceService {
             .collect::<Result<Vec<_>>>()?;
         // Answer in the encoding the request used.
         let raw = refs.first().is_none_or(|r| matches!(r.payload, Payload::Raw(_)));
-        let route = self.control.route(&model_name, &routing_key, deadline).await?;
+        let route = self.inference.route(&model_name, &routing_key, deadline).await?;
         let role = route.role;
-        let done = self.control.infer(route, &refs, raw, deadline).await?;
+        let done = self.inference.infer(route, &refs, raw, deadline).await?;
         let record = &done.model.record;
         Ok(pb::PredictResponse {
             model_id: record.model_id,

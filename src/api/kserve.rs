@@ -1,10 +1,9 @@
 //! `inference.GRPCInferenceService`: the Open Inference Protocol (KServe v2) as Triton serves
 //! it, on the same port, registry, slot and request path as `modeld.v1` (one validation and
-//! execution path for both APIs: [`Control::infer`]).
+//! execution path for both APIs: [`crate::ops::Inference::infer`]).
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_stream::Stream;
@@ -13,10 +12,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::kserve_pb as pb;
 use crate::error::{Error, Result};
 use crate::model::{DataType, EngineKind, Signature};
-use crate::ops::{ACTIVE_ALIAS, Control};
+use crate::ops::{ACTIVE_ALIAS, Activation, Catalogue, Inference, Services};
 use crate::registry::name::{is_active_alias, nfc, quoted};
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, Order};
-use crate::serving::{Executor, ExecutorConfig, InputRef, OutputData, OutputTensor, Payload};
+use crate::serving::{ExecutorConfig, InputRef, OutputData, OutputTensor, Payload};
 
 /// `max_batch_size` reported for models with a batch dimension: the largest batch of the bundled
 /// CNN (3x224x224 FP32) that fits the default 64 MiB message limit is 110; 64 leaves headroom.
@@ -28,34 +27,41 @@ pub const STREAM_IN_FLIGHT: usize = 32;
 /// The Open Inference Protocol service.
 #[derive(Debug, Clone)]
 pub struct KServeService {
-    control: Arc<Control>,
+    inference: Inference,
+    catalogue: Catalogue,
+    /// RepositoryModelLoad activates.
+    activation: Activation,
 }
 
 impl KServeService {
-    /// Serves from `control`.
-    pub fn new(control: Arc<Control>) -> Self {
-        Self { control }
+    /// Serves with `services`.
+    pub fn new(services: &Services) -> Self {
+        Self {
+            inference: services.inference.clone(),
+            catalogue: services.catalogue.clone(),
+            activation: services.activation.clone(),
+        }
     }
 
     /// The registry record a protocol model name refers to. The served model (by the alias or
     /// its own name) comes from memory, so metadata, config and readiness of what this server
     /// serves answer while the registry is unreachable; any other model from the registry.
     async fn record(&self, name: &str) -> Result<ModelRecord> {
-        if let Some(served) = self.control.slot().active()
+        if let Some(served) = self.catalogue.served()
             && (is_active_alias(name) || served.record.model_name == nfc(name))
         {
             return Ok(served.record.clone());
         }
         if is_active_alias(name) {
             return self
-                .control
-                .reachable_registry()?
+                .catalogue
+                .reachable()?
                 .active()
                 .await?
                 .ok_or_else(|| Error::Unavailable("no model is active".into()));
         }
-        self.control
-            .reachable_registry()?
+        self.catalogue
+            .reachable()?
             .get(&ModelRef::Name(name.to_string()))
             .await
             .map_err(unknown_model)
@@ -133,7 +139,7 @@ impl KServeService {
         // see the same one, whatever swaps meanwhile. They are checked before computing, so a
         // bad request is a failure, not a wasted inference.
         let route = self
-            .control
+            .inference
             .route(&model_name, &routing_key, deadline)
             .await
             .map_err(unknown_model)?;
@@ -164,7 +170,7 @@ impl KServeService {
         // Outputs are always raw_output_contents, as Triton answers, whatever form the inputs
         // came in: Triton's clients read `raw_output_contents[i]` (and the REST binding
         // writes its JSON from the same bytes).
-        let done = self.control.infer(route, &refs, true, deadline).await?;
+        let done = self.inference.infer(route, &refs, true, deadline).await?;
         let record = &done.model.record;
         let mut produced = done.outputs;
         if !outputs.is_empty() {
@@ -357,13 +363,13 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
 
     async fn server_ready(&self, _r: Request<pb::ServerReadyRequest>) -> Reply<pb::ServerReadyResponse> {
         Ok(Response::new(pb::ServerReadyResponse {
-            ready: self.control.slot().active().is_some(),
+            ready: self.catalogue.served().is_some(),
         }))
     }
 
     async fn model_ready(&self, r: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
         let pb::ModelReadyRequest { name, version } = r.into_inner();
-        let served = self.control.slot().active();
+        let served = self.catalogue.served();
         let ready = if name.is_empty() || name == ACTIVE_ALIAS {
             served.is_some_and(|s| version.is_empty() || s.record.version == version)
         } else {
@@ -372,9 +378,8 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             // request, and is not ready until then).
             let loaded = served.is_some_and(|s| s.record.model_id == record.model_id)
                 || self
-                    .control
-                    .candidates()
-                    .cached()
+                    .catalogue
+                    .cached_candidates()
                     .iter()
                     .any(|c| c.model_id == record.model_id && c.bytes.is_some());
             loaded && (version.is_empty() || record.version == version)
@@ -409,7 +414,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
                 record.model_name.clone()
             },
             versions: vec![record.version.clone()],
-            platform: self.control.engine_for(&record).platform().into(),
+            platform: self.catalogue.engine_for(&record).platform().into(),
             inputs: sig.inputs.iter().map(meta).collect(),
             outputs: sig.outputs.iter().map(meta).collect(),
         }))
@@ -471,15 +476,15 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             config: Some(model_config(
                 &shown,
                 &record,
-                self.control.engine_for(&record),
-                self.control.executor().map(Executor::config).as_ref(),
+                self.catalogue.engine_for(&record),
+                self.inference.executor().map(|(e, _)| e.config()).as_ref(),
             )?),
         }))
     }
 
     async fn model_statistics(&self, r: Request<pb::ModelStatisticsRequest>) -> Reply<pb::ModelStatisticsResponse> {
         let pb::ModelStatisticsRequest { name, version } = r.into_inner();
-        let all = self.control.stats().snapshot();
+        let all = self.inference.stats();
         let wanted = if name.is_empty() {
             None
         } else {
@@ -570,9 +575,9 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             repository_name: _,
             ready,
         } = r.into_inner();
-        let served = self.control.slot().active();
-        let cached = self.control.candidates().cached();
-        let models = self.control.registry().list(Order::Name, false, i64::MAX, 0).await?;
+        let served = self.catalogue.served();
+        let cached = self.catalogue.cached_candidates();
+        let models = self.catalogue.list(Order::Name, false, i64::MAX, 0).await?;
         let models = models
             .into_iter()
             .map(|m| {
@@ -617,7 +622,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for KServeService {
             is_rollback: false,
         };
         // Triton's load_model has no way to say "yes, change the signature": the guard holds.
-        self.control
+        self.activation
             .activate(&ModelRef::Name(model_name), &meta, &crate::ops::Gates::default())
             .await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))

@@ -1,6 +1,6 @@
 //! gRPC services. One file per service (`inference.rs` modeld.v1 Inference, `registry.rs`
-//! ModelRegistry, `kserve.rs` the Open Inference Protocol), each a thin layer over
-//! [`crate::ops::Control`] and [`crate::serving`]; proto <-> domain conversions live in
+//! ModelRegistry, `kserve.rs` the Open Inference Protocol), each a thin layer over the
+//! [`crate::ops`] services it is handed; proto <-> domain conversions live in
 //! [`convert`]; `access.rs` checks tokens, `limits.rs` request bytes, `later.rs` answers while
 //! the registry is not reachable yet.
 

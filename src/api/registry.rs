@@ -11,19 +11,26 @@ use super::convert;
 use super::pb;
 use crate::error::{Error, Result};
 use crate::evaluation::Dataset;
-use crate::ops::{Control, EvaluateOptions, Registration};
+use crate::ops::{EvaluateOptions, Registration, Services};
 use crate::registry::{ActivationMeta, ModelChanges, Order, RolloutRole};
+use crate::signing::DownloadConfig;
 
 /// The ModelRegistry service.
 #[derive(Debug, Clone)]
 pub struct RegistryService {
-    control: Arc<Control>,
+    /// Every service: the registry API reads, changes, evaluates and reports the request path.
+    services: Services,
+    /// Signing keys and bounds of download URLs.
+    downloads: DownloadConfig,
 }
 
 impl RegistryService {
-    /// Works on `control`'s registry and slot.
-    pub fn new(control: Arc<Control>) -> Self {
-        Self { control }
+    /// Works with `services`, signing download URLs with `downloads`.
+    pub fn new(services: &Services, downloads: DownloadConfig) -> Self {
+        Self {
+            services: services.clone(),
+            downloads,
+        }
     }
 }
 
@@ -42,7 +49,7 @@ impl RegistryService {
             labels,
             label_column,
         } = d.ok_or_else(|| Error::InvalidArgument("name the dataset (dataset.path, under the model root)".into()))?;
-        self.control.dataset(&path, &labels, &label_column)
+        self.services.evaluation.dataset(&path, &labels, &label_column)
     }
 }
 
@@ -62,7 +69,7 @@ fn wait_of(wait_ms: Option<u32>, deadline: Option<std::time::Instant>) -> Option
 impl RegistryService {
     /// Waits for the fleet after a change (the change is committed whatever happens here).
     async fn served(&self, wait: Option<Duration>) -> Result<pb::Served, Status> {
-        Ok(convert::served(&self.control.await_served(wait).await?))
+        Ok(convert::served(&self.services.catalogue.await_served(wait).await?))
     }
 
     async fn set_rollout(
@@ -83,7 +90,8 @@ impl RegistryService {
             Error::InvalidArgument(format!("the {} percentage is 0 to 100, got {percentage}", role.name()))
         })?;
         let change = self
-            .control
+            .services
+            .rollout
             .set_rollout(
                 role,
                 &convert::model_ref(model)?,
@@ -94,7 +102,7 @@ impl RegistryService {
             )
             .await?;
         let served = self.served(wait_of(wait_ms, deadline)).await?;
-        let rollout = self.control.registry().rollout().await?;
+        let rollout = self.services.catalogue.rollout().await?;
         let mut answer = convert::rollout(&rollout, change.replaced.as_ref());
         answer.served = Some(served);
         Ok(Response::new(answer))
@@ -111,9 +119,13 @@ impl RegistryService {
             reason,
             wait_ms,
         } = request;
-        let change = self.control.clear_rollout(role, &who(changed_by), &reason).await?;
+        let change = self
+            .services
+            .rollout
+            .clear_rollout(role, &who(changed_by), &reason)
+            .await?;
         let served = self.served(wait_of(wait_ms, deadline)).await?;
-        let rollout = self.control.registry().rollout().await?;
+        let rollout = self.services.catalogue.rollout().await?;
         let mut answer = convert::rollout(&rollout, change.replaced.as_ref());
         answer.served = Some(served);
         Ok(Response::new(answer))
@@ -165,7 +177,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             activate,
             allow_signature_change,
         };
-        let done = self.control.register(reg).await?;
+        let done = self.services.activation.register(reg).await?;
         let activation = match &done.activation {
             Some(a) => {
                 let mut answer = convert::activation(a);
@@ -206,7 +218,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             Ok(pb::ModelOrder::Id) => Order::Id,
             Err(_) => return Err(Error::InvalidArgument(format!("unknown order_by {order_by}")).into()),
         };
-        let registry = self.control.registry();
+        let registry = &self.services.catalogue;
         let models = registry.list(order, descending, limit, offset).await?;
         let total = registry.count().await?;
         let ids: Vec<i64> = models.iter().map(|m| m.model_id).collect();
@@ -229,7 +241,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Reply<pb::Model> {
         let pb::GetModelRequest { model } = request.into_inner();
-        let registry = self.control.registry();
+        let registry = &self.services.catalogue;
         let record = registry.get(&convert::model_ref(model)?).await?;
         let latest = registry.latest_evaluation(record.model_id, None).await?;
         Ok(Response::new(convert::model_with(&record, latest.as_ref())))
@@ -241,10 +253,10 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
     ) -> Reply<pb::GetActiveModelResponse> {
         // What this server serves comes from memory; the registry's answer is asked for only
         // while the registry answers, and a slow or failing registry never holds it up.
-        let serving = self.control.slot().active();
-        let status = self.control.status().snapshot();
+        let serving = self.services.catalogue.served();
+        let status = self.services.catalogue.status();
         let asked = if status.registry_reachable() {
-            match tokio::time::timeout(REGISTRY_ANSWER_WITHIN, self.control.registry().active()).await {
+            match tokio::time::timeout(REGISTRY_ANSWER_WITHIN, self.services.catalogue.active()).await {
                 Ok(Ok(active)) => Some(active),
                 Ok(Err(e)) if e.is_unreachable() => {
                     tracing::warn!(error = %e, "GetActiveModel: the registry is unreachable; answering from memory");
@@ -297,7 +309,11 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
                 p99_ms: r.p99_ms,
             }),
         };
-        let record = self.control.update(&convert::model_ref(model)?, &changes).await?;
+        let record = self
+            .services
+            .activation
+            .update(&convert::model_ref(model)?, &changes)
+            .await?;
         let mut answer = Response::new(convert::model(&record));
         // A new rollback policy changes what the servers' guards do: wait for them, and say
         // how it went in a header (the answer is the model).
@@ -344,7 +360,8 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             },
         };
         let done = self
-            .control
+            .services
+            .activation
             .activate(&convert::model_ref(model)?, &meta, &gates)
             .await?;
         let mut answer = convert::activation(&done);
@@ -365,7 +382,8 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         let activated_by = caller.unwrap_or(activated_by);
         let from = from.map(|f| convert::model_ref(Some(f))).transpose()?;
         let done = self
-            .control
+            .services
+            .activation
             .rollback(&who(activated_by), &reason, from.as_ref())
             .await?;
         let mut answer = convert::activation(&done);
@@ -427,7 +445,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             wait_ms,
         } = request.into_inner();
         let activated_by = caller.unwrap_or(activated_by);
-        let done = self.control.promote(&who(activated_by), &reason).await?;
+        let done = self.services.rollout.promote(&who(activated_by), &reason).await?;
         let mut answer = convert::activation(&done);
         answer.served = Some(self.served(wait_of(wait_ms, deadline)).await?);
         Ok(Response::new(answer))
@@ -438,7 +456,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         if limit > 1000 {
             return Err(Error::InvalidArgument(format!("history_limit is at most 1000, got {limit}")).into());
         }
-        let registry = self.control.reachable_registry()?;
+        let registry = self.services.catalogue.reachable()?;
         let rollout = registry.rollout().await?;
         let mut reply = convert::rollout(&rollout, None);
         if limit > 0 {
@@ -454,7 +472,8 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
             if_none_match,
         } = request.into_inner();
         let config = self
-            .control
+            .services
+            .catalogue
             .client_config(&crate::ops::platform(Some(&platform)))
             .await?;
         if !if_none_match.is_empty() && config.matches(&if_none_match) {
@@ -469,8 +488,8 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     async fn create_download_url(&self, request: Request<pb::CreateDownloadUrlRequest>) -> Reply<pb::DownloadUrl> {
         let pb::CreateDownloadUrlRequest { model, expires_in_secs } = request.into_inner();
-        let record = self.control.registry().get(&convert::model_ref(model)?).await?;
-        let downloads = self.control.downloads();
+        let record = self.services.catalogue.get(&convert::model_ref(model)?).await?;
+        let downloads = &self.downloads;
         let base = downloads.default_base.clone();
         if downloads.public_url.is_empty() && base.is_empty() {
             return Err(Error::FailedPrecondition(
@@ -497,8 +516,8 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         use sha2::Digest;
         use tokio::io::AsyncReadExt;
         let pb::DownloadModelRequest { model } = request.into_inner();
-        let record = self.control.registry().get(&convert::model_ref(model)?).await?;
-        let path = self.control.record_file(&record).await?;
+        let record = self.services.catalogue.get(&convert::model_ref(model)?).await?;
+        let path = self.services.catalogue.record_file(&record).await?;
         let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
             Error::model_file(
                 crate::error::FileProblem::Unreadable,
@@ -556,7 +575,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
     }
 
     async fn list_servers(&self, _request: Request<pb::ListServersRequest>) -> Reply<pb::ListServersResponse> {
-        let registry = self.control.reachable_registry()?;
+        let registry = self.services.catalogue.reachable()?;
         let generation = registry.generation().await?;
         let servers = registry.servers().await?;
         Ok(Response::new(pb::ListServersResponse {
@@ -566,20 +585,25 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
     }
 
     async fn get_server_status(&self, _request: Request<pb::GetServerStatusRequest>) -> Reply<pb::ServerStatus> {
-        let c = &self.control;
+        let Services {
+            catalogue,
+            inference,
+            rollout,
+            ..
+        } = &self.services;
         let mut status = convert::server_status(
-            &c.registry().origin().server,
-            c.slot().active().as_deref(),
-            &c.status().snapshot(),
-            c.in_flight(),
-            c.executor().map(|e| (e, c.engine_settings())),
+            catalogue.server_name(),
+            catalogue.served().as_deref(),
+            &catalogue.status(),
+            inference.in_flight(),
+            inference.executor(),
         );
-        status.candidates = Some(convert::candidate_cache(c.candidates()));
+        status.candidates = Some(convert::candidate_cache(inference.candidates()));
         status.resident_bytes = crate::model::memory::resident_bytes().unwrap_or(0);
-        status.rollback_windows = c.guard_windows().iter().map(convert::rollback_window).collect();
-        status.rollout = c.slot().load().map(|set| {
+        status.rollback_windows = rollout.guard_windows().iter().map(convert::rollback_window).collect();
+        status.rollout = catalogue.serving_set().map(|set| {
             let mut rollout = convert::serving_rollout(&set);
-            if let Some(shadows) = c.shadows() {
+            if let Some(shadows) = inference.shadows() {
                 // Only the shadow serving now (a job queued before a clear may still count
                 // for the one cleared).
                 let now = set.shadow.as_ref().map(|w| w.model.record.model_id);
@@ -600,7 +624,8 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Reply<Self::WatchEventsStream> {
         let pb::WatchEventsRequest { after_event_id } = request.into_inner();
         let events = self
-            .control
+            .services
+            .catalogue
             .follow_events(Some(after_event_id).filter(|a| *a > 0))
             .await?;
         let stream = tokio_stream::wrappers::ReceiverStream::new(events)
@@ -622,7 +647,11 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         let model = convert::model_ref(model)?;
         let dataset = self.dataset(dataset)?;
         let options = options(output, notes, evaluated_by);
-        let done = self.control.evaluate(&model, dataset, &options, |_, _| {}).await?;
+        let done = self
+            .services
+            .evaluation
+            .evaluate(&model, dataset, &options, |_, _| {})
+            .await?;
         Ok(Response::new(convert::evaluation(&done.record)))
     }
 
@@ -641,7 +670,11 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
         let (a, b) = (convert::model_ref(a)?, convert::model_ref(b)?);
         let dataset = self.dataset(dataset)?;
         let options = options(output, notes, evaluated_by);
-        let c = self.control.compare(&a, &b, dataset, &options, |_, _, _| {}).await?;
+        let c = self
+            .services
+            .evaluation
+            .compare(&a, &b, dataset, &options, |_, _, _| {})
+            .await?;
         let (fa, fb) = (&c.a.outcome.figures, &c.b.outcome.figures);
         Ok(Response::new(pb::Comparison {
             a: Some(convert::evaluation(&c.a.record)),
@@ -658,7 +691,7 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     async fn delete_model(&self, request: Request<pb::DeleteModelRequest>) -> Reply<pb::DeleteModelResponse> {
         let pb::DeleteModelRequest { model } = request.into_inner();
-        let deleted = self.control.delete(&convert::model_ref(model)?).await?;
+        let deleted = self.services.activation.delete(&convert::model_ref(model)?).await?;
         Ok(Response::new(pb::DeleteModelResponse {
             deleted: Some(convert::model(&deleted)),
         }))

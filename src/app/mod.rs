@@ -13,14 +13,13 @@ mod servers;
 mod tasks;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-pub use self::registry::control;
-use self::servers::{GrpcServer, Limits, Services};
+pub use self::registry::{builder, services};
+use self::servers::{GrpcServer, Limits, Transports};
 use crate::config::ServeConfig;
 use crate::registry::{Backend, Origin, Registry, redact_url};
 
@@ -124,7 +123,7 @@ pub async fn serve_with(
     // PostgreSQL that cannot be reached yet is waited for with both ports answering: health
     // NOT_SERVING, /v2/health/live alive, every other call UNAVAILABLE saying why (a probe
     // gets an answer, not a hung connection).
-    let first = match control(&config.registry, origin.clone()).await {
+    let first = match builder(&config.registry, origin.clone()).await {
         Ok(c) => Some(c),
         Err(e) if registry::waits_for(&config.registry, &e) => {
             tracing::warn!(
@@ -138,7 +137,7 @@ pub async fn serve_with(
 
     let (reporter, health) = tonic_health::server::health_reporter();
     tasks::not_serving(&reporter).await;
-    let services = Services::default();
+    let transports = Transports::default();
     // The HTTP port stops with the server. It starts now when the server waits for its
     // registry (to answer probes), else once its routes are ready.
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
@@ -146,7 +145,7 @@ pub async fn serve_with(
     if first.is_none()
         && let Some(l) = http.take()
     {
-        servers::spawn_http(l, &services, &security, &limits, http_stopped.clone());
+        servers::spawn_http(l, &transports, &security, &limits, http_stopped.clone());
     }
     // The transport stops accepting on `shutdown`, then waits for in-flight requests; the drain
     // timeout bounds that wait.
@@ -155,14 +154,14 @@ pub async fn serve_with(
     let stopped = async move {
         let _ = stop_rx.await;
     };
-    let mut server = servers::grpc(listener, &config, &security, &limits, health, &services, stopped)?;
+    let mut server = servers::grpc(listener, &config, &security, &limits, health, &transports, stopped)?;
     let mut shutdown = std::pin::pin!(shutdown);
     let waited = first.is_none();
-    let control = match first {
-        Some(c) => c,
+    let builder = match first {
+        Some(b) => b,
         // The gRPC port answers while this waits (the server future is polled).
         None => tokio::select! {
-            c = registry::control_when_reachable(&config.registry, origin) => c?,
+            b = registry::builder_when_reachable(&config.registry, origin) => b?,
             res = &mut server => {
                 http_stop.send_replace(true);
                 res.context("gRPC server failed")?;
@@ -185,34 +184,32 @@ pub async fn serve_with(
     } else {
         None
     };
-    let control = Arc::new(
-        control
-            .serving(compute.executor, compute.engine)
-            .with_candidates(crate::model::cache::CandidateLimits::from(&config.candidates))
-            .with_rollback_watch(Duration::from_secs(config.rollback_watch_secs))
-            .with_downloads(security.downloads.clone())
-            .with_access(Arc::clone(&security.access))
-            .with_shadows(compute.shadows),
-    );
+    let registry = builder.registry().clone();
+    let services = builder
+        .serving(compute.executor, compute.engine)
+        .candidates(crate::model::cache::CandidateLimits::from(&config.candidates))
+        .rollback_watch(Duration::from_secs(config.rollback_watch_secs))
+        .shadows(compute.shadows)
+        .build();
     tracing::info!(
         "model root: {} ({})",
-        control.root().path().display(),
+        services.catalogue.root().path().display(),
         crate::model::root::ROOT_FLAG
     );
     if let Some(file) = &sqlite_file {
         registry::in_use_marker(file, fresh_file);
     }
     if let Some(dir) = &config.model_dir {
-        registry::register_model_dir(&control, dir, config.model_name.as_deref()).await?;
+        registry::register_model_dir(&services, dir, config.model_name.as_deref()).await?;
     }
-    registry::seed(&control, &config).await;
-    let tasks = tasks::start(&control, &config, reporter, addr, http_at).await?;
+    registry::seed(&services, &config).await;
+    let tasks = tasks::start(&services, registry.clone(), &config, reporter, addr, http_at).await?;
 
     // Everything is ready: the services answer from here on.
-    services.set(&control, &config, &security, &limits);
+    transports.set(&services, &config, &security, &limits);
     if let Some(at) = http_at {
         if let Some(l) = http.take() {
-            servers::spawn_http(l, &services, &security, &limits, http_stopped.clone());
+            servers::spawn_http(l, &transports, &security, &limits, http_stopped.clone());
         }
         let scheme = security.scheme();
         tracing::info!(addr = %at, "HTTP on {scheme}://{at}: Open Inference Protocol REST (/v2), registry REST (/api/v1), admin page (/admin), metrics (/metrics)");
@@ -236,7 +233,7 @@ pub async fn serve_with(
     }
     http_stop.send_replace(true);
     tasks.stop().await;
-    control.registry().close().await;
+    registry.close().await;
     tracing::info!("modeld stopped");
     Ok(())
 }

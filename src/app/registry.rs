@@ -9,14 +9,14 @@ use anyhow::Context;
 
 use crate::config::{RegistryArgs, ServeConfig};
 use crate::model::{ModelRoot, Slot};
-use crate::ops::Control;
+use crate::ops::{Builder, Services};
 use crate::registry::{Backend, Origin, Registry};
 
-/// Opens the registry and model root and builds the shared [`Control`].
+/// Opens the registry, the model root and the object cache, ready to wire the services.
 ///
 /// # Errors
 /// When the database cannot be opened or migrated, or the model root does not exist.
-pub async fn control(registry: &RegistryArgs, origin: Origin) -> anyhow::Result<Control> {
+pub async fn builder(registry: &RegistryArgs, origin: Origin) -> anyhow::Result<Builder> {
     let root = ModelRoot::new(&registry.model_root).context("opening the model root")?;
     let db = Registry::connect(&registry.database_url)
         .await
@@ -29,7 +29,15 @@ pub async fn control(registry: &RegistryArgs, origin: Origin) -> anyhow::Result<
         registry.object_cache_bytes,
     )
     .with_hosts(registry.object_hosts.clone());
-    Ok(Control::new(db.with_origin(origin), root, Arc::new(Slot::new())).with_objects(Arc::new(objects)))
+    Ok(Builder::new(db.with_origin(origin), root, Arc::new(Slot::new())).objects(Arc::new(objects)))
+}
+
+/// The services of a process that edits the registry and serves nothing (the CLI, tests).
+///
+/// # Errors
+/// As [`builder`].
+pub async fn services(registry: &RegistryArgs, origin: Origin) -> anyhow::Result<Services> {
+    Ok(builder(registry, origin).await?.build())
 }
 
 /// Whether start-up waits out `e` (rather than failing): a PostgreSQL registry that cannot be
@@ -43,16 +51,16 @@ pub(super) fn waits_for(registry: &RegistryArgs, e: &anyhow::Error) -> bool {
         })
 }
 
-/// [`control`], retried while [`waits_for`] holds with a growing pause up to 5 s, said in the
+/// [`builder`], retried while [`waits_for`] holds with a growing pause up to 5 s, said in the
 /// log every minute (the first failure is said by the caller).
-pub(super) async fn control_when_reachable(registry: &RegistryArgs, origin: Origin) -> anyhow::Result<Control> {
+pub(super) async fn builder_when_reachable(registry: &RegistryArgs, origin: Origin) -> anyhow::Result<Builder> {
     let started = std::time::Instant::now();
     let mut pause = Duration::from_millis(200);
     let mut said = std::time::Instant::now();
     loop {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
-        match control(registry, origin.clone()).await {
+        match builder(registry, origin.clone()).await {
             Ok(c) => {
                 tracing::info!(waited_ms = started.elapsed().as_millis() as u64, "the registry answers");
                 return Ok(c);
@@ -94,7 +102,7 @@ fn model_dir_database(dir: &std::path::Path) -> String {
 /// under `name` when given, others by their path without `.onnx`, `/` as `-`), and activates
 /// the first when nothing is active.
 pub(super) async fn register_model_dir(
-    control: &Control,
+    services: &Services,
     dir: &std::path::Path,
     name: Option<&str>,
 ) -> anyhow::Result<()> {
@@ -115,11 +123,11 @@ pub(super) async fn register_model_dir(
     if files.is_empty() {
         anyhow::bail!("--model-dir {}: no .onnx file under it", dir.display());
     }
-    let known = control
-        .registry()
+    let known = services
+        .catalogue
         .list(crate::registry::Order::default(), false, i64::MAX, 0)
         .await?;
-    let mut active = control.registry().active().await?.is_some();
+    let mut active = services.catalogue.active().await?.is_some();
     for file in &files {
         let rel = file
             .strip_prefix(dir)
@@ -133,7 +141,8 @@ pub(super) async fn register_model_dir(
             Some(n) if files.len() == 1 => n.to_string(),
             _ => rel.trim_end_matches(".onnx").replace('/', "-"),
         };
-        let done = control
+        let done = services
+            .activation
             .register(crate::ops::Registration {
                 name: model_name.clone(),
                 file_path: rel.clone(),
@@ -181,13 +190,13 @@ pub(super) fn in_use_marker(file: &std::path::Path, fresh: bool) {
 
 /// Registers and activates the seed manifest's models when the registry is empty (a failure is
 /// logged: the server still starts).
-pub(super) async fn seed(control: &Control, config: &ServeConfig) {
+pub(super) async fn seed(services: &Services, config: &ServeConfig) {
     if config.no_seed {
         return;
     }
-    let manifest = control.root().path().join(&config.seed_manifest);
+    let manifest = services.catalogue.root().path().join(&config.seed_manifest);
     if manifest.is_file() {
-        match control.seed(&manifest).await {
+        match services.activation.seed(&manifest).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(models = n, manifest = %manifest.display(), "seeded the empty registry"),
             Err(e) => tracing::error!(error = %e, "seeding the registry failed"),

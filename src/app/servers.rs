@@ -19,7 +19,7 @@ use crate::api::pb::model_registry_server::ModelRegistryServer;
 use crate::api::registry::RegistryService;
 use crate::config::ServeConfig;
 use crate::net::{BodyLimits, Conns, Listener};
-use crate::ops::Control;
+use crate::ops::Services;
 
 /// The gRPC server, until it stops.
 pub(super) type GrpcServer = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
@@ -78,29 +78,29 @@ impl Limits {
 /// The services both ports serve, set once the registry answers (until then gRPC calls are
 /// UNAVAILABLE saying why, and HTTP says it is starting).
 #[derive(Default, Clone)]
-pub(super) struct Services {
+pub(super) struct Transports {
     inference: Later<InferenceServer<InferenceService>>,
     kserve: Later<GrpcInferenceServiceServer<KServeService>>,
     registry: Later<ModelRegistryServer<RegistryService>>,
     routes: Arc<OnceLock<axum::Router>>,
 }
 
-impl Services {
-    /// Every service answers from here on, over `control`.
-    pub(super) fn set(&self, control: &Arc<Control>, config: &ServeConfig, security: &Security, limits: &Limits) {
+impl Transports {
+    /// Every service answers from here on, over `services`.
+    pub(super) fn set(&self, services: &Services, config: &ServeConfig, security: &Security, limits: &Limits) {
         let max = config.max_message_bytes;
         self.inference.set(
-            InferenceServer::new(InferenceService::new(Arc::clone(control)))
+            InferenceServer::new(InferenceService::new(services.inference.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
         self.kserve.set(
-            GrpcInferenceServiceServer::new(KServeService::new(Arc::clone(control)))
+            GrpcInferenceServiceServer::new(KServeService::new(services))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
         self.registry.set(
-            ModelRegistryServer::new(RegistryService::new(Arc::clone(control)))
+            ModelRegistryServer::new(RegistryService::new(services, security.downloads.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         );
@@ -123,7 +123,9 @@ impl Services {
             );
         }
         let _ = self.routes.set(crate::http::router(
-            Arc::clone(control),
+            services.clone(),
+            Arc::clone(&security.access),
+            security.downloads.clone(),
             http_config,
             browser,
             limits.bodies.clone(),
@@ -143,7 +145,7 @@ pub(super) fn grpc(
     security: &Security,
     limits: &Limits,
     health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    services: &Services,
+    services: &Transports,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<GrpcServer> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -186,10 +188,10 @@ pub(super) fn grpc(
 }
 
 /// Serves HTTP on `listener` (with TLS when configured) until `stopped` turns true: the
-/// routes once [`Services::set`] has run, "starting" before.
+/// routes once [`Transports::set`] has run, "starting" before.
 pub(super) fn spawn_http(
     listener: TcpListener,
-    services: &Services,
+    services: &Transports,
     security: &Security,
     limits: &Limits,
     mut stopped: tokio::sync::watch::Receiver<bool>,

@@ -11,7 +11,8 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::ServeConfig;
 use crate::fleet::Member;
-use crate::ops::Control;
+use crate::ops::Services;
+use crate::registry::Registry;
 use crate::watch::{self, ReloadConfig, Reloader};
 
 /// Service names whose health follows the model state.
@@ -37,14 +38,15 @@ pub(super) async fn not_serving(reporter: &HealthReporter) {
 /// # Errors
 /// The reload task's watchers cannot be started.
 pub(super) async fn start(
-    control: &Arc<Control>,
+    services: &Services,
+    registry: Registry,
     config: &ServeConfig,
     reporter: HealthReporter,
     grpc: SocketAddr,
     http: Option<SocketAddr>,
 ) -> anyhow::Result<Tasks> {
     // Health follows the slot: SERVING from the first published model on.
-    let mut published = control.slot().subscribe();
+    let mut published = services.catalogue.subscribe_published();
     tokio::spawn(async move {
         loop {
             if published.borrow_and_update().is_some() {
@@ -59,11 +61,12 @@ pub(super) async fn start(
         }
     });
     // This server's row in the fleet table: changes wait until every live server serves them.
+    let server_name = registry.origin().server.clone();
     let member = Member::join(
-        control.registry().clone(),
+        registry,
         crate::registry::servers::Joining {
             server_id: String::new(),
-            server_name: control.registry().origin().server.clone(),
+            server_name,
             host: super::hostname(),
             grpc_address: grpc.to_string(),
             http_address: http.map(|a| a.to_string()).unwrap_or_default(),
@@ -74,17 +77,17 @@ pub(super) async fn start(
     )
     .await;
     let heartbeats = {
-        let control = Arc::clone(control);
+        let catalogue = services.catalogue.clone();
         member.heartbeats(move || {
-            let serving = control.slot().active();
-            watch::degraded_text(&control.status().snapshot(), serving.as_ref().map(|s| &s.record))
+            let serving = catalogue.served();
+            watch::degraded_text(&catalogue.status(), serving.as_ref().map(|s| &s.record))
         })
     };
     // The reload task loads the registry's active model (source "startup"), then follows the
     // registry and the active file. A model that cannot be loaded leaves the server up and
     // NOT_SERVING until one can.
     let reloader = watch::start(
-        Arc::clone(control),
+        services.reconcile.clone(),
         ReloadConfig {
             registry_poll: Duration::from_millis(config.registry_poll_ms.max(10)),
             registry_check: Duration::from_millis(config.registry_check_ms.max(100)),
@@ -98,16 +101,16 @@ pub(super) async fn start(
     // The automatic rollback looks at its windows twice a second, and at once after a request
     // fails in a model.
     let guard = {
-        let control = Arc::clone(control);
+        let rollout = services.rollout.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    () = control.guard_due() => {}
+                    () = rollout.guard_due() => {}
                 }
-                control.guard_tick().await;
+                rollout.guard_tick().await;
             }
         })
     };

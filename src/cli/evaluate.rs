@@ -40,11 +40,12 @@ fn progress(label: String) -> impl FnMut(usize, usize) + Send + 'static {
 
 /// `modeld evaluate`.
 pub(super) async fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
-    let control = app::control(&a.registry, cli_origin()).await?;
+    let services = app::services(&a.registry, cli_origin()).await?;
     let (dataset, options) = load(&a.dataset)?;
     let which = model_ref(&a.model)?;
     let label = format!("evaluating {}", a.model.model);
-    let done = control
+    let done = services
+        .evaluation
         .evaluate(&which, Arc::clone(&dataset), &options, progress(label))
         .await?;
     if a.dataset.json {
@@ -57,7 +58,7 @@ pub(super) async fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
 
 /// `modeld compare`.
 pub(super) async fn compare(a: CompareArgs) -> anyhow::Result<()> {
-    let control = app::control(&a.registry, cli_origin()).await?;
+    let services = app::services(&a.registry, cli_origin()).await?;
     let (dataset, options) = load(&a.dataset)?;
     let (ra, rb) = (
         model_ref(&ModelArg { model: a.a.clone() })?,
@@ -74,7 +75,10 @@ pub(super) async fn compare(a: CompareArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let c = control.compare(&ra, &rb, Arc::clone(&dataset), &options, shown).await?;
+    let c = services
+        .evaluation
+        .compare(&ra, &rb, Arc::clone(&dataset), &options, shown)
+        .await?;
     let (fa, fb) = (&c.a.outcome.figures, &c.b.outcome.figures);
     let better = match c.a_is_better {
         Some(true) => Some(&c.a.model),

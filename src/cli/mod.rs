@@ -1,5 +1,5 @@
 //! The `modeld` commands, a file per family: the dispatch here (with the registry commands,
-//! which work directly on the database through the same [`Control`](crate::ops::Control) the
+//! which work directly on the database through the same [`Services`](crate::ops::Services) the
 //! server uses, whether a server is running or not), exit codes in `exit.rs`, what is printed in
 //! `output.rs`, the connection to a server in `client.rs`, and `status.rs`, `predict.rs`,
 //! `rollout.rs`, `download.rs`, `token.rs` and `evaluate.rs` for their commands.
@@ -31,11 +31,11 @@ use crate::registry::{ActivationMeta, ModelRef, Order, Origin, RolloutRole};
 /// Waits for the servers as `wait` says and prints the outcome (text mode); fails with exit
 /// code 6 when a live server does not serve the change.
 async fn await_served(
-    control: &crate::ops::Control,
+    catalogue: &crate::ops::Catalogue,
     wait: &self::args::WaitArgs,
     json: bool,
 ) -> anyhow::Result<crate::fleet::Served> {
-    let served = control.await_served(wait.timeout()).await?;
+    let served = catalogue.await_served(wait.timeout()).await?;
     // An incomplete wait is said once, by the error (stderr).
     if !json && (served.complete() || served.skipped) {
         println!("{}", served.summary());
@@ -60,19 +60,19 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             app::serve(*config, listener, shutdown_signal()).await
         }
         Command::Migrate(args) => {
-            app::control(&args, cli_origin()).await?;
+            app::services(&args, cli_origin()).await?;
             println!("registry schema is up to date");
             Ok(())
         }
         Command::Register(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
+            let services = app::services(&a.registry, cli_origin()).await?;
             // The path as the user typed it, here on their machine: relative to the current
             // directory or absolute, as long as it lies inside the model root.
             let cwd = std::env::current_dir().context("cannot read the current directory")?;
             let file_path = if crate::model::objects::is_uri(&a.path) {
                 a.path.clone()
             } else {
-                control.root().relative_to_root(&a.path, &cwd)?
+                services.catalogue.root().relative_to_root(&a.path, &cwd)?
             };
             let reg = Registration {
                 name: a.name,
@@ -85,7 +85,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 activate: a.activate,
                 allow_signature_change: a.allow_signature_change,
             };
-            let done = control.register(reg).await?;
+            let done = services.activation.register(reg).await?;
             if !a.json {
                 println!("registered {}", describe(&done.model));
                 if let Some(act) = &done.activation {
@@ -94,7 +94,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             }
             // Only an activation changes what servers serve.
             let served = match &done.activation {
-                Some(_) => Some(await_served(&control, &a.wait, a.json).await?),
+                Some(_) => Some(await_served(&services.catalogue, &a.wait, a.json).await?),
                 None => None,
             };
             if a.json {
@@ -107,8 +107,8 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             served.map_or(Ok(()), check_served)
         }
         Command::List(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
-            let models = control.registry().list(Order::Id, false, i64::MAX, 0).await?;
+            let services = app::services(&a.registry, cli_origin()).await?;
+            let models = services.catalogue.list(Order::Id, false, i64::MAX, 0).await?;
             if a.json {
                 println!("{}", Value::Array(models.iter().map(record_json).collect()));
             } else {
@@ -145,10 +145,10 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Show(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
-            let m = control.registry().get(&model_ref(&a.model)?).await?;
+            let services = app::services(&a.registry, cli_origin()).await?;
+            let m = services.catalogue.get(&model_ref(&a.model)?).await?;
             let mut shown = record_json(&m);
-            let latest = control.registry().latest_evaluation(m.model_id, None).await?;
+            let latest = services.catalogue.latest_evaluation(m.model_id, None).await?;
             shown["latest_evaluation"] = latest.map_or(Value::Null, |e| {
                 json!({
                     "log_id": e.log_id, "dataset_name": e.dataset_name, "dataset_sha256": e.dataset_sha256,
@@ -162,7 +162,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Activate(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
+            let services = app::services(&a.registry, cli_origin()).await?;
             let meta = ActivationMeta {
                 activated_by: a.by,
                 reason: a.reason,
@@ -179,21 +179,24 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 require_better: a.require_better,
                 evaluate_on,
             };
-            let done = control.activate(&model_ref(&a.model)?, &meta, &gates).await?;
-            print_changed(&control, &done, &a.wait, a.json).await
+            let done = services
+                .activation
+                .activate(&model_ref(&a.model)?, &meta, &gates)
+                .await?;
+            print_changed(&services.catalogue, &done, &a.wait, a.json).await
         }
         Command::Rollback(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
+            let services = app::services(&a.registry, cli_origin()).await?;
             let from = a
                 .from
                 .map(|model| model_ref(&self::args::ModelArg { model }))
                 .transpose()?;
-            let done = control.rollback(&a.by, &a.reason, from.as_ref()).await?;
-            print_changed(&control, &done, &a.wait, a.json).await
+            let done = services.activation.rollback(&a.by, &a.reason, from.as_ref()).await?;
+            print_changed(&services.catalogue, &done, &a.wait, a.json).await
         }
         Command::Delete(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
-            let deleted = control.delete(&model_ref(&a.model)?).await?;
+            let services = app::services(&a.registry, cli_origin()).await?;
+            let deleted = services.activation.delete(&model_ref(&a.model)?).await?;
             println!(
                 "deleted the record of {} (the file {} is kept)",
                 describe(&deleted),
@@ -204,9 +207,9 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Canary(a) => rollout::rollout(RolloutRole::Canary, a.action).await,
         Command::Shadow(a) => rollout::rollout(RolloutRole::Shadow, a.action).await,
         Command::Promote(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
-            let done = control.promote(&a.by, &a.reason).await?;
-            print_changed(&control, &done, &a.wait, a.json).await
+            let services = app::services(&a.registry, cli_origin()).await?;
+            let done = services.rollout.promote(&a.by, &a.reason).await?;
+            print_changed(&services.catalogue, &done, &a.wait, a.json).await
         }
         Command::Predict(a) => predict::predict(a).await,
         Command::Status(a) => status::status(a).await,
@@ -222,7 +225,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
 
 /// An activation's answer (text or JSON), then its wait for the servers.
 async fn print_changed(
-    control: &crate::ops::Control,
+    catalogue: &crate::ops::Catalogue,
     done: &ActivationOutcome,
     wait: &self::args::WaitArgs,
     json: bool,
@@ -230,7 +233,7 @@ async fn print_changed(
     if !json {
         print_activation(done);
     }
-    let served = await_served(control, wait, json).await?;
+    let served = await_served(catalogue, wait, json).await?;
     if json {
         let mut v = activation_json(done);
         v["served"] = serde_json::to_value(&served)?;

@@ -20,14 +20,14 @@ pub(super) async fn rollout(role: RolloutRole, action: super::args::RolloutActio
     };
     match action {
         RolloutAction::Set(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
+            let services = app::services(&a.registry, cli_origin()).await?;
             let model = model_ref(&a.model)?;
             if a.rollback_threshold.is_some()
                 || a.min_samples.is_some()
                 || a.window_secs.is_some()
                 || a.rollback_p99_ms.is_some()
             {
-                let r = control.registry().get(&model).await?;
+                let r = services.catalogue.get(&model).await?;
                 let policy = crate::registry::RollbackPolicy {
                     threshold: a.rollback_threshold.map_or(r.rollback_threshold, |t| t.0),
                     min_samples: a
@@ -42,9 +42,10 @@ pub(super) async fn rollout(role: RolloutRole, action: super::args::RolloutActio
                     rollback: Some(policy),
                     ..Default::default()
                 };
-                control.update(&model, &changes).await?;
+                services.activation.update(&model, &changes).await?;
             }
-            let change = control
+            let change = services
+                .rollout
                 .set_rollout(
                     role,
                     &model_ref(&a.model)?,
@@ -58,25 +59,25 @@ pub(super) async fn rollout(role: RolloutRole, action: super::args::RolloutActio
             if let Some(old) = &change.replaced {
                 println!("replaced {} (now testing)", describe(old));
             }
-            check_served(await_served(&control, &a.wait, false).await?)?;
+            check_served(await_served(&services.catalogue, &a.wait, false).await?)?;
         }
         RolloutAction::Clear(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
-            match control.clear_rollout(role, &a.by, &a.reason).await?.replaced {
+            let services = app::services(&a.registry, cli_origin()).await?;
+            match services.rollout.clear_rollout(role, &a.by, &a.reason).await?.replaced {
                 Some(old) => println!("{what} cleared: {} is testing again", describe(&old)),
                 None => println!("{what}: none (nothing to clear)"),
             }
-            check_served(await_served(&control, &a.wait, false).await?)?;
+            check_served(await_served(&services.catalogue, &a.wait, false).await?)?;
         }
         RolloutAction::Show(a) => {
-            let control = app::control(&a.registry, cli_origin()).await?;
-            let rollout = control.registry().rollout().await?;
+            let services = app::services(&a.registry, cli_origin()).await?;
+            let rollout = services.catalogue.rollout().await?;
             let held = rollout.get(role);
             let history = if a.history == 0 {
                 Vec::new()
             } else {
-                control
-                    .registry()
+                services
+                    .catalogue
                     .rollout_changes(Some(role), i64::from(a.history))
                     .await?
             };

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 /// `modeld fleet`: the servers on the registry, what each serves and how far behind it is.
 pub(super) async fn fleet(a: super::args::FleetArgs) -> anyhow::Result<()> {
-    let control = app::control(&a.registry, cli_origin()).await?;
-    let registry = control.registry();
+    let services = app::services(&a.registry, cli_origin()).await?;
+    let registry = &services.catalogue;
     let generation = registry.generation().await?;
     let servers = registry.servers().await?;
     if a.json {
@@ -95,8 +95,8 @@ pub(super) async fn fleet(a: super::args::FleetArgs) -> anyhow::Result<()> {
 }
 
 pub(super) async fn events(a: EventsArgs) -> anyhow::Result<()> {
-    let control = app::control(&a.registry, cli_origin()).await?;
-    let registry = control.registry();
+    let services = app::services(&a.registry, cli_origin()).await?;
+    let registry = &services.catalogue;
     let last = registry.last_event_id().await?;
     let mut after = (last - a.limit.max(0)).max(0);
     loop {

@@ -281,14 +281,14 @@ fn session_of(s: &HttpState, headers: &HeaderMap, scope: Scope) -> Result<Sessio
         .admin
         .open(value, Utc::now())
         .ok_or_else(|| Denied::Unauthenticated("the admin session expired or is not valid; sign in again".into()))?;
-    s.control.access().holds(&session.holder, scope)?;
+    s.access.holds(&session.holder, scope)?;
     Ok(session)
 }
 
 fn info(s: &HttpState, session: &Session) -> SessionJson {
     SessionJson {
         signed_in: true,
-        tokens_required: s.control.access().enabled(),
+        tokens_required: s.access.enabled(),
         name: session.holder.name.clone(),
         csrf: s.admin.csrf(session),
         expires_at: Some(session.expires),
@@ -308,7 +308,7 @@ fn opened(s: &HttpState, holder: &Holder) -> Response {
 /// `GET /admin/session`: the open session, or `signed_in: false`. With tokens off it opens
 /// one (there is nothing to sign in with).
 async fn session_info(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    if !s.control.access().enabled() {
+    if !s.access.enabled() {
         return match session_of(&s, &headers, Scope::Admin) {
             Ok(session) => {
                 let mut r = ok(&info(&s, &session));
@@ -356,14 +356,14 @@ async fn sign_in(State(s): State<HttpState>, headers: HeaderMap, b: Result<Bytes
         return r;
     }
     let b: SignIn = or_reply!(body(b));
-    if s.control.access().enabled() && b.token.trim().is_empty() {
+    if s.access.enabled() && b.token.trim().is_empty() {
         return denied(
             &Denied::Unauthenticated("give a token with the admin scope".into()),
             &headers,
             "/admin/session",
         );
     }
-    match s.control.access().admit(&b.token, Scope::Admin) {
+    match s.access.admit(&b.token, Scope::Admin) {
         Ok(holder) => {
             tracing::info!(token = %holder.name, "admin page: signed in");
             opened(&s, &holder)

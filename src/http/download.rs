@@ -97,7 +97,7 @@ pub fn admin_routes() -> axum::Router<HttpState> {
 /// A model's file for the admin page's signed-in operator (the session was checked).
 async fn session_download(State(s): State<HttpState>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
     let id = or_reply!(super::rest::model_id(&id));
-    match s.control.registry().get(&ModelRef::Id(id)).await {
+    match s.services.catalogue.get(&ModelRef::Id(id)).await {
         Ok(record) => serve_file(&s, &record, &headers).await,
         Err(e) => rest_error(&e),
     }
@@ -117,13 +117,13 @@ pub(crate) async fn download_url(
 ) -> Response {
     let id = or_reply!(super::rest::model_id(&id));
     let b: DownloadUrlBody = or_reply!(super::rest::body(b));
-    let record = match s.control.registry().get(&ModelRef::Id(id)).await {
+    let record = match s.services.catalogue.get(&ModelRef::Id(id)).await {
         Ok(r) => r,
         Err(e) => return rest_error(&e),
     };
     match signed_url(
-        s.control.downloads(),
-        &request_base(&headers, &s.control.downloads().default_base),
+        &s.downloads,
+        &request_base(&headers, &s.downloads.default_base),
         &record,
         b.expires_in_secs,
         Utc::now(),
@@ -299,16 +299,11 @@ pub(crate) async fn download(
             "a download URL carries expires and sig (POST /api/v1/models/{model_id}/download-url makes one)".into(),
         );
     };
-    let record = match s.control.registry().get(&ModelRef::Id(id)).await {
+    let record = match s.services.catalogue.get(&ModelRef::Id(id)).await {
         Ok(r) => r,
         Err(e) => return rest_error(&e),
     };
-    if !s
-        .control
-        .downloads()
-        .keys
-        .verify(id, &record.checksum_sha256, expires, &sig)
-    {
+    if !s.downloads.keys.verify(id, &record.checksum_sha256, expires, &sig) {
         return denied(
             "the download URL's signature does not verify: it was altered, signed with a key this server no \
              longer has, or the model's file changed since (ask for a new URL)"
@@ -324,7 +319,7 @@ pub(crate) async fn download(
 }
 
 async fn serve_file(s: &HttpState, record: &ModelRecord, headers: &HeaderMap) -> Response {
-    let path = match s.control.record_file(record).await {
+    let path = match s.services.catalogue.record_file(record).await {
         Ok(p) => p,
         Err(e) => return rest_error(&e),
     };

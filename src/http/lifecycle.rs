@@ -91,12 +91,12 @@ async fn events(
     let mut after = last_seen.or(q.after).filter(|a| *a >= 0);
     // The recent ones first (the admin page opens with them), unless resuming.
     if let (None, Some(recent)) = (after, q.recent) {
-        match s.control.registry().last_event_id().await {
+        match s.services.catalogue.last_event_id().await {
             Ok(last) => after = Some((last - recent).max(0)),
             Err(e) => return rest_error(&e),
         }
     }
-    let rx = match s.control.follow_events(after).await {
+    let rx = match s.services.catalogue.follow_events(after).await {
         Ok(rx) => rx,
         Err(e) => return rest_error(&e),
     };
@@ -209,7 +209,7 @@ pub struct ServerJson {
 #[utoipa::path(get, path = "/api/v1/servers", tag = "lifecycle",
     responses((status = 200, body = ServerList), (status = 503, body = ErrorBody)))]
 async fn servers(State(s): State<HttpState>) -> Response {
-    let registry = match s.control.reachable_registry() {
+    let registry = match s.services.catalogue.reachable() {
         Ok(r) => r,
         Err(e) => return rest_error(&e),
     };
@@ -232,9 +232,9 @@ async fn servers(State(s): State<HttpState>) -> Response {
 /// This server's state: what it serves, whether it is degraded and why.
 #[utoipa::path(get, path = "/api/v1/status", tag = "lifecycle", responses((status = 200, body = StatusJson)))]
 async fn status(State(s): State<HttpState>) -> Response {
-    let c = &s.control;
-    let snapshot = c.status().snapshot();
-    let set = c.slot().load();
+    let c = &s.services.catalogue;
+    let snapshot = c.status();
+    let set = c.serving_set();
     let serving = set.as_ref().map(|set| &set.active.record);
     let share = |w: &Option<crate::model::slot::Weighted>| {
         w.as_ref().map(|w| ServedShare {
@@ -253,13 +253,12 @@ async fn status(State(s): State<HttpState>) -> Response {
         })
         .collect();
     ok(&StatusJson {
-        server: c.registry().origin().server.clone(),
+        server: c.server_name().to_string(),
         serving: serving.map(ModelJson::from),
         canary: set.as_ref().and_then(|set| share(&set.canary)),
         shadow: set.as_ref().and_then(|set| share(&set.shadow)),
         candidates: c
-            .candidates()
-            .cached()
+            .cached_candidates()
             .into_iter()
             .map(|k| CandidateJson {
                 model_id: k.model_id,
@@ -272,7 +271,7 @@ async fn status(State(s): State<HttpState>) -> Response {
         degradations,
         registry_reachable: snapshot.registry_reachable(),
         registry_generation: snapshot.generation,
-        in_flight_requests: c.in_flight(),
+        in_flight_requests: s.services.inference.in_flight(),
         reload_failures: snapshot.reload_failures,
         last_error: snapshot.last_error.as_ref().map(|e| e.0.clone()).unwrap_or_default(),
         last_reload_at: snapshot.last_reload.as_ref().map(|r| r.1),
@@ -329,9 +328,9 @@ pub struct StatsJson {
 #[utoipa::path(get, path = "/api/v1/stats", tag = "lifecycle", responses((status = 200, body = StatsJson)))]
 async fn stats(State(s): State<HttpState>) -> Response {
     let models = s
-        .control
+        .services
+        .inference
         .stats()
-        .snapshot()
         .into_iter()
         .map(|m| {
             let mut roles: Vec<&'static str> = m.outcomes.keys().copied().collect();
@@ -360,7 +359,7 @@ async fn stats(State(s): State<HttpState>) -> Response {
         })
         .collect();
     ok(&StatsJson {
-        server: s.control.registry().origin().server.clone(),
+        server: s.services.catalogue.server_name().to_string(),
         taken_at: Utc::now(),
         latency_buckets_seconds: LATENCY_BUCKETS.to_vec(),
         models,
@@ -387,8 +386,8 @@ const HISTORY: i64 = 100;
 /// Finds the model first, so an unknown id is a 404 and not an empty list.
 async fn known(s: &HttpState, raw: &str) -> Result<i64, Box<Response>> {
     let id = model_id(raw)?;
-    s.control
-        .registry()
+    s.services
+        .catalogue
         .get(&ModelRef::Id(id))
         .await
         .map_err(|e| Box::new(rest_error(&e)))?;
@@ -401,7 +400,7 @@ async fn known(s: &HttpState, raw: &str) -> Result<i64, Box<Response>> {
     responses((status = 200, body = ActivationList), (status = 404, body = ErrorBody)))]
 async fn activations(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let id = or_reply!(known(&s, &id).await);
-    match s.control.registry().activations_of(id, HISTORY).await {
+    match s.services.catalogue.activations_of(id, HISTORY).await {
         Ok(list) => ok(&ActivationList { activations: list }),
         Err(e) => rest_error(&e),
     }
@@ -413,7 +412,7 @@ async fn activations(State(s): State<HttpState>, Path(id): Path<String>) -> Resp
     responses((status = 200, body = EvaluationList), (status = 404, body = ErrorBody)))]
 async fn evaluations(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let id = or_reply!(known(&s, &id).await);
-    match s.control.registry().evaluations_of(id, HISTORY).await {
+    match s.services.catalogue.evaluations_of(id, HISTORY).await {
         Ok(list) => ok(&EvaluationList { evaluations: list }),
         Err(e) => rest_error(&e),
     }
@@ -423,7 +422,7 @@ async fn evaluations(State(s): State<HttpState>, Path(id): Path<String>) -> Resp
 #[utoipa::path(get, path = "/api/v1/evaluations", tag = "lifecycle",
     responses((status = 200, body = EvaluationList), (status = 503, body = ErrorBody)))]
 async fn latest_evaluations(State(s): State<HttpState>) -> Response {
-    let registry = s.control.registry();
+    let registry = &s.services.catalogue;
     let ids = match registry.list(crate::registry::Order::Id, false, 1000, 0).await {
         Ok(models) => models.into_iter().map(|m| m.model_id).collect::<Vec<_>>(),
         Err(e) => return rest_error(&e),
@@ -489,7 +488,7 @@ async fn evaluate(
             "name the dataset: {\"dataset\": {\"path\": \"eval/digits_x.npy\"}} (a path under the model root)".into(),
         ));
     };
-    let dataset = match s.control.dataset(&d.path, &d.labels, &d.label_column) {
+    let dataset = match s.services.evaluation.dataset(&d.path, &d.labels, &d.label_column) {
         Ok(d) => d,
         Err(e) => return rest_error(&e),
     };
@@ -499,7 +498,8 @@ async fn evaluate(
         evaluated_by: or_reply!(super::rest::by(&caller, b.evaluated_by)),
     };
     match s
-        .control
+        .services
+        .evaluation
         .evaluate(&ModelRef::Id(id), dataset, &options, |_, _| {})
         .await
     {

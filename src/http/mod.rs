@@ -33,13 +33,19 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use crate::auth::Access;
 use crate::error::{Kind, Reply};
-use crate::ops::Control;
+use crate::ops::Services;
+use crate::signing::DownloadConfig;
 
 /// What every route reads.
 #[derive(Debug, Clone)]
 pub struct HttpState {
-    pub(crate) control: Arc<Control>,
+    pub(crate) services: Services,
+    /// The bearer tokens requests must carry (none: no check).
+    pub(crate) access: Arc<Access>,
+    /// Signing keys and bounds of download URLs.
+    pub(crate) downloads: DownloadConfig,
     pub(crate) kserve: crate::api::kserve::KServeService,
     pub(crate) config: HttpConfig,
     pub(crate) verified: Arc<download::Verified>,
@@ -61,15 +67,19 @@ pub struct HttpConfig {
 
 /// Every route of the HTTP port.
 pub fn router(
-    control: Arc<Control>,
+    services: Services,
+    access: Arc<Access>,
+    downloads: DownloadConfig,
     config: HttpConfig,
     browser: browser::Policy,
     limits: crate::net::BodyLimits,
 ) -> Router {
-    let admin = Arc::new(admin::Sessions::new(control.downloads().keys.derive("admin-session")));
+    let admin = Arc::new(admin::Sessions::new(downloads.keys.derive("admin-session")));
     let state = HttpState {
-        kserve: crate::api::kserve::KServeService::new(Arc::clone(&control)),
-        control,
+        kserve: crate::api::kserve::KServeService::new(&services),
+        services,
+        access,
+        downloads,
         admin,
         config,
         verified: Arc::default(),
@@ -285,7 +295,7 @@ async fn access_check(
     );
     let need = crate::auth::http_need(req.method().as_str(), req.uri().path());
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let denied = match state.control.access().check(header, need) {
+    let denied = match state.access.check(header, need) {
         Ok(caller) => {
             if let Some(name) = caller {
                 req.extensions_mut().insert(crate::api::access::Caller(name));
@@ -320,7 +330,7 @@ async fn access_check(
 async fn metrics(axum::extract::State(state): axum::extract::State<HttpState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&state.control),
+        crate::metrics::render(&state.services),
     )
         .into_response()
 }

@@ -84,7 +84,7 @@ fn caching_headers(h: &mut HeaderMap, config: &ClientConfig, max_age: u64) {
     ))]
 pub(crate) async fn model_config(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let platform = platform(headers.get(PLATFORM).and_then(|v| v.to_str().ok()));
-    let config = match s.control.client_config(&platform).await {
+    let config = match s.services.catalogue.client_config(&platform).await {
         Ok(c) => c,
         Err(e) => return rest_error(&e),
     };

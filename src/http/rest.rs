@@ -130,7 +130,7 @@ async fn openapi(State(s): State<HttpState>) -> Response {
     // This server's own limit on signed URLs.
     let mut doc = document().clone();
     doc["components"]["schemas"]["DownloadUrlBody"]["properties"]["expires_in_secs"]["maximum"] =
-        s.control.downloads().max_expiry_secs.into();
+        s.downloads.max_expiry_secs.into();
     super::json_ok(doc.to_string())
 }
 
@@ -598,7 +598,7 @@ async fn list_models(
     if !(1..=1000).contains(&limit) || q.offset.is_some_and(|o| o < 0) {
         return rest_error(&Error::InvalidArgument("limit is 1-1000 and offset 0 or more".into()));
     }
-    let registry = s.control.registry();
+    let registry = &s.services.catalogue;
     let listed = async {
         let models = registry
             .list(order, q.descending.unwrap_or(false), limit, q.offset.unwrap_or(0))
@@ -621,7 +621,7 @@ async fn list_models(
 #[utoipa::path(get, path = "/api/v1/models/active", tag = "registry",
     responses((status = 200, body = ModelJson), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn active_model(State(s): State<HttpState>) -> Response {
-    match s.control.registry().active().await {
+    match s.services.catalogue.active().await {
         Ok(Some(m)) => ok(&ModelJson::from(&m)),
         Ok(None) => rest_error(&Error::NotFound(
             "no model is active (POST /api/v1/models/{model_id}/activate)".into(),
@@ -636,7 +636,7 @@ async fn active_model(State(s): State<HttpState>) -> Response {
     responses((status = 200, body = ModelJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_model(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let id = or_reply!(model_id(&id));
-    match s.control.registry().get(&ModelRef::Id(id)).await {
+    match s.services.catalogue.get(&ModelRef::Id(id)).await {
         Ok(m) => ok(&ModelJson::from(&m)),
         Err(e) => rest_error(&e),
     }
@@ -700,7 +700,7 @@ async fn register_model(
         activate: b.activate,
         allow_signature_change: b.allow_signature_change,
     };
-    match s.control.register(reg).await {
+    match s.services.activation.register(reg).await {
         Ok(done) => {
             let model = done.activation.as_ref().map_or(&done.model, |a| &a.active);
             let answer = json_response(StatusCode::CREATED, &ModelJson::from(model));
@@ -764,7 +764,7 @@ async fn update_model(
     };
     // A new rollback policy changes what the servers' guards do: wait for them.
     let guards_follow = changes.rollback.is_some();
-    match s.control.update(&ModelRef::Id(id), &changes).await {
+    match s.services.activation.update(&ModelRef::Id(id), &changes).await {
         Ok(m) if guards_follow => served_header(ok(&ModelJson::from(&m)), &or_reply!(served(&s, wait).await)),
         Ok(m) => ok(&ModelJson::from(&m)),
         Err(e) => rest_error(&e),
@@ -778,7 +778,7 @@ async fn update_model(
     responses((status = 200, body = ModelJson, description = "the deleted record"), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_model(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let id = or_reply!(model_id(&id));
-    match s.control.delete(&ModelRef::Id(id)).await {
+    match s.services.activation.delete(&ModelRef::Id(id)).await {
         Ok(m) => ok(&ModelJson::from(&m)),
         Err(e) => rest_error(&e),
     }
@@ -858,7 +858,11 @@ pub(crate) fn wait_of(q: WaitParam) -> Result<Option<std::time::Duration>, Box<R
 /// Waits for the fleet after a committed change. A registry that stops answering meanwhile
 /// is a 503 that says the change is committed, as over gRPC.
 pub(crate) async fn served(s: &HttpState, wait: Option<std::time::Duration>) -> Result<Served, Box<Response>> {
-    s.control.await_served(wait).await.map_err(|e| Box::new(rest_error(&e)))
+    s.services
+        .catalogue
+        .await_served(wait)
+        .await
+        .map_err(|e| Box::new(rest_error(&e)))
 }
 
 /// The `X-Modeld-Served` header: how the fleet serves the change, in one line.
@@ -911,7 +915,7 @@ async fn activate_model(
         allow_signature_change: b.allow_signature_change,
         ..Gates::default()
     };
-    match s.control.activate(&ModelRef::Id(id), &meta, &gates).await {
+    match s.services.activation.activate(&ModelRef::Id(id), &meta, &gates).await {
         Ok(done) => activation(&done, or_reply!(served(&s, wait).await)),
         Err(e) => rest_error(&e),
     }
@@ -948,7 +952,8 @@ async fn rollback(
     let b: RollbackBody = or_reply!(body(b));
     let from = b.from_model_id.map(ModelRef::Id);
     match s
-        .control
+        .services
+        .activation
         .rollback(&or_reply!(by(&caller, b.activated_by)), &b.reason, from.as_ref())
         .await
     {
@@ -970,7 +975,7 @@ pub struct RolloutJson {
 }
 
 async fn rollout_now(s: &HttpState, served: Option<Served>) -> Response {
-    match s.control.registry().rollout().await {
+    match s.services.catalogue.rollout().await {
         Ok(r) => {
             let answer = ok(&RolloutJson {
                 canary: r.canary.as_ref().map(ModelJson::from),
@@ -1057,7 +1062,8 @@ async fn set_role(
         )));
     };
     match s
-        .control
+        .services
+        .rollout
         .set_rollout(
             role,
             &model,
@@ -1083,7 +1089,8 @@ async fn clear_role(
     let wait = or_reply!(wait_of(wait));
     let b: ReasonBody = or_reply!(body(b));
     match s
-        .control
+        .services
+        .rollout
         .clear_rollout(role, &or_reply!(by(caller, b.changed_by)), &b.reason)
         .await
     {
@@ -1157,7 +1164,8 @@ async fn promote(
     let wait = or_reply!(wait_of(wait));
     let b: ActivateBody = or_reply!(body(b));
     match s
-        .control
+        .services
+        .rollout
         .promote(&or_reply!(by(&caller, b.activated_by)), &b.reason)
         .await
     {
@@ -1227,7 +1235,7 @@ async fn predict(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -
                 "name the model once: model_id or model_name".into(),
             ));
         }
-        (Some(id), None) => match s.control.registry().get(&ModelRef::Id(id)).await {
+        (Some(id), None) => match s.services.catalogue.get(&ModelRef::Id(id)).await {
             Ok(m) => m.model_name,
             Err(e) => return rest_error(&e),
         },

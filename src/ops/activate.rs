@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ActivationOutcome, Control, EvaluateOptions};
+use super::{Activation, ActivationOutcome, EvaluateOptions};
 use crate::error::{Error, Result};
 use crate::evaluation::{self, Dataset};
 use crate::registry::EvaluationRecord;
@@ -25,7 +25,7 @@ pub struct Gates {
     pub evaluate_on: Option<Arc<Dataset>>,
 }
 
-impl Control {
+impl Activation {
     /// Loads, verifies and warms up `model`, makes it the one active model in the registry, then
     /// publishes it. Activating the model that is already active and served changes nothing.
     ///
@@ -53,10 +53,10 @@ impl Control {
     }
 
     async fn activate_once(&self, model: &ModelRef, meta: &ActivationMeta, gates: &Gates) -> Result<ActivationOutcome> {
-        let record = self.registry.get(model).await?;
+        let record = self.core.registry.get(model).await?;
         let checked = self.run_gates(&record, gates).await?;
-        let _order = self.activation.lock().await;
-        let now = self.registry.active().await?.map(|a| a.model_id);
+        let _order = self.core.activation.lock().await;
+        let now = self.core.registry.active().await?.map(|a| a.model_id);
         if now != checked {
             self.run_gates(&record, gates).await?;
         }
@@ -73,9 +73,11 @@ impl Control {
     /// The signature guard and the `require_better` gate; returns the id of the active model
     /// they checked against.
     async fn run_gates(&self, record: &ModelRecord, gates: &Gates) -> Result<Option<i64>> {
-        let active = self.registry.active().await?.map(|a| a.model_id);
+        let active = self.core.registry.active().await?.map(|a| a.model_id);
         if !gates.allow_signature_change {
-            self.check_signature(&record.model_name, &record.signature()?).await?;
+            self.core
+                .check_signature(&record.model_name, &record.signature()?)
+                .await?;
         }
         if gates.require_better {
             self.check_better(record, gates).await?;
@@ -92,21 +94,22 @@ impl Control {
     ///
     /// # Errors
     /// `FailedPrecondition` when no model is active, `from` is not the active model, or there
-    /// is no earlier model to go back to; otherwise as [`Control::activate`].
+    /// is no earlier model to go back to; otherwise as [`Activation::activate`].
     pub async fn rollback(
         &self,
         activated_by: &str,
         reason: &str,
         from: Option<&ModelRef>,
     ) -> Result<ActivationOutcome> {
-        let _order = self.activation.lock().await;
+        let _order = self.core.activation.lock().await;
         let active = self
+            .core
             .registry
             .active()
             .await?
             .ok_or_else(|| Error::FailedPrecondition("nothing to roll back: no model is active".into()))?;
         if let Some(from) = from {
-            let model = self.registry.get(from).await?;
+            let model = self.core.registry.get(from).await?;
             if model.model_id != active.model_id {
                 return Err(Error::FailedPrecondition(format!(
                     "{} is not the active model (the active model is {}); nothing was rolled back",
@@ -115,11 +118,11 @@ impl Control {
                 )));
             }
         }
-        let history = self.registry.activations(ROLLBACK_HISTORY).await?;
+        let history = self.core.registry.activations(ROLLBACK_HISTORY).await?;
         let target = rollback_target(&history, (active.model_id, &active.model_name))?;
         let last = active;
         let from_id = last.model_id;
-        let record = self.registry.get(&ModelRef::Id(target)).await?;
+        let record = self.core.registry.get(&ModelRef::Id(target)).await?;
         let meta = ActivationMeta {
             activated_by: activated_by.to_string(),
             reason: if reason.is_empty() {
@@ -142,7 +145,7 @@ impl Control {
     /// active model's dataset (its latest, or `gates.evaluate_on`) must not be worse than the
     /// active model's. Returns the active model's id, to commit only while it is still active.
     async fn check_better(&self, record: &ModelRecord, gates: &Gates) -> Result<Option<i64>> {
-        let Some(active) = self.registry.active().await? else {
+        let Some(active) = self.core.registry.active().await? else {
             return Ok(None);
         };
         if active.model_id == record.model_id {
@@ -172,7 +175,8 @@ impl Control {
                             evaluated_by: "gate".into(),
                             ..EvaluateOptions::default()
                         };
-                        self.evaluate(&ModelRef::Id(model.model_id), Arc::clone(d), &options, |_, _| {})
+                        self.evaluation()
+                            .evaluate(&ModelRef::Id(model.model_id), Arc::clone(d), &options, |_, _| {})
                             .await?
                             .record
                     }
@@ -215,6 +219,7 @@ impl Control {
         dataset_sha256: Option<&str>,
     ) -> Result<Option<EvaluationRecord>> {
         Ok(self
+            .core
             .registry
             .latest_evaluation(model.model_id, dataset_sha256)
             .await?
@@ -229,7 +234,9 @@ impl Control {
         meta: &ActivationMeta,
         conditions: Conditions,
     ) -> Result<ActivationOutcome> {
-        if record.is_active && self.serves(&record) && conditions.only_if_active.is_none_or(|id| id == record.model_id)
+        if record.is_active
+            && self.core.serves(&record)
+            && conditions.only_if_active.is_none_or(|id| id == record.model_id)
         {
             return Ok(ActivationOutcome {
                 active: record,
@@ -241,19 +248,21 @@ impl Control {
         // A model this server already holds in another role (the canary being promoted, the
         // shadow, a cached candidate), verified when it was loaded, is not loaded again.
         let held = self
+            .core
             .rollout_model(RolloutRole::Canary, &record)
-            .or_else(|| self.rollout_model(RolloutRole::Shadow, &record))
+            .or_else(|| self.core.rollout_model(RolloutRole::Shadow, &record))
             .or_else(|| {
-                self.candidates.get_loaded(&record.model_name).filter(|m| {
+                self.core.candidates.get_loaded(&record.model_name).filter(|m| {
                     m.record.model_id == record.model_id && m.record.checksum_sha256 == record.checksum_sha256
                 })
             });
         let loaded = match held {
             Some(m) => m.model.share(),
-            None => self.load_record(&record).await?,
+            None => self.core.load_record(&record).await?,
         };
         let load_time = loaded.load_time;
         let committed = self
+            .core
             .registry
             .activate(record.model_id, &loaded.sha256, meta, conditions)
             .await?;
@@ -266,8 +275,8 @@ impl Control {
             reason = %meta.reason,
             "model activated"
         );
-        self.publish(committed.active.clone(), loaded);
-        self.published_by_api(&committed.active).await;
+        self.core.publish(committed.active.clone(), loaded);
+        self.core.published_by_api(&committed.active).await;
         Ok(ActivationOutcome {
             active: committed.active,
             previous: committed.previous,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::Control;
+use super::Catalogue;
 use crate::error::{Error, Result};
 use crate::registry::ModelRecord;
 
@@ -126,13 +126,13 @@ impl ClientConfig {
     }
 }
 
-impl Control {
+impl Catalogue {
     /// The model configuration for `platform`, from the registry.
     ///
     /// # Errors
     /// `NotFound` when no model is active; `Unavailable` when the registry is unreachable.
     pub async fn client_config(&self, platform: &str) -> Result<ClientConfig> {
-        let registry = self.reachable_registry()?;
+        let registry = self.core.reachable_registry()?;
         let active = registry
             .active()
             .await?

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::Control;
+use super::Evaluation;
 use crate::error::{Error, Result};
 use crate::evaluation::{self, Dataset, Outcome};
 use crate::model::LoadedModel;
@@ -62,7 +62,7 @@ impl Subject {
     }
 }
 
-impl Control {
+impl Evaluation {
     /// A dataset named by paths under the model root: features (`.npy` or `.csv`), and labels
     /// (`labels`, or the `<name>_y.npy` beside a `<name>_x.npy`, or the CSV's `label_column`,
     /// default `label`). Its messages name the paths as given.
@@ -76,7 +76,7 @@ impl Control {
                 "name the dataset: a path under the model root, e.g. eval/digits_x.npy".into(),
             ));
         }
-        let root = self.root();
+        let root = &self.core.root;
         let resolve = |p: &str| {
             root.resolve(p).map_err(|e| {
                 Error::InvalidArgument(format!("dataset: {}", e.to_string().replacen("model file", "file", 1)))
@@ -111,7 +111,7 @@ impl Control {
         options: &EvaluateOptions,
         progress: impl FnMut(usize, usize) + Send + 'static,
     ) -> Result<Evaluated> {
-        let record = self.registry.get(model).await?;
+        let record = self.core.registry.get(model).await?;
         let subject = self.subject(&record).await?;
         let name = record.model_name.clone();
         let output = options.output.clone();
@@ -127,6 +127,7 @@ impl Control {
             &options.evaluated_by
         };
         let stored = self
+            .core
             .registry
             .add_evaluation(
                 &record,
@@ -146,7 +147,7 @@ impl Control {
             samples = outcome.figures.samples,
             "model evaluated"
         );
-        self.status.wake_events();
+        self.core.status.wake_events();
         Ok(Evaluated {
             model: record,
             record: stored,
@@ -158,7 +159,7 @@ impl Control {
     /// says which is better.
     ///
     /// # Errors
-    /// As [`Control::evaluate`], for either model.
+    /// As [`Evaluation::evaluate`], for either model.
     pub async fn compare(
         &self,
         a: &ModelRef,
@@ -197,12 +198,12 @@ impl Control {
     /// The model to evaluate: the served one when it is this record's file, else loaded and
     /// verified for the evaluation (never published).
     async fn subject(&self, record: &ModelRecord) -> Result<Subject> {
-        if let Some(served) = self.slot.active()
+        if let Some(served) = self.core.slot.active()
             && served.record.model_id == record.model_id
             && served.record.checksum_sha256 == record.checksum_sha256
         {
             return Ok(Subject::Served(served));
         }
-        Ok(Subject::Loaded(Box::new(self.load_record(record).await?)))
+        Ok(Subject::Loaded(Box::new(self.core.load_record(record).await?)))
     }
 }

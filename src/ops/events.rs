@@ -2,12 +2,11 @@
 //! `GET /api/v1/events` (and the admin page): one loop, so both see the same events in the
 //! same order, from every server of the registry and the CLI.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::Control;
+use super::Catalogue;
 use crate::error::{Error, Result};
 use crate::registry::EventRecord;
 
@@ -16,24 +15,24 @@ use crate::registry::EventRecord;
 /// it at once).
 const POLL: Duration = Duration::from_millis(500);
 
-impl Control {
+impl Catalogue {
     /// The events after `after` (`None`: from now on), oldest first, as they are stored. The
     /// follower ends when the receiver is dropped. A read that fails is sent as an error and
     /// retried, so a registry that comes back resumes the stream where it stopped.
     ///
     /// # Errors
     /// `Unavailable` when the registry cannot say where "now" is.
-    pub async fn follow_events(self: &Arc<Self>, after: Option<i64>) -> Result<mpsc::Receiver<Result<EventRecord>>> {
+    pub async fn follow_events(&self, after: Option<i64>) -> Result<mpsc::Receiver<Result<EventRecord>>> {
         let mut after = match after {
             Some(a) => a,
-            None => self.registry().last_event_id().await?,
+            None => self.core.registry.last_event_id().await?,
         };
         let (tx, rx) = mpsc::channel(64);
-        let control = Arc::clone(self);
+        let core = std::sync::Arc::clone(&self.core);
         tokio::spawn(async move {
-            let mut wake = control.status().subscribe_events();
+            let mut wake = core.status.subscribe_events();
             loop {
-                match control.registry().events_after(after, 500).await {
+                match core.registry.events_after(after, 500).await {
                     Ok(batch) => {
                         for e in batch {
                             after = e.event_id;

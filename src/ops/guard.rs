@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::Control;
+use super::{Core, Rollout};
 use crate::error::Error;
 use crate::registry::ModelRecord;
 use crate::registry::ModelRef;
@@ -99,10 +99,10 @@ pub struct GuardWindow {
     pub figures: crate::serving::window::WindowFigures,
 }
 
-impl Control {
+impl Rollout {
     /// The active model's and the canary's windows on this server.
     pub fn guard_windows(&self) -> Vec<GuardWindow> {
-        let Some(set) = self.slot.load() else {
+        let Some(set) = self.core.slot.load() else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -113,12 +113,87 @@ impl Control {
                 record: record.clone(),
                 role,
                 window,
-                figures: self.guard.windows.figures(record.model_id, window),
+                figures: self.core.guard.windows.figures(record.model_id, window),
             });
         }
         out
     }
 
+    /// Waits until a request has failed in a model (the guard should look now).
+    pub async fn guard_due(&self) {
+        self.core.guard.due.notified().await;
+    }
+
+    /// One look at the windows of the canary and the active model; acts through the registry.
+    /// The server runs it every half second, and at once after a request fails in a model.
+    pub async fn guard_tick(&self) {
+        let Some(set) = self.core.slot.load() else {
+            return;
+        };
+        let (active, canary) = {
+            let mut seen = self
+                .core
+                .guard
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let id = set.active.record.model_id;
+            if seen.active.is_none_or(|(a, _)| a != id) {
+                // Published before the guard was told (start-up): its term starts now.
+                seen.active = Some((id, Instant::now()));
+            }
+            (seen.active, set.canary.clone())
+        };
+        if let Some(c) = canary.filter(|c| c.percentage > 0)
+            && let Some(why) = exceeded(&self.core.guard.windows, &c.model.record)
+        {
+            match self.core.registry.pause_canary(c.model.record.model_id, &why).await {
+                Ok(true) => {
+                    tracing::warn!(canary = %c.model.record.model_name, "automatic rollback: the canary goes to 0%: {why}");
+                    self.core.guard.windows.reset(c.model.record.model_id);
+                    if let Err(e) = self.core.sync_rollout().await {
+                        tracing::warn!(error = %e, "cannot follow the paused canary yet; the reload task will");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "automatic rollback of the canary failed; will retry: {why}"),
+            }
+        }
+        let Some((id, since)) = active else { return };
+        let record = &set.active.record;
+        if since.elapsed() < self.core.guard.watch {
+            if let Some(why) = exceeded(&self.core.guard.windows, record) {
+                let reason = format!("automatic rollback: {why}");
+                match self
+                    .activation()
+                    .rollback("guard", &reason, Some(&ModelRef::Id(id)))
+                    .await
+                {
+                    Ok(done) => tracing::warn!(
+                        from = %record.model_name,
+                        to = %done.active.model_name,
+                        "automatic rollback from {}: {why}",
+                        quoted(&record.model_name)
+                    ),
+                    // Someone (another server, a person) changed it first: nothing to undo.
+                    Err(Error::FailedPrecondition(m) | Error::ActiveChanged(m)) => {
+                        tracing::info!("automatic rollback not needed: {m}");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "automatic rollback failed; will retry: {why}"),
+                }
+                self.core.guard.windows.reset(id);
+            }
+        } else if !record.is_stable {
+            match self.core.registry.mark_stable(id).await {
+                Ok(true) => tracing::info!(model = %record.model_name, "served through its watch period: stable"),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot mark the active model stable yet"),
+            }
+        }
+    }
+}
+
+impl Core {
     /// Records a request's outcome for the guard: only the active model's and the canary's,
     /// and only what the model did (a success, or a failure in the engine).
     pub(super) fn guard_record(&self, role: Role, record: &ModelRecord, outcome: Result<(), &Error>, took: Duration) {
@@ -134,74 +209,6 @@ impl Control {
         self.guard.windows.record(record.model_id, fault, took);
         if fault {
             self.guard.due.notify_one();
-        }
-    }
-
-    /// Waits until a request has failed in a model (the guard should look now).
-    pub async fn guard_due(&self) {
-        self.guard.due.notified().await;
-    }
-
-    /// One look at the windows of the canary and the active model; acts through the registry.
-    /// The server runs it every half second, and at once after a request fails in a model.
-    pub async fn guard_tick(&self) {
-        let Some(set) = self.slot.load() else {
-            return;
-        };
-        let (active, canary) = {
-            let mut seen = self
-                .guard
-                .seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let id = set.active.record.model_id;
-            if seen.active.is_none_or(|(a, _)| a != id) {
-                // Published before the guard was told (start-up): its term starts now.
-                seen.active = Some((id, Instant::now()));
-            }
-            (seen.active, set.canary.clone())
-        };
-        if let Some(c) = canary.filter(|c| c.percentage > 0)
-            && let Some(why) = exceeded(&self.guard.windows, &c.model.record)
-        {
-            match self.registry.pause_canary(c.model.record.model_id, &why).await {
-                Ok(true) => {
-                    tracing::warn!(canary = %c.model.record.model_name, "automatic rollback: the canary goes to 0%: {why}");
-                    self.guard.windows.reset(c.model.record.model_id);
-                    if let Err(e) = self.sync_rollout().await {
-                        tracing::warn!(error = %e, "cannot follow the paused canary yet; the reload task will");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "automatic rollback of the canary failed; will retry: {why}"),
-            }
-        }
-        let Some((id, since)) = active else { return };
-        let record = &set.active.record;
-        if since.elapsed() < self.guard.watch {
-            if let Some(why) = exceeded(&self.guard.windows, record) {
-                let reason = format!("automatic rollback: {why}");
-                match self.rollback("guard", &reason, Some(&ModelRef::Id(id))).await {
-                    Ok(done) => tracing::warn!(
-                        from = %record.model_name,
-                        to = %done.active.model_name,
-                        "automatic rollback from {}: {why}",
-                        quoted(&record.model_name)
-                    ),
-                    // Someone (another server, a person) changed it first: nothing to undo.
-                    Err(Error::FailedPrecondition(m) | Error::ActiveChanged(m)) => {
-                        tracing::info!("automatic rollback not needed: {m}");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "automatic rollback failed; will retry: {why}"),
-                }
-                self.guard.windows.reset(id);
-            }
-        } else if !record.is_stable {
-            match self.registry.mark_stable(id).await {
-                Ok(true) => tracing::info!(model = %record.model_name, "served through its watch period: stable"),
-                Ok(false) => {}
-                Err(e) => tracing::debug!(error = %e, "cannot mark the active model stable yet"),
-            }
         }
     }
 }

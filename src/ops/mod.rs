@@ -1,25 +1,37 @@
-//! The model operations every front end shares (gRPC API, CLI, start-up, the reload task), one
-//! file a job: [`register`](Control::register) and the other record changes in `register.rs`,
-//! activation and the conditional rollback in `activate.rs`, canary, shadow and promote in
-//! `rollout.rs`, the automatic rollback's windows in `guard.rs`, following the registry and the
-//! model file in `reconcile.rs`, evaluation and comparison in `evaluate.rs`, a request's route
-//! to its model in `request.rs`, a change's wait until the fleet serves it in `served.rs`, the
-//! event stream in `events.rs` and the model-config endpoint's answer in `client_config.rs`.
-//! [`Control`] holds what they share: the registry, the model root, the served slot, the
-//! activation lock, this server's status, statistics and executor.
+//! The model operations every front end shares (gRPC, HTTP, the CLI, start-up, the reload
+//! task), as services with one job each, in place of one object that did everything:
+//!
+//! - [`Catalogue`] (`catalogue.rs`, `events.rs`, `client_config.rs`, `served.rs`): reads of the
+//!   registry and of what this server serves, for transports to list and show; the event
+//!   stream; the model-config endpoint's answer; a change's wait until the fleet serves it.
+//! - [`Activation`] (`register.rs`, `activate.rs`): register, update, delete, seed; activate and
+//!   the conditional rollback (verify → load → commit → publish).
+//! - [`Rollout`] (`rollout.rs`, `guard.rs`): canary, shadow and promote, and the automatic
+//!   rollback's guard.
+//! - [`Reconcile`] (`reconcile.rs`): the reload task's steps (follow the registry, the model
+//!   file, the rollout, the candidate cache).
+//! - [`Evaluation`] (`evaluate.rs`): evaluate and compare on a labelled dataset.
+//! - [`Inference`] (`inference.rs`): route a request once (the serving set, else a candidate),
+//!   then validate → run → encode, with statistics and the guard's windows.
+//!
+//! They share one private [`Core`] (the registry, the model root, the object cache, the served
+//! slot, the activation lock, the status, the executor, the candidate cache, the shadow runner
+//! and the guard); nothing outside this module reaches those parts, and a transport is handed
+//! only the services it uses. [`Builder`] wires them at start-up.
 //!
 //! Activation order: resolve the record, confine its path, load + verify sha256 + warm up off to
 //! the side, commit the registry transaction, and only then publish into the slot. Any failure
 //! before the commit leaves the registry and the served model exactly as they were.
 
 mod activate;
+mod catalogue;
 mod client_config;
 mod evaluate;
 mod events;
 mod guard;
+mod inference;
 mod reconcile;
 mod register;
-mod request;
 mod rollout;
 mod served;
 
@@ -34,13 +46,14 @@ pub use self::activate::Gates;
 pub use self::client_config::{ClientConfig, platform};
 pub use self::evaluate::{Comparison, EvaluateOptions, Evaluated};
 pub use self::guard::GuardWindow;
-pub use self::reconcile::{FileSync, RegistrySync};
+pub use self::reconcile::{Changes, FileSync, RegistrySync};
 pub use self::register::{Registered, Registration};
 pub use self::served::{DEFAULT_WAIT, MAX_WAIT};
 use crate::error::{Error, FileProblem, Result};
 use crate::model::cache::{CandidateLimits, Candidates};
+use crate::model::objects::Objects;
 use crate::model::slot::ServedModel;
-use crate::model::{EngineKind, EngineSettings, LoadedModel, ModelRoot, Slot, load_model_named};
+use crate::model::{EngineSettings, LoadedModel, ModelRoot, Slot, load_model_named};
 use crate::registry::activations::signature_refusal;
 pub use crate::registry::name::ACTIVE_ALIAS;
 use crate::registry::name::quoted;
@@ -63,12 +76,167 @@ pub struct ActivationOutcome {
     pub already_active: bool,
 }
 
-/// Registry + model root + served slot, and the lock that orders activations in this process.
+/// The services of one process, each a cheap handle on the same parts.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Reads of the registry and of what this server serves.
+    pub catalogue: Catalogue,
+    /// Register, update, delete; activate and roll back.
+    pub activation: Activation,
+    /// Canary, shadow, promote; the automatic rollback.
+    pub rollout: Rollout,
+    /// The reload task's steps.
+    pub reconcile: Reconcile,
+    /// Evaluate and compare.
+    pub evaluation: Evaluation,
+    /// The request path.
+    pub inference: Inference,
+}
+
+macro_rules! service {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name {
+            core: Arc<Core>,
+        }
+    };
+}
+
+service!(
+    /// Reads of the registry and of what this server serves (what transports list and show).
+    Catalogue
+);
+service!(
+    /// Register, update and delete records; activate and roll back (verify → load → commit →
+    /// publish).
+    Activation
+);
+service!(
+    /// Canary, shadow and promote, and the guard that rolls back on its own.
+    Rollout
+);
+service!(
+    /// The reload task's steps: follow the registry, the model file, the rollout and the
+    /// candidate cache.
+    Reconcile
+);
+service!(
+    /// Evaluate and compare models on a labelled dataset.
+    Evaluation
+);
+service!(
+    /// The request path: route once, then validate → run → encode.
+    Inference
+);
+
+impl Activation {
+    fn evaluation(&self) -> Evaluation {
+        Evaluation {
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl Rollout {
+    fn activation(&self) -> Activation {
+        Activation {
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+/// Wires the parts the services share.
 #[derive(Debug)]
-pub struct Control {
+pub struct Builder {
+    core: Core,
+}
+
+impl Builder {
+    /// A process that edits `registry` with models under `root` and serves into `slot` (the
+    /// CLI: no executor, so it serves nothing).
+    pub fn new(registry: Registry, root: ModelRoot, slot: Arc<Slot>) -> Self {
+        Self {
+            core: Core {
+                registry,
+                root,
+                objects: Arc::default(),
+                slot,
+                activation: Mutex::new(()),
+                status: Arc::new(Status::default()),
+                serving: false,
+                in_flight: AtomicU64::new(0),
+                stats: Stats::default(),
+                executor: None,
+                engine: EngineSettings::default(),
+                candidates: Candidates::new(CandidateLimits::default()),
+                shadows: None,
+                guard: guard::Guard::new(Duration::from_secs(600)),
+            },
+        }
+    }
+
+    /// Keeps copies of models in object storage in `objects`.
+    pub fn objects(mut self, objects: Arc<Objects>) -> Self {
+        self.core.objects = objects;
+        self
+    }
+
+    /// A server that runs inference on `executor`, with models loaded for `engine`: publishes
+    /// are recorded as `reloaded` events.
+    pub fn serving(mut self, executor: Executor, engine: EngineSettings) -> Self {
+        self.core.serving = true;
+        self.core.executor = Some(executor);
+        self.core.engine = engine;
+        self
+    }
+
+    /// Bounds the cache of candidates (registered models that are not active, loaded when a
+    /// request names them).
+    pub fn candidates(mut self, limits: CandidateLimits) -> Self {
+        self.core.candidates = Candidates::new(limits);
+        self
+    }
+
+    /// Watches a freshly activated model for `watch` (the automatic rollback acts within it).
+    pub fn rollback_watch(mut self, watch: Duration) -> Self {
+        self.core.guard = guard::Guard::new(watch);
+        self
+    }
+
+    /// Runs mirrored requests on `shadows` (a serving process).
+    pub fn shadows(mut self, shadows: Shadows) -> Self {
+        self.core.shadows = Some(shadows);
+        self
+    }
+
+    /// The registry the services will use (start-up hands it to the fleet's heartbeat and
+    /// closes it at the end).
+    pub fn registry(&self) -> &Registry {
+        &self.core.registry
+    }
+
+    /// The services, over the parts as wired.
+    pub fn build(self) -> Services {
+        let core = Arc::new(self.core);
+        let with = || Arc::clone(&core);
+        Services {
+            catalogue: Catalogue { core: with() },
+            activation: Activation { core: with() },
+            rollout: Rollout { core: with() },
+            reconcile: Reconcile { core: with() },
+            evaluation: Evaluation { core: with() },
+            inference: Inference { core: with() },
+        }
+    }
+}
+
+/// What the services share. Only this module sees its parts.
+#[derive(Debug)]
+struct Core {
     registry: Registry,
     root: ModelRoot,
-    objects: Arc<crate::model::objects::Objects>,
+    objects: Arc<Objects>,
     slot: Arc<Slot>,
     /// Held from load to publish so that two activations in this process publish in the order
     /// they committed (an older model can never be published over a newer one).
@@ -91,10 +259,6 @@ pub struct Control {
     shadows: Option<Shadows>,
     /// The automatic rollback's windows.
     guard: guard::Guard,
-    /// Signing keys of download URLs, and their bounds.
-    downloads: crate::signing::DownloadConfig,
-    /// The bearer tokens requests must carry (none: no check).
-    access: Arc<crate::auth::Access>,
 }
 
 /// Counts a request as in flight until dropped.
@@ -107,165 +271,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-impl Control {
-    /// Wires the parts together.
-    pub fn new(registry: Registry, root: ModelRoot, slot: Arc<Slot>) -> Self {
-        Self {
-            registry,
-            root,
-            objects: Arc::default(),
-            slot,
-            activation: Mutex::new(()),
-            status: Arc::new(Status::default()),
-            serving: false,
-            in_flight: AtomicU64::new(0),
-            stats: Stats::default(),
-            executor: None,
-            engine: EngineSettings::default(),
-            candidates: Candidates::new(CandidateLimits::default()),
-            shadows: None,
-            guard: guard::Guard::new(Duration::from_secs(600)),
-            downloads: crate::signing::DownloadConfig::default(),
-            access: Arc::default(),
-        }
-    }
-
-    /// Keeps copies of models in object storage in `objects`.
-    pub fn with_objects(mut self, objects: Arc<crate::model::objects::Objects>) -> Self {
-        self.objects = objects;
-        self
-    }
-
-    /// The object cache.
-    pub fn objects(&self) -> &Arc<crate::model::objects::Objects> {
-        &self.objects
-    }
-
-    /// Checks requests against `access`' tokens.
-    pub fn with_access(mut self, access: Arc<crate::auth::Access>) -> Self {
-        self.access = access;
-        self
-    }
-
-    /// The access check.
-    pub fn access(&self) -> &Arc<crate::auth::Access> {
-        &self.access
-    }
-
-    /// Signs download URLs with `downloads`' keys.
-    pub fn with_downloads(mut self, downloads: crate::signing::DownloadConfig) -> Self {
-        self.downloads = downloads;
-        self
-    }
-
-    /// The signing keys and bounds of download URLs.
-    pub fn downloads(&self) -> &crate::signing::DownloadConfig {
-        &self.downloads
-    }
-
-    /// Watches a freshly activated model for `watch` (the automatic rollback acts within it).
-    pub fn with_rollback_watch(mut self, watch: Duration) -> Self {
-        self.guard = guard::Guard::new(watch);
-        self
-    }
-
-    /// Runs mirrored requests on `shadows` (a serving process).
-    pub fn with_shadows(mut self, shadows: Shadows) -> Self {
-        self.shadows = Some(shadows);
-        self
-    }
-
-    /// The shadow runner, in a serving process.
-    pub fn shadows(&self) -> Option<&Shadows> {
-        self.shadows.as_ref()
-    }
-
-    /// Bounds the cache of candidates (registered models that are not active, loaded when a
-    /// request names them).
-    pub fn with_candidates(mut self, limits: CandidateLimits) -> Self {
-        self.candidates = Candidates::new(limits);
-        self
-    }
-
-    /// The candidate cache.
-    pub fn candidates(&self) -> &Candidates {
-        &self.candidates
-    }
-
-    /// Per-model inference statistics.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
-    }
-
-    /// The executor, in a serving process.
-    pub fn executor(&self) -> Option<&Executor> {
-        self.executor.as_ref()
-    }
-
-    /// Marks this control as the one of a server that runs inference on `executor`, with
-    /// models loaded for `engine`: publishes are recorded as `reloaded` events.
-    pub fn serving(mut self, executor: Executor, engine: EngineSettings) -> Self {
-        self.serving = true;
-        self.executor = Some(executor);
-        self.engine = engine;
-        self
-    }
-
-    /// Which engine models are loaded for.
-    pub fn engine_settings(&self) -> EngineSettings {
-        self.engine
-    }
-
-    /// The engine that computes `record`'s model: the served model's own, else the one a load
-    /// here would try first (the preferred engine when its library is loaded, else tract).
-    pub fn engine_for(&self, record: &ModelRecord) -> EngineKind {
-        match self.slot.active() {
-            Some(served) if served.record.model_id == record.model_id => served.model.engine.kind(),
-            _ if self.engine.preferred.wants_onnxruntime()
-                && matches!(crate::model::engine::onnxruntime_status(), Some(Ok(_))) =>
-            {
-                EngineKind::Onnxruntime
-            }
-            _ => EngineKind::Tract,
-        }
-    }
-
-    /// This process's reload status.
-    pub fn status(&self) -> &Arc<Status> {
-        &self.status
-    }
-
-    /// Counts one request as in flight while the guard lives.
-    pub fn track_request(&self) -> InFlight<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(&self.in_flight)
-    }
-
-    /// Requests being computed right now.
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// The registry.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// The registry, for a question only it can answer: `Unavailable` at once while it is
-    /// known to be unreachable, instead of after the connection pool's timeout.
-    ///
-    /// # Errors
-    /// `Unavailable` while the registry is unreachable.
-    pub fn reachable_registry(&self) -> Result<&Registry> {
-        if self.status.registry_reachable() {
-            Ok(&self.registry)
-        } else {
-            Err(Error::Unavailable(
-                "the model registry is unreachable (what this server serves still answers); try again later".into(),
-            ))
-        }
-    }
-
+impl Core {
     /// Refuses to make `candidate` (of signature `next`) the active model when that would break
     /// the clients of the model the registry names as active now. (The activation's commit
     /// checks the same again, against the model active then.)
@@ -285,16 +291,6 @@ impl Control {
         }
     }
 
-    /// The served slot.
-    pub fn slot(&self) -> &Arc<Slot> {
-        &self.slot
-    }
-
-    /// The model root.
-    pub fn root(&self) -> &ModelRoot {
-        &self.root
-    }
-
     /// Loads a registered model, verifying the file against the registry's checksum. A stored
     /// path that escapes the root (a hand-edited registry) is a precondition failure here.
     async fn load_record(&self, record: &ModelRecord) -> Result<LoadedModel> {
@@ -310,10 +306,7 @@ impl Control {
 
     /// The local file that holds `record`'s model: under the model root, or for an object URI
     /// the verified copy in the object cache (fetched if it is not there).
-    ///
-    /// # Errors
-    /// As [`ModelRoot::resolve`] and [`crate::model::objects::Objects::fetch`].
-    pub async fn record_file(&self, record: &ModelRecord) -> Result<PathBuf> {
+    async fn record_file(&self, record: &ModelRecord) -> Result<PathBuf> {
         if crate::model::objects::is_uri(&record.file_path) {
             let f = self
                 .objects
@@ -324,17 +317,12 @@ impl Control {
         self.root.resolve(&record.file_path)
     }
 
-    /// [`Control::record_file`] for a load: a path the root refuses is the record's problem
+    /// [`Core::record_file`] for a load: a path the root refuses is the record's problem
     /// (`FailedPrecondition`), not the request's.
     async fn model_file(&self, record: &ModelRecord) -> Result<PathBuf> {
         if crate::model::objects::is_uri(&record.file_path) {
             return self.record_file(record).await;
         }
-        self.record_path(record)
-    }
-
-    /// Where `record`'s file is, confined to the model root.
-    fn record_path(&self, record: &ModelRecord) -> Result<PathBuf> {
         self.root.resolve(&record.file_path).map_err(|e| match e {
             Error::InvalidArgument(m) => {
                 Error::FailedPrecondition(format!("model {}: {m}", quoted(&record.model_name)))
@@ -348,6 +336,24 @@ impl Control {
         self.slot
             .active()
             .is_some_and(|s| s.record.model_id == record.model_id && s.record.checksum_sha256 == record.checksum_sha256)
+    }
+
+    /// The registry, for a question only it can answer: `Unavailable` at once while it is
+    /// known to be unreachable, instead of after the connection pool's timeout.
+    fn reachable_registry(&self) -> Result<&Registry> {
+        if self.status.registry_reachable() {
+            Ok(&self.registry)
+        } else {
+            Err(Error::Unavailable(
+                "the model registry is unreachable (what this server serves still answers); try again later".into(),
+            ))
+        }
+    }
+
+    /// Counts one request as in flight while the guard lives.
+    fn track_request(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
     }
 
     /// Status and event for a model this server published through its own API.

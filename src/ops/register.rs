@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{ActivationOutcome, Control, load_blocking, normalise, validate_accuracy};
+use super::{Activation, ActivationOutcome, load_blocking, normalise, validate_accuracy};
 use crate::error::{Error, Result};
 use crate::registry::name;
 use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, NewModel};
@@ -43,7 +43,7 @@ pub struct Registered {
     pub activation: Option<ActivationOutcome>,
 }
 
-impl Control {
+impl Activation {
     /// Refuses a new name that looks the same as a registered one (NFKC: a full-width
     /// `ｄｉｇｉｔｓ_v2` beside `digits_v2`), so that a name means one model to a reader too.
     ///
@@ -52,7 +52,8 @@ impl Control {
     async fn refuse_look_alike(&self, model_name: &str) -> Result<()> {
         let look = name::look(model_name);
         let known = self
-            .registry()
+            .core
+            .registry
             .list(crate::registry::Order::Id, false, i64::MAX, 0)
             .await?;
         if let Some(m) = known
@@ -82,22 +83,24 @@ impl Control {
         self.refuse_look_alike(&model_name).await?;
         let (file_path, path) = if crate::model::objects::is_uri(reg.file_path.trim()) {
             let uri = reg.file_path.trim().to_string();
-            let fetched = self.objects.fetch(&uri, None).await?;
+            let fetched = self.core.objects.fetch(&uri, None).await?;
             (uri, fetched.path)
         } else {
             // As the CLI takes it: relative to the root, or to this server's working directory
             // when that lands inside the root.
             let cwd = std::env::current_dir().ok();
-            self.root.resolve_sent(&normalise(&reg.file_path)?, cwd.as_deref())?
+            self.core
+                .root
+                .resolve_sent(&normalise(&reg.file_path)?, cwd.as_deref())?
         };
         let _order = if reg.activate {
-            Some(self.activation.lock().await)
+            Some(self.core.activation.lock().await)
         } else {
             None
         };
-        let loaded = load_blocking(path, &file_path, None, self.engine).await?;
+        let loaded = load_blocking(path, &file_path, None, self.core.engine).await?;
         if reg.activate && !reg.allow_signature_change {
-            self.check_signature(&model_name, &loaded.signature).await?;
+            self.core.check_signature(&model_name, &loaded.signature).await?;
         }
         let new = NewModel {
             model_name: model_name.clone(),
@@ -121,7 +124,7 @@ impl Control {
             is_rollback: false,
         };
         let load_time = loaded.load_time;
-        let committed = self.registry.insert(&new, reg.activate.then_some(&meta)).await?;
+        let committed = self.core.registry.insert(&new, reg.activate.then_some(&meta)).await?;
         tracing::info!(model = %model_name, version = %committed.active.version, sha256 = %loaded.sha256, "model registered");
         if !reg.activate {
             return Ok(Registered {
@@ -129,8 +132,8 @@ impl Control {
                 activation: None,
             });
         }
-        self.publish(committed.active.clone(), loaded);
-        self.published_by_api(&committed.active).await;
+        self.core.publish(committed.active.clone(), loaded);
+        self.core.published_by_api(&committed.active).await;
         Ok(Registered {
             model: committed.active.clone(),
             activation: Some(ActivationOutcome {
@@ -151,7 +154,7 @@ impl Control {
         if let Some(r) = &changes.rollback {
             r.check()?;
         }
-        self.registry.update(model, changes).await
+        self.core.registry.update(model, changes).await
     }
 
     /// Deletes the record, never the file.
@@ -159,7 +162,7 @@ impl Control {
     /// # Errors
     /// `FailedPrecondition` for the active model; `NotFound` for an unknown model.
     pub async fn delete(&self, model: &ModelRef) -> Result<ModelRecord> {
-        let deleted = self.registry.delete(model).await?;
+        let deleted = self.core.registry.delete(model).await?;
         tracing::info!(model = %deleted.model_name, "model record deleted (file kept)");
         Ok(deleted)
     }
@@ -168,9 +171,9 @@ impl Control {
     /// one it names. Returns how many were registered (0 when the registry was not empty).
     ///
     /// # Errors
-    /// `FailedPrecondition` for an unreadable manifest; otherwise as [`Control::register`].
+    /// `FailedPrecondition` for an unreadable manifest; otherwise as [`Activation::register`].
     pub async fn seed(&self, manifest: &Path) -> Result<usize> {
-        if self.registry.count().await? > 0 {
+        if self.core.registry.count().await? > 0 {
             return Ok(0);
         }
         let text = std::fs::read_to_string(manifest)

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 
-use super::{ActivationOutcome, Control, Gates};
+use super::{ActivationOutcome, Core, Gates, Reconcile, Rollout};
 use crate::error::{Error, Result};
 use crate::model::slot::{ServedModel, Weighted};
 use crate::registry::name::quoted;
 use crate::registry::rollout::percentage;
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, RolloutChange, RolloutMeta, RolloutRole};
 
-impl Control {
+impl Rollout {
     /// Puts `model` in `role` with `percentage`: loaded and verified here first (its signature
     /// must keep the active model's clients working, unless `allow_signature_change`), then
     /// one registry transaction, then served by this server at once (every other server follows
@@ -35,7 +35,7 @@ impl Control {
                 role.name()
             )));
         }
-        let record = self.registry.get(model).await?;
+        let record = self.core.registry.get(model).await?;
         if record.is_active {
             return Err(Error::FailedPrecondition(format!(
                 "{} is the active model: it cannot also be the {}; choose another model",
@@ -46,7 +46,7 @@ impl Control {
         if !allow_signature_change {
             match role {
                 RolloutRole::Canary => {
-                    if let Some(active) = self.registry.active().await?
+                    if let Some(active) = self.core.registry.active().await?
                         && let Some(refused) = crate::registry::activations::signature_refusal_as(
                             "the canary",
                             &record.model_name,
@@ -62,13 +62,14 @@ impl Control {
                 RolloutRole::Shadow => self.check_shadow_inputs(&record).await?,
             }
         }
-        let _order = self.activation.lock().await;
+        let _order = self.core.activation.lock().await;
         // Verified before the commit, as an activation is (a model already in the role, or in
         // the set, is not loaded again).
-        if self.rollout_model(role, &record).is_none() {
-            self.load_record(&record).await?;
+        if self.core.rollout_model(role, &record).is_none() {
+            self.core.load_record(&record).await?;
         }
         let change = self
+            .core
             .registry
             .set_rollout(
                 role,
@@ -79,7 +80,7 @@ impl Control {
             )
             .await?;
         tracing::info!(model = %record.model_name, role = role.name(), percentage, by, reason, "rollout changed");
-        self.sync_rollout_locked().await?;
+        self.core.sync_rollout_locked().await?;
         Ok(change)
     }
 
@@ -89,12 +90,13 @@ impl Control {
     /// # Errors
     /// `Unavailable` when the registry is unreachable.
     pub async fn clear_rollout(&self, role: RolloutRole, by: &str, reason: &str) -> Result<RolloutChange> {
-        let _order = self.activation.lock().await;
+        let _order = self.core.activation.lock().await;
         let change = self
+            .core
             .registry
             .clear_rollout(role, None, &RolloutMeta::by(by, reason))
             .await?;
-        self.sync_rollout_locked().await?;
+        self.core.sync_rollout_locked().await?;
         Ok(change)
     }
 
@@ -102,9 +104,9 @@ impl Control {
     /// swap here, from the canary this server already serves; every server follows.
     ///
     /// # Errors
-    /// `FailedPrecondition` when there is no canary; otherwise as [`Control::activate`].
+    /// `FailedPrecondition` when there is no canary; otherwise as [`Rollout::activate`].
     pub async fn promote(&self, by: &str, reason: &str) -> Result<ActivationOutcome> {
-        let rollout = self.registry.rollout().await?;
+        let rollout = self.core.registry.rollout().await?;
         let canary = rollout.canary.ok_or_else(|| {
             Error::FailedPrecondition("there is no canary to promote (modeld canary set NAME --percentage P)".into())
         })?;
@@ -122,12 +124,14 @@ impl Control {
             allow_signature_change: true,
             ..Gates::default()
         };
-        self.activate(&ModelRef::Id(canary.model_id), &meta, &gates).await
+        self.activation()
+            .activate(&ModelRef::Id(canary.model_id), &meta, &gates)
+            .await
     }
 
     /// Refuses a shadow that could not take the active model's requests as they come.
     async fn check_shadow_inputs(&self, record: &ModelRecord) -> Result<()> {
-        let Some(active) = self.registry.active().await? else {
+        let Some(active) = self.core.registry.active().await? else {
             return Ok(());
         };
         let breaks: Vec<String> = active
@@ -147,7 +151,9 @@ impl Control {
             breaks.join("; ")
         )))
     }
+}
 
+impl Core {
     /// The model this server serves in `role`, if it is `record`'s (same file).
     pub(super) fn rollout_model(&self, role: RolloutRole, record: &ModelRecord) -> Option<Arc<ServedModel>> {
         let set = self.slot.load()?;
@@ -159,19 +165,13 @@ impl Control {
             .filter(|m| m.record.model_id == record.model_id && m.record.checksum_sha256 == record.checksum_sha256)
     }
 
-    /// Makes the serving set's canary and shadow what the registry names (a change of
-    /// percentage alone loads nothing). A model that cannot be loaded, or whose inputs the
-    /// active model's clients would not fit, is left out with a warning: requests go to the
-    /// active model.
-    ///
-    /// # Errors
-    /// `Unavailable` when the registry cannot be read.
-    pub async fn sync_rollout(&self) -> Result<()> {
+    /// [`Core::sync_rollout_locked`] under the activation lock.
+    pub(super) async fn sync_rollout(&self) -> Result<()> {
         let _order = self.activation.lock().await;
         self.sync_rollout_locked().await
     }
 
-    async fn sync_rollout_locked(&self) -> Result<()> {
+    pub(super) async fn sync_rollout_locked(&self) -> Result<()> {
         if !self.serving {
             return Ok(());
         }
@@ -240,5 +240,18 @@ impl Control {
             record: record.clone(),
             model: loaded,
         }))
+    }
+}
+
+impl Reconcile {
+    /// Makes the serving set's canary and shadow what the registry names (a change of
+    /// percentage alone loads nothing). A model that cannot be loaded, or whose inputs the
+    /// active model's clients would not fit, is left out with a warning: requests go to the
+    /// active model.
+    ///
+    /// # Errors
+    /// `Unavailable` when the registry cannot be read.
+    pub async fn sync_rollout(&self) -> Result<()> {
+        self.core.sync_rollout().await
     }
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::Control;
+use super::Catalogue;
 use crate::error::Result;
 use crate::fleet::Served;
 
@@ -14,7 +14,7 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// The longest wait a caller may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
 
-impl Control {
+impl Catalogue {
     /// Waits up to `wait` (`None`: not at all) until every live server serves the registry's
     /// current generation: the change just committed, or a later one. This server's own reload
     /// task is asked to read the registry now.
@@ -22,11 +22,16 @@ impl Control {
     /// # Errors
     /// `Unavailable` when the registry cannot be read (the change stays committed).
     pub async fn await_served(&self, wait: Option<Duration>) -> Result<Served> {
-        let generation = self.registry.generation().await.map_err(crate::fleet::committed_but)?;
+        let generation = self
+            .core
+            .registry
+            .generation()
+            .await
+            .map_err(crate::fleet::committed_but)?;
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
             return Ok(Served::skipped(generation));
         };
-        self.status.kick_reload();
-        crate::fleet::wait_served(&self.registry, generation, wait.min(MAX_WAIT)).await
+        self.core.status.kick_reload();
+        crate::fleet::wait_served(&self.core.registry, generation, wait.min(MAX_WAIT)).await
     }
 }

@@ -1,23 +1,23 @@
-//! A request's way to its model: route it once ([`Control::route`]: the serving set, else a
-//! candidate from the cache), then run it on that model ([`Control::infer`]) and record
+//! A request's way to its model: route it once ([`Inference::route`]: the serving set, else a
+//! candidate from the cache), then run it on that model ([`Inference::infer`]) and record
 //! statistics.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Control, load_blocking};
+use super::{Inference, load_blocking};
 use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
 use crate::registry::name::{self, quoted};
 use crate::registry::{ModelRecord, ModelRef};
 use crate::serving::route::{self, Role, Route};
-use crate::serving::{self, Inference, InputRef};
+use crate::serving::{self, InputRef};
 
 /// How long a request that names a model the registry serves, and this server does not yet,
 /// waits for this server's reload (bounded by its own deadline too).
 pub const EARLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-impl Control {
+impl Inference {
     /// The model a request for `name` (empty or `active`: the active model) runs on, resolved
     /// from one snapshot of the serving set, else a candidate: a registered model that is not
     /// active, from the candidate cache or loaded into it now. The registry is asked only for a
@@ -31,7 +31,7 @@ impl Control {
     /// `ResourceExhausted` when the cache has no room and its load's error when it cannot be
     /// loaded (nothing that serves changes).
     pub async fn route(&self, name: &str, routing_key: &str, deadline: Option<Instant>) -> Result<Route> {
-        let set = self.slot.load();
+        let set = self.core.slot.load();
         if let Some(route) = set.as_deref().and_then(|s| route::resolve(s, name, routing_key)) {
             return Ok(route);
         }
@@ -40,19 +40,23 @@ impl Control {
                 "no model is loaded yet: register and activate one (modeld register --activate)".into(),
             ));
         }
-        if let Some(model) = self.candidates.get_loaded(&name::nfc(name)) {
+        if let Some(model) = self.core.candidates.get_loaded(&name::nfc(name)) {
             return Ok(Route::to(model, Role::Candidate));
         }
         let serving = set.as_ref().map(|s| s.active.record.model_name.clone());
-        if !self.status.registry_reachable() {
+        if !self.core.status.registry_reachable() {
             return Err(Error::Unavailable(format!(
                 "model {} is not the model this server serves ({}), and the registry is unreachable; try again later",
                 quoted(name),
                 serving.map_or_else(|| "nothing".to_string(), |s| quoted(&s))
             )));
         }
-        match self.registry.find(&ModelRef::Name(name.to_string())).await? {
-            None => Err(self.registry.not_registered(&ModelRef::Name(name.to_string())).await),
+        match self.core.registry.find(&ModelRef::Name(name.to_string())).await? {
+            None => Err(self
+                .core
+                .registry
+                .not_registered(&ModelRef::Name(name.to_string()))
+                .await),
             // The registry serves it (active, canary) and this server has not caught up yet:
             // a request is never refused for being early. It waits for this server's reload.
             Some(r)
@@ -63,7 +67,7 @@ impl Control {
                     ) =>
             {
                 self.caught_up(deadline).await;
-                let set = self.slot.load();
+                let set = self.core.slot.load();
                 if let Some(route) = set.as_deref().and_then(|s| route::resolve(s, name, routing_key)) {
                     return Ok(route);
                 }
@@ -71,6 +75,7 @@ impl Control {
                     return Ok(Route::to(self.load_candidate(r).await?, Role::Candidate));
                 }
                 let why = self
+                    .core
                     .status
                     .snapshot()
                     .last_error
@@ -88,11 +93,11 @@ impl Control {
     /// Waits until this server has applied the registry's current generation (its reload task
     /// is asked to read the registry now), at most until `deadline` and [`EARLY_WAIT`].
     async fn caught_up(&self, deadline: Option<Instant>) {
-        let Ok(target) = self.registry.generation().await else {
+        let Ok(target) = self.core.registry.generation().await else {
             return;
         };
-        let mut applied = self.status.subscribe_applied();
-        self.status.kick_reload();
+        let mut applied = self.core.status.subscribe_applied();
+        self.core.status.kick_reload();
         let cap = Instant::now() + EARLY_WAIT;
         let until = deadline.map_or(cap, |d| d.min(cap));
         let _ = tokio::time::timeout_at(until.into(), applied.wait_for(|a| a.generation >= target)).await;
@@ -101,14 +106,19 @@ impl Control {
     /// `record`'s model from the candidate cache, loaded into it (verified like any load: the
     /// registry's sha256 and signature) if it is not there.
     async fn load_candidate(&self, record: ModelRecord) -> Result<Arc<ServedModel>> {
-        if !self.serving {
+        if !self.core.serving {
             return Err(Error::Unavailable("this process does not serve inference".into()));
         }
-        let path = self.model_file(&record).await?;
+        let path = self.core.model_file(&record).await?;
         let expected = record.signature()?;
-        let (shown, sha256, engine) = (record.file_path.clone(), record.checksum_sha256.clone(), self.engine);
+        let (shown, sha256, engine) = (
+            record.file_path.clone(),
+            record.checksum_sha256.clone(),
+            self.core.engine,
+        );
         let name = record.model_name.clone();
-        self.candidates
+        self.core
+            .candidates
             .get(&record, move || async move {
                 let loaded = load_blocking(path, &shown, Some(sha256), engine).await?;
                 if loaded.signature != expected {
@@ -137,20 +147,20 @@ impl Control {
         inputs: &[InputRef<'_>],
         raw_outputs: bool,
         deadline: Option<Instant>,
-    ) -> Result<Inference> {
-        let _in_flight = self.track_request();
+    ) -> Result<serving::Inference> {
+        let _in_flight = self.core.track_request();
         let started = Instant::now();
-        let Some(executor) = &self.executor else {
+        let Some(executor) = &self.core.executor else {
             return Err(Error::Unavailable("this process does not serve inference".into()));
         };
         let model = route.model;
         let mirror = route
             .shadow
             .as_ref()
-            .zip(self.shadows.as_ref())
+            .zip(self.core.shadows.as_ref())
             .map(|(s, runner)| (runner, s));
         let result = serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline, mirror).await;
-        self.guard_record(
+        self.core.guard_record(
             route.role,
             &model.record,
             result.as_ref().map(|_| ()),
@@ -158,7 +168,7 @@ impl Control {
         );
         match result {
             Ok(done) => {
-                self.stats.success(
+                self.core.stats.success(
                     &model.record,
                     route.role.name(),
                     model.model.engine.kind(),
@@ -168,10 +178,39 @@ impl Control {
                 Ok(done)
             }
             Err(e) => {
-                self.stats
+                self.core
+                    .stats
                     .failure(&model.record, route.role.name(), &e, started.elapsed());
                 Err(e)
             }
         }
+    }
+}
+
+/// What observers (metrics, the server's status) read of the request path.
+impl Inference {
+    /// Requests being computed right now.
+    pub fn in_flight(&self) -> u64 {
+        self.core.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Per-model inference statistics.
+    pub fn stats(&self) -> Vec<crate::serving::stats::ModelStats> {
+        self.core.stats.snapshot()
+    }
+
+    /// The executor's queue and threads with the engine settings, in a serving process.
+    pub fn executor(&self) -> Option<(&crate::serving::Executor, crate::model::EngineSettings)> {
+        self.core.executor.as_ref().map(|e| (e, self.core.engine))
+    }
+
+    /// The candidate cache.
+    pub fn candidates(&self) -> &crate::model::cache::Candidates {
+        &self.core.candidates
+    }
+
+    /// The shadow runner, in a serving process.
+    pub fn shadows(&self) -> Option<&crate::serving::shadow::Shadows> {
+        self.core.shadows.as_ref()
     }
 }
