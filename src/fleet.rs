@@ -16,8 +16,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::name::quoted;
 use crate::registry::Registry;
-use crate::registry::name::quoted;
 use crate::registry::servers::{Applied, Held, Joining, MISSED_BEATS, ServerEntry, Serving};
 
 /// The PostgreSQL channels: registry changes, and servers that applied a change, joined or left.

@@ -8,6 +8,8 @@
 //! - [`cli`]: the commands by family; their clap grammar is [`cli::args`].
 //! - [`ops`]: the model operations all front ends share, as services with one job each
 //!   (catalogue, activation, rollout, reconcile, evaluation, inference) over one private core.
+//! - [`oip`]: the Open Inference Protocol over the services, in plain types (both its bindings translate it).
+//! - [`name`]: model names as people write them (NFC, 255 characters, the refused characters), plain data.
 //! - [`registry`]: the SQL registry (SQLite or PostgreSQL, sqlx migrations).
 //! - [`model`]: path confinement, loading + sha256 + warm-up, the engines, the signature, the ArcSwap slot.
 //! - [`serving`]: the request path: validate, run off the reactor, encode; the shadow's threads.
@@ -41,7 +43,9 @@ pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod name;
 pub mod net;
+pub mod oip;
 pub mod ops;
 pub mod registry;
 pub mod serving;

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::error::{Error, FileProblem};
+use crate::name::quoted;
 use crate::registry::ModelRecord;
-use crate::registry::name::quoted;
 
 /// Why a server is degraded, as a code (GetServerStatus, the `modeld_degraded_reason` metric);
 /// reported in this order.

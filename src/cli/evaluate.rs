@@ -11,8 +11,8 @@ use super::output::{describe, record_json};
 use super::{cli_origin, model_ref};
 use crate::app;
 use crate::evaluation::{Dataset, decided_by};
+use crate::name::quoted;
 use crate::ops::{EvaluateOptions, Evaluated};
-use crate::registry::name::quoted;
 
 fn load(d: &DatasetArgs) -> anyhow::Result<(Arc<Dataset>, EvaluateOptions)> {
     let dataset = Dataset::load(&d.dataset, d.labels.as_deref(), &d.label_column)?;

@@ -1,9 +1,9 @@
 //! What the commands print: the text for people and the JSON for scripts.
 
 use crate::api::pb;
+use crate::name::quoted;
 use crate::ops::ActivationOutcome;
 use crate::registry::ModelRecord;
-use crate::registry::name::quoted;
 use serde_json::{Value, json};
 use unicode_width::{UnicodeWidthChar as _, UnicodeWidthStr as _};
 
@@ -158,7 +158,7 @@ pub(super) fn describe_rollout_change(c: &crate::registry::RolloutChangeRecord) 
         "{}  {}  {}  {} -> {}",
         c.changed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         by,
-        crate::registry::name::quoted(&c.model_name),
+        crate::name::quoted(&c.model_name),
         percentage_text(c.percentage_before),
         percentage_text(c.percentage_after)
     );

@@ -7,7 +7,7 @@ use super::exit::{NoServer, ServerSaid};
 use super::output::{column_width, describe_window, pad, window_json};
 use crate::api::pb;
 use crate::app;
-use crate::registry::name::quoted;
+use crate::name::quoted;
 use serde_json::{Value, json};
 
 /// `modeld fleet`: the servers on the registry, what each serves and how far behind it is.

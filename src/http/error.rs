@@ -106,41 +106,6 @@ pub fn for_path(path: &str, reply: &Reply) -> Response {
     }
 }
 
-/// What the gRPC services the Open Inference Protocol's REST routes still call answered, as a
-/// reply (until those routes call the operations directly, as `/v2/.../infer` will).
-pub fn of_status(s: &tonic::Status) -> Reply {
-    let kind = match s.code() {
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Kind::InvalidArgument,
-        tonic::Code::NotFound => Kind::NotFound,
-        tonic::Code::AlreadyExists | tonic::Code::Aborted => Kind::AlreadyExists,
-        tonic::Code::FailedPrecondition => Kind::FailedPrecondition,
-        tonic::Code::ResourceExhausted => Kind::ResourceExhausted,
-        tonic::Code::Unavailable => Kind::Unavailable,
-        tonic::Code::DeadlineExceeded => Kind::DeadlineExceeded,
-        tonic::Code::Unauthenticated => Kind::Unauthenticated,
-        tonic::Code::PermissionDenied => Kind::PermissionDenied,
-        tonic::Code::Ok
-        | tonic::Code::Cancelled
-        | tonic::Code::Unknown
-        | tonic::Code::Unimplemented
-        | tonic::Code::Internal
-        | tonic::Code::DataLoss => Kind::Internal,
-    };
-    let retry_after = (kind == Kind::ResourceExhausted).then(|| {
-        let ms: u64 = s
-            .metadata()
-            .get("grpc-retry-pushback-ms")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
-        std::time::Duration::from_millis(ms)
-    });
-    Reply {
-        retry_after,
-        ..Reply::new(kind, s.message())
-    }
-}
-
 fn respond(reply: &Reply, body: String) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status(reply.kind);
@@ -178,7 +143,7 @@ mod tests {
             Kind::PermissionDenied,
         ] {
             assert!(status(kind).as_u16() >= 400, "{kind:?}");
-            assert_eq!(of_status(&tonic::Status::from(Reply::new(kind, "m"))).kind, kind);
+            assert!(!code_name(kind).is_empty(), "{kind:?}");
         }
         let busy = Error::ResourceExhausted {
             message: "busy".into(),

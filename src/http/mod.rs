@@ -1,7 +1,11 @@
 //! The HTTP port (`--http-listen`): the Open Inference Protocol's REST binding (`/v2/...`,
 //! what tritonclient.http and `perf_analyzer -i http` speak), the registry's REST API
-//! (`/api/v1/...`) and Prometheus metrics (`/metrics`). Every route is a thin layer over the gRPC services' code, so a request takes
-//! the same path, routing and errors on both transports.
+//! (`/api/v1/...`), the admin page, the model config, signed downloads and Prometheus metrics
+//! (`/metrics`). A sibling of `api/` (gRPC): every route turns its JSON into the services'
+//! plain types ([`crate::ops`], [`crate::oip`]) and back, so a request takes the same path,
+//! routing and errors on both transports. `oip.rs` the `/v2` routes (`tensor_json.rs` their
+//! tensor codec), `rest.rs` `/api/v1`'s models, activation and rollout, `lifecycle.rs`
+//! status, events and evaluation, `openapi.rs` the OpenAPI document, `error.rs` the one error map to HTTP.
 
 /// The value of a `Result<T, Box<Response>>`, or the handler answers with its error response.
 macro_rules! or_reply {
@@ -21,7 +25,9 @@ pub mod lifecycle;
 pub mod malformed;
 pub mod model_config;
 pub mod oip;
+pub mod openapi;
 pub mod rest;
+pub mod tensor_json;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,7 +52,7 @@ pub struct HttpState {
     pub(crate) access: Arc<Access>,
     /// Signing keys and bounds of download URLs.
     pub(crate) downloads: DownloadConfig,
-    pub(crate) kserve: crate::api::kserve::KServeService,
+    pub(crate) oip: crate::oip::OpenInference,
     pub(crate) config: HttpConfig,
     pub(crate) verified: Arc<download::Verified>,
     pub(crate) admin: Arc<admin::Sessions>,
@@ -76,7 +82,7 @@ pub fn router(
 ) -> Router {
     let admin = Arc::new(admin::Sessions::new(downloads.keys.derive("admin-session")));
     let state = HttpState {
-        kserve: crate::api::kserve::KServeService::new(&services),
+        oip: crate::oip::OpenInference::new(&services),
         services,
         access,
         downloads,
@@ -90,6 +96,7 @@ pub fn router(
         .route("/metrics", get(metrics))
         .merge(oip::routes())
         .merge(rest::routes())
+        .merge(openapi::routes())
         .merge(lifecycle::routes())
         .merge(admin::routes(&state))
         .merge(model_config::routes())

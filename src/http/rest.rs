@@ -6,8 +6,6 @@
 //! status of the code. The OpenAPI document at `/api/v1/openapi.json` is generated from these
 //! handlers and types.
 
-use std::collections::HashMap;
-
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
@@ -18,21 +16,20 @@ use axum::routing::{get, post, put};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use super::HttpState;
-use super::error::{ErrorBody, ErrorDetail, rest_error};
-use crate::api::kserve_pb as kpb;
+use super::error::{ErrorBody, rest_error};
 use crate::error::Error;
 use crate::error::{Kind, Reply};
 use crate::fleet::Served;
 use crate::ops::{ActivationOutcome, Gates, Registration};
 use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, Order, RollbackPolicy, RolloutRole};
+use crate::serving::{InputRef, OutputData, Payload};
 
 /// The `/api/v1` routes.
 pub fn routes() -> Router<HttpState> {
     Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/models", get(list_models).post(register_model))
         .route("/api/v1/models/active", get(active_model))
         .route("/api/v1/models/rollback", post(rollback))
@@ -46,272 +43,6 @@ pub fn routes() -> Router<HttpState> {
         .route("/api/v1/rollout/shadow", put(set_shadow).delete(clear_shadow))
         .route("/api/v1/rollout/promote", post(promote))
         .route("/api/v1/predict", post(predict))
-}
-
-/// The OpenAPI document of the REST API.
-#[derive(OpenApi)]
-#[openapi(
-    info(
-        title = "modeld REST API",
-        description = "The model registry, rollout and predict over HTTP."
-    ),
-    paths(
-        list_models,
-        register_model,
-        active_model,
-        rollback,
-        get_model,
-        update_model,
-        delete_model,
-        activate_model,
-        get_rollout,
-        set_canary,
-        clear_canary,
-        set_shadow,
-        clear_shadow,
-        promote,
-        predict,
-        super::model_config::model_config,
-        super::download::download_url,
-        super::download::download,
-        super::lifecycle::events,
-        super::lifecycle::status,
-        super::lifecycle::servers,
-        super::lifecycle::stats,
-        super::lifecycle::latest_evaluations,
-        super::lifecycle::activations,
-        super::lifecycle::evaluations,
-        super::lifecycle::evaluate
-    ),
-    components(schemas(
-        ModelJson,
-        ModelList,
-        RegisterBody,
-        UpdateBody,
-        ActivateBody,
-        RollbackBody,
-        ActivationJson,
-        RolloutJson,
-        RolloutBody,
-        ReasonBody,
-        PredictBody,
-        PredictJson,
-        TensorJson,
-        ErrorBody,
-        ErrorDetail,
-        RollbackPolicyJson,
-        crate::ops::ClientConfig,
-        crate::registry::EventRecord,
-        super::lifecycle::StatusJson,
-        super::lifecycle::ServerList,
-        super::lifecycle::ServerJson,
-        crate::registry::servers::ServerEntry,
-        crate::registry::servers::Serving,
-        crate::registry::servers::Held,
-        crate::fleet::Served,
-        crate::fleet::Lagging,
-        super::lifecycle::DegradationJson,
-        super::lifecycle::ServedShare,
-        super::lifecycle::CandidateJson,
-        super::lifecycle::StatsJson,
-        super::lifecycle::ModelStatsJson,
-        super::lifecycle::RoleStatsJson,
-        super::lifecycle::ActivationList,
-        crate::registry::ActivationRecord,
-        super::lifecycle::EvaluationList,
-        crate::registry::EvaluationRecord,
-        super::lifecycle::EvaluateBody,
-        super::lifecycle::DatasetJson
-    ))
-)]
-pub struct ApiDoc;
-
-async fn openapi(State(s): State<HttpState>) -> Response {
-    // This server's own limit on signed URLs.
-    let mut doc = document().clone();
-    doc["components"]["schemas"]["DownloadUrlBody"]["properties"]["expires_in_secs"]["maximum"] =
-        s.downloads.max_expiry_secs.into();
-    super::json_ok(doc.to_string())
-}
-
-/// The OpenAPI document as served: what the derive says, plus what it cannot say.
-pub fn document() -> &'static Value {
-    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| {
-        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
-        tighten(&mut doc);
-        doc
-    })
-}
-
-/// The rules the derive cannot state, so that the document says exactly what the server
-/// takes (schemathesis checks both ways, docs/http.md): every route may answer 400 and 503; ids are
-/// positive and every integer parameter fits in 64 bits; an optional body is absent, never
-/// `null`; no string holds a NUL byte; a rollout names its model once (by id or by name) and
-/// a prediction at most once; an evaluation needs its dataset; the model config answers POST
-/// as it answers GET.
-fn tighten(doc: &mut Value) {
-    let bad_request = serde_json::json!({
-        "description": "the request cannot be used; the message says why",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-    });
-    // The registry unreachable (or its file removed), the request bytes' budget full, the
-    // server shutting down: any route.
-    let unavailable = serde_json::json!({
-        "description": "the server cannot answer now (the message says why); retry later",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-    });
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        for item in paths.values_mut() {
-            for op in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
-                // (Indexing a JSON object for writing adds the key: read with get_mut.)
-                if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
-                    responses.entry("400").or_insert_with(|| bad_request.clone());
-                    responses.entry("503").or_insert_with(|| unavailable.clone());
-                }
-                for p in op
-                    .get_mut("parameters")
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    let name = p["name"].as_str().unwrap_or_default().to_string();
-                    let schema = &mut p["schema"];
-                    if name == "order_by" {
-                        schema["enum"] = serde_json::json!(["created_at", "name", "accuracy", "id"]);
-                    } else if schema["type"] == "string" && schema.get("pattern").is_none() {
-                        schema["pattern"] = NO_NUL.into();
-                    }
-                    if !is_type(schema, "integer") {
-                        continue;
-                    }
-                    let (min, max) = match name.as_str() {
-                        "model_id" => (1, i64::MAX),
-                        "limit" => (1, 1000),
-                        "offset" | "wait_ms" => (0, i64::MAX),
-                        "recent" => (0, 1000),
-                        _ => (i64::MIN, i64::MAX),
-                    };
-                    schema["minimum"] = min.into();
-                    schema["maximum"] = max.into();
-                }
-                if let Some(body) = op.pointer_mut("/requestBody/content/application~1json/schema") {
-                    let inner = body["oneOf"]
-                        .as_array()
-                        .filter(|o| o.len() == 2 && o[0]["type"] == "null")
-                        .map(|o| o[1].clone());
-                    if let Some(inner) = inner {
-                        *body = inner;
-                    }
-                }
-            }
-        }
-        // Server-sent events as schemathesis and OpenAPI 3.2 (`itemSchema`) read them: each
-        // event an object of its fields; `data` is an EventRecord as JSON (for `event: error`,
-        // an ErrorBody, as a REST error).
-        if let Some(events) = paths
-            .get_mut("/api/v1/events")
-            .and_then(|e| e.pointer_mut("/get/responses/200/content/text~1event-stream"))
-        {
-            events["schema"] = serde_json::json!({
-                "type": "object",
-                "required": ["data"],
-                "properties": {
-                    "id": {"type": "string", "description": "the event id"},
-                    "event": {"type": "string", "description": "the event's kind, or `error`"},
-                    "data": {
-                        "type": "string",
-                        "contentMediaType": "application/json",
-                        "contentSchema": {"oneOf": [
-                            {"$ref": "#/components/schemas/EventRecord"},
-                            {"$ref": "#/components/schemas/ErrorBody"}
-                        ]}
-                    },
-                    "retry": {"type": "integer"}
-                }
-            });
-        }
-        let config = "/api/v1/model-config";
-        if let Some(get) = paths.get(config).and_then(|c| c.get("get")).cloned() {
-            let mut post = get;
-            post["operationId"] = "model_config_post".into();
-            post["summary"] = "The same as GET (the guide's client calls it with POST).".into();
-            paths[config]["post"] = post;
-        }
-    }
-    let schemas = &mut doc["components"]["schemas"];
-    if let Some(all) = schemas.as_object_mut() {
-        let requests = all
-            .iter_mut()
-            .filter(|(name, _)| REQUEST_BODIES.contains(&name.as_str()));
-        for (_, schema) in requests {
-            let properties = schema.get_mut("properties").and_then(Value::as_object_mut);
-            for (name, property) in properties.into_iter().flat_map(|p| p.iter_mut()) {
-                if !is_type(property, "string") {
-                    continue;
-                }
-                if property.get("pattern").is_none() {
-                    property["pattern"] = NO_NUL.into();
-                }
-                if let Some(max) = crate::registry::text::max_chars(name) {
-                    property["maxLength"] = max.into();
-                }
-            }
-        }
-    }
-    for body in ["RegisterBody", "RolloutBody", "PredictBody"] {
-        schemas[body]["properties"]["model_name"]["pattern"] = NAME.into();
-    }
-    // The registry's own bounds on a rollback policy.
-    let policy = &mut schemas["RollbackPolicyJson"]["properties"];
-    policy["rollback_min_samples"]["maximum"] = crate::registry::MAX_MIN_SAMPLES.into();
-    policy["rollback_window_secs"]["maximum"] = crate::registry::MAX_WINDOW_SECS.into();
-    // A path relative to the model root, or an object URI; never absolute.
-    schemas["RegisterBody"]["properties"]["file_path"]["pattern"] = "^[^/\\u0000][^\\u0000]*$".into();
-    // Platforms as X-App-Platform names them; app versions as `2.3.0` ("" clears the one for all).
-    let update = &mut schemas["UpdateBody"]["properties"];
-    update["min_app_versions"]["propertyNames"] = serde_json::json!({"pattern": "^[a-z0-9_-]{1,32}$"});
-    update["min_app_versions"]["additionalProperties"] =
-        serde_json::json!({"type": "string", "pattern": "^[A-Za-z0-9.+_-]{1,50}$"});
-    update["min_app_version"]["pattern"] = "^[A-Za-z0-9.+_-]{0,50}$".into();
-    let named = |field: &str, ty: &str| serde_json::json!({"required": [field], "properties": {field: {"type": ty}}});
-    schemas["RolloutBody"]["oneOf"] = serde_json::json!([named("model_id", "integer"), named("model_name", "string")]);
-    schemas["PredictBody"]["not"] = serde_json::json!({
-        "required": ["model_id", "model_name"],
-        "properties": {"model_id": {"type": "integer"}, "model_name": {"type": "string"}}
-    });
-    schemas["EvaluateBody"]["required"] = serde_json::json!(["dataset"]);
-    schemas["EvaluateBody"]["properties"]["dataset"] = serde_json::json!({"$ref": "#/components/schemas/DatasetJson"});
-}
-
-/// A model name (registry/name.rs): no control, line or paragraph separator, or common
-/// invisible characters, and no space at either end. (The server also refuses private-use and
-/// unassigned characters, which a pattern cannot list.)
-const NAME: &str = "^[^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]\
-     ([^\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]*\
-     [^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00ad\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff])?$";
-
-/// The schemas of request bodies (their strings may not hold NUL; answers are not checked).
-const REQUEST_BODIES: [&str; 11] = [
-    "RegisterBody",
-    "UpdateBody",
-    "ActivateBody",
-    "RollbackBody",
-    "RolloutBody",
-    "ReasonBody",
-    "PredictBody",
-    "EvaluateBody",
-    "DatasetJson",
-    "DownloadUrlBody",
-    "RollbackPolicyJson",
-];
-
-/// No NUL byte: the registry stores none, and the server refuses them by field.
-const NO_NUL: &str = "^[^\\u0000]*$";
-
-/// Whether a schema's `type` is `ty` or a list holding it.
-fn is_type(schema: &Value, ty: &str) -> bool {
-    schema["type"] == ty || schema["type"].as_array().is_some_and(|t| t.iter().any(|x| x == ty))
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -1229,81 +960,63 @@ pub struct PredictJson {
     responses((status = 200, body = PredictJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn predict(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
     let b: PredictBody = or_reply!(required_body(b));
-    let name = match (b.model_id, b.model_name) {
+    let model = match (b.model_id, b.model_name) {
         (Some(_), Some(_)) => {
             return rest_error(&Error::InvalidArgument(
                 "name the model once: model_id or model_name".into(),
             ));
         }
-        (Some(id), None) => match s.services.catalogue.get(&ModelRef::Id(id)).await {
-            Ok(m) => m.model_name,
-            Err(e) => return rest_error(&e),
-        },
-        (None, Some(n)) => n,
-        (None, None) => String::new(),
+        (Some(id), None) => Some(ModelRef::Id(id)),
+        (None, Some(name)) => Some(ModelRef::Name(name)),
+        (None, None) => None,
     };
-    let mut parameters = HashMap::new();
-    if !b.routing_key.is_empty() {
-        parameters.insert(
-            "routing_key".to_string(),
-            kpb::InferParameter {
-                parameter_choice: Some(kpb::infer_parameter::ParameterChoice::StringParam(b.routing_key)),
-            },
-        );
-    }
-    let mut inputs = Vec::with_capacity(b.inputs.len());
-    let mut raw = Vec::with_capacity(b.inputs.len());
-    for t in b.inputs {
-        match super::oip::json_tensor_bytes(&t.name, &t.datatype, &t.shape, &t.data) {
-            Ok(bytes) => raw.push(bytes),
+    let mut tensors = Vec::with_capacity(b.inputs.len());
+    for t in &b.inputs {
+        match super::tensor_json::json_tensor_bytes(&t.name, &t.datatype, &t.shape, &t.data) {
+            Ok(bytes) => tensors.push(bytes),
             Err(e) => return rest_error(&e),
         }
-        inputs.push(kpb::model_infer_request::InferInputTensor {
-            name: t.name,
-            datatype: t.datatype,
-            shape: t.shape,
-            ..Default::default()
-        });
     }
-    let request = kpb::ModelInferRequest {
-        model_name: name,
-        parameters,
-        inputs,
-        raw_input_contents: raw,
-        ..Default::default()
-    };
-    let response = match s.kserve.infer(request, None).await {
+    let inputs: Vec<InputRef<'_>> = b
+        .inputs
+        .iter()
+        .zip(&tensors)
+        .map(|(t, bytes)| InputRef {
+            name: &t.name,
+            datatype: &t.datatype,
+            shape: &t.shape,
+            payload: Payload::Raw(bytes),
+        })
+        .collect();
+    let inference = &s.services.inference;
+    let route = match inference.route_ref(model.as_ref(), &b.routing_key, None).await {
         Ok(r) => r,
         Err(e) => return rest_error(&e),
     };
-    let param = |k: &str| response.parameters.get(k).and_then(|p| p.parameter_choice.clone());
-    let role = match param("role") {
-        Some(kpb::infer_parameter::ParameterChoice::StringParam(r)) => r,
-        _ => String::new(),
+    let role = route.role;
+    let done = match inference.infer(route, &inputs, true, None).await {
+        Ok(d) => d,
+        Err(e) => return rest_error(&e),
     };
-    let model_id = match param("model_id") {
-        Some(kpb::infer_parameter::ParameterChoice::Int64Param(i)) => i,
-        _ => 0,
-    };
-    let outputs = response
+    let record = &done.model.record;
+    let outputs = done
         .outputs
         .iter()
-        .enumerate()
-        .map(|(i, o)| {
-            let bytes = response.raw_output_contents.get(i).map_or(&[][..], Vec::as_slice);
-            TensorJson {
-                name: o.name.clone(),
-                shape: o.shape.clone(),
-                datatype: o.datatype.clone(),
-                data: super::oip::bytes_json(&o.datatype, bytes),
-            }
+        .map(|o| TensorJson {
+            name: o.name.clone(),
+            shape: o.shape.clone(),
+            datatype: o.datatype.name().into(),
+            data: match &o.data {
+                OutputData::Raw(bytes) => super::tensor_json::bytes_json(o.datatype, bytes),
+                _ => Value::Array(Vec::new()),
+            },
         })
         .collect();
     ok(&PredictJson {
-        model_id,
-        model_name: response.model_name.clone(),
-        version: response.model_version.clone(),
-        role,
+        model_id: record.model_id,
+        model_name: record.model_name.clone(),
+        version: record.version.clone(),
+        role: role.name().into(),
         outputs,
     })
 }

@@ -24,8 +24,8 @@ use super::memory;
 use super::slot::ServedModel;
 use crate::config::CandidateArgs;
 use crate::error::{Error, Result};
+use crate::name::quoted;
 use crate::registry::ModelRecord;
-use crate::registry::name::quoted;
 
 /// The candidate cache's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 use super::{Activation, ActivationOutcome, EvaluateOptions};
 use crate::error::{Error, Result};
 use crate::evaluation::{self, Dataset};
+use crate::name::quoted;
 use crate::registry::EvaluationRecord;
 use crate::registry::activations::ActivationRecord;
-use crate::registry::name::quoted;
 use crate::registry::{ActivationMeta, Conditions, ModelRecord, ModelRef, RolloutRole};
 
 /// What an activation checks before it loads the model.

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use super::{Core, Rollout};
 use crate::error::Error;
+use crate::name::quoted;
 use crate::registry::ModelRecord;
 use crate::registry::ModelRef;
-use crate::registry::name::quoted;
 use crate::serving::route::Role;
 use crate::serving::window::Windows;
 

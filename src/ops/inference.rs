@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{Inference, load_blocking};
 use crate::error::{Error, Result};
 use crate::model::slot::ServedModel;
-use crate::registry::name::{self, quoted};
+use crate::name::{self, quoted};
 use crate::registry::{ModelRecord, ModelRef};
 use crate::serving::route::{self, Role, Route};
 use crate::serving::{self, InputRef};
@@ -87,6 +87,44 @@ impl Inference {
                 )))
             }
             Some(record) => Ok(Route::to(self.load_candidate(record).await?, Role::Candidate)),
+        }
+    }
+
+    /// [`Inference::route`] for a model named by id or by name (none: the active model, or the
+    /// canary by routing key). The serving set knows its models' ids; the registry is asked
+    /// for another id's name.
+    ///
+    /// # Errors
+    /// As [`Inference::route`]; `NotFound` for an unknown id.
+    pub async fn route_ref(
+        &self,
+        model: Option<&ModelRef>,
+        routing_key: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Route> {
+        match model {
+            None => self.route("", routing_key, deadline).await,
+            Some(ModelRef::Name(name)) => self.route(name, routing_key, deadline).await,
+            Some(ModelRef::Id(id)) => {
+                let set = self.core.slot.load();
+                let served = set.as_deref().and_then(|s| {
+                    std::iter::once(&s.active)
+                        .chain(s.canary.iter().map(|w| &w.model))
+                        .find(|m| m.record.model_id == *id)
+                        .map(|m| m.record.model_name.clone())
+                });
+                let name = match served {
+                    Some(name) => name,
+                    None => {
+                        self.core
+                            .reachable_registry()?
+                            .get(&ModelRef::Id(*id))
+                            .await?
+                            .model_name
+                    }
+                };
+                self.route(&name, routing_key, deadline).await
+            }
         }
     }
 

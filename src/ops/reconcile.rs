@@ -7,8 +7,8 @@ use super::{Reconcile, load_blocking};
 use crate::error::{Error, FileProblem, Result};
 use crate::model::ModelRoot;
 use crate::model::slot::ServedModel;
+use crate::name::quoted;
 use crate::registry::EventKind;
-use crate::registry::name::quoted;
 use crate::registry::{ModelRecord, ModelRef};
 use crate::status::Status;
 

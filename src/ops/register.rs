@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{Activation, ActivationOutcome, load_blocking, normalise, validate_accuracy};
 use crate::error::{Error, Result};
-use crate::registry::name;
+use crate::name;
 use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, NewModel};
 
 /// A registration request.

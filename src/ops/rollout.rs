@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{ActivationOutcome, Core, Gates, Reconcile, Rollout};
 use crate::error::{Error, Result};
 use crate::model::slot::{ServedModel, Weighted};
-use crate::registry::name::quoted;
+use crate::name::quoted;
 use crate::registry::rollout::percentage;
 use crate::registry::{ActivationMeta, ModelRecord, ModelRef, RolloutChange, RolloutMeta, RolloutRole};
 

@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{EventKind, ModelRecord, Pool, Registry, name};
+use super::{EventKind, ModelRecord, Pool, Registry};
 use crate::error::{Error, Result};
+use crate::name;
 use crate::signature::Signature;
 
 /// Ends the active model's term (bind: false, now, true): it becomes `deprecated`.

@@ -11,7 +11,6 @@
 //! fleet); this file holds the pool, the migrations, the generation (`registry_state`)
 //! and the macros that run one SQL text on either pool.
 
-pub mod name;
 pub mod text;
 
 use std::str::FromStr;

@@ -3,8 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use super::activations::{DEACTIVATE, activate_sql};
-use super::{Activation, ActivationMeta, EventKind, Origin, Pool, Registry, name, text};
+use super::{Activation, ActivationMeta, EventKind, Origin, Pool, Registry, text};
 use crate::error::{Error, Result};
+use crate::name;
 use crate::signature::Signature;
 
 /// A registry record (`ml_models` row).

@@ -4,8 +4,9 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{EventKind, ModelRecord, Pool, Registry, name};
+use super::{EventKind, ModelRecord, Pool, Registry};
 use crate::error::{Error, Result};
+use crate::name;
 
 /// A rollout role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

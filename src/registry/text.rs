@@ -33,7 +33,7 @@ pub fn max_chars(field: &str) -> Option<usize> {
         "reason" => REASON.1,
         "notes" => NOTES.1,
         "min_app_version" => APP_VERSION.1,
-        "model_name" => crate::registry::name::MAX_NAME_CHARS,
+        "model_name" => crate::name::MAX_NAME_CHARS,
         _ => return None,
     })
 }

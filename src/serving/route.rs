@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::model::slot::{ServedModel, ServingSet};
-use crate::registry::name;
+use crate::name;
 
 /// Why a model serves a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

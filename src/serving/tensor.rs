@@ -136,7 +136,7 @@ pub fn prepare_inputs(model: &str, signature: &Signature, inputs: &[InputRef<'_>
             let known: Vec<String> = signature.inputs.iter().map(|s| format!("{:?}", s.name)).collect();
             return Err(Error::InvalidArgument(format!(
                 "model {} has no input {:?}; its inputs are {}",
-                crate::registry::name::quoted(model),
+                crate::name::quoted(model),
                 input.name,
                 known.join(", ")
             )));
