@@ -13,6 +13,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use modeld::model::slot::ServedModel;
 use modeld::model::{EngineChoice, EngineKind, EngineSettings, load_model};
+use modeld::registry::ModelRecord;
 use modeld::serving::{self, Executor, ExecutorConfig, InputRef, Payload};
 use tract_onnx::prelude::{TValue, Tensor, tvec};
 
@@ -31,7 +32,40 @@ fn served(file: &str, engine: EngineKind) -> Arc<ServedModel> {
     };
     let model = load_model(&path, None, settings).expect("bundled model loads");
     assert_eq!(model.engine.kind(), engine, "{:?}", model.engine_note);
-    Arc::new(ServedModel::unregistered(file, model))
+    let record = unregistered(file, &model);
+    Arc::new(ServedModel { record, model })
+}
+
+/// A record made up for a model that is in no registry.
+fn unregistered(name: &str, model: &modeld::model::LoadedModel) -> ModelRecord {
+    let now = chrono::Utc::now();
+    ModelRecord {
+        model_id: 0,
+        model_name: name.into(),
+        version: String::new(),
+        file_path: String::new(),
+        description: String::new(),
+        model_type: String::new(),
+        accuracy: None,
+        checksum_sha256: model.sha256.clone(),
+        file_size_bytes: i64::try_from(model.size_bytes).unwrap_or(i64::MAX),
+        signature: model.signature.to_json(),
+        is_active: false,
+        created_at: now,
+        updated_at: now,
+        created_by: String::new(),
+        status: "registered".into(),
+        rollout_percentage: 0,
+        shadow_percentage: 0,
+        rollback_threshold: None,
+        rollback_min_samples: 1,
+        rollback_window_secs: 60,
+        rollback_p99_ms: None,
+        is_stable: false,
+        deprecated_at: None,
+        min_app_version: None,
+        min_app_versions: "{}".into(),
+    }
 }
 
 /// The engines to compare: tract, and ONNX Runtime when its library loads.

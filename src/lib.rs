@@ -52,6 +52,8 @@ pub mod serving;
 pub mod signature;
 pub mod signing;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod tls;
 pub mod trace;
 pub mod watch;

@@ -7,8 +7,15 @@
 #
 #   MODELD_BIN_A=/tmp/old/modeld MODELD_BIN_B=target/release/modeld bash benches/load/compare.sh
 #
+# Against the bare server (benches/bare_server.rs, the request path's baseline):
+#
+#   cargo build --release --bin modeld --example bare_server
+#   MODELD_BIN_A=target/release/examples/bare_server MODELD_BIN_B=target/release/modeld \
+#     COMPARE_JSON_MB=0 bash benches/load/compare.sh
+#
 # Knobs: COMPARE_CONCURRENCY ("1 16"), LOAD_ROUNDS (3), LOAD_INTERVAL_MS (4000),
-# LOAD_STABILITY (15), LOAD_MAX_TRIALS (8), COMPARE_JSON_MB (50).
+# LOAD_STABILITY (15), LOAD_MAX_TRIALS (8), COMPARE_JSON_MB (50; 0 skips the JSON body, which
+# the bare server has no HTTP port for), COMPARE_ASYNC (1: perf_analyzer's --async client).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(cd "$(dirname "$0")" && pwd)/lib.sh"
@@ -19,6 +26,8 @@ interval_ms="${LOAD_INTERVAL_MS:-4000}"
 stability="${LOAD_STABILITY:-15}"
 max_trials="${LOAD_MAX_TRIALS:-8}"
 json_mb="${COMPARE_JSON_MB:-50}"
+mode=()
+[ "${COMPARE_ASYNC:-0}" = 1 ] && mode=(--async)
 [ -x "${MODELD_BIN_A:-}" ] || die "MODELD_BIN_A must name a modeld binary"
 [ -x "${MODELD_BIN_B:-}" ] || die "MODELD_BIN_B must name a modeld binary"
 
@@ -48,7 +57,7 @@ for round in $(seq 1 "$rounds"); do
       csv="$dir/${name}_c${c}_r${round}.csv"
       perf "$name c=$c round $round" "$csv" -m digits_v2 -u "127.0.0.1:$port" \
         --input-data "$inputs_dir/digits.json" --concurrency-range "$c" --measurement-interval "$interval_ms" \
-        --percentile 50 --stability-percentage "$stability" --max-trials "$max_trials" ||
+        --percentile 50 --stability-percentage "$stability" --max-trials "$max_trials" "${mode[@]}" ||
         log "perf_analyzer: $name c=$c round $round did not finish cleanly (see $csv.log)"
     done
     stop_all
@@ -57,6 +66,7 @@ done
 
 # Peak memory around one big JSON body, each build freshly started.
 body="$run_dir/big.json"
+if [ "$json_mb" -gt 0 ]; then
 "$clients_py" - "$body" "$json_mb" <<'PY'
 import sys
 path, mb = sys.argv[1], int(sys.argv[2])
@@ -76,8 +86,12 @@ for name in A B; do
   echo "$name $code $before $after" >"$dir/${name}_json.txt"
   stop_all
 done
+else
+  echo 0 >"$body"
+fi
 
-"$clients_py" - "$load_dir" "$dir" "$concurrency" "$rounds" "$(stat -c %s "$body")" >"$dir/summary.md" <<'PY'
+COMPARE_CLIENT="$([ "${COMPARE_ASYNC:-0}" = 1 ] && echo async || echo sync)" \
+  "$clients_py" - "$load_dir" "$dir" "$concurrency" "$rounds" "$(stat -c %s "$body")" >"$dir/summary.md" <<'PY'
 import os, statistics, sys
 sys.path.insert(0, sys.argv[1])
 from report import read_csv
@@ -85,7 +99,7 @@ d, conc, rounds, size = sys.argv[2], sys.argv[3].split(), int(sys.argv[4]), int(
 def read(name):
     r = read_csv(os.path.join(d, name))
     return (r["tput"], r["p50"]) if r else None
-print(f"Medians over {rounds} rounds (each round: A, then B). perf_analyzer, sync client, gRPC, the MLP.")
+print(f"Medians over {rounds} rounds (each round: A, then B). perf_analyzer, {os.environ.get('COMPARE_CLIENT', 'sync')} client, gRPC, the MLP.")
 print()
 print("| concurrency | build | infer/s | p50 | B / A throughput | runs |")
 print("| --- | --- | --- | --- | --- | --- |")
@@ -102,6 +116,8 @@ for c in conc:
         t, p, k = med[n]
         ratio = f"{t / med['A'][0]:.3f}" if n == "B" and "A" in med else ""
         print(f"| {c} | {n} | {t:.0f} | {p:.0f} µs | {ratio} | {k} of {rounds} |")
+if size < 1000:
+    sys.exit(0)
 print()
 print(f"One JSON body of {size / 1e6:.0f} MB to /v2/models/digits_v2/infer (peak resident memory, VmHWM):")
 print()

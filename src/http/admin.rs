@@ -220,7 +220,7 @@ async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
         "admin.js" => text("text/javascript; charset=utf-8", SCRIPT),
         "admin.css" => text("text/css; charset=utf-8", STYLE),
-        _ => super::json_error(StatusCode::NOT_FOUND, &format!("no admin asset {file:?}")),
+        _ => super::error::oip_status(StatusCode::NOT_FOUND, &format!("no admin asset {file:?}")),
     }
 }
 

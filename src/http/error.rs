@@ -106,6 +106,16 @@ pub fn for_path(path: &str, reply: &Reply) -> Response {
     }
 }
 
+/// The Open Inference Protocol's error body with a `status` of its own: a protocol answer that
+/// is no failure of the operations (not ready: 400; an unreadable body: its rejection's status).
+pub fn oip_status(status: StatusCode, message: &str) -> Response {
+    let mut r = Response::new(Body::from(serde_json::json!({ "error": message }).to_string()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
 fn respond(reply: &Reply, body: String) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status(reply.kind);

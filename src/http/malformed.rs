@@ -18,7 +18,8 @@ const MESSAGE: &str = "the request is not valid HTTP/1.1, so it was not read: a 
 
 /// The answer that replaces hyper's bare 400.
 fn explained_400() -> Vec<u8> {
-    let body = serde_json::json!({"error": {"code": "INVALID_ARGUMENT", "message": MESSAGE}}).to_string();
+    let reply = crate::error::Reply::new(crate::error::Kind::InvalidArgument, MESSAGE);
+    let body = serde_json::to_string(&super::error::ErrorBody::of(&reply)).unwrap_or_default();
     format!(
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: \
          close\r\n\r\n{body}",

@@ -133,7 +133,7 @@ where
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route(
             "/v2/health/ready",
-            get(|| async { json_error(StatusCode::BAD_REQUEST, crate::api::later::WAITING) }),
+            get(|| async { error::oip_status(StatusCode::BAD_REQUEST, crate::api::later::WAITING) }),
         )
         .fallback(waiting);
     let app = Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
@@ -348,7 +348,7 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> Response
     // The Open Inference Protocol's shape under /v2 (Triton's clients read a string), the REST
     // API's everywhere else.
     if path.starts_with("/v2") {
-        json_error(StatusCode::NOT_FOUND, &message)
+        error::oip_status(StatusCode::NOT_FOUND, &message)
     } else {
         error::rest(&Reply::new(Kind::NotFound, message))
     }
@@ -377,16 +377,6 @@ fn route_hint(path: &str) -> &'static str {
     } else {
         "; see /api/v1/openapi.json and docs/http.md"
     }
-}
-
-/// The Open Inference Protocol's error body, `{"error": "..."}`, with `status`.
-pub fn json_error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
 }
 
 /// A JSON body with status 200.

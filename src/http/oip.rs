@@ -19,9 +19,9 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::error::oip_error;
+use super::error::{oip_error, oip_status};
 use super::tensor_json::{decode_json, json_tensor_bytes};
-use super::{HttpState, json_error, json_ok};
+use super::{HttpState, json_ok};
 use crate::error::Error;
 use crate::model::{DataType, TensorSpec};
 use crate::oip::{self, Param};
@@ -78,7 +78,7 @@ async fn ready(State(s): State<HttpState>) -> Response {
         StatusCode::OK.into_response()
     } else {
         // The protocol: 200 means ready, a 4xx status means not.
-        json_error(StatusCode::BAD_REQUEST, "no model is loaded yet")
+        oip_status(StatusCode::BAD_REQUEST, "no model is loaded yet")
     }
 }
 
@@ -86,7 +86,7 @@ async fn model_ready(State(s): State<HttpState>, Path(params): Params) -> Respon
     let (name, version) = name_version(&params);
     match s.oip.model_ready(&name, &version).await {
         Ok(true) => StatusCode::OK.into_response(),
-        Ok(false) => json_error(StatusCode::BAD_REQUEST, "the model is not loaded on this server"),
+        Ok(false) => oip_status(StatusCode::BAD_REQUEST, "the model is not loaded on this server"),
         Err(e) => oip_error(e),
     }
 }
@@ -214,7 +214,7 @@ struct IndexRequest {
 async fn repository_index(State(s): State<HttpState>, body: Result<Bytes, BytesRejection>) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(e) => return json_error(e.status(), &e.body_text()),
+        Err(e) => return oip_status(e.status(), &e.body_text()),
     };
     let req: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
@@ -222,7 +222,7 @@ async fn repository_index(State(s): State<HttpState>, body: Result<Bytes, BytesR
         match serde_json::from_slice(&body) {
             Ok(r) => r,
             Err(e) => {
-                return json_error(
+                return oip_status(
                     StatusCode::BAD_REQUEST,
                     &format!("the request body is not valid JSON: {e}"),
                 );
@@ -483,7 +483,7 @@ async fn infer(
 ) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(e) => return json_error(e.status(), &e.body_text()),
+        Err(e) => return oip_status(e.status(), &e.body_text()),
     };
     let (name, version) = name_version(&params);
     // A big body is parsed on the blocking pool: parsing tens of megabytes of JSON on the

@@ -484,13 +484,9 @@ mod tests {
     use crate::model::{EngineSettings, load_model};
 
     fn record(id: i64) -> ModelRecord {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v1.onnx");
-        let mut served = ServedModel::unregistered(
-            &format!("m{id}"),
-            load_model(&path, None, EngineSettings::default()).unwrap(),
-        );
-        served.record.model_id = id;
-        served.record
+        crate::testing::bundled("digits_v1.onnx", &format!("m{id}"), id)
+            .record
+            .clone()
     }
 
     /// A real load of the bundled model that counts how many run at once.

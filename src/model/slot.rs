@@ -23,42 +23,6 @@ pub struct ServedModel {
     pub model: LoadedModel,
 }
 
-impl ServedModel {
-    /// A model that is not in any registry (benchmarks and tests): a record is made up for it
-    /// from the loaded file.
-    pub fn unregistered(name: &str, model: LoadedModel) -> Self {
-        let now = chrono::Utc::now();
-        let record = ModelRecord {
-            model_id: 0,
-            model_name: name.into(),
-            version: String::new(),
-            file_path: String::new(),
-            description: String::new(),
-            model_type: String::new(),
-            accuracy: None,
-            checksum_sha256: model.sha256.clone(),
-            file_size_bytes: i64::try_from(model.size_bytes).unwrap_or(i64::MAX),
-            signature: model.signature.to_json(),
-            is_active: false,
-            created_at: now,
-            updated_at: now,
-            created_by: String::new(),
-            status: "registered".into(),
-            rollout_percentage: 0,
-            shadow_percentage: 0,
-            rollback_threshold: None,
-            rollback_min_samples: 1,
-            rollback_window_secs: 60,
-            rollback_p99_ms: None,
-            is_stable: false,
-            deprecated_at: None,
-            min_app_version: None,
-            min_app_versions: "{}".into(),
-        };
-        Self { record, model }
-    }
-}
-
 /// A model served beside the active one for a share of requests (the canary, the shadow).
 #[derive(Debug, Clone)]
 pub struct Weighted {
@@ -176,15 +140,7 @@ mod tests {
     use super::*;
 
     fn served(file: &str, id: i64) -> Arc<ServedModel> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("models")
-            .join(file);
-        let mut served = ServedModel::unregistered(
-            file,
-            crate::model::load_model(&path, None, crate::model::EngineSettings::default()).unwrap(),
-        );
-        served.record.model_id = id;
-        Arc::new(served)
+        crate::testing::bundled(file, file, id)
     }
 
     #[test]
@@ -220,15 +176,7 @@ mod set_tests {
 
     #[test]
     fn a_new_active_model_keeps_the_rest_of_the_set() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v1.onnx");
-        let model = |id| {
-            let mut m = ServedModel::unregistered(
-                "m",
-                crate::model::load_model(&path, None, crate::model::EngineSettings::default()).unwrap(),
-            );
-            m.record.model_id = id;
-            Arc::new(m)
-        };
+        let model = |id| crate::testing::bundled("digits_v1.onnx", "m", id);
         let slot = Slot::new();
         slot.publish(Arc::new(ServingSet {
             active: model(1),

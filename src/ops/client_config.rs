@@ -152,10 +152,7 @@ mod tests {
     use super::*;
 
     fn record(id: i64, version: &str) -> ModelRecord {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v1.onnx");
-        let loaded = crate::model::load_model(&path, None, crate::model::EngineSettings::default()).unwrap();
-        let mut r = crate::model::slot::ServedModel::unregistered("m", loaded).record;
-        r.model_id = id;
+        let mut r = crate::testing::bundled("digits_v1.onnx", "m", id).record.clone();
         r.version = version.into();
         r
     }

@@ -145,11 +145,7 @@ mod tests {
     use crate::model::slot::Weighted;
 
     fn model(name: &str, id: i64) -> Arc<ServedModel> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits_v1.onnx");
-        let loaded = crate::model::load_model(&path, None, crate::model::EngineSettings::default()).unwrap();
-        let mut m = ServedModel::unregistered(name, loaded);
-        m.record.model_id = id;
-        Arc::new(m)
+        crate::testing::bundled("digits_v1.onnx", name, id)
     }
 
     #[test]

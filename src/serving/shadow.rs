@@ -554,13 +554,7 @@ mod tests {
     use tract_onnx::prelude::tvec;
 
     fn served(file: &str) -> Arc<ServedModel> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("models")
-            .join(file);
-        Arc::new(ServedModel::unregistered(
-            file,
-            crate::model::load_model(&path, None, crate::model::EngineSettings::default()).unwrap(),
-        ))
+        crate::testing::bundled(file, file, 0)
     }
 
     /// `rows` digits-shaped rows whose pixels depend on `seed`, so each request differs.
