@@ -834,21 +834,13 @@ async fn every_method_and_route_by_every_credential_and_no_token_in_the_log() {
     }
 }
 
-/// The bad-input battery, on both transports of a real binary: every error message is free of
-/// the model root's absolute path and of database text, and one the server cannot explain
-/// without internals (a registry table gone) carries a request id that finds the detail in the
-/// server's log.
-#[tokio::test]
-async fn no_error_message_carries_a_server_path_or_database_text_sqlite() {
-    error_battery(Backend::Sqlite).await;
-}
+// The bad-input battery, on both transports of a real binary: every error message is free of
+// the model root's absolute path and of database text, and one the server cannot explain
+// without internals (a registry table gone) carries a request id that finds the detail in the
+// server's log.
+on_both!(no_error_message_carries_a_server_path_or_database_text);
 
-#[tokio::test]
-async fn no_error_message_carries_a_server_path_or_database_text_postgres() {
-    error_battery(Backend::Postgres).await;
-}
-
-async fn error_battery(backend: Backend) {
+async fn no_error_message_carries_a_server_path_or_database_text(backend: Backend) {
     let db = TestDb::new(backend).await;
     let root = model_root();
     let abs = root.path().canonicalize().unwrap().to_str().unwrap().to_string();

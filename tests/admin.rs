@@ -538,7 +538,7 @@ async fn the_click_path_in_headless_chromium() {
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("ADMIN_BASE", server.http_url(""))
             .env("ADMIN_TOKEN", &admin)
-            .env("MODELD_BIN", env!("CARGO_BIN_EXE_modeld"))
+            .env("MODELD_BIN", MODELD_BIN)
             .env("MODELD_DATABASE_URL", &db.url)
             .env("MODELD_MODEL_ROOT", root.path())
             .env("SHOTS_DIR", &shots)

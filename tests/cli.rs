@@ -3,38 +3,19 @@
 
 mod common;
 
-use tokio::process::Command;
-
 use common::*;
 use modeld::api::pb;
-
-/// Runs the binary without blocking the runtime the test server runs on.
-async fn modeld(url: &str, root: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_modeld"))
-        .args(args)
-        .env("MODELD_DATABASE_URL", url)
-        .env("MODELD_MODEL_ROOT", root)
-        .env("MODELD_LOG", "warn")
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test]
 async fn registry_commands_work_without_a_server() {
     let db = TestDb::new(Backend::Sqlite).await;
     let root = model_root();
 
-    let (ok, out, err) = modeld(&db.url, root.path(), &["migrate"]).await;
+    let (ok, out, err) = modeld_cli(&db.url, root.path(), &["migrate"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("up to date"));
 
-    let (ok, out, err) = modeld(
+    let (ok, out, err) = modeld_cli(
         &db.url,
         root.path(),
         &[
@@ -65,7 +46,7 @@ async fn registry_commands_work_without_a_server() {
         serde_json::json!([-1, 64])
     );
 
-    let (ok, _, err) = modeld(
+    let (ok, _, err) = modeld_cli(
         &db.url,
         root.path(),
         &[
@@ -80,7 +61,7 @@ async fn registry_commands_work_without_a_server() {
     )
     .await;
     assert!(ok, "{err}");
-    let (ok, _, err) = modeld(
+    let (ok, _, err) = modeld_cli(
         &db.url,
         root.path(),
         &["register", "--name", "digits_v2", "--path", "digits_v2.onnx"],
@@ -88,7 +69,7 @@ async fn registry_commands_work_without_a_server() {
     .await;
     assert!(!ok, "duplicate names are refused");
     assert!(err.contains("already registered"), "{err}");
-    let (ok, _, err) = modeld(
+    let (ok, _, err) = modeld_cli(
         &db.url,
         root.path(),
         &["register", "--name", "evil", "--path", "/etc/passwd"],
@@ -97,7 +78,7 @@ async fn registry_commands_work_without_a_server() {
     assert!(!ok);
     assert!(err.contains("is outside the model root"), "{err}");
 
-    let (ok, out, _) = modeld(&db.url, root.path(), &["list"]).await;
+    let (ok, out, _) = modeld_cli(&db.url, root.path(), &["list"]).await;
     assert!(ok);
     let active_line = out.lines().find(|l| l.contains("digits_v1")).unwrap();
     assert!(
@@ -105,7 +86,7 @@ async fn registry_commands_work_without_a_server() {
         "the active model's role says so: {out}"
     );
 
-    let (ok, out, err) = modeld(
+    let (ok, out, err) = modeld_cli(
         &db.url,
         root.path(),
         &["activate", "digits_v2", "--reason", "better", "--json"],
@@ -116,25 +97,25 @@ async fn registry_commands_work_without_a_server() {
     assert_eq!(v["active"]["model_name"], "digits_v2");
     assert_eq!(v["previous"]["model_name"], "digits_v1");
 
-    let (ok, _, err) = modeld(&db.url, root.path(), &["delete", "digits_v2"]).await;
+    let (ok, _, err) = modeld_cli(&db.url, root.path(), &["delete", "digits_v2"]).await;
     assert!(!ok, "the active model cannot be deleted");
     assert!(err.contains("active"), "{err}");
 
-    let (ok, out, err) = modeld(&db.url, root.path(), &["rollback", "--json"]).await;
+    let (ok, out, err) = modeld_cli(&db.url, root.path(), &["rollback", "--json"]).await;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["active"]["model_name"], "digits_v1");
 
-    let (ok, out, _) = modeld(&db.url, root.path(), &["show", "digits_v1"]).await;
+    let (ok, out, _) = modeld_cli(&db.url, root.path(), &["show", "digits_v1"]).await;
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["is_active"], true);
 
-    let (ok, out, err) = modeld(&db.url, root.path(), &["delete", "digits_v2"]).await;
+    let (ok, out, err) = modeld_cli(&db.url, root.path(), &["delete", "digits_v2"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("kept"));
     assert!(root.path().join("digits_v2.onnx").exists());
-    let (ok, _, err) = modeld(&db.url, root.path(), &["show", "digits_v2"]).await;
+    let (ok, _, err) = modeld_cli(&db.url, root.path(), &["show", "digits_v2"]).await;
     assert!(!ok);
     assert!(err.contains("not registered"), "{err}");
 }
@@ -145,7 +126,7 @@ async fn cli_changes_reach_the_registry_a_server_uses_and_predict_prints_outputs
     let root = server.root.path();
 
     // The CLI works on the same SQLite file while the server runs.
-    let (ok, out, err) = modeld(&server.db.url, root, &["list", "--json"]).await;
+    let (ok, out, err) = modeld_cli(&server.db.url, root, &["list", "--json"]).await;
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
@@ -165,7 +146,7 @@ async fn cli_changes_reach_the_registry_a_server_uses_and_predict_prints_outputs
         w.extend(x[..128].iter().copied()).unwrap();
         w.finish().unwrap();
     }
-    let (ok, out, err) = modeld(
+    let (ok, out, err) = modeld_cli(
         &server.db.url,
         root,
         &["predict", "--server", &server.url(), "--input", npy.to_str().unwrap()],
@@ -181,7 +162,7 @@ async fn cli_changes_reach_the_registry_a_server_uses_and_predict_prints_outputs
     let json_in = root.join("one.json");
     let row: Vec<f32> = x[..64].to_vec();
     std::fs::write(&json_in, serde_json::to_string(&vec![row]).unwrap()).unwrap();
-    let (ok, out, err) = modeld(
+    let (ok, out, err) = modeld_cli(
         &server.db.url,
         root,
         &[
@@ -203,7 +184,7 @@ async fn cli_changes_reach_the_registry_a_server_uses_and_predict_prints_outputs
 
     // A bad input reaches the user as the server's message.
     std::fs::write(&json_in, "[[1, 2, 3]]").unwrap();
-    let (ok, _, err) = modeld(
+    let (ok, _, err) = modeld_cli(
         &server.db.url,
         root,
         &[
@@ -219,7 +200,7 @@ async fn cli_changes_reach_the_registry_a_server_uses_and_predict_prints_outputs
     assert!(err.contains("expected [N,64] FP32, got [1,3] FP32"), "{err}");
 
     // An activation made by the CLI is in the registry the server reads.
-    let (ok, _, err) = modeld(&server.db.url, root, &["activate", "digits_v1"]).await;
+    let (ok, _, err) = modeld_cli(&server.db.url, root, &["activate", "digits_v1"]).await;
     assert!(ok, "{err}");
     let active = server
         .registry()
@@ -235,7 +216,7 @@ async fn cli_changes_reach_the_registry_a_server_uses_and_predict_prints_outputs
 async fn an_unknown_engine_is_refused_before_anything_starts() {
     let db = TestDb::new(Backend::Sqlite).await;
     let root = model_root();
-    let (ok, _, err) = modeld(
+    let (ok, _, err) = modeld_cli(
         &db.url,
         root.path(),
         &["serve", "--listen", "127.0.0.1:0", "--engine", "tensorrt"],
@@ -438,13 +419,8 @@ async fn start_up_says_what_it_does_in_a_few_lines() {
     let db = TestDb::new(Backend::Postgres).await;
     let url = db.url.replacen("postgres@", "postgres:s3cret@", 1);
     let root = model_root();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_modeld"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MODELD_") || k == "ORT_DYLIB_PATH" {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
+    let mut cmd = modeld_command();
+    let mut child = as_a_user(&mut cmd)
         .args([
             "serve",
             "--listen",
@@ -532,7 +508,7 @@ async fn evaluate_and_compare_on_the_bundled_digits() {
         ("digits_v2", "digits_v2.onnx"),
         ("cnn", "cnn.onnx"),
     ] {
-        let (ok, _, err) = modeld(&db.url, root.path(), &["register", "--name", name, "--path", file]).await;
+        let (ok, _, err) = modeld_cli(&db.url, root.path(), &["register", "--name", name, "--path", file]).await;
         assert!(ok, "{err}");
     }
     let x = bundled_models().join("eval/digits_x.npy");
@@ -543,7 +519,7 @@ async fn evaluate_and_compare_on_the_bundled_digits() {
         npy_i64("expected/digits_v2_label.npy"),
     );
 
-    let (ok, out, err) = modeld(
+    let (ok, out, err) = modeld_cli(
         &db.url,
         root.path(),
         &["evaluate", "digits_v2", "--dataset", x, "--json"],
@@ -568,14 +544,14 @@ async fn evaluate_and_compare_on_the_bundled_digits() {
     assert_eq!(v["dataset"]["name"], "digits_x.npy");
 
     // The latest evaluation shows with the model.
-    let (ok, out, _) = modeld(&db.url, root.path(), &["show", "digits_v2"]).await;
+    let (ok, out, _) = modeld_cli(&db.url, root.path(), &["show", "digits_v2"]).await;
     assert!(ok);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["latest_evaluation"]["accuracy"], f["accuracy"]);
     assert_eq!(shown["latest_evaluation"]["sample_size"], 360);
 
     // Compare: the same rows, side by side, which is better and where they disagree.
-    let (ok, out, err) = modeld(
+    let (ok, out, err) = modeld_cli(
         &db.url,
         root.path(),
         &["compare", "digits_v1", "digits_v2", "--dataset", x, "--json"],
@@ -592,7 +568,7 @@ async fn evaluate_and_compare_on_the_bundled_digits() {
         (diff - (agreement(&truth, &v2) - agreement(&truth, &v1))).abs() < 1e-12,
         "{c}"
     );
-    let (ok, text, _) = modeld(
+    let (ok, text, _) = modeld_cli(
         &db.url,
         root.path(),
         &["compare", "digits_v1", "digits_v2", "--dataset", x],
@@ -614,7 +590,7 @@ async fn evaluate_and_compare_on_the_bundled_digits() {
     }
     let csv_path = root.path().join("digits.csv");
     std::fs::write(&csv_path, csv).unwrap();
-    let (ok, out, err) = modeld(
+    let (ok, out, err) = modeld_cli(
         &db.url,
         root.path(),
         &[
@@ -663,7 +639,7 @@ async fn evaluate_and_compare_on_the_bundled_digits() {
             "has no output \"nope\"",
         ),
     ] {
-        let (ok, _, err) = modeld(&db.url, root.path(), &args).await;
+        let (ok, _, err) = modeld_cli(&db.url, root.path(), &args).await;
         assert!(!ok, "{args:?}");
         assert!(err.contains(says), "{args:?}: {err}");
         let run = run_modeld(
@@ -745,7 +721,7 @@ async fn gated_activation_refuses_a_worse_model() {
     let run = cli(vec!["activate", "copy_of_v1", "--require-better", "--evaluate", &x]).await;
     assert_eq!(run.code, 4, "{run:?}");
     assert!(run.stderr.contains("is worse than the active model"), "{}", run.stderr);
-    let (ok, out, _) = modeld(&db.url, root.path(), &["show", "copy_of_v1"]).await;
+    let (ok, out, _) = modeld_cli(&db.url, root.path(), &["show", "copy_of_v1"]).await;
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["latest_evaluation"]["notes"], "evaluated for --require-better");
@@ -754,7 +730,7 @@ async fn gated_activation_refuses_a_worse_model() {
     assert_eq!(cli(vec!["activate", "digits_v1"]).await.code, 0);
     let run = cli(vec!["activate", "digits_v2", "--require-better"]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    let (_, out, _) = modeld(&db.url, root.path(), &["show", "digits_v2"]).await;
+    let (_, out, _) = modeld_cli(&db.url, root.path(), &["show", "digits_v2"]).await;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["is_active"], true);
 }

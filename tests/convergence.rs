@@ -88,21 +88,23 @@ async fn on_sqlite_a_cli_change_is_served_when_the_command_returns() {
     let run = run_modeld(cwd, &env, &["canary", "clear", "--no-wait"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("not waited for (--no-wait)"), "{run:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let fleet = run_modeld(cwd, &[], &["fleet", "--json"]).await;
-        let v: Value = serde_json::from_str(&fleet.stdout).unwrap();
-        let me = &v["servers"][0];
-        assert_eq!(v["servers"].as_array().unwrap().len(), 1, "{v}");
-        assert_eq!(me["grpc_address"], server.grpc.as_str(), "{v}");
-        assert_eq!(me["gone"], false, "{v}");
-        if me["lag"] == 0 {
-            assert!(me["serving"]["canary"].is_null(), "{v}");
-            assert_eq!(me["serving"]["shadow"]["model_name"], "digits_v1", "{v}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server catches up: {v}");
-    }
+    let v = eventually(
+        "the server catches up",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let fleet = run_modeld(cwd, &[], &["fleet", "--json"]).await;
+            let v: Value = serde_json::from_str(&fleet.stdout).unwrap();
+            if v["servers"][0]["lag"] == 0 { Ok(v) } else { Err(v) }
+        },
+    )
+    .await;
+    let me = &v["servers"][0];
+    assert_eq!(v["servers"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(me["grpc_address"], server.grpc.as_str(), "{v}");
+    assert_eq!(me["gone"], false, "{v}");
+    assert!(me["serving"]["canary"].is_null(), "{v}");
+    assert_eq!(me["serving"]["shadow"]["model_name"], "digits_v1", "{v}");
     let text = run_modeld(cwd, &[], &["fleet"]).await;
     assert!(
         text.stdout.contains("1 live server") && text.stdout.contains(" live "),
@@ -224,21 +226,22 @@ async fn a_change_waits_for_every_live_server_and_says_who_does_not_serve_it() {
     // it, and one back to digits_v1 returns at once with its reason.
     let (c, mut lines) = spawn_serve(&db.url, partial.path(), &beat);
     let drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let list: Value = get_json(a.http_url("/api/v1/servers")).await;
-        let live = list["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["gone"] == false)
-            .count();
-        if live == 3 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the third server joins: {list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the third server joins",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async {
+            let list: Value = get_json(a.http_url("/api/v1/servers")).await;
+            let live = list["servers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["gone"] == false)
+                .count();
+            if live == 3 { Ok(()) } else { Err(list) }
+        },
+    )
+    .await;
     let run = run_modeld(cwd, &env, &["activate", "digits_v2"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("served by 3 of 3 servers"), "{run:?}");
@@ -298,13 +301,8 @@ async fn the_registry_unreachable_mid_wait_is_a_clear_error_and_the_change_stays
     let _ = ghost.stop().await;
     let mut proxy = TcpProxy::start(db.server_addr()).await;
     let via = db.through(proxy.port);
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MODELD_") {
-            cmd.env_remove(k);
-        }
-    }
-    let cli = cmd
+    let mut cmd = modeld_command();
+    let cli = as_a_user(&mut cmd)
         .args(["activate", "digits_v1", "--wait", "60"])
         .env("MODELD_DATABASE_URL", &via.url)
         .env("MODELD_MODEL_ROOT", root.path())
@@ -315,11 +313,10 @@ async fn the_registry_unreachable_mid_wait_is_a_clear_error_and_the_change_stays
         .unwrap();
     // The change commits, then the command waits for the silent server.
     let registry = modeld::registry::Registry::connect(&db.url).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while registry.active().await.unwrap().map(|m| m.model_name).as_deref() != Some("digits_v1") {
-        assert!(Instant::now() < deadline, "the activation commits");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("the activation commits", Duration::from_secs(30), || async {
+        registry.active().await.unwrap().map(|m| m.model_name).as_deref() == Some("digits_v1")
+    })
+    .await;
     proxy.close().await;
     let out = tokio::time::timeout(Duration::from_secs(30), cli.wait_with_output())
         .await

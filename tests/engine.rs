@@ -172,14 +172,18 @@ async fn a_swap_while_requests_wait_for_a_batch_never_mixes_versions() {
     // Four requests on v2 wait for a batch (400 ms window); v1 is activated meanwhile; four more
     // requests arrive for v1. Every answer must be entirely one version's, whichever it got.
     let first = send(4);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while server.status().await.in_flight_requests < 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the first requests never arrived"
-        );
-        tokio::task::yield_now().await;
-    }
+    eventually(
+        "the first requests arrive",
+        Duration::from_secs(30),
+        Duration::from_millis(1),
+        || async {
+            match server.status().await.in_flight_requests {
+                n if n >= 4 => Ok(()),
+                n => Err(format!("{n} in flight")),
+            }
+        },
+    )
+    .await;
     registry.activate_model(activate_req("digits_v1")).await.unwrap();
     let second = send(4);
     let mut versions = Vec::new();
@@ -269,11 +273,18 @@ async fn a_request_whose_deadline_passes_in_the_queue_is_not_computed() {
     // (sent as grpc-timeout, as every gRPC client does) waits behind it.
     let mut slow = server.inference().await;
     let busy = tokio::spawn(async move { slow.predict(cnn_request(16)).await });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while server.status().await.engine.unwrap().busy_compute_threads == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the slow request never started");
-        tokio::task::yield_now().await;
-    }
+    eventually(
+        "the slow request starts",
+        Duration::from_secs(30),
+        Duration::from_millis(1),
+        || async {
+            match server.status().await.engine.unwrap().busy_compute_threads {
+                0 => Err("no compute thread busy"),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
     let mut late = tonic::Request::new(cnn_request(1));
     late.set_timeout(Duration::from_millis(1));
     let err = server.inference().await.predict(late).await.unwrap_err();

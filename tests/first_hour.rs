@@ -67,7 +67,7 @@ fn strip_comment(line: &str) -> &str {
 /// Runs one pasted line with `bash` from `cwd`, `modeld` on the PATH, no MODELD_* variable but
 /// `env`.
 async fn paste(cwd: &Path, env: &[(&str, &str)], line: &str) -> CliRun {
-    let bin = Path::new(env!("CARGO_BIN_EXE_modeld")).parent().unwrap();
+    let bin = Path::new(MODELD_BIN).parent().unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = tokio::process::Command::new("bash");
     cmd.args(["-c", line]).current_dir(cwd).env("PATH", path);
@@ -478,11 +478,7 @@ async fn rollout_walkthrough(database: Option<&str>) {
     let server = LoggedServer::start_in(cwd, &[], &on_db).await;
     let address = format!("http://{}", server.grpc);
     // grpcurl from the client tools, and modeld first on the PATH.
-    let bin = Path::new(env!("CARGO_BIN_EXE_modeld"))
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
+    let bin = Path::new(MODELD_BIN).parent().unwrap().display().to_string();
     let mut env: Vec<(String, String)> = client_env()
         .iter()
         .map(|(k, v)| match k.as_str() {

@@ -254,24 +254,21 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
     )
     .await;
     wait_recorded(&mut reg, "remote", &sha256_of("digits_v2.onnx")).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = infer
-            .predict(digits_request("", &eval_rows(3)))
-            .await
-            .unwrap()
-            .into_inner();
-        let probs = raw_f32(&got.outputs[0].raw_data);
-        if probs
-            .iter()
-            .zip(expected_probs("digits_v2", 3))
-            .all(|(a, b)| (a - b).abs() < 1e-5)
-        {
-            break;
+    until("the new version is served", Duration::from_secs(30), || {
+        let mut infer = infer.clone();
+        async move {
+            let got = infer
+                .predict(digits_request("", &eval_rows(3)))
+                .await
+                .unwrap()
+                .into_inner();
+            raw_f32(&got.outputs[0].raw_data)
+                .iter()
+                .zip(expected_probs("digits_v2", 3))
+                .all(|(a, b)| (a - b).abs() < 1e-5)
         }
-        assert!(Instant::now() < deadline, "the new version was never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     put_object(
         port,
         "digits_v1.onnx",
@@ -413,25 +410,32 @@ async fn models_from_s3_register_serve_download_and_fail_safely() {
         .into_inner();
     assert_eq!(got.model_name, "remote");
     // The poll cannot reach the store: the server says it is degraded, and why.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let s = reg
-            .get_server_status(pb::GetServerStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(d) = s
-            .degradations
-            .iter()
-            .find(|d| d.reason == pb::DegradedReason::ModelFileUnreadable as i32)
-        {
-            assert!(d.message.contains("cannot fetch"), "{d:?}");
-            assert_eq!(s.serving.unwrap().model_name, "remote");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the store being down never showed: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (s, d) = eventually(
+        "the store being down shows",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            let mut reg = reg.clone();
+            async move {
+                let s = reg
+                    .get_server_status(pb::GetServerStatusRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
+                match s
+                    .degradations
+                    .iter()
+                    .find(|d| d.reason == pb::DegradedReason::ModelFileUnreadable as i32)
+                {
+                    Some(d) => Ok((s.clone(), d.clone())),
+                    None => Err(format!("{s:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    assert!(d.message.contains("cannot fetch"), "{d:?}");
+    assert_eq!(s.serving.unwrap().model_name, "remote");
     // The active model's verified copy is enough to activate it again with the store down.
     reg.activate_model(activate_req("remote")).await.unwrap();
     let log = server.stop().await;

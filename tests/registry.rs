@@ -114,20 +114,15 @@ async fn one_active_under_concurrency(backend: Backend) {
     let mut procs = Vec::new();
     for p in 0..2 {
         let (url, root) = (db.url.clone(), root.path().to_path_buf());
-        procs.push(tokio::task::spawn_blocking(move || {
+        procs.push(tokio::spawn(async move {
             for i in 0..6 {
-                let out = std::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
-                    .args(["activate", &format!("m{}", (p + i) % 4), "--reason", "cli race"])
-                    .env("MODELD_DATABASE_URL", &url)
-                    .env("MODELD_MODEL_ROOT", &root)
-                    .env("MODELD_LOG", "warn")
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "modeld activate failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                let (ok, _, err) = modeld_cli(
+                    &url,
+                    &root,
+                    &["activate", &format!("m{}", (p + i) % 4), "--reason", "cli race"],
+                )
+                .await;
+                assert!(ok, "modeld activate failed: {err}");
             }
         }));
     }
@@ -179,15 +174,7 @@ async fn one_active_under_concurrency(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_active_under_concurrency_sqlite() {
-    one_active_under_concurrency(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_active_under_concurrency_postgres() {
-    one_active_under_concurrency(Backend::Postgres).await;
-}
+on_both!(one_active_under_concurrency, multi_thread);
 
 #[tokio::test]
 async fn sqlite_file_is_created_in_wal_mode_and_migrations_are_idempotent() {
@@ -241,15 +228,7 @@ async fn generation_bumps_on_every_change(backend: Backend) {
     assert_eq!(services.catalogue.generation().await.unwrap(), g2);
 }
 
-#[tokio::test]
-async fn generation_bumps_on_every_change_sqlite() {
-    generation_bumps_on_every_change(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn generation_bumps_on_every_change_postgres() {
-    generation_bumps_on_every_change(Backend::Postgres).await;
-}
+on_both!(generation_bumps_on_every_change);
 
 /// The signature guard is a condition of the activation's commit, checked against the model
 /// active at the commit: an activation whose check passed against one active model, while
@@ -330,15 +309,7 @@ async fn the_signature_guard_holds_at_the_commit(backend: Backend) {
     assert_eq!(active_count(&db.url).await, 1);
 }
 
-#[tokio::test]
-async fn the_signature_guard_holds_at_the_commit_sqlite() {
-    the_signature_guard_holds_at_the_commit(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn the_signature_guard_holds_at_the_commit_postgres() {
-    the_signature_guard_holds_at_the_commit(Backend::Postgres).await;
-}
+on_both!(the_signature_guard_holds_at_the_commit);
 
 /// The lifecycle is the database's: `status` follows `is_active` whoever flips it (modeld or a
 /// SQL console), the model an activation replaces becomes `deprecated` with a time, an evaluated
@@ -447,15 +418,7 @@ async fn the_lifecycle_is_kept_by_the_database(backend: Backend) {
     assert_eq!(status("c").await, ("testing".into(), false, false));
 }
 
-#[tokio::test]
-async fn the_lifecycle_is_kept_by_the_database_sqlite() {
-    the_lifecycle_is_kept_by_the_database(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn the_lifecycle_is_kept_by_the_database_postgres() {
-    the_lifecycle_is_kept_by_the_database(Backend::Postgres).await;
-}
+on_both!(the_lifecycle_is_kept_by_the_database);
 
 /// A registry made by an earlier modeld (migrations 0001 and 0002 only, names of up to 128
 /// characters, an activation history) is upgraded in place: every row, id and history link

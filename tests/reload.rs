@@ -99,15 +99,7 @@ async fn changes_made_elsewhere_are_served(backend: Backend) {
     assert_eq!(status.last_reload_source, "registry");
 }
 
-#[tokio::test]
-async fn changes_made_elsewhere_are_served_sqlite() {
-    changes_made_elsewhere_are_served(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn changes_made_elsewhere_are_served_postgres() {
-    changes_made_elsewhere_are_served(Backend::Postgres).await;
-}
+on_both!(changes_made_elsewhere_are_served);
 
 #[tokio::test]
 async fn file_changes_reload_good_files_and_refuse_bad_ones() {

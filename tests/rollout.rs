@@ -205,15 +205,7 @@ async fn a_canary_takes_its_share_by_key(backend: Backend) {
     assert!(e.message().contains("no canary"), "{}", e.message());
 }
 
-#[tokio::test]
-async fn a_canary_takes_its_share_by_key_sqlite() {
-    a_canary_takes_its_share_by_key(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn a_canary_takes_its_share_by_key_postgres() {
-    a_canary_takes_its_share_by_key(Backend::Postgres).await;
-}
+on_both!(a_canary_takes_its_share_by_key);
 
 /// Two servers on one PostgreSQL registry: a canary set through the CLI reaches both, they
 /// route every key alike, and a clear reaches both.

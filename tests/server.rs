@@ -391,15 +391,7 @@ async fn registry_lifecycle(backend: Backend) {
     assert_eq!(resp.model_version, "4");
 }
 
-#[tokio::test]
-async fn registry_lifecycle_sqlite() {
-    registry_lifecycle(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn registry_lifecycle_postgres() {
-    registry_lifecycle(Backend::Postgres).await;
-}
+on_both!(registry_lifecycle);
 
 fn status_of<T: std::fmt::Debug>(r: Result<tonic::Response<T>, tonic::Status>) -> tonic::Status {
     r.expect_err("the call must fail")
@@ -977,15 +969,7 @@ async fn names_round_trip(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn names_round_trip_sqlite() {
-    names_round_trip(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn names_round_trip_postgres() {
-    names_round_trip(Backend::Postgres).await;
-}
+on_both!(names_round_trip);
 
 /// EvaluateModel and CompareModels over gRPC, on datasets under the server's model root: the
 /// figures are stored and the latest shows in GetModel and ListModels; bad datasets are
@@ -1124,15 +1108,7 @@ async fn evaluation_over_grpc(backend: Backend) {
     server.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn evaluation_over_grpc_sqlite() {
-    evaluation_over_grpc(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn evaluation_over_grpc_postgres() {
-    evaluation_over_grpc(Backend::Postgres).await;
-}
+on_both!(evaluation_over_grpc);
 
 /// Switching the active model to one whose inputs or outputs differ would break every live
 /// client at once: refused over gRPC and the CLI, with both signatures, unless said so; nothing
@@ -1331,15 +1307,7 @@ async fn a_candidate_is_tried_by_name(backend: Backend) {
     assert!(server.status().await.candidates.unwrap().cached.is_empty());
 }
 
-#[tokio::test]
-async fn a_candidate_is_tried_by_name_sqlite() {
-    a_candidate_is_tried_by_name(Backend::Sqlite).await;
-}
-
-#[tokio::test]
-async fn a_candidate_is_tried_by_name_postgres() {
-    a_candidate_is_tried_by_name(Backend::Postgres).await;
-}
+on_both!(a_candidate_is_tried_by_name);
 
 /// A candidate whose file is broken or gone fails the requests that name it, with the reason
 /// and without the server's paths, and touches nothing that serves; a failure is not
@@ -1531,27 +1499,31 @@ async fn evicted_candidates_give_their_memory_back() {
 
     // big_b evicts big_a: the RSS holds one big model, not two.
     infer.predict(request("big_b")).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let s = status(reg.clone()).await;
-        let names: Vec<_> = s
-            .candidates
-            .as_ref()
-            .unwrap()
-            .cached
-            .iter()
-            .map(|c| c.model_name.clone())
-            .collect();
-        assert_eq!(names, ["big_b"]);
-        if rss(&s) < with_a + size / 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "RSS {} after evicting a {size}-byte model (with it: {with_a})",
-            rss(&s)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the evicted model's memory goes back",
+        Duration::from_secs(20),
+        Duration::from_millis(20),
+        || async {
+            let s = status(reg.clone()).await;
+            let names: Vec<_> = s
+                .candidates
+                .as_ref()
+                .unwrap()
+                .cached
+                .iter()
+                .map(|c| c.model_name.clone())
+                .collect();
+            assert_eq!(names, ["big_b"]);
+            if rss(&s) < with_a + size / 2 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "RSS {} after evicting a {size}-byte model (with it: {with_a})",
+                    rss(&s)
+                ))
+            }
+        },
+    )
+    .await;
     drop(child);
 }

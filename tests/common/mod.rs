@@ -225,10 +225,33 @@ pub fn spawn_serve(
     spawn_serve_env(db_url, root, extra, &std::collections::HashMap::new())
 }
 
+/// The modeld binary under test.
+pub const MODELD_BIN: &str = env!("CARGO_BIN_EXE_modeld");
+
+/// The tests' one way to run the binary: `modeld`, without blocking the test's runtime, killed
+/// when dropped. It inherits the test's environment; [`as_a_user`] takes modeld's variables
+/// away.
+pub fn modeld_command() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(MODELD_BIN);
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// `cmd` without the test environment's modeld variables (`MODELD_*`, `ORT_DYLIB_PATH`), as a
+/// user's shell runs it.
+pub fn as_a_user(cmd: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MODELD_") || k == "ORT_DYLIB_PATH" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// `modeld serve` on `127.0.0.1:0` (gRPC and HTTP) with JSON logs on a piped stderr, plus
 /// `extra`; killed when dropped.
 fn serve_command(extra: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
+    let mut cmd = modeld_command();
     cmd.args([
         "serve",
         "--listen",
@@ -239,8 +262,7 @@ fn serve_command(extra: &[&str]) -> tokio::process::Command {
         "json",
     ])
     .args(extra)
-    .stderr(std::process::Stdio::piped())
-    .kill_on_drop(true);
+    .stderr(std::process::Stdio::piped());
     cmd
 }
 
@@ -701,7 +723,7 @@ pub fn switch_req(name: &str) -> pb::ActivateModelRequest {
 
 /// Runs the modeld binary without blocking the test's runtime.
 pub async fn modeld_cli(url: &str, root: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"))
+    let out = modeld_command()
         .args(args)
         .env("MODELD_DATABASE_URL", url)
         .env("MODELD_MODEL_ROOT", root)
@@ -750,13 +772,8 @@ pub struct CliRun {
 /// Runs the modeld binary as a user does: from `cwd`, with only `env` set of modeld's variables
 /// (no MODELD_LOG: the command's own default log level applies).
 pub async fn run_modeld(cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> CliRun {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_modeld"));
-    cmd.args(args).current_dir(cwd);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MODELD_") || k == "ORT_DYLIB_PATH" {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = modeld_command();
+    as_a_user(&mut cmd).args(args).current_dir(cwd);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -1041,4 +1058,37 @@ pub async fn predict_as(
         1e-5,
     );
     got.model_name
+}
+
+/// A test on both registries: `on_both!(name)` runs `async fn name(backend: Backend)` as the
+/// tests `name::sqlite` and `name::postgres`; `on_both!(name, multi_thread)` on a runtime with
+/// four worker threads.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await;
+            }
+        }
+    };
+    ($name:ident, multi_thread) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name(super::Backend::Postgres).await;
+            }
+        }
+    };
 }
