@@ -4,7 +4,7 @@
 //! (`/metrics`). A sibling of `api/` (gRPC): every route turns its JSON into the services'
 //! plain types ([`crate::ops`], [`crate::oip`]) and back, so a request takes the same path,
 //! routing and errors on both transports. `oip.rs` the `/v2` routes (`tensor_json.rs` their
-//! tensor codec), `rest.rs` `/api/v1`'s models, activation and rollout, `lifecycle.rs`
+//! tensor codec), `rest.rs` `/api/v1`'s models and activation, `rollout.rs` its canary and shadow, `predict.rs` `/api/v1/predict`, `lifecycle.rs`
 //! status, events and evaluation, `openapi.rs` the OpenAPI document, `error.rs` the one error map to HTTP.
 
 /// The value of a `Result<T, Box<Response>>`, or the handler answers with its error response.
@@ -26,7 +26,9 @@ pub mod malformed;
 pub mod model_config;
 pub mod oip;
 pub mod openapi;
+pub mod predict;
 pub mod rest;
+pub mod rollout;
 pub mod tensor_json;
 
 use std::future::Future;
@@ -97,6 +99,8 @@ pub fn router(
         .merge(oip::routes())
         .merge(rest::routes())
         .merge(openapi::routes())
+        .merge(rollout::routes())
+        .merge(predict::routes())
         .merge(lifecycle::routes())
         .merge(admin::routes(&state))
         .merge(model_config::routes())

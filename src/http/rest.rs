@@ -12,7 +12,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -24,8 +24,7 @@ use crate::error::Error;
 use crate::error::{Kind, Reply};
 use crate::fleet::Served;
 use crate::ops::{ActivationOutcome, Gates, Registration};
-use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, Order, RollbackPolicy, RolloutRole};
-use crate::serving::{InputRef, OutputData, Payload};
+use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, Order, RollbackPolicy};
 
 /// The `/api/v1` routes.
 pub fn routes() -> Router<HttpState> {
@@ -38,11 +37,6 @@ pub fn routes() -> Router<HttpState> {
             get(get_model).put(update_model).delete(delete_model),
         )
         .route("/api/v1/models/{model_id}/activate", post(activate_model))
-        .route("/api/v1/rollout", get(get_rollout))
-        .route("/api/v1/rollout/canary", put(set_canary).delete(clear_canary))
-        .route("/api/v1/rollout/shadow", put(set_shadow).delete(clear_shadow))
-        .route("/api/v1/rollout/promote", post(promote))
-        .route("/api/v1/predict", post(predict))
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -545,7 +539,7 @@ pub struct ActivationJson {
     pub served: Served,
 }
 
-fn activation(done: &ActivationOutcome, served: Served) -> Response {
+pub(crate) fn activation(done: &ActivationOutcome, served: Served) -> Response {
     let body = ActivationJson {
         active: ModelJson::from(&done.active),
         previous: done.previous.as_ref().map(ModelJson::from),
@@ -605,12 +599,12 @@ pub(crate) fn served_header(mut r: Response, served: &Served) -> Response {
 }
 
 /// The wait parameter every change route documents.
-const WAIT_DOC: &str = "return once every live server serves the change, waiting at most this many ms \
+pub(crate) const WAIT_DOC: &str = "return once every live server serves the change, waiting at most this many ms \
      (default 30000, at most 600000; 0: do not wait); `served` in the answer (or the X-Modeld-Served header) says how it went";
 
 /// Who did it: the request's token's name when it came with one, else what the body says
 /// (default "http").
-type Caller = Option<axum::Extension<crate::api::access::Caller>>;
+pub(crate) type Caller = Option<axum::Extension<crate::api::access::Caller>>;
 
 /// The given name is checked even when the token's name replaces it: the same body is refused
 /// alike with tokens on and off.
@@ -691,332 +685,4 @@ async fn rollback(
         Ok(done) => activation(&done, or_reply!(served(&s, wait).await)),
         Err(e) => rest_error(&e),
     }
-}
-
-/// The canary and the shadow.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RolloutJson {
-    /// The canary (with `rollout_percentage`); null when none.
-    pub canary: Option<ModelJson>,
-    /// The shadow (with `shadow_percentage`); null when none.
-    pub shadow: Option<ModelJson>,
-    /// After a change: how the servers serve it (`?wait_ms=`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub served: Option<Served>,
-}
-
-async fn rollout_now(s: &HttpState, served: Option<Served>) -> Response {
-    match s.services.catalogue.rollout().await {
-        Ok(r) => {
-            let answer = ok(&RolloutJson {
-                canary: r.canary.as_ref().map(ModelJson::from),
-                shadow: r.shadow.as_ref().map(ModelJson::from),
-                served: served.clone(),
-            });
-            match &served {
-                Some(done) => served_header(answer, done),
-                None => answer,
-            }
-        }
-        Err(e) => rest_error(&e),
-    }
-}
-
-/// The canary and the shadow.
-#[utoipa::path(get, path = "/api/v1/rollout", tag = "rollout",
-    responses((status = 200, body = RolloutJson), (status = 503, body = ErrorBody)))]
-async fn get_rollout(State(s): State<HttpState>) -> Response {
-    rollout_now(&s, None).await
-}
-
-/// Putting a model in a rollout role.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RolloutBody {
-    /// The model, by id (or give `model_name`).
-    #[serde(default)]
-    #[schema(minimum = 1)]
-    pub model_id: Option<i64>,
-    /// The model, by name.
-    #[serde(default)]
-    #[schema(min_length = 1)]
-    pub model_name: Option<String>,
-    /// Its share of requests, 0-100.
-    #[schema(maximum = 100)]
-    pub percentage: u32,
-    /// Even if its signature would break the active model's clients.
-    #[serde(default)]
-    pub allow_signature_change: bool,
-    /// Who; defaults to "http".
-    #[serde(default)]
-    pub changed_by: String,
-    /// Why.
-    #[serde(default)]
-    pub reason: String,
-}
-
-/// Who and why, for a clear.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReasonBody {
-    /// Who; defaults to "http".
-    #[serde(default)]
-    pub changed_by: String,
-    /// Why.
-    #[serde(default)]
-    pub reason: String,
-}
-
-async fn set_role(
-    s: &HttpState,
-    caller: &Caller,
-    role: RolloutRole,
-    wait: WaitParam,
-    b: Result<Bytes, BytesRejection>,
-) -> Response {
-    let wait = or_reply!(wait_of(wait));
-    let b: RolloutBody = or_reply!(required_body(b));
-    let model = match (b.model_id, b.model_name) {
-        (Some(id), None) => ModelRef::Id(id),
-        (None, Some(name)) => ModelRef::Name(name),
-        _ => {
-            return rest_error(&Error::InvalidArgument(
-                "name the model: model_id or model_name (one of them)".into(),
-            ));
-        }
-    };
-    let Some(percentage) = u8::try_from(b.percentage).ok().filter(|p| *p <= 100) else {
-        return rest_error(&Error::InvalidArgument(format!(
-            "the {} percentage is 0 to 100, got {}",
-            role.name(),
-            b.percentage
-        )));
-    };
-    match s
-        .services
-        .rollout
-        .set_rollout(
-            role,
-            &model,
-            percentage,
-            b.allow_signature_change,
-            &or_reply!(by(caller, b.changed_by)),
-            &b.reason,
-        )
-        .await
-    {
-        Ok(_) => rollout_now(s, Some(or_reply!(served(s, wait).await))).await,
-        Err(e) => rest_error(&e),
-    }
-}
-
-async fn clear_role(
-    s: &HttpState,
-    caller: &Caller,
-    role: RolloutRole,
-    wait: WaitParam,
-    b: Result<Bytes, BytesRejection>,
-) -> Response {
-    let wait = or_reply!(wait_of(wait));
-    let b: ReasonBody = or_reply!(body(b));
-    match s
-        .services
-        .rollout
-        .clear_rollout(role, &or_reply!(by(caller, b.changed_by)), &b.reason)
-        .await
-    {
-        Ok(_) => rollout_now(s, Some(or_reply!(served(s, wait).await))).await,
-        Err(e) => rest_error(&e),
-    }
-}
-
-/// Make a model the canary with a percentage (or change the canary's percentage).
-#[utoipa::path(put, path = "/api/v1/rollout/canary", tag = "rollout", request_body = RolloutBody,
-    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
-    responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn set_canary(
-    State(s): State<HttpState>,
-    caller: Caller,
-    wait: WaitParam,
-    b: Result<Bytes, BytesRejection>,
-) -> Response {
-    set_role(&s, &caller, RolloutRole::Canary, wait, b).await
-}
-
-/// End the canary.
-#[utoipa::path(delete, path = "/api/v1/rollout/canary", tag = "rollout", request_body = Option<ReasonBody>,
-    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
-    responses((status = 200, body = RolloutJson)))]
-async fn clear_canary(
-    State(s): State<HttpState>,
-    caller: Caller,
-    wait: WaitParam,
-    b: Result<Bytes, BytesRejection>,
-) -> Response {
-    clear_role(&s, &caller, RolloutRole::Canary, wait, b).await
-}
-
-/// Make a model the shadow with a percentage.
-#[utoipa::path(put, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = RolloutBody,
-    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
-    responses((status = 200, body = RolloutJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-async fn set_shadow(
-    State(s): State<HttpState>,
-    caller: Caller,
-    wait: WaitParam,
-    b: Result<Bytes, BytesRejection>,
-) -> Response {
-    set_role(&s, &caller, RolloutRole::Shadow, wait, b).await
-}
-
-/// End the shadow.
-#[utoipa::path(delete, path = "/api/v1/rollout/shadow", tag = "rollout", request_body = Option<ReasonBody>,
-    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
-    responses((status = 200, body = RolloutJson)))]
-async fn clear_shadow(
-    State(s): State<HttpState>,
-    caller: Caller,
-    wait: WaitParam,
-    b: Result<Bytes, BytesRejection>,
-) -> Response {
-    clear_role(&s, &caller, RolloutRole::Shadow, wait, b).await
-}
-
-/// Make the canary the active model.
-#[utoipa::path(post, path = "/api/v1/rollout/promote", tag = "rollout", request_body = Option<ActivateBody>,
-    params(("wait_ms" = Option<i64>, Query, description = WAIT_DOC)),
-    responses((status = 200, body = ActivationJson), (status = 409, body = ErrorBody)))]
-async fn promote(
-    State(s): State<HttpState>,
-    caller: Caller,
-    wait: WaitParam,
-    b: Result<Bytes, BytesRejection>,
-) -> Response {
-    let wait = or_reply!(wait_of(wait));
-    let b: ActivateBody = or_reply!(body(b));
-    match s
-        .services
-        .rollout
-        .promote(&or_reply!(by(&caller, b.activated_by)), &b.reason)
-        .await
-    {
-        Ok(done) => activation(&done, or_reply!(served(&s, wait).await)),
-        Err(e) => rest_error(&e),
-    }
-}
-
-/// One tensor: its name, shape, datatype (`FP32`, `INT64`, `BOOL`, ...) and values in
-/// row-major order (flat or nested).
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
-pub struct TensorJson {
-    /// The model's input (or output) name.
-    pub name: String,
-    /// Dimensions.
-    pub shape: Vec<i64>,
-    /// `FP32`, `FP64`, `INT8`..`INT64`, `UINT8`..`UINT64` or `BOOL`.
-    pub datatype: String,
-    /// The values.
-    #[schema(value_type = Vec<Object>)]
-    pub data: Value,
-}
-
-/// Trying a model: which (the active one by default), an optional routing key, the inputs.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PredictBody {
-    /// A registered model by id; absent (and no `model_name`): the active model (or the canary,
-    /// by routing key).
-    #[serde(default)]
-    #[schema(minimum = 1)]
-    pub model_id: Option<i64>,
-    /// A registered model by name.
-    #[serde(default)]
-    #[schema(min_length = 1)]
-    pub model_name: Option<String>,
-    /// Routes a canary as over gRPC.
-    #[serde(default)]
-    pub routing_key: String,
-    /// The inputs.
-    pub inputs: Vec<TensorJson>,
-}
-
-/// What the model answered and which model it was.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PredictJson {
-    /// The model that computed it.
-    pub model_id: i64,
-    /// Its name.
-    pub model_name: String,
-    /// Its version.
-    pub version: String,
-    /// `active`, `canary` or `candidate`.
-    pub role: String,
-    /// The outputs.
-    pub outputs: Vec<TensorJson>,
-}
-
-/// Run a model on inputs (the request path of Predict: routing, validation, the engine).
-#[utoipa::path(post, path = "/api/v1/predict", tag = "predict", request_body = PredictBody,
-    responses((status = 200, body = PredictJson), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 429, body = ErrorBody)))]
-async fn predict(State(s): State<HttpState>, b: Result<Bytes, BytesRejection>) -> Response {
-    let b: PredictBody = or_reply!(required_body(b));
-    let model = match (b.model_id, b.model_name) {
-        (Some(_), Some(_)) => {
-            return rest_error(&Error::InvalidArgument(
-                "name the model once: model_id or model_name".into(),
-            ));
-        }
-        (Some(id), None) => Some(ModelRef::Id(id)),
-        (None, Some(name)) => Some(ModelRef::Name(name)),
-        (None, None) => None,
-    };
-    let mut tensors = Vec::with_capacity(b.inputs.len());
-    for t in &b.inputs {
-        match super::tensor_json::json_tensor_bytes(&t.name, &t.datatype, &t.shape, &t.data) {
-            Ok(bytes) => tensors.push(bytes),
-            Err(e) => return rest_error(&e),
-        }
-    }
-    let inputs: Vec<InputRef<'_>> = b
-        .inputs
-        .iter()
-        .zip(&tensors)
-        .map(|(t, bytes)| InputRef {
-            name: &t.name,
-            datatype: &t.datatype,
-            shape: &t.shape,
-            payload: Payload::Raw(bytes),
-        })
-        .collect();
-    let inference = &s.services.inference;
-    let route = match inference.route_ref(model.as_ref(), &b.routing_key, None).await {
-        Ok(r) => r,
-        Err(e) => return rest_error(&e),
-    };
-    let role = route.role;
-    let done = match inference.infer(route, &inputs, true, None).await {
-        Ok(d) => d,
-        Err(e) => return rest_error(&e),
-    };
-    let record = &done.model.record;
-    let outputs = done
-        .outputs
-        .iter()
-        .map(|o| TensorJson {
-            name: o.name.clone(),
-            shape: o.shape.clone(),
-            datatype: o.datatype.name().into(),
-            data: match &o.data {
-                OutputData::Raw(bytes) => super::tensor_json::bytes_json(o.datatype, bytes),
-                _ => Value::Array(Vec::new()),
-            },
-        })
-        .collect();
-    ok(&PredictJson {
-        model_id: record.model_id,
-        model_name: record.model_name.clone(),
-        version: record.version.clone(),
-        role: role.name().into(),
-        outputs,
-    })
 }
