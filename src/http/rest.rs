@@ -26,7 +26,8 @@ use crate::fleet::Served;
 use crate::ops::{ActivationOutcome, Gates, Registration};
 use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, Order, RollbackPolicy};
 
-/// The `/api/v1` routes.
+/// The `/api/v1` routes: models and activation here, rollout, predict and the OpenAPI
+/// document from their own files (the admin page's API serves the same list).
 pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/api/v1/models", get(list_models).post(register_model))
@@ -37,6 +38,9 @@ pub fn routes() -> Router<HttpState> {
             get(get_model).put(update_model).delete(delete_model),
         )
         .route("/api/v1/models/{model_id}/activate", post(activate_model))
+        .merge(super::rollout::routes())
+        .merge(super::predict::routes())
+        .merge(super::openapi::routes())
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
