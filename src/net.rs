@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -428,26 +428,25 @@ impl From<BodyError> for crate::Error {
 }
 
 /// A request body whose bytes are charged to a [`Charge`] as they arrive, and which fails
-/// when the budget is full or when it has not ended within the body timeout.
+/// when the budget is full or when it has not ended within the body timeout of first having to
+/// wait for bytes.
 pub struct Metered<B> {
     inner: B,
     charge: Arc<Charge>,
     /// Bytes charged before the body was read (a declared `Content-Length`).
     prepaid: usize,
-    deadline: Instant,
     timeout: Duration,
     /// Set only once the body has to wait for bytes (most bodies arrive whole).
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Metered<B> {
-    /// `inner`, charged to `charge`, failing after `timeout`.
+    /// `inner`, charged to `charge`, failing `timeout` after it first waits.
     pub fn new(inner: B, charge: Arc<Charge>, timeout: Duration) -> Self {
         Self {
             inner,
             charge,
             prepaid: 0,
-            deadline: Instant::now() + timeout,
             timeout,
             timer: None,
         }
@@ -492,10 +491,11 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Read(e.into())))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let deadline = tokio::time::Instant::from_std(this.deadline);
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // The clock starts the first time the body has to wait: most bodies arrive
+                // whole with their headers and never read it (this is every request's path),
+                // and a body that trickles waits at once, a frame after its headers.
+                let timeout = this.timeout;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 if timer.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(BodyError::Slow {
                         secs: this.timeout.as_secs(),

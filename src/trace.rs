@@ -10,14 +10,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The header both transports read and answer with.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 tokio::task_local! {
-    static REQUEST_ID: String;
+    /// The request's id, as the header value it is answered with (a clone is a reference
+    /// count: the request path copies no string for it).
+    static REQUEST_ID: http::HeaderValue;
 }
 
 /// A new request id: 16 hex digits, a per-process random prefix and a counter.
 pub fn new_request_id() -> String {
+    String::from_utf8(new_id_bytes().to_vec()).unwrap_or_default()
+}
+
+fn new_id_bytes() -> [u8; 16] {
     static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = *PREFIX.get_or_init(|| {
@@ -35,30 +41,49 @@ pub fn new_request_id() -> String {
     // By hand, not format!: this runs on every request, and the formatting machinery cost
     // about 1,400 instructions of a request's 120,000 (callgrind, docs/benchmarks.md).
     let v = (u64::from(prefix) << 32) | (n & 0xffff_ffff);
-    let hex: Vec<u8> = (0..16)
-        .map(|i| b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize])
-        .collect();
-    String::from_utf8(hex).unwrap_or_default()
+    let mut hex = [0u8; 16];
+    for (i, h) in hex.iter_mut().enumerate() {
+        *h = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    hex
 }
 
-/// The client's id when it is one we can log and echo (1-64 of `A-Z a-z 0-9 - _ .`), else a
-/// new one.
-pub fn request_id_from(header: Option<&str>) -> String {
+/// The client's `x-request-id` when it is one we can log and echo (1-64 of `A-Z a-z 0-9 - _
+/// .`), else a new one; as the header value the response carries.
+pub fn request_id_from(header: Option<&http::HeaderValue>) -> http::HeaderValue {
     match header {
         Some(h)
             if !h.is_empty()
                 && h.len() <= 64
-                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+                && h.as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(b)) =>
         {
-            h.to_string()
+            h.clone()
         }
-        _ => new_request_id(),
+        _ => http::HeaderValue::from_bytes(&new_id_bytes()).unwrap_or_else(|_| http::HeaderValue::from_static("0")),
     }
 }
 
-/// Runs `f` with `id` as the current request id.
-pub async fn with_request_id<F: std::future::Future>(id: String, f: F) -> F::Output {
-    REQUEST_ID.scope(id, f).await
+/// A request id as text, for a log line (ids are ASCII by construction).
+pub fn shown(id: &http::HeaderValue) -> &str {
+    id.to_str().unwrap_or_default()
+}
+
+/// `f` with `id` as the current request id (the future itself: nothing boxed or moved again).
+pub fn scope<F: std::future::Future>(
+    id: http::HeaderValue,
+    f: F,
+) -> tokio::task::futures::TaskLocalFuture<http::HeaderValue, F> {
+    REQUEST_ID.scope(id, f)
+}
+
+/// The request id on a response. Marked sensitive, which HTTP/2 encodes as a literal never
+/// indexed: a value that never repeats would only churn both sides' HPACK tables
+/// (docs/benchmarks.md).
+pub fn stamp<B>(r: &mut http::Response<B>, mut id: http::HeaderValue) {
+    id.set_sensitive(true);
+    r.headers_mut().insert(REQUEST_ID_HEADER, id);
 }
 
 /// The span a request's job runs in on another thread (a compute or shadow thread), so that
@@ -74,7 +99,7 @@ pub fn job_span(request_id: Option<&str>) -> tracing::Span {
 
 /// The current request's id, when there is a request.
 pub fn current_request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    REQUEST_ID.try_with(|id| shown(id).to_owned()).ok()
 }
 
 /// The current request's id, or a new one for work no request asked for (so that a log line
@@ -186,11 +211,15 @@ mod tests {
         assert_eq!(a[..8], b[..8]);
         let count = |id: &str| u64::from_str_radix(&id[8..], 16).unwrap();
         assert!(count(&b) > count(&a), "{a} {b}");
-        assert_eq!(request_id_from(Some("abc-123.X_y")), "abc-123.X_y");
-        for bad in ["", "has space", "a\nb", &"x".repeat(65), "/etc/passwd"] {
-            let got = request_id_from(Some(bad));
+        let header = |v: &str| http::HeaderValue::from_str(v).unwrap();
+        assert_eq!(request_id_from(Some(&header("abc-123.X_y"))), "abc-123.X_y");
+        assert_eq!(request_id_from(None).len(), 16);
+        for bad in ["", "has space", "a\tb", &"x".repeat(65), "/etc/passwd", "caf\u{e9}"] {
+            let bad = http::HeaderValue::from_bytes(bad.as_bytes()).unwrap();
+            let got = request_id_from(Some(&bad));
             assert_ne!(got, bad);
             assert_eq!(got.len(), 16);
+            assert!(shown(&got).bytes().all(|c| c.is_ascii_hexdigit()), "{got:?}");
         }
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two builds of modeld side by side on the MLP (digits_v2): perf_analyzer over gRPC at each
 # concurrency, in LOAD_ROUNDS rounds of (A, B) one right after the other, medians over the
-# rounds; then each build's peak memory (VmHWM) around one 50 MB JSON body sent to
+# rounds of throughput, p50 and the server's CPU time per request; then each build's peak memory (VmHWM) around one 50 MB JSON body sent to
 # /v2/models/digits_v2/infer (a [1,64] input with 25 million values: refused with 400).
 # Writes RUN_DIR/compare/summary.md.
 #
@@ -41,6 +41,9 @@ inputs_dir="$run_dir/inputs"
 mkdir -p "$dir"
 "$clients_py" "$load_dir/make_inputs.py" "$repo/models" "$inputs_dir"
 
+# cpu_ticks PID: the process's user + system time so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # start NAME BIN: that build on free ports, ready; sets port.
 start() {
   MODELD_BIN="$2"
@@ -55,10 +58,14 @@ for round in $(seq 1 "$rounds"); do
     start "$name" "${!bin_var}"
     for c in $concurrency; do
       csv="$dir/${name}_c${c}_r${round}.csv"
+      # The server's CPU time over the run (user + system, all its threads), for CPU per request.
+      cpu0="$(cpu_ticks "$modeld_pid")"
+      wall0="$(date +%s.%N)"
       perf "$name c=$c round $round" "$csv" -m digits_v2 -u "127.0.0.1:$port" \
         --input-data "$inputs_dir/digits.json" --concurrency-range "$c" --measurement-interval "$interval_ms" \
         --percentile 50 --stability-percentage "$stability" --max-trials "$max_trials" "${mode[@]}" ||
         log "perf_analyzer: $name c=$c round $round did not finish cleanly (see $csv.log)"
+      echo "$cpu0 $(cpu_ticks "$modeld_pid") $wall0 $(date +%s.%N) $(getconf CLK_TCK)" >"$csv.cpu"
     done
     stop_all
   done
@@ -98,24 +105,37 @@ from report import read_csv
 d, conc, rounds, size = sys.argv[2], sys.argv[3].split(), int(sys.argv[4]), int(sys.argv[5])
 def read(name):
     r = read_csv(os.path.join(d, name))
-    return (r["tput"], r["p50"]) if r else None
+    if not r:
+        return None
+    # Server CPU per request: its CPU time over the whole perf_analyzer run divided by the
+    # requests of that run, estimated as the measured throughput times the run's length (the
+    # client's start-up, when nothing is sent, counts as sending: a slight underestimate, the
+    # same for both builds).
+    try:
+        c0, c1, w0, w1, hz = map(float, open(os.path.join(d, name + ".cpu")).read().split())
+        cpu_us = (c1 - c0) / hz / (r["tput"] * (w1 - w0)) * 1e6
+    except (OSError, ValueError, ZeroDivisionError):
+        cpu_us = float("nan")
+    return (r["tput"], r["p50"], cpu_us)
 print(f"Medians over {rounds} rounds (each round: A, then B). perf_analyzer, {os.environ.get('COMPARE_CLIENT', 'sync')} client, gRPC, the MLP.")
 print()
-print("| concurrency | build | infer/s | p50 | B / A throughput | runs |")
-print("| --- | --- | --- | --- | --- | --- |")
+print("| concurrency | build | infer/s | p50 | server CPU / request | B / A throughput | B / A CPU | runs |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for c in conc:
     med = {}
     for n in ["A", "B"]:
         runs = [r for r in (read(f"{n}_c{c}_r{k}.csv") for k in range(1, rounds + 1)) if r]
         if runs:
-            med[n] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), len(runs))
+            med[n] = tuple(statistics.median(r[i] for r in runs) for i in range(3)) + (len(runs),)
     for n in ["A", "B"]:
         if n not in med:
-            print(f"| {c} | {n} | failed | | | 0 |")
+            print(f"| {c} | {n} | failed | | | | | 0 |")
             continue
-        t, p, k = med[n]
-        ratio = f"{t / med['A'][0]:.3f}" if n == "B" and "A" in med else ""
-        print(f"| {c} | {n} | {t:.0f} | {p:.0f} µs | {ratio} | {k} of {rounds} |")
+        t, p, cpu, k = med[n]
+        both = n == "B" and "A" in med
+        ratio = f"{t / med['A'][0]:.3f}" if both else ""
+        cpu_ratio = f"{cpu / med['A'][2]:.3f}" if both else ""
+        print(f"| {c} | {n} | {t:.0f} | {p:.0f} µs | {cpu:.1f} µs | {ratio} | {cpu_ratio} | {k} of {rounds} |")
 if size < 1000:
     sys.exit(0)
 print()

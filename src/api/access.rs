@@ -3,10 +3,10 @@
 //! ([`crate::auth::grpc_need`]). UNAUTHENTICATED without a good token, PERMISSION_DENIED with
 //! the wrong scope; the token's name goes into the request's extensions as [`Caller`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-
-use futures_util::future::BoxFuture;
 
 use crate::auth::{Access, grpc_need};
 
@@ -42,18 +42,14 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = Answer<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let id = crate::trace::request_id_from(
-            req.headers()
-                .get(crate::trace::REQUEST_ID_HEADER)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let id = crate::trace::request_id_from(req.headers().get(crate::trace::REQUEST_ID_HEADER));
         // Without tokens there is nothing to look up: the Predict path pays one load.
         let need = if self.access.enabled() {
             grpc_need(req.uri().path())
@@ -72,12 +68,10 @@ where
                 // The service that was polled ready answers; a fresh clone waits for the next.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                let answer = ready.call(req);
-                Box::pin(crate::trace::with_request_id(id.clone(), async move {
-                    let mut r = answer.await?;
-                    stamp(&mut r, &id);
-                    Ok(r)
-                }))
+                Answer::Allowed {
+                    inner: crate::trace::scope(id.clone(), ready.call(req)),
+                    id: Some(id),
+                }
             }
             Err(denied) => {
                 let peer = req
@@ -89,23 +83,55 @@ where
                 crate::client_event!(
                     tracing::Level::WARN,
                     "access_denied",
-                    request_id = %id,
+                    request_id = crate::trace::shown(&id),
                     method = req.uri().path(),
                     peer,
                     "refused: {}",
                     denied.message()
                 );
                 let mut r = tonic::Status::from(denied.reply()).into_http();
-                stamp(&mut r, &id);
-                Box::pin(async move { Ok(r) })
+                crate::trace::stamp(&mut r, id);
+                Answer::Denied { answer: Some(r) }
             }
         }
     }
 }
 
-/// The request id on a response.
-pub fn stamp<B>(r: &mut http::Response<B>, id: &str) {
-    if let Ok(v) = http::HeaderValue::from_str(id) {
-        r.headers_mut().insert(crate::trace::REQUEST_ID_HEADER, v);
+pin_project_lite::pin_project! {
+    /// A call's answer: the service's, run with the request id as the current one and stamped
+    /// with it; or the refusal. A plain future in the connection's task (not boxed: this is
+    /// every request's path).
+    #[project = AnswerProj]
+    pub enum Answer<F> {
+        /// Let through.
+        Allowed {
+            #[pin]
+            inner: tokio::task::futures::TaskLocalFuture<http::HeaderValue, F>,
+            id: Option<http::HeaderValue>,
+        },
+        /// Refused.
+        Denied {
+            answer: Option<http::Response<tonic::body::Body>>,
+        },
+    }
+}
+
+impl<F, E> Future for Answer<F>
+where
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project() {
+            AnswerProj::Allowed { inner, id } => {
+                let mut r = std::task::ready!(inner.poll(cx))?;
+                if let Some(id) = id.take() {
+                    crate::trace::stamp(&mut r, id);
+                }
+                Poll::Ready(Ok(r))
+            }
+            AnswerProj::Denied { answer } => Poll::Ready(Ok(answer.take().expect("polled after it answered"))),
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! gRPC services. One file per service (`inference.rs` modeld.v1 Inference, `registry.rs`
-//! ModelRegistry, `kserve.rs` the Open Inference Protocol), each a thin layer over the
-//! [`crate::ops`] services it is handed; proto <-> domain conversions live in
-//! [`convert`]; `access.rs` checks tokens, `limits.rs` request bytes, `later.rs` answers while
+//! ModelRegistry, with its file downloads in `download.rs`, `kserve/` the Open Inference
+//! Protocol), each a thin layer over the [`crate::ops`] services it is handed; proto <-> domain
+//! conversions live in [`convert`]; `access.rs` checks tokens, `limits.rs` request bytes, `later.rs` answers while
 //! the registry is not reachable yet.
 
 pub mod access;
 pub mod convert;
+pub mod download;
 pub mod inference;
 pub mod kserve;
 pub mod later;

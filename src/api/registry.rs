@@ -488,90 +488,15 @@ impl pb::model_registry_server::ModelRegistry for RegistryService {
 
     async fn create_download_url(&self, request: Request<pb::CreateDownloadUrlRequest>) -> Reply<pb::DownloadUrl> {
         let pb::CreateDownloadUrlRequest { model, expires_in_secs } = request.into_inner();
-        let record = self.services.catalogue.get(&convert::model_ref(model)?).await?;
-        let downloads = &self.downloads;
-        let base = downloads.default_base.clone();
-        if downloads.public_url.is_empty() && base.is_empty() {
-            return Err(Error::FailedPrecondition(
-                "this server has no HTTP port to download from (--http-listen) and no --public-url".into(),
-            )
-            .into());
-        }
-        let expires_in = (expires_in_secs > 0).then_some(u64::from(expires_in_secs));
-        let u = crate::signing::signed_url(downloads, &base, &record, expires_in, chrono::Utc::now())?;
-        Ok(Response::new(pb::DownloadUrl {
-            url: u.url,
-            expires_at: Some(prost_types::Timestamp {
-                seconds: u.expires_at.timestamp(),
-                nanos: 0,
-            }),
-            sha256: u.sha256,
-            size_bytes: u.size_bytes,
-        }))
+        let url = super::download::signed_url(&self.services, &self.downloads, model, expires_in_secs).await?;
+        Ok(Response::new(url))
     }
 
-    type DownloadModelStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::DownloadChunk, Status>> + Send>>;
+    type DownloadModelStream = super::download::Chunks;
 
     async fn download_model(&self, request: Request<pb::DownloadModelRequest>) -> Reply<Self::DownloadModelStream> {
-        use sha2::Digest;
-        use tokio::io::AsyncReadExt;
         let pb::DownloadModelRequest { model } = request.into_inner();
-        let record = self.services.catalogue.get(&convert::model_ref(model)?).await?;
-        let path = self.services.catalogue.record_file(&record).await?;
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-            Error::model_file(
-                crate::error::FileProblem::Unreadable,
-                format!("model file {:?} cannot be read: {e}", record.file_path),
-            )
-        })?;
-        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-        let header = pb::DownloadChunk {
-            part: Some(pb::download_chunk::Part::Header(pb::DownloadHeader {
-                model: Some(convert::model(&record)),
-                file_name: std::path::Path::new(&record.file_path)
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
-                sha256: record.checksum_sha256.clone(),
-            })),
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<pb::DownloadChunk, Status>>(4);
-        let name = record.file_path.clone();
-        tokio::spawn(async move {
-            if tx.send(Ok(header)).await.is_err() {
-                return;
-            }
-            let mut hash = sha2::Sha256::new();
-            loop {
-                let mut buf = vec![0u8; 256 << 10];
-                match file.read(&mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        hash.update(&buf);
-                        let chunk = pb::DownloadChunk {
-                            part: Some(pb::download_chunk::Part::Data(buf)),
-                        };
-                        if tx.send(Ok(chunk)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let e = Error::model_file(
-                            crate::error::FileProblem::Unreadable,
-                            format!("model file {name:?} could not be read to the end: {e}"),
-                        );
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                }
-            }
-            let last = pb::DownloadChunk {
-                part: Some(pb::download_chunk::Part::Sha256(hex::encode(hash.finalize()))),
-            };
-            let _ = tx.send(Ok(last)).await;
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(super::download::chunks(&self.services, model).await?))
     }
 
     async fn list_servers(&self, _request: Request<pb::ListServersRequest>) -> Reply<pb::ListServersResponse> {

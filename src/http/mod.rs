@@ -296,11 +296,7 @@ async fn access_check(
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let id = crate::trace::request_id_from(
-        req.headers()
-            .get(crate::trace::REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok()),
-    );
+    let id = crate::trace::request_id_from(req.headers().get(crate::trace::REQUEST_ID_HEADER));
     let need = crate::auth::http_need(req.method().as_str(), req.uri().path());
     let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let denied = match state.access.check(header, need) {
@@ -308,8 +304,8 @@ async fn access_check(
             if let Some(name) = caller {
                 req.extensions_mut().insert(crate::api::access::Caller(name));
             }
-            let mut r = crate::trace::with_request_id(id.clone(), next.run(req)).await;
-            crate::api::access::stamp(&mut r, &id);
+            let mut r = crate::trace::scope(id.clone(), next.run(req)).await;
+            crate::trace::stamp(&mut r, id);
             return r;
         }
         Err(d) => d,
@@ -317,7 +313,7 @@ async fn access_check(
     crate::client_event!(
         tracing::Level::WARN,
         "access_denied",
-        request_id = %id,
+        request_id = crate::trace::shown(&id),
         method = req.method().as_str(),
         path = req.uri().path(),
         "refused: {}",
@@ -331,7 +327,7 @@ async fn access_check(
             HeaderValue::from_static("Bearer realm=\"modeld\""),
         );
     }
-    crate::api::access::stamp(&mut r, &id);
+    crate::trace::stamp(&mut r, id);
     r
 }
 

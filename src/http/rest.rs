@@ -85,10 +85,14 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(
         Box::new(r)
     })?;
     let refuse = |m: String| Box::new(rest_error(&Error::InvalidArgument(m)));
-    // JSON's own whitespace only (not a form feed).
+    // JSON's own whitespace (not a form feed) may surround the object; a body of nothing but
+    // whitespace is not JSON, so only an empty body stands for the defaults.
     match b.iter().find(|c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
         None if required => Err(refuse("this route takes a JSON object in the request body".into())),
-        None => Ok(T::default()),
+        None if b.is_empty() => Ok(T::default()),
+        None => Err(refuse(
+            "the request body must be a JSON object ({...}) or empty, not only whitespace".into(),
+        )),
         // serde reads a struct from an array too (`[]`, `[null]`): only an object is a body.
         // One parse; only a body serde refused is read again with whole floats made integers.
         Some(b'{') => serde_json::from_slice(&b)

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
 use super::Plan;
-use super::engine::{Engine, EngineChoice, EngineError, EngineSettings};
+use super::engine::{Engine, EngineError, EngineSettings};
 use crate::error::{Error, FileProblem, Result};
 use crate::signature::{DataType, Signature, TensorSpec};
 
@@ -89,62 +89,7 @@ pub enum Unloadable {
     },
     /// The other engine's outputs are not tract's.
     #[error("{0}")]
-    Disagrees(Disagreement),
-}
-
-/// How another engine's outputs differ from tract's on the cross-check input.
-#[derive(Debug)]
-pub enum Disagreement {
-    /// Not as many outputs.
-    Count {
-        /// Outputs the other engine returned.
-        got: usize,
-        /// Outputs tract returned.
-        want: usize,
-    },
-    /// An output of another type or shape.
-    Shape {
-        /// The output.
-        name: String,
-        /// The other engine's type and shape.
-        got: String,
-        /// tract's type and shape.
-        want: String,
-    },
-    /// Integer or boolean values differ.
-    Integers(String),
-    /// An output whose values cannot be compared.
-    Incomparable(String),
-    /// A float differs by more than the tolerance.
-    Element {
-        /// The output.
-        name: String,
-        /// Where.
-        index: usize,
-        /// The other engine's value.
-        got: f64,
-        /// tract's value.
-        want: f64,
-    },
-}
-
-impl std::fmt::Display for Disagreement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Count { got, want } => write!(f, "returned {got} outputs, tract {want}"),
-            Self::Shape { name, got, want } => {
-                write!(f, "output {name:?} differs from tract's: {got} vs tract's {want}")
-            }
-            Self::Integers(name) => write!(f, "output {name:?} differs from tract's (integer values)"),
-            Self::Incomparable(name) => write!(f, "output {name:?} cannot be compared"),
-            Self::Element { name, index, got, want } => {
-                write!(
-                    f,
-                    "output {name:?} differs from tract's at element {index}: {got} vs tract's {want}"
-                )
-            }
-        }
-    }
+    Disagrees(super::choose::Disagreement),
 }
 
 /// A model that loaded, optimised and ran a warm-up successfully.
@@ -216,7 +161,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Reads, verifies, loads, optimises and warms up the model at `path`, for the engine that
-/// `settings` prefers where that engine can compute it (see [`choose_engine`]). Messages name
+/// `settings` prefers where that engine can compute it (see [`super::choose::choose_engine`]). Messages name
 /// the file by its path as given; see [`load_model_named`].
 ///
 /// # Errors
@@ -262,7 +207,7 @@ pub fn load_model_named(
     } else {
         Vec::new()
     };
-    let chosen = choose_engine(&bytes, plan, &signature, settings, tract_warm);
+    let chosen = super::choose::choose_engine(&bytes, plan, &signature, settings, tract_warm);
     drop(bytes);
     let (engine, warm) = (chosen.engine, chosen.warm);
     Ok(LoadedModel {
@@ -413,182 +358,6 @@ fn optimise(model: InferenceModel) -> std::result::Result<(Plan, Signature), Unl
     Ok((plan, signature))
 }
 
-/// The engine chosen for a model, and why.
-struct Chosen {
-    engine: Engine,
-    warm: WarmUp,
-    note: Option<String>,
-    fell_back: bool,
-}
-
-/// ONNX Runtime must be at least this much faster than tract for `--engine auto` to pick it:
-/// warm-up costs of microsecond models differ by noise, and tract is the default.
-const AUTO_MARGIN: f64 = 1.1;
-
-/// tract, which loaded and warmed up the model already, computes it unless `settings` asks for
-/// ONNX Runtime (or auto) and ONNX Runtime compiles the same bytes, gives tract's outputs on a
-/// test input and warms up; auto then keeps whichever warmed up faster. Anything else keeps
-/// tract and says why: a model tract serves is never refused because of the other engine.
-fn choose_engine(
-    bytes: &[u8],
-    plan: Plan,
-    signature: &Signature,
-    settings: EngineSettings,
-    tract_warm: WarmUp,
-) -> Chosen {
-    let tract = |warm, note, fell_back| Chosen {
-        engine: Engine::Tract(Arc::clone(&plan)),
-        warm,
-        note,
-        fell_back,
-    };
-    if !settings.preferred.wants_onnxruntime() {
-        return tract(tract_warm, None, false);
-    }
-    let (engine, warm, agreement) = match onnxruntime_engine(bytes, &plan, signature, settings.concurrency) {
-        Ok(ort) => ort,
-        Err(why) => {
-            // Without the library, `auto` (the default) serves with tract as expected; start-up
-            // said once how to get it. A model ONNX Runtime refuses, or one it was asked for by
-            // name, is a fallback worth a warning.
-            let library_loaded = matches!(super::engine::onnxruntime_status(), Some(Ok(_)));
-            let asked = settings.preferred == EngineChoice::Onnxruntime;
-            let note = if asked || library_loaded {
-                format!("onnxruntime not used: {why}")
-            } else {
-                "onnxruntime not used: its library is not loaded (see the start-up log)".into()
-            };
-            return tract(tract_warm, Some(note), asked || library_loaded);
-        }
-    };
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let costs = format!(
-        "warm-up cost onnxruntime {:.0} µs, tract {:.0} µs",
-        us(warm.cost),
-        us(tract_warm.cost)
-    );
-    if settings.preferred == EngineChoice::Auto && us(warm.cost) * AUTO_MARGIN > us(tract_warm.cost) {
-        let note = format!("tract chosen: {costs} (tract must cost 1.1x onnxruntime to switch); {agreement}");
-        return tract(tract_warm, Some(note), false);
-    }
-    let note = match settings.preferred {
-        EngineChoice::Auto => format!("onnxruntime chosen: {costs}; {agreement}"),
-        _ => agreement,
-    };
-    Chosen {
-        engine,
-        warm,
-        note: Some(note),
-        fell_back: false,
-    }
-}
-
-#[cfg(feature = "onnxruntime")]
-fn onnxruntime_engine(
-    bytes: &[u8],
-    plan: &Plan,
-    signature: &Signature,
-    sessions: usize,
-) -> std::result::Result<(Engine, WarmUp, String), Unloadable> {
-    fn names(specs: &[TensorSpec]) -> Vec<&str> {
-        specs.iter().map(|s| s.name.as_str()).collect()
-    }
-    let model =
-        super::onnxruntime::OrtModel::new(bytes, sessions, &names(&signature.inputs), &names(&signature.outputs))?;
-    let engine = Engine::Onnxruntime(Arc::new(model));
-    let agreement = cross_check(plan, &engine, signature)?;
-    let warm = warm_up(&engine, signature).map_err(|e| Unloadable::OtherWarmUp(Box::new(e)))?;
-    Ok((engine, warm, agreement))
-}
-
-#[cfg(not(feature = "onnxruntime"))]
-fn onnxruntime_engine(
-    _: &[u8],
-    _: &Plan,
-    _: &Signature,
-    _: usize,
-) -> std::result::Result<(Engine, WarmUp, String), Unloadable> {
-    Err(super::engine::Unavailable::NotBuilt.into())
-}
-
-/// Runs tract and `other` on the same deterministic test input (batch 1, values in [0, 1) for
-/// FP32 and FP64 inputs, zeros otherwise) and compares every output: same shape and type,
-/// integers and booleans equal, floats within 1e-4 + 1e-3 x |tract's value| (NaN only against
-/// NaN, infinities only against the same infinity). Returns a line for the logs.
-#[cfg_attr(not(feature = "onnxruntime"), allow(dead_code))]
-fn cross_check(plan: &Plan, other: &Engine, signature: &Signature) -> std::result::Result<String, Unloadable> {
-    let inputs = || test_inputs(signature, 1, true);
-    let reference = plan.run(inputs()?).map_err(Unloadable::CrossCheckTract)?;
-    let got = other.run(inputs()?).map_err(|source| Unloadable::CrossCheckOther {
-        engine: other.kind(),
-        source,
-    })?;
-    let worst = compare_outputs(signature, &reference, &got).map_err(Unloadable::Disagrees)?;
-    Ok(format!(
-        "outputs match tract's on the load-time cross-check (largest difference {worst:.1e})"
-    ))
-}
-
-/// Compares `got` with tract's `reference` output by output (see [`cross_check`]); returns the
-/// largest difference between finite floats.
-fn compare_outputs(
-    signature: &Signature,
-    reference: &[TValue],
-    got: &[TValue],
-) -> std::result::Result<f64, Disagreement> {
-    if got.len() != reference.len() {
-        return Err(Disagreement::Count {
-            got: got.len(),
-            want: reference.len(),
-        });
-    }
-    let mut worst = 0f64;
-    for ((spec, want), have) in signature.outputs.iter().zip(reference).zip(got) {
-        let name = &spec.name;
-        if want.shape() != have.shape() || want.datum_type() != have.datum_type() {
-            return Err(Disagreement::Shape {
-                name: name.clone(),
-                got: format!("{:?} {:?}", have.datum_type(), have.shape()),
-                want: format!("{:?} {:?}", want.datum_type(), want.shape()),
-            });
-        }
-        if !want.datum_type().is_float() {
-            // Integers and booleans: equal, element for element.
-            if want != have {
-                return Err(Disagreement::Integers(name.clone()));
-            }
-            continue;
-        }
-        let as_f64 = |t: &Tensor| {
-            t.cast_to::<f64>()
-                .and_then(|c| c.try_as_plain_ram()?.as_slice::<f64>().map(<[f64]>::to_vec))
-        };
-        let (Ok(w), Ok(h)) = (as_f64(want), as_f64(have)) else {
-            return Err(Disagreement::Incomparable(name.clone()));
-        };
-        for (i, (a, b)) in w.iter().zip(&h).enumerate() {
-            let agree = if a.is_nan() || b.is_nan() {
-                a.is_nan() && b.is_nan()
-            } else if a.is_infinite() || b.is_infinite() {
-                a == b
-            } else {
-                let diff = (a - b).abs();
-                worst = worst.max(diff);
-                diff <= 1e-4 + 1e-3 * a.abs()
-            };
-            if !agree {
-                return Err(Disagreement::Element {
-                    name: name.clone(),
-                    index: i,
-                    got: *b,
-                    want: *a,
-                });
-            }
-        }
-    }
-    Ok(worst)
-}
-
 fn read_signature(model: &TypedModel) -> std::result::Result<Signature, Unloadable> {
     let spec = |outlet: OutletId, name: String| -> std::result::Result<TensorSpec, Unloadable> {
         let fact = model.outlet_fact(outlet).map_err(Unloadable::Facts)?;
@@ -623,9 +392,9 @@ fn read_signature(model: &TypedModel) -> std::result::Result<Signature, Unloadab
 }
 
 /// What the warm-up learnt about a model.
-struct WarmUp {
-    cost: Duration,
-    batchable: bool,
+pub(super) struct WarmUp {
+    pub(super) cost: Duration,
+    pub(super) batchable: bool,
 }
 
 /// How many batch-1 warm-up runs: the first pays for lazy set-up, the fastest is the cost.
@@ -633,7 +402,11 @@ const WARM_UP_RUNS: usize = 3;
 
 /// Inputs for a warm-up or a cross-check: dynamic dims are 1 (the leading one `batch`), values
 /// are zeros, or for `varied` FP32 and FP64 inputs a fixed pseudo-random sequence in [0, 1).
-fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result::Result<TVec<TValue>, Unloadable> {
+pub(super) fn test_inputs(
+    signature: &Signature,
+    batch: usize,
+    varied: bool,
+) -> std::result::Result<TVec<TValue>, Unloadable> {
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     signature
         .inputs
@@ -672,7 +445,7 @@ fn test_inputs(signature: &Signature, batch: usize, varied: bool) -> std::result
 /// Runs on zeros (dynamic dims = 1) so the first real request does not pay for lazy set-up, so
 /// a model that cannot run is refused before it is published, and to learn its cost and whether
 /// requests can be batched.
-fn warm_up(engine: &Engine, signature: &Signature) -> std::result::Result<WarmUp, Unloadable> {
+pub(super) fn warm_up(engine: &Engine, signature: &Signature) -> std::result::Result<WarmUp, Unloadable> {
     let mut cost = Duration::MAX;
     for _ in 0..WARM_UP_RUNS {
         let inputs = test_inputs(signature, 1, false)?;
@@ -759,44 +532,6 @@ mod tests {
             ]
         );
         assert_eq!(m.sha256.len(), 64);
-    }
-
-    #[test]
-    fn outputs_are_compared_with_tolerance_and_exactly_where_they_must_be() {
-        let sig = |dt: DataType| Signature {
-            inputs: vec![],
-            outputs: vec![TensorSpec {
-                name: "y".into(),
-                datatype: dt,
-                shape: vec![-1],
-            }],
-        };
-        let f32s = |v: &[f32]| tvec![TValue::from(Tensor::from_shape(&[v.len()], v).unwrap())];
-        let i64s = |v: &[i64]| tvec![TValue::from(Tensor::from_shape(&[v.len()], v).unwrap())];
-        let fp32 = sig(DataType::Fp32);
-        let inf = f32::INFINITY;
-        let worst = compare_outputs(&fp32, &f32s(&[1.0, 100.0]), &f32s(&[1.00005, 100.05])).unwrap();
-        assert!((worst - 0.05).abs() < 1e-3, "{worst}");
-        assert!(compare_outputs(&fp32, &f32s(&[1.0]), &f32s(&[1.01])).is_err());
-        assert!(compare_outputs(&fp32, &f32s(&[f32::NAN]), &f32s(&[f32::NAN])).is_ok());
-        assert!(compare_outputs(&fp32, &f32s(&[f32::NAN]), &f32s(&[0.0])).is_err());
-        assert!(compare_outputs(&fp32, &f32s(&[0.0]), &f32s(&[f32::NAN])).is_err());
-        assert!(compare_outputs(&fp32, &f32s(&[inf]), &f32s(&[inf])).is_ok());
-        assert!(compare_outputs(&fp32, &f32s(&[inf]), &f32s(&[-inf])).is_err());
-        assert!(compare_outputs(&fp32, &f32s(&[inf]), &f32s(&[1e30])).is_err());
-        assert!(
-            compare_outputs(&fp32, &f32s(&[1.0]), &f32s(&[1.0, 2.0])).is_err(),
-            "shapes differ"
-        );
-        let int64 = sig(DataType::Int64);
-        // 2^53 + 1 and 2^53 are equal as f64: integers are compared as integers.
-        let big = 1i64 << 53;
-        assert!(compare_outputs(&int64, &i64s(&[big + 1]), &i64s(&[big])).is_err());
-        assert!(compare_outputs(&int64, &i64s(&[big]), &i64s(&[big])).is_ok());
-        assert!(
-            compare_outputs(&int64, &i64s(&[1]), &f32s(&[1.0])).is_err(),
-            "types differ"
-        );
     }
 
     #[test]

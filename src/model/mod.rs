@@ -1,5 +1,5 @@
 //! Models in memory: where files may come from ([`root`]), how they are loaded, verified and
-//! warmed up ([`loader`]), their signature's element types as tract's ([`datum`]), the hot-swappable slot
+//! warmed up ([`loader`]), which engine computes them, cross-checked (`choose`), their signature's element types as tract's ([`datum`]), the hot-swappable slot
 //! that serves them ([`slot`]), the bounded cache of candidates tried by name ([`cache`]), and
 //! what models cost in memory ([`memory`]).
 //!
@@ -8,6 +8,7 @@
 //! `onnxruntime` (cargo feature `onnxruntime`).
 
 pub mod cache;
+mod choose;
 pub mod engine;
 mod lean;
 pub mod loader;

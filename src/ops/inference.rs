@@ -43,7 +43,23 @@ impl Inference {
         if let Some(model) = self.core.candidates.get_loaded(&name::nfc(name)) {
             return Ok(Route::to(model, Role::Candidate));
         }
+        // Boxed: the registry's futures are large, and every request's future would carry
+        // (and move) their size otherwise, served from memory or not (docs/benchmarks.md).
         let serving = set.as_ref().map(|s| s.active.record.model_name.clone());
+        drop(set);
+        Box::pin(self.route_from_registry(name, routing_key, deadline, serving)).await
+    }
+
+    /// [`Inference::route`] for a name this server neither serves nor has cached: asks the
+    /// registry, waits for this server's reload for a model the registry serves, or loads a
+    /// candidate.
+    async fn route_from_registry(
+        &self,
+        name: &str,
+        routing_key: &str,
+        deadline: Option<Instant>,
+        serving: Option<String>,
+    ) -> Result<Route> {
         if !self.core.status.registry_reachable() {
             return Err(Error::Unavailable(format!(
                 "model {} is not the model this server serves ({}), and the registry is unreachable; try again later",
@@ -198,12 +214,9 @@ impl Inference {
             .zip(self.core.shadows.as_ref())
             .map(|(s, runner)| (runner, s));
         let result = serving::infer(executor, Arc::clone(&model), inputs, raw_outputs, deadline, mirror).await;
-        self.core.guard_record(
-            route.role,
-            &model.record,
-            result.as_ref().map(|_| ()),
-            started.elapsed(),
-        );
+        let took = started.elapsed();
+        self.core
+            .guard_record(route.role, &model.record, result.as_ref().map(|_| ()), took);
         match result {
             Ok(done) => {
                 self.core.stats.success(
@@ -211,14 +224,12 @@ impl Inference {
                     route.role.name(),
                     model.model.engine.kind(),
                     &done.timings,
-                    started.elapsed(),
+                    took,
                 );
                 Ok(done)
             }
             Err(e) => {
-                self.core
-                    .stats
-                    .failure(&model.record, route.role.name(), &e, started.elapsed());
+                self.core.stats.failure(&model.record, route.role.name(), &e, took);
                 Err(e)
             }
         }

@@ -23,8 +23,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use tract_onnx::prelude::{TValue, TVec, Tensor};
+use tract_onnx::prelude::{TValue, TVec};
 
+use super::batch;
 use crate::config::EngineArgs;
 use crate::error::{Error, Result};
 use crate::model::EngineChoice;
@@ -379,7 +380,7 @@ fn take_batchable(queue: &mut VecDeque<Job>, batch: &mut Vec<Job>, rows: &mut us
         let fits = Arc::ptr_eq(&job.model, &batch[0].model)
             && job.rows > 0
             && *rows + job.rows <= max_rows
-            && same_trailing_shapes(&job.inputs, &batch[0].inputs);
+            && batch::same_trailing_shapes(&job.inputs, &batch[0].inputs);
         if fits && let Some(job) = queue.remove(i) {
             *rows += job.rows;
             batch.push(job);
@@ -387,10 +388,6 @@ fn take_batchable(queue: &mut VecDeque<Job>, batch: &mut Vec<Job>, rows: &mut us
             i += 1;
         }
     }
-}
-
-fn same_trailing_shapes(a: &[TValue], b: &[TValue]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.shape().get(1..) == y.shape().get(1..))
 }
 
 /// Runs a batch and answers every job in it.
@@ -422,9 +419,14 @@ fn execute_batched(shared: &Shared, jobs: Vec<Job>, started: Instant) {
     let t = Instant::now();
     let rows: usize = jobs.iter().map(|j| j.rows).sum();
     let model = Arc::clone(&jobs[0].model);
-    let split = stack_inputs(&jobs)
+    let requests: Vec<&[TValue]> = jobs.iter().map(|j| &j.inputs[..]).collect();
+    let split = batch::stack(&requests)
+        .map_err(|e| Error::internal(format!("cannot stack a batch: {e:#}")))
         .and_then(|inputs| run_engine(&model, inputs))
-        .and_then(|outputs| split_outputs(&outputs, &jobs));
+        .and_then(|outputs| {
+            let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+            batch::split(&outputs, &rows).map_err(|e| Error::internal(format!("cannot split a batch: {e:#}")))
+        });
     let compute = t.elapsed();
     match split {
         Ok(per_job) => {
@@ -447,32 +449,6 @@ fn execute_batched(shared: &Shared, jobs: Vec<Job>, started: Instant) {
             }
         }
     }
-}
-
-fn stack_inputs(jobs: &[Job]) -> Result<TVec<TValue>> {
-    (0..jobs[0].inputs.len())
-        .map(|i| {
-            let parts: Vec<&Tensor> = jobs.iter().map(|j| &*j.inputs[i]).collect();
-            Tensor::stack_tensors(0, &parts)
-                .map(TValue::from)
-                .map_err(|e| Error::internal(format!("cannot stack a batch: {e:#}")))
-        })
-        .collect()
-}
-
-fn split_outputs(outputs: &[TValue], jobs: &[Job]) -> Result<Vec<TVec<TValue>>> {
-    let mut per_job: Vec<TVec<TValue>> = jobs.iter().map(|_| TVec::new()).collect();
-    for output in outputs {
-        let mut start = 0;
-        for (job, out) in jobs.iter().zip(per_job.iter_mut()) {
-            let part = output
-                .slice(0, start, start + job.rows)
-                .map_err(|e| Error::internal(format!("cannot split a batch: {e:#}")))?;
-            out.push(TValue::from(part));
-            start += job.rows;
-        }
-    }
-    Ok(per_job)
 }
 
 impl Default for EngineArgs {
@@ -512,7 +488,7 @@ impl From<&EngineArgs> for ExecutorConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::prelude::tvec;
+    use tract_onnx::prelude::{Tensor, tvec};
 
     fn served(file: &str) -> Arc<ServedModel> {
         crate::testing::bundled(file, file, 0)

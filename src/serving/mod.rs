@@ -3,6 +3,7 @@
 //! build tract tensors straight from the request bytes, run on the [`executor`] (inline or on
 //! the compute pool, batched), encode outputs.
 
+pub mod batch;
 pub mod executor;
 pub mod route;
 pub mod shadow;

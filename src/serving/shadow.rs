@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tract_onnx::prelude::{TValue, TVec, Tensor};
+use tract_onnx::prelude::{TValue, TVec};
 
+use super::batch;
 use crate::config::ShadowArgs;
 use crate::model::slot::ServedModel;
 
@@ -296,12 +297,6 @@ fn work(queue: &std::sync::Weak<Mutex<Queue>>, max_batch: usize) {
     }
 }
 
-/// The rows of a request: the first dimension of its first input (0 for a scalar input, which
-/// never batches).
-fn rows(inputs: &[TValue]) -> usize {
-    inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(0)
-}
-
 /// Takes the first queued job and the queued jobs that can run in one call with it: the same
 /// loaded shadow and serving model (the same `Arc`s), inputs of the same trailing shapes, up
 /// to `max_rows` rows, for a shadow that takes a batch.
@@ -309,7 +304,7 @@ fn take_batch(queue: &mut VecDeque<Job>, max_rows: usize) -> Vec<Job> {
     let Some(first) = queue.pop_front() else {
         return Vec::new();
     };
-    let mut total = rows(&first.inputs);
+    let mut total = batch::rows(&first.inputs);
     if !first.shadow.model.batchable || total == 0 || max_rows <= 1 {
         return vec![first];
     }
@@ -317,12 +312,12 @@ fn take_batch(queue: &mut VecDeque<Job>, max_rows: usize) -> Vec<Job> {
     let mut i = 0;
     while i < queue.len() && total < max_rows {
         let job = &queue[i];
-        let n = rows(&job.inputs);
+        let n = batch::rows(&job.inputs);
         let fits = n > 0
             && total + n <= max_rows
             && Arc::ptr_eq(&job.shadow, &batch[0].shadow)
             && Arc::ptr_eq(&job.served, &batch[0].served)
-            && same_trailing_shapes(&job.inputs, &batch[0].inputs);
+            && batch::same_trailing_shapes(&job.inputs, &batch[0].inputs);
         if fits && let Some(job) = queue.remove(i) {
             total += n;
             batch.push(job);
@@ -331,10 +326,6 @@ fn take_batch(queue: &mut VecDeque<Job>, max_rows: usize) -> Vec<Job> {
         }
     }
     batch
-}
-
-fn same_trailing_shapes(a: &[TValue], b: &[TValue]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.shape().get(1..) == y.shape().get(1..))
 }
 
 /// The request's inputs in the shadow's signature order, by name (a few inputs: a linear
@@ -391,9 +382,13 @@ fn run_batch(mut batch: Vec<Job>) {
     let span = crate::trace::job_span(batch[0].request_id.as_deref());
     let in_span = span.enter();
     let started = Instant::now();
-    let answer = stack(&ordered).and_then(|inputs| run_engine(&batch[0].shadow, inputs));
+    let requests: Vec<&[TValue]> = ordered.iter().map(|r| &r[..]).collect();
+    let answer = batch::stack(&requests)
+        .map_err(Failed::Stack)
+        .and_then(|inputs| run_engine(&batch[0].shadow, inputs));
     let took = started.elapsed();
-    let parts = answer.and_then(|outputs| split(&outputs, &ordered));
+    let rows: Vec<usize> = ordered.iter().map(|r| batch::rows(r)).collect();
+    let parts = answer.and_then(|outputs| batch::split(&outputs, &rows).map_err(Failed::Split));
     let Ok(parts) = parts else {
         drop(in_span);
         batch.into_iter().for_each(run_one);
@@ -411,31 +406,6 @@ fn run_batch(mut batch: Vec<Job>) {
         i.mirrored += 1;
         compare(&mut i, &job.served, &job.outputs, &job.shadow, &theirs);
     }
-}
-
-fn stack(requests: &[TVec<TValue>]) -> Result<TVec<TValue>, Failed> {
-    (0..requests[0].len())
-        .map(|k| {
-            let parts: Vec<&Tensor> = requests.iter().map(|r| &*r[k]).collect();
-            Tensor::stack_tensors(0, &parts)
-                .map(TValue::from)
-                .map_err(Failed::Stack)
-        })
-        .collect()
-}
-
-fn split(outputs: &[TValue], requests: &[TVec<TValue>]) -> Result<Vec<TVec<TValue>>, Failed> {
-    let mut parts: Vec<TVec<TValue>> = requests.iter().map(|_| TVec::new()).collect();
-    for output in outputs {
-        let mut start = 0;
-        for (request, part) in requests.iter().zip(parts.iter_mut()) {
-            let n = rows(request);
-            let slice = output.slice(0, start, start + n).map_err(Failed::Split)?;
-            part.push(TValue::from(slice));
-            start += n;
-        }
-    }
-    Ok(parts)
 }
 
 fn run_one(job: Job) {
@@ -551,7 +521,8 @@ impl From<&ShadowArgs> for ShadowConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::prelude::tvec;
+    use crate::serving::batch::rows;
+    use tract_onnx::prelude::{Tensor, tvec};
 
     fn served(file: &str) -> Arc<ServedModel> {
         crate::testing::bundled(file, file, 0)

@@ -22,12 +22,21 @@ struct Second {
     latency: [u32; BINS],
 }
 
+/// 2^(1/4), 2^(1/2), 2^(3/4): where a mantissa in [1, 2) starts each quarter of its octave.
+const QUARTERS: [f64; 3] = [1.189_207_115_002_721, std::f64::consts::SQRT_2, 1.681_792_830_507_429];
+
+/// floor(4 · log2(µs)), read off the float's exponent (the octave) and mantissa (the quarter):
+/// every request records one, and a logarithm costs more than the rest of the record.
 fn bin(latency: Duration) -> usize {
     let us = latency.as_secs_f64() * 1e6;
     if us <= 1.0 {
         return 0;
     }
-    ((us.log2() * PER_OCTAVE) as usize).min(BINS - 1)
+    let bits = us.to_bits();
+    let octave = ((bits >> 52) & 0x7ff).saturating_sub(1023) as usize;
+    let mantissa = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+    let quarter = QUARTERS.iter().filter(|q| mantissa >= **q).count();
+    (octave * PER_OCTAVE as usize + quarter).min(BINS - 1)
 }
 
 fn bin_upper(b: usize) -> Duration {
@@ -162,6 +171,29 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bins_are_quarter_octaves_of_a_microsecond() {
+        let log = |us: f64| ((us.log2() * PER_OCTAVE) as usize).min(BINS - 1);
+        let mut us = 1.000_1_f64;
+        while us < 1e10 {
+            // Away from the edges, where a logarithm's rounding may fall either side.
+            let edge = (us.log2() * PER_OCTAVE).fract();
+            if edge > 1e-9 && edge < 1.0 - 1e-9 {
+                assert_eq!(bin(Duration::from_secs_f64(us / 1e6)), log(us), "{us} µs");
+            }
+            us *= 1.013;
+        }
+        assert_eq!(bin(Duration::ZERO), 0);
+        assert_eq!(bin(Duration::from_micros(1)), 0);
+        assert_eq!(bin(Duration::from_micros(2)), 4);
+        assert_eq!(bin(Duration::from_micros(100)), 26);
+        assert_eq!(bin(Duration::from_secs(100_000)), BINS - 1);
+        for b in 0..BINS - 1 {
+            // A latency just under a bin's upper bound lands in that bin.
+            assert_eq!(bin(bin_upper(b).mul_f64(0.999)), b, "bin {b}");
+        }
+    }
 
     #[test]
     fn a_window_counts_faults_and_a_p99() {
