@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("modeld_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
+        // The Open Inference Protocol's parameter maps as BTreeMaps: a response's two parameters
+        // (`role`, `model_id`) then cost no hasher or hashing, on every request's path.
+        .btree_map(".inference")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -1,7 +1,7 @@
 //! The access check's cost on the Predict path: the token lookup alone (no tokens, 1, 10 and
-//! 100 tokens, a token the server does not know), and the whole gRPC access layer — request
-//! id, method table, token check, the request id on the response — around a service that
-//! answers at once, with tokens off and on. Run with `cargo bench --bench access`.
+//! 100 tokens, a token the server does not know), and the whole gRPC gate (`api/gate.rs`) —
+//! request id, method table, token check, the body's charge, the request id on the response —
+//! around a service that answers at once, with tokens off and on. Run with `cargo bench --bench access`.
 
 use std::convert::Infallible;
 
@@ -54,7 +54,7 @@ fn layer(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let answer = tower::service_fn(|_req: http::Request<()>| async {
+    let answer = tower::service_fn(|_req: http::Request<tonic::body::Body>| async {
         Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty()))
     });
     let mut group = c.benchmark_group("access/grpc_layer");
@@ -63,7 +63,7 @@ fn layer(c: &mut Criterion) {
         if let Some(h) = header {
             r = r.header("authorization", h);
         }
-        r.body(()).unwrap()
+        r.body(tonic::body::Body::empty()).unwrap()
     };
     group.bench_function("bare_service", |b| {
         b.to_async(&rt).iter(|| {
@@ -71,7 +71,11 @@ fn layer(c: &mut Criterion) {
             async move { svc.oneshot(request(None)).await.unwrap() }
         });
     });
-    let off = modeld::api::access::AccessLayer(std::sync::Arc::new(Access::default())).layer(answer);
+    let gate = |access: Access| modeld::api::gate::Gate {
+        access: std::sync::Arc::new(access),
+        bodies: modeld::net::BodyLimits::new(512 << 20, std::time::Duration::from_secs(60)),
+    };
+    let off = gate(Access::default()).layer(answer);
     group.bench_function("tokens_off", |b| {
         b.to_async(&rt).iter(|| {
             let mut svc = off.clone();
@@ -79,7 +83,7 @@ fn layer(c: &mut Criterion) {
         });
     });
     let (access, header) = with_tokens(10);
-    let on = modeld::api::access::AccessLayer(std::sync::Arc::new(access)).layer(answer);
+    let on = gate(access).layer(answer);
     group.bench_function("tokens_10", |b| {
         b.to_async(&rt).iter(|| {
             let mut svc = on.clone();

@@ -1,16 +1,16 @@
 //! gRPC services. One file per service (`inference.rs` modeld.v1 Inference, `registry.rs`
 //! ModelRegistry, with its file downloads in `download.rs`, `kserve/` the Open Inference
 //! Protocol), each a thin layer over the [`crate::ops`] services it is handed; proto <-> domain
-//! conversions live in [`convert`]; `access.rs` checks tokens, `limits.rs` request bytes, `later.rs` answers while
+//! conversions live in [`convert`]; `gate.rs` is every call's way in (request id, tokens, the body's
+//! charge: one layer), `later.rs` answers while
 //! the registry is not reachable yet.
 
-pub mod access;
 pub mod convert;
 pub mod download;
+pub mod gate;
 pub mod inference;
 pub mod kserve;
 pub mod later;
-pub mod limits;
 pub mod registry;
 
 use std::time::{Duration, Instant};

@@ -135,7 +135,7 @@ impl RegistryService {
 /// The name of the token the request came with (recorded as who did it, over what the
 /// request itself says).
 fn caller_of<T>(request: &Request<T>) -> Option<String> {
-    request.extensions().get::<super::access::Caller>().map(|c| c.0.clone())
+    request.extensions().get::<crate::auth::Caller>().map(|c| c.0.clone())
 }
 
 fn who(name: String) -> String {

@@ -157,8 +157,10 @@ pub(super) fn grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let grpc = tonic::transport::Server::builder()
-        .layer(crate::api::access::AccessLayer(Arc::clone(&security.access)))
-        .layer(crate::api::limits::BodyLimitLayer(limits.bodies.clone()))
+        .layer(crate::api::gate::Gate {
+            access: Arc::clone(&security.access),
+            bodies: limits.bodies.clone(),
+        })
         .max_concurrent_streams(config.net.max_streams_per_connection)
         // A client that stops answering pings (a dead peer, a half-open connection) is closed.
         .http2_keepalive_interval(Some(Duration::from_secs(60)))

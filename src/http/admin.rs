@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::HttpState;
-use super::rest::{body, ok};
+use super::request::{body, ok};
 use crate::auth::{Denied, Holder, Need, Scope};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -428,7 +428,7 @@ async fn session_check(
     }
     if !session.holder.name.is_empty() {
         req.extensions_mut()
-            .insert(crate::api::access::Caller(session.holder.name.clone()));
+            .insert(crate::auth::Caller(session.holder.name.clone()));
     }
     let mut r = next.run(req).await;
     r.headers_mut()

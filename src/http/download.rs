@@ -96,7 +96,7 @@ pub fn admin_routes() -> axum::Router<HttpState> {
 
 /// A model's file for the admin page's signed-in operator (the session was checked).
 async fn session_download(State(s): State<HttpState>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
-    let id = or_reply!(super::rest::model_id(&id));
+    let id = or_reply!(super::request::model_id(&id));
     match s.services.catalogue.get(&ModelRef::Id(id)).await {
         Ok(record) => serve_file(&s, &record, &headers).await,
         Err(e) => rest_error(&e),
@@ -115,8 +115,8 @@ pub(crate) async fn download_url(
     headers: HeaderMap,
     b: std::result::Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let id = or_reply!(super::rest::model_id(&id));
-    let b: DownloadUrlBody = or_reply!(super::rest::body(b));
+    let id = or_reply!(super::request::model_id(&id));
+    let b: DownloadUrlBody = or_reply!(super::request::body(b));
     let record = match s.services.catalogue.get(&ModelRef::Id(id)).await {
         Ok(r) => r,
         Err(e) => return rest_error(&e),
@@ -128,7 +128,7 @@ pub(crate) async fn download_url(
         b.expires_in_secs,
         Utc::now(),
     ) {
-        Ok(u) => super::rest::ok(&u),
+        Ok(u) => super::request::ok(&u),
         Err(e) => rest_error(&e),
     }
 }
@@ -289,7 +289,7 @@ pub(crate) async fn download(
     query: std::result::Result<Query<Signed>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let id = or_reply!(super::rest::model_id(&id));
+    let id = or_reply!(super::request::model_id(&id));
     let Ok(Query(Signed {
         expires: Some(expires),
         sig: Some(sig),

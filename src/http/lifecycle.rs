@@ -28,7 +28,8 @@ use utoipa::ToSchema;
 
 use super::HttpState;
 use super::error::{ErrorBody, rest_error};
-use super::rest::{ModelJson, model_id, ok, required_body};
+use super::request::{model_id, ok, required_body};
+use super::rest::ModelJson;
 use crate::error::Error;
 use crate::ops::EvaluateOptions;
 use crate::registry::{ActivationRecord, EvaluationRecord, ModelRef};
@@ -477,7 +478,7 @@ pub struct EvaluateBody {
     responses((status = 200, body = EvaluationRecord), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn evaluate(
     State(s): State<HttpState>,
-    caller: Option<axum::Extension<crate::api::access::Caller>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     Path(id): Path<String>,
     b: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -495,7 +496,7 @@ async fn evaluate(
     let options = EvaluateOptions {
         output: Some(b.output).filter(|o| !o.is_empty()),
         notes: b.notes,
-        evaluated_by: or_reply!(super::rest::by(&caller, b.evaluated_by)),
+        evaluated_by: or_reply!(super::request::by(&caller, b.evaluated_by)),
     };
     match s
         .services

@@ -5,7 +5,8 @@
 //! plain types ([`crate::ops`], [`crate::oip`]) and back, so a request takes the same path,
 //! routing and errors on both transports. `oip.rs` the `/v2` routes (`tensor_json.rs` their
 //! tensor codec), `rest.rs` `/api/v1`'s models and activation, `rollout.rs` its canary and shadow, `predict.rs` `/api/v1/predict`, `lifecycle.rs`
-//! status, events and evaluation, `openapi.rs` the OpenAPI document, `error.rs` the one error map to HTTP.
+//! status, events and evaluation, `openapi.rs` the OpenAPI document, `request.rs` what every `/api/v1` route reads from its
+//! request (JSON body, model id, wait, caller), `error.rs` the one error map to HTTP.
 
 /// The value of a `Result<T, Box<Response>>`, or the handler answers with its error response.
 macro_rules! or_reply {
@@ -27,6 +28,7 @@ pub mod model_config;
 pub mod oip;
 pub mod openapi;
 pub mod predict;
+pub mod request;
 pub mod rest;
 pub mod rollout;
 pub mod tensor_json;
@@ -302,7 +304,7 @@ async fn access_check(
     let denied = match state.access.check(header, need) {
         Ok(caller) => {
             if let Some(name) = caller {
-                req.extensions_mut().insert(crate::api::access::Caller(name));
+                req.extensions_mut().insert(crate::auth::Caller(name));
             }
             let mut r = crate::trace::scope(id.clone(), next.run(req)).await;
             crate::trace::stamp(&mut r, id);

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::HttpState;
 use super::error::{ErrorBody, rest_error};
-use super::rest::{ok, required_body};
+use super::request::{ok, required_body};
 use crate::error::Error;
 use crate::registry::ModelRef;
 use crate::serving::{InputRef, OutputData, Payload};

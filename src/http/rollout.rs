@@ -13,10 +13,8 @@ use utoipa::ToSchema;
 
 use super::HttpState;
 use super::error::{ErrorBody, rest_error};
-use super::rest::{
-    ActivateBody, ActivationJson, Caller, ModelJson, WAIT_DOC, WaitParam, activation, body, by, ok, required_body,
-    served, served_header, wait_of,
-};
+use super::request::{Caller, WAIT_DOC, WaitParam, body, by, ok, required_body, served, served_header, wait_of};
+use super::rest::{ActivateBody, ActivationJson, ModelJson, activation};
 use crate::error::Error;
 use crate::fleet::Served;
 use crate::registry::{ModelRef, RolloutRole};

@@ -221,7 +221,7 @@ impl Inference {
             Ok(done) => {
                 self.core.stats.success(
                     &model.record,
-                    route.role.name(),
+                    route.role,
                     model.model.engine.kind(),
                     &done.timings,
                     took,
@@ -229,7 +229,7 @@ impl Inference {
                 Ok(done)
             }
             Err(e) => {
-                self.core.stats.failure(&model.record, route.role.name(), &e, took);
+                self.core.stats.failure(&model.record, route.role, &e, took);
                 Err(e)
             }
         }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::Timings;
+use super::route::Role;
 use crate::error::Error;
 use crate::model::EngineKind;
 use crate::registry::ModelRecord;
@@ -59,15 +60,6 @@ impl Histogram {
             sum: 0.0,
             count: 0,
         }
-    }
-
-    fn observe(&mut self, bounds: &[f64], v: f64) {
-        let i = bounds.iter().position(|b| v <= *b).unwrap_or(bounds.len());
-        if let Some(c) = self.counts.get_mut(i) {
-            *c += 1;
-        }
-        self.sum += v;
-        self.count += 1;
     }
 
     fn merge(&mut self, other: &Histogram) {
@@ -224,10 +216,161 @@ pub struct BatchTally {
     pub compute_output: Tally,
 }
 
+/// Fixed buckets counted in place: a model's live histograms hold no allocation of their own,
+/// so that recording a request touches one block of memory.
+#[derive(Debug, Clone, Copy)]
+struct Buckets<const N: usize> {
+    counts: [u64; N],
+    sum: f64,
+    count: u64,
+}
+
+impl<const N: usize> Default for Buckets<N> {
+    fn default() -> Self {
+        Self {
+            counts: [0; N],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl<const N: usize> Buckets<N> {
+    /// Counts `v` in the first bucket whose bound holds it (`bounds` has `N - 1` entries).
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        let i = bounds.partition_point(|b| *b < v).min(N - 1);
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn histogram(&self) -> Histogram {
+        Histogram {
+            counts: self.counts.to_vec(),
+            sum: self.sum,
+            count: self.count,
+        }
+    }
+}
+
+type LatencyBuckets = Buckets<{ LATENCY_BUCKETS.len() + 1 }>;
+
+/// The three latency histograms of one role, live.
+#[derive(Debug, Clone, Copy, Default)]
+struct LiveLatency {
+    queue: LatencyBuckets,
+    compute: LatencyBuckets,
+    total: LatencyBuckets,
+}
+
+/// Every role, in the order of their slots.
+const ROLES: [Role; 3] = [Role::Active, Role::Canary, Role::Candidate];
+
+/// A role's slot in the live arrays.
+fn slot(role: Role) -> usize {
+    match role {
+        Role::Active => 0,
+        Role::Canary => 1,
+        Role::Candidate => 2,
+    }
+}
+
+/// One model's statistics as they are counted: roles by slot and histograms in place, read out
+/// as a [`ModelStats`] only when someone asks.
+#[derive(Debug)]
+struct Live {
+    name: String,
+    version: String,
+    success: Tally,
+    fail: Tally,
+    queue: Tally,
+    compute_input: Tally,
+    compute_infer: Tally,
+    compute_output: Tally,
+    inference_count: u64,
+    execution_count: u64,
+    last_inference_ms: u64,
+    rejected: u64,
+    expired: u64,
+    engine: &'static str,
+    latency: [LiveLatency; 3],
+    outcomes: [Outcomes; 3],
+    batch_sizes: Buckets<{ BATCH_BUCKETS.len() + 1 }>,
+    batches: BTreeMap<u64, BatchTally>,
+}
+
+impl Live {
+    fn new(model: &ModelRecord) -> Self {
+        Self {
+            name: model.model_name.clone(),
+            version: model.version.clone(),
+            success: Tally::default(),
+            fail: Tally::default(),
+            queue: Tally::default(),
+            compute_input: Tally::default(),
+            compute_infer: Tally::default(),
+            compute_output: Tally::default(),
+            inference_count: 0,
+            execution_count: 0,
+            last_inference_ms: 0,
+            rejected: 0,
+            expired: 0,
+            engine: "",
+            latency: [LiveLatency::default(); 3],
+            outcomes: [Outcomes::default(); 3],
+            batch_sizes: Buckets::default(),
+            batches: BTreeMap::new(),
+        }
+    }
+
+    /// As the statistics report it: a role appears once it has a request (its latency once it
+    /// has a success).
+    fn stats(&self) -> ModelStats {
+        let mut latency = BTreeMap::new();
+        let mut outcomes = BTreeMap::new();
+        for role in ROLES {
+            let (o, l) = (self.outcomes[slot(role)], &self.latency[slot(role)]);
+            if o.total() > 0 {
+                outcomes.insert(role.name(), o);
+            }
+            if o.success > 0 {
+                latency.insert(
+                    role.name(),
+                    RoleLatency {
+                        queue: l.queue.histogram(),
+                        compute: l.compute.histogram(),
+                        total: l.total.histogram(),
+                    },
+                );
+            }
+        }
+        ModelStats {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            success: self.success,
+            fail: self.fail,
+            queue: self.queue,
+            compute_input: self.compute_input,
+            compute_infer: self.compute_infer,
+            compute_output: self.compute_output,
+            inference_count: self.inference_count,
+            execution_count: self.execution_count,
+            last_inference_ms: self.last_inference_ms,
+            batches: self.batches.clone(),
+            rejected: self.rejected,
+            expired: self.expired,
+            engine: self.engine,
+            latency,
+            outcomes,
+            batch_sizes: self.batch_sizes.histogram(),
+        }
+    }
+}
+
 /// All models' statistics, keyed by registry model id (no allocation per request).
 #[derive(Debug, Default)]
 pub struct Stats {
-    models: Mutex<HashMap<i64, ModelStats>>,
+    models: Mutex<HashMap<i64, Box<Live>>>,
 }
 
 fn now_ms() -> u64 {
@@ -237,14 +380,12 @@ fn now_ms() -> u64 {
 }
 
 impl Stats {
-    fn with(&self, model: &ModelRecord, f: impl FnOnce(&mut ModelStats)) {
+    fn with(&self, model: &ModelRecord, f: impl FnOnce(&mut Live)) {
         // Plain counters: a panic elsewhere cannot leave them in a state worth refusing.
         let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = models.entry(model.model_id).or_insert_with(|| ModelStats {
-            name: model.model_name.clone(),
-            version: model.version.clone(),
-            ..Default::default()
-        });
+        let entry = models
+            .entry(model.model_id)
+            .or_insert_with(|| Box::new(Live::new(model)));
         // UpdateModel can relabel a model: report under its current name and version.
         if entry.version != model.version || entry.name != model.model_name {
             entry.name.clone_from(&model.model_name);
@@ -255,13 +396,13 @@ impl Stats {
 
     /// Records a successful request computed by `engine` for `role`; its execution too when it
     /// leads one.
-    pub fn success(&self, model: &ModelRecord, role: &'static str, engine: EngineKind, t: &Timings, total: Duration) {
+    pub fn success(&self, model: &ModelRecord, role: Role, engine: EngineKind, t: &Timings, total: Duration) {
         self.with(model, |s| {
-            let l = s.latency.entry(role).or_default();
+            let l = &mut s.latency[slot(role)];
             l.queue.observe(&LATENCY_BUCKETS, t.queue.as_secs_f64());
             l.compute.observe(&LATENCY_BUCKETS, t.compute.as_secs_f64());
             l.total.observe(&LATENCY_BUCKETS, total.as_secs_f64());
-            s.outcomes.entry(role).or_default().success += 1;
+            s.outcomes[slot(role)].success += 1;
             s.engine = engine.name();
             s.success.add(total);
             s.queue.add(t.queue);
@@ -282,10 +423,10 @@ impl Stats {
     }
 
     /// Records a failed request for `role` and why it failed.
-    pub fn failure(&self, model: &ModelRecord, role: &'static str, error: &Error, total: Duration) {
+    pub fn failure(&self, model: &ModelRecord, role: Role, error: &Error, total: Duration) {
         self.with(model, |s| {
             s.fail.add(total);
-            let o = s.outcomes.entry(role).or_default();
+            let o = &mut s.outcomes[slot(role)];
             match error {
                 Error::ResourceExhausted { .. } => {
                     s.rejected += 1;
@@ -305,7 +446,7 @@ impl Stats {
     pub fn snapshot(&self) -> Vec<ModelStats> {
         let models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut merged: Vec<ModelStats> = Vec::new();
-        for s in models.values() {
+        for s in models.values().map(|l| l.stats()) {
             match merged.iter_mut().find(|m| m.name == s.name && m.version == s.version) {
                 Some(m) => {
                     for (a, b) in [
@@ -344,10 +485,73 @@ impl Stats {
                     }
                     m.batch_sizes.merge(&s.batch_sizes);
                 }
-                None => merged.push(s.clone()),
+                None => merged.push(s),
             }
         }
         merged.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
         merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_observation_counts_in_the_first_bucket_whose_bound_holds_it() {
+        let mut b = Buckets::<4>::default();
+        let bounds = [1.0, 2.0, 4.0];
+        for v in [0.5, 1.0, 1.5, 2.0, 4.0, 4.5, 100.0] {
+            b.observe(&bounds, v);
+        }
+        // `le` buckets: a value on a bound is in that bound's bucket; above every bound, +Inf.
+        assert_eq!(b.counts, [2, 2, 1, 2]);
+        assert_eq!(b.count, 7);
+        assert_eq!(b.sum, 0.5 + 1.0 + 1.5 + 2.0 + 4.0 + 4.5 + 100.0);
+        assert_eq!(b.histogram().cumulative(), vec![2, 4, 5, 7]);
+    }
+
+    fn record(id: i64, name: &str) -> ModelRecord {
+        let mut r = crate::testing::bundled("digits_v1.onnx", name, id).record.clone();
+        r.version = "1".into();
+        r
+    }
+
+    #[test]
+    fn roles_appear_once_they_have_requests_and_models_merge_by_name_and_version() {
+        let stats = Stats::default();
+        let t = Timings {
+            decode: Duration::from_micros(1),
+            queue: Duration::ZERO,
+            compute: Duration::from_micros(3),
+            encode: Duration::from_micros(1),
+            batch_rows: 2,
+            leader: true,
+            rows: 2,
+        };
+        let (a, b) = (record(1, "m"), record(2, "m"));
+        stats.success(&a, Role::Active, EngineKind::Tract, &t, Duration::from_micros(10));
+        stats.success(&b, Role::Active, EngineKind::Tract, &t, Duration::from_micros(20));
+        let e = Error::ResourceExhausted {
+            message: "full".into(),
+            retry_after: Duration::from_secs(1),
+        };
+        stats.failure(&a, Role::Canary, &e, Duration::from_micros(5));
+        let all = stats.snapshot();
+        assert_eq!(all.len(), 1, "one name and version: {all:?}");
+        let m = &all[0];
+        assert_eq!((m.success.count, m.success.ns), (2, 30_000));
+        assert_eq!(
+            (m.fail.count, m.rejected, m.inference_count, m.execution_count),
+            (1, 1, 4, 2)
+        );
+        assert_eq!(m.outcomes.keys().copied().collect::<Vec<_>>(), ["active", "canary"]);
+        assert_eq!(m.outcomes["canary"].rejected, 1);
+        // The canary has no success, so no latency.
+        assert_eq!(m.latency.keys().copied().collect::<Vec<_>>(), ["active"]);
+        assert_eq!(m.latency["active"].total.count, 2);
+        assert_eq!(m.batches[&2].compute_infer.count, 2);
+        assert_eq!(m.batch_sizes.cumulative()[1], 2, "two executions of 2 rows");
+        assert_eq!(m.engine, "tract");
     }
 }

@@ -1,7 +1,7 @@
 //! The Open Inference Protocol's protobuf messages to the protocol's plain types
 //! ([`crate::oip`]) and back.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::pb;
 use crate::error::{Error, Result};
@@ -11,7 +11,7 @@ use crate::serving::Payload;
 use crate::serving::stats::{ModelStats, Tally};
 
 /// A request parameter in the protocol's plain form.
-pub(super) fn param<'a>(parameters: &'a HashMap<String, pb::InferParameter>, name: &str) -> Option<Param<'a>> {
+pub(super) fn param<'a>(parameters: &'a BTreeMap<String, pb::InferParameter>, name: &str) -> Option<Param<'a>> {
     use pb::infer_parameter::ParameterChoice as P;
     Some(match parameters.get(name)?.parameter_choice.as_ref()? {
         P::BoolParam(b) => Param::Bool(*b),

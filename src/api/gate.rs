@@ -1,44 +1,61 @@
-//! The access check on gRPC: a tower layer in front of every service that reads the bearer
-//! token and asks [`crate::auth::Access`] whether the method's scope is held
-//! ([`crate::auth::grpc_need`]). UNAUTHENTICATED without a good token, PERMISSION_DENIED with
-//! the wrong scope; the token's name goes into the request's extensions as [`Caller`].
+//! Every gRPC call's way in, as one tower layer in front of every service (one layer, not
+//! three: this is every request's path):
+//! - the request id: the client's `x-request-id` when it is a sane one, else a new one; the
+//!   current id while the call runs ([`crate::trace::scope`]), and answered in the response;
+//! - the access check: the bearer token against [`crate::auth::Access`] for the method's scope
+//!   ([`crate::auth::grpc_need`]); UNAUTHENTICATED without a good token, PERMISSION_DENIED with
+//!   the wrong scope; the token's name goes into the request's extensions as
+//!   [`crate::auth::Caller`];
+//! - the body's charge ([`crate::net`]): the request's bytes are charged to the server-wide
+//!   budget as they arrive and the charge is held until the call is answered. A body that does
+//!   not fit fails the call with RESOURCE_EXHAUSTED and a retry hint; one that trickles in past
+//!   the body timeout with DEADLINE_EXCEEDED (tonic answers a failed request body with the
+//!   body's own status).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::auth::{Access, grpc_need};
+use http_body_util::BodyExt as _;
 
-pub use crate::auth::Caller;
+use crate::auth::{Access, Caller, grpc_need};
+use crate::net::{BodyLimits, Charge, Metered};
 
 /// The layer.
 #[derive(Debug, Clone)]
-pub struct AccessLayer(pub Arc<Access>);
+pub struct Gate {
+    /// Who may call what.
+    pub access: Arc<Access>,
+    /// The request-body budget and timeout.
+    pub bodies: BodyLimits,
+}
 
-impl<S> tower::Layer<S> for AccessLayer {
-    type Service = AccessService<S>;
+impl<S> tower::Layer<S> for Gate {
+    type Service = GateService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessService {
+        GateService {
             inner,
-            access: Arc::clone(&self.0),
+            gate: self.clone(),
         }
     }
 }
 
 /// The service the layer makes.
 #[derive(Debug, Clone)]
-pub struct AccessService<S> {
+pub struct GateService<S> {
     inner: S,
-    access: Arc<Access>,
+    gate: Gate,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for AccessService<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for GateService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -48,10 +65,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         let id = crate::trace::request_id_from(req.headers().get(crate::trace::REQUEST_ID_HEADER));
+        let access = &self.gate.access;
         // Without tokens there is nothing to look up: the Predict path pays one load.
-        let need = if self.access.enabled() {
+        let need = if access.enabled() {
             grpc_need(req.uri().path())
         } else {
             crate::auth::Need::Open
@@ -60,17 +78,25 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.access.check(header, need) {
+        match access.check(header, need) {
             Ok(caller) => {
                 if let Some(name) = caller {
                     req.extensions_mut().insert(Caller(name));
                 }
+                let charge = Charge::new(&self.gate.bodies.budget);
+                let (held, timeout) = (Arc::clone(&charge), self.gate.bodies.timeout);
+                let req = req.map(|b| {
+                    tonic::body::Body::new(
+                        Metered::new(b, held, timeout).map_err(|e| tonic::Status::from(crate::Error::from(e))),
+                    )
+                });
                 // The service that was polled ready answers; a fresh clone waits for the next.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
                 Answer::Allowed {
                     inner: crate::trace::scope(id.clone(), ready.call(req)),
                     id: Some(id),
+                    _charge: charge,
                 }
             }
             Err(denied) => {
@@ -98,9 +124,9 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A call's answer: the service's, run with the request id as the current one and stamped
-    /// with it; or the refusal. A plain future in the connection's task (not boxed: this is
-    /// every request's path).
+    /// A call's answer: the service's, run with the request id as the current one, stamped with
+    /// it and holding the body's charge until it is ready; or the refusal. A plain future in the
+    /// connection's task (not boxed: this is every request's path).
     #[project = AnswerProj]
     pub enum Answer<F> {
         /// Let through.
@@ -108,6 +134,7 @@ pin_project_lite::pin_project! {
             #[pin]
             inner: tokio::task::futures::TaskLocalFuture<http::HeaderValue, F>,
             id: Option<http::HeaderValue>,
+            _charge: Arc<Charge>,
         },
         /// Refused.
         Denied {
@@ -124,7 +151,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         match self.project() {
-            AnswerProj::Allowed { inner, id } => {
+            AnswerProj::Allowed { inner, id, .. } => {
                 let mut r = std::task::ready!(inner.poll(cx))?;
                 if let Some(id) = id.take() {
                     crate::trace::stamp(&mut r, id);
