@@ -210,13 +210,20 @@ impl Registry {
             ),
             Backend::Sqlite => {
                 let opts = sqlite_options(url)?;
+                let unavailable =
+                    |e: sqlx::Error| Error::Unavailable(format!("cannot open the registry database {url}: {e}"));
+                // The file is made here, once. A connection the pool opens later (after an
+                // operator removed the file) must fail, not make an empty registry in its place
+                // that the server would then take for the one it was given.
+                let first = sqlx::ConnectOptions::connect(&opts).await.map_err(unavailable)?;
+                sqlx::Connection::close(first).await.map_err(unavailable)?;
                 Pool::Sqlite(
                     SqlitePoolOptions::new()
                         .max_connections(4)
                         .acquire_timeout(Duration::from_secs(10))
-                        .connect_with(opts)
+                        .connect_with(opts.create_if_missing(false))
                         .await
-                        .map_err(|e| Error::Unavailable(format!("cannot open the registry database {url}: {e}")))?,
+                        .map_err(unavailable)?,
                 )
             }
         };
@@ -368,6 +375,31 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_removed_sqlite_file_is_never_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let registry = Registry::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+        let Pool::Sqlite(p) = &registry.pool else {
+            unreachable!("a SQLite URL")
+        };
+        // As many connections as the pool holds: it has to open new ones (heartbeats and
+        // streams do, past the file check), and none may make an empty registry in its place.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(3), p.acquire()).await {
+                held.push(c);
+            }
+        }
+        assert!(!path.exists(), "a new connection made the removed file again");
+        assert!(registry.check_file().unwrap_err().to_string().contains("was removed"));
+    }
 
     #[test]
     fn passwords_are_redacted() {
