@@ -65,6 +65,7 @@ fn unregistered(name: &str, model: &modeld::model::LoadedModel) -> ModelRecord {
         deprecated_at: None,
         min_app_version: None,
         min_app_versions: "{}".into(),
+        deployment_id: 1,
     }
 }
 

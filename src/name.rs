@@ -91,30 +91,43 @@ pub fn is_active_alias(name: &str) -> bool {
 /// control, format (zero-width), separator, private-use or unassigned character, or the
 /// reserved alias.
 pub fn normalise_name(raw: &str) -> Result<String> {
+    normalise(raw, "model name")
+}
+
+/// [`normalise_name`] for a deployment's name: the same rules (deployments and models share
+/// one namespace).
+///
+/// # Errors
+/// As [`normalise_name`].
+pub fn normalise_deployment_name(raw: &str) -> Result<String> {
+    normalise(raw, "deployment name")
+}
+
+fn normalise(raw: &str, what: &str) -> Result<String> {
     let name = nfc(raw).into_owned();
     let shown = || format!("{raw:?}");
     if name.is_empty() {
-        return Err(Error::InvalidArgument("the model name is empty".into()));
+        return Err(Error::InvalidArgument(format!("the {what} is empty")));
     }
     let chars = name.chars().count();
     if chars > MAX_NAME_CHARS {
         return Err(Error::InvalidArgument(format!(
-            "model name is {chars} characters long; at most {MAX_NAME_CHARS} are allowed"
+            "{what} is {chars} characters long; at most {MAX_NAME_CHARS} are allowed"
         )));
     }
     if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
         return Err(Error::InvalidArgument(format!(
-            "model name {} starts or ends with whitespace; remove it",
+            "{what} {} starts or ends with whitespace; remove it",
             shown()
         )));
     }
-    if let Some((i, c, what)) = name
+    if let Some((i, c, kind)) = name
         .chars()
         .enumerate()
         .find_map(|(i, c)| refused(c).map(|w| (i, c, w)))
     {
         return Err(Error::InvalidArgument(format!(
-            "model name {} has {what} U+{:04X} at character {}; names hold printable characters and spaces only",
+            "{what} {} has {kind} U+{:04X} at character {}; names hold printable characters and spaces only",
             shown(),
             u32::from(c),
             i + 1
@@ -122,7 +135,7 @@ pub fn normalise_name(raw: &str) -> Result<String> {
     }
     if name.to_lowercase() == ACTIVE_ALIAS {
         return Err(Error::InvalidArgument(format!(
-            "model name {} is reserved (in any letter case): {ACTIVE_ALIAS:?} always means the active model",
+            "{what} {} is reserved (in any letter case): {ACTIVE_ALIAS:?} always means the active model",
             shown()
         )));
     }

@@ -41,6 +41,7 @@ pub(crate) fn bundled(file: &str, name: &str, id: i64) -> Arc<ServedModel> {
         deprecated_at: None,
         min_app_version: None,
         min_app_versions: "{}".into(),
+        deployment_id: 1,
     };
     Arc::new(ServedModel { record, model })
 }

@@ -889,3 +889,86 @@ async fn serve_model_dir_registers_what_it_finds_and_serves_it() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("no .onnx file"), "{r:?}");
 }
+
+#[tokio::test]
+async fn deployment_commands_create_list_show_and_delete() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let root = model_root();
+    let cli = async |args: &[&str]| modeld_cli(&db.url, root.path(), args).await;
+    let (ok, _, err) = cli(&[
+        "register",
+        "--name",
+        "digits_v1",
+        "--path",
+        "digits_v1.onnx",
+        "--activate",
+    ])
+    .await;
+    assert!(ok, "{err}");
+
+    let (ok, out, err) = cli(&["deployment", "create", "yamnet", "--description", "sounds"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("created deployment \"yamnet\""), "{out}");
+    for (name, why) in [
+        ("yamnet", "already exists"),
+        ("digits_v1", "namespace"),
+        ("active", "reserved"),
+    ] {
+        let (ok, _, err) = cli(&["deployment", "create", name]).await;
+        assert!(!ok, "{name} is refused");
+        assert!(err.contains(why), "{name}: {err}");
+    }
+
+    let (ok, out, err) = cli(&["deployment", "list"]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[1].contains("default") && lines[1].contains("digits_v1 (id 1)"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("yamnet") && lines[2].trim_end().ends_with('-'),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&["deployment", "list", "--json"]).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["name"], "default");
+    assert_eq!(v[0]["models"], 1);
+    assert_eq!(v[0]["active"]["model_name"], "digits_v1");
+    assert_eq!(v[1]["active"], serde_json::Value::Null);
+
+    let (ok, out, err) = cli(&["deployment", "show", "yamnet", "--json"]).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["description"].as_str(), v["models"].as_i64()),
+        (Some("sounds"), Some(0))
+    );
+    let (ok, _, err) = cli(&["deployment", "show", "yamnt"]).await;
+    assert!(!ok);
+    assert!(err.contains("modeld deployment list"), "{err}");
+
+    // A model cannot take a deployment's name.
+    let (ok, _, err) = cli(&["register", "--name", "yamnet", "--path", "digits_v2.onnx"]).await;
+    assert!(!ok);
+    assert!(err.contains("deployment"), "{err}");
+
+    let (ok, _, err) = cli(&["deployment", "delete", "default"]).await;
+    assert!(!ok);
+    assert!(err.contains("cannot be deleted"), "{err}");
+    let (ok, out, err) = cli(&["deployment", "delete", "yamnet"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("deleted deployment \"yamnet\""), "{out}");
+    let (ok, out, _) = cli(&["deployment", "list", "--json"]).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

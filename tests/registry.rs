@@ -545,6 +545,12 @@ async fn an_old_registry_is_upgraded_in_place(backend: Backend) {
         .unwrap();
     assert_eq!(done.model.model_name, name);
     assert_eq!(done.model.model_id, 4, "a deleted model's id is not given again");
+    let upgraded = services.catalogue.get(&ModelRef::Id(2)).await.unwrap();
+    assert_eq!(
+        upgraded.deployment_id,
+        modeld::registry::DEFAULT_DEPLOYMENT_ID,
+        "an upgraded registry's models are in the default deployment"
+    );
 }
 
 #[tokio::test]
@@ -556,3 +562,185 @@ async fn an_old_sqlite_registry_is_upgraded_in_place() {
 async fn an_old_postgres_registry_is_upgraded_in_place() {
     an_old_registry_is_upgraded_in_place(Backend::Postgres).await;
 }
+
+/// Deployments (issue 29, its first step: the registry): every model of a registry is in
+/// `default`; other deployments can be made; the database holds one active model, one canary
+/// and one shadow per deployment, and one namespace for deployment and model names, whoever
+/// writes (modeld, or someone at a SQL console).
+async fn deployments_hold_one_active_model_each(backend: Backend) {
+    use modeld::error::Error;
+    let (db, _root, _args, services) = registry_services(backend).await;
+    for (name, activate) in [("a", true), ("b", false), ("c", false)] {
+        services
+            .activation
+            .register(Registration {
+                name: name.into(),
+                file_path: "digits_v1.onnx".into(),
+                activate,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let a = services.catalogue.get(&ModelRef::Name("a".into())).await.unwrap();
+    assert_eq!(a.deployment_id, modeld::registry::DEFAULT_DEPLOYMENT_ID);
+    let registry = modeld::registry::Registry::connect(&db.url).await.unwrap();
+    let listed = registry.deployments().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].deployment.name, modeld::registry::DEFAULT_DEPLOYMENT);
+    assert_eq!(
+        (listed[0].models, listed[0].active.clone()),
+        (3, Some((a.model_id, "a".into())))
+    );
+
+    // Names: the model-name rules, and one namespace with models.
+    let made = registry.create_deployment("yamnet", "sounds", "t").await.unwrap();
+    assert_eq!(
+        (made.name.as_str(), made.description.as_str(), made.created_by.as_str()),
+        ("yamnet", "sounds", "t")
+    );
+    let e = registry.create_deployment("yamnet", "", "t").await.unwrap_err();
+    assert!(matches!(e, Error::AlreadyExists(_)), "{e:?}");
+    let e = registry.create_deployment("a", "", "t").await.unwrap_err();
+    assert!(matches!(&e, Error::AlreadyExists(m) if m.contains("model")), "{e:?}");
+    for bad in ["", " lead", "Active", "tab\there"] {
+        let e = registry.create_deployment(bad, "", "t").await.unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("deployment name")),
+            "{bad:?}: {e:?}"
+        );
+    }
+    let e = services
+        .activation
+        .register(Registration {
+            name: "yamnet".into(),
+            file_path: "digits_v1.onnx".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::AlreadyExists(m) if m.contains("deployment")),
+        "{e:?}"
+    );
+
+    // The database: one active model per deployment, not per registry.
+    let t = match backend {
+        Backend::Sqlite => "1",
+        Backend::Postgres => "TRUE",
+    };
+    let sql = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let into_yamnet = |m: &str| {
+        sql(format!(
+            "UPDATE ml_models SET deployment_id = (SELECT deployment_id FROM deployments WHERE name = 'yamnet') \
+             WHERE model_name = '{m}'"
+        ))
+    };
+    raw_sql(&db.url, into_yamnet("b")).await.unwrap();
+    raw_sql(&db.url, into_yamnet("c")).await.unwrap();
+    raw_sql(
+        &db.url,
+        sql(format!("UPDATE ml_models SET is_active = {t} WHERE model_name = 'b'")),
+    )
+    .await
+    .expect("one active model in each of two deployments");
+    assert_eq!(active_count(&db.url).await, 2);
+    assert!(
+        raw_sql(
+            &db.url,
+            sql(format!("UPDATE ml_models SET is_active = {t} WHERE model_name = 'c'"))
+        )
+        .await
+        .is_err(),
+        "a second active model in one deployment"
+    );
+    assert!(
+        raw_sql(
+            &db.url,
+            "UPDATE ml_models SET status = 'canary' WHERE model_name IN ('b', 'c')"
+        )
+        .await
+        .is_err()
+    );
+    // A canary in each of two deployments is fine ('c' in yamnet, a new one in default).
+    raw_sql(&db.url, "UPDATE ml_models SET status = 'canary' WHERE model_name = 'c'")
+        .await
+        .unwrap();
+    services
+        .activation
+        .register(Registration {
+            name: "d".into(),
+            file_path: "digits_v1.onnx".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    raw_sql(&db.url, "UPDATE ml_models SET status = 'canary' WHERE model_name = 'd'")
+        .await
+        .expect("one canary in each of two deployments");
+
+    // One namespace, whoever writes.
+    assert!(
+        raw_sql(&db.url, "INSERT INTO deployments (name) VALUES ('a')")
+            .await
+            .is_err()
+    );
+    assert!(
+        raw_sql(
+            &db.url,
+            "UPDATE ml_models SET model_name = 'yamnet' WHERE model_name = 'd'"
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        raw_sql(
+            &db.url,
+            "UPDATE ml_models SET deployment_id = 999 WHERE model_name = 'd'"
+        )
+        .await
+        .is_err()
+    );
+
+    // Deleting: refused while it holds models (naming its active one), never `default`.
+    let e = registry.delete_deployment("yamnet").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::FailedPrecondition(m) if m.contains("\"b\" is its active model")),
+        "{e:?}"
+    );
+    assert!(
+        raw_sql(&db.url, "DELETE FROM deployments WHERE name = 'yamnet'")
+            .await
+            .is_err()
+    );
+    let e = registry.delete_deployment("default").await.unwrap_err();
+    assert!(matches!(e, Error::FailedPrecondition(_)), "{e:?}");
+    let e = registry.delete_deployment("nope").await.unwrap_err();
+    assert!(
+        matches!(&e, Error::NotFound(m) if m.contains("modeld deployment list")),
+        "{e:?}"
+    );
+    registry.create_deployment("empty", "", "t").await.unwrap();
+    let before = registry.generation().await.unwrap();
+    assert_eq!(registry.delete_deployment("empty").await.unwrap().name, "empty");
+    assert!(
+        registry.generation().await.unwrap() > before,
+        "servers follow deployments"
+    );
+    let listed = registry.deployments().await.unwrap();
+    let shown: Vec<_> = listed
+        .iter()
+        .map(|d| {
+            (
+                d.deployment.name.as_str(),
+                d.models,
+                d.active.as_ref().map(|a| a.1.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(shown, [("default", 2, Some("a")), ("yamnet", 2, Some("b"))]);
+    assert_eq!(registry.deployment("yamnet").await.unwrap().description, "sounds");
+    registry.close().await;
+}
+
+on_both!(deployments_hold_one_active_model_each);

@@ -63,6 +63,8 @@ pub fn model(r: &ModelRecord) -> pb::Model {
         deprecated_at,
         min_app_version,
         min_app_versions,
+        // On the wire with the deployments' API (issue 29's next step).
+        deployment_id: _,
     } = r;
     pb::Model {
         model_id: *model_id,

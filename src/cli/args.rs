@@ -97,6 +97,51 @@ pub enum Command {
     Download(DownloadArgs),
     /// Bearer tokens: create (printed once; the file keeps only its hash), revoke, list.
     Token(TokenArgs),
+    /// Deployments: the names clients call, each with its own active model (`default` holds
+    /// every model registered without one).
+    Deployment(DeploymentArgs),
+}
+
+/// `modeld deployment`.
+#[derive(Debug, Args)]
+pub struct DeploymentArgs {
+    /// Registry and model root.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print JSON instead of text.
+    #[arg(long, env = "MODELD_JSON", global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: DeploymentAction,
+}
+
+/// `modeld deployment create|list|show|delete`.
+#[derive(Debug, Subcommand)]
+pub enum DeploymentAction {
+    /// Make a deployment (its name follows the model-name rules; no model may have it).
+    Create {
+        /// The name clients will call.
+        name: String,
+        /// Free text.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Who, for the record.
+        #[arg(long, env = "MODELD_USER", default_value = "cli")]
+        by: String,
+    },
+    /// Every deployment, with its model count and active model.
+    List,
+    /// One deployment.
+    Show {
+        /// Its name.
+        name: String,
+    },
+    /// Delete a deployment that holds no model (never `default`).
+    Delete {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `modeld token`.

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 pub mod args;
 mod client;
+mod deployment;
 mod download;
 mod evaluate;
 mod exit;
@@ -217,6 +218,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::DownloadUrl(a) => download::download_url(a).await,
         Command::Download(a) => download::download(a).await,
         Command::Token(a) => token::token(a),
+        Command::Deployment(a) => deployment::deployment(a).await,
         Command::Events(a) => status::events(a).await,
         Command::Evaluate(a) => evaluate::evaluate(a).await,
         Command::Compare(a) => evaluate::compare(a).await,

@@ -12,7 +12,9 @@ use crate::model::{EngineKind, ModelRoot};
 use crate::registry::activations::ActivationRecord;
 use crate::registry::rollout::{Rollout, RolloutChangeRecord};
 use crate::registry::servers::ServerEntry;
-use crate::registry::{EvaluationRecord, EventRecord, ModelRecord, ModelRef, Order, RolloutRole};
+use crate::registry::{
+    Deployment, DeploymentSummary, EvaluationRecord, EventRecord, ModelRecord, ModelRef, Order, RolloutRole,
+};
 use crate::status::{Status, StatusSnapshot};
 
 impl Catalogue {
@@ -48,6 +50,22 @@ impl Catalogue {
     /// `Unavailable` when the registry cannot be read.
     pub async fn list(&self, order: Order, descending: bool, limit: i64, offset: i64) -> Result<Vec<ModelRecord>> {
         self.core.registry.list(order, descending, limit, offset).await
+    }
+
+    /// Every deployment, with its model count and active model.
+    ///
+    /// # Errors
+    /// `Unavailable` when the registry cannot be read.
+    pub async fn deployments(&self) -> Result<Vec<DeploymentSummary>> {
+        self.core.registry.deployments().await
+    }
+
+    /// One deployment.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown name; `Unavailable` when the registry cannot be read.
+    pub async fn deployment(&self, name: &str) -> Result<Deployment> {
+        self.core.registry.deployment(name).await
     }
 
     /// How many models are registered.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{Activation, ActivationOutcome, load_blocking, normalise, validate_accuracy};
 use crate::error::{Error, Result};
 use crate::name;
-use crate::registry::{ActivationMeta, ModelChanges, ModelRecord, ModelRef, NewModel};
+use crate::registry::{ActivationMeta, Deployment, ModelChanges, ModelRecord, ModelRef, NewModel};
 
 /// A registration request.
 #[derive(Debug, Clone, Default)]
@@ -165,6 +165,29 @@ impl Activation {
         let deleted = self.core.registry.delete(model).await?;
         tracing::info!(model = %deleted.model_name, "model record deleted (file kept)");
         Ok(deleted)
+    }
+
+    /// Creates a deployment: a name clients call, with its own active model (issue 29; models
+    /// are registered into `default` until registration takes a deployment).
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a name the model-name rules refuse; `AlreadyExists` when a
+    /// deployment or a model has the name.
+    pub async fn create_deployment(&self, name: &str, description: &str, by: &str) -> Result<Deployment> {
+        let made = self.core.registry.create_deployment(name, description, by).await?;
+        tracing::info!(deployment = %made.name, "deployment created");
+        Ok(made)
+    }
+
+    /// Deletes a deployment that holds no model.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown name; `FailedPrecondition` for `default` and for a deployment
+    /// that holds models.
+    pub async fn delete_deployment(&self, name: &str) -> Result<Deployment> {
+        let gone = self.core.registry.delete_deployment(name).await?;
+        tracing::info!(deployment = %gone.name, "deployment deleted");
+        Ok(gone)
     }
 
     /// On an empty registry, registers the models listed in the seed manifest and activates the

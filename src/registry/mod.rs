@@ -6,7 +6,8 @@
 //! concurrent activations cannot both see the same "previous" model, and the partial unique
 //! index `ml_models_one_active` makes a second active row impossible whatever a writer does.
 //!
-//! One file a table: `models` (`ml_models`), `activations` (`model_activations`), `events`
+//! One file a table: `models` (`ml_models`), `deployments` (`deployments`: the names clients
+//! call, each with its own active model), `activations` (`model_activations`), `events`
 //! (`model_events`), `performance` (`model_performance_logs`), `servers` (`model_servers`, the
 //! fleet); this file holds the pool, the migrations, the generation (`registry_state`)
 //! and the macros that run one SQL text on either pool.
@@ -27,7 +28,8 @@ macro_rules! columns {
         "model_id, model_name, version, file_path, description, model_type, accuracy, checksum_sha256, \
          file_size_bytes, signature, is_active, created_at, updated_at, created_by, status, \
          rollout_percentage, shadow_percentage, rollback_threshold, rollback_min_samples, \
-         rollback_window_secs, rollback_p99_ms, is_stable, deprecated_at, min_app_version, min_app_versions"
+         rollback_window_secs, rollback_p99_ms, is_stable, deprecated_at, min_app_version, min_app_versions, \
+         deployment_id"
     };
 }
 
@@ -107,6 +109,7 @@ macro_rules! record_event {
 
 // The tables' own code; declared after the macros above, which they use.
 pub(crate) mod activations;
+mod deployments;
 mod events;
 mod models;
 mod performance;
@@ -114,6 +117,7 @@ pub mod rollout;
 pub mod servers;
 
 pub use activations::{Activation, ActivationMeta, ActivationRecord, Conditions};
+pub use deployments::{DEFAULT_DEPLOYMENT, DEFAULT_DEPLOYMENT_ID, Deployment, DeploymentSummary};
 pub use events::{EventKind, EventRecord};
 pub use models::{
     MAX_MIN_SAMPLES, MAX_WINDOW_SECS, ModelChanges, ModelRecord, ModelRef, NewModel, Order, RollbackPolicy,

@@ -65,6 +65,8 @@ pub struct ModelRecord {
     /// Per platform (`X-App-Platform`), a JSON object such as `{"ios": "2.3.0"}`; a platform
     /// not in it gets `min_app_version`.
     pub min_app_versions: String,
+    /// The deployment it belongs to (`deployments`; 1 is `default`).
+    pub deployment_id: i64,
 }
 
 impl ModelRecord {
@@ -333,6 +335,17 @@ impl Registry {
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
             bump!(tx, now);
+            // After the bump: writers queue on it, so no other can take the name meanwhile.
+            let deployment: Option<i64> = sqlx::query_scalar("SELECT deployment_id FROM deployments WHERE name = $1")
+                .bind(&new.model_name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if deployment.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "{} is a deployment's name; deployments and models share one namespace (a name means one thing)",
+                    name::quoted(&new.model_name)
+                )));
+            }
             let inserted: std::result::Result<ModelRecord, sqlx::Error> = sqlx::query_as(insert)
                 .bind(&new.model_name)
                 .bind(&new.version)
