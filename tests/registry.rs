@@ -678,6 +678,26 @@ async fn deployments_hold_one_active_model_each(backend: Backend) {
     raw_sql(&db.url, "UPDATE ml_models SET status = 'canary' WHERE model_name = 'd'")
         .await
         .expect("one canary in each of two deployments");
+    // Until serving takes a deployment, what this registry's servers serve is `default`'s:
+    // another deployment's roles (made here from the console) do not reach it.
+    let active = services.catalogue.active().await.unwrap().unwrap();
+    assert_eq!(active.model_name, "a");
+    let rollout = services.catalogue.rollout().await.unwrap();
+    assert_eq!(rollout.canary.map(|m| m.model_name).as_deref(), Some("d"));
+    let meta = ActivationMeta {
+        activated_by: "t".into(),
+        reason: String::new(),
+        is_rollback: false,
+    };
+    let done = services
+        .activation
+        .activate(&ModelRef::Name("d".into()), &meta, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(done.previous.map(|p| p.model_name).as_deref(), Some("a"));
+    let b = services.catalogue.get(&ModelRef::Name("b".into())).await.unwrap();
+    assert!(b.is_active, "activating in default leaves yamnet's active model alone");
+    assert_eq!(active_count(&db.url).await, 2);
 
     // One namespace, whoever writes.
     assert!(
@@ -738,7 +758,7 @@ async fn deployments_hold_one_active_model_each(backend: Backend) {
             )
         })
         .collect();
-    assert_eq!(shown, [("default", 2, Some("a")), ("yamnet", 2, Some("b"))]);
+    assert_eq!(shown, [("default", 2, Some("d")), ("yamnet", 2, Some("b"))]);
     assert_eq!(registry.deployment("yamnet").await.unwrap().description, "sounds");
     registry.close().await;
 }

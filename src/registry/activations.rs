@@ -9,8 +9,13 @@ use crate::name;
 use crate::signature::Signature;
 
 /// Ends the active model's term (bind: false, now, true): it becomes `deprecated`.
+///
+/// Every query about "the" active model, canary or shadow reads the `default` deployment
+/// (id 1, [`super::DEFAULT_DEPLOYMENT_ID`]), where every model is registered until
+/// registration and serving take a deployment (issue 29): another deployment's roles, made
+/// from a SQL console, never reach what this registry's servers serve.
 pub(super) const DEACTIVATE: &str = "UPDATE ml_models SET is_active = $1, status = 'deprecated', deprecated_at = $2, \
-     updated_at = $2 WHERE is_active = $3";
+     updated_at = $2 WHERE is_active = $3 AND deployment_id = 1";
 
 /// Makes a model the active one (bind: true, now, model_id), out of any rollout role; append
 /// `RETURNING` and the columns.
@@ -151,7 +156,11 @@ impl Registry {
     ) -> Result<Activation> {
         meta.check()?;
         let only_if_active = conditions.only_if_active;
-        let select_active = concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1");
+        let select_active = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM ml_models WHERE is_active = $1 AND deployment_id = 1"
+        );
         let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
         let activate = activate_sql!();
         let now = Utc::now();

@@ -276,7 +276,11 @@ impl Registry {
     /// # Errors
     /// `Unavailable` when the database is unreachable.
     pub async fn active(&self) -> Result<Option<ModelRecord>> {
-        let sql = concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1");
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM ml_models WHERE is_active = $1 AND deployment_id = 1"
+        );
         Ok(with_pool!(self, p => sqlx::query_as(sql).bind(true).fetch_optional(p).await?))
     }
 
@@ -370,7 +374,7 @@ impl Registry {
             let result = match activate {
                 None => Activation { active: record, previous: None, unchanged: false },
                 Some(meta) => {
-                    let previous: Option<ModelRecord> = sqlx::query_as(concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1"))
+                    let previous: Option<ModelRecord> = sqlx::query_as(concat!("SELECT ", columns!(), " FROM ml_models WHERE is_active = $1 AND deployment_id = 1"))
                         .bind(true).fetch_optional(&mut *tx).await?;
                     sqlx::query(DEACTIVATE).bind(false).bind(now).bind(true).execute(&mut *tx).await?;
                     let active: ModelRecord = sqlx::query_as(activate_sql!())

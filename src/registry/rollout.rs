@@ -185,7 +185,7 @@ impl Registry {
         let sql = concat!(
             "SELECT ",
             columns!(),
-            " FROM ml_models WHERE status = $1 OR status = $2"
+            " FROM ml_models WHERE (status = $1 OR status = $2) AND deployment_id = 1"
         );
         let rows: Vec<ModelRecord> =
             with_pool!(self, p => sqlx::query_as(sql).bind("canary").bind("shadow").fetch_all(p).await?);
@@ -222,7 +222,11 @@ impl Registry {
             )));
         }
         let select_one = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_id = $1");
-        let select_role = concat!("SELECT ", columns!(), " FROM ml_models WHERE status = $1");
+        let select_role = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM ml_models WHERE status = $1 AND deployment_id = 1"
+        );
         let demote = "UPDATE ml_models SET status = 'testing', rollout_percentage = 0, shadow_percentage = 0, \
                       updated_at = $1 WHERE model_id = $2";
         let promote = match role {
@@ -303,7 +307,11 @@ impl Registry {
         meta: &RolloutMeta,
     ) -> Result<RolloutChange> {
         meta.check()?;
-        let select_role = concat!("SELECT ", columns!(), " FROM ml_models WHERE status = $1");
+        let select_role = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM ml_models WHERE status = $1 AND deployment_id = 1"
+        );
         let demote = "UPDATE ml_models SET status = 'testing', rollout_percentage = 0, shadow_percentage = 0, \
                       updated_at = $1 WHERE model_id = $2";
         let now = Utc::now();
