@@ -84,6 +84,20 @@ pub fn is_active_alias(name: &str) -> bool {
     name.is_empty() || name == ACTIVE_ALIAS
 }
 
+/// Refuses a looked-up name holding a NUL byte (`what`: "model", "deployment"): no stored name
+/// has one, and PostgreSQL's text cannot hold it (its error would carry the driver's words).
+///
+/// # Errors
+/// `InvalidArgument` saying so.
+pub fn refuse_nul(name: &str, what: &str) -> Result<()> {
+    if name.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "the {what} name holds a NUL byte (U+0000); no {what} has one"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a new model name and returns it NFC-normalised, the form stored and compared.
 ///
 /// # Errors

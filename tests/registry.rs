@@ -735,6 +735,14 @@ async fn deployments_hold_one_active_model_each(backend: Backend) {
     );
     let e = registry.delete_deployment("default").await.unwrap_err();
     assert!(matches!(e, Error::FailedPrecondition(_)), "{e:?}");
+    for nul in ["yam\0net", "\0"] {
+        let e = registry.deployment(nul).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("NUL")), "{e:?}");
+        let e = registry.delete_deployment(nul).await.unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("NUL")), "{e:?}");
+        let e = registry.create_deployment(nul, "", "t").await.unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    }
     let e = registry.delete_deployment("nope").await.unwrap_err();
     assert!(
         matches!(&e, Error::NotFound(m) if m.contains("modeld deployment list")),

@@ -5,6 +5,8 @@
 //! Deployment and model names share one namespace, enforced here with a clear answer and by
 //! the database's triggers for any other writer.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 
 use super::{Pool, Registry};
@@ -65,16 +67,16 @@ impl Registry {
             tx.commit().await?;
             (d, c, a)
         });
+        // By id, not a scan per deployment: a registry may hold a thousand of them.
+        let counts: HashMap<i64, i64> = counts.into_iter().collect();
+        let mut active: HashMap<i64, (i64, String)> = active.into_iter().map(|(d, m, n)| (d, (m, n))).collect();
         Ok(deployments
             .into_iter()
             .map(|deployment| {
                 let id = deployment.deployment_id;
                 DeploymentSummary {
-                    models: counts.iter().find(|(d, _)| *d == id).map_or(0, |(_, n)| *n),
-                    active: active
-                        .iter()
-                        .find(|(d, _, _)| *d == id)
-                        .map(|(_, m, n)| (*m, n.clone())),
+                    models: counts.get(&id).copied().unwrap_or(0),
+                    active: active.remove(&id),
                     deployment,
                 }
             })
@@ -86,6 +88,7 @@ impl Registry {
     /// # Errors
     /// `Unavailable` when the database is unreachable.
     pub async fn find_deployment(&self, name: &str) -> Result<Option<Deployment>> {
+        name::refuse_nul(name, "deployment")?;
         let sql = format!("SELECT {COLUMNS} FROM deployments WHERE name = $1");
         let name = name::nfc(name);
         Ok(with_pool!(self, p => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(name.as_ref()).fetch_optional(p).await?))
@@ -151,6 +154,7 @@ impl Registry {
     /// `NotFound` for an unknown name; `FailedPrecondition` for `default` and for a deployment
     /// that still holds models (naming its active one).
     pub async fn delete_deployment(&self, name: &str) -> Result<Deployment> {
+        name::refuse_nul(name, "deployment")?;
         let name = name::nfc(name).into_owned();
         let select = format!("SELECT {COLUMNS} FROM deployments WHERE name = $1");
         let now = Utc::now();

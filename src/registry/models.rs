@@ -257,11 +257,7 @@ impl Registry {
                 with_pool!(self, p => sqlx::query_as(sql).bind(*id).fetch_optional(p).await?)
             }
             ModelRef::Name(name) => {
-                if name.contains('\0') {
-                    return Err(Error::InvalidArgument(
-                        "the model name holds a NUL byte (U+0000); no model has one".into(),
-                    ));
-                }
+                name::refuse_nul(name, "model")?;
                 // Names are stored NFC: a name typed in another normal form finds its model.
                 let name = name::nfc(name);
                 let sql = concat!("SELECT ", columns!(), " FROM ml_models WHERE model_name = $1");
